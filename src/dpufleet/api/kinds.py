@@ -1,0 +1,438 @@
+"""The resource kinds and their typed specs and statuses.
+
+Each kind is a pydantic model registered in `REGISTRY` with its plural, short
+names and the columns `dpufleet get` prints. Specs refuse unknown fields;
+statuses keep unknown fields so an older server never drops what a newer
+controller wrote. Later capabilities extend these specs in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import API_VERSION
+from .meta import Name, ObjectMeta, Status, Strict
+from .selectors import LabelSelector
+
+
+class Resource(Strict):
+    """A document: apiVersion, kind, metadata, spec, status."""
+
+    apiVersion: Literal["dpufleet.io/v1alpha1"] = API_VERSION
+    kind: str
+    metadata: ObjectMeta
+
+
+# --- Host -------------------------------------------------------------------------------------------------
+
+
+class HostPolicy(StrEnum):
+    """What happens to the host before a disruptive DPU operation."""
+
+    NONE = "none"
+    TAINT = "taint"
+    DRAIN = "drain"
+    HOOK = "hook"
+
+
+class HostSpec(Strict):
+    hostname: str | None = None
+    bmcRef: Name | None = Field(default=None, description="BMC of the host server itself, if managed")
+    rack: str | None = None
+    hostPolicy: HostPolicy = HostPolicy.NONE
+    hookURL: str | None = Field(default=None, description="called before disruptive work when hostPolicy=hook")
+
+
+class PCIFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    bdf: str
+    vendorId: str
+    deviceId: str
+    dpu: str | None = None
+
+
+class HostStatus(Status):
+    dpus: list[str] = Field(default_factory=list)
+    pciFunctions: list[PCIFunction] = Field(default_factory=list)
+    lastSeen: str | None = None
+
+
+class Host(Resource):
+    kind: Literal["Host"] = "Host"
+    spec: HostSpec = Field(default_factory=HostSpec)
+    status: HostStatus = Field(default_factory=HostStatus)
+
+
+# --- BMC --------------------------------------------------------------------------------------------------
+
+
+class BMCSpec(Strict):
+    address: str = Field(description="Redfish service URL, e.g. https://198.51.100.7 or http://127.0.0.1:8443/bmc/b1")
+    credentialsRef: Name | None = Field(default=None, description="name of the credentials holding user/password")
+    verifyTLS: bool = True
+    role: Literal["dpu", "host"] = "dpu"
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class BMCStatus(Status):
+    reachable: bool | None = None
+    vendor: str | None = None
+    model: str | None = None
+    firmwareVersion: str | None = None
+    lastSeen: str | None = None
+
+
+class BMC(Resource):
+    kind: Literal["BMC"] = "BMC"
+    spec: BMCSpec
+    status: BMCStatus = Field(default_factory=BMCStatus)
+
+
+# --- DPU --------------------------------------------------------------------------------------------------
+
+
+class DPUSpec(Strict):
+    hostRef: Name | None = None
+    bmcRef: Name | None = None
+    serialNumber: str | None = None
+    image: Name | None = Field(default=None, description="desired Image")
+    flavor: Name | None = Field(default=None, description="desired DPUFlavor")
+    hostPolicy: HostPolicy | None = Field(default=None, description="overrides the host's policy")
+    held: bool = Field(default=False, description="hands-off maintenance: controllers take no action")
+    unschedulable: bool = False
+
+
+class FirmwareComponent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    updateable: bool = True
+
+
+class DPUStatus(Status):
+    vendor: str | None = None
+    model: str | None = None
+    partNumber: str | None = None
+    serialNumber: str | None = None
+    firmware: list[FirmwareComponent] = Field(default_factory=list)
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    allocated: dict[str, Any] = Field(default_factory=dict)
+    health: str | None = None
+    lastSeen: str | None = None
+    installedImage: str | None = None
+    appliedFlavor: str | None = None
+
+
+class DPU(Resource):
+    kind: Literal["DPU"] = "DPU"
+    spec: DPUSpec = Field(default_factory=DPUSpec)
+    status: DPUStatus = Field(default_factory=DPUStatus)
+
+
+# --- Image ------------------------------------------------------------------------------------------------
+
+
+class ComponentType(StrEnum):
+    OS = "os"
+    NIC_FIRMWARE = "nic-firmware"
+    BMC_FIRMWARE = "bmc-firmware"
+    UEFI = "uefi"
+    ATF = "atf"
+    FPGA_BITSTREAM = "fpga-bitstream"
+    AGENT = "agent"
+    OTHER = "other"
+
+
+class ImageComponent(Strict):
+    name: str
+    type: ComponentType
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(default=None, ge=0)
+    url: str | None = None
+
+
+class Compatibility(Strict):
+    vendors: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    partNumbers: list[str] = Field(default_factory=list)
+
+
+class ImageSpec(Strict):
+    version: str
+    components: list[ImageComponent] = Field(min_length=1)
+    compatibility: Compatibility = Field(default_factory=Compatibility)
+    manifestSignature: str | None = None
+
+
+class Image(Resource):
+    kind: Literal["Image"] = "Image"
+    spec: ImageSpec
+    status: Status = Field(default_factory=Status)
+
+
+# --- DPUFlavor --------------------------------------------------------------------------------------------
+
+
+class ConfigFile(Strict):
+    path: str = Field(pattern=r"^/")
+    content: str
+    mode: str = Field(default="0644", pattern=r"^0?[0-7]{3,4}$")
+    operation: Literal["override", "append"] = "override"
+
+
+class Hugepages(Strict):
+    pageSize: Literal["2Mi", "1Gi", "512Mi", "64Ki"] = "2Mi"
+    count: int = Field(ge=0)
+
+
+class ReservedResources(Strict):
+    cpus: int = Field(default=0, ge=0)
+    memoryMiB: int = Field(default=0, ge=0)
+
+
+class DPUFlavorSpec(Strict):
+    kernelParameters: list[str] = Field(default_factory=list)
+    sysctl: dict[str, str] = Field(default_factory=dict)
+    configFiles: list[ConfigFile] = Field(default_factory=list)
+    firmwareParameters: dict[str, str | int | bool] = Field(default_factory=dict)
+    reservedResources: ReservedResources = Field(default_factory=ReservedResources)
+    hugepages: list[Hugepages] = Field(default_factory=list)
+
+
+class DPUFlavor(Resource):
+    kind: Literal["DPUFlavor"] = "DPUFlavor"
+    spec: DPUFlavorSpec = Field(default_factory=DPUFlavorSpec)
+    status: Status = Field(default_factory=Status)
+
+
+# --- DPUSet -----------------------------------------------------------------------------------------------
+
+
+class StrategyType(StrEnum):
+    ROLLING_UPDATE = "RollingUpdate"
+    CANARY = "Canary"
+    ON_DELETE = "OnDelete"
+
+
+class RolloutStrategy(Strict):
+    type: StrategyType = StrategyType.ROLLING_UPDATE
+    maxUnavailable: int | str = 1
+
+    @field_validator("maxUnavailable")
+    @classmethod
+    def _max_unavailable(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("must be at least 1")
+            return value
+        if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
+            raise ValueError(f"{value!r} must be a count (>= 1) or a percentage such as '25%'")
+        return value
+
+
+class DPUTemplate(Strict):
+    image: Name | None = None
+    flavor: Name | None = None
+
+
+class DPUSetSpec(Strict):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    template: DPUTemplate = Field(default_factory=DPUTemplate)
+    strategy: RolloutStrategy = Field(default_factory=RolloutStrategy)
+    paused: bool = False
+
+
+class DPUSetStatus(Status):
+    dpus: int = 0
+    updated: int = 0
+    ready: int = 0
+    unavailable: int = 0
+
+
+class DPUSet(Resource):
+    kind: Literal["DPUSet"] = "DPUSet"
+    spec: DPUSetSpec = Field(default_factory=DPUSetSpec)
+    status: DPUSetStatus = Field(default_factory=DPUSetStatus)
+
+
+# --- Event ------------------------------------------------------------------------------------------------
+
+
+class ObjectReference(Strict):
+    kind: str
+    name: str
+    project: str = "default"
+    uid: str | None = None
+
+
+class Event(Resource):
+    """Something that happened to an object; repeated events are folded into one with a count."""
+
+    kind: Literal["Event"] = "Event"
+    involvedObject: ObjectReference
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str
+    message: str = ""
+    count: int = Field(default=1, ge=1)
+    firstTimestamp: str | None = None
+    lastTimestamp: str | None = None
+    source: str = ""
+
+
+# --- the registry -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: header and a dotted path into the document."""
+
+    header: str
+    path: str
+    wide_only: bool = False
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    model: type[Resource]
+    short_names: tuple[str, ...] = ()
+    columns: tuple[Column, ...] = ()
+    has_status: bool = True
+    extra_fields: tuple[str, ...] = field(default=())
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+
+_PHASE = Column("PHASE", "status.phase")
+_READY = Column("READY", "status.conditions[Ready].status")
+_REASON = Column("REASON", "status.conditions[Ready].reason", wide_only=True)
+
+REGISTRY: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo(
+            "Host",
+            "hosts",
+            Host,
+            ("host",),
+            (Column("HOSTNAME", "spec.hostname"), _PHASE, Column("DPUS", "status.dpus"), _REASON),
+        ),
+        KindInfo(
+            "BMC",
+            "bmcs",
+            BMC,
+            ("bmc",),
+            (
+                Column("ADDRESS", "spec.address"),
+                Column("REACHABLE", "status.reachable"),
+                Column("VENDOR", "status.vendor"),
+                Column("FIRMWARE", "status.firmwareVersion", wide_only=True),
+                _READY,
+                _REASON,
+            ),
+        ),
+        KindInfo(
+            "DPU",
+            "dpus",
+            DPU,
+            ("dpu",),
+            (
+                Column("HOST", "spec.hostRef"),
+                Column("VENDOR", "status.vendor"),
+                Column("MODEL", "status.model"),
+                _PHASE,
+                _READY,
+                Column("SERIAL", "status.serialNumber", wide_only=True),
+                Column("P/N", "status.partNumber", wide_only=True),
+                Column("IMAGE", "spec.image", wide_only=True),
+                Column("HEALTH", "status.health", wide_only=True),
+                _REASON,
+            ),
+        ),
+        KindInfo(
+            "Image",
+            "images",
+            Image,
+            ("image", "img"),
+            (Column("VERSION", "spec.version"), Column("COMPONENTS", "spec.components[*].name"), _PHASE),
+        ),
+        KindInfo(
+            "DPUFlavor",
+            "dpuflavors",
+            DPUFlavor,
+            ("dpuflavor", "flavor", "flavors"),
+            (Column("HUGEPAGES", "spec.hugepages[*].count"), Column("KERNEL-PARAMS", "spec.kernelParameters")),
+        ),
+        KindInfo(
+            "DPUSet",
+            "dpusets",
+            DPUSet,
+            ("dpuset", "ds"),
+            (
+                Column("IMAGE", "spec.template.image"),
+                Column("STRATEGY", "spec.strategy.type"),
+                Column("DPUS", "status.dpus"),
+                Column("UPDATED", "status.updated"),
+                Column("READY", "status.ready"),
+            ),
+        ),
+        KindInfo(
+            "Event",
+            "events",
+            Event,
+            ("event", "ev"),
+            (
+                Column("TYPE", "type"),
+                Column("REASON", "reason"),
+                Column("OBJECT", "involvedObject.name"),
+                Column("COUNT", "count"),
+                Column("LAST SEEN", "lastTimestamp"),
+                Column("MESSAGE", "message"),
+            ),
+            has_status=False,
+            extra_fields=(
+                "involvedObject",
+                "type",
+                "reason",
+                "message",
+                "count",
+                "firstTimestamp",
+                "lastTimestamp",
+                "source",
+            ),
+        ),
+    )
+}
+
+_BY_NAME: dict[str, KindInfo] = {}
+for _info in REGISTRY.values():
+    for _alias in (_info.kind.lower(), _info.plural, *_info.short_names):
+        _BY_NAME[_alias] = _info
+
+
+class UnknownKind(LookupError):
+    def __init__(self, name: str) -> None:
+        known = ", ".join(sorted(info.plural for info in REGISTRY.values()))
+        super().__init__(f"unknown kind {name!r}; known kinds: {known}")
+
+
+def lookup(name: str) -> KindInfo:
+    """Find a kind by its name, plural or short name, case-insensitively."""
+    info = REGISTRY.get(name) or _BY_NAME.get(name.lower())
+    if info is None:
+        raise UnknownKind(name)
+    return info

@@ -1,0 +1,141 @@
+"""Object metadata, status and conditions shared by every kind.
+
+The shape follows Kubernetes so that anyone who has read a kubectl manifest can
+read ours: metadata is owned by the store (uid, resourceVersion, generation,
+timestamps), spec is owned by users, status is owned by controllers.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+DEFAULT_PROJECT = "default"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def isotime(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_name(value: str) -> str:
+    """Names are DNS-1123 subdomains, as in Kubernetes, so they fit in URLs and hostnames."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 253:
+        raise ValueError("must be at most 253 characters")
+    if not DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit (DNS-1123)"
+        )
+    return value
+
+
+def check_project(value: str) -> str:
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise ValueError(f"{value!r} is not a valid project: use a DNS-1123 label (lower-case, digits, '-')")
+    return value
+
+
+def check_label_key(key: str) -> str:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+        raise ValueError(f"label key {key!r}: prefix must be a DNS-1123 subdomain")
+    if not name or len(name) > 63 or not LABEL_KEY_NAME.match(name):
+        raise ValueError(f"label key {key!r}: name must be 1-63 alphanumerics, '-', '_' or '.'")
+    return key
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        check_label_key(key)
+        if len(value) > 63 or not LABEL_VALUE.match(value):
+            raise ValueError(f"label {key!r}: value {value!r} must be at most 63 alphanumerics, '-', '_', '.'")
+    return labels
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+Project = Annotated[str, AfterValidator(check_project)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+
+
+class Strict(BaseModel):
+    """Base for user-facing models: unknown fields are refused, naming them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class OwnerReference(Strict):
+    apiVersion: str = "dpufleet.io/v1alpha1"
+    kind: str
+    name: Name
+    uid: str
+    controller: bool = False
+    blockOwnerDeletion: bool = False
+
+
+class ObjectMeta(Strict):
+    name: Name
+    project: Project = DEFAULT_PROJECT
+    uid: str | None = None
+    labels: Labels = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    resourceVersion: str | None = None
+    generation: int | None = None
+    creationTimestamp: str | None = None
+    deletionTimestamp: str | None = None
+    finalizers: list[str] = Field(default_factory=list)
+    ownerReferences: list[OwnerReference] = Field(default_factory=list)
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Severity(StrEnum):
+    """How bad a False condition is; Ready carries the reason of the worst one."""
+
+    INFO = "Info"
+    WARNING = "Warning"
+    ERROR = "Error"
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    severity: Severity | None = None
+    lastTransitionTime: str | None = None
+    observedGeneration: int | None = None
+
+
+class Status(BaseModel):
+    """Observed state. Controllers extend it per kind; unknown fields are kept (forward compatible)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = None
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True, by_alias=True)

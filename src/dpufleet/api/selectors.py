@@ -1,0 +1,138 @@
+"""Label selectors: matchLabels + matchExpressions, and the kubectl string form (`a=b,c in (x,y),!d`)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .meta import check_label_key
+
+
+class SelectorError(ValueError):
+    """A label selector that cannot be parsed or is inconsistent."""
+
+
+class Operator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class Requirement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    operator: Operator
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Requirement:
+        check_label_key(self.key)
+        if self.operator in (Operator.IN, Operator.NOT_IN) and not self.values:
+            raise ValueError(f"matchExpressions[{self.key}]: operator {self.operator} needs at least one value")
+        if self.operator in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and self.values:
+            raise ValueError(f"matchExpressions[{self.key}]: operator {self.operator} takes no values")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        match self.operator:
+            case Operator.IN:
+                return self.key in labels and labels[self.key] in self.values
+            case Operator.NOT_IN:
+                return self.key not in labels or labels[self.key] not in self.values
+            case Operator.EXISTS:
+                return self.key in labels
+            case Operator.DOES_NOT_EXIST:
+                return self.key not in labels
+
+
+class LabelSelector(BaseModel):
+    """Selects objects by labels. An empty selector selects everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+    matchExpressions: list[Requirement] = Field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.matchLabels.items():
+            if labels.get(key) != value:
+                return False
+        return all(req.matches(labels) for req in self.matchExpressions)
+
+    def is_empty(self) -> bool:
+        return not self.matchLabels and not self.matchExpressions
+
+    def to_string(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.matchLabels.items())]
+        for req in self.matchExpressions:
+            match req.operator:
+                case Operator.IN:
+                    parts.append(f"{req.key} in ({','.join(req.values)})")
+                case Operator.NOT_IN:
+                    parts.append(f"{req.key} notin ({','.join(req.values)})")
+                case Operator.EXISTS:
+                    parts.append(req.key)
+                case Operator.DOES_NOT_EXIST:
+                    parts.append(f"!{req.key}")
+        return ",".join(parts)
+
+
+_TOKEN = re.compile(
+    r"\s*(?:"
+    r"(?P<notexists>!\s*(?P<nkey>[^\s,!=()]+))"
+    r"|(?P<set>(?P<skey>[^\s,!=()]+)\s+(?P<op>in|notin)\s*\((?P<values>[^)]*)\))"
+    r"|(?P<eq>(?P<ekey>[^\s,!=()]+)\s*(?P<eop>==|=|!=)\s*(?P<evalue>[^\s,!=()]*))"
+    r"|(?P<exists>(?P<xkey>[^\s,!=()]+))"
+    r")\s*(?:,|$)"
+)
+
+
+def parse_selector(text: str | None) -> LabelSelector:
+    """Parse the kubectl selector syntax into a LabelSelector.
+
+    `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, joined by commas.
+    """
+    selector = LabelSelector()
+    if not text or not text.strip():
+        return selector
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise SelectorError(f"label selector {text!r}: cannot parse at {text[pos:]!r}")
+        pos = m.end()
+        try:
+            if m.group("notexists"):
+                selector.matchExpressions.append(Requirement(key=m.group("nkey"), operator=Operator.DOES_NOT_EXIST))
+            elif m.group("set"):
+                values = [v.strip() for v in m.group("values").split(",") if v.strip()]
+                op = Operator.IN if m.group("op") == "in" else Operator.NOT_IN
+                selector.matchExpressions.append(Requirement(key=m.group("skey"), operator=op, values=values))
+            elif m.group("eq"):
+                key, value = m.group("ekey"), m.group("evalue")
+                check_label_key(key)
+                if m.group("eop") == "!=":
+                    selector.matchExpressions.append(Requirement(key=key, operator=Operator.NOT_IN, values=[value]))
+                elif key in selector.matchLabels and selector.matchLabels[key] != value:
+                    selector.matchExpressions.append(Requirement(key=key, operator=Operator.IN, values=[value]))
+                else:
+                    selector.matchLabels[key] = value
+            else:
+                selector.matchExpressions.append(Requirement(key=m.group("xkey"), operator=Operator.EXISTS))
+        except ValueError as exc:
+            raise SelectorError(f"label selector {text!r}: {_first_error(exc)}") from None
+    return selector
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        items = errors()
+        if items:
+            return str(items[0].get("msg", exc)).removeprefix("Value error, ")
+    return str(exc)

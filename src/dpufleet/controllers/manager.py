@@ -1,0 +1,58 @@
+"""The controller manager: runs one controller per reconciler, in the server or on its own.
+
+In the server (the default) it shares the server's change feed. As a separate
+`dpufleet controller` process it opens the same store and follows the change log
+itself, so the API server and the controllers can run and restart independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..store.feed import ChangeFeed
+from ..store.store import Store, default_sqlite_url
+from .events import EventReaper
+from .runtime.controller import Controller, Reconciler
+
+log = logging.getLogger(__name__)
+
+# Each entry builds one reconciler for a store; capabilities add theirs here.
+ReconcilerFactory = Callable[[Store], Reconciler]
+DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper]
+
+
+class Manager:
+    def __init__(self, store: Store, reconcilers: list[Reconciler], feed: ChangeFeed | None = None) -> None:
+        self.store = store
+        self.feed = feed
+        self.controllers: list[Controller] = []
+        self.reconcilers = reconcilers
+
+    async def run(self) -> None:
+        own_feed = self.feed is None
+        feed = self.feed or ChangeFeed(self.store)
+        if own_feed:
+            await feed.start()
+        self.controllers = [Controller(self.store, feed, r) for r in self.reconcilers]
+        log.info("controllers running: %s", ", ".join(c.name for c in self.controllers) or "none")
+        try:
+            await asyncio.gather(*(c.run() for c in self.controllers))
+        finally:
+            if own_feed:
+                await feed.stop()
+
+
+def default_manager(store: Store, feed: ChangeFeed | None = None) -> Manager:
+    return Manager(store, [factory(store) for factory in DEFAULT_RECONCILERS], feed)
+
+
+def run_standalone(data_dir: Path, db_url: str | None) -> None:
+    """`dpufleet controller`: the reconcilers as their own process against the same store."""
+    store = Store.open(db_url or default_sqlite_url(data_dir))
+    try:
+        asyncio.run(default_manager(store).run())
+    finally:
+        store.close()

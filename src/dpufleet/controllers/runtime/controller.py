@@ -1,0 +1,138 @@
+"""Level-triggered controllers fed by the store's change feed.
+
+A controller owns one kind. It lists all objects of that kind at start (and again
+every `resync` seconds), then follows the change feed; every change puts the
+object's key on a de-duplicated work queue. Workers call `reconcile(key)`, which
+reads the current object and converges it: it sees the level (current state),
+not the edge (which change happened), so missed or merged events are harmless.
+A raised exception re-queues the key with exponential backoff; a Result may ask
+to be called again after a delay (waiting on hardware, a timeout to check).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ...api.errors import Gone
+from ...store.feed import ChangeFeed, WatcherTooSlow
+from ...store.store import Change, Store
+from .queue import Backoff, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    project: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+DONE = Result()
+
+# Maps a change of a watched (secondary) kind to the keys of the primary kind it affects.
+Mapper = Callable[[Change], Iterable[Key]]
+
+
+class Reconciler(abc.ABC):
+    """One per kind. Subclasses set `kind` and implement `reconcile`."""
+
+    kind: str
+    workers: int = 4
+    resync: float = 300.0
+    backoff: Backoff = Backoff()
+
+    def watches(self) -> dict[str, Mapper]:
+        """Other kinds whose changes should wake objects of this kind."""
+        return {}
+
+    @abc.abstractmethod
+    async def reconcile(self, key: Key) -> Result:
+        """Converge the object named by key; raise to retry with backoff."""
+
+
+class Controller:
+    def __init__(self, store: Store, feed: ChangeFeed, reconciler: Reconciler) -> None:
+        self.store = store
+        self.feed = feed
+        self.reconciler = reconciler
+        self.queue: WorkQueue[Key] = WorkQueue(backoff=reconciler.backoff)
+        self.reconciles = 0
+        self.errors = 0
+
+    @property
+    def name(self) -> str:
+        return type(self.reconciler).__name__
+
+    async def run(self) -> None:
+        kinds = frozenset({self.reconciler.kind, *self.reconciler.watches()})
+        tasks = [
+            asyncio.create_task(self._worker(i), name=f"{self.name}-worker-{i}") for i in range(self.reconciler.workers)
+        ]
+        tasks.append(asyncio.create_task(self._follow(kinds), name=f"{self.name}-follow"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await self.queue.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _enqueue_all(self) -> int:
+        listing = await asyncio.to_thread(self.store.list, self.reconciler.kind)
+        for obj in listing.items:
+            meta = obj["metadata"]
+            await self.queue.add(Key(meta["project"], meta["name"]))
+        return listing.resource_version
+
+    async def _follow(self, kinds: frozenset[str]) -> None:
+        mappers = self.reconciler.watches()
+        while True:
+            since = await self._enqueue_all()
+            try:
+                async with asyncio.timeout(self.reconciler.resync):
+                    async for change in self.feed.changes(kinds, since):
+                        if change.kind == self.reconciler.kind:
+                            await self.queue.add(Key(change.project, change.name))
+                        mapper = mappers.get(change.kind)
+                        if mapper is not None:
+                            for key in mapper(change):
+                                await self.queue.add(key)
+            except TimeoutError:
+                continue  # periodic resync: list everything again
+            except (Gone, WatcherTooSlow) as exc:
+                log.warning("%s: watch restarted (%s)", self.name, exc)
+
+    async def _worker(self, _index: int) -> None:
+        while True:
+            key = await self.queue.get()
+            if key is None:
+                return
+            try:
+                result = await self.reconciler.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors += 1
+                delay = await self.queue.add_rate_limited(key)
+                log.warning(
+                    "%s %s: %s (retry in %.2fs)", self.name, key, exc, delay, exc_info=log.isEnabledFor(logging.DEBUG)
+                )
+            else:
+                self.queue.forget(key)
+                if result.requeue_after is not None:
+                    await self.queue.add_after(key, result.requeue_after)
+            finally:
+                self.reconciles += 1
+                await self.queue.done(key)

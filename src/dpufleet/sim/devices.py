@@ -1,0 +1,114 @@
+"""Plain, typed state of emulated hosts and DPUs.
+
+Everything the emulator shows (OS files, Redfish resources) is rendered from
+these objects, so a fault injector flips one field here and every view of the
+device agrees.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpufleet.sim.profiles import HostPciSpec, VendorProfile
+
+
+class PowerState(enum.StrEnum):
+    """Redfish Resource.PowerState values the emulator moves through."""
+
+    ON = "On"
+    OFF = "Off"
+    POWERING_ON = "PoweringOn"
+    POWERING_OFF = "PoweringOff"
+
+
+@dataclass
+class SimNic:
+    name: str
+    mac: str
+    speed_mbps: int
+    mtu: int = 1500
+    operstate: str = "up"
+
+
+@dataclass(frozen=True)
+class HostPciFunction:
+    """One PCI function of a DPU as its host enumerates it."""
+
+    bdf: str
+    spec: HostPciSpec
+    dpu_id: str
+
+
+@dataclass
+class SimDPU:
+    """One emulated DPU: its identity, its OS's view and its BMC-visible state."""
+
+    id: str
+    profile: VendorProfile
+    serial: str
+    uuid: str
+    hostname: str
+    host_id: str | None
+    slot: int
+    host_bus: int
+    nics: list[SimNic]
+    bmc_mac: str
+    bmc_serial: str
+    firmware: dict[str, str]
+    power_state: PowerState = PowerState.ON
+    boot_progress: str = "OSRunning"
+    boot_override_target: str = "None"
+    boot_override_enabled: str = "Disabled"
+    boot_override_mode: str = "UEFI"
+    secure_boot_enabled: bool = True
+    temperature_celsius: float = 50.0
+    power_watts: float = 60.0
+    osroot: Path | None = None
+    boot_count: int = 0
+
+    def host_functions(self) -> list[HostPciFunction]:
+        """The PCI functions the host sees for this DPU (one bus per DPU slot)."""
+        functions: list[HostPciFunction] = []
+        fn = 0
+        for spec in self.profile.host_pci:
+            for _ in range(spec.functions):
+                bdf = f"0000:{self.host_bus:02x}:00.{fn}"
+                functions.append(HostPciFunction(bdf=bdf, spec=spec, dpu_id=self.id))
+                fn += 1
+        return functions
+
+    @property
+    def data_nics(self) -> list[SimNic]:
+        port_names = {p.name for p in self.profile.ports}
+        return [nic for nic in self.nics if nic.name in port_names]
+
+
+@dataclass(frozen=True)
+class HostModel:
+    vendor: str
+    product: str
+    cpu_model: str
+    cpu_count: int
+    memory_mib: int
+
+
+HOST_MODELS: tuple[HostModel, ...] = (
+    HostModel("Dell Inc.", "PowerEdge R760", "Intel(R) Xeon(R) Gold 6430", 64, 524288),
+    HostModel("Supermicro", "SYS-221H-TNR", "Intel(R) Xeon(R) Platinum 8468", 96, 1048576),
+    HostModel("HPE", "ProLiant DL385 Gen11", "AMD EPYC 9454 48-Core Processor", 96, 786432),
+    HostModel("Lenovo", "ThinkSystem SR650 V3", "Intel(R) Xeon(R) Gold 6448Y", 64, 524288),
+)
+
+
+@dataclass
+class SimHost:
+    """A server carrying one or more DPUs in its PCIe slots."""
+
+    id: str
+    serial: str
+    uuid: str
+    model: HostModel
+    dpus: list[SimDPU] = field(default_factory=list)
+    osroot: Path | None = None

@@ -1,0 +1,257 @@
+"""Materialise emulated OS roots: the files a Linux agent would read.
+
+A DPU root looks like its Arm OS (``/proc``, ``/sys``, ``/etc``); a host root
+shows the host's DMI and the DPUs' PCI functions on its bus, including their
+PCI VPD (part and serial number), which is how a host-side agent pairs a DPU
+with the slot it sits in. The agent's inventory reader is pointed at these
+directories exactly as it is pointed at ``/`` on real hardware.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+from dpufleet.sim.devices import SimDPU, SimHost, SimNic
+from dpufleet.sim.profiles import VendorProfile
+
+# Memory the firmware and kernel keep for themselves (what MemTotal hides).
+_RESERVED_FRACTION = 0.035
+
+# PCI functions every emulated host has besides its DPUs (vendor, device, class).
+_HOST_BASE_PCI: tuple[tuple[str, str, str, str], ...] = (
+    ("0000:00:00.0", "8086", "09a2", "060000"),  # host bridge
+    ("0000:00:14.0", "8086", "1bcd", "0c0330"),  # USB xHCI
+    ("0000:00:1f.0", "8086", "1b81", "060100"),  # ISA bridge
+    ("0000:03:00.0", "1a03", "2000", "030000"),  # ASPEED BMC VGA
+    ("0000:05:00.0", "144d", "a80a", "010802"),  # NVMe boot disk
+)
+
+
+def _write(root: Path, relpath: str, content: str | bytes) -> None:
+    path = root / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+
+
+def _kv_lines(pairs: dict[str, str]) -> str:
+    return "".join(f'{key}="{value}"\n' for key, value in pairs.items())
+
+
+def encode_vpd(product_name: str, fields: dict[str, str]) -> bytes:
+    """Encode PCI Vital Product Data (PCI Local Bus spec, section 6.4).
+
+    ``fields`` are read-only keywords (PN, SN, EC, V0...); an RV checksum
+    keyword and the end tag are appended so the image sums to zero.
+    """
+    ident = product_name.encode("ascii", "replace")
+    out = bytearray([0x82, len(ident) & 0xFF, len(ident) >> 8]) + ident
+    body = bytearray()
+    for key, value in fields.items():
+        data = value.encode("ascii", "replace")[:255]
+        body += key.encode("ascii")[:2] + bytes([len(data)]) + data
+    # RV: checksum byte plus one reserved byte.
+    rv_len = 2
+    section = bytearray([0x90]) + (len(body) + 3 + rv_len).to_bytes(2, "little") + body + b"RV" + bytes([rv_len])
+    checksum = (-(sum(out) + sum(section))) & 0xFF
+    section += bytes([checksum, 0])
+    return bytes(out + section + bytes([0x78]))
+
+
+def _cpuinfo_arm(profile: VendorProfile) -> str:
+    cpu = profile.cpu
+    blocks = []
+    for index in range(cpu.cores):
+        blocks.append(
+            f"processor\t: {index}\n"
+            f"BogoMIPS\t: {cpu.bogomips:.2f}\n"
+            f"Features\t: {cpu.features}\n"
+            f"CPU implementer\t: {cpu.implementer}\n"
+            "CPU architecture: 8\n"
+            f"CPU variant\t: {cpu.variant}\n"
+            f"CPU part\t: {cpu.part}\n"
+            f"CPU revision\t: {cpu.revision}\n"
+        )
+    return "\n".join(blocks) + "\n"
+
+
+def _cpuinfo_x86(model: str, count: int) -> str:
+    blocks = []
+    for index in range(count):
+        blocks.append(
+            f"processor\t: {index}\nvendor_id\t: {'AuthenticAMD' if 'AMD' in model else 'GenuineIntel'}\n"
+            f"model name\t: {model}\ncpu MHz\t\t: 2100.000\nflags\t\t: fpu vme de pse tsc msr pae\n"
+        )
+    return "\n".join(blocks) + "\n"
+
+
+def _meminfo(total_mib: int) -> str:
+    total_kib = int(total_mib * 1024 * (1 - _RESERVED_FRACTION))
+    free_kib = int(total_kib * 0.82)
+    return (
+        f"MemTotal:       {total_kib} kB\n"
+        f"MemFree:        {free_kib} kB\n"
+        f"MemAvailable:   {int(total_kib * 0.9)} kB\n"
+        "Buffers:          123456 kB\n"
+        "Cached:          1234567 kB\n"
+        "SwapTotal:             0 kB\n"
+        "SwapFree:              0 kB\n"
+        "HugePages_Total:       0\n"
+        "Hugepagesize:       2048 kB\n"
+    )
+
+
+def _write_nic(root: Path, nic: SimNic) -> None:
+    base = f"sys/class/net/{nic.name}"
+    _write(root, f"{base}/address", nic.mac + "\n")
+    _write(root, f"{base}/speed", f"{nic.speed_mbps}\n")
+    _write(root, f"{base}/operstate", nic.operstate + "\n")
+    _write(root, f"{base}/mtu", f"{nic.mtu}\n")
+    _write(root, f"{base}/type", "1\n")
+
+
+def _write_pci(root: Path, bdf: str, vendor: str, device: str, class_code: str, vpd: bytes | None = None) -> None:
+    base = f"sys/bus/pci/devices/{bdf}"
+    _write(root, f"{base}/vendor", f"0x{vendor}\n")
+    _write(root, f"{base}/device", f"0x{device}\n")
+    _write(root, f"{base}/class", f"0x{class_code}\n")
+    _write(root, f"{base}/subsystem_vendor", f"0x{vendor}\n")
+    _write(root, f"{base}/subsystem_device", f"0x{device}\n")
+    if vpd is not None:
+        _write(root, f"{base}/vpd", vpd)
+
+
+def _write_dmi(root: Path, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        _write(root, f"sys/class/dmi/id/{key}", value + "\n")
+
+
+def refresh_dpu_firmware_files(dpu: SimDPU) -> None:
+    """Rewrite the files that show firmware versions, after an update."""
+    if dpu.osroot is None:
+        return
+    uefi = dpu.profile.firmware_of_kind("uefi")
+    if uefi is not None:
+        _write(dpu.osroot, "sys/class/dmi/id/bios_version", dpu.firmware[uefi.id] + "\n")
+    lines = "".join(f"{fw_id}={version}\n" for fw_id, version in sorted(dpu.firmware.items()))
+    _write(dpu.osroot, "etc/dpufleet-sim/firmware", lines)
+
+
+def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
+    """Write the DPU's emulated Arm OS root under ``root`` and remember it."""
+    profile = dpu.profile
+    root.mkdir(parents=True, exist_ok=True)
+    kernel = profile.os.kernel_release
+    _write(root, "proc/cpuinfo", _cpuinfo_arm(profile))
+    _write(root, "proc/meminfo", _meminfo(profile.memory.total_mib))
+    _write(
+        root,
+        "proc/version",
+        f"Linux version {kernel} (buildd@dpufleet-sim) (aarch64-linux-gnu-gcc 11.4.0) {profile.os.kernel_build}\n",
+    )
+    _write(root, "proc/sys/kernel/osrelease", kernel + "\n")
+    _write(root, "proc/sys/kernel/hostname", dpu.hostname + "\n")
+    _write(root, "etc/hostname", dpu.hostname + "\n")
+    _write(root, "etc/machine-id", uuid.UUID(dpu.uuid).hex + "\n")
+    os_release = {
+        "NAME": profile.os.name,
+        "VERSION_ID": profile.os.version_id,
+        "PRETTY_NAME": profile.os.pretty_name,
+        "ID": profile.os.id,
+    }
+    if profile.os.version_codename:
+        os_release["VERSION_CODENAME"] = profile.os.version_codename
+    _write(root, "etc/os-release", _kv_lines(os_release))
+    uefi = profile.firmware_of_kind("uefi")
+    _write_dmi(
+        root,
+        {
+            "sys_vendor": profile.dmi.sys_vendor,
+            "product_name": profile.dmi.product_name,
+            "product_serial": dpu.serial,
+            "product_uuid": dpu.uuid,
+            "product_sku": profile.part_number,
+            "board_vendor": profile.dmi.board_vendor,
+            "board_name": profile.dmi.board_name,
+            "board_serial": dpu.serial,
+            "bios_vendor": profile.dmi.bios_vendor,
+            "bios_version": dpu.firmware[uefi.id] if uefi else "unknown",
+            "chassis_vendor": profile.dmi.chassis_vendor,
+            "chassis_serial": dpu.serial,
+        },
+    )
+    _write(root, "sys/devices/system/cpu/online", f"0-{profile.cpu.cores - 1}\n")
+    _write(root, "sys/devices/system/cpu/possible", f"0-{profile.cpu.cores - 1}\n")
+    for nic in dpu.nics:
+        _write_nic(root, nic)
+    _write(root, "sys/class/net/lo/address", "00:00:00:00:00:00\n")
+    _write(root, "sys/class/net/lo/mtu", "65536\n")
+    _write(root, "sys/class/net/lo/operstate", "unknown\n")
+    _write(root, "sys/class/net/lo/type", "772\n")
+    for disk in profile.storage:
+        sectors = disk.size_gib * 1024**3 // 512
+        _write(root, f"sys/block/{disk.name}/size", f"{sectors}\n")
+        _write(root, f"sys/block/{disk.name}/device/model", disk.model + "\n")
+        _write(root, f"sys/block/{disk.name}/queue/rotational", "0\n")
+    # The Arm side enumerates the NIC functions on its own PCIe root too.
+    for index, function in enumerate(f for f in dpu.host_functions() if f.spec.role == "nic"):
+        bdf = f"0000:03:00.{index}"
+        _write_pci(root, bdf, function.spec.vendor_id, function.spec.device_id, function.spec.class_code)
+    dpu.osroot = root
+    refresh_dpu_firmware_files(dpu)
+    return root
+
+
+def write_host_root(host: SimHost, root: Path) -> Path:
+    """Write the host's emulated OS root: its DMI and every DPU PCI function."""
+    root.mkdir(parents=True, exist_ok=True)
+    model = host.model
+    _write(root, "proc/cpuinfo", _cpuinfo_x86(model.cpu_model, model.cpu_count))
+    _write(root, "proc/meminfo", _meminfo(model.memory_mib))
+    _write(root, "proc/version", "Linux version 6.8.0-45-generic (buildd@lcy02-amd64-115) #45-Ubuntu SMP\n")
+    _write(root, "proc/sys/kernel/osrelease", "6.8.0-45-generic\n")
+    _write(root, "proc/sys/kernel/hostname", host.id + "\n")
+    _write(root, "etc/hostname", host.id + "\n")
+    _write(
+        root,
+        "etc/os-release",
+        _kv_lines({"NAME": "Ubuntu", "VERSION_ID": "24.04", "PRETTY_NAME": "Ubuntu 24.04.1 LTS", "ID": "ubuntu"}),
+    )
+    _write_dmi(
+        root,
+        {
+            "sys_vendor": model.vendor,
+            "product_name": model.product,
+            "product_serial": host.serial,
+            "product_uuid": host.uuid,
+            "board_vendor": model.vendor,
+            "board_serial": host.serial,
+            "chassis_serial": host.serial,
+        },
+    )
+    for bdf, vendor, device, class_code in _HOST_BASE_PCI:
+        _write_pci(root, bdf, vendor, device, class_code)
+    for dpu in host.dpus:
+        vpd = encode_vpd(
+            dpu.profile.model,
+            {"PN": dpu.profile.part_number, "EC": "A1", "SN": dpu.serial, "V0": dpu.profile.vendor},
+        )
+        for function in dpu.host_functions():
+            spec = function.spec
+            _write_pci(root, function.bdf, spec.vendor_id, spec.device_id, spec.class_code, vpd)
+    host.osroot = root
+    return root
+
+
+def materialise_dpu_root(profile: VendorProfile, serial: str, seed: int, root: Path) -> SimDPU:
+    """Build a stand-alone DPU (no host) from a profile and write its OS root."""
+    from dpufleet.sim.fleet import MacAllocator, make_dpu  # local: fleet imports this module
+
+    rng = random.Random(f"{seed}:{serial}")
+    dpu = make_dpu(profile, serial=serial, dpu_id=serial.lower(), host_id=None, slot=0, rng=rng, macs=MacAllocator(rng))
+    write_dpu_root(dpu, root)
+    return dpu

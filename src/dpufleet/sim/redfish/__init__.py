@@ -1,0 +1,1 @@
+"""Redfish resources of an emulated DPU BMC, served over real HTTP."""

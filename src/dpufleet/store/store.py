@@ -1,0 +1,460 @@
+"""The resource store: documents with optimistic concurrency, finalizers, cascade, and a change log.
+
+SQLite (the embedded default, WAL) and PostgreSQL share this code. Every write is one
+transaction that (1) takes the next resourceVersion from the single counter row — which
+locks it until commit, so resourceVersions are committed in order on both backends —
+(2) writes the object and (3) appends the change to the log that watches read.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from ..api.errors import AlreadyExists, BadRequest, Conflict, Gone, Invalid, NotFound
+from ..api.kinds import KindInfo, UnknownKind, lookup
+from ..api.meta import DEFAULT_PROJECT, isotime, now
+from ..api.patch import merge_patch
+from ..api.selectors import LabelSelector
+from ..api.validation import validate_document, validate_status
+from .schema import changes, counter, objects
+
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+# Statements built once: building them per call costs more than SQLite's own work.
+_NEXT_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + 1).returning(counter.c.rv)
+_INSERT_OBJECT = insert(objects)
+_UPDATE_OBJECT = update(objects).where(objects.c.uid == bindparam("b_uid"))
+_INSERT_CHANGE = insert(changes)
+_SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write, as a watcher sees it."""
+
+    rv: int
+    type: str
+    kind: str
+    project: str
+    name: str
+    data: str  # the object's JSON after the write (before it, for DELETED)
+
+    def object(self) -> dict[str, Any]:
+        result: dict[str, Any] = orjson.loads(self.data)
+        return result
+
+
+@dataclass(frozen=True)
+class ListResult:
+    items: list[dict[str, Any]]
+    resource_version: int
+
+
+def _kind(kind: str | KindInfo) -> KindInfo:
+    if isinstance(kind, KindInfo):
+        return kind
+    try:
+        return lookup(kind)
+    except UnknownKind as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _spec_part(doc: dict[str, Any]) -> dict[str, Any]:
+    """Everything the user owns apart from metadata: a change here bumps generation."""
+    return {k: v for k, v in doc.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'dpufleet.db'}"
+
+
+class Store:
+    """Thread-safe; one per process. Open with `Store.open(url)`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._listeners: list[Callable[[int], None]] = []
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            self._engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            self._write_engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=StaticPool
+            )
+            for engine, immediate in ((self._engine, False), (self._write_engine, True)):
+                _sqlite_pragmas(engine, immediate=immediate)
+        else:
+            url = url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+            self._engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self._write_engine = self._engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        store = cls(url)
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self._write_engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self._engine.dispose()
+        self._write_engine.dispose()
+
+    def add_listener(self, callback: Callable[[int], None]) -> None:
+        """Called with the new resourceVersion after each commit in this process (wakes watchers)."""
+        self._listeners.append(callback)
+
+    # --- transactions -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._write_lock is not None:
+            with self._write_lock, self._write_engine.begin() as conn:
+                yield conn
+        else:
+            with self._write_engine.begin() as conn:
+                yield conn
+
+    def _notify(self, rv: int) -> None:
+        for callback in self._listeners:
+            callback(rv)
+
+    @staticmethod
+    def _next_rv(conn: Connection) -> int:
+        return int(conn.execute(_NEXT_RV).scalar_one())
+
+    @staticmethod
+    def _log(conn: Connection, rv: int, change: str, doc: dict[str, Any], data: str) -> None:
+        meta = doc["metadata"]
+        conn.execute(
+            _INSERT_CHANGE,
+            {
+                "rv": rv,
+                "kind": doc["kind"],
+                "project": meta["project"],
+                "name": meta["name"],
+                "type": change,
+                "data": data,
+            },
+        )
+
+    @staticmethod
+    def _load(conn: Connection, kind: KindInfo, project: str, name: str) -> dict[str, Any]:
+        row = conn.execute(
+            select(objects.c.data).where(
+                objects.c.kind == kind.kind, objects.c.project == project, objects.c.name == name
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"{kind.singular} {name!r} not found in project {project!r}")
+        result: dict[str, Any] = orjson.loads(row[0])
+        return result
+
+    def _save(self, conn: Connection, doc: dict[str, Any], rv: int, change: str) -> dict[str, Any]:
+        meta = doc["metadata"]
+        meta["resourceVersion"] = str(rv)
+        data = _dumps(doc)
+        values = {
+            "rv": rv,
+            "labels": _dumps(meta.get("labels") or {}),
+            "owner_uids": " ".join(ref["uid"] for ref in meta.get("ownerReferences") or []),
+            "data": data,
+        }
+        if change == ADDED:
+            values.update(kind=doc["kind"], project=meta["project"], name=meta["name"], uid=meta["uid"])
+            conn.execute(_INSERT_OBJECT, values)
+        else:
+            values["b_uid"] = meta["uid"]
+            conn.execute(_UPDATE_OBJECT, values)
+        self._log(conn, rv, change, doc, data)
+        return doc
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def get(self, kind: str | KindInfo, name: str, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
+        info = _kind(kind)
+        with self._engine.connect() as conn:
+            return self._load(conn, info, project, name)
+
+    def list_raw(
+        self,
+        kind: str | KindInfo,
+        project: str | None = None,
+        selector: LabelSelector | None = None,
+    ) -> tuple[list[str], int]:
+        """Documents as JSON text (no re-serialisation), and the resourceVersion the list is consistent at."""
+        info = _kind(kind)
+        query = select(objects.c.data, objects.c.labels).where(objects.c.kind == info.kind)
+        if project is not None:
+            query = query.where(objects.c.project == project)
+        query = query.order_by(objects.c.project, objects.c.name)
+        with self._engine.connect() as conn, conn.begin():
+            rv = int(conn.execute(select(counter.c.rv).where(counter.c.id == 1)).scalar_one())
+            rows = conn.execute(query).all()
+        if selector is None or selector.is_empty():
+            return [row[0] for row in rows], rv
+        return [row[0] for row in rows if selector.matches(orjson.loads(row[1]))], rv
+
+    def list(
+        self,
+        kind: str | KindInfo,
+        project: str | None = None,
+        selector: LabelSelector | None = None,
+    ) -> ListResult:
+        raw, rv = self.list_raw(kind, project, selector)
+        return ListResult([orjson.loads(item) for item in raw], rv)
+
+    def current_rv(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(counter.c.rv).where(counter.c.id == 1)).scalar_one())
+
+    def changes_since(self, since: int, kinds: set[str] | None = None, limit: int = 1000) -> list[Change]:
+        """Committed changes with rv > since, oldest first. Raises Gone once since is compacted away."""
+        query = select(
+            changes.c.rv, changes.c.type, changes.c.kind, changes.c.project, changes.c.name, changes.c.data
+        ).where(changes.c.rv > since)
+        if kinds is not None and len(kinds) == 1:
+            query = query.where(changes.c.kind == next(iter(kinds)))
+        elif kinds is not None:
+            query = query.where(changes.c.kind.in_(sorted(kinds)))
+        query = query.order_by(changes.c.rv).limit(limit)
+        with self._engine.connect() as conn, conn.begin():
+            compacted = int(conn.execute(select(counter.c.compacted_rv).where(counter.c.id == 1)).scalar_one())
+            if since < compacted:
+                raise Gone(
+                    f"resourceVersion {since} is too old (history starts after {compacted}): re-list, then watch"
+                )
+            rows = conn.execute(query).all()
+        return [Change(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def compact(self, keep: int) -> int:
+        """Drop all but the newest `keep` changes. Returns the new compaction point."""
+        with self._write() as conn:
+            rv, compacted = conn.execute(select(counter.c.rv, counter.c.compacted_rv)).one()
+            point = max(int(compacted), int(rv) - keep)
+            if point > compacted:
+                conn.execute(delete(changes).where(changes.c.rv <= point))
+                conn.execute(update(counter).where(counter.c.id == 1).values(compacted_rv=point))
+        return int(point)
+
+    # --- writes -----------------------------------------------------------------------------------------
+
+    def create(self, doc: dict[str, Any], *, keep_status: bool = False) -> dict[str, Any]:
+        """Create an object. Status is dropped unless keep_status (controllers creating what they found)."""
+        info, obj = validate_document(doc)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise Invalid("metadata.resourceVersion: must not be set on create")
+        for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(key, None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = isotime(now())
+        meta["generation"] = 1
+        if info.has_status and not keep_status:
+            obj["status"] = validate_status(info, {})
+        try:
+            with self._write() as conn:
+                rv = self._next_rv(conn)
+                self._save(conn, obj, rv, ADDED)
+        except IntegrityError:
+            raise AlreadyExists(
+                f"{info.singular} {meta['name']!r} already exists in project {meta['project']!r}"
+            ) from None
+        self._notify(rv)
+        return obj
+
+    def update(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Replace spec and user metadata. Status is kept as stored (it has its own path)."""
+        info, obj = validate_document(doc)
+        meta = obj["metadata"]
+        with self._write() as conn:
+            current = self._load(conn, info, meta["project"], meta["name"])
+            self._check_rv(info, current, meta.get("resourceVersion"))
+            cur_meta = current["metadata"]
+            for key in _SYSTEM_META:
+                if key in cur_meta:
+                    meta[key] = cur_meta[key]
+                else:
+                    meta.pop(key, None)
+            if cur_meta.get("deletionTimestamp"):
+                added = set(meta.get("finalizers") or []) - set(cur_meta.get("finalizers") or [])
+                if added:
+                    raise Invalid(f"metadata.finalizers: cannot add {sorted(added)} while the object is deleting")
+            if _spec_part(obj) != _spec_part(current):
+                meta["generation"] = int(cur_meta.get("generation") or 1) + 1
+            if info.has_status:
+                obj["status"] = current.get("status", {})
+            if obj == current:
+                return current  # no-op writes make no change and wake no watcher
+            rv = self._next_rv(conn)
+            result = self._finish_or_save(conn, info, obj, rv)
+        self._notify(rv)
+        return result
+
+    def update_status(
+        self,
+        kind: str | KindInfo,
+        name: str,
+        status: dict[str, Any],
+        project: str = DEFAULT_PROJECT,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Replace the status only; spec and generation are untouched."""
+        info = _kind(kind)
+        new_status = validate_status(info, status)
+        with self._write() as conn:
+            current = self._load(conn, info, project, name)
+            self._check_rv(info, current, resource_version)
+            if current.get("status") == new_status:
+                return current
+            current["status"] = new_status
+            rv = self._next_rv(conn)
+            result = self._save(conn, current, rv, MODIFIED)
+        self._notify(rv)
+        return result
+
+    def patch(
+        self,
+        kind: str | KindInfo,
+        name: str,
+        patch: Any,
+        project: str = DEFAULT_PROJECT,
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
+        """JSON merge patch (RFC 7386) of the object, or of its status when status=True.
+
+        A resourceVersion in the patch's metadata is a precondition, as in Kubernetes.
+        """
+        info = _kind(kind)
+        if not isinstance(patch, dict):
+            raise BadRequest("a merge patch must be a JSON object")
+        wanted_rv = (patch.get("metadata") or {}).get("resourceVersion")
+        for attempt in range(5):
+            current = self.get(info, name, project)
+            try:
+                if status:
+                    new_status = merge_patch(current.get("status", {}), patch.get("status", {}))
+                    return self.update_status(
+                        info,
+                        name,
+                        new_status,
+                        project,
+                        resource_version=wanted_rv or current["metadata"]["resourceVersion"],
+                    )
+                patched = merge_patch(current, patch)
+                if not isinstance(patched.get("metadata"), dict):
+                    raise Invalid("metadata: must stay a mapping")
+                patched["metadata"]["name"], patched["metadata"]["project"] = name, project
+                patched["metadata"]["resourceVersion"] = wanted_rv or current["metadata"]["resourceVersion"]
+                return self.update(patched)
+            except Conflict:
+                if wanted_rv or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def delete(
+        self,
+        kind: str | KindInfo,
+        name: str,
+        project: str = DEFAULT_PROJECT,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Delete an object; with finalizers it is only marked (deletionTimestamp) until they are gone.
+
+        Objects owned by it (ownerReferences) are deleted with it, the same way.
+        """
+        info = _kind(kind)
+        with self._write() as conn:
+            current = self._load(conn, info, project, name)
+            self._check_rv(info, current, resource_version)
+            rv = self._next_rv(conn)
+            result = self._delete_one(conn, info, current, rv)
+        self._notify(rv)
+        return result
+
+    # --- internals --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_rv(info: KindInfo, current: dict[str, Any], wanted: str | None) -> None:
+        have = current["metadata"]["resourceVersion"]
+        if wanted and str(wanted) != have:
+            meta = current["metadata"]
+            raise Conflict(
+                f"{info.singular} {meta['name']!r} was changed by someone else (your resourceVersion {wanted}, "
+                f"current {have}): get it again and retry",
+                {"currentResourceVersion": have},
+            )
+
+    def _finish_or_save(self, conn: Connection, info: KindInfo, obj: dict[str, Any], rv: int) -> dict[str, Any]:
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return self._remove(conn, info, obj, rv)
+        return self._save(conn, obj, rv, MODIFIED)
+
+    def _delete_one(self, conn: Connection, info: KindInfo, current: dict[str, Any], rv: int) -> dict[str, Any]:
+        meta = current["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = isotime(now())
+                self._save(conn, current, rv, MODIFIED)
+            return current
+        return self._remove(conn, info, current, rv)
+
+    def _remove(self, conn: Connection, info: KindInfo, obj: dict[str, Any], rv: int) -> dict[str, Any]:
+        meta = obj["metadata"]
+        meta["resourceVersion"] = str(rv)
+        conn.execute(delete(objects).where(objects.c.uid == meta["uid"]))
+        self._log(conn, rv, DELETED, obj, _dumps(obj))
+        self._cascade(conn, meta["uid"])
+        return obj
+
+    def _cascade(self, conn: Connection, owner_uid: str) -> None:
+        rows = conn.execute(select(objects.c.data).where(objects.c.owner_uids.contains(owner_uid))).all()
+        for (data,) in rows:
+            dependent = orjson.loads(data)
+            refs = dependent["metadata"].get("ownerReferences") or []
+            if not any(ref["uid"] == owner_uid for ref in refs):
+                continue
+            self._delete_one(conn, _kind(dependent["kind"]), dependent, self._next_rv(conn))
+
+
+def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
+    """WAL for concurrent readers; writers take the write lock up front (BEGIN IMMEDIATE)
+    so two processes never deadlock upgrading a read lock."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
