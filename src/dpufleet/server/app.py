@@ -12,21 +12,22 @@ Paths follow Kubernetes, with projects in place of namespaces:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from .. import API_VERSION, __version__
-from ..api.errors import APIError, BadRequest, Gone, TooLarge, UnsupportedMediaType
+from ..api.errors import APIError, BadRequest, Gone, NotFound, TooLarge, UnsupportedMediaType
 from ..api.kinds import REGISTRY, KindInfo
 from ..api.meta import DEFAULT_PROJECT
 from ..api.selectors import LabelSelector, SelectorError, parse_selector
@@ -36,10 +37,13 @@ from .auth import Identity, TokenAuthenticator
 from .metrics import APIMetrics, MetricsMiddleware
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BASE = "/apis/dpufleet.io/v1alpha1"
 MAX_BODY = 1024 * 1024
 BOOKMARK_EVERY = 10.0
+BY_PLURAL: dict[str, KindInfo] = {info.plural: info for info in REGISTRY.values()}
+Plural = Annotated[str, Path(description="resource type: " + ", ".join(sorted(BY_PLURAL)))]
 
 
 @dataclass
@@ -50,6 +54,20 @@ class ServerState:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
+    # fighting over the GIL and the write lock. Reads run beside it.
+    _writer: ThreadPoolExecutor | None = None
+    _reader: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self._writer = ThreadPoolExecutor(1 if self.store.is_sqlite else 8, thread_name_prefix="store-write")
+        self._reader = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args))
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, functools.partial(fn, *args))
 
 
 def _json(body: bytes | str, status: int = 200) -> Response:
@@ -164,7 +182,7 @@ def create_app(state: ServerState) -> FastAPI:
         if not state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await run_in_threadpool(state.store.current_rv)
+            await state.read(state.store.current_rv)
         except Exception as exc:
             return JSONResponse({"status": "store unavailable", "error": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ready"})
@@ -197,19 +215,31 @@ def create_app(state: ServerState) -> FastAPI:
             ],
         }
 
-    for info in REGISTRY.values():
-        _register_kind(api, state, info, metrics)
+    _register_routes(api, state, metrics)
     app.include_router(api)
     return app
 
 
-def _register_kind(api: APIRouter, state: ServerState, info: KindInfo, metrics: APIMetrics) -> None:
+def _kind_for(plural: str) -> KindInfo:
+    info = BY_PLURAL.get(plural)
+    if info is None:
+        known = ", ".join(sorted(BY_PLURAL))
+        raise NotFound(f"unknown resource type {plural!r}; this server serves: {known}")
+    return info
+
+
+def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) -> None:
+    """Generic routes over {plural}: a dozen routes for all kinds keeps request routing cheap."""
     store = state.store
-    coll = f"/projects/{{project}}/{info.plural}"
-    item = f"{coll}/{{name}}"
-    tag = [info.kind]
+    coll = "/projects/{project}/{plural}"
+    item = coll + "/{name}"
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
+    patch_doc = {
+        "requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}}
+    }
 
     async def list_or_watch(
+        info: KindInfo,
         project: str | None,
         labelSelector: str | None,
         watch: bool,
@@ -220,78 +250,85 @@ def _register_kind(api: APIRouter, state: ServerState, info: KindInfo, metrics: 
         if watch:
             if since is not None:
                 # fail fast with 410 before the stream starts when history is compacted away
-                await run_in_threadpool(store.changes_since, since, {info.kind}, 1)
+                await state.read(store.changes_since, since, {info.kind}, 1)
             return StreamingResponse(
                 _watch_stream(state, info, project, selector, since, metrics),
                 media_type="application/x-ndjson",
             )
-        raw, rv = await run_in_threadpool(store.list_raw, info, project, selector)
+        raw, rv = await state.read(store.list_raw, info, project, selector)
         head = (
             f'{{"apiVersion":"{API_VERSION}","kind":"{info.kind}List","metadata":{{"resourceVersion":"{rv}"}},"items":['
         )
         return _json(head + ",".join(raw) + "]}")
 
-    @api.get(f"/{info.plural}", tags=tag, summary=f"List or watch {info.plural} in all projects")
-    async def list_all(
-        labelSelector: str | None = None, watch: bool = False, resourceVersion: str | None = None
-    ) -> Response:
-        return await list_or_watch(None, labelSelector, watch, resourceVersion)
-
-    @api.get(coll, tags=tag, summary=f"List or watch {info.plural} in a project")
-    async def list_project(
-        project: str, labelSelector: str | None = None, watch: bool = False, resourceVersion: str | None = None
-    ) -> Response:
-        return await list_or_watch(project, labelSelector, watch, resourceVersion)
-
-    body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
-    patch_doc = {
-        "requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}}
-    }
-
-    @api.post(coll, tags=tag, status_code=201, summary=f"Create a {info.kind}", openapi_extra=body_doc)
-    async def create(project: str, request: Request) -> Response:
+    @api.post(coll, status_code=201, summary="Create an object", openapi_extra=body_doc)
+    async def create(project: str, plural: Plural, request: Request) -> Response:
+        info = _kind_for(plural)
         doc = await _read_json(request)
         _check_path_identity(doc, info, project, None)
-        return _doc(await run_in_threadpool(store.create, doc), 201)
+        return _doc(await state.write(store.create, doc), 201)
 
-    @api.get(item, tags=tag, summary=f"Read a {info.kind}")
-    async def get(project: str, name: str) -> Response:
-        return _doc(await run_in_threadpool(store.get, info, name, project))
+    @api.get("/{plural}", summary="List or watch objects of a kind in all projects")
+    async def list_all(
+        plural: Plural, labelSelector: str | None = None, watch: bool = False, resourceVersion: str | None = None
+    ) -> Response:
+        return await list_or_watch(_kind_for(plural), None, labelSelector, watch, resourceVersion)
 
-    @api.put(item, tags=tag, summary=f"Replace a {info.kind}'s spec and metadata", openapi_extra=body_doc)
-    async def replace(project: str, name: str, request: Request) -> Response:
+    @api.get(coll, summary="List or watch objects of a kind in one project")
+    async def list_project(
+        project: str,
+        plural: Plural,
+        labelSelector: str | None = None,
+        watch: bool = False,
+        resourceVersion: str | None = None,
+    ) -> Response:
+        return await list_or_watch(_kind_for(plural), project, labelSelector, watch, resourceVersion)
+
+    @api.get(item, summary="Read an object")
+    async def get(project: str, plural: Plural, name: str) -> Response:
+        return _doc(await state.read(store.get, _kind_for(plural), name, project))
+
+    @api.put(item, summary="Replace an object's spec and metadata (status is kept)", openapi_extra=body_doc)
+    async def replace(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = _kind_for(plural)
         doc = await _read_json(request)
         _check_path_identity(doc, info, project, name)
-        return _doc(await run_in_threadpool(store.update, doc))
+        return _doc(await state.write(store.update, doc))
 
-    @api.patch(item, tags=tag, summary=f"Merge-patch a {info.kind} (RFC 7386)", openapi_extra=patch_doc)
-    async def patch(project: str, name: str, request: Request) -> Response:
+    @api.patch(item, summary="Merge-patch an object (RFC 7386)", openapi_extra=patch_doc)
+    async def patch(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = _kind_for(plural)
         body = await _read_json(request, patch=True)
-        return _doc(await run_in_threadpool(store.patch, info, name, body, project))
+        return _doc(await state.write(store.patch, info, name, body, project))
 
-    @api.delete(item, tags=tag, summary=f"Delete a {info.kind} (honours finalizers, cascades to owned objects)")
-    async def remove(project: str, name: str, resourceVersion: str | None = None) -> Response:
-        return _doc(await run_in_threadpool(store.delete, info, name, project, resourceVersion))
+    @api.delete(item, summary="Delete an object (honours finalizers, cascades to owned objects)")
+    async def remove(project: str, plural: Plural, name: str, resourceVersion: str | None = None) -> Response:
+        return _doc(await state.write(store.delete, _kind_for(plural), name, project, resourceVersion))
 
-    if not info.has_status:
-        return
+    def status_kind(plural: str) -> KindInfo:
+        info = _kind_for(plural)
+        if not info.has_status:
+            raise NotFound(f"{info.plural} have no status subresource")
+        return info
 
-    @api.get(f"{item}/status", tags=tag, summary=f"Read a {info.kind} with its status")
-    async def get_status(project: str, name: str) -> Response:
-        return _doc(await run_in_threadpool(store.get, info, name, project))
+    @api.get(item + "/status", summary="Read an object with its status")
+    async def get_status(project: str, plural: Plural, name: str) -> Response:
+        return _doc(await state.read(store.get, status_kind(plural), name, project))
 
-    @api.put(f"{item}/status", tags=tag, summary=f"Replace a {info.kind}'s status", openapi_extra=body_doc)
-    async def replace_status(project: str, name: str, request: Request) -> Response:
+    @api.put(item + "/status", summary="Replace an object's status", openapi_extra=body_doc)
+    async def replace_status(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = status_kind(plural)
         doc = await _read_json(request)
         if not isinstance(doc, dict):
             raise BadRequest("body must be a JSON object with a status")
         rv = (doc.get("metadata") or {}).get("resourceVersion")
-        return _doc(await run_in_threadpool(store.update_status, info, name, doc.get("status") or {}, project, rv))
+        return _doc(await state.write(store.update_status, info, name, doc.get("status") or {}, project, rv))
 
-    @api.patch(f"{item}/status", tags=tag, summary=f"Merge-patch a {info.kind}'s status", openapi_extra=patch_doc)
-    async def patch_status(project: str, name: str, request: Request) -> Response:
+    @api.patch(item + "/status", summary="Merge-patch an object's status", openapi_extra=patch_doc)
+    async def patch_status(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = status_kind(plural)
         body = await _read_json(request, patch=True)
-        return _doc(await run_in_threadpool(lambda: store.patch(info, name, body, project, status=True)))
+        return _doc(await state.write(functools.partial(store.patch, info, name, body, project, status=True)))
 
     _ = (list_all, list_project, create, get, replace, patch, remove, get_status, replace_status, patch_status)
 
@@ -315,7 +352,7 @@ async def _watch_stream(
     metrics.watchers.inc()
     try:
         if since is None:
-            raw, since = await run_in_threadpool(state.store.list_raw, info, project, selector)
+            raw, since = await state.read(state.store.list_raw, info, project, selector)
             for doc in raw:
                 yield b'{"type":"ADDED","object":' + doc.encode() + b"}\n"
         yield _bookmark(since)

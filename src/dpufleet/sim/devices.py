@@ -59,6 +59,7 @@ class SimDPU:
     firmware: dict[str, str]
     power_state: PowerState = PowerState.ON
     boot_progress: str = "OSRunning"
+    boot_progress_time: str = "1970-01-01T00:00:00+00:00"
     boot_override_target: str = "None"
     boot_override_enabled: str = "Disabled"
     boot_override_mode: str = "UEFI"

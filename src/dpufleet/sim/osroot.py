@@ -62,6 +62,11 @@ def encode_vpd(product_name: str, fields: dict[str, str]) -> bytes:
     return bytes(out + section + bytes([0x78]))
 
 
+def _card_vpd(dpu: SimDPU) -> bytes:
+    profile = dpu.profile
+    return encode_vpd(profile.model, {"PN": profile.part_number, "EC": "A1", "SN": dpu.serial, "V0": profile.vendor})
+
+
 def _cpuinfo_arm(profile: VendorProfile) -> str:
     cpu = profile.cpu
     blocks = []
@@ -198,9 +203,10 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
         _write(root, f"sys/block/{disk.name}/device/model", disk.model + "\n")
         _write(root, f"sys/block/{disk.name}/queue/rotational", "0\n")
     # The Arm side enumerates the NIC functions on its own PCIe root too.
+    vpd = _card_vpd(dpu)
     for index, function in enumerate(f for f in dpu.host_functions() if f.spec.role == "nic"):
         bdf = f"0000:03:00.{index}"
-        _write_pci(root, bdf, function.spec.vendor_id, function.spec.device_id, function.spec.class_code)
+        _write_pci(root, bdf, function.spec.vendor_id, function.spec.device_id, function.spec.class_code, vpd)
     dpu.osroot = root
     refresh_dpu_firmware_files(dpu)
     return root
@@ -236,10 +242,7 @@ def write_host_root(host: SimHost, root: Path) -> Path:
     for bdf, vendor, device, class_code in _HOST_BASE_PCI:
         _write_pci(root, bdf, vendor, device, class_code)
     for dpu in host.dpus:
-        vpd = encode_vpd(
-            dpu.profile.model,
-            {"PN": dpu.profile.part_number, "EC": "A1", "SN": dpu.serial, "V0": dpu.profile.vendor},
-        )
+        vpd = _card_vpd(dpu)
         for function in dpu.host_functions():
             spec = function.spec
             _write_pci(root, function.bdf, spec.vendor_id, spec.device_id, spec.class_code, vpd)

@@ -41,6 +41,7 @@ class ChangeFeed:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reading = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -57,10 +58,20 @@ class ChangeFeed:
         for sub in list(self._subs):
             self._close(sub)
 
-    def _on_commit(self, _rv: int) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+    def _on_commit(self, logged: list[Change]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._push, logged)
+
+    def _push(self, logged: list[Change]) -> None:
+        """Changes committed in this process are dispatched without reading them back,
+        when they follow on directly; any gap (a write by another process) is read from the log."""
+        if logged[0].rv == self.position + 1 and not self._reading:
+            for change in logged:
+                self._dispatch(change)
+                self.position = change.rv
+        elif logged[-1].rv > self.position and self._wake is not None:
+            self._wake.set()
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -68,16 +79,20 @@ class ChangeFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
+            self._reading = True
             try:
                 while True:
                     batch = await asyncio.to_thread(self.store.changes_since, self.position, None, self.batch)
                     for change in batch:
-                        self._dispatch(change)
-                        self.position = change.rv
+                        if change.rv > self.position:
+                            self._dispatch(change)
+                            self.position = change.rv
                     if len(batch) < self.batch:
                         break
             except Exception:  # the store may be briefly unreachable (PostgreSQL restart): retry next tick
                 log.exception("change feed: reading the change log failed; retrying")
+            finally:
+                self._reading = False
 
     def _dispatch(self, change: Change) -> None:
         for sub in list(self._subs):

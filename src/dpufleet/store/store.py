@@ -90,7 +90,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Callable[[list[Change]], None]] = []
         self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             self._engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -122,24 +122,33 @@ class Store:
         self._engine.dispose()
         self._write_engine.dispose()
 
-    def add_listener(self, callback: Callable[[int], None]) -> None:
-        """Called with the new resourceVersion after each commit in this process (wakes watchers)."""
+    def add_listener(self, callback: Callable[[list[Change]], None]) -> None:
+        """Called with a transaction's changes after it commits in this process (feeds watchers)."""
         self._listeners.append(callback)
 
     # --- transactions -----------------------------------------------------------------------------------
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        """One write transaction; after it commits, listeners get the changes it logged."""
+        logged: list[Change] = []
         if self._write_lock is not None:
-            with self._write_lock, self._write_engine.begin() as conn:
-                yield conn
+            with self._write_lock:
+                with self._write_engine.begin() as conn:
+                    conn.info["changes"] = logged
+                    yield conn
+                self._notify(logged)  # under the lock: listeners see changes in commit order
         else:
             with self._write_engine.begin() as conn:
+                conn.info["changes"] = logged
                 yield conn
+            self._notify(logged)
 
-    def _notify(self, rv: int) -> None:
+    def _notify(self, logged: list[Change]) -> None:
+        if not logged:
+            return
         for callback in self._listeners:
-            callback(rv)
+            callback(logged)
 
     @staticmethod
     def _next_rv(conn: Connection) -> int:
@@ -148,17 +157,9 @@ class Store:
     @staticmethod
     def _log(conn: Connection, rv: int, change: str, doc: dict[str, Any], data: str) -> None:
         meta = doc["metadata"]
-        conn.execute(
-            _INSERT_CHANGE,
-            {
-                "rv": rv,
-                "kind": doc["kind"],
-                "project": meta["project"],
-                "name": meta["name"],
-                "type": change,
-                "data": data,
-            },
-        )
+        row = {"rv": rv, "kind": doc["kind"], "project": meta["project"], "name": meta["name"], "type": change}
+        conn.execute(_INSERT_CHANGE, {**row, "data": data})
+        conn.info["changes"].append(Change(data=data, **row))
 
     @staticmethod
     def _load(conn: Connection, kind: KindInfo, project: str, name: str) -> dict[str, Any]:
@@ -282,7 +283,6 @@ class Store:
             raise AlreadyExists(
                 f"{info.singular} {meta['name']!r} already exists in project {meta['project']!r}"
             ) from None
-        self._notify(rv)
         return obj
 
     def update(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +310,6 @@ class Store:
                 return current  # no-op writes make no change and wake no watcher
             rv = self._next_rv(conn)
             result = self._finish_or_save(conn, info, obj, rv)
-        self._notify(rv)
         return result
 
     def update_status(
@@ -332,7 +331,6 @@ class Store:
             current["status"] = new_status
             rv = self._next_rv(conn)
             result = self._save(conn, current, rv, MODIFIED)
-        self._notify(rv)
         return result
 
     def patch(
@@ -392,7 +390,6 @@ class Store:
             self._check_rv(info, current, resource_version)
             rv = self._next_rv(conn)
             result = self._delete_one(conn, info, current, rv)
-        self._notify(rv)
         return result
 
     # --- internals --------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def metadata_xml() -> str:
 
 def missing_namespaces(directory: Path) -> list[str]:
     """Namespaces :func:`metadata_xml` references that the CSDL files lack (expected: none)."""
-    missing = []
+    missing: list[str] = []
     for filename, namespaces in _references():
         path = directory / filename
         text = path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -1,0 +1,80 @@
+"""Shared pieces for benchmarks: a real server subprocess, percentiles, result printing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    token: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+
+    def client_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@contextmanager
+def server_process(db_url: str | None = None, *, controllers: bool = True, timeout: float = 30.0) -> Iterator[RunningServer]:
+    """A real `dpufleet server` in its own process on a free loopback port, stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="dpufleet-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        port = free_port()
+        code = (
+            "import logging,sys; from pathlib import Path; from dpufleet.server.runner import serve; "
+            "logging.basicConfig(level=logging.WARNING); "
+            f"serve(Path({str(data_dir)!r}), {db_url!r}, '127.0.0.1:{port}', controllers={controllers!r})"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the server did not become ready in time")
+                time.sleep(0.1)
+            token = (data_dir / "admin.token").read_text().strip()
+            yield RunningServer(url, token, data_dir, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,27 @@
+"""`dpufleet bench`: benchmarks. Each imports its module only when run, so the CLI starts fast."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from .common import UserError
+
+bench_app = typer.Typer(help="Measure dpufleet's performance.", no_args_is_help=True)
+
+
+@bench_app.command("api")
+def api(
+    objects: int = typer.Option(1000, "--objects", min=1, help="objects to create"),
+    watchers: int = typer.Option(10, "--watchers", min=0, help="concurrent watch streams"),
+    db: str | None = typer.Option(None, "--db", help="database URL [default: a temporary SQLite file]"),
+) -> None:
+    """API throughput and watch latency against an embedded server."""
+    try:
+        module = importlib.import_module("dpufleet.bench.api")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("dpufleet.bench"):
+            raise UserError("the API benchmark (dpufleet.bench.api) is not part of this installation") from None
+        raise
+    module.run_api_bench(objects=objects, watchers=watchers, db=db)

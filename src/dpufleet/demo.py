@@ -1,0 +1,219 @@
+"""`dpufleet demo`: a whole control plane in one process, with a few example objects, for a first look.
+
+`run_demo` runs stages in order against an embedded API server. Each stage gets the
+`DemoContext` (server, client, data dir) and may register cleanups on its exit stack,
+which run in reverse when the demo stops. The emulated fleet (`dpufleet sim`) and
+discovery plug in as further stages in `DEFAULT_STAGES`, after the example objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .cli.common import UserError
+from .cli.output import print_table, resource_table
+from .client import Client
+from .server.runner import Server, parse_listen
+
+DEMO_LISTEN = "127.0.0.1:8740"
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class EmbeddedServer:
+    """The API server (with its in-process controllers) on a background thread of this process."""
+
+    server: Server
+    uvicorn: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    @classmethod
+    def start(
+        cls, data_dir: Path, listen: str = "127.0.0.1:0", db_url: str | None = None, *, controllers: bool = True
+    ) -> EmbeddedServer:
+        """Bind first (so a busy port is a clear error and port 0 picks a free one), then serve."""
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise UserError(
+                f"cannot listen on {listen}: {exc.strerror or exc} (choose another with --listen)"
+            ) from None
+        bound_port = sock.getsockname()[1]
+        server = Server.build(data_dir, db_url, controllers=controllers)
+        config = uvicorn.Config(
+            server.app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on"
+        )
+        userver = uvicorn.Server(config)
+        thread = threading.Thread(target=userver.run, kwargs={"sockets": [sock]}, name="dpufleet-api", daemon=True)
+        thread.start()
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        return cls(server, userver, thread, f"http://{shown}:{bound_port}")
+
+    @property
+    def token_path(self) -> Path:
+        return self.server.state.auth.admin_token_path
+
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll /readyz with a growing pause until it answers 200, the thread dies, or time runs out."""
+        deadline = time.monotonic() + timeout
+        pause = 0.02
+        with Client(self.url, timeout=2.0) as client:
+            while True:
+                if client.ready():
+                    return
+                if not self.thread.is_alive():
+                    raise UserError(f"the embedded API server at {self.url} stopped while starting (see the log above)")
+                if time.monotonic() > deadline:
+                    raise UserError(f"the embedded API server at {self.url} was not ready after {timeout:.0f}s")
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join(timeout=15)
+        self.server.store.close()
+
+
+@dataclass
+class DemoContext:
+    server: EmbeddedServer
+    client: Client
+    data_dir: Path
+    out: Callable[[str], None]
+    cleanups: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+DemoStage = Callable[[DemoContext], None]
+
+EXAMPLE_OBJECTS: list[dict[str, Any]] = [
+    {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "DPUFlavor",
+        "metadata": {"name": "default"},
+        "spec": {
+            "kernelParameters": ["iommu.passthrough=1"],
+            "hugepages": [{"pageSize": "2Mi", "count": 1024}],
+            "reservedResources": {"cpus": 2, "memoryMiB": 4096},
+        },
+    },
+    {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "Host",
+        "metadata": {"name": "host-1", "labels": {"rack": "r1"}},
+        "spec": {"hostname": "host-1.lab.example", "rack": "r1", "hostPolicy": "drain"},
+    },
+    {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "DPU",
+        "metadata": {"name": "dpu-a", "labels": {"rack": "r1", "vendor": "nvidia"}},
+        "spec": {"hostRef": "host-1", "serialNumber": "MT2301X00001", "flavor": "default"},
+    },
+    {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "DPU",
+        "metadata": {"name": "dpu-b", "labels": {"rack": "r1", "vendor": "intel"}},
+        "spec": {"hostRef": "host-1", "serialNumber": "IPU2100X0002", "flavor": "default"},
+    },
+]
+
+
+def apply_examples(ctx: DemoContext) -> None:
+    """A flavor, a host and two labelled DPUs, applied through the HTTP API like any user would."""
+    for doc in EXAMPLE_OBJECTS:
+        obj, outcome = ctx.client.apply(doc)
+        ctx.out(f"  {obj['kind'].lower()}/{obj['metadata']['name']} {outcome}")
+
+
+# Stages after the server is up. The emulated fleet (`dpufleet sim`) and discovery are added here.
+DEFAULT_STAGES: list[DemoStage] = [apply_examples]
+
+
+def connection_help(server: EmbeddedServer, data_dir: Path, temporary: bool) -> str:
+    keep = "  (a temporary directory, removed when the demo stops; pass --data-dir to keep it)" if temporary else ""
+    return "\n".join(
+        [
+            f"dpufleet API server ready at {server.url}",
+            f"data dir: {data_dir}{keep}",
+            "",
+            "In another shell:",
+            f"  export DPUFLEET_SERVER={server.url}",
+            f"  export DPUFLEET_TOKEN=$(cat {server.token_path})",
+            "  dpufleet get dpus -o wide",
+            "  dpufleet get dpus -l vendor=nvidia",
+            "  dpufleet describe dpu dpu-a",
+            "  dpufleet watch dpus",
+        ]
+    )
+
+
+def show_dpus(ctx: DemoContext) -> None:
+    ref = ctx.client.resolve_kind("dpus")
+    items = ctx.client.list(ref).items
+    ctx.out("$ dpufleet get dpus")
+    sys.stdout.flush()
+    print_table(resource_table(ref, items, wide=False, with_project=False))
+
+
+def run_demo(
+    data_dir: Path | None = None,
+    listen: str = DEMO_LISTEN,
+    *,
+    exit_when_ready: bool = False,
+    stages: list[DemoStage] | None = None,
+    out: Callable[[str], None] | None = None,
+) -> None:
+    """Start the embedded server, run the stages, show the DPUs, then stop or serve until Ctrl-C."""
+    emit = out or (lambda line: print(line, flush=True))
+    temporary = data_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="dpufleet-demo-")) if data_dir is None else data_dir
+    server: EmbeddedServer | None = None
+    try:
+        server = EmbeddedServer.start(directory, listen)
+        server.wait_ready()
+        with Client(server.url, server.token()) as client:
+            ctx = DemoContext(server, client, directory, emit)
+            with ctx.cleanups:
+                emit(connection_help(server, directory, temporary))
+                emit("")
+                emit("Applying example objects:")
+                for stage in DEFAULT_STAGES if stages is None else stages:
+                    stage(ctx)
+                emit("")
+                show_dpus(ctx)
+                if exit_when_ready:
+                    return
+                emit("")
+                emit("Serving; press Ctrl-C to stop.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    server.thread.join()
+    finally:
+        if server is not None:
+            server.stop()
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+        logging.getLogger(__name__).debug("demo stopped")

@@ -1,0 +1,100 @@
+"""Chassis/<id>: the DPU card (ChassisType Card) and its sensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, SYSTEM_ID
+from dpufleet.sim.devices import PowerState, SimDPU
+from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, check_id, collection, status_ok
+from dpufleet.sim.redfish.messages import RedfishError
+from dpufleet.sim.redfish.schema import odata_type
+
+
+@dataclass(frozen=True)
+class _SensorSpec:
+    id: str
+    name: str
+    reading_type: str
+    units: str
+    context: str
+
+
+_SENSORS: tuple[_SensorSpec, ...] = (
+    _SensorSpec("SoC_Temp", "DPU SoC temperature", "Temperature", "Cel", "CPU"),
+    _SensorSpec("NIC_Temp", "Network ASIC temperature", "Temperature", "Cel", "NetworkingDevice"),
+    _SensorSpec("Card_Power", "Card power consumption", "Power", "W", "Board"),
+)
+
+
+def _reading(dpu: SimDPU, spec: _SensorSpec) -> float:
+    if spec.id == "SoC_Temp":
+        return round(dpu.temperature_celsius, 1)
+    if spec.id == "NIC_Temp":
+        return round(dpu.temperature_celsius - 3.0, 1)
+    return round(dpu.power_watts, 1)
+
+
+def _threshold(dpu: SimDPU, spec: _SensorSpec) -> float:
+    if spec.reading_type == "Temperature":
+        return dpu.profile.thermal.critical_celsius
+    return dpu.profile.thermal.max_watts
+
+
+@ROUTER.add("GET", "/Chassis")
+def chassis_collection(ctx: Ctx, _: dict[str, str]) -> Json:
+    return collection(ctx, "ChassisCollection", "Chassis Collection", ("Chassis",), [CHASSIS_ID])
+
+
+@ROUTER.add("GET", "/Chassis/{chassis_id}")
+def chassis(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["chassis_id"], CHASSIS_ID, "Chassis")
+    dpu = ctx.bmc.dpu
+    return {
+        "@odata.id": ctx.uri("Chassis", CHASSIS_ID),
+        "@odata.type": odata_type("Chassis"),
+        "Id": CHASSIS_ID,
+        "Name": f"{dpu.profile.model} card",
+        "ChassisType": "Card",
+        "Manufacturer": dpu.profile.vendor,
+        "Model": dpu.profile.model,
+        "PartNumber": dpu.profile.part_number,
+        "SerialNumber": dpu.serial,
+        "PowerState": "On" if dpu.power_state != PowerState.OFF else "Off",
+        "Status": status_ok(),
+        "Sensors": ctx.link("Chassis", CHASSIS_ID, "Sensors"),
+        "Links": {
+            "ComputerSystems": [ctx.link("Systems", SYSTEM_ID)],
+            "ManagedBy": [ctx.link("Managers", MANAGER_ID)],
+        },
+    }
+
+
+@ROUTER.add("GET", "/Chassis/{chassis_id}/Sensors")
+def sensors(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["chassis_id"], CHASSIS_ID, "Chassis")
+    return collection(ctx, "SensorCollection", "Sensors", ("Chassis", CHASSIS_ID, "Sensors"),
+                      [s.id for s in _SENSORS])
+
+
+@ROUTER.add("GET", "/Chassis/{chassis_id}/Sensors/{sensor_id}")
+def sensor(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["chassis_id"], CHASSIS_ID, "Chassis")
+    spec = next((s for s in _SENSORS if s.id == params["sensor_id"]), None)
+    if spec is None:
+        raise RedfishError(404, "ResourceNotFound", "Sensor", params["sensor_id"])
+    dpu = ctx.bmc.dpu
+    reading = _reading(dpu, spec)
+    critical = _threshold(dpu, spec)
+    return {
+        "@odata.id": ctx.uri("Chassis", CHASSIS_ID, "Sensors", spec.id),
+        "@odata.type": odata_type("Sensor"),
+        "Id": spec.id,
+        "Name": spec.name,
+        "ReadingType": spec.reading_type,
+        "Reading": reading,
+        "ReadingUnits": spec.units,
+        "PhysicalContext": spec.context,
+        "Status": {"State": "Enabled", "Health": "Critical" if reading >= critical else "OK"},
+        "Thresholds": {"UpperCritical": {"Reading": critical}},
+    }

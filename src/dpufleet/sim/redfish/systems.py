@@ -1,0 +1,226 @@
+"""Systems/<id>: the DPU's Arm SoC as a ComputerSystem of SystemType DPU."""
+
+from __future__ import annotations
+
+from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID
+from dpufleet.sim.devices import PowerState
+from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
+from dpufleet.sim.redfish.messages import RedfishError
+from dpufleet.sim.redfish.schema import odata_type
+
+_MEMORY_TYPES = {"DDR4": "DDR4", "DDR5": "DDR5", "LPDDR4X": "LPDDR4_SDRAM", "LPDDR5": "LPDDR5_SDRAM"}
+_CPU_MANUFACTURERS = {"0x41": "ARM", "0x43": "Cavium", "0x48": "HiSilicon"}
+
+
+@ROUTER.add("GET", "/Systems")
+def systems(ctx: Ctx, _: dict[str, str]) -> Json:
+    return collection(ctx, "ComputerSystemCollection", "Computer System Collection", ("Systems",), [SYSTEM_ID])
+
+
+def _powered(ctx: Ctx) -> bool:
+    return ctx.bmc.dpu.power_state == PowerState.ON
+
+
+@ROUTER.add("GET", "/Systems/{system_id}")
+def system(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    dpu = ctx.bmc.dpu
+    profile = dpu.profile
+    uefi = profile.firmware_of_kind("uefi")
+    base = ("Systems", SYSTEM_ID)
+    return {
+        "@odata.id": ctx.uri(*base),
+        "@odata.type": odata_type("ComputerSystem"),
+        "Id": SYSTEM_ID,
+        "Name": f"{profile.model} Arm system",
+        "SystemType": "DPU",
+        "Manufacturer": profile.vendor,
+        "Model": profile.model,
+        "PartNumber": profile.part_number,
+        "SerialNumber": dpu.serial,
+        "UUID": dpu.uuid,
+        "HostName": dpu.hostname,
+        "BiosVersion": dpu.firmware[uefi.id] if uefi else None,
+        "PowerState": str(dpu.power_state),
+        "Status": status_ok(_powered(ctx)),
+        "BootProgress": {"LastState": dpu.boot_progress, "LastStateTime": dpu.boot_progress_time},
+        "Boot": {
+            "BootSourceOverrideTarget": dpu.boot_override_target,
+            "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS),
+            "BootSourceOverrideEnabled": dpu.boot_override_enabled,
+            "BootSourceOverrideMode": dpu.boot_override_mode,
+        },
+        "ProcessorSummary": {"Count": 1, "CoreCount": profile.cpu.cores, "Model": profile.cpu.model},
+        "MemorySummary": {"TotalSystemMemoryGiB": round(profile.memory.total_mib / 1024, 2)},
+        "Processors": ctx.link(*base, "Processors"),
+        "Memory": ctx.link(*base, "Memory"),
+        "EthernetInterfaces": ctx.link(*base, "EthernetInterfaces"),
+        "SecureBoot": ctx.link(*base, "SecureBoot"),
+        "Links": {
+            "Chassis": [ctx.link("Chassis", CHASSIS_ID)],
+            "ManagedBy": [ctx.link("Managers", MANAGER_ID)],
+        },
+        "Actions": {
+            "#ComputerSystem.Reset": {
+                "target": ctx.uri(*base, "Actions", "ComputerSystem.Reset"),
+                "ResetType@Redfish.AllowableValues": list(RESET_TYPES),
+            }
+        },
+    }
+
+
+@ROUTER.add("PATCH", "/Systems/{system_id}", privilege="ConfigureComponents")
+def patch_system(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    body = ctx.json_body()
+    reject_unknown(body, {"Boot"})
+    boot = body.get("Boot", {})
+    if not isinstance(boot, dict):
+        raise RedfishError(400, "PropertyValueTypeError", boot, "Boot")
+    allowed = {"BootSourceOverrideTarget", "BootSourceOverrideEnabled", "BootSourceOverrideMode"}
+    for key in boot:
+        if key not in allowed:
+            raise RedfishError(400, "PropertyUnknown", f"Boot/{key}")
+    target = boot.get("BootSourceOverrideTarget")
+    enabled = boot.get("BootSourceOverrideEnabled")
+    mode = boot.get("BootSourceOverrideMode")
+    if target is not None and target not in BOOT_TARGETS:
+        raise RedfishError(400, "PropertyValueNotInList", target, "BootSourceOverrideTarget")
+    if enabled is not None and enabled not in BOOT_ENABLED:
+        raise RedfishError(400, "PropertyValueNotInList", enabled, "BootSourceOverrideEnabled")
+    if mode is not None and mode != "UEFI":  # DPUs boot UEFI only
+        raise RedfishError(400, "PropertyValueNotInList", mode, "BootSourceOverrideMode")
+    dpu = ctx.bmc.dpu
+    if target is not None:
+        dpu.boot_override_target = target
+        if enabled is None and target != "None" and dpu.boot_override_enabled == "Disabled":
+            dpu.boot_override_enabled = "Once"
+    if enabled is not None:
+        dpu.boot_override_enabled = enabled
+    return system(ctx, params)
+
+
+@ROUTER.add("POST", "/Systems/{system_id}/Actions/ComputerSystem.Reset", privilege="ConfigureComponents")
+def reset(ctx: Ctx, params: dict[str, str]) -> Reply:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    body = ctx.json_body() if ctx.body is not None else {}
+    reject_unknown(body, {"ResetType"}, action="ComputerSystem.Reset")
+    reset_type = body.get("ResetType", "On")
+    if not isinstance(reset_type, str):
+        raise RedfishError(400, "ActionParameterValueFormatError", reset_type, "ResetType",
+                           "ComputerSystem.Reset")
+    ctx.bmc.reset_system(reset_type)
+    return Reply(204)
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/Processors")
+def processors(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    return collection(ctx, "ProcessorCollection", "Processors", ("Systems", SYSTEM_ID, "Processors"), ["CPU0"])
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/Processors/{cpu_id}")
+def processor(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    check_id(params["cpu_id"], "CPU0", "Processor")
+    cpu = ctx.bmc.dpu.profile.cpu
+    return {
+        "@odata.id": ctx.uri("Systems", SYSTEM_ID, "Processors", "CPU0"),
+        "@odata.type": odata_type("Processor"),
+        "Id": "CPU0",
+        "Name": "Arm application processor",
+        "ProcessorType": "CPU",
+        "ProcessorArchitecture": "ARM",
+        "InstructionSet": "ARM-A64",
+        "Manufacturer": _CPU_MANUFACTURERS.get(cpu.implementer, "ARM"),
+        "Model": cpu.model,
+        "MaxSpeedMHz": cpu.mhz,
+        "TotalCores": cpu.cores,
+        "TotalThreads": cpu.cores,
+        "Status": status_ok(_powered(ctx)),
+    }
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/Memory")
+def memories(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    return collection(ctx, "MemoryCollection", "Memory", ("Systems", SYSTEM_ID, "Memory"), ["DRAM0"])
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/Memory/{memory_id}")
+def memory(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    check_id(params["memory_id"], "DRAM0", "Memory")
+    spec = ctx.bmc.dpu.profile.memory
+    body: Json = {
+        "@odata.id": ctx.uri("Systems", SYSTEM_ID, "Memory", "DRAM0"),
+        "@odata.type": odata_type("Memory"),
+        "Id": "DRAM0",
+        "Name": "On-board DRAM",
+        "MemoryType": "DRAM",
+        "CapacityMiB": spec.total_mib,
+        "OperatingSpeedMhz": spec.speed_mts,
+        "Status": status_ok(_powered(ctx)),
+    }
+    if spec.type in _MEMORY_TYPES:
+        body["MemoryDeviceType"] = _MEMORY_TYPES[spec.type]
+    return body
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/EthernetInterfaces")
+def ethernet_interfaces(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    names = [nic.name for nic in ctx.bmc.dpu.nics]
+    return collection(ctx, "EthernetInterfaceCollection", "Ethernet Interfaces",
+                      ("Systems", SYSTEM_ID, "EthernetInterfaces"), names)
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/EthernetInterfaces/{nic_id}")
+def ethernet_interface(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    nic = next((n for n in ctx.bmc.dpu.nics if n.name == params["nic_id"]), None)
+    if nic is None:
+        raise RedfishError(404, "ResourceNotFound", "EthernetInterface", params["nic_id"])
+    up = nic.operstate == "up"
+    return {
+        "@odata.id": ctx.uri("Systems", SYSTEM_ID, "EthernetInterfaces", nic.name),
+        "@odata.type": odata_type("EthernetInterface"),
+        "Id": nic.name,
+        "Name": f"Interface {nic.name}",
+        "MACAddress": nic.mac,
+        "PermanentMACAddress": nic.mac,
+        "SpeedMbps": nic.speed_mbps,
+        "MTUSize": nic.mtu,
+        "InterfaceEnabled": True,
+        "LinkStatus": "LinkUp" if up else "LinkDown",
+        "Status": status_ok(up),
+    }
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/SecureBoot")
+def secure_boot(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    enabled = ctx.bmc.dpu.secure_boot_enabled
+    return {
+        "@odata.id": ctx.uri("Systems", SYSTEM_ID, "SecureBoot"),
+        "@odata.type": odata_type("SecureBoot"),
+        "Id": "SecureBoot",
+        "Name": "UEFI Secure Boot",
+        "SecureBootEnable": enabled,
+        "SecureBootCurrentBoot": "Enabled" if enabled else "Disabled",
+        "SecureBootMode": "DeployedMode",
+    }
+
+
+@ROUTER.add("PATCH", "/Systems/{system_id}/SecureBoot", privilege="ConfigureComponents")
+def patch_secure_boot(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    body = ctx.json_body()
+    reject_unknown(body, {"SecureBootEnable"})
+    if "SecureBootEnable" in body:
+        value = body["SecureBootEnable"]
+        if not isinstance(value, bool):
+            raise RedfishError(400, "PropertyValueTypeError", value, "SecureBootEnable")
+        # Takes effect at the next boot, like real firmware; shown as the pending setting.
+        ctx.bmc.dpu.secure_boot_enabled = value
+    return secure_boot(ctx, params)
