@@ -198,8 +198,10 @@ def _cpu(reader: _Reader) -> CpuInfo:
             processors += 1
         fields.setdefault(key, value)
     info.count = processors or None
-    info.model = fields.get("model name") or fields.get("Model") or ARM_CORES.get(
-        (fields.get("CPU implementer", ""), fields.get("CPU part", ""))
+    info.model = (
+        fields.get("model name")
+        or fields.get("Model")
+        or ARM_CORES.get((fields.get("CPU implementer", ""), fields.get("CPU part", "")))
     )
     if "CPU implementer" in fields:
         info.architecture = "aarch64"

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import API_VERSION
 from .meta import Name, ObjectMeta, Status, Strict
 from .selectors import LabelSelector
 
@@ -22,7 +21,7 @@ from .selectors import LabelSelector
 class Resource(Strict):
     """A document: apiVersion, kind, metadata, spec, status."""
 
-    apiVersion: Literal["dpufleet.io/v1alpha1"] = API_VERSION
+    apiVersion: Literal["dpufleet.io/v1alpha1"] = "dpufleet.io/v1alpha1"
     kind: str
     metadata: ObjectMeta
 
@@ -86,6 +85,11 @@ class BMCSpec(Strict):
 
 class BMCStatus(Status):
     reachable: bool | None = None
+    adopted: bool | None = None
+    product: str | None = None
+    dpus: list[str] = Field(default_factory=list)
+    serialNumbers: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
     vendor: str | None = None
     model: str | None = None
     firmwareVersion: str | None = None
@@ -119,7 +123,32 @@ class FirmwareComponent(BaseModel):
     updateable: bool = True
 
 
+class Evidence(BaseModel):
+    """Why dpufleet believes a fact (a pairing, an identity): where it was seen and what was seen."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str  # bmc/<name>, host-agent/<host>, agent
+    kind: str  # serial, pci-vpd-serial, mac
+    value: str
+    detail: str | None = None
+
+
+class AgentStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: str | None = None
+    lastHeartbeat: str | None = None
+    lastInventory: str | None = None
+    os: str | None = None
+    kernel: str | None = None
+
+
 class DPUStatus(Status):
+    host: str | None = None
+    bmc: str | None = None
+    evidence: list[Evidence] = Field(default_factory=list)
+    agent: AgentStatus | None = None
+    powerState: str | None = None
+    bootProgress: str | None = None
     vendor: str | None = None
     model: str | None = None
     partNumber: str | None = None
@@ -266,6 +295,101 @@ class DPUSet(Resource):
     status: DPUSetStatus = Field(default_factory=DPUSetStatus)
 
 
+# --- Credential -------------------------------------------------------------------------------------------
+
+
+class CredentialSpec(Strict):
+    """A username and a secret (BMC password, token). The secret is never returned by the API."""
+
+    username: str = Field(min_length=1)
+    password: str | None = Field(default=None, description="write-only: reads show passwordSet instead")
+    passwordSet: bool | None = Field(default=None, description="read-only: whether a password is stored")
+
+
+class Credential(Resource):
+    kind: Literal["Credential"] = "Credential"
+    spec: CredentialSpec
+    status: Status = Field(default_factory=Status)
+
+
+# --- Discovery --------------------------------------------------------------------------------------------
+
+
+class Scheme(StrEnum):
+    HTTPS = "https"
+    HTTP = "http"
+
+
+class AdoptionPolicy(StrEnum):
+    ALL = "All"
+    EXPECTED = "Expected"
+
+
+class DiscoverySpec(Strict):
+    """Where to look for BMCs and agents, and which devices to adopt."""
+
+    endpoints: list[str] = Field(default_factory=list, description="Redfish service URLs to probe as they are")
+    cidrs: list[str] = Field(default_factory=list, description="address ranges to scan, e.g. 198.51.100.0/28")
+    ports: list[int] = Field(default_factory=lambda: [443])
+    schemes: list[Scheme] = Field(default_factory=lambda: [Scheme.HTTPS])
+    mdns: bool = Field(default=False, description="browse mDNS for _redfish._tcp and _dpufleet-agent._tcp")
+    mdnsInterfaces: list[str] = Field(default_factory=list, description="addresses to browse on (default: all)")
+    credentialsRef: Name | None = None
+    verifyTLS: bool = False
+    adoption: AdoptionPolicy = AdoptionPolicy.ALL
+    expectedSerials: list[str] = Field(default_factory=list)
+    intervalSeconds: int = Field(default=600, ge=10)
+    concurrency: int = Field(default=128, ge=1, le=4096)
+    probeTimeoutSeconds: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR range: {exc}") from None
+            if net.num_addresses > 65536:
+                raise ValueError(f"{value!r} has {net.num_addresses} addresses; split it (at most 65536 per range)")
+        return values
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, values: list[int]) -> list[int]:
+        for port in values:
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range 1-65535")
+        return values
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return [v.rstrip("/") for v in values]
+
+
+class DiscoveryStatus(Status):
+    lastScanStarted: str | None = None
+    lastScanFinished: str | None = None
+    probed: int = 0
+    redfishFound: int = 0
+    agentsFound: int = 0
+    unreachable: int = 0
+    notRedfish: int = 0
+    errors: list[str] = Field(default_factory=list)
+
+
+class Discovery(Resource):
+    kind: Literal["Discovery"] = "Discovery"
+    spec: DiscoverySpec = Field(default_factory=DiscoverySpec)
+    status: DiscoveryStatus = Field(default_factory=DiscoveryStatus)
+
+
 # --- Event ------------------------------------------------------------------------------------------------
 
 
@@ -311,6 +435,9 @@ class KindInfo:
     columns: tuple[Column, ...] = ()
     has_status: bool = True
     extra_fields: tuple[str, ...] = field(default=())
+    # spec fields holding secrets: stored encrypted apart from the document, which
+    # shows `<field>Set: true` instead; no read path can return them
+    secret_fields: tuple[str, ...] = ()
 
     @property
     def singular(self) -> str:
@@ -340,6 +467,8 @@ REGISTRY: dict[str, KindInfo] = {
                 Column("ADDRESS", "spec.address"),
                 Column("REACHABLE", "status.reachable"),
                 Column("VENDOR", "status.vendor"),
+                Column("DPUS", "status.dpus"),
+                Column("ADOPTED", "status.adopted", wide_only=True),
                 Column("FIRMWARE", "status.firmwareVersion", wide_only=True),
                 _READY,
                 _REASON,
@@ -351,15 +480,21 @@ REGISTRY: dict[str, KindInfo] = {
             DPU,
             ("dpu",),
             (
-                Column("HOST", "spec.hostRef"),
+                Column("HOST", "status.host"),
                 Column("VENDOR", "status.vendor"),
                 Column("MODEL", "status.model"),
                 _PHASE,
                 _READY,
                 Column("SERIAL", "status.serialNumber", wide_only=True),
                 Column("P/N", "status.partNumber", wide_only=True),
-                Column("IMAGE", "spec.image", wide_only=True),
+                Column("BMC", "status.bmc", wide_only=True),
+                Column("CORES", "status.capabilities.cpu.cores", wide_only=True),
+                Column("MEMORY", "status.capabilities.memoryGiB", wide_only=True),
+                Column("PORTS", "status.capabilities.ports[*].speedGbps", wide_only=True),
+                Column("ACCEL", "status.capabilities.accelerators[*].kind", wide_only=True),
+                Column("OS", "status.firmware[DPU_OS].version", wide_only=True),
                 Column("HEALTH", "status.health", wide_only=True),
+                Column("LAST SEEN", "status.lastSeen", wide_only=True),
                 _REASON,
             ),
         ),
@@ -388,6 +523,28 @@ REGISTRY: dict[str, KindInfo] = {
                 Column("DPUS", "status.dpus"),
                 Column("UPDATED", "status.updated"),
                 Column("READY", "status.ready"),
+            ),
+        ),
+        KindInfo(
+            "Credential",
+            "credentials",
+            Credential,
+            ("credential", "cred", "creds"),
+            (Column("USERNAME", "spec.username"), Column("PASSWORD-SET", "spec.passwordSet")),
+            secret_fields=("password",),
+        ),
+        KindInfo(
+            "Discovery",
+            "discoveries",
+            Discovery,
+            ("discovery", "disc"),
+            (
+                _PHASE,
+                Column("PROBED", "status.probed"),
+                Column("REDFISH", "status.redfishFound"),
+                Column("UNREACHABLE", "status.unreachable"),
+                Column("LAST SCAN", "status.lastScanFinished"),
+                _READY,
             ),
         ),
         KindInfo(

@@ -101,9 +101,7 @@ async def list_latency(server: RunningServer, objects: int, rounds: int = 5) -> 
     return timings
 
 
-async def watch_latency(
-    server: RunningServer, watchers: int, updates: int, rate: float
-) -> tuple[list[float], int]:
+async def watch_latency(server: RunningServer, watchers: int, updates: int, rate: float) -> tuple[list[float], int]:
     """Latencies (s) of every event at every watcher, and how many expected events never arrived."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -111,8 +109,9 @@ async def watch_latency(
     ready = asyncio.Event()
     connected = 0
     limits = httpx.Limits(max_connections=watchers + 8)
-    async with httpx.AsyncClient(base_url=server.url, headers=server.client_headers(), limits=limits,
-                                 timeout=httpx.Timeout(30, read=60)) as c:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.client_headers(), limits=limits, timeout=httpx.Timeout(30, read=60)
+    ) as c:
         rv = orjson.loads((await c.get(f"{BASE}/dpus?labelSelector=watched%3Dyes")).content)["metadata"][
             "resourceVersion"
         ]
@@ -151,18 +150,26 @@ async def watch_latency(
             )
             resp.raise_for_status()
             await asyncio.sleep(interval)
-        done, pending = await asyncio.wait(tasks, timeout=30)
+        _done, pending = await asyncio.wait(tasks, timeout=30)
         for task in pending:
             task.cancel()
         missed = watchers * updates - sum(received)
         return latencies, missed
 
 
-def run_api_bench(objects: int = 10000, watchers: int = 100, db: str | None = None,
-                  concurrency: int = 32, updates: int = 300, rate: float = 50.0) -> APIBenchResult:
+def run_api_bench(
+    objects: int = 10000,
+    watchers: int = 100,
+    db: str | None = None,
+    concurrency: int = 32,
+    updates: int = 300,
+    rate: float = 50.0,
+) -> APIBenchResult:
     console = Console()
     result = APIBenchResult(objects=objects, watchers=watchers)
-    console.print(f"[bold]bench api[/]: {objects} DPUs, {watchers} watchers, backend {'PostgreSQL' if db else 'SQLite'}")
+    console.print(
+        f"[bold]bench api[/]: {objects} DPUs, {watchers} watchers, backend {'PostgreSQL' if db else 'SQLite'}"
+    )
     console.print("  baseline: creates straight into the store ...")
     result.store_creates_per_s = store_baseline(objects, None if db is None else db)
     with server_process(db, controllers=False) as server:
@@ -181,8 +188,11 @@ def run_api_bench(objects: int = 10000, watchers: int = 100, db: str | None = No
     table.add_column("TARGET", justify="right")
     table.add_row("creates/s straight into the store", f"{result.store_creates_per_s:,.0f}", "")
     table.add_row("creates/s through the API", f"{result.api_creates_per_s:,.0f}", ">= 1,000")
-    table.add_row("API overhead (store rate / API rate)",
-                  f"{result.store_creates_per_s / max(result.api_creates_per_s, 1e-9):.2f}x", "")
+    table.add_row(
+        "API overhead (store rate / API rate)",
+        f"{result.store_creates_per_s / max(result.api_creates_per_s, 1e-9):.2f}x",
+        "",
+    )
     table.add_row(f"list {objects} objects p50", f"{result.list_p50_s * 1000:,.0f} ms", "")
     table.add_row(f"list {objects} objects max", f"{result.list_max_s * 1000:,.0f} ms", "<= 1,000 ms")
     table.add_row(f"watch event latency p50 ({watchers} watchers)", f"{result.watch_p50_ms:,.1f} ms", "")

@@ -44,7 +44,9 @@ class RunningServer:
 
 
 @contextmanager
-def server_process(db_url: str | None = None, *, controllers: bool = True, timeout: float = 30.0) -> Iterator[RunningServer]:
+def server_process(
+    db_url: str | None = None, *, controllers: bool = True, timeout: float = 30.0
+) -> Iterator[RunningServer]:
     """A real `dpufleet server` in its own process on a free loopback port, stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="dpufleet-bench-") as tmp:
         data_dir = Path(tmp) / "data"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..security.secrets import SecretBox
 from ..store.feed import ChangeFeed
 from ..store.store import Store, default_sqlite_url
 from .events import EventReaper
@@ -51,7 +52,8 @@ def default_manager(store: Store, feed: ChangeFeed | None = None) -> Manager:
 
 def run_standalone(data_dir: Path, db_url: str | None) -> None:
     """`dpufleet controller`: the reconcilers as their own process against the same store."""
-    store = Store.open(db_url or default_sqlite_url(data_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
     try:
         asyncio.run(default_manager(store).run())
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,7 +53,7 @@ class ServerState:
     feed: ChangeFeed
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.
     _writer: ThreadPoolExecutor | None = None
@@ -352,12 +352,14 @@ async def _watch_stream(
     metrics.watchers.inc()
     try:
         if since is None:
-            raw, since = await state.read(state.store.list_raw, info, project, selector)
+            raw, start = await state.read(state.store.list_raw, info, project, selector)
             for doc in raw:
                 yield b'{"type":"ADDED","object":' + doc.encode() + b"}\n"
-        yield _bookmark(since)
-        changes = state.feed.changes(frozenset({info.kind}), since).__aiter__()
-        last = since
+        else:
+            start = since
+        yield _bookmark(start)
+        changes = state.feed.changes(frozenset({info.kind}), start).__aiter__()
+        last = start
         while True:
             try:
                 change = await asyncio.wait_for(changes.__anext__(), BOOKMARK_EVERY)

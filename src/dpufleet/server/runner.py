@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
 from .app import ServerState, build_state, create_app
 from .auth import TokenAuthenticator
@@ -47,7 +48,7 @@ class Server:
     def build(cls, data_dir: Path, db_url: str | None = None, *, controllers: bool = True) -> Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
-        store = Store.open(db_url or default_sqlite_url(data_dir))
+        store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
         auth = TokenAuthenticator(data_dir)
         state = build_state(store, auth)
         if controllers:

@@ -250,9 +250,7 @@ class SimBMC:
     def reset_system(self, reset_type: str) -> None:
         """Start a ComputerSystem.Reset; the state changes over emulated time."""
         if reset_type not in RESET_TYPES:
-            raise RedfishError(
-                400, "ActionParameterValueNotInList", reset_type, "ResetType", "ComputerSystem.Reset"
-            )
+            raise RedfishError(400, "ActionParameterValueNotInList", reset_type, "ResetType", "ComputerSystem.Reset")
         state = self.dpu.power_state
         if reset_type == "On" and state in (PowerState.ON, PowerState.POWERING_ON):
             return
@@ -389,8 +387,15 @@ def version_from_image(image_uri: str, firmware_id: str) -> str:
     return name or "unknown"
 
 
-def new_bmc(bmc_id: str, dpu: SimDPU, credentials: dict[str, str], *, seed_uuid: str | None = None,
-            timings: BmcTimings | None = None, limits: BmcLimits | None = None) -> SimBMC:
+def new_bmc(
+    bmc_id: str,
+    dpu: SimDPU,
+    credentials: dict[str, str],
+    *,
+    seed_uuid: str | None = None,
+    timings: BmcTimings | None = None,
+    limits: BmcLimits | None = None,
+) -> SimBMC:
     """A BMC for ``dpu`` with the given ``{username: password}`` administrator accounts.
 
     There are no default credentials: at least one account must be given.
@@ -406,9 +411,8 @@ def new_bmc(bmc_id: str, dpu: SimDPU, credentials: dict[str, str], *, seed_uuid:
         dpu=dpu,
         accounts=accounts,
         uuid=seed_uuid or str(uuid.uuid4()),
-        timings=timings or BmcTimings(
-            power_on_seconds=dpu.profile.bmc.boot_seconds, bmc_restart_seconds=dpu.profile.bmc.reset_seconds
-        ),
+        timings=timings
+        or BmcTimings(power_on_seconds=dpu.profile.bmc.boot_seconds, bmc_restart_seconds=dpu.profile.bmc.reset_seconds),
         limits=limits or BmcLimits(),
     )
 

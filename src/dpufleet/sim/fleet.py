@@ -54,8 +54,16 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def make_dpu(profile: VendorProfile, *, serial: str, dpu_id: str, host_id: str | None, slot: int,
-             rng: random.Random, macs: MacAllocator) -> SimDPU:
+def make_dpu(
+    profile: VendorProfile,
+    *,
+    serial: str,
+    dpu_id: str,
+    host_id: str | None,
+    slot: int,
+    rng: random.Random,
+    macs: MacAllocator,
+) -> SimDPU:
     """A DPU of ``profile`` with factory firmware, its NICs' MACs and identity."""
     nics = [SimNic(p.name, macs.allocate(profile.mac_oui), p.speed_gbps * 1000) for p in profile.ports]
     nics.append(SimNic(profile.management_interface, macs.allocate(profile.mac_oui), 1000))
@@ -181,16 +189,18 @@ def build_fleet(
             if serial in serials:
                 raise RuntimeError(f"serial pattern of {profile.name} produced a duplicate: {serial}")
             serials.add(serial)
-            dpu = make_dpu(profile, serial=serial, dpu_id=f"{host_id}-dpu-{d}", host_id=host_id,
-                           slot=d, rng=rng, macs=macs)
+            dpu = make_dpu(
+                profile, serial=serial, dpu_id=f"{host_id}-dpu-{d}", host_id=host_id, slot=d, rng=rng, macs=macs
+            )
             host.dpus.append(dpu)
             timings = BmcTimings(
                 power_on_seconds=profile.bmc.boot_seconds,
                 bmc_restart_seconds=profile.bmc.reset_seconds,
                 time_scale=time_scale,
             )
-            bmc = new_bmc(dpu.id, dpu, {username: passwords(dpu.id)}, seed_uuid=_uuid(rng),
-                          timings=timings, limits=limits)
+            bmc = new_bmc(
+                dpu.id, dpu, {username: passwords(dpu.id)}, seed_uuid=_uuid(rng), timings=timings, limits=limits
+            )
             bmc.log("ResourcePoweredOn", f"{dpu.id} system")
             fleet.bmcs[bmc.id] = bmc
         fleet.hosts.append(host)
@@ -210,8 +220,9 @@ def write_fleet_files(fleet: Fleet, directory: Path) -> None:
     secrets_file = directory / "credentials.json"
     secrets_file.touch(mode=0o600)
     secrets_file.chmod(0o600)
-    creds = {bmc_id: dict(zip(("username", "password"), fleet.credentials(bmc_id), strict=True))
-             for bmc_id in fleet.bmcs}
+    creds = {
+        bmc_id: dict(zip(("username", "password"), fleet.credentials(bmc_id), strict=True)) for bmc_id in fleet.bmcs
+    }
     secrets_file.write_text(json.dumps(creds, indent=2) + "\n", encoding="utf-8")
 
 
@@ -244,8 +255,12 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def _start_server(app: RedfishApp, host: str, port: int, cert: CertFiles | None,
-                        ) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+async def _start_server(
+    app: RedfishApp,
+    host: str,
+    port: int,
+    cert: CertFiles | None,
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     config = uvicorn.Config(
         app,
         host=host,
@@ -272,8 +287,14 @@ async def _start_server(app: RedfishApp, host: str, port: int, cert: CertFiles |
     return server, task, int(bound)
 
 
-async def serve_fleet(fleet: Fleet, host: str = "127.0.0.1", port: int = 0, per_bmc_ports: bool = False,
-                      tls: bool = False, cert_dir: Path | None = None) -> FleetServer:
+async def serve_fleet(
+    fleet: Fleet,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    per_bmc_ports: bool = False,
+    tls: bool = False,
+    cert_dir: Path | None = None,
+) -> FleetServer:
     """Serve the fleet's BMCs on the running event loop.
 
     One port for all (each BMC under ``/bmc/<id>``), or with ``per_bmc_ports``
@@ -291,8 +312,7 @@ async def serve_fleet(fleet: Fleet, host: str = "127.0.0.1", port: int = 0, per_
     try:
         if per_bmc_ports:
             for index, bmc in enumerate(fleet.bmcs.values()):
-                server, task, bound = await _start_server(
-                    create_bmc_app(bmc), host, port + index if port else 0, cert)
+                server, task, bound = await _start_server(create_bmc_app(bmc), host, port + index if port else 0, cert)
                 running.servers.append(server)
                 running.tasks.append(task)
                 running.endpoints[bmc.id] = f"{scheme}://{host}:{bound}"

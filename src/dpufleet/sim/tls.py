@@ -19,8 +19,12 @@ class CertFiles:
     key: Path
 
 
-def make_self_signed(directory: Path, common_name: str = "dpufleet-sim-bmc",
-                     hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365) -> CertFiles:
+def make_self_signed(
+    directory: Path,
+    common_name: str = "dpufleet-sim-bmc",
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    days: int = 365,
+) -> CertFiles:
     """Write ``bmc.crt``/``bmc.key`` (ECDSA P-256) into ``directory``; the key file is mode 0600."""
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -48,8 +52,6 @@ def make_self_signed(directory: Path, common_name: str = "dpufleet-sim-bmc",
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.key.touch(mode=0o600)
     files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return files

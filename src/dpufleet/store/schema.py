@@ -47,3 +47,12 @@ counter = Table(
     Column("rv", BigInteger, nullable=False),
     Column("compacted_rv", BigInteger, nullable=False),
 )
+
+# Secret fields of objects (a credential's password), encrypted; never part of a document.
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("uid", String(36), primary_key=True),
+    Column("field", String(64), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
+)

@@ -8,6 +8,7 @@ locks it until commit, so resourceVersions are committed in order on both backen
 
 from __future__ import annotations
 
+import builtins
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,8 @@ from ..api.meta import DEFAULT_PROJECT, isotime, now
 from ..api.patch import merge_patch
 from ..api.selectors import LabelSelector
 from ..api.validation import validate_document, validate_status
-from .schema import changes, counter, objects
+from ..security.secrets import SecretBox
+from .schema import changes, counter, objects, secrets
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 # Statements built once: building them per call costs more than SQLite's own work.
@@ -87,8 +89,9 @@ def default_sqlite_url(data_dir: Path) -> str:
 class Store:
     """Thread-safe; one per process. Open with `Store.open(url)`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, secret_box: SecretBox | None = None) -> None:
         self.url = url
+        self.secret_box = secret_box
         self.is_sqlite = url.startswith("sqlite")
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._write_lock = threading.Lock() if self.is_sqlite else None
@@ -105,8 +108,8 @@ class Store:
             self._write_engine = self._engine
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        store = cls(url)
+    def open(cls, url: str, secret_box: SecretBox | None = None) -> Store:
+        store = cls(url, secret_box)
         store.migrate()
         return store
 
@@ -231,7 +234,7 @@ class Store:
         with self._engine.connect() as conn:
             return int(conn.execute(select(counter.c.rv).where(counter.c.id == 1)).scalar_one())
 
-    def changes_since(self, since: int, kinds: set[str] | None = None, limit: int = 1000) -> list[Change]:
+    def changes_since(self, since: int, kinds: set[str] | None = None, limit: int = 1000) -> builtins.list[Change]:
         """Committed changes with rv > since, oldest first. Raises Gone once since is compacted away."""
         query = select(
             changes.c.rv, changes.c.type, changes.c.kind, changes.c.project, changes.c.name, changes.c.data
@@ -275,9 +278,11 @@ class Store:
         meta["generation"] = 1
         if info.has_status and not keep_status:
             obj["status"] = validate_status(info, {})
+        taken = self._take_secrets(info, obj)
         try:
             with self._write() as conn:
                 rv = self._next_rv(conn)
+                self._store_secrets(conn, info, obj, taken, {})
                 self._save(conn, obj, rv, ADDED)
         except IntegrityError:
             raise AlreadyExists(
@@ -289,9 +294,11 @@ class Store:
         """Replace spec and user metadata. Status is kept as stored (it has its own path)."""
         info, obj = validate_document(doc)
         meta = obj["metadata"]
+        taken = self._take_secrets(info, obj)
         with self._write() as conn:
             current = self._load(conn, info, meta["project"], meta["name"])
             self._check_rv(info, current, meta.get("resourceVersion"))
+            self._store_secrets(conn, info, obj, taken, current.get("spec") or {}, current["metadata"]["uid"])
             cur_meta = current["metadata"]
             for key in _SYSTEM_META:
                 if key in cur_meta:
@@ -392,7 +399,56 @@ class Store:
             result = self._delete_one(conn, info, current, rv)
         return result
 
+    def get_secret(self, kind: str | KindInfo, name: str, field: str, project: str = DEFAULT_PROJECT) -> str | None:
+        """The decrypted secret field of an object, for controllers; None when unset."""
+        info = _kind(kind)
+        if field not in info.secret_fields:
+            raise BadRequest(f"{info.kind} has no secret field {field!r}")
+        obj = self.get(info, name, project)
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(secrets.c.ciphertext).where(secrets.c.uid == obj["metadata"]["uid"], secrets.c.field == field)
+            ).first()
+        if row is None:
+            return None
+        if self.secret_box is None:
+            raise BadRequest("this store was opened without the secret key; cannot read secrets")
+        return self.secret_box.decrypt(row[0])
+
     # --- internals --------------------------------------------------------------------------------------
+
+    def _take_secrets(self, info: KindInfo, obj: dict[str, Any]) -> dict[str, str]:
+        """Remove secret fields from the document (before anything is written), returning them."""
+        taken: dict[str, str] = {}
+        spec = obj.get("spec")
+        if not info.secret_fields or not isinstance(spec, dict):
+            return taken
+        for field in info.secret_fields:
+            value = spec.pop(field, None)
+            spec.pop(f"{field}Set", None)
+            if value is not None:
+                if self.secret_box is None:
+                    raise BadRequest(f"spec.{field}: this server has no secret key, so it cannot store secrets")
+                taken[field] = self.secret_box.encrypt(str(value))
+        return taken
+
+    def _store_secrets(
+        self,
+        conn: Connection,
+        info: KindInfo,
+        obj: dict[str, Any],
+        taken: dict[str, str],
+        current_spec: dict[str, Any],
+        uid: str | None = None,
+    ) -> None:
+        if not info.secret_fields:
+            return
+        uid = uid or obj["metadata"]["uid"]
+        for field in info.secret_fields:
+            if field in taken:
+                conn.execute(delete(secrets).where(secrets.c.uid == uid, secrets.c.field == field))
+                conn.execute(insert(secrets).values(uid=uid, field=field, ciphertext=taken[field]))
+            obj["spec"][f"{field}Set"] = field in taken or bool(current_spec.get(f"{field}Set"))
 
     @staticmethod
     def _check_rv(info: KindInfo, current: dict[str, Any], wanted: str | None) -> None:
@@ -424,6 +480,8 @@ class Store:
         meta = obj["metadata"]
         meta["resourceVersion"] = str(rv)
         conn.execute(delete(objects).where(objects.c.uid == meta["uid"]))
+        if info.secret_fields:
+            conn.execute(delete(secrets).where(secrets.c.uid == meta["uid"]))
         self._log(conn, rv, DELETED, obj, _dumps(obj))
         self._cascade(conn, meta["uid"])
         return obj

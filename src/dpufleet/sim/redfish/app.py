@@ -54,7 +54,7 @@ class RedfishApp:
     def _locate(self, path: str) -> tuple[SimBMC | None, str, str]:
         """Split a URL path into (BMC, prefix before /redfish, rest from /redfish)."""
         if path.startswith("/bmc/"):
-            bmc_id, _, rest = path[len("/bmc/"):].partition("/")
+            bmc_id, _, rest = path[len("/bmc/") :].partition("/")
             return self.bmcs.get(bmc_id), f"/bmc/{bmc_id}", "/" + rest
         return self.default, "", path
 
@@ -67,12 +67,10 @@ class RedfishApp:
         if not (rest == "/redfish/v1" or rest.startswith("/redfish/v1/")):
             return _json_response(RedfishError(404, "ResourceNotFound", "Resource", request.url.path))
         if not bmc.available():
-            return _json_response(RedfishError(503, "ServiceTemporarilyUnavailable", 5,
-                                               headers={"Retry-After": "5"}))
+            return _json_response(RedfishError(503, "ServiceTemporarilyUnavailable", 5, headers={"Retry-After": "5"}))
         slots = bmc.request_slots()
         if slots is not None and slots.locked() and not bmc.limits.queue_when_busy:
-            return _json_response(RedfishError(503, "ServiceTemporarilyUnavailable", 1,
-                                               headers={"Retry-After": "1"}))
+            return _json_response(RedfishError(503, "ServiceTemporarilyUnavailable", 1, headers={"Retry-After": "1"}))
         bmc.in_flight += 1
         try:
             if slots is None:
@@ -86,7 +84,7 @@ class RedfishApp:
     async def _handle(self, request: Request, bmc: SimBMC, prefix: str, rest: str) -> Response:
         if bmc.limits.latency_seconds > 0:
             await asyncio.sleep(bmc.limits.latency_seconds)
-        sub = rest[len("/redfish/v1"):].rstrip("/")
+        sub = rest[len("/redfish/v1") :].rstrip("/")
         method = "GET" if request.method == "HEAD" else request.method
         ctx = Ctx(bmc=bmc, root=f"{prefix}/redfish/v1", method=method)
         try:

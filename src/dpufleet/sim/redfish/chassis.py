@@ -73,8 +73,7 @@ def chassis(ctx: Ctx, params: dict[str, str]) -> Json:
 @ROUTER.add("GET", "/Chassis/{chassis_id}/Sensors")
 def sensors(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["chassis_id"], CHASSIS_ID, "Chassis")
-    return collection(ctx, "SensorCollection", "Sensors", ("Chassis", CHASSIS_ID, "Sensors"),
-                      [s.id for s in _SENSORS])
+    return collection(ctx, "SensorCollection", "Sensors", ("Chassis", CHASSIS_ID, "Sensors"), [s.id for s in _SENSORS])
 
 
 @ROUTER.add("GET", "/Chassis/{chassis_id}/Sensors/{sensor_id}")

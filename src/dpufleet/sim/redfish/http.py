@@ -64,8 +64,11 @@ class Router:
         self.routes: list[Route] = []
 
     def add(self, method: str, template: str, privilege: str = "Login") -> Callable[[H], H]:
-        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(
-            r"\}", "}")) + "$"
+        regex = (
+            "^"
+            + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+            + "$"
+        )
 
         def register(handler: H) -> H:
             self.routes.append(Route(method, re.compile(regex), template, handler, privilege))

@@ -62,8 +62,7 @@ def reset_manager(ctx: Ctx, params: dict[str, str]) -> Reply:
 @ROUTER.add("GET", "/Managers/{manager_id}/LogServices")
 def log_services(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["manager_id"], MANAGER_ID, "Manager")
-    return collection(ctx, "LogServiceCollection", "Log Services", ("Managers", MANAGER_ID, "LogServices"),
-                      [_LOG_ID])
+    return collection(ctx, "LogServiceCollection", "Log Services", ("Managers", MANAGER_ID, "LogServices"), [_LOG_ID])
 
 
 @ROUTER.add("GET", "/Managers/{manager_id}/LogServices/{log_id}")
@@ -88,8 +87,9 @@ def log_service(ctx: Ctx, params: dict[str, str]) -> Json:
     }
 
 
-@ROUTER.add("POST", "/Managers/{manager_id}/LogServices/{log_id}/Actions/LogService.ClearLog",
-            privilege="ConfigureManager")
+@ROUTER.add(
+    "POST", "/Managers/{manager_id}/LogServices/{log_id}/Actions/LogService.ClearLog", privilege="ConfigureManager"
+)
 def clear_log(ctx: Ctx, params: dict[str, str]) -> Reply:
     check_id(params["manager_id"], MANAGER_ID, "Manager")
     check_id(params["log_id"], _LOG_ID, "LogService")
@@ -102,8 +102,9 @@ def log_entries(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["manager_id"], MANAGER_ID, "Manager")
     check_id(params["log_id"], _LOG_ID, "LogService")
     # LogEntryCollection is auto-expanded: members are embedded, not linked.
-    body = collection(ctx, "LogEntryCollection", "Log Entries",
-                      ("Managers", MANAGER_ID, "LogServices", _LOG_ID, "Entries"), [])
+    body = collection(
+        ctx, "LogEntryCollection", "Log Entries", ("Managers", MANAGER_ID, "LogServices", _LOG_ID, "Entries"), []
+    )
     body["Members"] = [_entry_body(ctx, entry) for entry in ctx.bmc.sel[-_MAX_RECORDS:]]
     body["Members@odata.count"] = len(body["Members"])
     return body
@@ -132,5 +133,3 @@ def _entry_body(ctx: Ctx, entry: SimLogEntry) -> Json:
         "MessageId": entry.message_id,
         "MessageArgs": entry.message_args,
     }
-
-

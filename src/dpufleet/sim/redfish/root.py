@@ -138,8 +138,9 @@ def account_service(ctx: Ctx, _: dict[str, str]) -> Json:
 
 @ROUTER.add("GET", "/AccountService/Accounts")
 def accounts(ctx: Ctx, _: dict[str, str]) -> Json:
-    return collection(ctx, "ManagerAccountCollection", "Accounts", ("AccountService", "Accounts"),
-                      list(ctx.bmc.accounts))
+    return collection(
+        ctx, "ManagerAccountCollection", "Accounts", ("AccountService", "Accounts"), list(ctx.bmc.accounts)
+    )
 
 
 def _account(ctx: Ctx, account_id: str) -> SimAccount:
@@ -258,5 +259,3 @@ def role(ctx: Ctx, params: dict[str, str]) -> Json:
         "IsPredefined": True,
         "AssignedPrivileges": list(ROLES[role_id]),
     }
-
-

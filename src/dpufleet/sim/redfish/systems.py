@@ -107,8 +107,7 @@ def reset(ctx: Ctx, params: dict[str, str]) -> Reply:
     reject_unknown(body, {"ResetType"}, action="ComputerSystem.Reset")
     reset_type = body.get("ResetType", "On")
     if not isinstance(reset_type, str):
-        raise RedfishError(400, "ActionParameterValueFormatError", reset_type, "ResetType",
-                           "ComputerSystem.Reset")
+        raise RedfishError(400, "ActionParameterValueFormatError", reset_type, "ResetType", "ComputerSystem.Reset")
     ctx.bmc.reset_system(reset_type)
     return Reply(204)
 
@@ -171,8 +170,9 @@ def memory(ctx: Ctx, params: dict[str, str]) -> Json:
 def ethernet_interfaces(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
     names = [nic.name for nic in ctx.bmc.dpu.nics]
-    return collection(ctx, "EthernetInterfaceCollection", "Ethernet Interfaces",
-                      ("Systems", SYSTEM_ID, "EthernetInterfaces"), names)
+    return collection(
+        ctx, "EthernetInterfaceCollection", "Ethernet Interfaces", ("Systems", SYSTEM_ID, "EthernetInterfaces"), names
+    )
 
 
 @ROUTER.add("GET", "/Systems/{system_id}/EthernetInterfaces/{nic_id}")

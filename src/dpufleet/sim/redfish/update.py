@@ -34,8 +34,9 @@ def update_service(ctx: Ctx, _: dict[str, str]) -> Json:
 @ROUTER.add("GET", "/UpdateService/FirmwareInventory")
 def firmware_inventory(ctx: Ctx, _: dict[str, str]) -> Json:
     ids = [fw.id for fw in ctx.bmc.dpu.profile.firmware]
-    return collection(ctx, "SoftwareInventoryCollection", "Firmware Inventory",
-                      ("UpdateService", "FirmwareInventory"), ids)
+    return collection(
+        ctx, "SoftwareInventoryCollection", "Firmware Inventory", ("UpdateService", "FirmwareInventory"), ids
+    )
 
 
 @ROUTER.add("GET", "/UpdateService/FirmwareInventory/{fw_id}")
@@ -63,7 +64,7 @@ def _target_id(ctx: Ctx, target: object) -> str:
     prefix = ctx.uri("UpdateService", "FirmwareInventory") + "/"
     if not isinstance(target, str) or not target.startswith(prefix):
         raise RedfishError(400, "ActionParameterValueFormatError", target, "Targets", _ACTION)
-    return target[len(prefix):].rstrip("/")
+    return target[len(prefix) :].rstrip("/")
 
 
 @ROUTER.add("POST", "/UpdateService/Actions/UpdateService.SimpleUpdate", privilege="ConfigureComponents")
@@ -109,9 +110,7 @@ def tasks(ctx: Ctx, _: dict[str, str]) -> Json:
 
 
 def _task_body(ctx: Ctx, task: SimTask) -> Json:
-    messages: list[dict[str, Any]] = [
-        {k: v for k, v in m.items() if not k.startswith("@")} for m in task.messages
-    ]
+    messages: list[dict[str, Any]] = [{k: v for k, v in m.items() if not k.startswith("@")} for m in task.messages]
     body: Json = {
         "@odata.id": ctx.uri("TaskService", "Tasks", task.id),
         "@odata.type": odata_type("Task"),

@@ -1,0 +1,1 @@
+"""Redfish: the DMTF standard every DPU BMC speaks."""

@@ -1,0 +1,198 @@
+"""An async Redfish client: what the control plane needs from a BMC, over plain HTTP(S).
+
+Async (httpx) rather than sushy's blocking client because a fleet is crawled
+concurrently: a real BlueField-3 BMC answers in about 0.3 s per request, so
+hundreds of BMCs must be in flight at once. sushy is used in the tests as an
+independent peer to cross-check our emulated BMC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+
+class RedfishError(Exception):
+    """A BMC answered, but not as a Redfish service should (or with an error)."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "RedfishError") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class BMCUnreachable(RedfishError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None, "Unreachable")
+
+
+class AuthenticationFailed(RedfishError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 401, "AuthenticationFailed")
+
+
+class NotRedfish(RedfishError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None, "NotRedfish")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, even in a traceback
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+def _extended_message(body: Any) -> str:
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            infos = err.get("@Message.ExtendedInfo") or []
+            if infos and isinstance(infos[0], dict) and infos[0].get("Message"):
+                return str(infos[0]["Message"])
+            return str(err.get("message", ""))
+    return ""
+
+
+class RedfishClient:
+    """One BMC. `base_url` is the service's root, e.g. https://198.51.100.7 or
+    http://127.0.0.1:8443/bmc/b1 (many emulated BMCs behind one port)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials | None,
+        *,
+        http: httpx.AsyncClient | None = None,
+        verify: bool = True,
+        timeout: float = 10.0,
+        max_concurrency: int = 4,
+        retries: int = 3,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.prefix = parts.path.rstrip("/")
+        self.credentials = credentials
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(verify=verify, timeout=timeout)
+        self.timeout = timeout
+        self.retries = retries
+        self._slots = asyncio.Semaphore(max_concurrency)  # real BMCs serve a few requests at a time
+
+    async def __aenter__(self) -> RedfishClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    def url(self, odata_id: str) -> str:
+        """Resolve an @odata.id (absolute path on the BMC's origin) or a path under /redfish/v1."""
+        if odata_id.startswith(("http://", "https://")):
+            return odata_id
+        if not odata_id.startswith("/"):
+            odata_id = "/redfish/v1/" + odata_id
+        if self.prefix and not odata_id.startswith(self.prefix + "/"):
+            odata_id = self.prefix + odata_id
+        return self.origin + odata_id
+
+    def _auth(self, anonymous: bool) -> httpx.BasicAuth | None:
+        if anonymous or self.credentials is None:
+            return None
+        return httpx.BasicAuth(self.credentials.username, self.credentials.password)
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, anonymous: bool = False
+    ) -> tuple[int, Any, httpx.Headers]:
+        url = self.url(path)
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                async with self._slots:
+                    resp = await self.http.request(
+                        method, url, json=json, auth=self._auth(anonymous), timeout=self.timeout
+                    )
+            except httpx.TimeoutException as exc:
+                last = BMCUnreachable(f"{url}: timed out after {self.timeout:g}s")
+                last.__cause__ = exc
+            except httpx.TransportError as exc:
+                last = BMCUnreachable(f"{url}: {type(exc).__name__}: {exc}".rstrip(": "))
+            else:
+                if resp.status_code == 503 and attempt < self.retries:
+                    retry_after = resp.headers.get("Retry-After", "")
+                    delay = min(float(retry_after) if retry_after.isdigit() else 0.5, 5.0)
+                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    continue
+                return resp.status_code, self._decode(url, resp), resp.headers
+            if attempt < self.retries:
+                await asyncio.sleep(0.2 * 2**attempt * (0.5 + random.random() / 2))
+        assert last is not None
+        raise last
+
+    @staticmethod
+    def _decode(url: str, resp: httpx.Response) -> Any:
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            if resp.status_code < 400:
+                raise NotRedfish(f"{url}: answered HTTP {resp.status_code} with a body that is not JSON") from None
+            return None
+
+    async def get(self, path: str, *, anonymous: bool = False) -> dict[str, Any]:
+        status, body, _ = await self.request("GET", path, anonymous=anonymous)
+        if status == 401:
+            raise AuthenticationFailed(f"{self.url(path)}: the BMC refused the credentials")
+        if status >= 400:
+            detail = _extended_message(body)
+            raise RedfishError(f"GET {self.url(path)}: HTTP {status}{': ' + detail if detail else ''}", status)
+        if not isinstance(body, dict):
+            raise NotRedfish(f"{self.url(path)}: expected a JSON object")
+        return body
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any, httpx.Headers]:
+        status, payload, headers = await self.request("POST", path, json=body)
+        if status == 401:
+            raise AuthenticationFailed(f"{self.url(path)}: the BMC refused the credentials")
+        if status >= 400:
+            detail = _extended_message(payload)
+            raise RedfishError(f"POST {self.url(path)}: HTTP {status}{': ' + detail if detail else ''}", status)
+        return status, payload, headers
+
+    async def patch(self, path: str, body: dict[str, Any]) -> None:
+        status, payload, _ = await self.request("PATCH", path, json=body)
+        if status >= 400:
+            detail = _extended_message(payload)
+            raise RedfishError(f"PATCH {self.url(path)}: HTTP {status}{': ' + detail if detail else ''}", status)
+
+    async def service_root(self) -> dict[str, Any]:
+        """The anonymous service root; raises NotRedfish when the endpoint is some other HTTP service."""
+        root = await self.get("/redfish/v1", anonymous=True)
+        if "RedfishVersion" not in root and "@odata.id" not in root:
+            raise NotRedfish(f"{self.url('/redfish/v1')}: JSON, but not a Redfish service root")
+        return root
+
+    async def members(self, collection: str) -> list[dict[str, Any]]:
+        """Every member of a collection, fetched concurrently (within the BMC's limit)."""
+        coll = await self.get(collection)
+        links = [m["@odata.id"] for m in coll.get("Members") or [] if isinstance(m, dict) and "@odata.id" in m]
+        return list(await asyncio.gather(*(self.get(link) for link in links)))
+
+    @staticmethod
+    def link(resource: dict[str, Any], name: str) -> str | None:
+        value = resource.get(name)
+        if isinstance(value, dict) and isinstance(value.get("@odata.id"), str):
+            return str(value["@odata.id"])
+        return None
