@@ -156,6 +156,7 @@ class DPUStatus(Status):
     firmware: list[FirmwareComponent] = Field(default_factory=list)
     capabilities: dict[str, Any] = Field(default_factory=dict)
     allocated: dict[str, Any] = Field(default_factory=dict)
+    remaining: dict[str, Any] = Field(default_factory=dict)
     health: str | None = None
     lastSeen: str | None = None
     installedImage: str | None = None

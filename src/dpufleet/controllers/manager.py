@@ -15,6 +15,8 @@ from pathlib import Path
 from ..security.secrets import SecretBox
 from ..store.feed import ChangeFeed
 from ..store.store import Store, default_sqlite_url
+from .bmc import BMCReconciler
+from .discovery import DiscoveryReconciler
 from .events import EventReaper
 from .runtime.controller import Controller, Reconciler
 
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Each entry builds one reconciler for a store; capabilities add theirs here.
 ReconcilerFactory = Callable[[Store], Reconciler]
-DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper]
+DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper, DiscoveryReconciler, BMCReconciler]
 
 
 class Manager:

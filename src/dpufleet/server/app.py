@@ -217,6 +217,11 @@ def create_app(state: ServerState) -> FastAPI:
 
     _register_routes(api, state, metrics)
     app.include_router(api)
+
+    from ..inventory.reports import ReportHandler
+    from .agent_api import agent_router
+
+    app.include_router(agent_router(state, ReportHandler(state.store), [Depends(authenticate)]))
     return app
 
 

@@ -1,0 +1,330 @@
+"""BMC controller: crawl each BMC's Redfish tree; keep the BMC's and its DPUs' status current.
+
+For every BMC object: read its credentials, fetch the service root (reachable?),
+crawl systems, managers, chassis and firmware inventory (authenticated?), then
+create or refresh one DPU object per DPU system it manages — unless adoption is
+restricted to expected serial numbers. Every outcome is a condition; every
+change of state an Event; nothing a BMC does (timeouts, bad JSON, refused
+credentials, a serial already owned by another BMC) stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from ..api.errors import NotFound
+from ..api.meta import Severity, isotime, now
+from ..drivers.redfish.client import (
+    AuthenticationFailed,
+    BMCUnreachable,
+    Credentials,
+    NotRedfish,
+    RedfishClient,
+    RedfishError,
+)
+from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl
+from ..inventory.catalog import catalog_capabilities, find_profile
+from ..store.store import Store
+from .naming import dpu_name
+from .runtime.conditions import get_condition, set_condition, summarize_ready
+from .runtime.controller import Key, Reconciler, Result
+from .runtime.events import EventRecorder
+from .runtime.status import mutate_status
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_LABEL = "dpufleet.io/discovery"
+BMC_STEPS = ["Reachable", "Authenticated", "Inventoried"]
+DPU_IDENTITY_STEPS = ["Inventoried"]
+
+
+class BMCReconciler(Reconciler):
+    kind = "BMC"
+    workers = 64
+
+    def __init__(self, store: Store, refresh_seconds: float = 300.0, retry_seconds: float = 60.0) -> None:
+        self.store = store
+        self.refresh_seconds = refresh_seconds
+        self.retry_seconds = retry_seconds
+        self.events = EventRecorder(store, "bmc-controller")
+        self._http: dict[bool, httpx.AsyncClient] = {}
+
+    def http(self, verify: bool) -> httpx.AsyncClient:
+        if verify not in self._http:
+            limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+            self._http[verify] = httpx.AsyncClient(verify=verify, limits=limits, timeout=10)
+        return self._http[verify]
+
+    async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+
+    async def reconcile(self, key: Key) -> Result:
+        try:
+            bmc = await asyncio.to_thread(self.store.get, "BMC", key.name, key.project)
+        except NotFound:
+            return Result()
+        if bmc["metadata"].get("deletionTimestamp"):
+            return Result()
+        spec = bmc["spec"]
+        creds = await self._credentials(bmc)
+        if isinstance(creds, str):
+            await self._fail(bmc, "Authenticated", "CredentialsMissing", creds, Severity.ERROR)
+            return Result(requeue_after=self.retry_seconds)
+        client = RedfishClient(spec["address"], creds, http=self.http(spec.get("verifyTLS", True)), retries=2)
+        try:
+            root = await client.service_root()
+        except (BMCUnreachable, NotRedfish) as exc:
+            await self._fail(bmc, "Reachable", exc.reason, str(exc), Severity.ERROR, reachable=False)
+            return Result(requeue_after=self.retry_seconds)
+        except RedfishError as exc:
+            await self._fail(bmc, "Reachable", "BadServiceRoot", str(exc), Severity.ERROR, reachable=False)
+            return Result(requeue_after=self.retry_seconds)
+        try:
+            inventory = await crawl(client, root)
+        except AuthenticationFailed as exc:
+            await self._fail(bmc, "Authenticated", "AuthenticationFailed", str(exc), Severity.ERROR, reachable=True)
+            return Result(requeue_after=self.retry_seconds)
+        except (RedfishError, ValueError) as exc:
+            await self._fail(bmc, "Inventoried", "CrawlFailed", str(exc), Severity.WARNING, reachable=True)
+            return Result(requeue_after=self.retry_seconds)
+        await self._apply(bmc, inventory)
+        return Result(requeue_after=self.refresh_seconds)
+
+    async def _credentials(self, bmc: dict[str, Any]) -> Credentials | str | None:
+        ref = bmc["spec"].get("credentialsRef")
+        if not ref:
+            return None  # some BMCs allow anonymous reads; the crawl will say if not
+        project = bmc["metadata"]["project"]
+        try:
+            cred = await asyncio.to_thread(self.store.get, "Credential", ref, project)
+            password = await asyncio.to_thread(self.store.get_secret, "Credential", ref, "password", project)
+        except NotFound:
+            return f"credentials {ref!r} not found in project {project!r}"
+        return Credentials(cred["spec"]["username"], password or "")
+
+    async def _fail(
+        self,
+        bmc: dict[str, Any],
+        step: str,
+        reason: str,
+        message: str,
+        severity: Severity,
+        reachable: bool | None = None,
+    ) -> None:
+        name, project = bmc["metadata"]["name"], bmc["metadata"]["project"]
+        previous = get_condition(bmc.get("status") or {}, step)
+        generation = bmc["metadata"].get("generation")
+
+        def mutate(status: dict[str, Any]) -> None:
+            if reachable is not None:
+                status["reachable"] = reachable
+            if reachable:
+                set_condition(status, "Reachable", True, "ServiceRootAnswered", generation=generation)
+            set_condition(status, step, False, reason, message, severity=severity, generation=generation)
+            status["phase"] = "Unreachable" if reachable is False else "Error"
+            status["observedGeneration"] = generation
+            summarize_ready(status, BMC_STEPS, generation)
+
+        await mutate_status(self.store, "BMC", name, mutate, project)
+        if previous is None or previous.get("reason") != reason:
+            await self._event(bmc, reason, message, warning=True)
+
+    async def _adoptable(self, bmc: dict[str, Any], serials: list[str]) -> tuple[bool, str]:
+        discovery = bmc["metadata"].get("labels", {}).get(DISCOVERY_LABEL)
+        if not discovery:
+            return True, "added by hand"
+        try:
+            disc = await asyncio.to_thread(self.store.get, "Discovery", discovery, bmc["metadata"]["project"])
+        except NotFound:
+            return True, "its discovery is gone"
+        if disc["spec"].get("adoption", "All") != "Expected":
+            return True, "discovery adopts all devices"
+        expected = set(disc["spec"].get("expectedSerials") or [])
+        unknown = [s for s in serials if s not in expected]
+        if unknown:
+            return False, f"serial {', '.join(unknown)} is not in the expected machines of discovery {discovery!r}"
+        return True, "an expected machine"
+
+    async def _apply(self, bmc: dict[str, Any], inventory: BMCInventory) -> None:
+        meta = bmc["metadata"]
+        name, project = meta["name"], meta["project"]
+        generation = meta.get("generation")
+        dpu_systems = inventory.dpu_systems()
+        serials = [s.serialNumber for s in dpu_systems if s.serialNumber]
+        adopted, why = await self._adoptable(bmc, serials)
+        owned: list[str] = []
+        duplicates: list[str] = []
+        if adopted:
+            for system in dpu_systems:
+                if not system.serialNumber:
+                    continue
+                result = await self._upsert_dpu(bmc, inventory, system)
+                if result is None:
+                    duplicates.append(system.serialNumber)
+                else:
+                    owned.append(result)
+        manager = inventory.managers[0] if inventory.managers else None
+        stamp = isotime(now())
+        was_adopted = (bmc.get("status") or {}).get("adopted")
+
+        def mutate(status: dict[str, Any]) -> None:
+            status.update(
+                reachable=True,
+                adopted=adopted,
+                vendor=inventory.service.vendor,
+                product=inventory.service.product,
+                model=manager.model if manager else None,
+                firmwareVersion=manager.firmwareVersion if manager else None,
+                dpus=owned,
+                serialNumbers=serials,
+                warnings=inventory.warnings[:20],
+                lastSeen=stamp,
+                observedGeneration=generation,
+            )
+            set_condition(status, "Reachable", True, "ServiceRootAnswered", generation=generation)
+            set_condition(status, "Authenticated", True, "CredentialsAccepted", generation=generation)
+            if duplicates:
+                set_condition(
+                    status,
+                    "Inventoried",
+                    False,
+                    "DuplicateSerial",
+                    f"serial {', '.join(duplicates)} already belongs to a DPU managed by another BMC",
+                    severity=Severity.ERROR,
+                    generation=generation,
+                )
+            elif not dpu_systems:
+                set_condition(
+                    status,
+                    "Inventoried",
+                    True,
+                    "NoDPUSystems",
+                    "the BMC manages no system of SystemType DPU",
+                    generation=generation,
+                )
+            else:
+                set_condition(
+                    status, "Inventoried", True, "Crawled", f"{len(dpu_systems)} DPU system(s)", generation=generation
+                )
+            status["phase"] = "Managed" if adopted else "Discovered"
+            if not adopted:
+                set_condition(
+                    status, "Adopted", False, "NotExpected", why, severity=Severity.INFO, generation=generation
+                )
+            else:
+                set_condition(status, "Adopted", True, "Adopted", why, generation=generation)
+            summarize_ready(status, BMC_STEPS, generation)
+
+        await mutate_status(self.store, "BMC", name, mutate, project)
+        if was_adopted is None or was_adopted != adopted:
+            await self._event(
+                bmc,
+                "Adopted" if adopted else "NotAdopted",
+                f"{inventory.service.vendor or 'unknown vendor'} BMC with {len(dpu_systems)} DPU(s) {serials}: {why}",
+                warning=not adopted,
+            )
+        for serial in duplicates:
+            await self._event(bmc, "DuplicateSerial", f"serial {serial} is already managed through another BMC", True)
+
+    async def _upsert_dpu(self, bmc: dict[str, Any], inventory: BMCInventory, system: SystemInfo) -> str | None:
+        """Create or refresh the DPU for one Redfish system; None if its serial belongs to another BMC."""
+        assert system.serialNumber is not None
+        bmc_meta = bmc["metadata"]
+        project = bmc_meta["project"]
+        name = dpu_name(system.serialNumber)
+        chassis = next((c for c in inventory.chassis if c.chassisType == "Card"), None)
+        part = system.partNumber or (chassis.partNumber if chassis else None)
+        profile = find_profile(part_number=part, vendor=system.manufacturer, model=system.model)
+        stamp = isotime(now())
+        try:
+            existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            owner = (existing.get("status") or {}).get("bmc")
+            if owner and owner != bmc_meta["name"] and await self._bmc_exists(owner, project):
+                return None
+        else:
+            doc = {
+                "kind": "DPU",
+                "metadata": {
+                    "name": name,
+                    "project": project,
+                    "labels": {
+                        "dpufleet.io/vendor": _label(system.manufacturer),
+                        "dpufleet.io/model": _label(profile.name if profile else system.model),
+                    },
+                },
+                "spec": {"serialNumber": system.serialNumber},
+            }
+            try:
+                existing = await asyncio.to_thread(self.store.create, doc)
+                await self._event(
+                    existing, "Discovered", f"found through BMC {bmc_meta['name']} ({bmc['spec']['address']})"
+                )
+            except Exception as exc:  # lost a race with another writer: use what is there
+                log.debug("create DPU %s: %s", name, exc)
+                existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
+        generation = existing["metadata"].get("generation")
+
+        def mutate(status: dict[str, Any]) -> None:
+            caps: dict[str, Any] = dict(status.get("capabilities") or {})
+            if profile is not None:
+                caps.update(
+                    {k: v for k, v in catalog_capabilities(profile).items() if k not in caps or k == "accelerators"}
+                )
+            if system.processors.cores or system.processors.model:
+                caps["cpu"] = {"cores": system.processors.cores, "model": system.processors.model}
+            if system.memoryGiB:
+                caps["memoryGiB"] = system.memoryGiB
+            status.update(
+                bmc=bmc_meta["name"],
+                vendor=system.manufacturer or inventory.service.vendor,
+                model=system.model,
+                partNumber=part,
+                serialNumber=system.serialNumber,
+                firmware=[f.model_dump() for f in inventory.firmware],
+                capabilities=caps,
+                health=system.health,
+                powerState=system.powerState,
+                bootProgress=system.bootProgress,
+                lastSeen=stamp,
+            )
+            evidence = [e for e in status.get("evidence") or [] if not str(e.get("source", "")).startswith("bmc/")]
+            evidence.append({"source": f"bmc/{bmc_meta['name']}", "kind": "serial", "value": system.serialNumber})
+            evidence.extend(
+                {"source": f"bmc/{bmc_meta['name']}", "kind": "mac", "value": mac} for mac in system.macAddresses
+            )
+            status["evidence"] = evidence
+            reserved = status.get("allocated") or {}
+            cores = (caps.get("cpu") or {}).get("cores") or 0
+            status["remaining"] = {
+                "cores": max(0, cores - int(reserved.get("cores", 0))),
+                "memoryGiB": max(0.0, float(caps.get("memoryGiB") or 0) - float(reserved.get("memoryGiB", 0))),
+            }
+            set_condition(
+                status, "Inventoried", True, "RedfishCrawled", f"through BMC {bmc_meta['name']}", generation=generation
+            )
+            if not status.get("phase"):
+                status["phase"] = "Discovered"
+            summarize_ready(status, DPU_IDENTITY_STEPS, generation)
+
+        await mutate_status(self.store, "DPU", name, mutate, project)
+        return name
+
+    async def _bmc_exists(self, name: str, project: str) -> bool:
+        try:
+            await asyncio.to_thread(self.store.get, "BMC", name, project)
+        except NotFound:
+            return False
+        return True
+
+
+def _label(value: str | None) -> str:
+    from .naming import dns_label
+
+    return dns_label(value or "unknown")

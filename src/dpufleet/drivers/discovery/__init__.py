@@ -1,0 +1,1 @@
+"""Finding BMCs and agents on the network."""

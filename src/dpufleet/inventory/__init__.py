@@ -1,0 +1,1 @@
+"""Inventory: turning what BMCs, agents and host agents report into DPU status."""

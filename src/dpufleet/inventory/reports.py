@@ -1,0 +1,184 @@
+"""What agents report, applied to DPU and Host status.
+
+The DPU agent reports the DPU's own OS inventory and heartbeats; the host-side
+agent reports the PCI functions the host sees, and through their VPD the serial
+number of the DPU in each slot, which pairs DPUs with hosts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..agent.inventory import Inventory
+from ..api.errors import AlreadyExists, NotFound
+from ..api.meta import isotime, now
+from ..controllers.naming import dpu_name, host_name
+from ..controllers.runtime.conditions import set_condition
+from ..controllers.runtime.events import EventRecorder
+from ..controllers.runtime.status import mutate_status_sync
+from ..store.store import Store
+
+HEARTBEAT_WRITE_EVERY = 30.0
+
+
+class AgentReport(BaseModel):
+    """One message from an agent. Under mTLS the certificate must name the same serial."""
+
+    serial: str = Field(min_length=1, max_length=128)
+    role: str = Field(default="dpu", pattern="^(dpu|host)$")
+    agentVersion: str = Field(max_length=64)
+    hostname: str | None = Field(default=None, max_length=253)
+    inventory: Inventory | None = None
+
+
+class AgentReply(BaseModel):
+    heartbeatSeconds: float
+    inventorySeconds: float
+    object: str
+
+
+class ReportHandler:
+    def __init__(self, store: Store, heartbeat_seconds: float = 10.0, inventory_seconds: float = 300.0) -> None:
+        self.store = store
+        self.heartbeat_seconds = heartbeat_seconds
+        self.inventory_seconds = inventory_seconds
+        self.events = EventRecorder(store, "agent-api")
+        self._last_write: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def handle(self, report: AgentReport, project: str = "default") -> AgentReply:
+        name = self._host(report, project) if report.role == "host" else self._dpu(report, project)
+        return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
+
+    def _due(self, key: str, has_inventory: bool) -> bool:
+        """Heartbeats are written at most every 30 s per agent; inventories always."""
+        with self._lock:
+            last = self._last_write.get(key, 0.0)
+            if not has_inventory and time.monotonic() - last < HEARTBEAT_WRITE_EVERY:
+                return False
+            self._last_write[key] = time.monotonic()
+            return True
+
+    def _ensure(self, kind: str, name: str, project: str, spec: dict[str, Any], reason: str, message: str) -> None:
+        try:
+            self.store.get(kind, name, project)
+        except NotFound:
+            try:
+                obj = self.store.create({"kind": kind, "metadata": {"name": name, "project": project}, "spec": spec})
+                self.events.record(obj, reason, message)
+            except AlreadyExists:
+                pass
+
+    def _dpu(self, report: AgentReport, project: str) -> str:
+        name = dpu_name(report.serial)
+        if not self._due(f"dpu/{name}", report.inventory is not None):
+            return name
+        self._ensure("DPU", name, project, {"serialNumber": report.serial}, "Discovered", "first report from its agent")
+        stamp = isotime(now())
+        inv = report.inventory
+
+        def mutate(status: dict[str, Any]) -> None:
+            agent = dict(status.get("agent") or {})
+            agent.update(version=report.agentVersion, lastHeartbeat=stamp)
+            status["lastSeen"] = stamp
+            status.setdefault("serialNumber", report.serial)
+            if inv is not None:
+                agent.update(lastInventory=stamp, os=inv.os.pretty_name, kernel=inv.kernel_release)
+                caps = dict(status.get("capabilities") or {})
+                caps["os"] = {
+                    "disks": [d.model_dump(exclude_none=True) for d in inv.disks],
+                    "nics": [n.model_dump(exclude_none=True) for n in inv.nics],
+                }
+                if inv.cpu.count:
+                    caps.setdefault("cpu", {"cores": inv.cpu.count, "model": inv.cpu.model})
+                if inv.memory.total_bytes and "memoryGiB" not in caps:
+                    caps["memoryGiB"] = round(inv.memory.total_bytes / 2**30, 1)
+                status["capabilities"] = caps
+                evidence = [e for e in status.get("evidence") or [] if e.get("source") != "agent"]
+                evidence.extend(
+                    {"source": "agent", "kind": "mac", "value": n.mac.lower(), "detail": n.name}
+                    for n in inv.nics
+                    if n.mac
+                )
+                status["evidence"] = evidence
+            status["agent"] = agent
+            set_condition(status, "AgentConnected", True, "Heartbeat", f"agent {report.agentVersion}")
+
+        mutate_status_sync(self.store, "DPU", name, mutate, project)
+        return name
+
+    def _host(self, report: AgentReport, project: str) -> str:
+        inv = report.inventory
+        name = host_name(report.hostname or report.serial)
+        if not self._due(f"host/{name}", inv is not None):
+            return name
+        self._ensure(
+            "Host",
+            name,
+            project,
+            {"hostname": report.hostname} if report.hostname else {},
+            "Discovered",
+            "first report from its host agent",
+        )
+        stamp = isotime(now())
+        paired: list[tuple[str, str, str]] = []  # (dpu name, serial, slot)
+        functions: list[dict[str, Any]] = []
+        if inv is not None:
+            for card in inv.dpus:
+                if card.serial_number:
+                    paired.append((dpu_name(card.serial_number), card.serial_number, card.slot))
+            by_slot = {d.slot: dpu_name(d.serial_number) for d in inv.dpus if d.serial_number}
+            for fn in inv.pci:
+                if fn.dpu is None:
+                    continue
+                functions.append(
+                    {
+                        "bdf": fn.bdf,
+                        "vendorId": fn.vendor_id or "",
+                        "deviceId": fn.device_id or "",
+                        "dpu": by_slot.get(fn.slot),
+                        "role": fn.dpu.role,
+                        "model": fn.dpu.model,
+                    }
+                )
+
+        def mutate_host(status: dict[str, Any]) -> None:
+            status["lastSeen"] = stamp
+            if inv is not None:
+                status["pciFunctions"] = functions
+                status["dpus"] = [p[0] for p in paired]
+                status["phase"] = "Inventoried"
+            set_condition(status, "AgentConnected", True, "Heartbeat", f"host agent {report.agentVersion}")
+
+        mutate_status_sync(self.store, "Host", name, mutate_host, project)
+        for dpu_obj, serial, slot in paired:
+            self._ensure(
+                "DPU",
+                dpu_obj,
+                project,
+                {"serialNumber": serial},
+                "Discovered",
+                f"seen in PCI slot {slot} of host {name}",
+            )
+
+            def mutate_dpu(status: dict[str, Any], slot: str = slot, serial: str = serial) -> None:
+                status["host"] = name
+                evidence = [
+                    e for e in status.get("evidence") or [] if not str(e.get("source", "")).startswith("host-agent/")
+                ]
+                evidence.append(
+                    {
+                        "source": f"host-agent/{name}",
+                        "kind": "pci-vpd-serial",
+                        "value": serial,
+                        "detail": f"slot {slot}",
+                    }
+                )
+                status["evidence"] = evidence
+
+            mutate_status_sync(self.store, "DPU", dpu_obj, mutate_dpu, project)
+        return name

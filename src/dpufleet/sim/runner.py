@@ -1,0 +1,192 @@
+"""Running an emulated fleet: BMCs on HTTP, the real agent code on every DPU and host.
+
+The fleet is reached by the control plane only through real protocols: its BMCs
+over Redfish, its agents by posting to the control plane's agent endpoint. With
+`register`, the runner also tells the control plane where to look, exactly as
+an operator would: a Credential with the site's BMC password and a Discovery
+listing the BMC endpoints, created through the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..agent.daemon import Agent, AgentConfig
+from .bmc import BmcLimits
+from .fleet import Fleet, FleetServer, build_fleet, serve_fleet
+
+log = logging.getLogger(__name__)
+SITE_USERNAME = "fleetadmin"
+CREDENTIAL_NAME = "sim-site"
+DISCOVERY_NAME = "sim"
+BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
+
+
+@dataclass
+class SimOptions:
+    hosts: int = 3
+    dpus_per_host: int = 1
+    profiles: list[str] = field(default_factory=lambda: ["nvidia-bluefield-3"])
+    seed: int = 1
+    directory: Path | None = None
+    listen_host: str = "127.0.0.1"
+    port: int = 0
+    per_bmc_ports: bool = False
+    tls: bool = False
+    latency: float = 0.0
+    max_concurrent: int | None = None
+    time_scale: float = 1.0
+    server: str | None = None
+    token: str | None = None
+    register: bool = True
+    agents: bool = True
+    heartbeat_seconds: float = 10.0
+
+
+@dataclass
+class SimRunning:
+    fleet: Fleet
+    servers: FleetServer
+    username: str
+    password: str
+    agents: list[Agent] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self.servers.endpoints.values())
+
+
+async def _put(http: httpx.AsyncClient, plural: str, doc: dict[str, Any]) -> None:
+    name = doc["metadata"]["name"]
+    resp = await http.get(f"{BASE}/{plural}/{name}")
+    if resp.status_code == 404:
+        resp = await http.post(f"{BASE}/{plural}", json=doc)
+    elif resp.status_code == 200:
+        resp = await http.put(f"{BASE}/{plural}/{name}", json=doc)
+    if resp.status_code >= 400:
+        raise RuntimeError(f"registering {plural}/{name} failed: HTTP {resp.status_code}: {resp.text[:300]}")
+
+
+async def register(http: httpx.AsyncClient, running: SimRunning, options: SimOptions) -> None:
+    """Tell the control plane about the fleet the way an operator would."""
+    await _put(
+        http,
+        "credentials",
+        {
+            "kind": "Credential",
+            "metadata": {"name": CREDENTIAL_NAME},
+            "spec": {"username": running.username, "password": running.password},
+        },
+    )
+    await _put(
+        http,
+        "discoveries",
+        {
+            "kind": "Discovery",
+            "metadata": {"name": DISCOVERY_NAME, "labels": {"dpufleet.io/sim": "true"}},
+            "spec": {
+                "endpoints": running.endpoints,
+                "schemes": ["https" if options.tls else "http"],
+                "credentialsRef": CREDENTIAL_NAME,
+                "verifyTLS": False,
+                "concurrency": 256,
+                "intervalSeconds": 600,
+            },
+        },
+    )
+
+
+async def run_sim(
+    options: SimOptions,
+    stop: asyncio.Event,
+    on_ready: Callable[[SimRunning], Awaitable[None]] | None = None,
+) -> None:
+    password = secrets.token_urlsafe(18)
+    limits = BmcLimits(latency_seconds=options.latency, max_concurrent=options.max_concurrent, queue_when_busy=True)
+    directory = options.directory
+    fleet = await asyncio.to_thread(
+        build_fleet,
+        options.hosts,
+        options.dpus_per_host,
+        options.profiles,
+        options.seed,
+        directory,
+        username=SITE_USERNAME,
+        password_for=lambda _bmc: password,
+        time_scale=options.time_scale,
+        limits=limits,
+    )
+    servers = await serve_fleet(
+        fleet,
+        options.listen_host,
+        options.port,
+        per_bmc_ports=options.per_bmc_ports,
+        tls=options.tls,
+        cert_dir=directory / "tls" if directory else None,
+    )
+    running = SimRunning(fleet, servers, SITE_USERNAME, password)
+    if directory is not None:
+        path = directory / "site-credentials.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"username": SITE_USERNAME, "password": password, "endpoints": running.endpoints}, fh)
+    tasks: list[asyncio.Task[None]] = []
+    http: httpx.AsyncClient | None = None
+    try:
+        if options.server:
+            headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
+            limits_http = httpx.Limits(max_connections=64)
+            http = httpx.AsyncClient(base_url=options.server, headers=headers, timeout=30, limits=limits_http)
+            if options.register:
+                await register(http, running, options)
+            if options.agents:
+                for host in fleet.hosts:
+                    configs = (
+                        [
+                            AgentConfig(
+                                options.server,
+                                options.token,
+                                host.osroot,
+                                "host",
+                                options.heartbeat_seconds,
+                                serial=host.serial,
+                            )
+                        ]
+                        if host.osroot
+                        else []
+                    )
+                    configs += [
+                        AgentConfig(
+                            options.server,
+                            options.token,
+                            dpu.osroot,
+                            "dpu",
+                            options.heartbeat_seconds,
+                            serial=dpu.serial,
+                        )
+                        for dpu in host.dpus
+                        if dpu.osroot
+                    ]
+                    for config in configs:
+                        agent = Agent(config, http)
+                        running.agents.append(agent)
+                        tasks.append(asyncio.create_task(agent.run(stop)))
+        if on_ready is not None:
+            await on_ready(running)
+        await stop.wait()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if http is not None:
+            await http.aclose()
+        await servers.stop()
