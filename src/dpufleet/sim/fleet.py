@@ -266,6 +266,7 @@ async def _start_server(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # leave the embedding process's logging alone
         access_log=False,
         lifespan="off",
         ssl_certfile=str(cert.cert) if cert else None,
@@ -344,4 +345,5 @@ def fleet_in_thread(fleet: Fleet, **serve_args: object) -> Iterator[FleetServer]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=_START_TIMEOUT_SECONDS)
-        loop.close()
+        if not loop.is_running():
+            loop.close()

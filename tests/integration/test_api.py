@@ -1,0 +1,388 @@
+"""The HTTP API, served by a real uvicorn on 127.0.0.1, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from dpufleet.api.kinds import REGISTRY
+from support.postgres import PostgresServer
+from support.server import BASE, RunningServer, threaded_server
+from support.watch import rv_of, watch
+
+SHA = "a" * 64
+MINIMAL: dict[str, dict[str, Any]] = {
+    "hosts": {"kind": "Host", "spec": {"hostname": "node-1"}},
+    "bmcs": {"kind": "BMC", "spec": {"address": "http://127.0.0.1:9"}},
+    "dpus": {"kind": "DPU", "spec": {"serialNumber": "MT0001"}},
+    "images": {
+        "kind": "Image",
+        "spec": {"version": "1.0", "components": [{"name": "os", "type": "os", "version": "1.0", "sha256": SHA}]},
+    },
+    "dpuflavors": {"kind": "DPUFlavor", "spec": {"kernelParameters": ["iommu=pt"]}},
+    "dpusets": {"kind": "DPUSet", "spec": {"selector": {"matchLabels": {"rack": "r1"}}}},
+    "events": {"kind": "Event", "involvedObject": {"kind": "DPU", "name": "d1"}, "reason": "Tested"},
+}
+# One user-owned field per kind, and a new value for it.
+CHANGE: dict[str, tuple[str, str, Any]] = {
+    "hosts": ("spec", "hostname", "node-2"),
+    "bmcs": ("spec", "address", "http://127.0.0.1:10"),
+    "dpus": ("spec", "serialNumber", "MT0002"),
+    "images": ("spec", "version", "1.1"),
+    "dpuflavors": ("spec", "kernelParameters", ["iommu=on"]),
+    "dpusets": ("spec", "paused", True),
+    "events": ("", "message", "seen again"),
+}
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("api") / "data"
+    db_url = None
+    pg: PostgresServer | None = None
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres_server")
+        db_url = pg.create_database()
+    # API only: the fleet controllers would act on the BMCs these tests create, and change the store under them
+    with threaded_server(data_dir, db_url, controllers=False) as running:
+        yield running
+    if pg is not None and db_url is not None:
+        pg.drop_database(db_url)
+
+
+@pytest.fixture(scope="module")
+def client(api: RunningServer) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        yield c
+
+
+@pytest.fixture
+def project() -> str:
+    """Each test works in its own project, so tests sharing the module's server don't meet."""
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+def doc(plural: str, name: str, **extra: Any) -> dict[str, Any]:
+    body = json.loads(json.dumps(MINIMAL[plural]))
+    body["metadata"] = {"name": name, **extra}
+    return body
+
+
+def coll(project: str, plural: str = "dpus") -> str:
+    return f"{BASE}/projects/{project}/{plural}"
+
+
+def current_rv(api: RunningServer) -> int:
+    assert api.server is not None
+    return api.server.store.current_rv()
+
+
+# --- auth -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWRtaW46YWRtaW4="}, {"Authorization": "Bearer"}],
+)
+def test_requests_without_a_valid_token_are_refused(api: RunningServer, headers: dict[str, str]) -> None:
+    for path in (f"{BASE}/dpus", f"{BASE}", "/metrics", "/version"):
+        response = httpx.get(api.url + path, headers=headers, timeout=5)
+        assert response.status_code == 401, path
+        assert response.json()["reason"] == "Unauthorized"
+    response = httpx.post(api.url + coll("default"), json=doc("dpus", "intruder"), headers=headers, timeout=5)
+    assert response.status_code == 401
+
+
+def test_bootstrap_token_file_is_private_and_only_its_hash_is_kept(api: RunningServer) -> None:
+    token_file = api.data_dir / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(api.data_dir.stat().st_mode) == 0o700
+    token = token_file.read_text().strip()
+    assert token == api.token
+    for path in api.data_dir.iterdir():
+        if path.name != "admin.token" and path.is_file() and not path.name.startswith("dpufleet.db"):
+            assert token not in path.read_text(errors="replace"), f"{path.name} holds the plain token"
+
+
+def test_probes_and_openapi_need_no_token(api: RunningServer) -> None:
+    assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(api.url + "/readyz").json() == {"status": "ready"}
+    spec = httpx.get(api.url + "/openapi.json").json()
+    item = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
+    assert {"get", "put", "patch", "delete"} <= set(spec["paths"][item])
+    assert {"get", "put", "patch"} <= set(spec["paths"][item + "/status"])
+    assert "post" in spec["paths"][f"{BASE}/projects/{{project}}/{{plural}}"]
+    documented = json.dumps(spec)
+    assert all(plural in documented for plural in MINIMAL), "every kind's plural is documented"
+
+
+def test_discovery_lists_every_kind(client: httpx.Client) -> None:
+    kinds = {k["plural"]: k for k in client.get(BASE).json()["kinds"]}
+    assert set(kinds) == {info.plural for info in REGISTRY.values()}
+    assert set(MINIMAL) <= set(kinds)
+    assert kinds["events"]["hasStatus"] is False
+
+
+# --- CRUD -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plural", sorted(MINIMAL))
+def test_crud_of_every_kind(client: httpx.Client, project: str, plural: str) -> None:
+    created = client.post(coll(project, plural), json=doc(plural, "obj-1", labels={"rack": "r1"}))
+    assert created.status_code == 201, created.text
+    obj = created.json()
+    assert obj["metadata"]["project"] == project and obj["metadata"]["uid"]
+
+    got = client.get(f"{coll(project, plural)}/obj-1")
+    assert got.status_code == 200 and got.json() == obj
+
+    client.post(coll(project, plural), json=doc(plural, "obj-2"))
+    listing = client.get(coll(project, plural)).json()
+    assert listing["kind"] == f"{MINIMAL[plural]['kind']}List"
+    assert [i["metadata"]["name"] for i in listing["items"]] == ["obj-1", "obj-2"]
+    assert int(listing["metadata"]["resourceVersion"]) >= int(obj["metadata"]["resourceVersion"])
+    selected = client.get(coll(project, plural), params={"labelSelector": "rack=r1"}).json()
+    assert [i["metadata"]["name"] for i in selected["items"]] == ["obj-1"]
+    everywhere = client.get(f"{BASE}/{plural}").json()["items"]
+    assert {"obj-1", "obj-2"} <= {i["metadata"]["name"] for i in everywhere if i["metadata"]["project"] == project}
+
+    section, field, value = CHANGE[plural]
+    if section:
+        obj[section][field] = value
+    else:
+        obj[field] = value
+    replaced = client.put(f"{coll(project, plural)}/obj-1", json=obj)
+    assert replaced.status_code == 200, replaced.text
+    stored = client.get(f"{coll(project, plural)}/obj-1").json()
+    assert (stored[section] if section else stored)[field] == value
+    assert int(stored["metadata"]["resourceVersion"]) > int(created.json()["metadata"]["resourceVersion"])
+
+    deleted = client.delete(f"{coll(project, plural)}/obj-1")
+    assert deleted.status_code == 200
+    assert client.get(f"{coll(project, plural)}/obj-1").status_code == 404
+    assert [i["metadata"]["name"] for i in client.get(coll(project, plural)).json()["items"]] == ["obj-2"]
+
+
+def test_merge_patch_sets_and_removes_fields(client: httpx.Client, project: str) -> None:
+    client.post(coll(project), json=doc("dpus", "d1", labels={"rack": "r1", "old": "x"}))
+    headers = {"Content-Type": "application/merge-patch+json"}
+    patch = {"metadata": {"labels": {"old": None, "new": "y"}}, "spec": {"held": True}}
+    response = client.patch(f"{coll(project)}/d1", content=json.dumps(patch), headers=headers)
+    assert response.status_code == 200, response.text
+    obj = response.json()
+    assert obj["metadata"]["labels"] == {"rack": "r1", "new": "y"}
+    assert obj["spec"]["held"] is True and obj["spec"]["serialNumber"] == "MT0001"
+    assert obj["metadata"]["generation"] == 2
+    # plain application/json is accepted for PATCH too
+    assert (
+        client.patch(f"{coll(project)}/d1", json={"spec": {"serialNumber": None}}).json()["spec"].get("serialNumber")
+        is None
+    )
+
+
+def test_status_subresource_changes_status_only(client: httpx.Client, project: str) -> None:
+    created = client.post(coll(project), json=doc("dpus", "d1")).json()
+    url = f"{coll(project)}/d1"
+
+    response = client.put(
+        f"{url}/status", json={"status": {"phase": "Ready", "vendor": "nvidia"}, "spec": {"held": True}}
+    )
+    assert response.status_code == 200, response.text
+    after = response.json()
+    assert after["status"]["phase"] == "Ready"
+    assert after["spec"] == created["spec"] and after["metadata"]["generation"] == 1
+
+    obj = client.get(url).json()
+    obj["status"] = {"phase": "Forged"}
+    obj["spec"]["held"] = True
+    replaced = client.put(url, json=obj).json()
+    assert replaced["status"]["phase"] == "Ready", "PUT on the object must ignore status"
+    assert replaced["spec"]["held"] is True
+
+    patched = client.patch(
+        f"{url}/status",
+        content=json.dumps({"status": {"health": "OK"}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).json()
+    assert patched["status"]["phase"] == "Ready" and patched["status"]["health"] == "OK"
+    assert client.get(f"{url}/status").json()["status"] == patched["status"]
+    stale = created["metadata"]["resourceVersion"]
+    assert client.put(f"{url}/status", json={"metadata": {"resourceVersion": stale}, "status": {}}).status_code == 409
+
+
+# --- watch ------------------------------------------------------------------------------------------------
+
+
+def test_watch_streams_ndjson_events(client: httpx.Client, project: str) -> None:
+    client.post(coll(project), json=doc("dpus", "existing"))
+    with watch(client, coll(project)) as stream:
+        assert stream.response.headers["content-type"].startswith("application/x-ndjson")
+        first = stream.take(2, bookmarks=True)
+        assert [(e["type"], e["object"]["metadata"].get("name")) for e in first] == [
+            ("ADDED", "existing"),
+            ("BOOKMARK", None),
+        ]
+        client.post(coll(project), json=doc("dpus", "new"))
+        client.post(coll(project, "hosts"), json=doc("hosts", "not-a-dpu"))
+        client.post(coll("other-" + project), json=doc("dpus", "elsewhere"))
+        client.patch(f"{coll(project)}/new", json={"spec": {"held": True}})
+        client.delete(f"{coll(project)}/existing")
+        events = stream.take(3)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "new"),
+        ("MODIFIED", "new"),
+        ("DELETED", "existing"),
+    ]
+    assert events[1]["object"]["spec"]["held"] is True
+
+
+def test_watch_with_label_selector_only_sends_matching_objects(client: httpx.Client, project: str) -> None:
+    with watch(client, coll(project), labelSelector="rack=r1") as stream:
+        stream.take(1, bookmarks=True)
+        client.post(coll(project), json=doc("dpus", "d-r2", labels={"rack": "r2"}))
+        client.post(coll(project), json=doc("dpus", "d-r1", labels={"rack": "r1"}))
+        (event,) = stream.take(1)
+    assert event["object"]["metadata"]["name"] == "d-r1"
+
+
+def test_watcher_that_reconnects_with_its_last_resource_version_misses_nothing(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    client.post(coll(project), json=doc("dpus", "d0"))
+    with watch(client, coll(project)) as stream:
+        stream.take(1)  # ADDED d0
+        client.post(coll(project), json=doc("dpus", "d1"))
+        (event,) = stream.take(1)
+        last = rv_of(event)
+    # disconnected: the fleet keeps changing
+    client.post(coll(project), json=doc("dpus", "d2"))
+    client.patch(f"{coll(project)}/d1", json={"spec": {"held": True}})
+    client.put(f"{coll(project)}/d2/status", json={"status": {"phase": "Ready"}})
+    client.post(coll(project, "hosts"), json=doc("hosts", "h1"))
+    client.delete(f"{coll(project)}/d0")
+    client.post(coll(project), json=doc("dpus", "d3"))
+
+    expected = [
+        (c.rv, c.type, c.name)
+        for c in api.server.store.changes_since(last, kinds={"DPU"})  # type: ignore[union-attr]
+        if c.project == project
+    ]
+    assert [(t, n) for _, t, n in expected] == [
+        ("ADDED", "d2"),
+        ("MODIFIED", "d1"),
+        ("MODIFIED", "d2"),
+        ("DELETED", "d0"),
+        ("ADDED", "d3"),
+    ]
+    with watch(client, coll(project), resourceVersion=str(last)) as stream:
+        events = stream.take(len(expected))
+        client.post(coll(project), json=doc("dpus", "d4"))
+        (live,) = stream.take(1)
+    assert [(rv_of(e), e["type"], e["object"]["metadata"]["name"]) for e in events] == expected
+    assert live["object"]["metadata"]["name"] == "d4" and rv_of(live) > expected[-1][0]
+
+
+def test_watch_from_compacted_history_answers_410_asking_to_relist(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    first = client.post(coll(project), json=doc("dpus", "d1")).json()
+    client.post(coll(project), json=doc("dpus", "d2"))
+    client.post(coll(project), json=doc("dpus", "d3"))
+    api.server.store.compact(keep=1)  # type: ignore[union-attr]
+    response = client.get(
+        coll(project), params={"watch": "true", "resourceVersion": first["metadata"]["resourceVersion"]}
+    )
+    assert response.status_code == 410
+    assert response.json()["reason"] == "Expired" and "re-list" in response.json()["message"]
+
+
+# --- bad input --------------------------------------------------------------------------------------------
+
+
+def _bad_requests(project: str, stale_rv: str) -> list[tuple[str, str, dict[str, Any], int, str]]:
+    base = coll(project)
+    return [
+        ("POST", base, {"content": b'{"kind": "DPU", "metadata": {"name": '}, 400, "not valid JSON"),
+        ("POST", base, {"content": b""}, 400, "empty"),
+        ("POST", base, {"json": [1, 2]}, 400, "JSON object"),
+        ("POST", base, {"json": {"kind": "Toaster", "metadata": {"name": "t"}}}, 400, "Toaster"),
+        ("POST", base, {"json": {"kind": "DPU", "metadata": {"name": "d"}, "spec": {"colour": "red"}}}, 422, "spec.colour"),
+        ("POST", base, {"json": {"kind": "DPU", "metadata": {"name": "d"}, "spec": {"held": [1]}}}, 422, "spec.held"),
+        ("POST", base, {"json": {"kind": "DPU", "metadata": {"name": "Bad_Name"}}}, 422, "metadata.name"),
+        ("POST", base, {"json": {"kind": "DPU", "metadata": {"name": "d", "project": "x"}}}, 400, "metadata.project"),
+        ("POST", base, {"content": b"name: d", "headers": {"Content-Type": "application/yaml"}}, 415, "Content-Type"),
+        ("POST", base, {"content": b"x" * (1024 * 1024 + 1)}, 413, "limit"),
+        ("POST", base, {"content": iter([b"x" * 700_000, b"x" * 700_000])}, 413, "limit"),  # chunked, no length
+        ("PUT", f"{base}/d1", {"json": {"kind": "DPU", "metadata": {"name": "other"}}}, 400, "does not match"),
+        ("PUT", f"{base}/d1", {"json": {"kind": "DPU", "metadata": {"name": "d1", "resourceVersion": stale_rv}}}, 409, "resourceVersion"),
+        ("PATCH", f"{base}/d1", {"content": b"[1]", "headers": {"Content-Type": "application/merge-patch+json"}}, 400, "JSON object"),
+        ("PATCH", f"{base}/d1", {"json": {"spec": {"held": True}}, "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),
+        ("PATCH", f"{base}/d1", {"json": {"metadata": {"resourceVersion": stale_rv}, "spec": {"held": True}}}, 409, "changed by someone else"),
+        ("DELETE", f"{base}/ghost", {}, 404, "ghost"),
+        ("DELETE", f"{base}/d1", {"params": {"resourceVersion": stale_rv}}, 409, "resourceVersion"),
+        ("GET", base, {"params": {"labelSelector": "rack in r1"}}, 400, "label selector"),
+        ("GET", f"{base}/ghost", {}, 404, "ghost"),
+        ("GET", f"{BASE}/projects/{project}/toasters", {}, 404, ""),
+    ]  # fmt: skip
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    v1 = client.post(coll(project), json=doc("dpus", "d1")).json()
+    v2 = client.patch(f"{coll(project)}/d1", json={"spec": {"serialNumber": "MT9"}}).json()
+    before_rv = current_rv(api)
+    for method, url, kwargs, code, needle in _bad_requests(project, v1["metadata"]["resourceVersion"]):
+        response = client.request(method, url, **kwargs)
+        assert response.status_code == code, f"{method} {url} {kwargs.get('json')}: {response.text[:300]}"
+        if needle:
+            assert needle in response.json()["message"], f"{method} {url}: {response.json()['message']}"
+    assert current_rv(api) == before_rv
+    assert client.get(f"{coll(project)}/d1").json() == v2
+    assert [i["metadata"]["name"] for i in client.get(coll(project)).json()["items"]] == ["d1"]
+
+
+def test_a_document_of_another_kind_is_refused_by_a_kind_endpoint(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    """POSTing a Host to the dpus collection must not create a Host behind the user's back."""
+    before = current_rv(api)
+    response = client.post(coll(project, "dpus"), json=doc("hosts", "h1"))
+    assert response.status_code == 400, response.text
+    assert "Host" in response.json()["message"]
+    assert current_rv(api) == before
+    assert client.get(f"{coll(project, 'hosts')}/h1").status_code == 404
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        match = re.fullmatch(re.escape(name) + r"\{(.*)\} (\S+)", line)
+        if match is None:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(2))
+    return 0.0
+
+
+def test_metrics_count_requests_and_record_latency(client: httpx.Client, project: str) -> None:
+    route = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
+    before = client.get("/metrics").text
+    for _ in range(3):
+        assert client.get(f"{coll(project)}/ghost").status_code == 404
+    after = client.get("/metrics").text
+    counted = _sample(after, "dpufleet_api_requests_total", method="GET", route=route, code="404")
+    assert counted - _sample(before, "dpufleet_api_requests_total", method="GET", route=route, code="404") == 3
+    assert _sample(after, "dpufleet_api_request_seconds_count", method="GET", route=route) >= 3
+    assert _sample(after, "dpufleet_api_request_seconds_bucket", method="GET", route=route, le="+Inf") >= 3
+    assert "dpufleet_api_watchers" in after
