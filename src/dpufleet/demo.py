@@ -28,6 +28,8 @@ from .cli.output import print_table, resource_table
 from .client import Client
 from .server.runner import Server, parse_listen
 
+log = logging.getLogger(__name__)
+
 DEMO_LISTEN = "127.0.0.1:8740"
 READY_TIMEOUT = 30.0
 
@@ -93,9 +95,12 @@ class EmbeddedServer:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask uvicorn to shut down (lifespan stops the controllers and the change feed), then close the store."""
         self.uvicorn.should_exit = True
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=timeout)
+        if self.thread.is_alive():
+            log.warning("the embedded API server did not stop within %.0fs; leaving its thread behind", timeout)
         self.server.store.close()
 
 
@@ -216,4 +221,3 @@ def run_demo(
             server.stop()
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
-        logging.getLogger(__name__).debug("demo stopped")

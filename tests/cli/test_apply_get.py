@@ -114,7 +114,7 @@ def test_get_table_reads_like_kubectl(cli: CLI, tmp_path: Path) -> None:
 
     everywhere = _table(cli("get", "hosts", "-A").stdout)
     assert everywhere[0][:2] == ["PROJECT", "NAME"]
-    assert ["default", "rack7-host"] == everywhere[1][:2]
+    assert everywhere[1][:2] == ["default", "rack7-host"]
     assert everywhere[0][2:] == _headers("Host")[1:]
 
 
@@ -192,7 +192,7 @@ def test_describe_shows_conditions_and_events_newest_last(cli: CLI, server: Embe
     assert "vendor=nvidia" in out
     assert "phase: Installing" in out
     conditions = out[out.index("Conditions:") : out.index("Events:")]
-    assert ["Ready", "False", "Installing", "writing", "BFB"] == conditions.splitlines()[2].split()[:5]
+    assert conditions.splitlines()[2].split()[:5] == ["Ready", "False", "Installing", "writing", "BFB"]
     events = out[out.index("Events:") :]
     assert events.index("Discovered") < events.index("InstallStarted")
     assert "NotAboutBf3" not in events

@@ -51,7 +51,9 @@ def check_project(value: str) -> str:
 
 
 def check_label_key(key: str) -> str:
-    prefix, _, name = key.rpartition("/")
+    prefix, slash, name = key.rpartition("/")
+    if slash and not prefix:
+        raise ValueError(f"label key {key!r}: a '/' must follow a prefix (a DNS subdomain)")
     if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
         raise ValueError(f"label key {key!r}: prefix must be a DNS-1123 subdomain")
     if not name or len(name) > 63 or not LABEL_KEY_NAME.match(name):

@@ -70,6 +70,10 @@ class LabelSelector(BaseModel):
         parts = [f"{k}={v}" for k, v in sorted(self.matchLabels.items())]
         for req in self.matchExpressions:
             match req.operator:
+                case Operator.IN if len(req.values) == 1:
+                    parts.append(f"{req.key}={req.values[0]}")
+                case Operator.NOT_IN if len(req.values) == 1:
+                    parts.append(f"{req.key}!={req.values[0]}")
                 case Operator.IN:
                     parts.append(f"{req.key} in ({','.join(req.values)})")
                 case Operator.NOT_IN:
@@ -110,7 +114,8 @@ def parse_selector(text: str | None) -> LabelSelector:
             if m.group("notexists"):
                 selector.matchExpressions.append(Requirement(key=m.group("nkey"), operator=Operator.DOES_NOT_EXIST))
             elif m.group("set"):
-                values = [v.strip() for v in m.group("values").split(",") if v.strip()]
+                inner = m.group("values")
+                values = [v.strip() for v in inner.split(",")] if inner.strip() else []
                 op = Operator.IN if m.group("op") == "in" else Operator.NOT_IN
                 selector.matchExpressions.append(Requirement(key=m.group("skey"), operator=op, values=values))
             elif m.group("eq"):

@@ -47,13 +47,19 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 async def _run(bmcs: int, latency: float, timeout: float, console: Console) -> DiscoveryBenchResult:
-    from ..sim.fleet import build_fleet, serve_fleet
     from ..sim.bmc import BmcLimits
+    from ..sim.fleet import build_fleet, serve_fleet
 
     with server_process(None, controllers=True) as server:
         password = "bench-" + str(time.time_ns())
         fleet = await asyncio.to_thread(
-            build_fleet, bmcs, 1, PROFILES, 42, None, password_for=lambda _b: password,
+            build_fleet,
+            bmcs,
+            1,
+            PROFILES,
+            42,
+            None,
+            password_for=lambda _b: password,
             limits=BmcLimits(latency_seconds=latency, max_concurrent=4, queue_when_busy=True),
         )
         servers = await serve_fleet(fleet)
@@ -68,7 +74,8 @@ async def _run(bmcs: int, latency: float, timeout: float, console: Console) -> D
                 while time.perf_counter() < deadline:
                     items = (await http.get("/apis/dpufleet.io/v1alpha1/dpus")).json()["items"]
                     done = sum(
-                        1 for d in items
+                        1
+                        for d in items
                         if d["status"].get("firmware") and d["status"].get("capabilities", {}).get("accelerators")
                     )
                     if time.perf_counter() - last_print > 5:

@@ -182,6 +182,7 @@ def demo_cmd(
     from ..demo import run_demo
 
     _log_to_stderr(logging.WARNING)
+    logging.getLogger("dpufleet.server.auth").setLevel(logging.ERROR)  # the demo prints the token path itself
     run_demo(data_dir, listen, exit_when_ready=exit_when_ready)
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from ..client import Client, ClientError, KindRef
 from .columns import NONE, age, cell, evaluate
-from .common import UserError, note, options
+from .common import note, options
 from .output import FORMATS, plain_table, print_document, print_table, resource_table
 
 _PROJECT_HELP = "project to work in [default: $DPUFLEET_PROJECT, the login config, or 'default']"
@@ -118,7 +118,7 @@ def describe_text(client: Client, ref: KindRef, obj: dict[str, Any]) -> str:
         lines += _block("Spec", obj.get("spec"))
     else:
         lines += _block("Details", body)
-    status = dict(obj.get("status") or {})
+    status = {k: v for k, v in (obj.get("status") or {}).items() if v not in (None, [], {})}
     conditions = status.pop("conditions", None) or []
     if ref.has_status:
         lines += _block("Status", status)
@@ -239,4 +239,4 @@ def watch(
         client.close()
 
 
-__all__ = ["UserError", "delete", "describe", "get", "watch"]
+__all__ = ["delete", "describe", "get", "watch"]

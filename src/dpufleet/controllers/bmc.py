@@ -14,8 +14,6 @@ import asyncio
 import logging
 from typing import Any
 
-import httpx
-
 from ..api.errors import NotFound
 from ..api.meta import Severity, isotime, now
 from ..drivers.redfish.client import (
@@ -51,13 +49,6 @@ class BMCReconciler(Reconciler):
         self.refresh_seconds = refresh_seconds
         self.retry_seconds = retry_seconds
         self.events = EventRecorder(store, "bmc-controller")
-        self._http: dict[bool, httpx.AsyncClient] = {}
-
-    def http(self, verify: bool) -> httpx.AsyncClient:
-        if verify not in self._http:
-            limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-            self._http[verify] = httpx.AsyncClient(verify=verify, limits=limits, timeout=10)
-        return self._http[verify]
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
@@ -74,7 +65,10 @@ class BMCReconciler(Reconciler):
         if isinstance(creds, str):
             await self._fail(bmc, "Authenticated", "CredentialsMissing", creds, Severity.ERROR)
             return Result(requeue_after=self.retry_seconds)
-        client = RedfishClient(spec["address"], creds, http=self.http(spec.get("verifyTLS", True)), retries=2)
+        async with RedfishClient(spec["address"], creds, verify=spec.get("verifyTLS", True), retries=2) as client:
+            return await self._crawl(bmc, client)
+
+    async def _crawl(self, bmc: dict[str, Any], client: RedfishClient) -> Result:
         try:
             root = await client.service_root()
         except (BMCUnreachable, NotRedfish) as exc:

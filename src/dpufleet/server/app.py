@@ -120,6 +120,8 @@ def _parse_rv(value: str | None) -> int | None:
 def _check_path_identity(doc: Any, info: KindInfo, project: str, name: str | None) -> None:
     if not isinstance(doc, dict):
         raise BadRequest("a resource must be a JSON object")
+    if doc.get("kind", info.kind) != info.kind:
+        raise BadRequest(f"kind: the document is a {doc['kind']!r}, but this endpoint serves {info.plural}")
     meta = doc.setdefault("metadata", {})
     if not isinstance(meta, dict):
         raise BadRequest("metadata must be an object")

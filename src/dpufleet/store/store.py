@@ -165,12 +165,15 @@ class Store:
         conn.info["changes"].append(Change(data=data, **row))
 
     @staticmethod
-    def _load(conn: Connection, kind: KindInfo, project: str, name: str) -> dict[str, Any]:
-        row = conn.execute(
-            select(objects.c.data).where(
-                objects.c.kind == kind.kind, objects.c.project == project, objects.c.name == name
-            )
-        ).first()
+    def _load(conn: Connection, kind: KindInfo, project: str, name: str, *, for_update: bool = False) -> dict[str, Any]:
+        """Read one object; for_update locks its row until commit (PostgreSQL), so a
+        concurrent writer cannot pass the same resourceVersion check (no lost update)."""
+        query = select(objects.c.data).where(
+            objects.c.kind == kind.kind, objects.c.project == project, objects.c.name == name
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"{kind.singular} {name!r} not found in project {project!r}")
         result: dict[str, Any] = orjson.loads(row[0])
@@ -296,7 +299,7 @@ class Store:
         meta = obj["metadata"]
         taken = self._take_secrets(info, obj)
         with self._write() as conn:
-            current = self._load(conn, info, meta["project"], meta["name"])
+            current = self._load(conn, info, meta["project"], meta["name"], for_update=True)
             self._check_rv(info, current, meta.get("resourceVersion"))
             self._store_secrets(conn, info, obj, taken, current.get("spec") or {}, current["metadata"]["uid"])
             cur_meta = current["metadata"]
@@ -331,7 +334,7 @@ class Store:
         info = _kind(kind)
         new_status = validate_status(info, status)
         with self._write() as conn:
-            current = self._load(conn, info, project, name)
+            current = self._load(conn, info, project, name, for_update=True)
             self._check_rv(info, current, resource_version)
             if current.get("status") == new_status:
                 return current
@@ -393,8 +396,10 @@ class Store:
         """
         info = _kind(kind)
         with self._write() as conn:
-            current = self._load(conn, info, project, name)
+            current = self._load(conn, info, project, name, for_update=True)
             self._check_rv(info, current, resource_version)
+            if current["metadata"].get("deletionTimestamp") and current["metadata"].get("finalizers"):
+                return current  # already being deleted: nothing changes, no resourceVersion is used
             rv = self._next_rv(conn)
             result = self._delete_one(conn, info, current, rv)
         return result
@@ -493,6 +498,9 @@ class Store:
             refs = dependent["metadata"].get("ownerReferences") or []
             if not any(ref["uid"] == owner_uid for ref in refs):
                 continue
+            dmeta = dependent["metadata"]
+            if dmeta.get("deletionTimestamp") and dmeta.get("finalizers"):
+                continue  # already marked: waits for its finalizers
             self._delete_one(conn, _kind(dependent["kind"]), dependent, self._next_rv(conn))
 
 

@@ -41,13 +41,16 @@ class WorkQueue(Generic[K]):
     _failures: dict[K, int] = field(default_factory=dict)
     _delayed: list[tuple[float, int, K]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
-    _cond: asyncio.Condition | None = None
+    _wake: asyncio.Event | None = None
     _closed: bool = False
 
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+    def _event(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    def _notify(self) -> None:
+        self._event().set()
 
     def __len__(self) -> int:
         return len(self._ready) + len(self._delayed)
@@ -61,18 +64,14 @@ class WorkQueue(Generic[K]):
             return
         self._queued.add(key)
         self._ready.append(key)
-        cond = self._condition()
-        async with cond:
-            cond.notify()
+        self._notify()
 
     async def add_after(self, key: K, delay: float) -> None:
         if delay <= 0:
             await self.add(key)
             return
         heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
-        cond = self._condition()
-        async with cond:
-            cond.notify()
+        self._notify()
 
     async def add_rate_limited(self, key: K) -> float:
         """Re-queue a key after a failure, backing off per key. Returns the delay chosen."""
@@ -98,7 +97,7 @@ class WorkQueue(Generic[K]):
 
     async def get(self) -> K | None:
         """The next key to process, or None once closed. Call done(key) afterwards."""
-        cond = self._condition()
+        wake = self._event()
         while True:
             wait = await self._promote_due()
             if self._closed:
@@ -107,10 +106,12 @@ class WorkQueue(Generic[K]):
                 key = self._ready.pop(0)
                 self._queued.discard(key)
                 self._processing.add(key)
+                if self._ready:
+                    wake.set()  # more work: let another worker in
                 return key
-            async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), timeout=min(wait, 1.0) if wait is not None else 1.0)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=min(wait, 1.0) if wait is not None else 1.0)
 
     async def done(self, key: K) -> None:
         self._processing.discard(key)
@@ -120,6 +121,4 @@ class WorkQueue(Generic[K]):
 
     async def close(self) -> None:
         self._closed = True
-        cond = self._condition()
-        async with cond:
-            cond.notify_all()
+        self._notify()
