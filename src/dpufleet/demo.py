@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .cli.common import UserError
 from .cli.output import print_table, resource_table
 from .client import Client
 from .server.runner import Server, parse_listen
+from .sim.runner import SimOptions, sim_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -126,25 +127,16 @@ EXAMPLE_OBJECTS: list[dict[str, Any]] = [
             "reservedResources": {"cpus": 2, "memoryMiB": 4096},
         },
     },
-    {
-        "apiVersion": "dpufleet.io/v1alpha1",
-        "kind": "Host",
-        "metadata": {"name": "host-1", "labels": {"rack": "r1"}},
-        "spec": {"hostname": "host-1.lab.example", "rack": "r1", "hostPolicy": "drain"},
-    },
-    {
-        "apiVersion": "dpufleet.io/v1alpha1",
-        "kind": "DPU",
-        "metadata": {"name": "dpu-a", "labels": {"rack": "r1", "vendor": "nvidia"}},
-        "spec": {"hostRef": "host-1", "serialNumber": "MT2301X00001", "flavor": "default"},
-    },
-    {
-        "apiVersion": "dpufleet.io/v1alpha1",
-        "kind": "DPU",
-        "metadata": {"name": "dpu-b", "labels": {"rack": "r1", "vendor": "intel"}},
-        "spec": {"hostRef": "host-1", "serialNumber": "IPU2100X0002", "flavor": "default"},
-    },
 ]
+
+DEMO_FLEET = SimOptions(
+    hosts=4,
+    dpus_per_host=2,
+    profiles=["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"],
+    seed=2026,
+    time_scale=0.05,
+)
+FLEET_TIMEOUT = 90.0
 
 
 def apply_examples(ctx: DemoContext) -> None:
@@ -154,8 +146,46 @@ def apply_examples(ctx: DemoContext) -> None:
         ctx.out(f"  {obj['kind'].lower()}/{obj['metadata']['name']} {outcome}")
 
 
-# Stages after the server is up. The emulated fleet (`dpufleet sim`) and discovery are added here.
-DEFAULT_STAGES: list[DemoStage] = [apply_examples]
+def start_emulated_fleet(ctx: DemoContext) -> None:
+    """Start an emulated fleet (Redfish BMCs + agents) and register it the way an operator would:
+    a Credential with the site's BMC password and a Discovery listing the BMC endpoints. Then
+    wait until discovery has inventoried every DPU and paired it with its host."""
+    options = replace(DEMO_FLEET, directory=ctx.data_dir / "sim", server=ctx.server.url, token=ctx.server.token())
+    expected = options.hosts * options.dpus_per_host
+    ctx.out("")
+    ctx.out(
+        f"Starting an emulated fleet: {options.hosts} hosts x {options.dpus_per_host} DPUs "
+        f"({', '.join(options.profiles)}), one Redfish BMC per DPU, the dpufleet agent on every DPU and host"
+    )
+    running = ctx.cleanups.enter_context(sim_in_thread(options))
+    ctx.out(
+        f"  BMCs at {running.endpoints[0].rsplit('/bmc/', 1)[0]}/bmc/<id>/redfish/v1; "
+        f"site credentials in {options.directory}/site-credentials.json (0600)"
+    )
+    ctx.out("  registered credential/sim-site and discovery/sim through the API")
+    ref = ctx.client.resolve_kind("dpus")
+    deadline = time.monotonic() + FLEET_TIMEOUT
+    last = -1
+    while True:
+        items = ctx.client.list(ref).items
+        done = [d for d in items if _fully_inventoried(d)]
+        if len(done) != last:
+            last = len(done)
+            ctx.out(f"  discovered and inventoried {len(done)}/{expected} DPUs")
+        if len(done) >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"only {len(done)} of {expected} DPUs were inventoried within {FLEET_TIMEOUT:.0f}s")
+        time.sleep(0.5)
+
+
+def _fully_inventoried(dpu: dict[str, Any]) -> bool:
+    status = dpu.get("status") or {}
+    return bool(status.get("firmware") and status.get("host") and status.get("agent"))
+
+
+# Stages after the server is up, in order.
+DEFAULT_STAGES: list[DemoStage] = [apply_examples, start_emulated_fleet]
 
 
 def connection_help(server: EmbeddedServer, data_dir: Path, temporary: bool) -> str:
@@ -169,8 +199,10 @@ def connection_help(server: EmbeddedServer, data_dir: Path, temporary: bool) -> 
             f"  export DPUFLEET_SERVER={server.url}",
             f"  export DPUFLEET_TOKEN=$(cat {server.token_path})",
             "  dpufleet get dpus -o wide",
-            "  dpufleet get dpus -l vendor=nvidia",
-            "  dpufleet describe dpu dpu-a",
+            "  dpufleet get dpus -l dpufleet.io/vendor=nvidia",
+            "  dpufleet get bmcs",
+            "  dpufleet get hosts",
+            "  dpufleet describe dpu <name>",
             "  dpufleet watch dpus",
         ]
     )
@@ -179,9 +211,9 @@ def connection_help(server: EmbeddedServer, data_dir: Path, temporary: bool) -> 
 def show_dpus(ctx: DemoContext) -> None:
     ref = ctx.client.resolve_kind("dpus")
     items = ctx.client.list(ref).items
-    ctx.out("$ dpufleet get dpus")
+    ctx.out("$ dpufleet get dpus -o wide")
     sys.stdout.flush()
-    print_table(resource_table(ref, items, wide=False, with_project=False))
+    print_table(resource_table(ref, items, wide=True, with_project=False))
 
 
 def run_demo(
@@ -205,7 +237,7 @@ def run_demo(
             with ctx.cleanups:
                 emit(connection_help(server, directory, temporary))
                 emit("")
-                emit("Applying example objects:")
+                emit("Applying an example flavor:")
                 for stage in DEFAULT_STAGES if stages is None else stages:
                     stage(ctx)
                 emit("")

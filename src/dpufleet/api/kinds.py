@@ -493,7 +493,7 @@ REGISTRY: dict[str, KindInfo] = {
                 Column("MEMORY", "status.capabilities.memoryGiB", wide_only=True),
                 Column("PORTS", "status.capabilities.ports[*].speedGbps", wide_only=True),
                 Column("ACCEL", "status.capabilities.accelerators[*].kind", wide_only=True),
-                Column("OS", "status.firmware[DPU_OS].version", wide_only=True),
+                Column("OS", "status.agent.os", wide_only=True),
                 Column("HEALTH", "status.health", wide_only=True),
                 Column("LAST SEEN", "status.lastSeen", wide_only=True),
                 _REASON,

@@ -25,3 +25,17 @@ def api(
             raise UserError("the API benchmark (dpufleet.bench.api) is not part of this installation") from None
         raise
     module.run_api_bench(objects=objects, watchers=watchers, db=db)
+
+
+@bench_app.command("discovery")
+def discovery(
+    bmcs: int = typer.Option(500, "--bmcs", min=1, max=5000, help="emulated BMCs (one DPU each)"),
+    latency: float = typer.Option(0.3, "--latency", min=0.0, max=5.0, help="seconds per BMC request"),
+    timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="give up after this many seconds"),
+) -> None:
+    """Discover and fully inventory N emulated BMCs; prints BMCs per minute and peak memory."""
+    from ..bench.discovery import run_discovery_bench
+
+    result = run_discovery_bench(bmcs, latency, timeout)
+    if result.inventoried < result.bmcs:
+        raise UserError(f"only {result.inventoried} of {result.bmcs} BMCs were inventoried within {timeout:g}s")

@@ -186,6 +186,59 @@ def demo_cmd(
     run_demo(data_dir, listen, exit_when_ready=exit_when_ready)
 
 
+@app.command("agent")
+def agent_cmd(
+    ctx: typer.Context,
+    once: bool = typer.Option(False, "--once", help="inventory once and exit"),
+    print_only: bool = typer.Option(False, "--print", help="print the inventory as YAML instead of sending it"),
+    root: Path = typer.Option(Path("/"), "--root", help="the OS root to read (/ on a real DPU or host)"),
+    role: str = typer.Option("dpu", "--role", help="dpu (runs on the DPU) or host (reports the host's DPUs)"),
+    serial: str | None = typer.Option(None, "--serial", help="override the serial number read from DMI"),
+    interval: float = typer.Option(10.0, "--interval", min=1.0, help="heartbeat seconds until the server says"),
+) -> None:
+    """The dpufleet agent: inventories this machine and reports it to the control plane."""
+    import asyncio
+
+    import yaml
+
+    from ..agent.daemon import Agent, AgentConfig
+    from ..agent.inventory import collect_inventory
+
+    if role not in ("dpu", "host"):
+        raise UserError(f"--role {role!r}: expected dpu or host")
+    if not root.is_dir():
+        raise UserError(f"--root {root}: not a directory")
+    if print_only:
+        inventory = collect_inventory(root)
+        print(yaml.safe_dump(inventory.model_dump(mode="json", exclude_none=True), sort_keys=False), end="")
+        return
+    config = options(ctx).config()
+    agent_config = AgentConfig(config.server, config.token, root, role, interval, serial=serial)
+
+    async def run() -> None:
+        agent = Agent(agent_config)
+        try:
+            inventory = await agent.collect()
+            ident = serial or inventory.serial_number
+            if not ident:
+                raise UserError(f"cannot tell the serial number from {root}/sys/class/dmi/id; pass --serial")
+            if once:
+                reply = await agent.send(inventory, ident, inventory.hostname)
+                print(f"reported {role} {ident} as {reply.get('object')} to {config.server}")
+                return
+            _log_to_stderr(logging.INFO)
+            await agent.run()
+        finally:
+            await agent.aclose()
+
+    try:
+        asyncio.run(run())
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        return
+
+
 @app.command("login")
 def login_cmd(
     ctx: typer.Context,

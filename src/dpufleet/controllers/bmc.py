@@ -42,7 +42,7 @@ DPU_IDENTITY_STEPS = ["Inventoried"]
 
 class BMCReconciler(Reconciler):
     kind = "BMC"
-    workers = 64
+    workers = 128
 
     def __init__(self, store: Store, refresh_seconds: float = 300.0, retry_seconds: float = 60.0) -> None:
         self.store = store

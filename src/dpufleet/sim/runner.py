@@ -10,11 +10,15 @@ listing the BMC endpoints, created through the HTTP API.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,3 +194,35 @@ async def run_sim(
         if http is not None:
             await http.aclose()
         await servers.stop()
+
+
+@contextmanager
+def sim_in_thread(options: SimOptions, timeout: float = 60.0) -> Iterator[SimRunning]:
+    """Run the fleet on an event loop in a background thread (for the demo and sync callers)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="dpufleet-sim", daemon=True)
+    thread.start()
+    stop = asyncio.Event()
+    ready: concurrent.futures.Future[SimRunning] = concurrent.futures.Future()
+
+    async def on_ready(running: SimRunning) -> None:
+        ready.set_result(running)
+
+    async def main() -> None:
+        try:
+            await run_sim(options, stop, on_ready)
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.run_coroutine_threadsafe(main(), loop)
+    try:
+        yield ready.result(timeout=timeout)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        with contextlib.suppress(Exception):
+            task.result(timeout=timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=timeout)
+        loop.close()
