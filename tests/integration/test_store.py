@@ -364,3 +364,23 @@ def test_interleaved_writers_never_let_a_watcher_skip_a_change(store: Store, sto
     assert len(log) == total == len(store.list("DPU").items)
     assert all(a < b for a, b in itertools.pairwise(log)), "resourceVersions must strictly increase"
     assert seen == log, "the concurrent watcher skipped or repeated a change"
+
+
+def test_a_batch_of_creates_commits_together_and_failures_stay_alone(store: Store) -> None:
+    """Group commit (what the API does under load): good documents are created, each with its
+    own resourceVersion in order; a duplicate or an invalid document fails alone."""
+    store.create(dpu("taken"))
+    before = store.current_rv()
+    results = store.create_many(
+        [dpu("b-1"), dpu("taken"), {"kind": "DPU", "metadata": {"name": "Bad_Name"}}, dpu("b-2"), dpu("b-1")]
+    )
+    assert isinstance(results[0], dict) and isinstance(results[3], dict)
+    assert isinstance(results[1], AlreadyExists)
+    assert isinstance(results[2], Invalid) and "metadata.name" in results[2].message
+    assert isinstance(results[4], AlreadyExists)  # the same name twice in one batch
+    rvs = [int(results[0]["metadata"]["resourceVersion"]), int(results[3]["metadata"]["resourceVersion"])]
+    assert rvs == [before + 1, before + 2]
+    assert store.current_rv() == before + 2
+    log = store.changes_since(before)
+    assert [(c.rv, c.type, c.name) for c in log] == [(before + 1, ADDED, "b-1"), (before + 2, ADDED, "b-2")]
+    assert store.get("DPU", "b-2")["metadata"]["resourceVersion"] == str(before + 2)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, eve
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from ..api.errors import AlreadyExists, BadRequest, Conflict, Gone, Invalid, NotFound
+from ..api.errors import AlreadyExists, APIError, BadRequest, Conflict, Gone, Invalid, NotFound
 from ..api.kinds import KindInfo, UnknownKind, lookup
 from ..api.meta import DEFAULT_PROJECT, isotime, now
 from ..api.patch import merge_patch
@@ -39,6 +39,7 @@ _NEXT_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + 1).
 _INSERT_OBJECT = insert(objects)
 _UPDATE_OBJECT = update(objects).where(objects.c.uid == bindparam("b_uid"))
 _INSERT_CHANGE = insert(changes)
+_ADVANCE_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + bindparam("n")).returning(counter.c.rv)
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
 
 
@@ -268,8 +269,9 @@ class Store:
 
     # --- writes -----------------------------------------------------------------------------------------
 
-    def create(self, doc: dict[str, Any], *, keep_status: bool = False) -> dict[str, Any]:
-        """Create an object. Status is dropped unless keep_status (controllers creating what they found)."""
+    def _prepare_create(
+        self, doc: dict[str, Any], keep_status: bool
+    ) -> tuple[KindInfo, dict[str, Any], dict[str, str]]:
         info, obj = validate_document(doc)
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
@@ -281,7 +283,102 @@ class Store:
         meta["generation"] = 1
         if info.has_status and not keep_status:
             obj["status"] = validate_status(info, {})
-        taken = self._take_secrets(info, obj)
+        return info, obj, self._take_secrets(info, obj)
+
+    def create_many(self, docs: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any] | APIError]:
+        """Create several objects in one transaction (group commit); each gets its own result.
+
+        The API server batches concurrent creates through this: one BEGIN, one counter
+        update and one COMMIT for the batch instead of one each. An invalid or duplicate
+        document fails alone; the others are created.
+        """
+        results: builtins.list[dict[str, Any] | APIError] = []
+        ready: builtins.list[tuple[int, KindInfo, dict[str, Any]]] = []
+        for index, doc in enumerate(docs):
+            try:
+                info, obj, taken = self._prepare_create(doc, keep_status=False)
+            except APIError as exc:
+                results.append(exc)
+                continue
+            results.append(obj)
+            if taken or info.secret_fields:
+                results[index] = _call(self.create, doc)  # secrets take the one-by-one path
+                continue
+            ready.append((index, info, obj))
+        if not ready:
+            return results
+        keys = {(info.kind, obj["metadata"]["project"], obj["metadata"]["name"]) for _, info, obj in ready}
+        try:
+            with self._write() as conn:
+                existing = self._existing(conn, keys)
+                seen: set[tuple[str, str, str]] = set()
+                batch = []
+                for index, info, obj in ready:
+                    key = (info.kind, obj["metadata"]["project"], obj["metadata"]["name"])
+                    if key in existing or key in seen:
+                        results[index] = AlreadyExists(
+                            f"{info.singular} {key[2]!r} already exists in project {key[1]!r}"
+                        )
+                        continue
+                    seen.add(key)
+                    batch.append(obj)
+                if batch:
+                    last = int(conn.execute(_ADVANCE_RV, {"n": len(batch)}).scalar_one())
+                    object_rows, change_rows = [], []
+                    for offset, obj in enumerate(batch):
+                        rv = last - len(batch) + 1 + offset
+                        meta = obj["metadata"]
+                        meta["resourceVersion"] = str(rv)
+                        data = _dumps(obj)
+                        object_rows.append(
+                            {
+                                "kind": obj["kind"],
+                                "project": meta["project"],
+                                "name": meta["name"],
+                                "uid": meta["uid"],
+                                "rv": rv,
+                                "labels": _dumps(meta.get("labels") or {}),
+                                "owner_uids": " ".join(r["uid"] for r in meta.get("ownerReferences") or []),
+                                "data": data,
+                            }
+                        )
+                        row = {
+                            "rv": rv,
+                            "kind": obj["kind"],
+                            "project": meta["project"],
+                            "name": meta["name"],
+                            "type": ADDED,
+                        }
+                        change_rows.append({**row, "data": data})
+                        conn.info["changes"].append(Change(data=data, **row))
+                    conn.execute(_INSERT_OBJECT, object_rows)
+                    conn.execute(_INSERT_CHANGE, change_rows)
+        except IntegrityError:
+            # another process created one of these meanwhile (PostgreSQL): fall back to one by one
+            for index, _info, _obj in ready:
+                if not isinstance(results[index], APIError):
+                    results[index] = _call(self.create, docs[index])
+        return results
+
+    @staticmethod
+    def _existing(conn: Connection, keys: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        found: set[tuple[str, str, str]] = set()
+        by_kind: dict[tuple[str, str], builtins.list[str]] = {}
+        for kind, project, name in keys:
+            by_kind.setdefault((kind, project), []).append(name)
+        for (kind, project), names in by_kind.items():
+            rows = conn.execute(
+                select(objects.c.name).where(
+                    objects.c.kind == kind, objects.c.project == project, objects.c.name.in_(names)
+                )
+            ).all()
+            found.update((kind, project, row[0]) for row in rows)
+        return found
+
+    def create(self, doc: dict[str, Any], *, keep_status: bool = False) -> dict[str, Any]:
+        """Create an object. Status is dropped unless keep_status (controllers creating what they found)."""
+        info, obj, taken = self._prepare_create(doc, keep_status)
+        meta = obj["metadata"]
         try:
             with self._write() as conn:
                 rv = self._next_rv(conn)
@@ -502,6 +599,13 @@ class Store:
             if dmeta.get("deletionTimestamp") and dmeta.get("finalizers"):
                 continue  # already marked: waits for its finalizers
             self._delete_one(conn, _kind(dependent["kind"]), dependent, self._next_rv(conn))
+
+
+def _call(fn: Callable[[dict[str, Any]], dict[str, Any]], doc: dict[str, Any]) -> dict[str, Any] | APIError:
+    try:
+        return fn(doc)
+    except APIError as exc:
+        return exc
 
 
 def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
