@@ -13,8 +13,8 @@ bench_app = typer.Typer(help="Measure dpufleet's performance.", no_args_is_help=
 
 @bench_app.command("api")
 def api(
-    objects: int = typer.Option(1000, "--objects", min=1, help="objects to create"),
-    watchers: int = typer.Option(10, "--watchers", min=0, help="concurrent watch streams"),
+    objects: int = typer.Option(10000, "--objects", min=1, max=1_000_000, help="DPU objects to create"),
+    watchers: int = typer.Option(100, "--watchers", min=1, max=1000, help="concurrent watch streams"),
     db: str | None = typer.Option(None, "--db", help="database URL [default: a temporary SQLite file]"),
 ) -> None:
     """API throughput and watch latency against an embedded server."""
