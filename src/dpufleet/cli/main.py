@@ -23,8 +23,10 @@ from .. import __version__
 from ..client import Client, ClientError, write_config_file
 from . import apply as apply_cmd
 from . import resources
+from . import security as security_cmd
 from .bench import bench_app
 from .common import GlobalOptions, UserError, error_line, note, options
+from .enroll import enroll_app
 from .sim import sim_app
 
 try:  # typer >= 0.20 carries its own copy of click; its exceptions are not click's
@@ -113,7 +115,12 @@ app.command("describe")(resources.describe)
 app.command("delete")(resources.delete)
 app.command("watch")(resources.watch)
 app.add_typer(sim_app, name="sim")
+app.add_typer(security_cmd.token_app, name="token")
+app.add_typer(security_cmd.audit_app, name="audit")
+app.command("whoami")(security_cmd.whoami)
+app.command("policy")(security_cmd.policy)
 app.add_typer(bench_app, name="bench")
+app.add_typer(enroll_app, name="enroll")
 
 
 def _log_to_stderr(level: int) -> None:
@@ -140,17 +147,31 @@ def server_cmd(
     no_controllers: bool = typer.Option(
         False, "--no-controllers", help="serve the API only; run 'dpufleet controller' separately"
     ),
+    agent_listen: str = typer.Option(
+        "127.0.0.1:8741", "--agent-listen", help="HOST:PORT of the agent listener (mTLS, fleet certificates)"
+    ),
+    agent_advertise: str | None = typer.Option(
+        None, "--agent-advertise", help="host name agents use to reach the agent listener (in its certificate)"
+    ),
 ) -> None:
-    """Run the API server (with the controllers in-process unless --no-controllers)."""
+    """Run the API server (with the controllers in-process unless --no-controllers) and the agent listener."""
     from ..server.runner import parse_listen, serve
 
-    try:
-        parse_listen(listen)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc).removeprefix(f"--listen {listen!r}: "), param_hint="'--listen'") from None
+    for flag, value in (("--listen", listen), ("--agent-listen", agent_listen)):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(f"--listen {value!r}: "), param_hint=f"'{flag}'") from None
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(_data_dir(data_dir), db, listen, controllers=not no_controllers)
+        serve(
+            _data_dir(data_dir),
+            db,
+            listen,
+            controllers=not no_controllers,
+            agent_listen=agent_listen,
+            agent_advertise=agent_advertise,
+        )
 
 
 @app.command("controller")
@@ -195,12 +216,27 @@ def agent_cmd(
     role: str = typer.Option("dpu", "--role", help="dpu (runs on the DPU) or host (reports the host's DPUs)"),
     serial: str | None = typer.Option(None, "--serial", help="override the serial number read from DMI"),
     interval: float = typer.Option(10.0, "--interval", min=1.0, help="heartbeat seconds until the server says"),
+    enroll_token: str | None = typer.Option(
+        None, "--enroll-token", help="one-time enrollment token ('dpufleet enroll token create')"
+    ),
+    idevid_cert: Path | None = typer.Option(None, "--idevid-cert", help="this device's IDevID certificate (PEM)"),
+    idevid_key: Path | None = typer.Option(None, "--idevid-key", help="this device's IDevID private key (PEM)"),
+    ca_file: Path | None = typer.Option(None, "--ca-file", help="the fleet CA certificate to trust"),
+    ca_hash: str | None = typer.Option(None, "--ca-hash", help="sha256:<hex> of the fleet CA to pin at first contact"),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="key and certificate (0600) [default: <root>/var/lib/dpufleet/agent]"
+    ),
 ) -> None:
-    """The dpufleet agent: inventories this machine and reports it to the control plane."""
+    """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
+
+    --server is then the agent listener (https://HOST:8741). Without any enrollment option and
+    without a certificate in the state dir, it reports with a bearer token to the API instead.
+    """
     import asyncio
 
     import yaml
 
+    from ..agent.credentials import EnrollmentOptions
     from ..agent.daemon import Agent, AgentConfig
     from ..agent.inventory import collect_inventory
 
@@ -208,12 +244,28 @@ def agent_cmd(
         raise UserError(f"--role {role!r}: expected dpu or host")
     if not root.is_dir():
         raise UserError(f"--root {root}: not a directory")
+    if (idevid_cert is None) != (idevid_key is None):
+        raise UserError("--idevid-cert and --idevid-key go together")
     if print_only:
         inventory = collect_inventory(root)
         print(yaml.safe_dump(inventory.model_dump(mode="json", exclude_none=True), sort_keys=False), end="")
         return
     config = options(ctx).config()
-    agent_config = AgentConfig(config.server, config.token, root, role, interval, serial=serial)
+    states = state_dir or root / "var/lib/dpufleet/agent"
+    mtls = (
+        any(v is not None for v in (enroll_token, idevid_cert, ca_file, ca_hash, state_dir))
+        or (states / "agent.crt").exists()
+    )
+    agent_config = AgentConfig(
+        config.server,
+        None if mtls else config.token,
+        root,
+        role,
+        interval,
+        serial=serial,
+        state_dir=states if mtls else None,
+        enrollment=EnrollmentOptions(enroll_token, idevid_cert, idevid_key, ca_file, ca_hash) if mtls else None,
+    )
 
     async def run() -> None:
         agent = Agent(agent_config)
@@ -223,8 +275,10 @@ def agent_cmd(
             if not ident:
                 raise UserError(f"cannot tell the serial number from {root}/sys/class/dmi/id; pass --serial")
             if once:
+                await agent.secure(ident)
                 reply = await agent.send(inventory, ident, inventory.hostname)
-                print(f"reported {role} {ident} as {reply.get('object')} to {config.server}")
+                how = " over mTLS" if mtls else ""
+                print(f"reported {role} {ident} as {reply.get('object')} to {config.server}{how}")
                 return
             _log_to_stderr(logging.INFO)
             await agent.run()
@@ -233,7 +287,7 @@ def agent_cmd(
 
     try:
         asyncio.run(run())
-    except RuntimeError as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         return

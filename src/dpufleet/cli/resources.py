@@ -11,6 +11,8 @@ import yaml
 from ..client import Client, ClientError, KindRef
 from .columns import NONE, age, cell, evaluate
 from .common import note, options
+from .describe_dpu import SHOWN as DPU_SHOWN
+from .describe_dpu import dpu_sections
 from .output import FORMATS, plain_table, print_document, print_table, resource_table
 
 _PROJECT_HELP = "project to work in [default: $DPUFLEET_PROJECT, the login config, or 'default']"
@@ -121,6 +123,9 @@ def describe_text(client: Client, ref: KindRef, obj: dict[str, Any]) -> str:
     status = {k: v for k, v in (obj.get("status") or {}).items() if v not in (None, [], {})}
     conditions = status.pop("conditions", None) or []
     if ref.has_status:
+        if obj.get("kind") == "DPU":
+            lines += dpu_sections(status, _render)
+            status = {k: v for k, v in status.items() if k not in DPU_SHOWN}
         lines += _block("Status", status)
         lines.append("Conditions:")
         if conditions:

@@ -1,0 +1,121 @@
+"""The DPU part of `dpufleet describe dpu`: identity, firmware, capabilities and pairing as tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from .columns import age
+from .output import plain_table
+
+NONE = "<none>"
+# status fields these sections show; the generic Status block leaves them out
+SHOWN = (
+    "vendor",
+    "model",
+    "partNumber",
+    "serialNumber",
+    "firmware",
+    "capabilities",
+    "remaining",
+    "allocated",
+    "host",
+    "bmc",
+    "evidence",
+    "agent",
+    "health",
+    "powerState",
+    "bootProgress",
+    "lastSeen",
+)
+
+
+def _perf(acc: dict[str, Any]) -> str:
+    parts = []
+    if acc.get("throughputGbps"):
+        parts.append(f"{acc['throughputGbps']:g} Gb/s")
+    if acc.get("iops"):
+        parts.append(f"{acc['iops']:,} IOPS")
+    if acc.get("opsPerSecond"):
+        parts.append(f"{acc['opsPerSecond']:,} ops/s")
+    return ", ".join(parts) or NONE
+
+
+def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
+    """Readable sections for a DPU's status; `render` turns a rich Table into lines."""
+    lines: list[str] = []
+
+    def field(label: str, value: Any) -> None:
+        lines.append(f"  {label + ':':<16}{value if value not in (None, '') else NONE}")
+
+    def table(title: str, t: Table) -> None:
+        lines.append(f"{title}:")
+        lines.extend("  " + line for line in render(t))
+
+    lines.append("Identity:")
+    field("Vendor", status.get("vendor"))
+    field("Model", status.get("model"))
+    field("Part number", status.get("partNumber"))
+    field("Serial number", status.get("serialNumber"))
+    lines.append("Health:")
+    field("Health", status.get("health"))
+    field("Power", status.get("powerState"))
+    field("Boot progress", status.get("bootProgress"))
+    last = status.get("lastSeen")
+    field("Last seen", f"{last} ({age(last)} ago)" if last else None)
+    lines.append("Pairing:")
+    field("Host", status.get("host"))
+    field("BMC", status.get("bmc"))
+    agent = status.get("agent") or {}
+    field(
+        "Agent",
+        f"{agent.get('version')} on {agent.get('os')} ({agent.get('kernel')}), heartbeat "
+        f"{age(agent.get('lastHeartbeat'))} ago"
+        if agent
+        else None,
+    )
+    evidence = status.get("evidence") or []
+    if evidence:
+        t = plain_table(["SOURCE", "KIND", "VALUE", "DETAIL"])
+        for e in evidence:
+            t.add_row(
+                str(e.get("source", "")), str(e.get("kind", "")), str(e.get("value", "")), str(e.get("detail") or "")
+            )
+        table("Evidence", t)
+    firmware = status.get("firmware") or []
+    if firmware:
+        t = plain_table(["COMPONENT", "NAME", "VERSION", "UPDATEABLE"])
+        for f in firmware:
+            t.add_row(
+                str(f.get("id", "")),
+                str(f.get("name", "")),
+                str(f.get("version", "")),
+                "yes" if f.get("updateable") else "no",
+            )
+        table("Firmware", t)
+    caps = status.get("capabilities") or {}
+    if caps:
+        lines.append("Capabilities:")
+        cpu = caps.get("cpu") or {}
+        field("CPU", f"{cpu.get('cores')} x {cpu.get('model')}" if cpu else None)
+        field("Memory", f"{caps['memoryGiB']} GiB" if caps.get("memoryGiB") else None)
+        storage = caps.get("storage") or []
+        field(
+            "Storage", ", ".join(f"{s.get('name')} {s.get('kind', '')} {s.get('sizeGiB')} GiB" for s in storage) or None
+        )
+        ports = caps.get("ports") or []
+        field("Ports", ", ".join(f"{p.get('name')} {p.get('speedGbps')}G" for p in ports) or None)
+        field("Max VFs", caps.get("maxVFs"))
+        remaining = status.get("remaining") or {}
+        if remaining:
+            field("Remaining", f"{remaining.get('cores')} cores, {remaining.get('memoryGiB')} GiB")
+        accelerators = caps.get("accelerators") or []
+        if accelerators:
+            t = plain_table(["KIND", "NAME", "ALGORITHMS", "PERFORMANCE"])
+            for a in accelerators:
+                t.add_row(
+                    str(a.get("kind", "")), str(a.get("name", "")), ", ".join(a.get("algorithms") or []), _perf(a)
+                )
+            table("Accelerators", t)
+    return lines
