@@ -8,6 +8,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import httpx
 import typer
 
 from .common import UserError, note, options
@@ -118,6 +119,8 @@ def up_cmd(
         raise UserError(f"cannot start the emulated BMCs on {listen}: {exc.strerror or exc}") from None
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach the control plane at {config.server}: {exc or type(exc).__name__}") from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):

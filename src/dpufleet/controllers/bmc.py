@@ -24,7 +24,7 @@ from ..drivers.redfish.client import (
     RedfishClient,
     RedfishError,
 )
-from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl
+from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..inventory.catalog import catalog_capabilities, find_profile
 from ..store.store import Store
 from .naming import dpu_name
@@ -80,10 +80,12 @@ class BMCReconciler(Reconciler):
         try:
             inventory = await crawl(client, root)
         except AuthenticationFailed as exc:
-            await self._fail(bmc, "Authenticated", "AuthenticationFailed", str(exc), Severity.ERROR, reachable=True)
+            await self._fail(
+                bmc, "Authenticated", "AuthenticationFailed", str(exc), Severity.ERROR, reachable=True, root=root
+            )
             return Result(requeue_after=self.retry_seconds)
         except (RedfishError, ValueError) as exc:
-            await self._fail(bmc, "Inventoried", "CrawlFailed", str(exc), Severity.WARNING, reachable=True)
+            await self._fail(bmc, "Inventoried", "CrawlFailed", str(exc), Severity.WARNING, reachable=True, root=root)
             return Result(requeue_after=self.retry_seconds)
         await self._apply(bmc, inventory)
         return Result(requeue_after=self.refresh_seconds)
@@ -108,14 +110,19 @@ class BMCReconciler(Reconciler):
         message: str,
         severity: Severity,
         reachable: bool | None = None,
+        root: dict[str, Any] | None = None,
     ) -> None:
         name, project = bmc["metadata"]["name"], bmc["metadata"]["project"]
         previous = get_condition(bmc.get("status") or {}, step)
         generation = bmc["metadata"].get("generation")
 
+        service = parse_service_root(root) if root else None
+
         def mutate(status: dict[str, Any]) -> None:
             if reachable is not None:
                 status["reachable"] = reachable
+            if service is not None:  # the anonymous service root still tells who made the BMC
+                status.update(vendor=service.vendor, product=service.product)
             if reachable:
                 set_condition(status, "Reachable", True, "ServiceRootAnswered", generation=generation)
             set_condition(status, step, False, reason, message, severity=severity, generation=generation)

@@ -9,6 +9,8 @@ vendor differs.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
+from enum import StrEnum
 
 
 class PowerInterface(abc.ABC):
@@ -23,3 +25,58 @@ class PowerInterface(abc.ABC):
     @abc.abstractmethod
     async def reset(self, reset_type: str) -> None:
         """Redfish reset types: On, ForceOff, GracefulShutdown, GracefulRestart, ForceRestart, PowerCycle..."""
+
+
+class InstallState(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """One component to write: where the device fetches it and which firmware slot it replaces."""
+
+    image_url: str  # signed, short-lived; the file name ends <target>-<version>.<ext>
+    target: str  # firmware inventory id (DPU_OS, DPU_NIC, ...)
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InstallProgress:
+    state: InstallState
+    percent: int | None = None
+    message: str = ""
+
+
+class InstallInterface(abc.ABC):
+    """Writes an image to a DPU. Each verb is idempotent or resumable from what it returned,
+    which the caller persists (a task URI): a restarted controller polls, it does not re-flash."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def validate(self, target: str) -> None:
+        """Raise if this path cannot install to `target` on this device (no update service, not updateable)."""
+
+    @abc.abstractmethod
+    async def install(self, request: InstallRequest) -> str:
+        """Start writing; return a handle (task URI) to poll. Raise InstallBusy if another install runs."""
+
+    @abc.abstractmethod
+    async def find_started(self, request: InstallRequest, since: str) -> str | None:
+        """A handle of an install of this request started at or after `since` (an ISO time), if the
+        device knows one: after a crash between sending the request and recording its handle."""
+
+    @abc.abstractmethod
+    async def poll(self, handle: str) -> InstallProgress:
+        """Where the install stands."""
+
+    @abc.abstractmethod
+    async def activate(self) -> None:
+        """Boot into what was written (a reset); the caller waits for the reboot."""
+
+
+class InstallBusy(Exception):
+    """The device is already installing something."""

@@ -206,7 +206,12 @@ class RedfishClient:
     async def members(self, collection: str) -> list[dict[str, Any]]:
         """Every member of a collection, fetched concurrently (within the BMC's limit)."""
         coll = await self.get(collection)
-        links = [m["@odata.id"] for m in coll.get("Members") or [] if isinstance(m, dict) and "@odata.id" in m]
+        members = coll.get("Members")
+        if members is not None and not isinstance(members, list):
+            raise RedfishError(
+                f"{self.url(collection)}: malformed Redfish: Members is not a list", None, "MalformedRedfish"
+            )
+        links = [m["@odata.id"] for m in members or [] if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
         return list(await asyncio.gather(*(self.get(link) for link in links)))
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from .client import RedfishClient, RedfishError
 
@@ -111,6 +111,10 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def parse_system(body: dict[str, Any]) -> SystemInfo:
     summary, memory, boot = (
         _obj(body.get("ProcessorSummary")),
@@ -138,7 +142,7 @@ def parse_system(body: dict[str, Any]) -> SystemInfo:
             cores=summary.get("CoreCount") if isinstance(summary.get("CoreCount"), int) else None,
         ),
         memoryGiB=float(gib) if isinstance(gib, int | float) else None,
-        resetTypes=[str(v) for v in reset.get("ResetType@Redfish.AllowableValues") or []],
+        resetTypes=[str(v) for v in _list(reset.get("ResetType@Redfish.AllowableValues"))],
     )
 
 
@@ -216,6 +220,19 @@ async def crawl(client: RedfishClient, root: dict[str, Any] | None = None, *, ma
             for f in await client.members(inventory_link)
         ]
 
+    try:
+        return await _crawl_parts(client, inv, systems, managers, chassis, firmware)
+    except (TypeError, AttributeError, KeyError, ValidationError) as exc:
+        # a BMC answering JSON of the wrong shape is a device problem, reported as such, not a crash
+        raise RedfishError(
+            f"{client.base_url}: malformed Redfish: {type(exc).__name__}: {exc}", None, "MalformedRedfish"
+        ) from None
+
+
+async def _crawl_parts(
+    client: RedfishClient, inv: BMCInventory, systems: Any, managers: Any, chassis: Any, firmware: Any
+) -> BMCInventory:
+    warnings = inv.warnings
     found_systems, found_managers, found_chassis, found_firmware = await asyncio.gather(
         systems(),
         _optional(managers(), warnings),

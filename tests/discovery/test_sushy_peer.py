@@ -1,0 +1,165 @@
+"""Our Redfish driver against a Redfish service we did not write: OpenStack's sushy-tools emulator.
+
+Given sushy-emulator (fake driver, HTTP Basic auth) on 127.0.0.1, when the driver crawls it and
+resets a system, then it reads every system and the system's PowerState follows the reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dpufleet.drivers.discovery.scan import ProbeOutcome, probe
+from dpufleet.drivers.redfish.client import AuthenticationFailed, Credentials, RedfishClient
+from dpufleet.drivers.redfish.inventory import crawl
+from dpufleet.drivers.redfish.power import RedfishPower
+from support.net import free_port, wait_until
+
+from .conftest import IN_CI
+
+pytestmark = pytest.mark.timeout(60)
+
+USER, PASSWORD = "ironic", "Sushy-Peer-Pw-7"
+SYSTEMS: list[dict[str, Any]] = [
+    {"uuid": "5c3a0c9e-6d7a-4f3e-9a55-0f1a2b3c4d01", "name": "node-0", "power_state": "On", "nics": [{"mac": "52:54:00:aa:00:01"}]},
+    {"uuid": "5c3a0c9e-6d7a-4f3e-9a55-0f1a2b3c4d02", "name": "node-1", "power_state": "Off", "nics": [{"mac": "52:54:00:aa:00:02"}]},
+]  # fmt: skip
+
+# The fake driver applies a power change 1-11 s after the request (randint), to mimic slow hardware.
+# Only that delay is removed, so each transition shows on the next read; the HTTP service is unchanged.
+LAUNCH = (
+    "import random, sys\n"
+    "random.randint = lambda low, high: 0\n"
+    "from sushy_tools.emulator.main import main\n"
+    "sys.argv[0] = 'sushy-emulator'\n"
+    "sys.exit(main())\n"
+)
+
+
+@dataclass
+class Sushy:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def sushy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sushy]:
+    if importlib.util.find_spec("sushy_tools") is None:
+        if IN_CI:
+            pytest.fail("sushy-tools is not installed (CI=true: the Redfish peer test must run)", pytrace=False)
+        pytest.skip("sushy-tools is not installed")
+    import bcrypt
+
+    directory = tmp_path_factory.mktemp("sushy")
+    htpasswd = directory / "htpasswd"
+    htpasswd.write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
+    config = directory / "emulator.conf"
+    config.write_text(
+        f"SUSHY_EMULATOR_FAKE_DRIVER = True\n"
+        f"SUSHY_EMULATOR_FAKE_SYSTEMS = {json.dumps(SYSTEMS)}\n"
+        f"SUSHY_EMULATOR_STATE_DIR = {str(directory / 'state')!r}\n"
+        f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
+    )
+    port = free_port()
+    log = (directory / "sushy.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "--config", str(config), "-i", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "SUSHY_EMULATOR_FAKE_DRIVER": "True"},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"sushy-emulator exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+        try:
+            return httpx.get(url + "/redfish/v1", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, timeout=20, interval=0.1, what="sushy-emulator's service root")
+        yield Sushy(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def client(sushy: Sushy, password: str = PASSWORD) -> RedfishClient:
+    return RedfishClient(sushy.url, Credentials(USER, password), verify=False, timeout=5, retries=0)
+
+
+def test_a_scan_recognises_sushy_as_redfish(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with httpx.AsyncClient() as http:
+            result = await probe(http, sushy.url, timeout=5)
+        assert result.outcome == ProbeOutcome.REDFISH, result.detail
+
+    asyncio.run(run())
+
+
+def test_crawl_reads_every_system_with_its_power_state(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with client(sushy) as rf:
+            inventory = await crawl(rf)
+        systems = {s.id: s for s in inventory.systems}
+        assert set(systems) == {s["uuid"] for s in SYSTEMS}
+        for spec in SYSTEMS:
+            system = systems[spec["uuid"]]
+            assert system.powerState == spec["power_state"]
+            assert system.uuid == spec["uuid"]
+            assert "ForceOff" in system.resetTypes and "On" in system.resetTypes
+            assert system.macAddresses == [nic["mac"] for nic in spec["nics"]]
+            assert not system.is_dpu  # sushy's systems are plain servers
+        assert inventory.service.redfishVersion
+
+    asyncio.run(run())
+
+
+def test_reset_force_off_then_on_changes_the_power_state(sushy: Sushy) -> None:
+    async def wait_power(power: RedfishPower, state: str) -> None:
+        for _ in range(100):  # bounded: 100 reads, 0.05 s apart
+            if await power.get_power_state() == state:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"PowerState never became {state}; last {await power.get_power_state()}")
+
+    async def run() -> None:
+        async with client(sushy) as rf:
+            power = RedfishPower(rf, f"/redfish/v1/Systems/{SYSTEMS[0]['uuid']}")
+            await power.validate()
+            await wait_power(power, "On")
+            await power.reset("ForceOff")
+            await wait_power(power, "Off")
+            await power.reset("On")
+            await wait_power(power, "On")
+
+    asyncio.run(run())
+
+
+def test_wrong_password_is_an_authentication_failure(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with client(sushy, password="wrong") as rf:
+            root = await rf.service_root()  # anonymous: still answers
+            assert root["RedfishVersion"]
+            with pytest.raises(AuthenticationFailed):
+                await crawl(rf, root)
+
+    asyncio.run(run())
