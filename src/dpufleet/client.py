@@ -336,6 +336,38 @@ class Client:
         result: dict[str, Any] = self._request("GET", "/version")
         return result
 
+    # --- people and audit -------------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/auth/v1/whoami")
+        return result
+
+    def create_token(
+        self, name: str, grants: builtins.list[str], expires: str | None = None, subject: str | None = None
+    ) -> dict[str, Any]:
+        """A new token; the reply's `token` is its plaintext, which the server never shows again."""
+        body: dict[str, Any] = {"name": name, "grants": grants}
+        if expires:
+            body["expires"] = expires
+        if subject:
+            body["subject"] = subject
+        result: dict[str, Any] = self._request("POST", "/auth/v1/tokens", body=body)
+        return result
+
+    def list_tokens(self) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", "/auth/v1/tokens").get("items") or [])
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("DELETE", f"/auth/v1/tokens/{quote(name, safe='')}")
+        return result
+
+    def audit_records(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", "/audit/v1/records", params={"limit": str(limit)}).get("items") or [])
+
+    def audit_verify(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/audit/v1/verify")
+        return result
+
     def ready(self) -> bool:
         try:
             return self._http.get("/readyz").status_code == 200

@@ -163,6 +163,11 @@ def start_emulated_fleet(ctx: DemoContext) -> None:
         f"site credentials in {options.directory}/site-credentials.json (0600)"
     )
     ctx.out("  registered credential/sim-site and discovery/sim through the API")
+    if running.agent_url:
+        ctx.out(
+            f"  trusted {len(running.identities.cas)} emulated vendor CAs; {len(running.agents)} agents enroll "
+            f"with their IDevIDs and report over mTLS to {running.agent_url}"
+        )
     ref = ctx.client.resolve_kind("dpus")
     deadline = time.monotonic() + FLEET_TIMEOUT
     last = -1

@@ -247,3 +247,40 @@ def test_a_separate_controller_process_reaps_events_the_api_server_serves(tmp_pa
             out, _ = proc.communicate(timeout=10)
         assert b"Traceback" not in out, out.decode()[-2000:]
         assert httpx.get(api.url + "/readyz").status_code == 200
+
+
+class StampReconciler(Reconciler):
+    """Writes a fresh timestamp into status on every visit, as the BMC controller writes lastSeen."""
+
+    kind = "DPU"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls: dict[str, int] = defaultdict(int)
+
+    async def reconcile(self, key: Key) -> Result:
+        self.calls[key.name] += 1
+        await asyncio.to_thread(
+            self.store.update_status, "DPU", key.name, {"lastSeen": f"{time.monotonic()}"}, key.project
+        )
+        return DONE
+
+
+def test_a_controller_is_not_woken_by_its_own_status_writes_but_by_spec_and_metadata(store: Store) -> None:
+    """Given a controller that writes status on every visit, its own writes do not make it loop
+    (hammering hardware); a spec or label change by a user wakes it at once."""
+    stamp = StampReconciler(store)
+
+    async def scenario() -> None:
+        await asyncio.to_thread(store.create, dpu("quiet"))
+        await eventually(lambda: stamp.calls["quiet"] >= 1, what="first reconcile")
+        await asyncio.sleep(1.0)
+        assert stamp.calls["quiet"] == 1  # its own status write did not wake it
+        await asyncio.to_thread(store.patch, "DPU", "quiet", {"metadata": {"labels": {"rack": "r9"}}})
+        await eventually(lambda: stamp.calls["quiet"] == 2, what="reconcile after a label change")
+        await asyncio.to_thread(store.patch, "DPU", "quiet", {"spec": {"unschedulable": True}})
+        await eventually(lambda: stamp.calls["quiet"] == 3, what="reconcile after a spec change")
+        await asyncio.sleep(0.5)
+        assert stamp.calls["quiet"] == 3
+
+    run_with_manager(store, [stamp], scenario)

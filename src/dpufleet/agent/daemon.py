@@ -3,6 +3,12 @@
 Runs on a DPU's Arm cores (role dpu) or on the host (role host, reporting the
 PCI functions through which it sees its DPUs). The server's reply sets the
 cadence. Failures back off exponentially and never stop the loop.
+
+With a state dir the agent speaks only mTLS to the agent listener: it enrolls on
+first start (a one-time token or its IDevID), keeps its key and certificate in
+the state dir, and renews before two thirds of the certificate's life have passed.
+Without one it uses a bearer token against the API listener (the pre-mTLS protocol,
+kept for tests and admin tooling).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from pathlib import Path
 import httpx
 
 from .. import __version__
+from ..security.pki import AgentIdentity
+from .credentials import AgentCredentials, EnrollmentOptions
 from .inventory import Inventory, collect_inventory
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,8 @@ class AgentConfig:
     inventory_seconds: float = 300.0
     verify: bool | str = True
     serial: str | None = None  # override what the DMI data says
+    state_dir: Path | None = None  # set: enroll and speak mTLS; server is then the agent listener's URL
+    enrollment: EnrollmentOptions | None = None
 
 
 def report_body(
@@ -56,10 +66,33 @@ class Agent:
         self._headers = headers
         self.reports_sent = 0
         self.failures = 0
+        self.credentials: AgentCredentials | None = None
 
     async def aclose(self) -> None:
         if self._own:
             await self.http.aclose()
+
+    async def secure(self, serial: str) -> None:
+        """mTLS mode: enroll or renew if needed, and talk through a client carrying the current certificate."""
+        if self.config.state_dir is None:
+            return
+        if self.credentials is None:
+            identity = AgentIdentity(self.config.role, serial)  # type: ignore[arg-type]
+            self.credentials = AgentCredentials(
+                self.config.state_dir, self.config.server, identity, self.config.enrollment or EnrollmentOptions()
+            )
+            changed = True
+            await self.credentials.ensure()
+        else:
+            changed = await self.credentials.ensure()
+        if changed or self._own is False:
+            if self._own:
+                await self.http.aclose()
+            self.http = httpx.AsyncClient(
+                base_url=self.config.server, verify=self.credentials.ssl_context(), timeout=15
+            )
+            self._own = True
+            self._headers = {}
 
     async def collect(self) -> Inventory:
         return await asyncio.to_thread(collect_inventory, self.config.root)
@@ -89,6 +122,7 @@ class Agent:
         failures = 0
         while not stop.is_set():
             try:
+                await self.secure(serial)
                 due = loop.time() >= next_inventory
                 if due:
                     inventory = await self.collect()
@@ -99,7 +133,7 @@ class Agent:
                 if due:
                     next_inventory = loop.time() + inv_every
                 wait = hb
-            except (httpx.HTTPError, RuntimeError) as exc:
+            except (httpx.HTTPError, RuntimeError, OSError) as exc:
                 failures += 1
                 self.failures += 1
                 wait = min(300.0, 2.0 * 2 ** min(failures, 8)) * (0.5 + random.random() / 2)

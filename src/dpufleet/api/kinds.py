@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .meta import Name, ObjectMeta, Status, Strict
+from .meta import Name, ObjectMeta, Project, Status, Strict
 from .selectors import LabelSelector
 
 
@@ -44,6 +44,11 @@ class HostSpec(Strict):
     rack: str | None = None
     hostPolicy: HostPolicy = HostPolicy.NONE
     hookURL: str | None = Field(default=None, description="called before disruptive work when hostPolicy=hook")
+    lessee: Project | None = Field(
+        default=None,
+        description="project that may use this (as tenant) while metadata.project keeps owning it; "
+        "set by an operator or the cloud service (lease-change)",
+    )
 
 
 class PCIFunction(BaseModel):
@@ -114,6 +119,15 @@ class DPUSpec(Strict):
     hostPolicy: HostPolicy | None = Field(default=None, description="overrides the host's policy")
     held: bool = Field(default=False, description="hands-off maintenance: controllers take no action")
     unschedulable: bool = False
+    installPath: str | None = Field(
+        default=None,
+        description="install driver to use (redfish-update, http-boot); default: the first the model supports",
+    )
+    lessee: Project | None = Field(
+        default=None,
+        description="project that may use this (as tenant) while metadata.project keeps owning it; "
+        "set by an operator or the cloud service (lease-change)",
+    )
 
 
 class FirmwareComponent(BaseModel):
@@ -142,6 +156,43 @@ class AgentStatus(BaseModel):
     kernel: str | None = None
 
 
+class ProvisioningStatus(BaseModel):
+    """Where provisioning of one DPU stands, persisted so a restarted controller resumes it.
+
+    Every field a phase needs to resume (the BMC task it is polling, the boot it is waiting
+    for) lives here, typed: nothing the state machine depends on is kept only in memory.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    phase: str | None = None
+    image: str | None = Field(default=None, description="the Image being installed")
+    imageVersion: str | None = None
+    flavor: str | None = None
+    generation: int | None = Field(default=None, description="the spec generation being provisioned")
+    installPath: str | None = None
+    target: str | None = Field(default=None, description="firmware inventory id the image is installed to")
+    attempt: int = 0
+    startedAt: str | None = None
+    phaseStartedAt: str | None = None
+    retryAt: str | None = Field(default=None, description="after a failed attempt: when the step runs again")
+    installIssuedAt: str | None = Field(default=None, description="written before the install request is sent")
+    taskURI: str | None = None
+    componentsDone: list[str] = Field(default_factory=list)
+    resetIssuedAt: str | None = None
+    baselineBootTime: str | None = None
+    baselineBootState: str | None = None
+    sawDown: bool = False
+    hostPrepared: bool = False
+    drainRequestedAt: str | None = None
+    failedPhase: str | None = Field(default=None, description="the step a *Failed phase failed in")
+    reason: str | None = None
+    message: str | None = None
+    heldFrom: str | None = Field(default=None, description="the phase to resume when the hold is released")
+    handledRetry: str | None = None
+    handledAbort: str | None = None
+    abortedGeneration: int | None = None
+
+
 class DPUStatus(Status):
     host: str | None = None
     bmc: str | None = None
@@ -161,6 +212,7 @@ class DPUStatus(Status):
     lastSeen: str | None = None
     installedImage: str | None = None
     appliedFlavor: str | None = None
+    provisioning: ProvisioningStatus | None = None
 
 
 class DPU(Resource):
@@ -205,10 +257,24 @@ class ImageSpec(Strict):
     manifestSignature: str | None = None
 
 
+class ImageComponentStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    sha256: str
+    available: bool = False
+    size: int | None = None
+    verifiedAt: str | None = None
+    error: str | None = None
+
+
+class ImageStatus(Status):
+    components: list[ImageComponentStatus] = Field(default_factory=list)
+
+
 class Image(Resource):
     kind: Literal["Image"] = "Image"
     spec: ImageSpec
-    status: Status = Field(default_factory=Status)
+    status: ImageStatus = Field(default_factory=ImageStatus)
 
 
 # --- DPUFlavor --------------------------------------------------------------------------------------------
@@ -415,6 +481,31 @@ class Event(Resource):
     source: str = ""
 
 
+# --- Project ----------------------------------------------------------------------------------------------
+
+
+class ProjectSpec(Strict):
+    description: str = ""
+
+
+class ProjectResource(Resource):
+    """A project: who owns and leases what. It lives in itself (metadata.project == metadata.name),
+    so a role in the project is what lets one read it. Only admins create or delete projects."""
+
+    kind: Literal["Project"] = "Project"
+    spec: ProjectSpec = Field(default_factory=ProjectSpec)
+    status: Status = Field(default_factory=Status)
+
+    @model_validator(mode="after")
+    def _lives_in_itself(self) -> ProjectResource:
+        if self.metadata.project != self.metadata.name:
+            raise ValueError(
+                f"a Project lives in itself: metadata.project must be {self.metadata.name!r} "
+                f"(it is {self.metadata.project!r})"
+            )
+        return self
+
+
 # --- the registry -----------------------------------------------------------------------------------------
 
 
@@ -547,6 +638,13 @@ REGISTRY: dict[str, KindInfo] = {
                 Column("LAST SCAN", "status.lastScanFinished"),
                 _READY,
             ),
+        ),
+        KindInfo(
+            "Project",
+            "projects",
+            ProjectResource,
+            ("project", "proj"),
+            (Column("DESCRIPTION", "spec.description"),),
         ),
         KindInfo(
             "Event",

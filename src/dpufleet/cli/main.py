@@ -26,6 +26,7 @@ from . import resources
 from . import security as security_cmd
 from .bench import bench_app
 from .common import GlobalOptions, UserError, error_line, note, options
+from .dpu import dpu_app
 from .enroll import enroll_app
 from .sim import sim_app
 
@@ -120,6 +121,7 @@ app.add_typer(security_cmd.audit_app, name="audit")
 app.command("whoami")(security_cmd.whoami)
 app.command("policy")(security_cmd.policy)
 app.add_typer(bench_app, name="bench")
+app.add_typer(dpu_app, name="dpu")
 app.add_typer(enroll_app, name="enroll")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..api.errors import NotFound
 from ..api.meta import Severity, isotime, now
+from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import (
     AuthenticationFailed,
     BMCUnreachable,
@@ -26,10 +27,10 @@ from ..drivers.redfish.client import (
 )
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..inventory.catalog import catalog_capabilities, find_profile
-from ..store.store import Store
+from ..store.store import Change, Store
 from .naming import dpu_name
 from .runtime.conditions import get_condition, set_condition, summarize_ready
-from .runtime.controller import Key, Reconciler, Result
+from .runtime.controller import Key, Mapper, Reconciler, Result
 from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
 
@@ -49,6 +50,24 @@ class BMCReconciler(Reconciler):
         self.refresh_seconds = refresh_seconds
         self.retry_seconds = retry_seconds
         self.events = EventRecorder(store, "bmc-controller")
+
+    def watches(self) -> dict[str, Mapper]:
+        """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once."""
+        return {"Credential": self._bmcs_using_credential, "Discovery": self._bmcs_of_discovery}
+
+    def _bmcs_using_credential(self, change: Change) -> list[Key]:
+        return [
+            Key(b["metadata"]["project"], b["metadata"]["name"])
+            for b in self.store.list("BMC", change.project).items
+            if b["spec"].get("credentialsRef") == change.name
+        ]
+
+    def _bmcs_of_discovery(self, change: Change) -> list[Key]:
+        selector = LabelSelector(matchLabels={DISCOVERY_LABEL: change.name})
+        return [
+            Key(b["metadata"]["project"], b["metadata"]["name"])
+            for b in self.store.list("BMC", change.project, selector).items
+        ]
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
@@ -312,7 +331,8 @@ class BMCReconciler(Reconciler):
             )
             if not status.get("phase"):
                 status["phase"] = "Discovered"
-            summarize_ready(status, DPU_IDENTITY_STEPS, generation)
+            if not status.get("provisioning"):  # once provisioning runs, it owns the Ready summary
+                summarize_ready(status, DPU_IDENTITY_STEPS, generation)
 
         await mutate_status(self.store, "DPU", name, mutate, project)
         return name

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..images.repository import ImageRepository, attach_repository
+from ..provisioning.controller import DPUProvisioner
 from ..security.secrets import SecretBox
 from ..store.feed import ChangeFeed
 from ..store.store import Store, default_sqlite_url
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Each entry builds one reconciler for a store; capabilities add theirs here.
 ReconcilerFactory = Callable[[Store], Reconciler]
-DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper, DiscoveryReconciler, BMCReconciler]
+DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper, DiscoveryReconciler, BMCReconciler, DPUProvisioner]
 
 
 class Manager:
@@ -56,6 +58,7 @@ def run_standalone(data_dir: Path, db_url: str | None) -> None:
     """`dpufleet controller`: the reconcilers as their own process against the same store."""
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
+    attach_repository(store, ImageRepository(data_dir / "images"))
     try:
         asyncio.run(default_manager(store).run())
     finally:

@@ -31,8 +31,11 @@ from ..api.errors import APIError, BadRequest, Gone, NotFound, TooLarge, Unsuppo
 from ..api.kinds import REGISTRY, KindInfo
 from ..api.meta import DEFAULT_PROJECT
 from ..api.selectors import LabelSelector, SelectorError, parse_selector
+from ..security.audit import AuditLog
+from ..security.policy import SubAction, Verb
 from ..store.feed import ChangeFeed, WatcherTooSlow
-from ..store.store import Store
+from ..store.store import Store, WriteHook
+from .access import Access, Visible
 from .auth import Identity, TokenAuthenticator
 from .metrics import APIMetrics, MetricsMiddleware
 
@@ -51,6 +54,7 @@ class ServerState:
     store: Store
     auth: TokenAuthenticator
     feed: ChangeFeed
+    audit: AuditLog
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -67,11 +71,11 @@ class ServerState:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args))
 
-    async def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, doc: dict[str, Any], hook: WriteHook | None = None) -> dict[str, Any]:
         """Create through the group-commit batcher: concurrent creates share one transaction."""
         if self._batcher is None:
             self._batcher = CreateBatcher(self)
-        return await self._batcher.submit(doc)
+        return await self._batcher.submit(doc, hook)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, functools.partial(fn, *args))
@@ -89,13 +93,13 @@ class CreateBatcher:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self.pending: list[tuple[dict[str, Any], WriteHook | None, asyncio.Future[dict[str, Any]]]] = []
         self.running = False
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, doc: dict[str, Any], hook: WriteHook | None = None) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending.append((doc, future))
+        self.pending.append((doc, hook, future))
         if not self.running:
             self.running = True
             self._task = asyncio.create_task(self._drain())
@@ -106,13 +110,15 @@ class CreateBatcher:
             while self.pending:
                 batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
                 try:
-                    results = await self.state.write(self.state.store.create_many, [doc for doc, _ in batch])
+                    results = await self.state.write(
+                        self.state.store.create_many, [doc for doc, _, _ in batch], [hook for _, hook, _ in batch]
+                    )
                 except Exception as exc:  # the store failed as a whole: every waiter hears of it
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
+                for (_, _, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
@@ -226,7 +232,14 @@ def create_app(state: ServerState) -> FastAPI:
     async def authenticate(request: Request) -> Identity:
         identity = state.auth.authenticate(request.headers.get("authorization"))
         request.state.identity = identity
+        request.state.access = Access(identity, state.audit, request.client.host if request.client else "")
         return identity
+
+    def require(action: SubAction) -> Any:
+        async def check(request: Request, _identity: Identity = Depends(authenticate)) -> None:
+            request.state.access.require(action)
+
+        return Depends(check)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -242,7 +255,7 @@ def create_app(state: ServerState) -> FastAPI:
             return JSONResponse({"status": "store unavailable", "error": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(authenticate)])
+    @app.get("/metrics", include_in_schema=False, dependencies=[require(SubAction.METRICS_READ)])
     async def prometheus() -> Response:
         metrics.watchers.set(state.feed.watchers)
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
@@ -274,9 +287,13 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(api)
 
     from ..inventory.reports import ReportHandler
+    from .admin_api import admin_router
     from .agent_api import agent_router
+    from .images_api import images_router
 
-    app.include_router(agent_router(state, ReportHandler(state.store), [Depends(authenticate)]))
+    app.include_router(admin_router(state, [Depends(authenticate)]))
+    app.include_router(images_router(state, [Depends(authenticate)]))
+    app.include_router(agent_router(state, ReportHandler(state.store), [require(SubAction.AGENT_REPORT)]))
     return app
 
 
@@ -298,13 +315,29 @@ def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) ->
         "requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}}
     }
 
+    def access(request: Request) -> Access:
+        result: Access = request.state.access
+        return result
+
+    async def mutate(request: Request, info: KindInfo, verb: Verb, project: str, name: str, fn: Any) -> Response:
+        """Run a store write with the policy hook; a refused or failed write is audited too."""
+        acc = access(request)
+        try:
+            result = await state.write(fn, acc.hook(info, verb, project, name))
+        except APIError as exc:
+            await state.write(acc.record_failure, info, verb, project, name, exc)
+            raise
+        return _doc(result)
+
     async def list_or_watch(
+        request: Request,
         info: KindInfo,
         project: str | None,
         labelSelector: str | None,
         watch: bool,
         resourceVersion: str | None,
     ) -> Response:
+        visible = access(request).list_filter(info, Verb.WATCH if watch else Verb.LIST, project)
         selector = _selector(labelSelector)
         since = _parse_rv(resourceVersion)
         if watch:
@@ -312,10 +345,12 @@ def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) ->
                 # fail fast with 410 before the stream starts when history is compacted away
                 await state.read(store.changes_since, since, {info.kind}, 1)
             return StreamingResponse(
-                _watch_stream(state, info, project, selector, since, metrics),
+                _watch_stream(state, info, project, selector, since, metrics, visible),
                 media_type="application/x-ndjson",
             )
         raw, rv = await state.read(store.list_raw, info, project, selector)
+        if visible is not None:
+            raw = [item for item in raw if visible(orjson.loads(item))]
         head = (
             f'{{"apiVersion":"{API_VERSION}","kind":"{info.kind}List","metadata":{{"resourceVersion":"{rv}"}},"items":['
         )
@@ -326,44 +361,73 @@ def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) ->
         info = _kind_for(plural)
         doc = await _read_json(request)
         _check_path_identity(doc, info, project, None)
-        return _doc(await state.create(doc), 201)
+        acc, name = access(request), str(doc["metadata"].get("name") or "")
+        try:
+            acc.check_create(info, project, doc)  # decided here: a batched create must not refuse in the batch
+            created = await state.create(doc, acc.hook(info, Verb.CREATE, project, name))
+        except APIError as exc:
+            await state.write(acc.record_failure, info, Verb.CREATE, project, name, exc)
+            raise
+        return _doc(created, 201)
 
     @api.get("/{plural}", summary="List or watch objects of a kind in all projects")
     async def list_all(
-        plural: Plural, labelSelector: str | None = None, watch: bool = False, resourceVersion: str | None = None
+        request: Request,
+        plural: Plural,
+        labelSelector: str | None = None,
+        watch: bool = False,
+        resourceVersion: str | None = None,
     ) -> Response:
-        return await list_or_watch(_kind_for(plural), None, labelSelector, watch, resourceVersion)
+        return await list_or_watch(request, _kind_for(plural), None, labelSelector, watch, resourceVersion)
 
     @api.get(coll, summary="List or watch objects of a kind in one project")
     async def list_project(
+        request: Request,
         project: str,
         plural: Plural,
         labelSelector: str | None = None,
         watch: bool = False,
         resourceVersion: str | None = None,
     ) -> Response:
-        return await list_or_watch(_kind_for(plural), project, labelSelector, watch, resourceVersion)
+        return await list_or_watch(request, _kind_for(plural), project, labelSelector, watch, resourceVersion)
 
     @api.get(item, summary="Read an object")
-    async def get(project: str, plural: Plural, name: str) -> Response:
-        return _doc(await state.read(store.get, _kind_for(plural), name, project))
+    async def get(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = _kind_for(plural)
+        obj = await state.read(store.get, info, name, project)
+        access(request).check_object(info, Verb.GET, obj)
+        return _doc(obj)
 
     @api.put(item, summary="Replace an object's spec and metadata (status is kept)", openapi_extra=body_doc)
     async def replace(project: str, plural: Plural, name: str, request: Request) -> Response:
         info = _kind_for(plural)
         doc = await _read_json(request)
         _check_path_identity(doc, info, project, name)
-        return _doc(await state.write(store.update, doc))
+        return await mutate(request, info, Verb.UPDATE, project, name, lambda hook: store.update(doc, hook=hook))
 
     @api.patch(item, summary="Merge-patch an object (RFC 7386)", openapi_extra=patch_doc)
     async def patch(project: str, plural: Plural, name: str, request: Request) -> Response:
         info = _kind_for(plural)
         body = await _read_json(request, patch=True)
-        return _doc(await state.write(store.patch, info, name, body, project))
+        if not access(request).identity.is_admin:  # a merged patch is validated before the hook sees it
+            access(request).check_visible(info, await state.read(store.get, info, name, project))
+        return await mutate(
+            request, info, Verb.PATCH, project, name, lambda hook: store.patch(info, name, body, project, hook=hook)
+        )
 
     @api.delete(item, summary="Delete an object (honours finalizers, cascades to owned objects)")
-    async def remove(project: str, plural: Plural, name: str, resourceVersion: str | None = None) -> Response:
-        return _doc(await state.write(store.delete, _kind_for(plural), name, project, resourceVersion))
+    async def remove(
+        project: str, plural: Plural, name: str, request: Request, resourceVersion: str | None = None
+    ) -> Response:
+        info = _kind_for(plural)
+        return await mutate(
+            request,
+            info,
+            Verb.DELETE,
+            project,
+            name,
+            lambda hook: store.delete(info, name, project, resourceVersion, hook=hook),
+        )
 
     def status_kind(plural: str) -> KindInfo:
         info = _kind_for(plural)
@@ -372,8 +436,11 @@ def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) ->
         return info
 
     @api.get(item + "/status", summary="Read an object with its status")
-    async def get_status(project: str, plural: Plural, name: str) -> Response:
-        return _doc(await state.read(store.get, status_kind(plural), name, project))
+    async def get_status(project: str, plural: Plural, name: str, request: Request) -> Response:
+        info = status_kind(plural)
+        obj = await state.read(store.get, info, name, project)
+        access(request).check_object(info, Verb.GET, obj)
+        return _doc(obj)
 
     @api.put(item + "/status", summary="Replace an object's status", openapi_extra=body_doc)
     async def replace_status(project: str, plural: Plural, name: str, request: Request) -> Response:
@@ -382,13 +449,28 @@ def _register_routes(api: APIRouter, state: ServerState, metrics: APIMetrics) ->
         if not isinstance(doc, dict):
             raise BadRequest("body must be a JSON object with a status")
         rv = (doc.get("metadata") or {}).get("resourceVersion")
-        return _doc(await state.write(store.update_status, info, name, doc.get("status") or {}, project, rv))
+        status = doc.get("status") or {}
+        return await mutate(
+            request,
+            info,
+            Verb.STATUS_UPDATE,
+            project,
+            name,
+            lambda hook: store.update_status(info, name, status, project, rv, hook=hook),
+        )
 
     @api.patch(item + "/status", summary="Merge-patch an object's status", openapi_extra=patch_doc)
     async def patch_status(project: str, plural: Plural, name: str, request: Request) -> Response:
         info = status_kind(plural)
         body = await _read_json(request, patch=True)
-        return _doc(await state.write(functools.partial(store.patch, info, name, body, project, status=True)))
+        return await mutate(
+            request,
+            info,
+            Verb.STATUS_UPDATE,
+            project,
+            name,
+            lambda hook: store.patch(info, name, body, project, status=True, hook=hook),
+        )
 
     _ = (list_all, list_project, create, get, replace, patch, remove, get_status, replace_status, patch_status)
 
@@ -400,6 +482,7 @@ async def _watch_stream(
     selector: LabelSelector | None,
     since: int | None,
     metrics: APIMetrics,
+    visible: Visible | None = None,
 ) -> AsyncIterator[bytes]:
     """NDJSON events. Without a resourceVersion, the current objects come first as ADDED."""
 
@@ -407,12 +490,16 @@ async def _watch_stream(
         meta = obj.get("metadata", {})
         if project is not None and meta.get("project") != project:
             return False
+        if visible is not None and not visible(obj):
+            return False
         return selector is None or selector.matches(meta.get("labels") or {})
 
     metrics.watchers.inc()
     try:
         if since is None:
             raw, start = await state.read(state.store.list_raw, info, project, selector)
+            if visible is not None:
+                raw = [item for item in raw if visible(orjson.loads(item))]
             for doc in raw:
                 yield b'{"type":"ADDED","object":' + doc.encode() + b"}\n"
         else:
@@ -429,7 +516,7 @@ async def _watch_stream(
             except StopAsyncIteration:
                 return
             last = change.rv
-            if (project is None and selector is None) or wanted(change.object()):
+            if (project is None and selector is None and visible is None) or wanted(change.object()):
                 yield b'{"type":"' + change.type.encode() + b'","object":' + change.data.encode() + b"}\n"
     except (Gone, WatcherTooSlow) as exc:
         status = Gone(str(exc)).to_status()
@@ -443,7 +530,7 @@ def _bookmark(rv: int) -> bytes:
 
 
 def build_state(store: Store, auth: TokenAuthenticator) -> ServerState:
-    return ServerState(store=store, auth=auth, feed=ChangeFeed(store))
+    return ServerState(store=store, auth=auth, feed=ChangeFeed(store), audit=AuditLog(store))
 
 
 __all__ = ["BASE", "DEFAULT_PROJECT", "ServerState", "build_state", "create_app"]

@@ -1,4 +1,10 @@
-"""Starting the API server: data dir, store, bootstrap token, in-process controllers, uvicorn."""
+"""Starting the API server: data dir, store, bootstrap token, fleet CA, in-process controllers, uvicorn.
+
+One process serves two listeners: the API (bearer tokens) and the agent listener
+(mTLS with fleet certificates). The agent listener is bound in `Server.build`, so
+its URL is known at once, and served from the API app's lifespan, so every way of
+running the API server (CLI, demo, tests) runs it too.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,18 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from ..images.repository import ImageRepository, advertise_repository, attach_repository
+from ..inventory.reports import ReportHandler
+from ..security.audit import AuditLog
+from ..security.enroll import EnrollmentAuthority
+from ..security.oidc import OIDCConfig, OIDCVerifier
+from ..security.pki import FleetCA
 from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
+from .agent_listener import DEFAULT_AGENT_LISTEN, AgentListener, agent_app
 from .app import ServerState, build_state, create_app
 from .auth import TokenAuthenticator
+from .enroll_api import enroll_router
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +57,64 @@ class Server:
     store: Store
     state: ServerState
     app: FastAPI
+    ca: FleetCA
+    enrollment: EnrollmentAuthority
+    agent_listener: AgentListener
 
     @classmethod
-    def build(cls, data_dir: Path, db_url: str | None = None, *, controllers: bool = True) -> Server:
+    def build(
+        cls,
+        data_dir: Path,
+        db_url: str | None = None,
+        *,
+        controllers: bool = True,
+        agent_listen: str = "127.0.0.1:0",
+        agent_advertise: str | None = None,
+    ) -> Server:
+        """`agent_listen` defaults to any free loopback port; `dpufleet server` passes 127.0.0.1:8741."""
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
-        auth = TokenAuthenticator(data_dir)
+        attach_repository(store, ImageRepository(data_dir / "images"))
+        oidc_config = OIDCConfig.load(data_dir)
+        auth = TokenAuthenticator(data_dir, store, OIDCVerifier(oidc_config) if oidc_config else None)
         state = build_state(store, auth)
+        ca = FleetCA.load_or_create(data_dir)
+        enrollment = EnrollmentAuthority(ca, audit=AuditLog(store))
+        host, port = parse_listen(agent_listen)
+        listener = AgentListener.bind(
+            host, port, agent_app(state, ReportHandler(store), enrollment), ca, agent_advertise
+        )
+        state.background.append(listener.run)
         if controllers:
             from ..controllers.manager import default_manager
 
             manager = default_manager(store, state.feed)
             state.background.append(manager.run)
-        return cls(data_dir, store, state, create_app(state))
+        app = create_app(state)
+        app.include_router(enroll_router(state, enrollment, lambda: listener.url))
+        return cls(data_dir, store, state, app, ca, enrollment, listener)
 
 
-def serve(data_dir: Path, db_url: str | None, listen: str, *, controllers: bool = True) -> None:
+def serve(
+    data_dir: Path,
+    db_url: str | None,
+    listen: str,
+    *,
+    controllers: bool = True,
+    agent_listen: str = DEFAULT_AGENT_LISTEN,
+    agent_advertise: str | None = None,
+) -> None:
     host, port = parse_listen(listen)
-    server = Server.build(data_dir, db_url, controllers=controllers)
+    server = Server.build(
+        data_dir, db_url, controllers=controllers, agent_listen=agent_listen, agent_advertise=agent_advertise
+    )
     log.info("dpufleet API on http://%s:%d (data dir %s)", host, port, data_dir)
+    advertise_repository(server.store, host, port)
+    log.info("agent listener (mTLS) on %s; fleet CA %s", server.agent_listener.url, server.ca.fingerprint)
     log.info("admin token: %s", server.state.auth.admin_token_path)
     try:
         uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
     finally:
+        server.agent_listener.close()
         server.store.close()

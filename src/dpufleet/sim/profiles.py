@@ -155,6 +155,29 @@ class ThermalSpec(_Strict):
     max_watts: float
 
 
+class FirmwareParameterSpec(_Strict):
+    """A vendor firmware parameter a DPUFlavor may set (BlueField's mlxconfig NUM_OF_VFS, LINK_TYPE_P1, ...).
+
+    ``limit`` ties a numeric parameter to a device capability: ``max_vfs`` means the value
+    may not exceed the model's virtual function limit.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["int", "bool", "enum", "string"]
+    values: list[str] = Field(default_factory=list)
+    minimum: int | None = None
+    maximum: int | None = None
+    limit: Literal["max_vfs"] | None = None
+    description: str = ""
+
+
+InstallPath = Literal["redfish-update", "http-boot"]
+
+
+def _default_install_paths() -> list[InstallPath]:
+    return ["redfish-update"]
+
+
 class VendorProfile(_Strict):
     """One DPU model. Field names follow what the hardware itself reports."""
 
@@ -177,6 +200,8 @@ class VendorProfile(_Strict):
     dmi: DmiSpec
     bmc: BmcSpec
     thermal: ThermalSpec
+    firmware_parameters: list[FirmwareParameterSpec] = Field(default_factory=list)
+    install_paths: list[InstallPath] = Field(default_factory=_default_install_paths)
 
     @field_validator("mac_oui")
     @classmethod

@@ -1,10 +1,14 @@
 """Running an emulated fleet: BMCs on HTTP, the real agent code on every DPU and host.
 
 The fleet is reached by the control plane only through real protocols: its BMCs
-over Redfish, its agents by posting to the control plane's agent endpoint. With
+over Redfish, its agents over mTLS to the control plane's agent listener. With
 `register`, the runner also tells the control plane where to look, exactly as
 an operator would: a Credential with the site's BMC password and a Discovery
 listing the BMC endpoints, created through the HTTP API.
+
+Every emulated device carries an IDevID from its (emulated) manufacturer's CA;
+the runner trusts those vendor CAs through the API, as an operator would, and
+each agent then enrolls itself: zero-trust enrollment, as on hardware.
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
 
+from ..agent.credentials import EnrollmentOptions
 from ..agent.daemon import Agent, AgentConfig
 from .bmc import BmcLimits
 from .fleet import Fleet, FleetServer, build_fleet, serve_fleet
+from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
 
 log = logging.getLogger(__name__)
 SITE_USERNAME = "fleetadmin"
 CREDENTIAL_NAME = "sim-site"
 DISCOVERY_NAME = "sim"
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
+AGENT_STATE_DIR = Path("var/lib/dpufleet/agent")
 
 
 @dataclass
@@ -64,6 +72,8 @@ class SimRunning:
     username: str
     password: str
     agents: list[Agent] = field(default_factory=list)
+    identities: SimIdentities = field(default_factory=SimIdentities)
+    agent_url: str | None = None  # the control plane's agent listener the agents enroll with (mTLS)
 
     @property
     def endpoints(self) -> list[str]:
@@ -110,6 +120,39 @@ async def register(http: httpx.AsyncClient, running: SimRunning, options: SimOpt
     )
 
 
+async def trust_vendors(http: httpx.AsyncClient, running: SimRunning) -> dict[str, Any] | None:
+    """Trust the emulated manufacturers' CAs and learn where agents enroll; None if the server has no mTLS."""
+    resp = await http.get("/enroll/v1/info")
+    if resp.status_code == 404:
+        return None
+    if resp.status_code >= 400:
+        raise RuntimeError(f"reading the enrollment info failed: HTTP {resp.status_code}: {resp.text[:300]}")
+    info: dict[str, Any] = resp.json()
+    for ca in running.identities.cas.values():
+        pem = ca.certificate.public_bytes(serialization.Encoding.PEM).decode()
+        resp = await http.post("/enroll/v1/vendor-cas", json={"certificate": pem})
+        if resp.status_code >= 400:
+            raise RuntimeError(f"trusting the {ca.vendor} CA failed: HTTP {resp.status_code}: {resp.text[:300]}")
+    return info
+
+
+def _agent_config(
+    options: SimOptions, info: dict[str, Any] | None, ca_file: Path | None, root: Path, role: str, serial: str
+) -> AgentConfig:
+    if info is None or ca_file is None:  # a server without the agent listener: the bearer-token protocol
+        return AgentConfig(options.server or "", options.token, root, role, options.heartbeat_seconds, serial=serial)
+    return AgentConfig(
+        str(info["agentURL"]),
+        None,
+        root,
+        role,
+        options.heartbeat_seconds,
+        serial=serial,
+        state_dir=root / AGENT_STATE_DIR,
+        enrollment=EnrollmentOptions(idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY, ca_file=ca_file),
+    )
+
+
 async def run_sim(
     options: SimOptions,
     stop: asyncio.Event,
@@ -139,6 +182,7 @@ async def run_sim(
         cert_dir=directory / "tls" if directory else None,
     )
     running = SimRunning(fleet, servers, SITE_USERNAME, password)
+    await asyncio.to_thread(running.identities.provision, fleet, directory)
     if directory is not None:
         path = directory / "site-credentials.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -154,43 +198,33 @@ async def run_sim(
             if options.register:
                 await register(http, running, options)
             if options.agents:
+                info = await trust_vendors(http, running)
+                ca_file: Path | None = None
+                if info is not None and directory is not None:
+                    running.agent_url = str(info["agentURL"])
+                    ca_file = directory / "fleet-ca.crt"
+                    ca_file.write_text(str(info["caCertificate"]))
+                configs: list[AgentConfig] = []
                 for host in fleet.hosts:
-                    configs = (
-                        [
-                            AgentConfig(
-                                options.server,
-                                options.token,
-                                host.osroot,
-                                "host",
-                                options.heartbeat_seconds,
-                                serial=host.serial,
-                            )
-                        ]
-                        if host.osroot
-                        else []
-                    )
+                    if host.osroot:
+                        configs.append(_agent_config(options, info, ca_file, host.osroot, "host", host.serial))
                     configs += [
-                        AgentConfig(
-                            options.server,
-                            options.token,
-                            dpu.osroot,
-                            "dpu",
-                            options.heartbeat_seconds,
-                            serial=dpu.serial,
-                        )
+                        _agent_config(options, info, ca_file, dpu.osroot, "dpu", dpu.serial)
                         for dpu in host.dpus
                         if dpu.osroot
                     ]
-                    for config in configs:
-                        agent = Agent(config, http)
-                        running.agents.append(agent)
-                        tasks.append(asyncio.create_task(agent.run(stop)))
+                for config in configs:
+                    agent = Agent(config, None if config.state_dir else http)
+                    running.agents.append(agent)
+                    tasks.append(asyncio.create_task(agent.run(stop)))
         if on_ready is not None:
             await on_ready(running)
         await stop.wait()
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for agent in running.agents:
+            await agent.aclose()
         if http is not None:
             await http.aclose()
         await servers.stop()

@@ -42,6 +42,14 @@ _INSERT_CHANGE = insert(changes)
 _ADVANCE_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + bindparam("n")).returning(counter.c.rv)
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
 
+# Called inside a write's transaction with the object before and after the write (None before a
+# create, None after a delete). It may refuse the write by raising (an APIError), and may write
+# rows of its own on the connection (the audit record), which commit or roll back with the change.
+WriteHook = Callable[[Connection, dict[str, Any] | None, dict[str, Any] | None], None]
+# Called inside a delete's transaction with the object about to be deleted; refuses by raising
+# (an image still used by DPUs). In the transaction, so no user can appear between check and delete.
+DeleteGuard = Callable[[Connection, dict[str, Any]], None]
+
 
 @dataclass(frozen=True)
 class Change:
@@ -95,6 +103,7 @@ class Store:
         self.secret_box = secret_box
         self.is_sqlite = url.startswith("sqlite")
         self._listeners: list[Callable[[list[Change]], None]] = []
+        self._delete_guards: dict[str, list[DeleteGuard]] = {}
         self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             self._engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -130,22 +139,49 @@ class Store:
         """Called with a transaction's changes after it commits in this process (feeds watchers)."""
         self._listeners.append(callback)
 
+    def add_delete_guard(self, kind: str, guard: DeleteGuard) -> None:
+        """Refuse deletes of `kind` the guard raises for (once per guard)."""
+        guards = self._delete_guards.setdefault(_kind(kind).kind, [])
+        if guard not in guards:
+            guards.append(guard)
+
     # --- transactions -----------------------------------------------------------------------------------
 
     @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction for tables beside the objects (tokens, audit); serialised with object writes."""
+        with self._write() as conn:
+            yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A read connection (in a transaction, so what it reads is consistent)."""
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction; after it commits, listeners get the changes it logged."""
+        """One write transaction; after it commits, listeners get the changes it logged.
+
+        Callables in conn.info["before_commit"] run last in the transaction (the audit log
+        appends a batch's records there in one statement)."""
         logged: list[Change] = []
         if self._write_lock is not None:
             with self._write_lock:
                 with self._write_engine.begin() as conn:
                     conn.info["changes"] = logged
+                    conn.info["before_commit"] = []
                     yield conn
+                    for flush in conn.info["before_commit"]:
+                        flush(conn)
                 self._notify(logged)  # under the lock: listeners see changes in commit order
         else:
             with self._write_engine.begin() as conn:
                 conn.info["changes"] = logged
+                conn.info["before_commit"] = []
                 yield conn
+                for flush in conn.info["before_commit"]:
+                    flush(conn)
             self._notify(logged)
 
     def _notify(self, logged: list[Change]) -> None:
@@ -285,13 +321,19 @@ class Store:
             obj["status"] = validate_status(info, {})
         return info, obj, self._take_secrets(info, obj)
 
-    def create_many(self, docs: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any] | APIError]:
+    def create_many(
+        self,
+        docs: builtins.list[dict[str, Any]],
+        hooks: builtins.list[WriteHook | None] | None = None,
+    ) -> builtins.list[dict[str, Any] | APIError]:
         """Create several objects in one transaction (group commit); each gets its own result.
 
         The API server batches concurrent creates through this: one BEGIN, one counter
         update and one COMMIT for the batch instead of one each. An invalid or duplicate
-        document fails alone; the others are created.
+        document fails alone; the others are created. `hooks[i]`, if given, runs in the
+        transaction for docs[i] when it is created (the API's audit record): it must not refuse.
         """
+        hook_of = hooks or [None] * len(docs)
         results: builtins.list[dict[str, Any] | APIError] = []
         ready: builtins.list[tuple[int, KindInfo, dict[str, Any]]] = []
         for index, doc in enumerate(docs):
@@ -302,7 +344,7 @@ class Store:
                 continue
             results.append(obj)
             if taken or info.secret_fields:
-                results[index] = _call(self.create, doc)  # secrets take the one-by-one path
+                results[index] = _call(self.create, doc, hook_of[index])  # secrets take the one-by-one path
                 continue
             ready.append((index, info, obj))
         if not ready:
@@ -322,6 +364,9 @@ class Store:
                         continue
                     seen.add(key)
                     batch.append(obj)
+                    hook = hook_of[index]
+                    if hook is not None:
+                        hook(conn, None, obj)
                 if batch:
                     last = int(conn.execute(_ADVANCE_RV, {"n": len(batch)}).scalar_one())
                     object_rows, change_rows = [], []
@@ -357,7 +402,7 @@ class Store:
             # another process created one of these meanwhile (PostgreSQL): fall back to one by one
             for index, _info, _obj in ready:
                 if not isinstance(results[index], APIError):
-                    results[index] = _call(self.create, docs[index])
+                    results[index] = _call(self.create, docs[index], hook_of[index])
         return results
 
     @staticmethod
@@ -375,12 +420,16 @@ class Store:
             found.update((kind, project, row[0]) for row in rows)
         return found
 
-    def create(self, doc: dict[str, Any], *, keep_status: bool = False) -> dict[str, Any]:
+    def create(
+        self, doc: dict[str, Any], *, keep_status: bool = False, hook: WriteHook | None = None
+    ) -> dict[str, Any]:
         """Create an object. Status is dropped unless keep_status (controllers creating what they found)."""
         info, obj, taken = self._prepare_create(doc, keep_status)
         meta = obj["metadata"]
         try:
             with self._write() as conn:
+                if hook is not None:
+                    hook(conn, None, obj)
                 rv = self._next_rv(conn)
                 self._store_secrets(conn, info, obj, taken, {})
                 self._save(conn, obj, rv, ADDED)
@@ -390,13 +439,15 @@ class Store:
             ) from None
         return obj
 
-    def update(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def update(self, doc: dict[str, Any], *, hook: WriteHook | None = None) -> dict[str, Any]:
         """Replace spec and user metadata. Status is kept as stored (it has its own path)."""
         info, obj = validate_document(doc)
         meta = obj["metadata"]
         taken = self._take_secrets(info, obj)
         with self._write() as conn:
             current = self._load(conn, info, meta["project"], meta["name"], for_update=True)
+            if hook is not None:  # before any check that could tell an outsider about the object
+                hook(conn, current, obj)
             self._check_rv(info, current, meta.get("resourceVersion"))
             self._store_secrets(conn, info, obj, taken, current.get("spec") or {}, current["metadata"]["uid"])
             cur_meta = current["metadata"]
@@ -426,12 +477,16 @@ class Store:
         status: dict[str, Any],
         project: str = DEFAULT_PROJECT,
         resource_version: str | None = None,
+        *,
+        hook: WriteHook | None = None,
     ) -> dict[str, Any]:
         """Replace the status only; spec and generation are untouched."""
         info = _kind(kind)
         new_status = validate_status(info, status)
         with self._write() as conn:
             current = self._load(conn, info, project, name, for_update=True)
+            if hook is not None:
+                hook(conn, current, {**current, "status": new_status})
             self._check_rv(info, current, resource_version)
             if current.get("status") == new_status:
                 return current
@@ -448,6 +503,7 @@ class Store:
         project: str = DEFAULT_PROJECT,
         *,
         status: bool = False,
+        hook: WriteHook | None = None,
     ) -> dict[str, Any]:
         """JSON merge patch (RFC 7386) of the object, or of its status when status=True.
 
@@ -468,13 +524,14 @@ class Store:
                         new_status,
                         project,
                         resource_version=wanted_rv or current["metadata"]["resourceVersion"],
+                        hook=hook,
                     )
                 patched = merge_patch(current, patch)
                 if not isinstance(patched.get("metadata"), dict):
                     raise Invalid("metadata: must stay a mapping")
                 patched["metadata"]["name"], patched["metadata"]["project"] = name, project
                 patched["metadata"]["resourceVersion"] = wanted_rv or current["metadata"]["resourceVersion"]
-                return self.update(patched)
+                return self.update(patched, hook=hook)
             except Conflict:
                 if wanted_rv or attempt == 4:
                     raise
@@ -486,6 +543,8 @@ class Store:
         name: str,
         project: str = DEFAULT_PROJECT,
         resource_version: str | None = None,
+        *,
+        hook: WriteHook | None = None,
     ) -> dict[str, Any]:
         """Delete an object; with finalizers it is only marked (deletionTimestamp) until they are gone.
 
@@ -494,7 +553,11 @@ class Store:
         info = _kind(kind)
         with self._write() as conn:
             current = self._load(conn, info, project, name, for_update=True)
+            if hook is not None:
+                hook(conn, current, None)
             self._check_rv(info, current, resource_version)
+            for guard in self._delete_guards.get(info.kind, ()):
+                guard(conn, current)
             if current["metadata"].get("deletionTimestamp") and current["metadata"].get("finalizers"):
                 return current  # already being deleted: nothing changes, no resourceVersion is used
             rv = self._next_rv(conn)
@@ -601,9 +664,9 @@ class Store:
             self._delete_one(conn, _kind(dependent["kind"]), dependent, self._next_rv(conn))
 
 
-def _call(fn: Callable[[dict[str, Any]], dict[str, Any]], doc: dict[str, Any]) -> dict[str, Any] | APIError:
+def _call(fn: Callable[..., dict[str, Any]], doc: dict[str, Any], hook: WriteHook | None) -> dict[str, Any] | APIError:
     try:
-        return fn(doc)
+        return fn(doc, hook=hook)
     except APIError as exc:
         return exc
 

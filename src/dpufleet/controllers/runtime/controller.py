@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ...api.errors import Gone
 from ...store.feed import ChangeFeed, WatcherTooSlow
@@ -52,6 +53,10 @@ class Reconciler(abc.ABC):
     workers: int = 4
     resync: float = 300.0
     backoff: Backoff = Backoff()
+    # A controller that writes status (lastSeen, conditions) would otherwise wake itself
+    # with every write. By default only changes users make (generation: spec; labels,
+    # annotations, finalizers, deletion) wake it; it asks for later visits itself.
+    wake_on_status: bool = False
 
     def watches(self) -> dict[str, Mapper]:
         """Other kinds whose changes should wake objects of this kind."""
@@ -70,6 +75,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(backoff=reconciler.backoff)
         self.reconciles = 0
         self.errors = 0
+        self._seen: dict[Key, tuple[object, ...]] = {}
 
     @property
     def name(self) -> str:
@@ -93,7 +99,9 @@ class Controller:
         listing = await asyncio.to_thread(self.store.list, self.reconciler.kind)
         for obj in listing.items:
             meta = obj["metadata"]
-            await self.queue.add(Key(meta["project"], meta["name"]))
+            key = Key(meta["project"], meta["name"])
+            self._seen[key] = _trigger_state(obj)
+            await self.queue.add(key)
         return listing.resource_version
 
     async def _follow(self, kinds: frozenset[str]) -> None:
@@ -103,7 +111,7 @@ class Controller:
             try:
                 async with asyncio.timeout(self.reconciler.resync):
                     async for change in self.feed.changes(kinds, since):
-                        if change.kind == self.reconciler.kind:
+                        if change.kind == self.reconciler.kind and self._wakes(change):
                             await self.queue.add(Key(change.project, change.name))
                         mapper = mappers.get(change.kind)
                         if mapper is not None:
@@ -113,6 +121,20 @@ class Controller:
                 continue  # periodic resync: list everything again
             except (Gone, WatcherTooSlow) as exc:
                 log.warning("%s: watch restarted (%s)", self.name, exc)
+
+    def _wakes(self, change: Change) -> bool:
+        """Whether a change of the primary kind should wake the reconciler."""
+        key = Key(change.project, change.name)
+        if change.type == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        if self.reconciler.wake_on_status:
+            return True
+        state = _trigger_state(change.object())
+        if self._seen.get(key) == state:
+            return False
+        self._seen[key] = state
+        return True
 
     async def _worker(self, _index: int) -> None:
         while True:
@@ -136,3 +158,15 @@ class Controller:
             finally:
                 self.reconciles += 1
                 await self.queue.done(key)
+
+
+def _trigger_state(obj: dict[str, Any]) -> tuple[object, ...]:
+    """What, when it changes, is worth a reconcile: not status."""
+    meta = obj.get("metadata") or {}
+    return (
+        meta.get("generation"),
+        tuple(sorted((meta.get("labels") or {}).items())),
+        tuple(sorted((meta.get("annotations") or {}).items())),
+        tuple(meta.get("finalizers") or ()),
+        meta.get("deletionTimestamp"),
+    )

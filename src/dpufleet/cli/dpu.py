@@ -1,0 +1,81 @@
+"""`dpufleet dpu retry|abort|hold|release NAME`: the operator's way out of every provisioning phase.
+
+Each is a small change the provisioning controller acts on: retry and abort are
+annotations carrying a fresh token (so the same action can be asked again), hold and
+release set spec.held. The command prints what the DPU looks like afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import typer
+
+from ..api.meta import isotime, now
+from ..client import Client
+from .common import note, options
+
+dpu_app = typer.Typer(help="Act on a DPU's provisioning: retry, abort, hold, release.", no_args_is_help=True)
+
+RETRY = "dpufleet.io/retry"
+ABORT = "dpufleet.io/abort"
+_PROJECT = typer.Option(None, "-p", "--project", help="project of the DPU")
+_WAIT = typer.Option(5.0, "--wait", help="seconds to wait for the controller to act (0: do not wait)")
+
+
+def _token() -> str:
+    return f"{isotime(now())}/{secrets.token_hex(3)}"
+
+
+def _summary(dpu: dict[str, Any]) -> str:
+    status = dpu.get("status") or {}
+    prov = status.get("provisioning") or {}
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    parts = [f"dpu/{dpu['metadata']['name']}: phase {status.get('phase') or '-'}"]
+    if prov.get("reason") and str(status.get("phase", "")).endswith("Failed"):
+        parts.append(f"reason {prov['reason']}")
+    if ready:
+        parts.append(f"Ready={ready.get('status')} ({ready.get('reason')})")
+    return ", ".join(parts)
+
+
+def _act(ctx: typer.Context, name: str, project: str | None, patch: dict[str, Any], verb: str, wait: float) -> None:
+    config = options(ctx).config(project)
+    with Client.from_config(config) as client:
+        before = client.get("dpu", name, config.project)
+        client.patch("dpu", name, patch, config.project)
+        note(f"dpu/{name}: {verb} requested (phase was {(before.get('status') or {}).get('phase') or '-'})")
+        deadline = time.monotonic() + wait
+        current = before
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = client.get("dpu", name, config.project)
+            if (current.get("status") or {}).get("phase") != (before.get("status") or {}).get("phase"):
+                break
+        print(_summary(current))
+
+
+@dpu_app.command("retry")
+def retry(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: float = _WAIT) -> None:
+    """Run the failed step again (from a *Failed phase), or resume after an abort."""
+    _act(ctx, name, project, {"metadata": {"annotations": {RETRY: _token()}}}, "retry", wait)
+
+
+@dpu_app.command("abort")
+def abort(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: float = _WAIT) -> None:
+    """Stop provisioning and go back to Available (refused while the device is flashing or rebooting)."""
+    _act(ctx, name, project, {"metadata": {"annotations": {ABORT: _token()}}}, "abort", wait)
+
+
+@dpu_app.command("hold")
+def hold(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: float = _WAIT) -> None:
+    """Hands off: the controllers take no action on this DPU until it is released."""
+    _act(ctx, name, project, {"spec": {"held": True}}, "hold", wait)
+
+
+@dpu_app.command("release")
+def release(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: float = _WAIT) -> None:
+    """End a hold: provisioning resumes where it stood."""
+    _act(ctx, name, project, {"spec": {"held": False}}, "release", wait)

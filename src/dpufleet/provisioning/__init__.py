@@ -1,0 +1,1 @@
+"""Provisioning: flavors checked against the hardware, and the per-DPU provisioning state machine."""

@@ -1,0 +1,496 @@
+"""The DPU provisioning controller: walks each DPU from Available to Ready through its phases.
+
+The work of each phase is in provisioning/phases/; this module does what all phases share:
+the operator's actions (hold, release, retry, abort), the reservation that keeps two
+controllers off one DPU, the timeout of every wait, retries with exponential backoff up to
+a limit and then the failed phase, conditions with the Ready summary, an Event at every
+transition and the time-in-phase metric. All progress is in `status.provisioning`, so a
+restarted controller resumes where the last one stopped.
+
+A DPU without `spec.image` is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.errors import NotFound
+from ..api.kinds import ProvisioningStatus
+from ..api.meta import ConditionStatus, Severity
+from ..controllers.runtime.conditions import set_condition, summarize_ready
+from ..controllers.runtime.controller import DONE, Key, Reconciler, Result
+from ..controllers.runtime.events import EventRecorder
+from ..controllers.runtime.status import mutate_status
+from ..drivers.base import InstallInterface
+from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
+from ..drivers.redfish.install import INSTALL_PATHS, find_dpu_system
+from ..images.repository import ImageRepository, repository_for
+from ..store import reservations
+from ..store.store import Store
+from .machine import (
+    FAILED_PHASE,
+    FAILED_PHASES,
+    IDLE_PHASES,
+    NO_ABORT,
+    PROVISIONING_STEPS,
+    STEP_CONDITION,
+    WORKING_PHASES,
+    Next,
+    Phase,
+    ProvisioningConfig,
+    StepContext,
+    StepFailed,
+    Wait,
+    seconds_since,
+    stamp,
+)
+from .metrics import PHASE_SECONDS, TRANSITIONS
+from .phases import HANDLERS
+from .phases.preparing_host import release_host
+
+log = logging.getLogger(__name__)
+
+RETRY = "dpufleet.io/retry"
+ABORT = "dpufleet.io/abort"
+PURPOSE = "provisioning"
+TIMEOUT_REASON = {
+    Phase.AVAILABLE: "ValidationTimeout",
+    Phase.PREPARING_HOST: "HostPreparationTimeout",
+    Phase.STAGING_IMAGE: "StagingTimeout",
+    Phase.INSTALLING: "InstallTimeout",
+    Phase.REBOOTING: "RebootTimeout",
+    Phase.CONFIGURING: "ConfigureTimeout",
+}
+
+
+def default_owner() -> str:
+    """Who holds reservations: stable across restarts of this controller, so it can clear its own."""
+    return os.environ.get("DPUFLEET_CONTROLLER_ID") or f"{socket.gethostname()}/provisioner"
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass over one DPU: the BMC connection it opened, if any."""
+
+    client: RedfishClient | None = None
+    system: str | None = None
+    drivers: dict[str, InstallInterface] = field(default_factory=dict)
+
+
+class DPUProvisioner(Reconciler):
+    kind = "DPU"
+    workers = 64
+    wake_on_status = True  # inventory arriving (a status write by discovery) can unblock provisioning
+
+    def __init__(
+        self,
+        store: Store,
+        config: ProvisioningConfig | None = None,
+        *,
+        owner: str | None = None,
+        repository: ImageRepository | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or ProvisioningConfig()
+        self.owner = owner or default_owner()
+        self._repository = repository
+        self.events = EventRecorder(store, "provisioner")
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._systems: dict[tuple[str, str | None], str] = {}
+
+    @property
+    def repository(self) -> ImageRepository | None:
+        return self._repository or repository_for(self.store)
+
+    async def _startup(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                cleared = await asyncio.to_thread(reservations.release_all, self.store, self.owner)
+                if cleared:
+                    log.info(
+                        "cleared %d reservation(s) this controller (%s) held before it restarted", cleared, self.owner
+                    )
+                self._started = True
+
+    # --- the pass ---------------------------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> Result:
+        await self._startup()
+        try:
+            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+        except NotFound:
+            await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
+            return DONE
+        if dpu["metadata"].get("deletionTimestamp"):
+            await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
+            return DONE
+        session = _Pass()
+        try:
+            return await self._reconcile(dpu, session)
+        finally:
+            if session.client is not None:
+                await session.client.aclose()
+
+    async def _reconcile(self, dpu: dict[str, Any], session: _Pass) -> Result:
+        spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
+        raw = status.get("provisioning")
+        progress = ProvisioningStatus.model_validate(raw or {})
+        phase = _phase(status.get("phase"))
+        ctx = self._context(dpu, progress, session)
+
+        # Held: hands off. Released: back where it was, with a fresh clock for the wait it resumes.
+        if spec.get("held"):
+            if phase != Phase.HELD:
+                progress.heldFrom = str(phase) if phase else None
+                await self._release_reservation(ctx)
+                await self._move(ctx, phase, Phase.HELD, "held by an operator: no action until released")
+            return DONE
+        if phase == Phase.HELD:
+            back = _phase(progress.heldFrom) or Phase.DISCOVERED
+            progress.heldFrom = None
+            await self._move(ctx, Phase.HELD, back, f"released: resuming {back}")
+            return Result(requeue_after=0.0)
+
+        if not spec.get("image") and raw is None:
+            return DONE  # nothing asked of this DPU: leave it exactly as it is
+        await self._keep_ready_summary(ctx)
+
+        action = await self._operator_action(ctx, phase)
+        if action is not None:
+            return action
+
+        generation = int(dpu["metadata"].get("generation") or 1)
+        if phase in FAILED_PHASES:
+            if spec.get("image") and progress.generation != generation:
+                return await self._start(ctx, phase, "the spec changed: provisioning starts over")
+            return DONE  # waits for `dpufleet dpu retry` (or a new spec)
+        if phase in IDLE_PHASES or phase is None:
+            if not spec.get("image") or not self._wants_provisioning(dpu, progress):
+                return DONE
+            if not status.get("bmc"):
+                return DONE  # not inventoried through a BMC yet; its status change wakes us
+            return await self._start(ctx, phase, f"image {spec['image']} requested")
+        if phase == Phase.AVAILABLE or phase in WORKING_PHASES:
+            return await self._step(ctx, phase)
+        return DONE
+
+    @staticmethod
+    def _wants_provisioning(dpu: dict[str, Any], progress: ProvisioningStatus) -> bool:
+        spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
+        generation = int(dpu["metadata"].get("generation") or 1)
+        if progress.abortedGeneration == generation:
+            return False
+        return status.get("installedImage") != spec.get("image") or status.get("appliedFlavor") != spec.get("flavor")
+
+    # --- operator actions -------------------------------------------------------------------------------
+
+    async def _operator_action(self, ctx: StepContext, phase: Phase | None) -> Result | None:
+        annotations = ctx.dpu["metadata"].get("annotations") or {}
+        progress = ctx.progress
+        abort = annotations.get(ABORT)
+        if abort and abort != progress.handledAbort:
+            progress.handledAbort = abort
+            if phase in NO_ABORT:
+                await ctx.save()
+                await ctx.record(
+                    "AbortRefused",
+                    f"cannot abort while {phase}: the device is writing or booting; "
+                    "wait for the step to end or fail, or hold the DPU",
+                    True,
+                )
+                return DONE
+            if phase in WORKING_PHASES or phase in FAILED_PHASES or phase == Phase.AVAILABLE:
+                await release_host(ctx)
+                await self._release_reservation(ctx)
+                progress.abortedGeneration = int(ctx.dpu["metadata"].get("generation") or 1)
+                await self._move(ctx, phase, Phase.AVAILABLE, "aborted by an operator", clear_steps=True)
+                return DONE
+            await ctx.save()
+            return DONE
+        retry = annotations.get(RETRY)
+        if retry and retry != progress.handledRetry:
+            progress.handledRetry = retry
+            if phase in FAILED_PHASES and progress.failedPhase:
+                step = Phase(progress.failedPhase)
+                handler = HANDLERS[step]
+                handler.reset(progress)
+                progress.attempt = 0
+                progress.retryAt = None
+                if step == Phase.AVAILABLE:
+                    progress.generation = int(ctx.dpu["metadata"].get("generation") or 1)
+                await self._move(ctx, phase, step, f"retry requested: {step} starts again", retrying=step)
+                return Result(requeue_after=0.0)
+            if progress.abortedGeneration is not None:
+                progress.abortedGeneration = None
+                await ctx.save()
+                return Result(requeue_after=0.0)
+            await ctx.save()
+            await ctx.record("RetryIgnored", f"nothing to retry in phase {phase}", False)
+        return None
+
+    # --- steps ------------------------------------------------------------------------------------------
+
+    async def _start(self, ctx: StepContext, phase: Phase | None, why: str) -> Result:
+        spec = ctx.spec
+        old = ctx.progress
+        ctx.progress = ProvisioningStatus(
+            image=spec.get("image"),
+            flavor=spec.get("flavor"),
+            generation=int(ctx.dpu["metadata"].get("generation") or 1),
+            startedAt=stamp(),
+            handledRetry=old.handledRetry,
+            handledAbort=old.handledAbort,
+        )
+        await self._move(ctx, phase, Phase.AVAILABLE, why, clear_steps=True)
+        return await self._step(ctx, Phase.AVAILABLE)
+
+    async def _step(self, ctx: StepContext, phase: Phase) -> Result:
+        progress = ctx.progress
+        if phase in WORKING_PHASES:
+            other = await asyncio.to_thread(
+                reservations.reserve,
+                self.store,
+                "DPU",
+                ctx.project,
+                ctx.name,
+                self.owner,
+                PURPOSE,
+                self.config.reservation_ttl,
+            )
+            if other is not None:
+                log.info("%s is reserved by %s until %.0f", ctx.name, other.owner, other.expires_at)
+                return Result(requeue_after=min(self.config.reservation_ttl, 30.0))
+        if progress.retryAt:
+            remaining = -seconds_since(progress.retryAt)
+            if remaining > 0:
+                return Result(requeue_after=remaining)
+            progress.retryAt = None
+        handler = HANDLERS[phase]
+        try:
+            if ctx.seconds_in_phase() > self.config.timeouts.of(phase):
+                raise StepFailed(
+                    TIMEOUT_REASON[phase], f"{phase} did not finish within {self.config.timeouts.of(phase):g}s"
+                )
+            outcome = await handler.handle(ctx)
+        except StepFailed as failure:
+            return await self._failed(ctx, phase, failure)
+        except RedfishError as exc:
+            return await self._failed(ctx, phase, StepFailed("BMCError", str(exc)))
+        if isinstance(outcome, Wait):
+            progress.message = outcome.message or progress.message
+            await ctx.save()
+            return Result(requeue_after=outcome.seconds)
+        assert isinstance(outcome, Next)
+        await self._move(ctx, phase, outcome.phase, outcome.message)
+        return Result(requeue_after=0.0)
+
+    async def _failed(self, ctx: StepContext, phase: Phase, failure: StepFailed) -> Result:
+        progress = ctx.progress
+        progress.attempt += 1
+        progress.reason, progress.message = failure.reason, failure.message
+        condition = STEP_CONDITION[phase]
+        limit = self.config.max_attempts
+        if failure.retryable and progress.attempt < limit:
+            delay = self.config.retry_delay(progress.attempt)
+            HANDLERS[phase].reset(progress)
+            retry_at = _later(delay)
+            progress.retryAt = retry_at
+            progress.phaseStartedAt = retry_at  # the retried step gets its whole time again
+            text = f"attempt {progress.attempt} of {limit} failed: {failure.message}; retrying in {delay:g}s"
+
+            def mutate(status: dict[str, Any]) -> None:
+                set_condition(status, condition, False, failure.reason, text, severity=Severity.WARNING)
+                status["provisioning"] = progress.model_dump(mode="json")
+                summarize_ready(status, PROVISIONING_STEPS)
+
+            await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+            await ctx.record(failure.reason, text, True)
+            return Result(requeue_after=delay)
+        target = FAILED_PHASE[phase]
+        progress.failedPhase = str(phase)
+        progress.retryAt = None
+        text = (
+            failure.message if failure.retryable is False else f"{failure.message} (after {progress.attempt} attempts)"
+        )
+        await self._release_reservation(ctx)
+        await self._move(ctx, phase, target, text, failed=(condition, failure.reason))
+        return DONE
+
+    # --- writing the outcome ----------------------------------------------------------------------------
+
+    async def _move(
+        self,
+        ctx: StepContext,
+        source: Phase | None,
+        target: Phase,
+        message: str,
+        *,
+        failed: tuple[str, str] | None = None,
+        clear_steps: bool = False,
+        retrying: Phase | None = None,
+    ) -> None:
+        """Persist a transition: phase, progress, conditions and Ready; then an Event and the metric."""
+        progress = ctx.progress
+        spent = seconds_since(progress.phaseStartedAt) if progress.phaseStartedAt else None
+        progress.phase = str(target)
+        progress.phaseStartedAt = stamp()
+        if target not in FAILED_PHASES and target != Phase.HELD:
+            progress.attempt = 0
+            progress.reason = None
+        progress.message = message
+        ready = target == Phase.READY
+        if ready:
+            await release_host(ctx)
+            await self._release_reservation(ctx)
+        updates = dict(ctx.status_updates)
+        ctx.status_updates.clear()
+
+        def mutate(status: dict[str, Any]) -> None:
+            status.update(updates)
+            status["phase"] = str(target)
+            if clear_steps:
+                status["conditions"] = [
+                    c for c in status.get("conditions") or [] if c.get("type") not in STEP_CONDITION.values()
+                ]
+                if progress.abortedGeneration is None:
+                    for step in STEP_CONDITION.values():
+                        set_condition(status, step, ConditionStatus.UNKNOWN, "Pending", severity=Severity.INFO)
+            if source in STEP_CONDITION and failed is None and target not in (Phase.HELD, Phase.AVAILABLE):
+                set_condition(status, STEP_CONDITION[source], True, "Succeeded", message)
+            if failed is not None:
+                set_condition(status, failed[0], False, failed[1], message, severity=Severity.ERROR)
+            if retrying is not None:
+                set_condition(
+                    status,
+                    STEP_CONDITION[retrying],
+                    ConditionStatus.UNKNOWN,
+                    "Retrying",
+                    message,
+                    severity=Severity.INFO,
+                )
+            if ready:
+                status["installedImage"] = progress.image
+                status["appliedFlavor"] = progress.flavor
+            status["provisioning"] = progress.model_dump(mode="json")
+            steps = ["Inventoried"] if progress.abortedGeneration is not None else PROVISIONING_STEPS
+            summarize_ready(status, steps)
+
+        await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+        if source is not None and spent is not None:
+            PHASE_SECONDS.labels(str(source), "failed" if failed else "left").observe(max(spent, 0.0))
+        TRANSITIONS.labels(str(source or "None"), str(target)).inc()
+        warning = failed is not None
+        await ctx.record(failed[1] if failed else str(target), f"{source or 'None'} -> {target}: {message}", warning)
+
+    async def _keep_ready_summary(self, ctx: StepContext) -> None:
+        """Ready covers the provisioning steps too: if another writer (the BMC controller's refresh)
+        summarised it from its own steps only, put the provisioning steps back in."""
+        status = copy.deepcopy(ctx.status)
+        steps = ["Inventoried"] if ctx.progress.abortedGeneration is not None else PROVISIONING_STEPS
+        if not summarize_ready(status, steps):
+            return
+
+        def mutate(current: dict[str, Any]) -> None:
+            summarize_ready(current, steps)
+
+        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+
+    async def _release_reservation(self, ctx: StepContext) -> None:
+        await asyncio.to_thread(reservations.release, self.store, "DPU", ctx.project, ctx.name, self.owner)
+
+    # --- the context handlers work with -------------------------------------------------------------------
+
+    def _context(self, dpu: dict[str, Any], progress: ProvisioningStatus, session: _Pass) -> StepContext:
+        name, project = dpu["metadata"]["name"], dpu["metadata"]["project"]
+
+        async def save() -> None:
+            snapshot = ctx.progress.model_dump(mode="json")
+
+            def mutate(status: dict[str, Any]) -> None:
+                status["provisioning"] = snapshot
+
+            await mutate_status(self.store, "DPU", name, mutate, project)
+
+        async def record(reason: str, message: str, warning: bool) -> None:
+            await asyncio.to_thread(self.events.record, ctx.dpu, reason, message, "Warning" if warning else "Normal")
+
+        async def redfish() -> tuple[RedfishClient, str]:
+            if session.client is None or session.system is None:
+                session.client, session.system = await self._connect(ctx.dpu)
+            return session.client, session.system
+
+        async def install_driver(path: str) -> InstallInterface:
+            if path not in session.drivers:
+                factory = INSTALL_PATHS.get(path)
+                if factory is None:
+                    raise StepFailed("InstallPathUnsupported", f"no install driver {path!r}", retryable=False)
+                client, system = await redfish()
+                session.drivers[path] = factory(client, system)
+            return session.drivers[path]
+
+        ctx = StepContext(
+            store=self.store,
+            dpu=dpu,
+            progress=progress,
+            config=self.config,
+            repository=self.repository,
+            redfish=redfish,
+            install_driver=install_driver,
+            save=save,
+            record=record,
+        )
+        return ctx
+
+    async def _connect(self, dpu: dict[str, Any]) -> tuple[RedfishClient, str]:
+        status, project = dpu.get("status") or {}, dpu["metadata"]["project"]
+        bmc_name = status.get("bmc")
+        if not bmc_name:
+            raise StepFailed("NoBMC", "the DPU is not managed through a BMC")
+        try:
+            bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, project)
+        except NotFound:
+            raise StepFailed("NoBMC", f"BMC {bmc_name!r} does not exist") from None
+        spec = bmc["spec"]
+        credentials = None
+        ref = spec.get("credentialsRef")
+        if ref:
+            try:
+                cred = await asyncio.to_thread(self.store.get, "Credential", ref, project)
+                password = await asyncio.to_thread(self.store.get_secret, "Credential", ref, "password", project)
+            except NotFound:
+                raise StepFailed("CredentialsMissing", f"credentials {ref!r} not found") from None
+            credentials = Credentials(cred["spec"]["username"], password or "")
+        client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=2)
+        serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
+        cache_key = (spec["address"], serial)
+        try:
+            system = self._systems.get(cache_key) or await find_dpu_system(client, serial)
+        except BaseException:
+            await client.aclose()
+            raise
+        self._systems[cache_key] = system
+        return client, system
+
+
+def _phase(value: Any) -> Phase | None:
+    try:
+        return Phase(value) if value else None
+    except ValueError:
+        return None
+
+
+def _later(seconds: float) -> str:
+    from datetime import timedelta
+
+    from ..api.meta import isotime, now
+
+    return isotime(now() + timedelta(seconds=seconds))

@@ -1,0 +1,200 @@
+"""The provisioning phases, what each handler may answer, and the context handlers work with.
+
+One handler per phase (provisioning/phases/<phase>.py): `handle()` looks at the DPU and its
+persisted progress and answers Next (move on), Wait (call again later) or raises StepFailed.
+The controller does everything common: reservations, timeouts, retries with backoff, the
+failed phases, conditions, events and metrics.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from ..api.kinds import ProvisioningStatus
+from ..api.meta import isotime, now
+from ..drivers.base import InstallInterface
+from ..drivers.redfish.client import RedfishClient
+from ..images.repository import ImageRepository
+from ..store.store import Store
+
+
+class Phase(StrEnum):
+    DISCOVERED = "Discovered"
+    AVAILABLE = "Available"
+    PREPARING_HOST = "PreparingHost"
+    STAGING_IMAGE = "StagingImage"
+    INSTALLING = "Installing"
+    REBOOTING = "Rebooting"
+    CONFIGURING = "Configuring"
+    READY = "Ready"
+    HELD = "Held"
+    VALIDATION_FAILED = "ValidationFailed"
+    PREPARING_HOST_FAILED = "PreparingHostFailed"
+    STAGING_FAILED = "StagingImageFailed"
+    INSTALL_FAILED = "InstallFailed"
+    REBOOT_FAILED = "RebootFailed"
+    CONFIGURE_FAILED = "ConfigureFailed"
+
+
+# The step each working phase carries out, as the condition that reports it, and where it fails to.
+STEP_CONDITION: dict[Phase, str] = {
+    Phase.AVAILABLE: "Validated",
+    Phase.PREPARING_HOST: "HostPrepared",
+    Phase.STAGING_IMAGE: "ImageStaged",
+    Phase.INSTALLING: "Installed",
+    Phase.REBOOTING: "Rebooted",
+    Phase.CONFIGURING: "Configured",
+}
+FAILED_PHASE: dict[Phase, Phase] = {
+    Phase.AVAILABLE: Phase.VALIDATION_FAILED,
+    Phase.PREPARING_HOST: Phase.PREPARING_HOST_FAILED,
+    Phase.STAGING_IMAGE: Phase.STAGING_FAILED,
+    Phase.INSTALLING: Phase.INSTALL_FAILED,
+    Phase.REBOOTING: Phase.REBOOT_FAILED,
+    Phase.CONFIGURING: Phase.CONFIGURE_FAILED,
+}
+FAILED_PHASES = frozenset(FAILED_PHASE.values())
+WORKING_PHASES = frozenset(STEP_CONDITION) - {Phase.AVAILABLE}
+# Where a DPU may start (again) when its spec asks for an image it does not run.
+IDLE_PHASES = frozenset({None, "", Phase.DISCOVERED, Phase.AVAILABLE, Phase.READY})
+# Phases where the device itself is busy writing or booting: abort would leave it half-written.
+NO_ABORT = frozenset({Phase.INSTALLING, Phase.REBOOTING})
+PROVISIONING_STEPS = ["Inventoried", *STEP_CONDITION.values()]
+
+
+@dataclass
+class Timeouts:
+    """Every wait is bounded. Seconds; tests shrink them."""
+
+    validating: float = 60.0
+    preparing_host: float = 900.0
+    staging: float = 1800.0
+    installing: float = 1800.0
+    rebooting: float = 900.0
+    configuring: float = 300.0
+    hook_request: float = 10.0
+
+    def of(self, phase: Phase) -> float:
+        return {
+            Phase.AVAILABLE: self.validating,
+            Phase.PREPARING_HOST: self.preparing_host,
+            Phase.STAGING_IMAGE: self.staging,
+            Phase.INSTALLING: self.installing,
+            Phase.REBOOTING: self.rebooting,
+            Phase.CONFIGURING: self.configuring,
+        }[phase]
+
+
+@dataclass
+class ProvisioningConfig:
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    poll_seconds: float = 3.0  # DPF polls install status every 3 s
+    max_attempts: int = 3  # per step, before it waits in its failed phase
+    retry_base_seconds: float = 10.0
+    retry_cap_seconds: float = 600.0
+    reservation_ttl: float = 900.0
+    url_ttl: float = 3600.0
+
+    def retry_delay(self, attempt: int) -> float:
+        return float(min(self.retry_cap_seconds, self.retry_base_seconds * 2 ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Next:
+    phase: Phase
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+    message: str = ""
+
+
+Outcome = Next | Wait
+
+
+class StepFailed(Exception):
+    """The step did not succeed. Retryable failures are tried again (backoff, up to a limit)."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+
+DriverFactory = Callable[[str], Awaitable[InstallInterface]]
+
+
+@dataclass
+class StepContext:
+    """What a handler sees: the DPU as read at the start of this pass, its progress (to update),
+    and the means to act. `save()` persists progress before a side effect (write-ahead)."""
+
+    store: Store
+    dpu: dict[str, Any]
+    progress: ProvisioningStatus
+    config: ProvisioningConfig
+    repository: ImageRepository | None
+    redfish: Callable[[], Awaitable[tuple[RedfishClient, str]]]  # the BMC client and the DPU system path
+    install_driver: DriverFactory
+    save: Callable[[], Awaitable[None]]
+    record: Callable[[str, str, bool], Awaitable[None]]  # reason, message, warning
+    status_updates: dict[str, Any] = field(default_factory=dict)  # top-level status fields to write with the outcome
+
+    @property
+    def name(self) -> str:
+        return str(self.dpu["metadata"]["name"])
+
+    @property
+    def project(self) -> str:
+        return str(self.dpu["metadata"]["project"])
+
+    @property
+    def image_name(self) -> str:
+        """The image being installed (the spec may change meanwhile; that starts over afterwards)."""
+        return str(self.progress.image)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.dpu.get("spec") or {})
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.dpu.get("status") or {})
+
+    async def get(self, kind: str, name: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.store.get, kind, name, self.project)
+
+    def seconds_in_phase(self) -> float:
+        return seconds_since(self.progress.phaseStartedAt)
+
+
+def seconds_since(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    return (now() - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+
+
+def stamp() -> str:
+    return isotime(now())
+
+
+class PhaseHandler(abc.ABC):
+    """What happens while a DPU is in one phase."""
+
+    phase: ClassVar[Phase]
+
+    @abc.abstractmethod
+    async def handle(self, ctx: StepContext) -> Outcome:
+        """Look, act (idempotently, resumably), and say what comes next."""
+
+    def reset(self, progress: ProvisioningStatus) -> None:  # noqa: B027 - most steps keep no progress
+        """Forget this step's progress before it is tried again (a retry starts the step over)."""

@@ -1,0 +1,85 @@
+"""Installing: each component is written by the install path, one at a time, never twice at once.
+
+The order of writes makes a restart safe: `installIssuedAt` is saved before the request goes
+to the BMC and the task URI right after. Resuming with a task URI polls that task; with only
+`installIssuedAt` it first asks the BMC for a task it may already have started (the crash
+fell between the request and recording its answer) and adopts it instead of flashing again.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...api.kinds import ImageSpec, ProvisioningStatus
+from ...drivers.base import InstallBusy, InstallRequest, InstallState
+from ...drivers.redfish.client import RedfishError
+from ...images.repository import ImageContentError
+from ..flavor import profile_of
+from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
+from ..plan import plan_components
+
+_SIGNED_QUERY = re.compile(r"\?expires=\d+&sig=[0-9a-f]+")
+
+
+class Install(PhaseHandler):
+    phase = Phase.INSTALLING
+
+    def reset(self, progress: ProvisioningStatus) -> None:
+        progress.taskURI = None
+        progress.installIssuedAt = None
+
+    async def handle(self, ctx: StepContext) -> Outcome:
+        progress = ctx.progress
+        image_name = ctx.image_name
+        image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
+        pending = [
+            p
+            for p in plan_components(image, profile_of(ctx.status), image_name)
+            if p.component.name not in progress.componentsDone
+        ]
+        if not pending:
+            return Next(Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written")
+        item = pending[0]
+        progress.target = item.target
+        driver = await ctx.install_driver(str(progress.installPath))
+        assert ctx.repository is not None  # staging refused to go on without one
+        try:
+            url = ctx.repository.signed_url(item.component.sha256, item.file_name, ctx.config.url_ttl)
+        except ImageContentError as exc:
+            raise StepFailed(exc.reason, exc.message, retryable=False) from None
+        request = InstallRequest(url, item.target, item.component.version, item.component.sha256)
+        try:
+            if progress.taskURI is None and progress.installIssuedAt is not None:
+                progress.taskURI = await driver.find_started(request, progress.installIssuedAt)
+                if progress.taskURI is None:
+                    progress.installIssuedAt = None  # the request never reached the BMC: safe to send
+                await ctx.save()
+            if progress.taskURI is None:
+                progress.installIssuedAt = stamp()
+                await ctx.save()  # before the request: a restart must know it may have been sent
+                try:
+                    progress.taskURI = await driver.install(request)
+                except InstallBusy:
+                    progress.taskURI = await driver.find_started(request, progress.installIssuedAt)
+                    if progress.taskURI is None:
+                        raise StepFailed("BMCBusy", "the BMC is running another update") from None
+                await ctx.save()
+                await ctx.record(
+                    "InstallStarted", f"{item.component.name} {item.component.version} -> {item.target}", False
+                )
+                return Wait(ctx.config.poll_seconds, f"writing {item.component.name} to {item.target}")
+            result = await driver.poll(progress.taskURI)
+        except RedfishError as exc:
+            raise StepFailed("BMCError", str(exc)) from None
+        if result.state == InstallState.RUNNING:
+            return Wait(
+                ctx.config.poll_seconds, f"writing {item.component.name} to {item.target}: {result.percent or 0}%"
+            )
+        if result.state == InstallState.FAILED:
+            self.reset(progress)
+            detail = _SIGNED_QUERY.sub("?<signed>", result.message)  # the URL's signature is a credential
+            raise StepFailed("InstallTaskFailed", f"{item.component.name} -> {item.target}: {detail}")
+        progress.componentsDone.append(item.component.name)
+        self.reset(progress)
+        await ctx.save()
+        return Wait(0.0, f"{item.component.name} written to {item.target}")
