@@ -24,7 +24,7 @@ from ..security.oidc import OIDCConfig, OIDCVerifier
 from ..security.pki import FleetCA
 from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
-from .agent_listener import DEFAULT_AGENT_LISTEN, AgentListener, agent_app
+from .agent_listener import AgentListener, agent_app
 from .app import ServerState, build_state, create_app
 from .auth import TokenAuthenticator
 from .enroll_api import enroll_router
@@ -102,7 +102,7 @@ def serve(
     listen: str,
     *,
     controllers: bool = True,
-    agent_listen: str = DEFAULT_AGENT_LISTEN,
+    agent_listen: str = "127.0.0.1:0",
     agent_advertise: str | None = None,
 ) -> None:
     host, port = parse_listen(listen)
