@@ -235,13 +235,31 @@ class ComponentType(StrEnum):
     OTHER = "other"
 
 
+class UpdateImpact(StrEnum):
+    """What installing a component does to the DPU and its host."""
+
+    LIVE = "live"  # no reset: agent, services, firmware with in-service update
+    DPU_RESET = "dpu-reset"  # the DPU reboots; the host stays up without the DPU's functions meanwhile
+    HOST_RESET = "host-reset"  # the host must reboot or power-cycle
+
+
+class ComponentRequirement(Strict):
+    component: str
+    minVersion: str | None = None
+    maxVersion: str | None = None
+
+
 class ImageComponent(Strict):
-    name: str
+    name: str = Field(description="the firmware inventory id it replaces, e.g. DPU_OS, DPU_NIC, BMC_Firmware")
     type: ComponentType
     version: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int | None = Field(default=None, ge=0)
     url: str | None = None
+    impact: UpdateImpact = UpdateImpact.DPU_RESET
+    requires: list[ComponentRequirement] = Field(default_factory=list)
+    conflicts: list[ComponentRequirement] = Field(default_factory=list)
+    after: list[str] = Field(default_factory=list, description="components updated before this one")
 
 
 class Compatibility(Strict):

@@ -29,6 +29,7 @@ from .common import GlobalOptions, UserError, error_line, note, options
 from .dpu import dpu_app
 from .enroll import enroll_app
 from .sim import sim_app
+from .update import update_app
 
 try:  # typer >= 0.20 carries its own copy of click; its exceptions are not click's
     from typer._click import exceptions as click_errors
@@ -122,6 +123,7 @@ app.command("whoami")(security_cmd.whoami)
 app.command("policy")(security_cmd.policy)
 app.add_typer(bench_app, name="bench")
 app.add_typer(dpu_app, name="dpu")
+app.add_typer(update_app, name="update")
 app.add_typer(enroll_app, name="enroll")
 
 

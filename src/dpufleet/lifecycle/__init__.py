@@ -1,0 +1,1 @@
+"""Lifecycle: versions, update plans, rollouts."""
