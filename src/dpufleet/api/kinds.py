@@ -8,12 +8,14 @@ controller wrote. Later capabilities extend these specs in place.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..security.signing import ManifestRefused, PublisherClass, load_public_key, parse_signed_manifest
 from .meta import Name, ObjectMeta, Project, Status, Strict
 from .selectors import LabelSelector
 
@@ -191,6 +193,9 @@ class ProvisioningStatus(BaseModel):
     handledRetry: str | None = None
     handledAbort: str | None = None
     abortedGeneration: int | None = None
+    manifestSequence: int | None = Field(
+        default=None, description="sequence of the image's signed manifest, verified at staging"
+    )
 
 
 class DPUStatus(Status):
@@ -211,6 +216,9 @@ class DPUStatus(Status):
     health: str | None = None
     lastSeen: str | None = None
     installedImage: str | None = None
+    installedSequence: int | None = Field(
+        default=None, description="the signed manifest sequence of the installed image (rollback protection)"
+    )
     appliedFlavor: str | None = None
     provisioning: ProvisioningStatus | None = None
 
@@ -272,7 +280,21 @@ class ImageSpec(Strict):
     version: str
     components: list[ImageComponent] = Field(min_length=1)
     compatibility: Compatibility = Field(default_factory=Compatibility)
-    manifestSignature: str | None = None
+    signedManifest: dict[str, Any] | None = Field(
+        default=None,
+        description="the publisher's signed manifest (`dpufleet image sign`): {manifest, signatures}; verified "
+        "at staging against the trusted Publishers, the components' sha256 and the DPU",
+    )
+
+    @field_validator("signedManifest")
+    @classmethod
+    def _signed_manifest(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                parse_signed_manifest(json.dumps(value))
+            except ManifestRefused as exc:
+                raise ValueError(f"not a signed manifest: {exc.message}") from None
+        return value
 
 
 class ImageComponentStatus(BaseModel):
@@ -339,9 +361,31 @@ class StrategyType(StrEnum):
     ON_DELETE = "OnDelete"
 
 
+def _count_or_percent(value: int | str, minimum: int) -> int | str:
+    if isinstance(value, int):
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+    if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
+        raise ValueError(f"{value!r} must be a count (>= {minimum}) or a percentage such as '25%'")
+    return value
+
+
 class RolloutStrategy(Strict):
     type: StrategyType = StrategyType.ROLLING_UPDATE
-    maxUnavailable: int | str = 1
+    maxUnavailable: int | str = Field(default=1, description="a count (>= 1) or a percentage of the set's DPUs")
+    maxUnavailablePerHost: int | None = Field(
+        default=1, ge=1, description="never more than this many DPUs of one host at once (None: no cap)"
+    )
+    maxFailures: int | str | None = Field(
+        default=None, description="halt the rollout after this many failed DPUs (count or percentage)"
+    )
+    canary: int | None = Field(default=None, ge=1, description="Canary: update this many first, then wait")
+
+    @field_validator("maxFailures")
+    @classmethod
+    def _max_failures(cls, value: int | str | None) -> int | str | None:
+        return None if value is None else _count_or_percent(value, 1)
 
     @field_validator("maxUnavailable")
     @classmethod
@@ -372,6 +416,9 @@ class DPUSetStatus(Status):
     updated: int = 0
     ready: int = 0
     unavailable: int = 0
+    failed: int = 0
+    maxUnavailable: int = 0
+    failedDPUs: list[str] = Field(default_factory=list)
 
 
 class DPUSet(Resource):
@@ -502,8 +549,42 @@ class Event(Resource):
 # --- Project ----------------------------------------------------------------------------------------------
 
 
+DEFAULT_PUBLISHER_CLASSES = [PublisherClass.VENDOR, PublisherClass.OFFICIAL]
+
+
 class ProjectSpec(Strict):
     description: str = ""
+    allowedPublisherClasses: list[PublisherClass] = Field(
+        default_factory=lambda: list(DEFAULT_PUBLISHER_CLASSES),
+        description="publisher classes whose signed images this project's DPUs may install",
+    )
+    requireSignedImages: bool = Field(
+        default=False, description="refuse, at staging, images without a signed manifest"
+    )
+
+
+# --- Publisher --------------------------------------------------------------------------------------------
+
+
+class PublisherSpec(Strict):
+    """A publisher whose ed25519 key signs image manifests (metadata.name is the publisher's name)."""
+
+    publisherClass: PublisherClass
+    publicKey: str = Field(min_length=1, max_length=4096, description="ed25519 public key: PEM, or base64 of 32 bytes")
+
+    @field_validator("publicKey")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        load_public_key(value)  # ValueError names the problem
+        return value
+
+
+class Publisher(Resource):
+    """Trust: a key that speaks for a publisher of a class. Only admins write these."""
+
+    kind: Literal["Publisher"] = "Publisher"
+    spec: PublisherSpec
+    status: Status = Field(default_factory=Status)
 
 
 class ProjectResource(Resource):
@@ -663,6 +744,13 @@ REGISTRY: dict[str, KindInfo] = {
             ProjectResource,
             ("project", "proj"),
             (Column("DESCRIPTION", "spec.description"),),
+        ),
+        KindInfo(
+            "Publisher",
+            "publishers",
+            Publisher,
+            ("publisher", "pub"),
+            (Column("CLASS", "spec.publisherClass"),),
         ),
         KindInfo(
             "Event",

@@ -19,6 +19,7 @@ from ..store.feed import ChangeFeed
 from ..store.store import Store, default_sqlite_url
 from .bmc import BMCReconciler
 from .discovery import DiscoveryReconciler
+from .dpuset import DPUSetReconciler
 from .events import EventReaper
 from .runtime.controller import Controller, Reconciler
 
@@ -26,7 +27,13 @@ log = logging.getLogger(__name__)
 
 # Each entry builds one reconciler for a store; capabilities add theirs here.
 ReconcilerFactory = Callable[[Store], Reconciler]
-DEFAULT_RECONCILERS: list[ReconcilerFactory] = [EventReaper, DiscoveryReconciler, BMCReconciler, DPUProvisioner]
+DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
+    EventReaper,
+    DiscoveryReconciler,
+    BMCReconciler,
+    DPUProvisioner,
+    DPUSetReconciler,
+]
 
 
 class Manager:

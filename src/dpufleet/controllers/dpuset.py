@@ -1,0 +1,237 @@
+"""DPUSet controller: roll a template (image, flavor) out to the DPUs a selector picks.
+
+Every decision is counted from the store, never from memory, so a restarted control
+plane continues where the fleet is and never exceeds its limits:
+
+- a DPU is *updated* when its spec carries the template; *converged* when it is also
+  Ready running it; *unavailable* while it is being provisioned, failed or held, or
+  updated but not converged yet (the window before the provisioner picks it up counts);
+- each pass updates at most (maxUnavailable - unavailable) more DPUs, in name order,
+  never more than maxUnavailablePerHost of one host at once;
+- failed DPUs count against maxFailures: past it the rollout halts with a reason;
+- Canary updates `canary` DPUs first and holds; promoting is changing the strategy to
+  RollingUpdate; a failed canary halts it;
+- OnDelete never updates a DPU by itself; `spec.paused` stops new updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from ..api.errors import Conflict, NotFound
+from ..api.meta import Severity
+from ..api.selectors import LabelSelector
+from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
+from ..store.store import Change, Store
+from .runtime.conditions import set_condition
+from .runtime.controller import DONE, Key, Mapper, Reconciler, Result
+from .runtime.events import EventRecorder
+from .runtime.status import mutate_status
+
+ROLLOUT_POLL_SECONDS = 2.0
+
+
+def _host(dpu: dict[str, Any]) -> str | None:
+    """The host a DPU sits in: as observed (host agent), else as declared."""
+    host = (dpu.get("status") or {}).get("host") or (dpu.get("spec") or {}).get("hostRef")
+    return str(host) if host else None
+
+
+def _limit(value: int | str | None, total: int, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return max(minimum, math.floor(total * int(value[:-1]) / 100))
+
+
+class DPUSetReconciler(Reconciler):
+    kind = "DPUSet"
+    workers = 4
+
+    def __init__(self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.events = EventRecorder(store, "dpuset-controller")
+
+    def watches(self) -> dict[str, Mapper]:
+        return {"DPU": self._sets_selecting}
+
+    def _sets_selecting(self, change: Change) -> list[Key]:
+        labels = (change.object().get("metadata") or {}).get("labels") or {}
+        return [
+            Key(s["metadata"]["project"], s["metadata"]["name"])
+            for s in self.store.list("DPUSet", change.project).items
+            if LabelSelector.model_validate(s["spec"].get("selector") or {}).matches(labels)
+        ]
+
+    async def reconcile(self, key: Key) -> Result:
+        try:
+            dpuset = await asyncio.to_thread(self.store.get, "DPUSet", key.name, key.project)
+        except NotFound:
+            return DONE
+        if dpuset["metadata"].get("deletionTimestamp"):
+            return DONE
+        spec = dpuset["spec"]
+        strategy = spec.get("strategy") or {}
+        template = {k: v for k, v in (spec.get("template") or {}).items() if v is not None}
+        selector = LabelSelector.model_validate(spec.get("selector") or {})
+        dpus = (await asyncio.to_thread(self.store.list, "DPU", key.project, selector)).items
+        dpus.sort(key=lambda d: d["metadata"]["name"])
+        claimed = await asyncio.to_thread(self._claimed_by_older_sets, dpuset)
+        overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
+        dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]
+        total = len(dpus)
+
+        def updated(d: dict[str, Any]) -> bool:
+            return all((d.get("spec") or {}).get(k) == v for k, v in template.items())
+
+        def converged(d: dict[str, Any]) -> bool:
+            status = d.get("status") or {}
+            return (
+                updated(d)
+                and status.get("phase") == Phase.READY
+                and status.get("installedImage") == template.get("image", status.get("installedImage"))
+            )
+
+        def failed(d: dict[str, Any]) -> bool:
+            return (d.get("status") or {}).get("phase") in FAILED_PHASES
+
+        def unavailable(d: dict[str, Any]) -> bool:
+            phase = (d.get("status") or {}).get("phase")
+            busy = phase in WORKING_PHASES or phase in FAILED_PHASES or phase == Phase.HELD
+            return busy or (updated(d) and not converged(d))
+
+        max_unavailable = _limit(strategy.get("maxUnavailable", 1), total) or 1
+        per_host = strategy.get("maxUnavailablePerHost", 1)
+        failures = [d["metadata"]["name"] for d in dpus if updated(d) and failed(d)]
+        canary = strategy.get("canary") if strategy.get("type") == "Canary" else None
+        max_failures = _limit(strategy.get("maxFailures"), total)
+        if canary is not None and max_failures is None:
+            max_failures = 1  # a failed canary is the health gate's verdict
+        busy = [d for d in dpus if unavailable(d)]
+        busy_hosts: dict[str, int] = {}
+        for d in busy:
+            host = _host(d)
+            if host:
+                busy_hosts[host] = busy_hosts.get(host, 0) + 1
+
+        halted = max_failures is not None and len(failures) >= max_failures
+        reason, message = "RollingOut", ""
+        if overlap:
+            message = f"{len(overlap)} selected DPU(s) belong to an older DPUSet and are left alone: " + ", ".join(
+                f"{n} ({claimed[n]})" for n in overlap[:5]
+            )
+        started: list[str] = []
+        if not template:
+            reason, message = "NoTemplate", "the template names no image or flavor"
+        elif halted:
+            reason = "FailureThreshold"
+            message = f"{len(failures)} DPU(s) failed ({', '.join(failures[:5])}); the limit is {max_failures}"
+        elif spec.get("paused"):
+            reason, message = "Paused", "spec.paused is true"
+        elif strategy.get("type") == "OnDelete":
+            reason, message = "OnDelete", "DPUs are updated one by one by their operators"
+        else:
+            budget = max_unavailable - len(busy)
+            if canary is not None:
+                budget = min(budget, canary - sum(1 for d in dpus if updated(d)))
+            for d in dpus:
+                if budget <= 0:
+                    break
+                if updated(d) or unavailable(d):
+                    continue
+                host = _host(d)
+                if host and per_host is not None and busy_hosts.get(host, 0) >= per_host:
+                    continue
+                if await self._update(d, template):
+                    started.append(d["metadata"]["name"])
+                    budget -= 1
+                    if host:
+                        busy_hosts[host] = busy_hosts.get(host, 0) + 1
+            canaries_done = (
+                canary is not None
+                and not started
+                and sum(1 for d in dpus if updated(d)) >= canary
+                and all(converged(d) for d in dpus if updated(d))
+            )
+            if canaries_done:
+                reason = "CanaryHold"
+                message = f"{canary} canary DPU(s) converged; set strategy.type RollingUpdate to promote"
+
+        done = sum(1 for d in dpus if converged(d))
+        generation = dpuset["metadata"].get("generation")
+
+        def mutate(status: dict[str, Any]) -> None:
+            status.update(
+                dpus=total,
+                updated=sum(1 for d in dpus if updated(d)) + len(started),
+                ready=done,
+                unavailable=len(busy) + len(started),
+                failed=len(failures),
+                failedDPUs=failures[:20],
+                maxUnavailable=max_unavailable,
+                observedGeneration=generation,
+            )
+            complete = total > 0 and done == total
+            status["phase"] = "Complete" if complete else ("Halted" if halted else reason)
+            if complete:
+                set_condition(
+                    status, "RolledOut", True, "Complete", f"{total} DPU(s) run the template", generation=generation
+                )
+            else:
+                severity = Severity.ERROR if halted else Severity.INFO
+                set_condition(
+                    status,
+                    "RolledOut",
+                    False,
+                    reason,
+                    message or f"{done}/{total} converged, {len(busy) + len(started)} unavailable",
+                    severity=severity,
+                    generation=generation,
+                )
+            ready_value = complete or not halted
+            set_condition(
+                status,
+                "Ready",
+                ready_value,
+                "Complete" if complete else reason,
+                message,
+                severity=None if ready_value else Severity.ERROR,
+                generation=generation,
+            )
+
+        before = (dpuset.get("status") or {}).get("phase")
+        await mutate_status(self.store, "DPUSet", key.name, mutate, key.project)
+        if started:
+            await asyncio.to_thread(
+                self.events.record, dpuset, "Updating", f"updating {', '.join(started)} ({done}/{total} done)"
+            )
+        if halted and before != "Halted":
+            await asyncio.to_thread(self.events.record, dpuset, "Halted", message, "Warning")
+        return Result(requeue_after=None if (total and done == total) else self.poll_seconds)
+
+    def _claimed_by_older_sets(self, dpuset: dict[str, Any]) -> dict[str, str]:
+        """DPUs an older DPUSet of the same project also selects: the oldest set owns a DPU."""
+        meta = dpuset["metadata"]
+        mine = (meta.get("creationTimestamp") or "", meta["name"])
+        claimed: dict[str, str] = {}
+        for other in self.store.list("DPUSet", meta["project"]).items:
+            ometa = other["metadata"]
+            if (ometa.get("creationTimestamp") or "", ometa["name"]) >= mine or ometa.get("deletionTimestamp"):
+                continue
+            selector = LabelSelector.model_validate(other["spec"].get("selector") or {})
+            for dpu in self.store.list("DPU", meta["project"], selector).items:
+                claimed.setdefault(dpu["metadata"]["name"], ometa["name"])
+        return claimed
+
+    async def _update(self, dpu: dict[str, Any], template: dict[str, Any]) -> bool:
+        meta = dpu["metadata"]
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": template}
+        try:
+            await asyncio.to_thread(self.store.patch, "DPU", meta["name"], patch, meta["project"])
+        except (Conflict, NotFound):
+            return False  # changed meanwhile: the next pass counts again
+        return True
