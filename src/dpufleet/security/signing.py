@@ -55,6 +55,7 @@ class RefusalReason(enum.StrEnum):
     ROLLBACK = "Rollback"
     DIGEST_MISMATCH = "DigestMismatch"
     UNKNOWN_COMPONENT = "UnknownComponent"
+    INCOMPATIBLE = "Incompatible"
 
 
 class ManifestRefused(Exception):
@@ -77,6 +78,7 @@ class Compatibility(BaseModel):
 
     vendors: list[str] = Field(default_factory=list, max_length=64)
     models: list[str] = Field(default_factory=list, max_length=256)
+    partNumbers: list[str] = Field(default_factory=list, max_length=1024)
     minAgentVersion: str | None = Field(default=None, max_length=64)
 
 
@@ -135,6 +137,28 @@ def key_id(public: ed25519.Ed25519PublicKey) -> str:
 def sign_manifest(manifest: Manifest, key: ed25519.Ed25519PrivateKey) -> SignedManifest:
     sig = base64.b64encode(key.sign(manifest.canonical())).decode()
     return SignedManifest(manifest=manifest, signatures=[Signature(keyid=key_id(key.public_key()), sig=sig)])
+
+
+def load_public_key(text: str | bytes) -> ed25519.Ed25519PublicKey:
+    """An ed25519 public key from PEM (SubjectPublicKeyInfo) or from base64 of its 32 raw bytes."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    raw = text.encode() if isinstance(text, str) else text
+    if b"-----BEGIN" in raw:
+        try:
+            key = load_pem_public_key(raw)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a PEM public key: {str(exc)[:120]}") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ValueError(f"the PEM key is {type(key).__name__.removeprefix('_')}, not ed25519")
+        return key
+    try:
+        decoded = base64.b64decode(raw.strip(), validate=True)
+    except ValueError:
+        raise ValueError("not PEM and not base64") from None
+    if len(decoded) != 32:
+        raise ValueError(f"a raw ed25519 public key is 32 bytes; this one is {len(decoded)}")
+    return ed25519.Ed25519PublicKey.from_public_bytes(decoded)
 
 
 def digest(data: bytes) -> str:
