@@ -9,9 +9,12 @@ import time
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from dpufleet.cli.main import app
 from dpufleet.provisioning.machine import FAILED_PHASES, WORKING_PHASES
 from dpufleet.sim.runner import SimRunning
+from support.server import RunningServer
 
 from .conftest import Operator, image_doc, upload
 
@@ -148,3 +151,32 @@ def test_a_canary_holds_until_promoted(site: Operator, fleet: SimRunning) -> Non
     assert resp.status_code == 200, resp.text
     done = site.wait_object("dpusets", "canary", lambda s: s["status"].get("phase") == "Complete", timeout=90)
     assert done["status"]["ready"] == len(names)
+
+
+def test_undo_returns_every_dpu_to_the_previous_image(site: Operator, fleet: SimRunning, api: RunningServer) -> None:
+    """Continuing from the promoted canary (all on 2.12): roll forward to 2.11's image, then undo."""
+    resp = site.http.patch(
+        site.path("dpusets", "canary"),
+        json={"spec": {"template": {"image": "doca-2-11"}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200, resp.text
+    site.wait_object(
+        "dpusets",
+        "canary",
+        lambda s: s["status"].get("phase") == "Complete" and s["status"]["currentTemplate"].get("image") == "doca-2-11",
+        timeout=90,
+    )
+    assert {b.dpu.firmware["DPU_OS"] for b in fleet.fleet.bmcs.values()} == {VERSION}
+    out = CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "rollout", "undo", "canary"])
+    assert out.exit_code == 0, out.output
+    assert "rolling back to image doca-2-12" in out.output
+    site.wait_object(
+        "dpusets",
+        "canary",
+        lambda s: s["status"].get("phase") == "Complete" and s["status"]["currentTemplate"].get("image") == "doca-2-12",
+        timeout=90,
+    )
+    assert {b.dpu.firmware["DPU_OS"] for b in fleet.fleet.bmcs.values()} == {"DOCA_2.12.0_BSP_4.12.0_Ubuntu_22.04-1.1"}
+    status = CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "rollout", "status", "canary"])
+    assert "Complete - 8/8 ready" in status.output

@@ -419,6 +419,8 @@ class DPUSetStatus(Status):
     failed: int = 0
     maxUnavailable: int = 0
     failedDPUs: list[str] = Field(default_factory=list)
+    currentTemplate: dict[str, Any] = Field(default_factory=dict)
+    previousTemplate: dict[str, Any] = Field(default_factory=dict)
 
 
 class DPUSet(Resource):
@@ -558,9 +560,7 @@ class ProjectSpec(Strict):
         default_factory=lambda: list(DEFAULT_PUBLISHER_CLASSES),
         description="publisher classes whose signed images this project's DPUs may install",
     )
-    requireSignedImages: bool = Field(
-        default=False, description="refuse, at staging, images without a signed manifest"
-    )
+    requireSignedImages: bool = Field(default=False, description="refuse, at staging, images without a signed manifest")
 
 
 # --- Publisher --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .bench import bench_app
 from .common import GlobalOptions, UserError, error_line, note, options
 from .dpu import dpu_app
 from .enroll import enroll_app
+from .rollout import rollout_app
 from .sim import sim_app
 from .update import update_app
 
@@ -124,6 +125,7 @@ app.command("policy")(security_cmd.policy)
 app.add_typer(bench_app, name="bench")
 app.add_typer(dpu_app, name="dpu")
 app.add_typer(update_app, name="update")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(enroll_app, name="enroll")
 
 

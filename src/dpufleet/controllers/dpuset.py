@@ -165,6 +165,11 @@ class DPUSetReconciler(Reconciler):
         generation = dpuset["metadata"].get("generation")
 
         def mutate(status: dict[str, Any]) -> None:
+            if template and status.get("currentTemplate") != template:
+                # remembered for `dpufleet rollout undo`
+                if status.get("currentTemplate"):
+                    status["previousTemplate"] = status["currentTemplate"]
+                status["currentTemplate"] = template
             status.update(
                 dpus=total,
                 updated=sum(1 for d in dpus if updated(d)) + len(started),
