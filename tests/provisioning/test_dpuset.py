@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -77,6 +78,27 @@ def label_all(op: Operator, fleet: SimRunning) -> list[str]:
         )
         assert resp.status_code == 200, resp.text
     return sorted(f"dpu-{d.serial.lower()}" for d in fleet.fleet.dpus)
+
+
+def test_updates_start_only_inside_a_maintenance_window(site: Operator, fleet: SimRunning) -> None:
+    label_all(site, fleet)
+    tomorrow = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC).weekday() + 1) % 7]
+    site.create(
+        "dpusets",
+        {
+            "kind": "DPUSet",
+            "metadata": {"name": "weekend"},
+            "spec": {
+                "selector": {"matchLabels": {"rollout": "yes"}},
+                "template": {"image": "not-yet"},
+                "strategy": {"windows": [{"days": [tomorrow], "start": "00:00", "end": "23:59"}]},
+            },
+        },
+    )
+    held = site.wait_object("dpusets", "weekend", lambda s: s["status"].get("phase") == "OutsideWindow")
+    assert held["status"]["updated"] == 0
+    assert not [d for d in site.items("dpus") if d["spec"].get("image") == "not-yet"]
+    assert site.http.delete(site.path("dpusets", "weekend")).status_code == 200
 
 
 def test_a_rolling_update_never_exceeds_its_limits_and_converges(site: Operator, fleet: SimRunning) -> None:

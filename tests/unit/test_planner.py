@@ -107,3 +107,18 @@ def test_every_plan_respects_every_declared_order(names: list[str], data: st.Dat
         for b in c.after:
             assert position[b] < position[c.name]
     assert {s.component for s in plan.installs} == set(names)
+
+
+def test_maintenance_windows_include_overnight_ranges() -> None:
+    from datetime import UTC, datetime
+
+    from dpufleet.controllers.dpuset import in_window
+
+    saturday_night = [{"days": ["sat"], "start": "22:00", "end": "04:00"}]
+    assert in_window(saturday_night, datetime(2026, 11, 28, 23, 30, tzinfo=UTC))  # Sat 23:30
+    assert in_window(saturday_night, datetime(2026, 11, 29, 3, 59, tzinfo=UTC))  # Sun 03:59, same window
+    assert not in_window(saturday_night, datetime(2026, 11, 29, 4, 0, tzinfo=UTC))
+    assert not in_window(saturday_night, datetime(2026, 11, 27, 23, 0, tzinfo=UTC))  # a Friday
+    office = [{"start": "09:00", "end": "17:00"}]
+    assert in_window(office, datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    assert not in_window(office, datetime(2026, 11, 23, 17, 0, tzinfo=UTC))

@@ -371,6 +371,18 @@ def _count_or_percent(value: int | str, minimum: int) -> int | str:
     return value
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class MaintenanceWindow(Strict):
+    """When updates may start: days of the week and a daily time range, in UTC."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, UTC")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, UTC; before start: past midnight")
+
+
 class RolloutStrategy(Strict):
     type: StrategyType = StrategyType.ROLLING_UPDATE
     maxUnavailable: int | str = Field(default=1, description="a count (>= 1) or a percentage of the set's DPUs")
@@ -381,6 +393,9 @@ class RolloutStrategy(Strict):
         default=None, description="halt the rollout after this many failed DPUs (count or percentage)"
     )
     canary: int | None = Field(default=None, ge=1, description="Canary: update this many first, then wait")
+    windows: list[MaintenanceWindow] = Field(
+        default_factory=list, description="updates start only inside one of these (none: any time)"
+    )
 
     @field_validator("maxFailures")
     @classmethod

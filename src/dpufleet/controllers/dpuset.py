@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ..api.errors import Conflict, NotFound
-from ..api.meta import Severity
+from ..api.meta import Severity, now
 from ..api.selectors import LabelSelector
 from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from ..store.store import Change, Store
@@ -31,6 +33,27 @@ from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
 
 ROLLOUT_POLL_SECONDS = 2.0
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def in_window(windows: list[dict[str, Any]], moment: datetime) -> bool:
+    """Whether `moment` (UTC) falls inside one of the windows; a window whose end is before its
+    start runs past midnight and belongs to the day it starts on."""
+    moment = moment.astimezone(UTC)
+    minute = moment.hour * 60 + moment.minute
+    today, yesterday = _DAYS[moment.weekday()], _DAYS[(moment.weekday() - 1) % 7]
+    for window in windows:
+        start = int(window["start"][:2]) * 60 + int(window["start"][3:])
+        end = int(window["end"][:2]) * 60 + int(window["end"][3:])
+        days = window.get("days") or list(_DAYS)
+        if start <= end:
+            if today in days and start <= minute < end:
+                return True
+        elif (today in days and minute >= start) or (yesterday in days and minute < end):
+            return True
+    return False
 
 
 def _host(dpu: dict[str, Any]) -> str | None:
@@ -51,8 +74,11 @@ class DPUSetReconciler(Reconciler):
     kind = "DPUSet"
     workers = 4
 
-    def __init__(self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS) -> None:
+    def __init__(
+        self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS, clock: Callable[[], datetime] = now
+    ) -> None:
         self.store = store
+        self.clock = clock
         self.poll_seconds = poll_seconds
         self.events = EventRecorder(store, "dpuset-controller")
 
@@ -134,6 +160,8 @@ class DPUSetReconciler(Reconciler):
             reason, message = "Paused", "spec.paused is true"
         elif strategy.get("type") == "OnDelete":
             reason, message = "OnDelete", "DPUs are updated one by one by their operators"
+        elif strategy.get("windows") and not in_window(strategy["windows"], self.clock()):
+            reason, message = "OutsideWindow", "updates start only inside the maintenance windows"
         else:
             budget = max_unavailable - len(busy)
             if canary is not None:
