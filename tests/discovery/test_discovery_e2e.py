@@ -7,9 +7,11 @@ DPU and host agents (the real agent code, reading each machine's emulated OS roo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -212,3 +214,39 @@ def test_a_changed_discovery_rescans_without_duplicating_anything(site: Operator
         lambda: [e["message"] for e in site.events("Discovery", "lab") if e["reason"] == "ScanFinished"],
         lambda messages: any(rescanned in m for m in messages),
     )
+
+
+def test_an_update_pushed_through_the_bmc_is_detected_and_recorded(site: Operator, fleet: SimRunning) -> None:
+    """Someone updates NIC firmware straight through the BMC's Redfish UpdateService (not through
+    dpufleet): the next inventory records the new version, an out-of-band update-history entry and
+    a Warning event, so the fleet's record of what runs where stays true."""
+    dpu = next(d for d in fleet.fleet.dpus if d.profile.name == "nvidia-bluefield-3")
+    name = dpu_object_name(dpu)
+    bmc = next(b for b in fleet.fleet.bmcs.values() if b.dpu is dpu)
+    old = dpu.firmware["DPU_NIC"]
+    endpoint = fleet.servers.endpoints[bmc.id]
+    url = endpoint + "/redfish/v1/UpdateService/Actions/UpdateService.SimpleUpdate"
+    target = urlsplit(endpoint).path + "/redfish/v1/UpdateService/FirmwareInventory/DPU_NIC"
+    resp = httpx.post(
+        url,
+        json={"ImageURI": "http://198.51.100.9/fw/DPU_NIC-32.99.1234.bin", "Targets": [target]},
+        auth=(fleet.username, fleet.password),
+        timeout=10,
+    )
+    assert resp.status_code in (200, 202), resp.text
+    wait_until_version = time.monotonic() + 15
+    while dpu.firmware["DPU_NIC"] != "32.99.1234" and time.monotonic() < wait_until_version:
+        time.sleep(0.05)
+    assert dpu.firmware["DPU_NIC"] == "32.99.1234"
+    bmc_obj = next(b for b in site.objects("bmcs") if name in b["status"].get("dpus", []))
+    assert bmc_obj is not None
+    bmc_obj["metadata"].setdefault("annotations", {})["dpufleet.io/refresh"] = str(time.time())  # refresh now
+    site.replace("bmcs", bmc_obj)
+    refreshed = site.wait_object(
+        "dpus", name, lambda d: any(h["to"] == "32.99.1234" for h in d["status"].get("updateHistory") or [])
+    )
+    entry = next(h for h in refreshed["status"]["updateHistory"] if h["component"] == "DPU_NIC")
+    assert (entry["from"], entry["to"], entry["source"]) == (old, "32.99.1234", "out-of-band")
+    assert {f["id"]: f["version"] for f in refreshed["status"]["firmware"]}["DPU_NIC"] == "32.99.1234"
+    warnings = [e for e in site.events("DPU", name) if e["reason"] == "FirmwareChangedOutOfBand"]
+    assert warnings and warnings[0]["type"] == "Warning" and "DPU_NIC" in warnings[0]["message"]

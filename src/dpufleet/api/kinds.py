@@ -213,6 +213,9 @@ class DPUStatus(Status):
     capabilities: dict[str, Any] = Field(default_factory=dict)
     allocated: dict[str, Any] = Field(default_factory=dict)
     remaining: dict[str, Any] = Field(default_factory=dict)
+    updateHistory: list[dict[str, Any]] = Field(
+        default_factory=list, description="component version changes: time, component, from, to, source"
+    )
     health: str | None = None
     lastSeen: str | None = None
     installedImage: str | None = None

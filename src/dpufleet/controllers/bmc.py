@@ -291,7 +291,13 @@ class BMCReconciler(Reconciler):
                 existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
         generation = existing["metadata"].get("generation")
 
+        changes: list[dict[str, Any]] = []
+
         def mutate(status: dict[str, Any]) -> None:
+            changes.clear()
+            changes.extend(_firmware_changes(status, inventory, stamp))
+            if changes:
+                status["updateHistory"] = [*(status.get("updateHistory") or []), *changes][-UPDATE_HISTORY_KEPT:]
             caps: dict[str, Any] = dict(status.get("capabilities") or {})
             if profile is not None:
                 caps.update(
@@ -334,7 +340,16 @@ class BMCReconciler(Reconciler):
             if not status.get("provisioning"):  # once provisioning runs, it owns the Ready summary
                 summarize_ready(status, DPU_IDENTITY_STEPS, generation)
 
-        await mutate_status(self.store, "DPU", name, mutate, project)
+        updated = await mutate_status(self.store, "DPU", name, mutate, project)
+        out_of_band = [c for c in changes if c["source"] == "out-of-band"]
+        if out_of_band:
+            await self._event(
+                updated,
+                "FirmwareChangedOutOfBand",
+                "; ".join(f"{c['component']} {c['from']} -> {c['to']}" for c in out_of_band)
+                + " (not by dpufleet: pushed through the BMC or by hand)",
+                warning=True,
+            )
         return name
 
     async def _bmc_exists(self, name: str, project: str) -> bool:
@@ -343,6 +358,34 @@ class BMCReconciler(Reconciler):
         except NotFound:
             return False
         return True
+
+
+UPDATE_HISTORY_KEPT = 50
+
+
+def _firmware_changes(status: dict[str, Any], inventory: BMCInventory, stamp: str) -> list[dict[str, Any]]:
+    """Components whose version differs from the last crawl, each as an update-history entry.
+
+    A change while dpufleet is provisioning the DPU is its own doing; any other change was
+    pushed through the BMC (Redfish) or made by hand, and is reconciled into inventory and
+    reported, so the fleet's record of what runs where stays true.
+    """
+    before = {f.get("id"): f.get("version") for f in status.get("firmware") or [] if f.get("id")}
+    if not before:
+        return []  # first inventory: nothing changed, it was only learned
+    phase = ((status.get("provisioning") or {}).get("phase")) or ""
+    ours = phase in ("StagingImage", "Installing", "Rebooting", "Configuring")
+    return [
+        {
+            "time": stamp,
+            "component": f.id,
+            "from": before[f.id],
+            "to": f.version,
+            "source": "provisioning" if ours else "out-of-band",
+        }
+        for f in inventory.firmware
+        if f.id in before and before[f.id] != f.version
+    ]
 
 
 def _label(value: str | None) -> str:
