@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,9 +91,11 @@ def test_max_unavailable_holds_across_sigkill_and_restart(tmp_path: Path, monkey
                     if round_ < 2:
                         # let the rollout get going, then kill the control plane mid-flight
                         target = 2 + 3 * round_
-                        op.wait_object(
-                            "dpusets", "edge", lambda s, t=target: s["status"].get("updated", 0) >= t, timeout=60
-                        )
+
+                        def started(s: dict[str, Any], target: int = target) -> bool:
+                            return int(s["status"].get("updated", 0)) >= target
+
+                        op.wait_object("dpusets", "edge", started, timeout=60)
                         server.kill()
                     else:
                         done = op.wait_object(
