@@ -40,6 +40,7 @@ DOCS: dict[str, dict[str, Any]] = {
     "Credential": {"spec": {"username": "root", "password": "matrix-secret"}},
     "Discovery": {"spec": {"endpoints": ["http://127.0.0.1:9"]}},
     "Project": {"spec": {"description": "matrix"}},
+    "Publisher": {"spec": {"publisherClass": "vendor", "publicKey": "A" * 43 + "="}},
     "Event": {"involvedObject": {"kind": "DPU", "name": "d1"}, "reason": "Tested"},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
