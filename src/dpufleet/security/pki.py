@@ -247,6 +247,36 @@ class RevocationList:
         return None
 
 
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey,
+    organization: str,
+    common_name: str,
+    backdate: dt.timedelta,
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    """A self-signed CA certificate that may sign leaf certificates only (path length 0)."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = utcnow()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - backdate)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 class FleetCA:
     """Issues agent client certificates and the agent listener's server certificate."""
 
@@ -266,26 +296,7 @@ class FleetCA:
             os.chmod(key_path, 0o600)
             return cls(directory, load_private_key(key_path.read_bytes()), load_cert(cert_path.read_bytes()))
         key = new_key()
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dpufleet"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"dpufleet fleet CA {socket.gethostname()}"),
-            ]
-        )
-        now = utcnow()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_ca_usage(), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_ca(key, "dpufleet", f"dpufleet fleet CA {socket.gethostname()}", CLOCK_SKEW, CA_LIFETIME)
         write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert_pem(cert))
         log.warning("created the fleet CA in %s (key mode 0600)", directory)

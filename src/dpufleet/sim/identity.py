@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..security.pki import cert_pem, key_pem, new_key, utcnow, write_private
+from ..security.pki import cert_pem, key_pem, new_key, self_signed_ca, utcnow, write_private
 from .fleet import Fleet
 
 IDEVID_DIR = Path("etc/dpufleet/idevid")
@@ -38,24 +38,7 @@ class VendorCA:
     @classmethod
     def create(cls, vendor: str) -> VendorCA:
         key = new_key()
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, vendor),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{vendor} device identity CA (emulated)"),
-            ]
-        )
-        now = utcnow()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_ca(key, vendor, f"{vendor} device identity CA (emulated)", dt.timedelta(days=1), LIFETIME)
         return cls(vendor, key, cert)
 
     def idevid(self, serial: str, model: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
