@@ -14,6 +14,7 @@ sent to the server it was written for.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -331,6 +332,18 @@ class Client:
         return f"{self._collection(ref, project)}/{quote(name, safe='')}"
 
     # --- verbs ------------------------------------------------------------------------------------------
+
+    def upload_blob(self, data: bytes) -> dict[str, Any]:
+        """Put content into the image repository under its sha256 (kept only if the digest matches)."""
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            response = self._http.put(f"/images/v1/blobs/sha256/{digest}", content=data)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._error(response.status_code, response.content)
+        result: dict[str, Any] = orjson.loads(response.content)
+        return result
 
     def version(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/version")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -26,6 +27,7 @@ import uvicorn
 from .cli.common import UserError
 from .cli.output import print_table, resource_table
 from .client import Client
+from .images.repository import advertise_repository
 from .server.runner import Server, parse_listen
 from .sim.runner import SimOptions, sim_in_thread
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEMO_LISTEN = "127.0.0.1:8740"
 READY_TIMEOUT = 30.0
+POLL_ENV = "DPUFLEET_PROVISIONING_POLL_SECONDS"
 
 
 @dataclass
@@ -65,6 +68,7 @@ class EmbeddedServer:
             ) from None
         bound_port = sock.getsockname()[1]
         server = Server.build(data_dir, db_url, controllers=controllers)
+        advertise_repository(server.store, host, bound_port)  # BMCs fetch images from the API port, as with serve()
         config = uvicorn.Config(
             server.app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on"
         )
@@ -135,6 +139,7 @@ DEMO_FLEET = SimOptions(
     profiles=["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"],
     seed=2026,
     time_scale=0.05,
+    heartbeat_seconds=2.0,  # the agents report (and pick up agent-path installs) every 2 s
 )
 FLEET_TIMEOUT = 90.0
 
@@ -189,8 +194,85 @@ def _fully_inventoried(dpu: dict[str, Any]) -> bool:
     return bool(status.get("firmware") and status.get("host") and status.get("agent"))
 
 
+DEMO_IMAGE = "demo-os-2"
+DEMO_VERSION = "demo-2.0"
+DEMO_PAYLOAD = b"dpufleet demo: an emulated DPU operating system image\n" * 2048
+# Which install path each vendor's DPUs use in the demo (the rest: the model's first, redfish-update).
+DEMO_INSTALL_PATHS = {"Intel": "http-boot", "Marvell": "agent"}
+PROVISION_TIMEOUT = 60.0
+DEMO_POLL_SECONDS = "0.25"  # the provisioner's BMC polls; the emulated hardware runs at time_scale
+
+
+def provision_fleet(ctx: DemoContext) -> None:
+    """Provision every DPU as a user would: upload an OS image's content to the repository, create
+    the Image, set spec.image (and, for some vendors, spec.installPath) on each DPU through the API,
+    then follow the phases until every DPU is Ready."""
+    ctx.out("")
+    ctx.out("Provisioning the fleet:")
+    blob = ctx.client.upload_blob(DEMO_PAYLOAD)
+    ctx.out(f"  uploaded {blob['size']} bytes to the image repository as sha256:{blob['sha256'][:12]}...")
+    component = {"name": "os", "type": "os", "version": DEMO_VERSION, "sha256": blob["sha256"], "size": blob["size"]}
+    image = {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": DEMO_IMAGE},
+        "spec": {"version": DEMO_VERSION, "components": [component]},
+    }
+    obj, outcome = ctx.client.apply(image)
+    ctx.out(f"  image/{obj['metadata']['name']} {outcome}")
+    ref = ctx.client.resolve_kind("dpus")
+    paths: dict[str, int] = {}
+    for dpu in ctx.client.list(ref).items:
+        vendor = str((dpu.get("status") or {}).get("vendor") or "")
+        spec: dict[str, Any] = {"image": DEMO_IMAGE}
+        path = DEMO_INSTALL_PATHS.get(vendor)
+        if path and path in _supported_paths(dpu):
+            spec["installPath"] = path
+        paths[spec.get("installPath", "redfish-update")] = paths.get(spec.get("installPath", "redfish-update"), 0) + 1
+        ctx.client.patch(ref, dpu["metadata"]["name"], {"spec": spec})
+    shown = ", ".join(f"{n} through {p}" for p, n in sorted(paths.items()))
+    ctx.out(f"  spec.image={DEMO_IMAGE} set on {sum(paths.values())} DPUs ({shown})")
+    follow_provisioning(ctx, sum(paths.values()))
+
+
+def _supported_paths(dpu: dict[str, Any]) -> list[str]:
+    from .provisioning.flavor import profile_of
+
+    profile = profile_of(dpu.get("status") or {})
+    return list(profile.install_paths) if profile else ["redfish-update"]
+
+
+def follow_provisioning(ctx: DemoContext, expected: int, timeout: float = PROVISION_TIMEOUT) -> None:
+    """A line per change: how many DPUs are in each phase, until all are Ready (or one failed)."""
+    ref = ctx.client.resolve_kind("dpus")
+    start = time.monotonic()
+    last = ""
+    order = ["Available", "PreparingHost", "StagingImage", "Installing", "Rebooting", "Configuring", "Ready"]
+    while True:
+        items = ctx.client.list(ref).items
+        phases: dict[str, int] = {}
+        for dpu in items:
+            phase = str((dpu.get("status") or {}).get("phase") or "Discovered")
+            phases[phase] = phases.get(phase, 0) + 1
+        ready = phases.get("Ready", 0)
+        failed = {p: n for p, n in phases.items() if p.endswith("Failed")}
+        ranked = sorted(phases.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1)
+        line = "  ".join(f"{phase} {count}" for phase, count in ranked)
+        if line != last:
+            last = line
+            bar = "#" * (ready * 20 // max(expected, 1))
+            ctx.out(f"  {time.monotonic() - start:5.1f}s [{bar:<20}] {ready}/{expected} Ready   {line}")
+        if ready >= expected:
+            return
+        if failed and ready + sum(failed.values()) >= expected:
+            raise UserError(f"provisioning stopped: {failed}; see `dpufleet get dpus -o wide` and the events")
+        if time.monotonic() - start > timeout:
+            raise UserError(f"only {ready} of {expected} DPUs were Ready within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
 # Stages after the server is up, in order.
-DEFAULT_STAGES: list[DemoStage] = [apply_examples, start_emulated_fleet]
+DEFAULT_STAGES: list[DemoStage] = [apply_examples, start_emulated_fleet, provision_fleet]
 
 
 def connection_help(server: EmbeddedServer, data_dir: Path, temporary: bool) -> str:
@@ -235,7 +317,14 @@ def run_demo(
     directory = Path(tempfile.mkdtemp(prefix="dpufleet-demo-")) if data_dir is None else data_dir
     server: EmbeddedServer | None = None
     try:
-        server = EmbeddedServer.start(directory, listen)
+        # the provisioner polls the (time-scaled) emulated BMCs often; read when its controller is built
+        saved = os.environ.get(POLL_ENV)
+        os.environ[POLL_ENV] = saved or DEMO_POLL_SECONDS
+        try:
+            server = EmbeddedServer.start(directory, listen)
+        finally:
+            if saved is None:
+                os.environ.pop(POLL_ENV, None)
         server.wait_ready()
         with Client(server.url, server.token()) as client:
             ctx = DemoContext(server, client, directory, emit)

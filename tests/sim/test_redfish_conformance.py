@@ -59,6 +59,14 @@ def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: s
         started = httpx.post(root + "/UpdateService/Actions/UpdateService.SimpleUpdate",
                              json={"ImageURI": "http://127.0.0.1:9/images/os-2.0.bfb"}, auth=(USER, PASSWORD))
         assert started.status_code == 202
+        # An event subscription, POST codes (a reboot) and a fault's log entries are validated too.
+        assert httpx.post(root + "/EventService/Subscriptions", auth=(USER, PASSWORD),
+                          json={"Destination": "http://127.0.0.1:9/events", "Protocol": "Redfish",
+                                "Context": "validator"}).status_code == 201
+        assert httpx.post(root + "/Systems/DPU/Actions/ComputerSystem.Reset", auth=(USER, PASSWORD),
+                          json={"ResetType": "ForceRestart"}).status_code == 204
+        from dpufleet.sim.faults import inject
+        inject(fleet, fleet.dpus[0].id, "pcie-aer")
         task_url = url + started.headers["Location"]
         deadline = time.monotonic() + 10
         while httpx.get(task_url, auth=(USER, PASSWORD)).json()["TaskState"] != "Completed":

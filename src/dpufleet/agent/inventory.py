@@ -9,6 +9,7 @@ read is left ``None`` and named in ``Inventory.warnings``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -72,6 +73,28 @@ class KnownDpu(BaseModel):
     role: str
 
 
+class AerCounters(BaseModel):
+    """PCIe Advanced Error Reporting counters of a function (sysfs aer_dev_*), since boot."""
+
+    correctable: int = 0
+    nonfatal: int = 0  # uncorrectable, non-fatal
+    fatal: int = 0  # uncorrectable, fatal
+    errors: dict[str, int] = Field(default_factory=dict)  # "<fatal|nonfatal|correctable>/<type>" -> count, nonzero
+
+    @property
+    def uncorrectable(self) -> int:
+        return self.nonfatal + self.fatal
+
+
+class FilesystemInfo(BaseModel):
+    mountpoint: str
+    fstype: str | None = None
+    size_bytes: int
+    used_bytes: int
+    available_bytes: int
+    used_percent: float  # as df(1) computes it: used / (used + available)
+
+
 class PciFunction(BaseModel):
     bdf: str
     vendor_id: str | None = None
@@ -81,6 +104,7 @@ class PciFunction(BaseModel):
     subsystem_device_id: str | None = None
     vpd: VpdInfo | None = None
     dpu: KnownDpu | None = None
+    aer: AerCounters | None = None  # None when the kernel exposes no AER counters for it
 
     @property
     def slot(self) -> str:
@@ -105,6 +129,7 @@ class OsRelease(BaseModel):
     name: str | None = None
     version_id: str | None = None
     pretty_name: str | None = None
+    image_version: str | None = None  # IMAGE_VERSION: the OS image (DPU_OS) the machine booted
 
 
 class DmiInfo(BaseModel):
@@ -132,11 +157,18 @@ class Inventory(BaseModel):
     nics: list[NicInfo] = Field(default_factory=list)
     pci: list[PciFunction] = Field(default_factory=list)
     dpus: list[HostDpu] = Field(default_factory=list)
+    filesystems: list[FilesystemInfo] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
     @property
     def serial_number(self) -> str | None:
         return self.dmi.product_serial or self.dmi.board_serial
+
+    def fingerprint(self) -> str:
+        """What must be re-sent when it changes: everything but free memory, and disk usage to the percent."""
+        data = self.model_dump(mode="json", exclude={"memory": {"available_bytes"}, "warnings": True})
+        data["filesystems"] = [(f.mountpoint, round(f.used_percent)) for f in self.filesystems]
+        return json.dumps(data, sort_keys=True)
 
 
 class _Reader:
@@ -247,6 +279,7 @@ def _os_release(reader: _Reader) -> OsRelease:
         name=values.get("NAME"),
         version_id=values.get("VERSION_ID"),
         pretty_name=values.get("PRETTY_NAME"),
+        image_version=values.get("IMAGE_VERSION"),
     )
 
 
@@ -361,6 +394,7 @@ def _scan_pci(reader: _Reader) -> list[PciFunction]:
         vendor = _hex_id(reader.text(f"{base}/vendor", quiet=True))
         device = _hex_id(reader.text(f"{base}/device", quiet=True))
         raw_vpd = reader.raw(f"{base}/vpd")
+        aer = _aer(reader, base)
         functions.append(
             PciFunction(
                 bdf=bdf,
@@ -371,9 +405,77 @@ def _scan_pci(reader: _Reader) -> list[PciFunction]:
                 subsystem_device_id=_hex_id(reader.text(f"{base}/subsystem_device", quiet=True)),
                 vpd=parse_vpd(raw_vpd) if raw_vpd else None,
                 dpu=table.get((vendor or "", device or "")),
+                aer=aer,
             )
         )
     return functions
+
+
+_AER_KINDS = (("aer_dev_correctable", "correctable"), ("aer_dev_nonfatal", "nonfatal"), ("aer_dev_fatal", "fatal"))
+
+
+def _aer(reader: _Reader, base: str) -> AerCounters | None:
+    """The kernel's AER counters (lines "<ErrorType> <count>", ending with a TOTAL_ERR_* line)."""
+    counters = AerCounters()
+    found = False
+    for filename, kind in _AER_KINDS:
+        text = reader.text(f"{base}/{filename}", quiet=True)
+        if text is None:
+            continue
+        found = True
+        total = 0
+        for line in text.splitlines():
+            name, _, value = line.strip().rpartition(" ")
+            if not value.isdigit():
+                continue
+            if name.startswith("TOTAL_ERR"):
+                total = int(value)
+            elif int(value):
+                counters.errors[f"{kind}/{name}"] = int(value)
+        setattr(counters, kind, total)
+    return counters if found else None
+
+
+# Filesystems worth reporting (not proc, sysfs, tmpfs, overlay layers...).
+_REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs", "zfs", "jfs", "reiserfs", "squashfs"}
+STATVFS_FILE = "run/dpufleet-sim/statvfs"  # an emulated root's stand-in for statvfs(2) (dpufleet.sim.osroot)
+
+
+def _filesystems(reader: _Reader) -> list[FilesystemInfo]:
+    """Usage of the machine's real filesystems: statvfs(2) on "/", the emulator's statvfs file elsewhere."""
+    rows: list[tuple[str, str | None, int, int, int]] = []
+    if reader.root == Path("/"):
+        seen: set[str] = set()
+        for line in (reader.text("proc/mounts", quiet=True) or "").splitlines():
+            parts = line.split()
+            if len(parts) < 3 or parts[2] not in _REAL_FS or parts[1] in seen:
+                continue
+            seen.add(parts[1])
+            try:
+                st = os.statvfs(parts[1].replace("\\040", " "))
+            except OSError:
+                continue
+            size = st.f_blocks * st.f_frsize
+            rows.append((parts[1], parts[2], size, size - st.f_bfree * st.f_frsize, st.f_bavail * st.f_frsize))
+    else:
+        for line in (reader.text(STATVFS_FILE, quiet=True) or "").splitlines():
+            parts = line.split()
+            if len(parts) == 5 and all(p.isdigit() for p in parts[2:]):
+                rows.append((parts[0], parts[1], int(parts[2]), int(parts[3]), int(parts[4])))
+    result = []
+    for mountpoint, fstype, size, used, avail in rows:
+        percent = 100.0 * used / (used + avail) if used + avail else 0.0
+        result.append(
+            FilesystemInfo(
+                mountpoint=mountpoint,
+                fstype=fstype,
+                size_bytes=size,
+                used_bytes=used,
+                available_bytes=avail,
+                used_percent=round(percent, 1),
+            )
+        )
+    return result
 
 
 def scan_host_pci(root: Path = Path("/")) -> list[PciFunction]:
@@ -425,6 +527,7 @@ def collect_inventory(root: Path = Path("/")) -> Inventory:
         nics=_nics(reader),
         pci=pci,
         dpus=group_dpus(pci),
+        filesystems=_filesystems(reader),
     )
     inventory.warnings = reader.warnings
     return inventory

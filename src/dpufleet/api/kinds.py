@@ -181,6 +181,7 @@ class ProvisioningStatus(BaseModel):
     taskURI: str | None = None
     componentsDone: list[str] = Field(default_factory=list)
     resetIssuedAt: str | None = None
+    resetsSent: int = Field(default=0, description="resets sent for this reboot (a lost one is sent once more)")
     baselineBootTime: str | None = None
     baselineBootState: str | None = None
     sawDown: bool = False
@@ -816,3 +817,112 @@ def lookup(name: str) -> KindInfo:
     if info is None:
         raise UnknownKind(name)
     return info
+
+
+# --- RemediationPolicy (health) ---------------------------------------------------------------------------
+
+# The diagnoses of docs/faults.md (dpufleet.health.evidence.FailureClass), named here so the kind validates.
+FAILURE_CLASSES = (
+    "OSHang",
+    "KernelCrash",
+    "NICFirmwareCrash",
+    "PowerLoss",
+    "HostReset",
+    "HostPowerCycle",
+    "HostDown",
+    "BMCDown",
+    "PCIeError",
+    "CorruptedFlash",
+    "MemoryFailure",
+    "AgentUnreachable",
+    "DiskFull",
+    "ClockSkew",
+)
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_seconds(value: Any) -> float:
+    """A duration as seconds: a number, or a string such as 30s, 5m, 1h."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        unit = _DURATION_UNITS.get(text[-1])
+        try:
+            seconds = float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise ValueError(f"{value!r}: use seconds or a number with s, m or h (30s, 5m, 1h)") from None
+    else:
+        raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class RemediationAction(StrEnum):
+    WAIT = "wait"
+    RESTART_AGENT = "restart-agent"
+    REBOOT = "reboot"
+    POWER_CYCLE = "power-cycle"
+    POWER_ON = "power-on"
+    BMC_RESET = "bmc-reset"
+    HOST_POWER_CYCLE = "host-power-cycle"
+    REFLASH = "reflash"
+    QUARANTINE = "quarantine"
+    ALERT = "alert"
+
+
+class RemediationStep(Strict):
+    action: RemediationAction
+    after: float = Field(default=0.0, description="seconds (or 30s, 5m, 1h) after the previous step, or the diagnosis")
+    maxPerHour: int | None = Field(default=None, ge=0, description="past it the step is skipped (escalation)")
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        return parse_seconds(value)
+
+
+class RemediationRule(Strict):
+    failureClass: str
+    actions: list[RemediationStep] = Field(default_factory=list)
+
+    @field_validator("failureClass")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in FAILURE_CLASSES:
+            raise ValueError(f"{value!r} is not a failure class; known: {', '.join(FAILURE_CLASSES)}")
+        return value
+
+
+class HealthDetection(Strict):
+    """Detection settings; unset fields keep the controller's defaults."""
+
+    pollSeconds: float | None = Field(default=None, gt=0)
+    heartbeatSeconds: float | None = Field(default=None, gt=0)
+    allowedMisses: int | None = Field(default=None, ge=1)
+
+
+class RemediationPolicySpec(Strict):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    rules: list[RemediationRule] = Field(default_factory=list, description="classes not listed use the default")
+    detection: HealthDetection = Field(default_factory=HealthDetection)
+
+
+class RemediationPolicy(Resource):
+    kind: Literal["RemediationPolicy"] = "RemediationPolicy"
+    spec: RemediationPolicySpec = Field(default_factory=RemediationPolicySpec)
+    status: Status = Field(default_factory=Status)
+
+
+REGISTRY["RemediationPolicy"] = KindInfo(
+    "RemediationPolicy",
+    "remediationpolicies",
+    RemediationPolicy,
+    ("remediationpolicy", "rempol"),
+    (Column("RULES", "spec.rules[*].failureClass"),),
+)
+for _alias in ("remediationpolicy", "remediationpolicies", "rempol"):
+    _BY_NAME[_alias] = REGISTRY["RemediationPolicy"]

@@ -45,7 +45,11 @@ class RunningServer:
 
 @contextmanager
 def server_process(
-    db_url: str | None = None, *, controllers: bool = True, timeout: float = 30.0
+    db_url: str | None = None,
+    *,
+    controllers: bool = True,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """A real `dpufleet server` in its own process on a free loopback port, stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="dpufleet-bench-") as tmp:
@@ -56,7 +60,9 @@ def server_process(
             "logging.basicConfig(level=logging.WARNING); "
             f"serve(Path({str(data_dir)!r}), {db_url!r}, '127.0.0.1:{port}', controllers={controllers!r})"
         )
-        proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         try:

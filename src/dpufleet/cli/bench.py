@@ -39,3 +39,17 @@ def discovery(
     result = run_discovery_bench(bmcs, latency, timeout)
     if result.inventoried < result.bmcs:
         raise UserError(f"only {result.inventoried} of {result.bmcs} BMCs were inventoried within {timeout:g}s")
+
+
+@bench_app.command("provision")
+def provision(
+    dpus: int = typer.Option(1000, "--dpus", min=1, max=20000, help="emulated DPUs (one BMC each) to provision"),
+    poll: float = typer.Option(0.05, "--poll", min=0.0, max=10.0, help="seconds between the controller's BMC polls"),
+    timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="give up after this many seconds"),
+) -> None:
+    """Provision N emulated DPUs (hardware delays zero); prints DPUs per second and time per phase."""
+    from ..bench.provision import run_provision_bench
+
+    result = run_provision_bench(dpus, poll, timeout)
+    if result.ready < result.dpus:
+        raise UserError(f"only {result.ready} of {result.dpus} DPUs reached Ready within {timeout:g}s")

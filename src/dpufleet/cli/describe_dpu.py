@@ -28,6 +28,8 @@ SHOWN = (
     "powerState",
     "bootProgress",
     "lastSeen",
+    "diagnosis",
+    "remediation",
 )
 
 
@@ -64,6 +66,33 @@ def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
     field("Boot progress", status.get("bootProgress"))
     last = status.get("lastSeen")
     field("Last seen", f"{last} ({age(last)} ago)" if last else None)
+    diagnosis = status.get("diagnosis") or {}
+    if diagnosis:
+        field("Diagnosis", f"{diagnosis.get('reason')}: {diagnosis.get('message')}")
+        field("Since", f"{diagnosis.get('since')} ({age(diagnosis.get('since'))} ago)")
+        t = plain_table(["SOURCE", "SIGNAL", "VALUE"])
+        for e in diagnosis.get("evidence") or []:
+            t.add_row(str(e.get("source", "")), str(e.get("signal", "")), str(e.get("value", "")))
+        table("Health evidence", t)
+    remediation = status.get("remediation") or {}
+    if remediation.get("history") or remediation.get("episode"):
+        episode = remediation.get("episode") or {}
+        field("Policy", remediation.get("policy"))
+        if episode:
+            field(
+                "Remediating",
+                f"{episode.get('failureClass')} since {episode.get('since')}, next step {episode.get('step')}",
+            )
+        t = plain_table(["TIME", "CLASS", "ACTION", "RESULT", "MESSAGE"])
+        for h in (remediation.get("history") or [])[-15:]:
+            t.add_row(
+                str(h.get("time", "")),
+                str(h.get("failureClass", "")),
+                str(h.get("action", "")),
+                str(h.get("result", "")),
+                str(h.get("message") or ""),
+            )
+        table("Remediation history", t)
     lines.append("Pairing:")
     field("Host", status.get("host"))
     field("BMC", status.get("bmc"))

@@ -28,7 +28,9 @@ from .bench import bench_app
 from .common import GlobalOptions, UserError, error_line, note, options
 from .dpu import dpu_app
 from .enroll import enroll_app
+from .health import debug_bundle, health_app
 from .rollout import rollout_app
+from .signing import image_app, publisher_app
 from .sim import sim_app
 from .update import update_app
 
@@ -127,6 +129,10 @@ app.add_typer(dpu_app, name="dpu")
 app.add_typer(update_app, name="update")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(enroll_app, name="enroll")
+app.add_typer(image_app, name="image")
+app.add_typer(publisher_app, name="publisher")
+app.add_typer(health_app, name="health")
+app.command("debug-bundle")(debug_bundle)
 
 
 def _log_to_stderr(level: int) -> None:

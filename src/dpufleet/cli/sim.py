@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import typer
@@ -14,6 +17,24 @@ import typer
 from .common import UserError, note, options
 
 sim_app = typer.Typer(help="Run an emulated fleet of hosts, BMCs and DPUs.", no_args_is_help=True)
+fault_app = typer.Typer(help="Inject, clear and list faults in a running emulated fleet.", no_args_is_help=True)
+sim_app.add_typer(fault_app, name="fault")
+
+
+def _state_pointer() -> Path:
+    """Where `sim up` notes the directory of the last fleet it started ($XDG_STATE_HOME/dpufleet/sim-dir)."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "dpufleet" / "sim-dir"
+
+
+def _default_sim_dir() -> Path | None:
+    """--dir, else $DPUFLEET_SIM_DIR, else the directory of the last `sim up`."""
+    env = os.environ.get("DPUFLEET_SIM_DIR")
+    if env:
+        return Path(env)
+    with contextlib.suppress(OSError):
+        return Path(_state_pointer().read_text().strip())
+    return None
 
 
 @sim_app.command("profiles")
@@ -39,7 +60,9 @@ def up_cmd(
         ["nvidia-bluefield-3"], "--profile", help="vendor profile; repeat to mix (host i gets profile i mod n)"
     ),
     seed: int = typer.Option(1, "--seed", help="same seed, same fleet (serials, MACs, slots)"),
-    directory: Path | None = typer.Option(None, "--dir", help="where OS roots and credentials go [temporary]"),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="where OS roots, credentials and the control file go [$DPUFLEET_SIM_DIR, else temporary]"
+    ),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT for the BMCs (0: any free port)"),
     per_bmc_ports: bool = typer.Option(False, "--per-bmc-ports", help="one port per BMC instead of /bmc/<id>"),
     tls: bool = typer.Option(False, "--tls", help="serve Redfish over HTTPS with a self-signed certificate"),
@@ -66,6 +89,8 @@ def up_cmd(
         raise UserError(str(exc)) from None
     config = options(ctx).config()
     talk = register or agents
+    if directory is None and os.environ.get("DPUFLEET_SIM_DIR"):
+        directory = Path(os.environ["DPUFLEET_SIM_DIR"])
     tmp = None if directory else tempfile.TemporaryDirectory(prefix="dpufleet-sim-")
     sim_dir = directory if directory is not None else Path(tmp.name) if tmp else None
     opts = SimOptions(
@@ -104,6 +129,12 @@ def up_cmd(
             if len(running.endpoints) > 5:
                 print(f"  ... and {len(running.endpoints) - 5} more (all listed in {sim_dir}/site-credentials.json)")
             print(f"site BMC credentials: {sim_dir}/site-credentials.json (mode 0600)")
+            if sim_dir is not None:
+                with contextlib.suppress(OSError):
+                    pointer = _state_pointer()
+                    pointer.parent.mkdir(parents=True, exist_ok=True)
+                    pointer.write_text(str(sim_dir.resolve()) + "\n")
+            print(f"fault injection: {running.control_url}/sim/v1/faults (`dpufleet sim fault --dir {sim_dir}`)")
             if talk:
                 print(
                     f"reporting to {config.server}"
@@ -122,7 +153,125 @@ def up_cmd(
     except httpx.HTTPError as exc:
         raise UserError(f"cannot reach the control plane at {config.server}: {exc or type(exc).__name__}") from None
     finally:
+        with contextlib.suppress(OSError):  # forget this fleet if `sim fault` would still find it
+            if sim_dir is not None and _state_pointer().read_text().strip() == str(sim_dir.resolve()):
+                _state_pointer().unlink()
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.cleanup()
     note("emulated fleet stopped")
+
+
+def _control(directory: Path | None) -> tuple[str, str]:
+    from ..sim.control import CONTROL_FILE, read_control_file
+
+    sim_dir = directory or _default_sim_dir()
+    if sim_dir is None:
+        raise UserError("which emulated fleet? pass --dir (the --dir of `dpufleet sim up`) or set DPUFLEET_SIM_DIR")
+    try:
+        data = read_control_file(sim_dir)
+    except (OSError, ValueError):
+        raise UserError(f"no running emulated fleet in {sim_dir} (no readable {CONTROL_FILE})") from None
+    return str(data["url"]), str(data["token"])
+
+
+def _call(directory: Path | None, method: str, path: str, **kwargs: Any) -> Any:
+    url, token = _control(directory)
+    try:
+        resp = httpx.request(
+            method, url + path, headers={"Authorization": f"Bearer {token}"}, timeout=15, verify=False, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise UserError(
+            f"the emulated fleet at {url} does not answer ({type(exc).__name__}); is `sim up` running?"
+        ) from None
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        raise UserError(str(message))
+    return resp.json()
+
+
+_DIR_OPTION = typer.Option(None, "--dir", help="the sim's --dir [$DPUFLEET_SIM_DIR, else the last `sim up`]")
+
+
+def _parse_duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise UserError(f"--for {text!r}: a duration like 30s, 2m or 1.5 (seconds)") from None
+    if value <= 0:
+        raise UserError("--for must be positive")
+    return value
+
+
+@fault_app.command("inject")
+def fault_inject_cmd(
+    dpu: str = typer.Argument(..., help="sim id (host-000-dpu-0), serial, or object name (dpu-<serial>)"),
+    kind: str = typer.Argument(..., help="fault kind (see `dpufleet sim fault kinds`)"),
+    duration: str | None = typer.Option(None, "--for", help="clear it by itself after this long (30s, 2m)"),
+    directory: Path | None = _DIR_OPTION,
+) -> None:
+    """Inject a fault into an emulated DPU (or its host or BMC)."""
+    fault = _call(
+        directory, "POST", "/sim/v1/faults", json={"dpu": dpu, "kind": kind, "duration": _parse_duration(duration)}
+    )
+    until = f" for {fault['duration']:g}s" if fault.get("duration") else " until cleared"
+    print(f"injected {fault['kind']} into {fault['dpu']}{until}")
+
+
+@fault_app.command("clear")
+def fault_clear_cmd(
+    dpu: str = typer.Argument(..., help="sim id, serial or dpu-<serial>"),
+    kind: str | None = typer.Argument(None, help="only this kind [all of the DPU's faults]"),
+    directory: Path | None = _DIR_OPTION,
+) -> None:
+    """Clear a DPU's faults (all, or one kind)."""
+    params = {"dpu": dpu, **({"kind": kind} if kind else {})}
+    cleared = _call(directory, "DELETE", "/sim/v1/faults", params=params)["cleared"]
+    if not cleared:
+        print(f"no active fault to clear on {dpu}")
+    for fault in cleared:
+        print(f"cleared {fault['kind']} on {fault['dpu']}")
+
+
+@fault_app.command("list")
+def fault_list_cmd(
+    directory: Path | None = _DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List the active faults."""
+    faults = _call(directory, "GET", "/sim/v1/faults")["faults"]
+    if as_json:
+        print(json.dumps(faults, indent=2))
+        return
+    rows = [("DPU", "KIND", "STARTED", "REMAINING", "PHASE")]
+    for f in faults:
+        remaining = "-" if f["remaining"] is None else f"{f['remaining']:.0f}s"
+        rows.append((f["dpu"], f["kind"], f["started"], remaining, f.get("phase") or "-"))
+    if len(rows) == 1:
+        print("no active faults")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@fault_app.command("kinds")
+def fault_kinds_cmd() -> None:
+    """The fault kinds (docs/faults.md says what each one looks like)."""
+    from ..sim.faults import FaultKind
+
+    for kind in FaultKind:
+        print(kind.value)

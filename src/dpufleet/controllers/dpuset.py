@@ -25,6 +25,7 @@ from typing import Any
 from ..api.errors import Conflict, NotFound
 from ..api.meta import Severity, now
 from ..api.selectors import LabelSelector
+from ..health.evidence import FailureClass
 from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from ..store.store import Change, Store
 from .runtime.conditions import set_condition
@@ -33,6 +34,19 @@ from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
 
 ROLLOUT_POLL_SECONDS = 2.0
+# Diagnoses under which a DPU does not do its work: it counts as unavailable, so a rollout
+# never takes more DPUs down while the health controller is recovering others.
+OUT_OF_SERVICE = frozenset(
+    {
+        FailureClass.OS_HANG,
+        FailureClass.KERNEL_CRASH,
+        FailureClass.NIC_FIRMWARE_CRASH,
+        FailureClass.POWER_LOSS,
+        FailureClass.PCIE_ERROR,
+        FailureClass.CORRUPTED_FLASH,
+        FailureClass.MEMORY_FAILURE,
+    }
+)
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -126,8 +140,10 @@ class DPUSetReconciler(Reconciler):
             return (d.get("status") or {}).get("phase") in FAILED_PHASES
 
         def unavailable(d: dict[str, Any]) -> bool:
-            phase = (d.get("status") or {}).get("phase")
+            status = d.get("status") or {}
+            phase = status.get("phase")
             busy = phase in WORKING_PHASES or phase in FAILED_PHASES or phase == Phase.HELD
+            busy = busy or (status.get("diagnosis") or {}).get("failureClass") in OUT_OF_SERVICE
             return busy or (updated(d) and not converged(d))
 
         max_unavailable = _limit(strategy.get("maxUnavailable", 1), total) or 1

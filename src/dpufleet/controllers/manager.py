@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..health.controller import HealthReconciler
 from ..images.repository import ImageRepository, attach_repository
 from ..provisioning.controller import DPUProvisioner
 from ..security.secrets import SecretBox
@@ -33,6 +34,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     BMCReconciler,
     DPUProvisioner,
     DPUSetReconciler,
+    HealthReconciler,
 ]
 
 

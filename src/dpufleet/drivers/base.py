@@ -48,6 +48,7 @@ class InstallProgress:
     state: InstallState
     percent: int | None = None
     message: str = ""
+    reason: str | None = None  # when FAILED: why, as a condition reason (DigestMismatch, ...); None: InstallTaskFailed
 
 
 class InstallInterface(abc.ABC):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -32,6 +33,7 @@ class AgentReport(BaseModel):
     role: str = Field(default="dpu", pattern="^(dpu|host)$")
     agentVersion: str = Field(max_length=64)
     hostname: str | None = Field(default=None, max_length=253)
+    sentAt: datetime | None = Field(default=None, description="the agent's clock when it sent the report")
     inventory: Inventory | None = None
 
 
@@ -78,7 +80,8 @@ class ReportHandler:
         if not self._due(f"dpu/{name}", report.inventory is not None):
             return name
         self._ensure("DPU", name, project, {"serialNumber": report.serial}, "Discovered", "first report from its agent")
-        stamp = isotime(now())
+        received = now()
+        stamp = isotime(received)
         inv = report.inventory
 
         def mutate(status: dict[str, Any]) -> None:
@@ -86,8 +89,17 @@ class ReportHandler:
             agent.update(version=report.agentVersion, lastHeartbeat=stamp)
             status["lastSeen"] = stamp
             status.setdefault("serialNumber", report.serial)
+            if report.sentAt is not None:
+                sent = report.sentAt if report.sentAt.tzinfo else report.sentAt.replace(tzinfo=UTC)
+                agent.update(sentAt=isotime(sent), clockSkewSeconds=round((sent - received).total_seconds(), 3))
             if inv is not None:
-                agent.update(lastInventory=stamp, os=inv.os.pretty_name, kernel=inv.kernel_release)
+                agent.update(
+                    lastInventory=stamp,
+                    os=inv.os.pretty_name,
+                    kernel=inv.kernel_release,
+                    imageVersion=inv.os.image_version,
+                    filesystems=[f.model_dump() for f in inv.filesystems],
+                )
                 caps = dict(status.get("capabilities") or {})
                 caps["os"] = {
                     "disks": [d.model_dump(exclude_none=True) for d in inv.disks],
@@ -143,6 +155,7 @@ class ReportHandler:
                         "dpu": by_slot.get(fn.slot),
                         "role": fn.dpu.role,
                         "model": fn.dpu.model,
+                        **({"aer": fn.aer.model_dump()} if fn.aer is not None else {}),
                     }
                 )
 

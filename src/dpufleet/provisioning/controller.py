@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,12 @@ from ..controllers.runtime.events import EventRecorder
 from ..controllers.runtime.status import mutate_status
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
-from ..drivers.redfish.install import INSTALL_PATHS, find_dpu_system
+from ..drivers.redfish.install import find_dpu_system
+from ..drivers.registry import build_install_driver
 from ..images.repository import ImageRepository, repository_for
 from ..store import reservations
 from ..store.store import Store
+from .flavor import profile_of
 from .machine import (
     FAILED_PHASE,
     FAILED_PHASES,
@@ -59,6 +62,8 @@ log = logging.getLogger(__name__)
 RETRY = "dpufleet.io/retry"
 ABORT = "dpufleet.io/abort"
 PURPOSE = "provisioning"
+CLIENT_TTL = 60.0  # seconds a BMC client (address, credentials) is reused before it is read again
+CLIENT_CACHE_SIZE = 2048
 TIMEOUT_REASON = {
     Phase.AVAILABLE: "ValidationTimeout",
     Phase.PREPARING_HOST: "HostPreparationTimeout",
@@ -97,13 +102,22 @@ class DPUProvisioner(Reconciler):
         repository: ImageRepository | None = None,
     ) -> None:
         self.store = store
-        self.config = config or ProvisioningConfig()
+        self.config = config or ProvisioningConfig.from_env()
         self.owner = owner or default_owner()
         self._repository = repository
         self.events = EventRecorder(store, "provisioner")
         self._started = False
         self._start_lock = asyncio.Lock()
         self._systems: dict[tuple[str, str | None], str] = {}
+        # Reservations this controller holds, with their expiry: renewed in the store only when half
+        # their time is gone (one write per DPU per phase otherwise). The store stays authoritative:
+        # no other controller can take a reservation before it expires.
+        self._held: dict[tuple[str, str], float] = {}
+        # One Redfish client per BMC, kept between passes (a thousand DPUs polled every few seconds
+        # would otherwise read the BMC, its Credential and secret and open a connection each time).
+        # Entries expire, so changed credentials or addresses are picked up within CLIENT_TTL.
+        self._clients: dict[tuple[str, str], tuple[RedfishClient, float]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def repository(self) -> ImageRepository | None:
@@ -128,17 +142,15 @@ class DPUProvisioner(Reconciler):
         try:
             dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
         except NotFound:
+            self._held.pop((key.project, key.name), None)
             await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         if dpu["metadata"].get("deletionTimestamp"):
+            self._held.pop((key.project, key.name), None)
             await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         session = _Pass()
-        try:
-            return await self._reconcile(dpu, session)
-        finally:
-            if session.client is not None:
-                await session.client.aclose()
+        return await self._reconcile(dpu, session)  # its BMC client stays in the cache (_connect)
 
     async def _reconcile(self, dpu: dict[str, Any], session: _Pass) -> Result:
         spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
@@ -253,22 +265,10 @@ class DPUProvisioner(Reconciler):
         await self._move(ctx, phase, Phase.AVAILABLE, why, clear_steps=True)
         return await self._step(ctx, Phase.AVAILABLE)
 
-    async def _step(self, ctx: StepContext, phase: Phase) -> Result:
+    async def _step(self, ctx: StepContext, phase: Phase, chained: int = 0) -> Result:
         progress = ctx.progress
-        if phase in WORKING_PHASES:
-            other = await asyncio.to_thread(
-                reservations.reserve,
-                self.store,
-                "DPU",
-                ctx.project,
-                ctx.name,
-                self.owner,
-                PURPOSE,
-                self.config.reservation_ttl,
-            )
-            if other is not None:
-                log.info("%s is reserved by %s until %.0f", ctx.name, other.owner, other.expires_at)
-                return Result(requeue_after=min(self.config.reservation_ttl, 30.0))
+        if phase in WORKING_PHASES and not await self._reserve(ctx):
+            return Result(requeue_after=min(self.config.reservation_ttl, 30.0))
         if progress.retryAt:
             remaining = -seconds_since(progress.retryAt)
             if remaining > 0:
@@ -287,10 +287,14 @@ class DPUProvisioner(Reconciler):
             return await self._failed(ctx, phase, StepFailed("BMCError", str(exc)))
         if isinstance(outcome, Wait):
             progress.message = outcome.message or progress.message
-            await ctx.save()
+            if _worth_saving(progress, ctx.status.get("provisioning"), outcome.seconds):
+                await ctx.save()
             return Result(requeue_after=outcome.seconds)
         assert isinstance(outcome, Next)
         await self._move(ctx, phase, outcome.phase, outcome.message)
+        if outcome.phase in WORKING_PHASES and chained < len(HANDLERS):
+            # go straight on with the next step in this pass (it starts from what was just written)
+            return await self._step(ctx, outcome.phase, chained + 1)
         return Result(requeue_after=0.0)
 
     async def _failed(self, ctx: StepContext, phase: Phase, failure: StepFailed) -> Result:
@@ -312,7 +316,7 @@ class DPUProvisioner(Reconciler):
                 status["provisioning"] = progress.model_dump(mode="json")
                 summarize_ready(status, PROVISIONING_STEPS)
 
-            await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+            ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
             await ctx.record(failure.reason, text, True)
             return Result(requeue_after=delay)
         target = FAILED_PHASE[phase]
@@ -379,12 +383,13 @@ class DPUProvisioner(Reconciler):
                 )
             if ready:
                 status["installedImage"] = progress.image
+                status["installedSequence"] = progress.manifestSequence  # rollback protection (images/verify.py)
                 status["appliedFlavor"] = progress.flavor
             status["provisioning"] = progress.model_dump(mode="json")
             steps = ["Inventoried"] if progress.abortedGeneration is not None else PROVISIONING_STEPS
             summarize_ready(status, steps)
 
-        await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
         if source is not None and spent is not None:
             PHASE_SECONDS.labels(str(source), "failed" if failed else "left").observe(max(spent, 0.0))
         TRANSITIONS.labels(str(source or "None"), str(target)).inc()
@@ -402,9 +407,26 @@ class DPUProvisioner(Reconciler):
         def mutate(current: dict[str, Any]) -> None:
             summarize_ready(current, steps)
 
-        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project)
+        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
+
+    async def _reserve(self, ctx: StepContext) -> bool:
+        """Take or renew this DPU's reservation; False while another controller holds it."""
+        key = (ctx.project, ctx.name)
+        ttl = self.config.reservation_ttl
+        if self._held.get(key, 0.0) - time.time() > ttl / 2:
+            return True
+        other = await asyncio.to_thread(
+            reservations.reserve, self.store, "DPU", ctx.project, ctx.name, self.owner, PURPOSE, ttl
+        )
+        if other is not None:
+            self._held.pop(key, None)
+            log.info("%s is reserved by %s until %.0f", ctx.name, other.owner, other.expires_at)
+            return False
+        self._held[key] = time.time() + ttl
+        return True
 
     async def _release_reservation(self, ctx: StepContext) -> None:
+        self._held.pop((ctx.project, ctx.name), None)
         await asyncio.to_thread(reservations.release, self.store, "DPU", ctx.project, ctx.name, self.owner)
 
     # --- the context handlers work with -------------------------------------------------------------------
@@ -418,7 +440,7 @@ class DPUProvisioner(Reconciler):
             def mutate(status: dict[str, Any]) -> None:
                 status["provisioning"] = snapshot
 
-            await mutate_status(self.store, "DPU", name, mutate, project)
+            ctx.dpu = await mutate_status(self.store, "DPU", name, mutate, project, ctx.dpu)
 
         async def record(reason: str, message: str, warning: bool) -> None:
             await asyncio.to_thread(self.events.record, ctx.dpu, reason, message, "Warning" if warning else "Normal")
@@ -430,11 +452,16 @@ class DPUProvisioner(Reconciler):
 
         async def install_driver(path: str) -> InstallInterface:
             if path not in session.drivers:
-                factory = INSTALL_PATHS.get(path)
-                if factory is None:
-                    raise StepFailed("InstallPathUnsupported", f"no install driver {path!r}", retryable=False)
                 client, system = await redfish()
-                session.drivers[path] = factory(client, system)
+                profile = profile_of(ctx.status)
+                os_fw = profile.firmware_of_kind("os") if profile else None
+                driver = build_install_driver(
+                    path, client, system, store=self.store, project=ctx.project, dpu=ctx.name,
+                    os_target=os_fw.id if os_fw else None,
+                )  # fmt: skip
+                if driver is None:
+                    raise StepFailed("InstallPathUnsupported", f"no install driver {path!r}", retryable=False)
+                session.drivers[path] = driver
             return session.drivers[path]
 
         ctx = StepContext(
@@ -455,6 +482,37 @@ class DPUProvisioner(Reconciler):
         bmc_name = status.get("bmc")
         if not bmc_name:
             raise StepFailed("NoBMC", "the DPU is not managed through a BMC")
+        serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
+        cached = self._clients.get((project, bmc_name))
+        if cached is not None and cached[1] > time.monotonic():
+            client = cached[0]
+            system = self._systems.get((client.base_url, serial))
+            if system is not None:
+                return client, system
+        client, system = await self._open(dpu, project, bmc_name, serial)
+        if len(self._clients) >= CLIENT_CACHE_SIZE:
+            for key in sorted(self._clients, key=lambda k: self._clients[k][1])[: CLIENT_CACHE_SIZE // 4]:
+                self._retire(self._clients.pop(key)[0])
+        old = self._clients.get((project, bmc_name))
+        self._clients[(project, bmc_name)] = (client, time.monotonic() + CLIENT_TTL)
+        if old is not None and old[0] is not client:
+            self._retire(old[0])
+        return client, system
+
+    def _retire(self, client: RedfishClient) -> None:
+        """Close a client no longer cached once requests other passes may still make on it are done."""
+
+        async def later() -> None:
+            await asyncio.sleep(client.timeout * (client.retries + 1) + 5)
+            await client.aclose()
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _open(
+        self, dpu: dict[str, Any], project: str, bmc_name: str, serial: str | None
+    ) -> tuple[RedfishClient, str]:
         try:
             bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, project)
         except NotFound:
@@ -470,7 +528,6 @@ class DPUProvisioner(Reconciler):
                 raise StepFailed("CredentialsMissing", f"credentials {ref!r} not found") from None
             credentials = Credentials(cred["spec"]["username"], password or "")
         client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=2)
-        serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
         cache_key = (spec["address"], serial)
         try:
             system = self._systems.get(cache_key) or await find_dpu_system(client, serial)
@@ -479,6 +536,18 @@ class DPUProvisioner(Reconciler):
             raise
         self._systems[cache_key] = system
         return client, system
+
+
+def _worth_saving(progress: ProvisioningStatus, saved: Any, pause: float) -> bool:
+    """Whether a Wait writes its progress: always when a field other than the message changed; a new
+    message alone only when the pause is long enough for a user to read it (a write per fast poll of
+    the same task would be most of the control plane's work with a thousand DPUs)."""
+    current = progress.model_dump(mode="json")
+    if current == saved:
+        return False
+    if not isinstance(saved, dict) or pause >= 1.0:
+        return True
+    return {k: v for k, v in current.items() if k != "message"} != {k: v for k, v in saved.items() if k != "message"}
 
 
 def _phase(value: Any) -> Phase | None:

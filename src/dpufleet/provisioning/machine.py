@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,6 +101,24 @@ class ProvisioningConfig:
     retry_cap_seconds: float = 600.0
     reservation_ttl: float = 900.0
     url_ttl: float = 3600.0
+    # a BMC shows a reset within seconds; a DPU still up on the same boot this long after the
+    # reset was recorded never got it (the control plane died between recording and sending)
+    reset_grace_seconds: float = 15.0
+
+    @classmethod
+    def from_env(cls) -> ProvisioningConfig:
+        """Defaults, with the poll and retry pauses from the environment when set (benchmarks and
+        tests with instant emulated hardware): DPUFLEET_PROVISIONING_POLL_SECONDS,
+        DPUFLEET_PROVISIONING_RETRY_SECONDS."""
+        config = cls()
+        poll = os.environ.get("DPUFLEET_PROVISIONING_POLL_SECONDS")
+        if poll:
+            config.poll_seconds = float(poll)
+        retry = os.environ.get("DPUFLEET_PROVISIONING_RETRY_SECONDS")
+        if retry:
+            config.retry_base_seconds = float(retry)
+            config.retry_cap_seconds = max(float(retry) * 8, float(retry))
+        return config
 
     def retry_delay(self, attempt: int) -> float:
         return float(min(self.retry_cap_seconds, self.retry_base_seconds * 2 ** max(0, attempt - 1)))

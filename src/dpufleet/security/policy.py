@@ -66,7 +66,8 @@ class SubAction(StrEnum):
 SUBACTION_DOC: dict[SubAction, str] = {
     SubAction.FIRMWARE_UPDATE: "writing a DPUFlavor's firmwareParameters (applied to NIC/BMC firmware settings)",
     SubAction.IMAGE_FLASH: "setting or changing a DPU's spec.image or spec.flavor, or a DPUSet's template "
-    "image/flavor (reinstalls the DPU's OS and configuration)",
+    "image/flavor (reinstalls the DPU's OS and configuration); setting or clearing a DPU's "
+    "dpufleet.io/allow-downgrade annotation (lets it install an older signed image)",
     SubAction.FPGA_PROGRAM: "programming a bitstream outside an image (the route arrives with the FPGA "
     "driver); an Image's fpga-bitstream component reaches a DPU through spec.image, which is image-flash",
     SubAction.BMC_CREDENTIAL_CHANGE: "any write to a Credential; changing a BMC's spec.address, "
@@ -95,6 +96,10 @@ A, OP, T, V, G, C = Role.ADMIN, Role.OPERATOR, Role.TENANT, Role.VIEWER, Role.AG
 _USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project")
 
 
+# Kinds only admins write: projects (who owns what) and publishers (whose signed images are trusted).
+ADMIN_WRITTEN = ("Project", "Publisher")
+
+
 def _kind_rules() -> dict[str, dict[Verb, frozenset[Role]]]:
     rules: dict[str, dict[Verb, frozenset[Role]]] = {}
     for kind in REGISTRY:
@@ -104,7 +109,7 @@ def _kind_rules() -> dict[str, dict[Verb, frozenset[Role]]]:
             if kind in _USED:
                 per[verb] |= {T, C}
         for verb in (*WRITE, Verb.STATUS_UPDATE):
-            if kind != "Project":  # projects are made by admins only
+            if kind not in ADMIN_WRITTEN:
                 per[verb].add(OP)
         if kind in ("DPU", "Host"):
             for verb in (Verb.UPDATE, Verb.PATCH):
@@ -181,6 +186,7 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
         FieldRule(("spec", "bmcRef"), SubAction.INVENTORY_CHANGE),
         FieldRule(("spec", "hostRef"), SubAction.INVENTORY_CHANGE),
         FieldRule(("spec", "serialNumber"), SubAction.INVENTORY_CHANGE),
+        FieldRule(("metadata", "annotations", "dpufleet.io/allow-downgrade"), SubAction.IMAGE_FLASH),
     ),
     "Host": (
         FieldRule(("spec", "lessee"), SubAction.LEASE_CHANGE),

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ..api.errors import APIError, BadRequest, Invalid
@@ -29,6 +29,7 @@ from .access import Access
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_EXPIRY = timedelta(days=3660)
+MAX_SEQ = 2**63 - 1  # the database's integer range
 
 
 def parse_duration(value: str) -> timedelta:
@@ -131,7 +132,11 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
         return _doc(record.as_dict())
 
     @router.get("/audit/v1/records", summary="The newest audit records, oldest first")
-    async def audit_records(request: Request, limit: int = 100, after: int | None = None) -> Response:
+    async def audit_records(
+        request: Request,
+        limit: int = 100,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="records after this seq")] = None,
+    ) -> Response:
         acc = access(request)
         acc.require(SubAction.AUDIT_READ)
         limit = max(1, min(limit, 10_000))

@@ -6,6 +6,8 @@ What an agent may do here, and with what proof:
     POST /agent/v1/enroll   a one-time token or an IDevID proof, plus a CSR
     POST /agent/v1/renew    a current fleet certificate, plus a CSR for a new key
     POST /agent/v1/report   a current fleet certificate naming the DPU/host the report is for
+    GET  /agent/v1/install, POST /agent/v1/install/status
+                            a DPU's fleet certificate: its own install order (server/agent_install.py)
 
 TLS requests a client certificate on every connection (CERT_OPTIONAL, so that
 enrollment works before a device has one); a certificate that is presented is
@@ -47,6 +49,7 @@ from ..api.validation import describe_errors
 from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
 from ..security.pki import AgentIdentity, FleetCA, PKIError, cert_pem
+from .agent_install import add_install_routes
 from .app import ServerState, _doc, _read_json
 
 log = logging.getLogger(__name__)
@@ -185,6 +188,7 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
         return _doc(reply.model_dump())
 
     _ = (ca_certificate, enroll, renew, report)
+    add_install_routes(app, state, lambda request: peer_identity(request, ca))
     return app
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -44,9 +45,57 @@ T = TypeVar("T")
 
 BASE = "/apis/dpufleet.io/v1alpha1"
 MAX_BODY = 1024 * 1024
+MAX_RV = 2**63 - 1  # the database's integer range
 BOOKMARK_EVERY = 10.0
 BY_PLURAL: dict[str, KindInfo] = {info.plural: info for info in REGISTRY.values()}
 Plural = Annotated[str, Path(description="resource type: " + ", ".join(sorted(BY_PLURAL)))]
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A failure: the HTTP code, a stable reason and a message naming the cause (and the field)",
+    "required": ["apiVersion", "kind", "status", "code", "reason", "message"],
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string", "enum": ["Status"]},
+        "status": {"type": "string", "enum": ["Failure"]},
+        "code": {"type": "integer"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "details": {"type": "object"},
+    },
+}
+_STATUS_REF = {"$ref": "#/components/schemas/Status"}
+
+
+def document_failures(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI say what the server really answers on failure: a Status body for any 4xx.
+
+    FastAPI documents its own 422 validation body, which this server never sends (request
+    validation answers 400 with a Status); every operation may answer 400-404, 409, 410, 413,
+    415 or 422, all as a Status. Path parameters naming a resource type list the types served.
+    """
+    schema.setdefault("components", {}).setdefault("schemas", {})["Status"] = STATUS_SCHEMA
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    schema["components"].setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    failure = {
+        "description": "Failure: a Status naming the cause",
+        "content": {"application/json": {"schema": _STATUS_REF}},
+    }
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            responses.pop("422", None)
+            responses["4XX"] = failure
+            for param in operation.get("parameters") or []:
+                if param.get("name") == "plural" and param.get("in") == "path":
+                    param["schema"] = {**param.get("schema", {}), "enum": sorted(BY_PLURAL)}
+                if param.get("name") == "watch" and param.get("in") == "query" and "200" in responses:
+                    stream = {"schema": {"type": "string", "description": "one JSON watch event per line"}}
+                    responses["200"].setdefault("content", {})["application/x-ndjson"] = stream
+    return schema
 
 
 @dataclass
@@ -171,8 +220,8 @@ def _parse_rv(value: str | None) -> int | None:
     if value in (None, "", "0"):
         return None
     assert value is not None
-    if not value.isdigit():
-        raise BadRequest(f"resourceVersion {value!r} must be a non-negative integer")
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_RV:
+        raise BadRequest(f"resourceVersion {value!r} must be a non-negative integer (at most {MAX_RV})")
     return int(value)
 
 
@@ -218,6 +267,15 @@ def create_app(state: ServerState) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_failures(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
@@ -289,11 +347,13 @@ def create_app(state: ServerState) -> FastAPI:
     from ..inventory.reports import ReportHandler
     from .admin_api import admin_router
     from .agent_api import agent_router
+    from .health_api import health_router
     from .images_api import images_router
 
     app.include_router(admin_router(state, [Depends(authenticate)]))
     app.include_router(images_router(state, [Depends(authenticate)]))
     app.include_router(agent_router(state, ReportHandler(state.store), [require(SubAction.AGENT_REPORT)]))
+    app.include_router(health_router(state, [Depends(authenticate)]))
     return app
 
 

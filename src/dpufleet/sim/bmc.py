@@ -19,11 +19,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from dpufleet.sim.devices import PowerState, SimDPU
-from dpufleet.sim.osroot import refresh_dpu_firmware_files
+from dpufleet.sim.osroot import refresh_dpu_firmware_files, refresh_dpu_nic_files
 from dpufleet.sim.redfish.messages import RedfishError, message, message_id, render
 
 SYSTEM_ID = "DPU"
@@ -39,7 +39,7 @@ RESET_TYPES: tuple[str, ...] = (
     "PowerCycle",
 )
 MANAGER_RESET_TYPES: tuple[str, ...] = ("GracefulRestart", "ForceRestart")
-BOOT_TARGETS: tuple[str, ...] = ("None", "Pxe", "UefiHttp", "UefiShell", "Hdd", "BiosSetup")
+BOOT_TARGETS: tuple[str, ...] = ("None", "Pxe", "Cd", "UefiHttp", "UefiShell", "Hdd", "BiosSetup")
 BOOT_ENABLED: tuple[str, ...] = ("Disabled", "Once", "Continuous")
 ROLES: dict[str, tuple[str, ...]] = {
     "Administrator": ("Login", "ConfigureManager", "ConfigureUsers", "ConfigureSelf", "ConfigureComponents"),
@@ -61,6 +61,7 @@ class BmcTimings:
     power_off_seconds: float = 5.0
     update_seconds: float = 60.0
     bmc_restart_seconds: float = 30.0
+    installer_watchdog_seconds: float = 30.0  # a failed installer (or slot) shows its error this long
     time_scale: float = 1.0
 
     def scaled(self, seconds: float) -> float:
@@ -131,6 +132,35 @@ class SimLogEntry:
 
 
 @dataclass
+class SimSubscription:
+    """An EventService subscription (EventDestination): where the BMC POSTs its events."""
+
+    id: str
+    destination: str
+    context: str | None
+    registry_prefixes: list[str]
+    created: str
+    delivered: int = 0
+    failed: int = 0
+
+
+class BootHooks(Protocol):
+    """What fault injection (dpufleet.sim.faults) adds to a power sequence."""
+
+    def on_power_off(self, bmc: SimBMC) -> None: ...
+
+    def on_power_on(self, bmc: SimBMC) -> None: ...
+
+    async def post(self, bmc: SimBMC) -> bool:
+        """Memory initialisation during POST; False: POST failed, the boot stops here."""
+        ...
+
+    async def os_boot(self, bmc: SimBMC) -> bool:
+        """The OS is booting; False: it did not come up (this boot ends here)."""
+        ...
+
+
+@dataclass
 class SimBMC:
     """One emulated BMC managing one DPU."""
 
@@ -148,6 +178,13 @@ class SimBMC:
     requests_served: int = 0
     # Fault injection hooks: a failing update target, a stuck power transition.
     fail_updates: bool = False
+    corrupt_next_slot: bool = False  # the slot the next boot tries is found corrupt (a bad flash page)
+    installer_failures: list[str] = field(default_factory=list)  # why network installs failed, newest last
+    slot_boots: list[Any] = field(default_factory=list)  # SlotBoot outcomes of A/B boots, newest last
+    crashed: bool = False  # the BMC itself is dead: its HTTP service answers nothing (fault bmc-crash)
+    boot_hooks: BootHooks | None = None
+    subscriptions: dict[str, SimSubscription] = field(default_factory=dict)
+    events_sent: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _power_job: asyncio.Task[None] | None = None
     _jobs: set[asyncio.Task[None]] = field(default_factory=set)
@@ -201,7 +238,8 @@ class SimBMC:
 
     # -- event log ------------------------------------------------------------
 
-    def log(self, key: str, *args: object) -> SimLogEntry:
+    def log(self, key: str, *args: object, origin: str | None = None) -> SimLogEntry:
+        """Append a SEL entry and send it as an event to the EventService's subscribers."""
         info = message(key, *args)
         entry = SimLogEntry(
             id=str(len(self.sel) + 1),
@@ -212,7 +250,29 @@ class SimBMC:
             message_args=[str(a) for a in args],
         )
         self.sel.append(entry)
+        self.publish(entry, origin or f"Systems/{SYSTEM_ID}")
         return entry
+
+    def post_code(self, code: str, description: str) -> None:
+        """Record a POST code of the current boot (Systems/<id>/LogServices/PostCodes)."""
+        self.dpu.post_codes.append((self.dpu.boot_count + 1, code, description))
+        del self.dpu.post_codes[:-500]
+
+    def publish(self, entry: SimLogEntry, origin: str) -> None:
+        """POST the entry as a Redfish Event to every subscriber (fire and forget; a dead BMC sends nothing)."""
+        if not self.subscriptions or self.crashed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        from dpufleet.sim.redfish.events import deliver  # the events module imports this one
+
+        for sub in list(self.subscriptions.values()):
+            prefix = entry.message_id.split(".", 1)[0]
+            if sub.registry_prefixes and prefix not in sub.registry_prefixes:
+                continue
+            self._spawn(deliver(self, sub, entry, origin))
 
     # -- background jobs ------------------------------------------------------
 
@@ -227,8 +287,9 @@ class SimBMC:
         self.limits = limits
         self._slots = None
 
-    def set_boot_progress(self, stage: str) -> None:
+    def set_boot_progress(self, stage: str, oem: str | None = None) -> None:
         self.dpu.boot_progress = stage
+        self.dpu.boot_progress_oem = oem if stage == "OEM" else None
         self.dpu.boot_progress_time = utcnow_iso()
 
     def request_slots(self) -> asyncio.Semaphore | None:
@@ -279,33 +340,101 @@ class SimBMC:
     def _powered_off(self, name: str) -> None:
         dpu = self.dpu
         dpu.power_state = PowerState.OFF
+        dpu.os_alive = False
         self.set_boot_progress("None")
         dpu.power_watts = 0.0
         dpu.temperature_celsius = 30.0
         for nic in dpu.nics:
             nic.operstate = "down"
+        refresh_dpu_nic_files(dpu)
+        if self.boot_hooks is not None:
+            self.boot_hooks.on_power_off(self)
         self.log("ResourcePoweredOff", name)
+
+    def cancel_power_job(self) -> None:
+        if self._power_job is not None and not self._power_job.done():
+            self._power_job.cancel()
+        self._power_job = None
+
+    def set_power_job(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as the power sequence (a later reset cancels it)."""
+        self.cancel_power_job()
+        self._power_job = self._spawn(coro)
+
+    def cut_power(self, name: str) -> None:
+        """The DPU loses power at once (no graceful shutdown): any power sequence stops."""
+        if self._power_job is not None and not self._power_job.done():
+            self._power_job.cancel()
+        self._power_job = None
+        self._powered_off(name)
 
     async def _power_on(self, name: str) -> None:
         dpu = self.dpu
         dpu.power_state = PowerState.POWERING_ON
+        dpu.os_alive = False
         dpu.power_watts = dpu.profile.thermal.idle_watts * 0.6
+        if self.boot_hooks is not None:
+            self.boot_hooks.on_power_on(self)
         self.log("ResourcePoweringOn", name)
         boot = self.timings.scaled(self.timings.power_on_seconds)
-        for stage in ("SystemHardwareInitializationComplete", "SetupEntered", "OSBootStarted"):
-            self.set_boot_progress(stage)
-            await asyncio.sleep(boot / 3)
+        self.set_boot_progress("MemoryInitializationStarted")
+        self.post_code("0x2B", "Memory initialization")
+        if self.boot_hooks is not None and not await self.boot_hooks.post(self):
+            return
+        self.set_boot_progress("SystemHardwareInitializationComplete")
+        self.post_code("0x4F", "DXE IPL started")
+        await asyncio.sleep(boot / 3)
+        source = self._network_boot_source()
+        if source is not None:
+            from dpufleet.sim.installer import run_installer  # the installer imports this module
+
+            await run_installer(self, *source)
+        self.set_boot_progress("SetupEntered")
+        await asyncio.sleep(boot / 3)
+        self.set_boot_progress("OSBootStarted")
+        await asyncio.sleep(boot / 3)
+        await self._boot_slot(boot)
+        if self.boot_hooks is not None and not await self.boot_hooks.os_boot(self):
+            return
         dpu.power_state = PowerState.ON
         self.set_boot_progress("OSRunning")
         dpu.boot_count += 1
+        dpu.os_alive = True
         dpu.power_watts = dpu.profile.thermal.idle_watts
         dpu.temperature_celsius = dpu.profile.thermal.idle_celsius
         for nic in dpu.nics:
             nic.operstate = "up"
+        refresh_dpu_nic_files(dpu)
         if dpu.boot_override_enabled == "Once":
             dpu.boot_override_enabled = "Disabled"
             dpu.boot_override_target = "None"
         self.log("ResourcePoweredOn", name)
+
+    def _network_boot_source(self) -> tuple[str, str] | None:
+        """(URI, source) when the one-time override boots an installer: UEFI HTTP or virtual media."""
+        dpu = self.dpu
+        if dpu.boot_override_enabled == "Disabled":
+            return None
+        if dpu.boot_override_target == "UefiHttp" and dpu.http_boot_uri:
+            return dpu.http_boot_uri, "UefiHttp"
+        if dpu.boot_override_target == "Cd" and dpu.virtual_media_inserted and dpu.virtual_media_image:
+            return dpu.virtual_media_image, "Cd"
+        return None
+
+    async def _boot_slot(self, boot: float) -> None:
+        """The bootloader tries the next A/B slot; a slot that does not boot costs a watchdog period."""
+        from dpufleet.sim.installer import boot_slots
+
+        outcome = boot_slots(self.dpu, corrupt_next=self.corrupt_next_slot, at=utcnow_iso())
+        if outcome is None:
+            return
+        self.slot_boots.append(outcome)
+        if outcome.ok:
+            return
+        self.set_boot_progress("OEM", f"SlotBootFailed: {outcome.reason}")
+        await asyncio.sleep(self.timings.scaled(self.timings.installer_watchdog_seconds))
+        self.set_boot_progress("OSBootStarted")
+        await asyncio.sleep(boot / 3)
 
     # -- the BMC itself -------------------------------------------------------
 
@@ -316,7 +445,7 @@ class SimBMC:
         self.unavailable_until = time.monotonic() + self.timings.scaled(self.timings.bmc_restart_seconds)
 
     def available(self) -> bool:
-        return time.monotonic() >= self.unavailable_until
+        return not self.crashed and time.monotonic() >= self.unavailable_until
 
     # -- firmware -------------------------------------------------------------
 

@@ -63,11 +63,23 @@ class SimDPU:
     boot_override_target: str = "None"
     boot_override_enabled: str = "Disabled"
     boot_override_mode: str = "UEFI"
+    boot_progress_oem: str | None = None  # BootProgress.OemLastState while LastState is OEM
+    http_boot_uri: str | None = None  # Boot.HttpBootUri: what UEFI HTTP boot fetches
+    virtual_media_image: str | None = None  # Managers/<id>/VirtualMedia/CD
+    virtual_media_inserted: bool = False
     secure_boot_enabled: bool = True
     temperature_celsius: float = 50.0
     power_watts: float = 60.0
     osroot: Path | None = None
     boot_count: int = 0
+    # What faults change (dpufleet.sim.faults); every view renders from these.
+    health: str = "OK"  # the system's Status.Health
+    os_alive: bool = True  # the OS runs and its agent can report: False while off, booting, hung or panicked
+    memory_state: str = "Enabled"  # Memory/DRAM0 Status.State
+    memory_health: str = "OK"
+    network_partitioned: bool = False  # the agent's reports do not reach the control plane
+    clock_offset_seconds: float = 0.0  # the DPU OS clock minus true time
+    post_codes: list[tuple[int, str, str]] = field(default_factory=list)  # (boot, code, description), newest last
 
     def host_functions(self) -> list[HostPciFunction]:
         """The PCI functions the host sees for this DPU (one bus per DPU slot)."""
@@ -113,3 +125,4 @@ class SimHost:
     model: HostModel
     dpus: list[SimDPU] = field(default_factory=list)
     osroot: Path | None = None
+    os_alive: bool = True  # the host OS runs and its agent can report

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -25,12 +26,31 @@ from dpufleet.sim.bmc import BmcLimits, BmcTimings, SimBMC, new_bmc
 from dpufleet.sim.devices import HOST_MODELS, SimDPU, SimHost, SimNic
 from dpufleet.sim.osroot import write_dpu_root, write_host_root
 from dpufleet.sim.profiles import VendorProfile, get_profile
-from dpufleet.sim.redfish.app import RedfishApp, create_bmc_app, create_fleet_app
+from dpufleet.sim.redfish.app import TRANSPORT_SCOPE_KEY, RedfishApp, create_bmc_app, create_fleet_app
 from dpufleet.sim.tls import CertFiles, make_self_signed
 
 # PCIe bus numbers of the slots where hosts carry DPUs.
 SLOT_BUSES: tuple[int, ...] = (0x17, 0x31, 0x4B, 0x65, 0x98, 0xB1, 0xCA, 0xE3)
 _START_TIMEOUT_SECONDS = 10.0
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseProtocol
+except ImportError:  # pragma: no cover - without httptools uvicorn speaks h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _BaseProtocol  # type: ignore[assignment]
+
+
+class _FleetHttpProtocol(_BaseProtocol):
+    """uvicorn's HTTP protocol, telling the app its connection so a dead BMC can reset it."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        inner = self.app
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            scope[TRANSPORT_SCOPE_KEY] = transport
+            await inner(scope, receive, send)
+
+        self.app = app
 
 
 class MacAllocator:
@@ -93,6 +113,9 @@ class Fleet:
     hosts: list[SimHost]
     bmcs: dict[str, SimBMC]
     directory: Path | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # the loop serving it (fault injection runs there)
+    server: FleetServer | None = None
+    faults: Any = None  # the FaultInjector (dpufleet.sim.faults), created on first use
 
     @property
     def dpus(self) -> list[SimDPU]:
@@ -235,9 +258,44 @@ class FleetServer:
     servers: list[uvicorn.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     cert: CertFiles | None = None
+    host: str = "127.0.0.1"
+    per_bmc: dict[str, tuple[uvicorn.Server, int]] = field(default_factory=dict)  # per-BMC-port mode
+    fleet_app: RedfishApp | None = None  # the one-port app (it also serves the sim control API)
+    control_url: str | None = None
 
     def service_root(self, bmc_id: str) -> str:
         return self.endpoints[bmc_id] + "/redfish/v1"
+
+    async def close_bmc_port(self, bmc_id: str) -> None:
+        """Per-BMC-port mode: stop listening (connections are refused), as when the BMC is dead."""
+        entry = self.per_bmc.get(bmc_id)
+        if entry is None:
+            return
+        server, _port = entry
+        for listener in server.servers:
+            listener.close()
+        server.should_exit = True
+
+    async def reopen_bmc_port(self, bmc_id: str) -> None:
+        entry = self.per_bmc.get(bmc_id)
+        if entry is None:
+            return
+        old, port = entry
+        if not old.should_exit:
+            return
+        for _ in range(100):  # the old server may still be letting go of the port
+            try:
+                server, task, _bound = await _start_server(
+                    create_bmc_app(self.fleet.bmcs[bmc_id]), self.host, port, self.cert
+                )
+                break
+            except (OSError, SystemExit):
+                await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError(f"cannot listen on port {port} again for BMC {bmc_id}")
+        self.servers.append(server)
+        self.tasks.append(task)
+        self.per_bmc[bmc_id] = (server, port)
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -256,7 +314,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 async def _start_server(
-    app: RedfishApp,
+    app: Any,
     host: str,
     port: int,
     cert: CertFiles | None,
@@ -272,6 +330,7 @@ async def _start_server(
         ssl_certfile=str(cert.cert) if cert else None,
         ssl_keyfile=str(cert.key) if cert else None,
         timeout_graceful_shutdown=2,
+        http=_FleetHttpProtocol,
     )
     server = _EmbeddedServer(config)
     task = asyncio.get_running_loop().create_task(server.serve())
@@ -286,6 +345,21 @@ async def _start_server(
         await asyncio.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     return server, task, int(bound)
+
+
+async def serve_control(running: FleetServer, app: Any, host: str, port: int = 0) -> str:
+    """Serve the sim control API: inside the one-port fleet app, else on a port of its own."""
+    scheme = "https" if running.cert else "http"
+    if running.fleet_app is not None:
+        running.fleet_app.control = app
+        first = next(iter(running.endpoints.values()))
+        running.control_url = first.split("/bmc/", 1)[0]
+        return running.control_url
+    server, task, bound = await _start_server(app, host, port, running.cert)
+    running.servers.append(server)
+    running.tasks.append(task)
+    running.control_url = f"{scheme}://{host}:{bound}"
+    return running.control_url
 
 
 async def serve_fleet(
@@ -309,16 +383,20 @@ async def serve_fleet(
             raise ValueError("tls needs cert_dir or a fleet built with a directory")
         cert = make_self_signed(directory, hosts=(host, "localhost"))
     scheme = "https" if tls else "http"
-    running = FleetServer(fleet=fleet, endpoints={}, cert=cert)
+    running = FleetServer(fleet=fleet, endpoints={}, cert=cert, host=host)
+    fleet.loop = asyncio.get_running_loop()
+    fleet.server = running
     try:
         if per_bmc_ports:
             for index, bmc in enumerate(fleet.bmcs.values()):
                 server, task, bound = await _start_server(create_bmc_app(bmc), host, port + index if port else 0, cert)
                 running.servers.append(server)
                 running.tasks.append(task)
+                running.per_bmc[bmc.id] = (server, bound)
                 running.endpoints[bmc.id] = f"{scheme}://{host}:{bound}"
         else:
-            server, task, bound = await _start_server(create_fleet_app(fleet.bmcs), host, port, cert)
+            running.fleet_app = create_fleet_app(fleet.bmcs)
+            server, task, bound = await _start_server(running.fleet_app, host, port, cert)
             running.servers.append(server)
             running.tasks.append(task)
             for bmc_id in fleet.bmcs:

@@ -135,6 +135,99 @@ def _write_dmi(root: Path, values: dict[str, str]) -> None:
         _write(root, f"sys/class/dmi/id/{key}", value + "\n")
 
 
+def refresh_dpu_nic_files(dpu: SimDPU) -> None:
+    """Rewrite sys/class/net/<nic>/operstate after a link change."""
+    if dpu.osroot is None:
+        return
+    for nic in dpu.nics:
+        _write(dpu.osroot, f"sys/class/net/{nic.name}/operstate", nic.operstate + "\n")
+
+
+STATVFS_FILE = "run/dpufleet-sim/statvfs"  # what the agent reads instead of statvfs(2) on an emulated root
+
+
+def write_statvfs(root: Path, filesystems: list[tuple[str, str, int, int]]) -> None:
+    """(mountpoint, fstype, size_bytes, used_bytes) per filesystem, as the agent's inventory reads them."""
+    lines = "".join(f"{mp} {fstype} {size} {used} {max(size - used, 0)}\n" for mp, fstype, size, used in filesystems)
+    _write(root, STATVFS_FILE, lines)
+
+
+def root_filesystem_size(profile: VendorProfile) -> int:
+    disk = profile.storage[0] if profile.storage else None
+    return (disk.size_gib if disk else 64) * 1024**3
+
+
+def write_dpu_filesystems(dpu: SimDPU, full: bool = False) -> None:
+    """The DPU's root filesystem (about a third used, or 100 % when ``full``) and /boot/efi."""
+    if dpu.osroot is None:
+        return
+    size = root_filesystem_size(dpu.profile)
+    write_statvfs(
+        dpu.osroot,
+        [("/", "ext4", size, size if full else size * 31 // 100), ("/boot/efi", "vfat", 50 * 1024**2, 6 * 1024**2)],
+    )
+
+
+AER_FILES = ("aer_dev_correctable", "aer_dev_nonfatal", "aer_dev_fatal")
+_AER_FIELDS = {
+    "aer_dev_correctable": (
+        "RxErr",
+        "BadTLP",
+        "BadDLLP",
+        "Rollover",
+        "Timeout",
+        "NonFatalErr",
+        "CorrIntErr",
+        "HeaderOF",
+    ),
+    "aer_dev_nonfatal": (
+        "Undefined",
+        "DLP",
+        "SDES",
+        "TLP",
+        "FCP",
+        "CmpltTO",
+        "CmpltAbrt",
+        "UnxCmplt",
+        "RxOF",
+        "MalfTLP",
+        "ECRC",
+        "UnsupReq",
+        "ACSViol",
+        "UncorrIntErr",
+        "BlockedTLP",
+        "AtomicOpBlocked",
+        "TLPBlockedErr",
+        "PoisonTLPBlocked",
+    ),
+}
+_AER_FIELDS["aer_dev_fatal"] = _AER_FIELDS["aer_dev_nonfatal"]
+_AER_TOTAL = {
+    "aer_dev_correctable": "TOTAL_ERR_COR",
+    "aer_dev_nonfatal": "TOTAL_ERR_NONFATAL",
+    "aer_dev_fatal": "TOTAL_ERR_FATAL",
+}
+
+
+def _aer_text(name: str, counts: dict[str, int]) -> str:
+    lines = [f"{field} {counts.get(field, 0)}" for field in _AER_FIELDS[name]]
+    lines.append(f"{_AER_TOTAL[name]} {sum(counts.values())}")
+    return "\n".join(lines) + "\n"
+
+
+def bump_aer(root: Path, bdf: str, name: str, field: str) -> None:
+    """Count one AER error of type ``field`` in /sys/bus/pci/devices/<bdf>/<name> (as the kernel does)."""
+    path = root / f"sys/bus/pci/devices/{bdf}/{name}"
+    counts: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in _AER_FIELDS[name] and value.strip().isdigit():
+                counts[key] = int(value)
+    counts[field] = counts.get(field, 0) + 1
+    _write(root, f"sys/bus/pci/devices/{bdf}/{name}", _aer_text(name, counts))
+
+
 def refresh_dpu_firmware_files(dpu: SimDPU) -> None:
     """Rewrite the files that show firmware versions, after an update."""
     if dpu.osroot is None:
@@ -144,6 +237,12 @@ def refresh_dpu_firmware_files(dpu: SimDPU) -> None:
         _write(dpu.osroot, "sys/class/dmi/id/bios_version", dpu.firmware[uefi.id] + "\n")
     lines = "".join(f"{fw_id}={version}\n" for fw_id, version in sorted(dpu.firmware.items()))
     _write(dpu.osroot, "etc/dpufleet-sim/firmware", lines)
+    os_fw = dpu.profile.firmware_of_kind("os")
+    release = dpu.osroot / "etc/os-release"
+    if os_fw is not None and release.exists():  # IMAGE_VERSION (os-release(5)): the OS image the DPU runs
+        kept = [line for line in release.read_text().splitlines() if not line.startswith("IMAGE_VERSION=")]
+        kept.append(f'IMAGE_VERSION="{dpu.firmware[os_fw.id]}"')
+        _write(dpu.osroot, "etc/os-release", "\n".join(kept) + "\n")
 
 
 def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
@@ -209,6 +308,10 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
         _write_pci(root, bdf, function.spec.vendor_id, function.spec.device_id, function.spec.class_code, vpd)
     dpu.osroot = root
     refresh_dpu_firmware_files(dpu)
+    write_dpu_filesystems(dpu)
+    from dpufleet.sim.installer import init_slots  # the installer imports this module
+
+    init_slots(dpu)
     return root
 
 
@@ -246,6 +349,9 @@ def write_host_root(host: SimHost, root: Path) -> Path:
         for function in dpu.host_functions():
             spec = function.spec
             _write_pci(root, function.bdf, spec.vendor_id, spec.device_id, spec.class_code, vpd)
+            for name in AER_FILES:
+                _write(root, f"sys/bus/pci/devices/{function.bdf}/{name}", _aer_text(name, {}))
+    write_statvfs(root, [("/", "ext4", 960 * 1024**3, 120 * 1024**3)])
     host.osroot = root
     return root
 

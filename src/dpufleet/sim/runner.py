@@ -24,6 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,12 @@ from cryptography.hazmat.primitives import serialization
 
 from ..agent.credentials import EnrollmentOptions
 from ..agent.daemon import Agent, AgentConfig
+from ..agent.inventory import Inventory
 from .bmc import BmcLimits
-from .fleet import Fleet, FleetServer, build_fleet, serve_fleet
+from .control import ControlApp, write_control_file
+from .devices import PowerState, SimDPU, SimHost
+from .faults import injector_for
+from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class SimOptions:
     register: bool = True
     agents: bool = True
     heartbeat_seconds: float = 10.0
+    install_check_seconds: float = 10.0  # how often DPU agents ask for an install order
 
 
 @dataclass
@@ -74,6 +80,8 @@ class SimRunning:
     agents: list[Agent] = field(default_factory=list)
     identities: SimIdentities = field(default_factory=SimIdentities)
     agent_url: str | None = None  # the control plane's agent listener the agents enroll with (mTLS)
+    control_url: str | None = None  # the sim control API (/sim/v1/faults)
+    control_token: str | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -136,6 +144,57 @@ async def trust_vendors(http: httpx.AsyncClient, running: SimRunning) -> dict[st
     return info
 
 
+class SimAgent(Agent):
+    """The real agent, running inside an emulated machine: it only runs while that machine's OS does.
+
+    The fault behaviours live here, not in the agent: while the OS is down, booting, hung or
+    panicked the agent is silent (a frozen or absent process); when the OS comes back it starts
+    afresh and sends its inventory; a network partition makes its reports fail at the network;
+    its clock is the machine's (possibly skewed) clock.
+    """
+
+    POLL_SECONDS = 0.05
+
+    def __init__(
+        self, config: AgentConfig, http: httpx.AsyncClient | None, device: SimDPU | SimHost, time_scale: float
+    ) -> None:
+        super().__init__(config, http)
+        self.device = device
+        self.time_scale = time_scale
+        self.silent_since: float | None = None
+        self._stop: asyncio.Event | None = None
+
+    def alive(self) -> bool:
+        if isinstance(self.device, SimDPU):
+            return self.device.os_alive and self.device.power_state == PowerState.ON
+        return self.device.os_alive
+
+    def clock(self) -> datetime:
+        offset = self.device.clock_offset_seconds if isinstance(self.device, SimDPU) else 0.0
+        return super().clock() + timedelta(seconds=offset)
+
+    def retry_delay(self, failures: int) -> float:
+        return max(super().retry_delay(failures) * self.time_scale, self.POLL_SECONDS)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        self._stop = stop or asyncio.Event()
+        await super().run(self._stop)
+
+    async def send(self, inventory: Inventory | None, serial: str, hostname: str | None) -> dict[str, object]:
+        if not self.alive():
+            loop = asyncio.get_running_loop()
+            self.silent_since = loop.time()
+            while not self.alive():
+                if self._stop is not None and self._stop.is_set():
+                    raise RuntimeError("the emulated machine is down and the sim is stopping")
+                await asyncio.sleep(self.POLL_SECONDS)
+            self.silent_since = None
+            inventory = await self.collect()  # a freshly started agent reports everything
+        if isinstance(self.device, SimDPU) and self.device.network_partitioned:
+            raise httpx.ConnectError("network is unreachable (emulated partition)")
+        return await super().send(inventory, serial, hostname)
+
+
 def _agent_config(
     options: SimOptions, info: dict[str, Any] | None, ca_file: Path | None, root: Path, role: str, serial: str
 ) -> AgentConfig:
@@ -150,6 +209,7 @@ def _agent_config(
         serial=serial,
         state_dir=root / AGENT_STATE_DIR,
         enrollment=EnrollmentOptions(idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY, ca_file=ca_file),
+        install_check_seconds=options.install_check_seconds,
     )
 
 
@@ -182,6 +242,11 @@ async def run_sim(
         cert_dir=directory / "tls" if directory else None,
     )
     running = SimRunning(fleet, servers, SITE_USERNAME, password)
+    injector_for(fleet)  # fault injection's boot hooks on every BMC
+    running.control_token = secrets.token_urlsafe(24)
+    running.control_url = await serve_control(servers, ControlApp(fleet, running.control_token), options.listen_host)
+    if directory is not None:
+        write_control_file(directory, running.control_url, running.control_token)
     await asyncio.to_thread(running.identities.provision, fleet, directory)
     if directory is not None:
         path = directory / "site-credentials.json"
@@ -204,17 +269,17 @@ async def run_sim(
                     running.agent_url = str(info["agentURL"])
                     ca_file = directory / "fleet-ca.crt"
                     ca_file.write_text(str(info["caCertificate"]))
-                configs: list[AgentConfig] = []
+                configs: list[tuple[AgentConfig, SimDPU | SimHost]] = []
                 for host in fleet.hosts:
                     if host.osroot:
-                        configs.append(_agent_config(options, info, ca_file, host.osroot, "host", host.serial))
+                        configs.append((_agent_config(options, info, ca_file, host.osroot, "host", host.serial), host))
                     configs += [
-                        _agent_config(options, info, ca_file, dpu.osroot, "dpu", dpu.serial)
+                        (_agent_config(options, info, ca_file, dpu.osroot, "dpu", dpu.serial), dpu)
                         for dpu in host.dpus
                         if dpu.osroot
                     ]
-                for config in configs:
-                    agent = Agent(config, None if config.state_dir else http)
+                for config, device in configs:
+                    agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale)
                     running.agents.append(agent)
                     tasks.append(asyncio.create_task(agent.run(stop)))
         if on_ready is not None:
@@ -223,8 +288,8 @@ async def run_sim(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for agent in running.agents:
-            await agent.aclose()
+        for started in running.agents:
+            await started.aclose()
         if http is not None:
             await http.aclose()
         await servers.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from typing import Any, Literal
@@ -31,34 +32,28 @@ class EventRecorder:
         key = "\x00".join((obj["kind"], meta["name"], meta.get("uid", ""), type_, reason, message, self.source))
         name = f"{meta['name'][:200]}.{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         stamp = isotime(now())
+        fresh = {
+            "kind": "Event",
+            "metadata": {"name": name, "project": project},
+            "involvedObject": {"kind": obj["kind"], "name": meta["name"], "project": project, "uid": meta.get("uid")},
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": self.source,
+        }
         for _ in range(3):
             try:
-                try:
+                try:  # most events are new: create first, fold into the existing one when it is a repeat
+                    return self.store.create(copy.deepcopy(fresh))
+                except AlreadyExists:
                     current = self.store.get("Event", name, project)
-                except NotFound:
-                    return self.store.create(
-                        {
-                            "kind": "Event",
-                            "metadata": {"name": name, "project": project},
-                            "involvedObject": {
-                                "kind": obj["kind"],
-                                "name": meta["name"],
-                                "project": project,
-                                "uid": meta.get("uid"),
-                            },
-                            "type": type_,
-                            "reason": reason,
-                            "message": message,
-                            "count": 1,
-                            "firstTimestamp": stamp,
-                            "lastTimestamp": stamp,
-                            "source": self.source,
-                        }
-                    )
                 current["count"] = int(current.get("count", 1)) + 1
                 current["lastTimestamp"] = stamp
                 return self.store.update(current)
-            except (AlreadyExists, Conflict):
+            except (NotFound, Conflict):
                 continue
             except Exception:
                 log.exception("could not record event %s on %s/%s", reason, obj["kind"], meta["name"])

@@ -18,10 +18,19 @@ StatusMutator = Callable[[dict[str, Any]], None]
 
 
 def mutate_status_sync(
-    store: Store, kind: str, name: str, mutate: StatusMutator, project: str = "default", attempts: int = 8
+    store: Store,
+    kind: str,
+    name: str,
+    mutate: StatusMutator,
+    project: str = "default",
+    attempts: int = 8,
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`current`, when given, is the object as the caller last read or wrote it: the first attempt
+    writes on it (its resourceVersion the precondition) without reading it again."""
     for attempt in range(attempts):
-        current = store.get(kind, name, project)
+        if current is None or attempt > 0:
+            current = store.get(kind, name, project)
         status = dict(current.get("status") or {})
         mutate(status)
         try:
@@ -33,6 +42,11 @@ def mutate_status_sync(
 
 
 async def mutate_status(
-    store: Store, kind: str, name: str, mutate: StatusMutator, project: str = "default"
+    store: Store,
+    kind: str,
+    name: str,
+    mutate: StatusMutator,
+    project: str = "default",
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return await asyncio.to_thread(mutate_status_sync, store, kind, name, mutate, project)
+    return await asyncio.to_thread(mutate_status_sync, store, kind, name, mutate, project, 8, current)

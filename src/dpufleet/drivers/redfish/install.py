@@ -1,9 +1,9 @@
-"""Install paths through a BMC: Redfish UpdateService.SimpleUpdate, and UEFI HTTP boot.
+"""Install path through a BMC's UpdateService: Redfish SimpleUpdate (UEFI HTTP boot and virtual
+media are in netboot.py).
 
 redfish-update (BlueField and Bare Metal Manager style): the BMC fetches the image from
 the repository's signed URL, writes it to a FirmwareInventory target and reports a Task;
-a reset activates it. http-boot: a one-time boot override to UefiHttp and a reset; the
-installer the DPU boots pulls the image itself.
+a reset activates it.
 """
 
 from __future__ import annotations
@@ -145,51 +145,6 @@ class RedfishUpdateInstall(InstallInterface):
         await RedfishPower(self.client, self.system).reset(self.reset_type)
 
 
-class RedfishHttpBootInstall(InstallInterface):
-    """UEFI HTTP boot of an installer: a one-time boot override and a reset.
-
-    The installer pulls the image (HttpBootUri where the BMC supports it) and writes it; this
-    driver only knows the boot happened, so `poll` reports success once the system runs again
-    and the caller verifies the firmware inventory.
-    """
-
-    name = "http-boot"
-
-    def __init__(self, client: RedfishClient, system: str) -> None:
-        self.client = client
-        self.system = system
-
-    async def validate(self, target: str) -> None:
-        body = await self.client.get(self.system)
-        boot: dict[str, Any] = body["Boot"] if isinstance(body.get("Boot"), dict) else {}
-        if "UefiHttp" not in (boot.get("BootSourceOverrideTarget@Redfish.AllowableValues") or []):
-            raise RedfishError(f"{self.client.url(self.system)}: UEFI HTTP boot is not offered")
-
-    async def install(self, request: InstallRequest) -> str:
-        body = await self.client.get(self.system)
-        boot: dict[str, Any] = {"BootSourceOverrideTarget": "UefiHttp", "BootSourceOverrideEnabled": "Once"}
-        if isinstance(body.get("Boot"), dict) and "HttpBootUri" in body["Boot"]:
-            boot["HttpBootUri"] = request.image_url
-        await self.client.patch(self.system, {"Boot": boot})
-        await RedfishPower(self.client, self.system).reset("ForceRestart")
-        return f"http-boot:{self.system}"
-
-    async def find_started(self, request: InstallRequest, since: str) -> str | None:
-        body = await self.client.get(self.system)
-        boot: dict[str, Any] = body["Boot"] if isinstance(body.get("Boot"), dict) else {}
-        return f"http-boot:{self.system}" if boot.get("BootSourceOverrideTarget") == "UefiHttp" else None
-
-    async def poll(self, handle: str) -> InstallProgress:
-        state = await read_boot(self.client, self.system)
-        if state.running:
-            return InstallProgress(InstallState.SUCCEEDED, 100, "the installer booted and the system runs")
-        return InstallProgress(InstallState.RUNNING, None, f"boot progress {state.last_state}")
-
-    async def activate(self) -> None:
-        return None  # the installer's own reboot activates what it wrote
-
-
-INSTALL_PATHS: dict[str, type[RedfishUpdateInstall] | type[RedfishHttpBootInstall]] = {
+INSTALL_PATHS: dict[str, type[RedfishUpdateInstall]] = {
     RedfishUpdateInstall.name: RedfishUpdateInstall,
-    RedfishHttpBootInstall.name: RedfishHttpBootInstall,
-}
+}  # the other paths: drivers/redfish/netboot.py, drivers/agent/install.py; all by name in drivers/registry.py

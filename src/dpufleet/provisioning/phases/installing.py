@@ -78,8 +78,10 @@ class Install(PhaseHandler):
         if result.state == InstallState.FAILED:
             self.reset(progress)
             detail = _SIGNED_QUERY.sub("?<signed>", result.message)  # the URL's signature is a credential
-            raise StepFailed("InstallTaskFailed", f"{item.component.name} -> {item.target}: {detail}")
+            raise StepFailed(result.reason or "InstallTaskFailed", f"{item.component.name} -> {item.target}: {detail}")
         progress.componentsDone.append(item.component.name)
         self.reset(progress)
+        if len(pending) == 1:  # the last one: the move to Rebooting persists the progress with the phase
+            return Next(Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written")
         await ctx.save()
         return Wait(0.0, f"{item.component.name} written to {item.target}")

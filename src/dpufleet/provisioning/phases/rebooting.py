@@ -8,10 +8,17 @@ with reason RebootTimeout when the phase's time is up.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ...api.kinds import ProvisioningStatus
+from ...api.meta import now
 from ...drivers.redfish.client import RedfishError
 from ...drivers.redfish.install import read_boot
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
+
+
+def parse_stamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 class Reboot(PhaseHandler):
@@ -19,6 +26,7 @@ class Reboot(PhaseHandler):
 
     def reset(self, progress: ProvisioningStatus) -> None:
         progress.resetIssuedAt = None
+        progress.resetsSent = 0
         progress.baselineBootTime = None
         progress.baselineBootState = None
         progress.sawDown = False
@@ -33,8 +41,7 @@ class Reboot(PhaseHandler):
                 progress.baselineBootState = boot.last_state
                 progress.resetIssuedAt = stamp()
                 await ctx.save()  # before the reset: a restart waits for this boot, it does not reset again
-                driver = await ctx.install_driver(str(progress.installPath))
-                await driver.activate()
+                await self._send_reset(ctx)
                 return Wait(ctx.config.poll_seconds, "reset sent")
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
@@ -46,4 +53,22 @@ class Reboot(PhaseHandler):
         newer = boot.last_state_time != progress.baselineBootTime or progress.baselineBootState != "OSRunning"
         if progress.sawDown or newer:
             return Next(Phase.CONFIGURING, f"the DPU runs again ({boot.last_state} at {boot.last_state_time})")
+        issued = parse_stamp(progress.resetIssuedAt)
+        lost = issued is not None and (now() - issued).total_seconds() > ctx.config.reset_grace_seconds
+        if lost and progress.resetsSent < 2:
+            # recorded but never taken: the control plane stopped between saving and sending it
+            progress.resetIssuedAt = stamp()
+            await ctx.save()
+            try:
+                await self._send_reset(ctx)
+            except RedfishError as exc:
+                raise StepFailed("BMCError", str(exc)) from None
+            return Wait(ctx.config.poll_seconds, "the reset was not taken: sent again")
         return Wait(ctx.config.poll_seconds, "waiting for the reset to take effect")
+
+    @staticmethod
+    async def _send_reset(ctx: StepContext) -> None:
+        ctx.progress.resetsSent += 1
+        await ctx.save()
+        driver = await ctx.install_driver(str(ctx.progress.installPath))
+        await driver.activate()

@@ -9,12 +9,14 @@ The install path is then asked whether it can install each component here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from ...api.kinds import ImageSpec
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import DigestMismatch, ImageContentError
 from ...images.verify import verify_image_manifest
+from ...security.signing import ManifestRefused
 from ..flavor import profile_of
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
 from ..plan import plan_components
@@ -30,9 +32,11 @@ class StageImage(PhaseHandler):
         image_name = ctx.image_name
         image_doc = await ctx.get("Image", image_name)
         image = ImageSpec.model_validate(image_doc["spec"])
-        manifest_problem = verify_image_manifest(image_doc)
-        if manifest_problem:
-            raise StepFailed("BadSignature", manifest_problem, retryable=False)
+        try:  # the signed manifest: trusted publisher, allowed class, digests, compatibility, no rollback
+            manifest = await asyncio.to_thread(verify_image_manifest, image_doc, ctx.dpu, ctx.store)
+        except ManifestRefused as refused:
+            raise StepFailed(refused.reason.value, refused.message, retryable=False) from None
+        ctx.progress.manifestSequence = manifest.sequence if manifest is not None else None
         planned = plan_components(image, profile_of(ctx.status), image_name)
         for item in planned:
             component = item.component

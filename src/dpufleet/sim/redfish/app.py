@@ -18,10 +18,10 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpufleet.sim.bmc import ROLES, SimBMC
-from dpufleet.sim.redfish import chassis, managers, root, systems, update  # noqa: F401  (register routes)
+from dpufleet.sim.redfish import chassis, events, managers, root, systems, update  # noqa: F401  (register routes)
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Reply
 from dpufleet.sim.redfish.messages import RedfishError
 
@@ -35,6 +35,7 @@ class RedfishApp:
     def __init__(self, bmcs: Mapping[str, SimBMC], default: SimBMC | None = None) -> None:
         self.bmcs = bmcs
         self.default = default
+        self.control: ASGIApp | None = None  # the sim control API (/sim/v1), when this app fronts a fleet
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -46,6 +47,14 @@ class RedfishApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
+            return
+        path: str = scope.get("path", "")
+        if self.control is not None and path.startswith("/sim/"):
+            await self.control(scope, receive, send)
+            return
+        bmc, _, _ = self._locate(path)
+        if bmc is not None and bmc.crashed:
+            await _drop_connection(scope)
             return
         request = Request(scope, receive)
         response = await self._respond(request)
@@ -110,6 +119,20 @@ class RedfishApp:
         if request.method == "HEAD":
             reply = Reply(reply.status, None, reply.headers, reply.media_type)
         return _json_response(reply)
+
+
+TRANSPORT_SCOPE_KEY = "dpufleet.transport"  # set by the fleet's HTTP protocol (see sim.fleet)
+
+
+async def _drop_connection(scope: Scope) -> None:
+    """A dead BMC answers nothing: reset the connection (or, without access to it, never answer)."""
+    transport = scope.get(TRANSPORT_SCOPE_KEY)
+    if transport is None:
+        await asyncio.Event().wait()  # the client times out
+        return
+    transport.abort()
+    for _ in range(3):  # let the server see the connection is gone, so it sends no 500 of its own
+        await asyncio.sleep(0)
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="Redfish"'}

@@ -37,6 +37,7 @@ def manager(ctx: Ctx, params: dict[str, str]) -> Json:
         "DateTimeLocalOffset": "+00:00",
         "Status": status_ok(),
         "LogServices": ctx.link(*base, "LogServices"),
+        "VirtualMedia": ctx.link(*base, "VirtualMedia"),
         "Links": {
             "ManagerForServers": [ctx.link("Systems", SYSTEM_ID)],
             "ManagerForChassis": [ctx.link("Chassis", CHASSIS_ID)],
@@ -133,3 +134,86 @@ def _entry_body(ctx: Ctx, entry: SimLogEntry) -> Json:
         "MessageId": entry.message_id,
         "MessageArgs": entry.message_args,
     }
+
+
+# --- virtual media: one CD drive whose image the BMC fetches by URI ----------------------------------------
+
+_MEDIA_ID = "CD"
+_INSERT = "VirtualMedia.InsertMedia"
+_EJECT = "VirtualMedia.EjectMedia"
+
+
+@ROUTER.add("GET", "/Managers/{manager_id}/VirtualMedia")
+def virtual_media_collection(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["manager_id"], MANAGER_ID, "Manager")
+    return collection(
+        ctx, "VirtualMediaCollection", "Virtual Media", ("Managers", MANAGER_ID, "VirtualMedia"), [_MEDIA_ID]
+    )
+
+
+@ROUTER.add("GET", "/Managers/{manager_id}/VirtualMedia/{media_id}")
+def virtual_media(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["manager_id"], MANAGER_ID, "Manager")
+    check_id(params["media_id"], _MEDIA_ID, "VirtualMedia")
+    dpu = ctx.bmc.dpu
+    base = ("Managers", MANAGER_ID, "VirtualMedia", _MEDIA_ID)
+    image = dpu.virtual_media_image if dpu.virtual_media_inserted else None
+    return {
+        "@odata.id": ctx.uri(*base),
+        "@odata.type": odata_type("VirtualMedia"),
+        "Id": _MEDIA_ID,
+        "Name": "Virtual CD",
+        "MediaTypes": ["CD", "DVD"],
+        "ConnectedVia": "URI" if image else "NotConnected",
+        "Image": image,
+        "ImageName": image.split("?", 1)[0].rsplit("/", 1)[-1] if image else None,
+        "Inserted": dpu.virtual_media_inserted,
+        "WriteProtected": True,
+        "TransferMethod": "Stream",
+        "TransferProtocolType": ("HTTPS" if image.startswith("https://") else "HTTP") if image else None,
+        "Actions": {
+            f"#{_INSERT}": {"target": ctx.uri(*base, "Actions", _INSERT)},
+            f"#{_EJECT}": {"target": ctx.uri(*base, "Actions", _EJECT)},
+        },
+    }
+
+
+@ROUTER.add(
+    "POST",
+    "/Managers/{manager_id}/VirtualMedia/{media_id}/Actions/VirtualMedia.InsertMedia",
+    privilege="ConfigureComponents",
+)
+def insert_media(ctx: Ctx, params: dict[str, str]) -> Reply:
+    check_id(params["manager_id"], MANAGER_ID, "Manager")
+    check_id(params["media_id"], _MEDIA_ID, "VirtualMedia")
+    body = ctx.json_body()
+    reject_unknown(
+        body, {"Image", "Inserted", "WriteProtected", "TransferProtocolType", "TransferMethod"}, action=_INSERT
+    )
+    image = body.get("Image")
+    if image is None:
+        raise RedfishError(400, "ActionParameterMissing", _INSERT, "Image")
+    if not isinstance(image, str) or not image.startswith(("http://", "https://")):
+        raise RedfishError(400, "ActionParameterValueFormatError", image, "Image", _INSERT)
+    dpu = ctx.bmc.dpu
+    if dpu.virtual_media_inserted:
+        raise RedfishError(409, "ResourceInUse")
+    dpu.virtual_media_image = image
+    dpu.virtual_media_inserted = body.get("Inserted", True) is not False
+    return Reply(204)
+
+
+@ROUTER.add(
+    "POST",
+    "/Managers/{manager_id}/VirtualMedia/{media_id}/Actions/VirtualMedia.EjectMedia",
+    privilege="ConfigureComponents",
+)
+def eject_media(ctx: Ctx, params: dict[str, str]) -> Reply:
+    check_id(params["manager_id"], MANAGER_ID, "Manager")
+    check_id(params["media_id"], _MEDIA_ID, "VirtualMedia")
+    body = ctx.json_body() if ctx.body is not None else {}
+    reject_unknown(body, set(), action=_EJECT)
+    dpu = ctx.bmc.dpu
+    dpu.virtual_media_inserted = False
+    dpu.virtual_media_image = None
+    return Reply(204)

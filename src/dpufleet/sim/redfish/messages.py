@@ -14,6 +14,9 @@ BASE_REGISTRY = "Base.1.22"
 RESOURCE_EVENT_REGISTRY = "ResourceEvent.1.4"
 UPDATE_REGISTRY = "Update.1.3"
 TASK_EVENT_REGISTRY = "TaskEvent.1.0"
+PLATFORM_REGISTRY = "Platform.1.3"
+POWER_REGISTRY = "Power.1.2"
+MANAGER_EVENT_REGISTRY = "ManagerEvent.1.0"
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,56 @@ MESSAGES: dict[str, MessageTemplate] = {
     "ResourcePoweredOff": MessageTemplate(RESOURCE_EVENT_REGISTRY, "The resource '%1' has powered off.", "OK", "None."),
     "ResourcePoweringOff": MessageTemplate(
         RESOURCE_EVENT_REGISTRY, "The resource '%1' is powering off.", "OK", "None."
+    ),
+    "ResourceErrorsDetected": MessageTemplate(
+        RESOURCE_EVENT_REGISTRY,
+        "The resource property %1 has detected errors of type '%2'.",
+        "Warning",
+        "Resolution dependent upon error type.",
+    ),
+    "ResourceStatusChangedOK": MessageTemplate(
+        RESOURCE_EVENT_REGISTRY, "The health of resource '%1' has changed to %2.", "OK", "None."
+    ),
+    "ResourceStatusChangedWarning": MessageTemplate(
+        RESOURCE_EVENT_REGISTRY,
+        "The health of resource '%1' has changed to %2.",
+        "Warning",
+        "Resolution dependent upon error type.",
+    ),
+    "ResourceStatusChangedCritical": MessageTemplate(
+        RESOURCE_EVENT_REGISTRY,
+        "The health of resource '%1' has changed to %2.",
+        "Critical",
+        "Resolution dependent upon error type.",
+    ),
+    "OperatingSystemCrash": MessageTemplate(
+        PLATFORM_REGISTRY, "An operating system crash occurred.", "Critical", "Check additional diagnostic data."
+    ),
+    "DeviceWatchdogTimeout": MessageTemplate(
+        PLATFORM_REGISTRY, "Device '%1' encountered a watchdog timeout.", "Critical", "Reset the device."
+    ),
+    "PCIeUncorrectableError": MessageTemplate(
+        PLATFORM_REGISTRY, "PCIe device '%1' detected an uncorrectable error.", "Critical", "None."
+    ),
+    "PCIeLinkDown": MessageTemplate(PLATFORM_REGISTRY, "PCIe device '%1' lost its link.", "Critical", "None."),
+    "MemoryUncorrectableError": MessageTemplate(
+        PLATFORM_REGISTRY, "Memory device '%1' detected an uncorrectable error.", "Critical", "None."
+    ),
+    "DeviceBootTimeout": MessageTemplate(
+        PLATFORM_REGISTRY, "Device '%1' encountered a boot timeout.", "Critical", "None."
+    ),
+    "DeviceInRecovery": MessageTemplate(
+        PLATFORM_REGISTRY, "Device '%1' entered recovery mode due to: %2.", "Critical", "None."
+    ),
+    "LossOfInputPower": MessageTemplate(
+        POWER_REGISTRY, "Loss of input power at '%1'.", "Warning", "Check the power source."
+    ),
+    "LineInputPowerRestored": MessageTemplate(POWER_REGISTRY, "Line input power at '%1' was restored.", "OK", "None."),
+    "ManagerResetWatchdogTimer": MessageTemplate(
+        MANAGER_EVENT_REGISTRY,
+        "Manager `%1` performed a '%2' type of reset due to watchdog timer action.",
+        "Warning",
+        "None.",
     ),
     "UpdateInProgress": MessageTemplate(UPDATE_REGISTRY, "An update is in progress.", "OK", "None."),
     "InstallingOnComponent": MessageTemplate(UPDATE_REGISTRY, "Image '%1' is being installed on '%2'.", "OK", "None."),

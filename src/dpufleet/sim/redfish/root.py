@@ -10,7 +10,16 @@ from dpufleet.sim.redfish.schema import metadata_xml, odata_type
 REDFISH_VERSION = "1.20.0"
 # ServiceRoot property names that differ from the resource's path segment.
 _ROOT_PROPERTY = {"TaskService": "Tasks"}
-_TOP_LEVEL = ("Systems", "Managers", "Chassis", "UpdateService", "TaskService", "AccountService", "SessionService")
+_TOP_LEVEL = (
+    "Systems",
+    "Managers",
+    "Chassis",
+    "UpdateService",
+    "TaskService",
+    "AccountService",
+    "SessionService",
+    "EventService",
+)
 
 
 @ROUTER.add("GET", "", privilege="NoAuth")

@@ -36,6 +36,10 @@ SCHEMA_VERSIONS: dict[str, str] = {
     "Sensor": "v1_12_0",
     "EthernetInterface": "v1_12_4",
     "Message": "v1_2_1",
+    "VirtualMedia": "v1_6_5",
+    "EventService": "v1_12_0",
+    "EventDestination": "v1_16_0",
+    "Event": "v1_13_0",
 }
 
 COLLECTIONS: tuple[str, ...] = (
@@ -53,6 +57,8 @@ COLLECTIONS: tuple[str, ...] = (
     "MemoryCollection",
     "SensorCollection",
     "EthernetInterfaceCollection",
+    "VirtualMediaCollection",
+    "EventDestinationCollection",
 )
 
 # Schemas referenced without a resource of their own.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID
+from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID, utcnow_iso
 from dpufleet.sim.devices import PowerState
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
 from dpufleet.sim.redfish.messages import RedfishError
@@ -42,13 +42,14 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
         "HostName": dpu.hostname,
         "BiosVersion": dpu.firmware[uefi.id] if uefi else None,
         "PowerState": str(dpu.power_state),
-        "Status": status_ok(_powered(ctx)),
-        "BootProgress": {"LastState": dpu.boot_progress, "LastStateTime": dpu.boot_progress_time},
+        "Status": _system_status(ctx),
+        "BootProgress": _boot_progress(ctx),
         "Boot": {
             "BootSourceOverrideTarget": dpu.boot_override_target,
             "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS),
             "BootSourceOverrideEnabled": dpu.boot_override_enabled,
             "BootSourceOverrideMode": dpu.boot_override_mode,
+            "HttpBootUri": dpu.http_boot_uri,
         },
         "ProcessorSummary": {"Count": 1, "CoreCount": profile.cpu.cores, "Model": profile.cpu.model},
         "MemorySummary": {"TotalSystemMemoryGiB": round(profile.memory.total_mib / 1024, 2)},
@@ -56,6 +57,7 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
         "Memory": ctx.link(*base, "Memory"),
         "EthernetInterfaces": ctx.link(*base, "EthernetInterfaces"),
         "SecureBoot": ctx.link(*base, "SecureBoot"),
+        "LogServices": ctx.link(*base, "LogServices"),
         "Links": {
             "Chassis": [ctx.link("Chassis", CHASSIS_ID)],
             "ManagedBy": [ctx.link("Managers", MANAGER_ID)],
@@ -69,6 +71,26 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
     }
 
 
+_SEVERITY = {"OK": 0, "Warning": 1, "Critical": 2}
+
+
+def _system_status(ctx: Ctx) -> Json:
+    """Status.Health is the system's own; HealthRollup adds its subordinates (its memory)."""
+    dpu = ctx.bmc.dpu
+    status = status_ok(_powered(ctx))
+    status["Health"] = dpu.health
+    status["HealthRollup"] = max((dpu.health, dpu.memory_health), key=lambda h: _SEVERITY.get(h, 0))
+    return status
+
+
+def _boot_progress(ctx: Ctx) -> Json:
+    dpu = ctx.bmc.dpu
+    progress: Json = {"LastState": dpu.boot_progress, "LastStateTime": dpu.boot_progress_time}
+    if dpu.boot_progress == "OEM" and dpu.boot_progress_oem:
+        progress["OemLastState"] = dpu.boot_progress_oem
+    return progress
+
+
 @ROUTER.add("PATCH", "/Systems/{system_id}", privilege="ConfigureComponents")
 def patch_system(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
@@ -77,7 +99,7 @@ def patch_system(ctx: Ctx, params: dict[str, str]) -> Json:
     boot = body.get("Boot", {})
     if not isinstance(boot, dict):
         raise RedfishError(400, "PropertyValueTypeError", boot, "Boot")
-    allowed = {"BootSourceOverrideTarget", "BootSourceOverrideEnabled", "BootSourceOverrideMode"}
+    allowed = {"BootSourceOverrideTarget", "BootSourceOverrideEnabled", "BootSourceOverrideMode", "HttpBootUri"}
     for key in boot:
         if key not in allowed:
             raise RedfishError(400, "PropertyUnknown", f"Boot/{key}")
@@ -90,7 +112,12 @@ def patch_system(ctx: Ctx, params: dict[str, str]) -> Json:
         raise RedfishError(400, "PropertyValueNotInList", enabled, "BootSourceOverrideEnabled")
     if mode is not None and mode != "UEFI":  # DPUs boot UEFI only
         raise RedfishError(400, "PropertyValueNotInList", mode, "BootSourceOverrideMode")
+    uri = boot.get("HttpBootUri", ...)
+    if uri is not ... and uri is not None and not (isinstance(uri, str) and uri.startswith(("http://", "https://"))):
+        raise RedfishError(400, "PropertyValueTypeError", uri, "HttpBootUri")
     dpu = ctx.bmc.dpu
+    if uri is not ...:
+        dpu.http_boot_uri = uri or None
     if target is not None:
         dpu.boot_override_target = target
         if enabled is None and target != "None" and dpu.boot_override_enabled == "Disabled":
@@ -159,11 +186,99 @@ def memory(ctx: Ctx, params: dict[str, str]) -> Json:
         "MemoryType": "DRAM",
         "CapacityMiB": spec.total_mib,
         "OperatingSpeedMhz": spec.speed_mts,
-        "Status": status_ok(_powered(ctx)),
+        "Status": _memory_status(ctx),
     }
     if spec.type in _MEMORY_TYPES:
         body["MemoryDeviceType"] = _MEMORY_TYPES[spec.type]
     return body
+
+
+def _memory_status(ctx: Ctx) -> Json:
+    dpu = ctx.bmc.dpu
+    if dpu.memory_state != "Enabled":  # a failed or missing DIMM: Absent with Health Critical
+        return {"State": dpu.memory_state, "Health": dpu.memory_health}
+    status = status_ok(_powered(ctx))
+    status["Health"] = dpu.memory_health
+    return status
+
+
+# --- Systems/<id>/LogServices/PostCodes: the POST codes of recent boots ----------------------------------
+
+_POST_LOG = "PostCodes"
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/LogServices")
+def system_log_services(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    return collection(ctx, "LogServiceCollection", "Log Services", ("Systems", SYSTEM_ID, "LogServices"), [_POST_LOG])
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/LogServices/{log_id}")
+def post_code_log(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    check_id(params["log_id"], _POST_LOG, "LogService")
+    base = ("Systems", SYSTEM_ID, "LogServices", _POST_LOG)
+    return {
+        "@odata.id": ctx.uri(*base),
+        "@odata.type": odata_type("LogService"),
+        "Id": _POST_LOG,
+        "Name": "POST Code Log",
+        "Description": "POST codes of the most recent boots",
+        "LogEntryType": "OEM",
+        "MaxNumberOfRecords": 500,
+        "OverWritePolicy": "WrapsWhenFull",
+        "ServiceEnabled": True,
+        "DateTime": utcnow_iso(),
+        "DateTimeLocalOffset": "+00:00",
+        "Status": status_ok(),
+        "Entries": ctx.link(*base, "Entries"),
+    }
+
+
+def _post_entry(ctx: Ctx, index: int, boot: int, code: str, description: str) -> Json:
+    entry_id = f"B{boot}-{index}"
+    return {
+        "@odata.id": ctx.uri("Systems", SYSTEM_ID, "LogServices", _POST_LOG, "Entries", entry_id),
+        "@odata.type": odata_type("LogEntry"),
+        "Id": entry_id,
+        "Name": f"POST Code {code}",
+        "EntryType": "Oem",
+        "OemRecordFormat": "PostCode",
+        "Severity": "Critical" if description.startswith("ERROR") else "OK",
+        "Message": f"Boot Count: {boot}; POST Code: {code}; {description}",
+        "MessageArgs": [str(boot), code, description],
+    }
+
+
+def _post_entries(ctx: Ctx) -> list[Json]:
+    rows: list[Json] = []
+    counts: dict[int, int] = {}
+    for boot, code, description in ctx.bmc.dpu.post_codes:
+        counts[boot] = counts.get(boot, 0) + 1
+        rows.append(_post_entry(ctx, counts[boot], boot, code, description))
+    return rows
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/LogServices/{log_id}/Entries")
+def post_code_entries(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    check_id(params["log_id"], _POST_LOG, "LogService")
+    body = collection(
+        ctx, "LogEntryCollection", "POST Codes", ("Systems", SYSTEM_ID, "LogServices", _POST_LOG, "Entries"), []
+    )
+    body["Members"] = _post_entries(ctx)
+    body["Members@odata.count"] = len(body["Members"])
+    return body
+
+
+@ROUTER.add("GET", "/Systems/{system_id}/LogServices/{log_id}/Entries/{entry_id}")
+def post_code_entry(ctx: Ctx, params: dict[str, str]) -> Json:
+    check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
+    check_id(params["log_id"], _POST_LOG, "LogService")
+    entry = next((e for e in _post_entries(ctx) if e["Id"] == params["entry_id"]), None)
+    if entry is None:
+        raise RedfishError(404, "ResourceNotFound", "LogEntry", params["entry_id"])
+    return entry
 
 
 @ROUTER.add("GET", "/Systems/{system_id}/EthernetInterfaces")

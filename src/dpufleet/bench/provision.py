@@ -1,0 +1,193 @@
+"""`dpufleet bench provision`: provision N emulated DPUs from Available to Ready, hardware delays at zero.
+
+The control plane (API server + controllers, SQLite) runs as its own process, polling the BMCs
+every `poll` seconds. This process serves N emulated BMCs (one DPU each) whose updates and boots
+take no time (time_scale 0) and answer at once (latency 0), so what is measured is the control
+plane: it discovers and inventories the fleet (not timed), an image is uploaded, and then every
+DPU's spec.image is set through the API, as a user would. The clock runs from the first of those
+writes until every DPU is Ready. The time spent in each phase comes from the server's own
+`dpufleet_dpu_phase_seconds` histogram (mean per DPU): with instant hardware it is the control
+plane's overhead (and the poll pause) per phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from ..sim.runner import SimOptions, SimRunning, register
+from .discovery import _peak_rss_mib
+from .harness import server_process
+
+BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
+PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
+PHASES = ["Available", "PreparingHost", "StagingImage", "Installing", "Rebooting", "Configuring"]
+PAYLOAD = b"dpufleet bench provision: emulated OS image\n" * 256
+
+
+@dataclass
+class ProvisionBenchResult:
+    dpus: int
+    seconds: float = 0.0
+    ready: int = 0
+    failed: int = 0
+    discovery_seconds: float = 0.0
+    dpus_per_second: float = 0.0
+    phase_mean_ms: dict[str, float] = field(default_factory=dict)
+    simple_updates: int = 0
+    server_peak_rss_mib: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _phase_means(metrics_text: str) -> dict[str, float]:
+    """Mean seconds per phase (outcome=left) from the Prometheus text of /metrics."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("dpufleet_dpu_phase_seconds_") or 'outcome="left"' not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        phase = name.split('phase="', 1)[1].split('"', 1)[0]
+        if name.startswith("dpufleet_dpu_phase_seconds_sum"):
+            sums[phase] = float(value)
+        elif name.startswith("dpufleet_dpu_phase_seconds_count"):
+            counts[phase] = float(value)
+    return {p: sums[p] / counts[p] for p in sums if counts.get(p)}
+
+
+async def _dpu_phases(http: httpx.AsyncClient) -> dict[str, str]:
+    resp = await http.get(f"{BASE}/dpus")
+    resp.raise_for_status()
+    return {d["metadata"]["name"]: str((d.get("status") or {}).get("phase") or "") for d in resp.json()["items"]}
+
+
+async def _inventoried(http: httpx.AsyncClient) -> list[str]:
+    resp = await http.get(f"{BASE}/dpus")
+    resp.raise_for_status()
+    return [d["metadata"]["name"] for d in resp.json()["items"] if (d.get("status") or {}).get("firmware")]
+
+
+async def _run(dpus: int, poll: float, timeout: float, console: Console) -> ProvisionBenchResult:
+    from ..sim.bmc import BmcLimits
+    from ..sim.fleet import build_fleet, serve_fleet
+
+    result = ProvisionBenchResult(dpus)
+    env = {"DPUFLEET_PROVISIONING_POLL_SECONDS": str(poll), "DPUFLEET_PROVISIONING_RETRY_SECONDS": "0.5"}
+    with server_process(None, controllers=True, env=env, timeout=60) as server:
+        password = "bench-" + str(time.time_ns())
+        fleet = await asyncio.to_thread(
+            build_fleet,
+            dpus,
+            1,
+            PROFILES,
+            42,
+            None,
+            password_for=lambda _b: password,
+            time_scale=0.0,
+            limits=BmcLimits(latency_seconds=0.0, max_concurrent=8, queue_when_busy=True),
+        )
+        servers = await serve_fleet(fleet)
+        running = SimRunning(fleet, servers, "fleetadmin", password)
+        limits = httpx.Limits(max_connections=32)
+        try:
+            async with httpx.AsyncClient(
+                base_url=server.url, headers=server.client_headers(), timeout=120, limits=limits
+            ) as http:
+                start = time.perf_counter()
+                await register(http, running, SimOptions(tls=False))
+                last_print = 0.0
+                names: list[str] = []
+                while len(names) < dpus:
+                    if time.perf_counter() - start > timeout:
+                        raise RuntimeError(f"only {len(names)} of {dpus} DPUs were inventoried in {timeout:g}s")
+                    await asyncio.sleep(1.0)
+                    names = await _inventoried(http)
+                    if time.perf_counter() - last_print > 5:
+                        last_print = time.perf_counter()
+                        console.print(f"  discovery: {len(names)}/{dpus} inventoried")
+                result.discovery_seconds = time.perf_counter() - start
+                console.print(f"  discovery: {dpus} DPUs inventoried in {result.discovery_seconds:.1f}s (not timed)")
+
+                digest = hashlib.sha256(PAYLOAD).hexdigest()
+                (await http.put(f"/images/v1/blobs/sha256/{digest}", content=PAYLOAD)).raise_for_status()
+                component = {"name": "os", "type": "os", "version": "bench-1.0", "sha256": digest, "size": len(PAYLOAD)}
+                image = {
+                    "kind": "Image",
+                    "metadata": {"name": "bench-os"},
+                    "spec": {"version": "bench-1.0", "components": [component]},
+                }
+                (await http.post(f"{BASE}/images", json=image)).raise_for_status()
+
+                gate = asyncio.Semaphore(16)
+
+                async def want_image(name: str) -> None:
+                    async with gate:
+                        resp = await http.patch(
+                            f"{BASE}/dpus/{name}",
+                            json={"spec": {"image": "bench-os"}},
+                            headers={"Content-Type": "application/merge-patch+json"},
+                        )
+                        if resp.status_code != 200:
+                            result.errors.append(f"{name}: HTTP {resp.status_code}")
+
+                start = time.perf_counter()
+                await asyncio.gather(*(want_image(n) for n in names))
+                console.print(f"  spec.image set on {dpus} DPUs in {time.perf_counter() - start:.1f}s")
+                last_print = 0.0
+                while True:
+                    phases = await _dpu_phases(http)
+                    result.ready = sum(1 for p in phases.values() if p == "Ready")
+                    result.failed = sum(1 for p in phases.values() if p.endswith("Failed"))
+                    elapsed = time.perf_counter() - start
+                    if time.perf_counter() - last_print > 5:
+                        last_print = time.perf_counter()
+                        counts: dict[str, int] = {}
+                        for p in phases.values():
+                            counts[p] = counts.get(p, 0) + 1
+                        shown = ", ".join(f"{k or '-'} {v}" for k, v in sorted(counts.items()))
+                        console.print(f"  {elapsed:5.1f}s: {shown}")
+                    if result.ready + result.failed >= dpus or elapsed > timeout:
+                        break
+                    await asyncio.sleep(0.25)
+                result.seconds = time.perf_counter() - start
+                result.dpus_per_second = result.ready / result.seconds if result.seconds else 0.0
+                metrics = await http.get("/metrics")
+                if metrics.status_code == 200:
+                    result.phase_mean_ms = {p: s * 1000 for p, s in _phase_means(metrics.text).items()}
+            result.server_peak_rss_mib = _peak_rss_mib(server.process.pid)
+            result.simple_updates = sum(len(b.tasks) for b in fleet.bmcs.values())
+        finally:
+            await servers.stop()
+    return result
+
+
+def run_provision_bench(dpus: int = 1000, poll: float = 0.05, timeout: float = 600.0) -> ProvisionBenchResult:
+    console = Console()
+    console.print(
+        f"[bold]bench provision[/]: {dpus} emulated DPUs, hardware delays zero (time_scale 0, latency 0), "
+        f"the control plane polls every {poll:g}s"
+    )
+    result = asyncio.run(_run(dpus, poll, timeout, console))
+    table = Table(title="dpufleet bench provision", box=None)
+    table.add_column("METRIC")
+    table.add_column("VALUE", justify="right")
+    table.add_column("TARGET", justify="right")
+    table.add_row("DPUs Ready", f"{result.ready} / {result.dpus}", "all")
+    table.add_row("DPUs failed", str(result.failed), "0")
+    table.add_row("time, Available to all Ready", f"{result.seconds:.1f} s", "<= 60 s for 1,000")
+    table.add_row("DPUs per second", f"{result.dpus_per_second:,.1f}", ">= 16.7")
+    table.add_row("SimpleUpdate requests", f"{result.simple_updates}", f"{result.dpus}")
+    for phase in PHASES:
+        if phase in result.phase_mean_ms:
+            table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
+    table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
+    console.print(table)
+    for error in result.errors[:5]:
+        console.print(f"[red]error[/]: {error}")
+    return result

@@ -1,0 +1,1 @@
+"""Drivers that work through the dpufleet agent running on the DPU (in-band)."""

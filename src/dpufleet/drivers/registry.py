@@ -1,0 +1,36 @@
+"""Install drivers by name: what `spec.installPath` / a vendor profile's `install_paths` can name."""
+
+from __future__ import annotations
+
+from ..store.store import Store
+from .agent.install import AgentInstall
+from .base import InstallInterface
+from .redfish.client import RedfishClient
+from .redfish.install import RedfishUpdateInstall
+from .redfish.netboot import RedfishHttpBootInstall, RedfishVirtualMediaInstall
+
+BMC_PATHS: dict[str, type[RedfishUpdateInstall] | type[RedfishHttpBootInstall] | type[RedfishVirtualMediaInstall]] = {
+    RedfishUpdateInstall.name: RedfishUpdateInstall,
+    RedfishHttpBootInstall.name: RedfishHttpBootInstall,
+    RedfishVirtualMediaInstall.name: RedfishVirtualMediaInstall,
+}
+AGENT_PATHS = {AgentInstall.name}
+INSTALL_PATH_NAMES = frozenset(BMC_PATHS) | AGENT_PATHS
+
+
+def build_install_driver(
+    path: str,
+    client: RedfishClient,
+    system: str,
+    *,
+    store: Store,
+    project: str,
+    dpu: str,
+    os_target: str | None = None,
+) -> InstallInterface | None:
+    """The driver for `path` on one DPU, or None if there is no such path."""
+    if path in BMC_PATHS:
+        return BMC_PATHS[path](client, system)
+    if path == AgentInstall.name:
+        return AgentInstall(store, project, dpu, client, system, os_target=os_target)
+    return None

@@ -1,0 +1,185 @@
+"""Carrying out remediation actions: Redfish resets, provisioning's retry, quarantine, alerts.
+
+Each action returns (result, message); it raises only for unexpected errors. Results:
+Succeeded (the request was accepted), Failed (the device refused), NotAvailable (dpufleet
+cannot do this here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from ..api.errors import Conflict
+from ..api.kinds import RemediationAction
+from ..api.meta import isotime, now
+from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.power import RedfishPower
+from ..store.store import Store
+from .diagnosis import Diagnosis
+
+A = RemediationAction
+RETRY_ANNOTATION = "dpufleet.io/retry"  # provisioning/controller.py RETRY
+
+ALERTS = Gauge(
+    "dpufleet_dpu_health_alert",
+    "1 while a DPU has an open health alert (remediation raised it), by failure class",
+    ["project", "dpu", "failure_class"],
+    registry=None,
+)
+QUARANTINED = Gauge(
+    "dpufleet_dpu_quarantined", "1 while remediation keeps a DPU quarantined", ["project", "dpu"], registry=None
+)
+
+
+def register_metrics(registry: CollectorRegistry) -> None:
+    for collector in (ALERTS, QUARANTINED):
+        with contextlib.suppress(ValueError):
+            registry.register(collector)
+
+
+def clear_alerts(project: str, dpu: str) -> None:
+    for labels in list(ALERTS._metrics):  # prometheus_client offers no "remove labels matching"
+        if labels[0] == project and labels[1] == dpu:
+            with contextlib.suppress(KeyError):
+                ALERTS.remove(*labels)
+
+
+def clear_quarantine(project: str, dpu: str) -> None:
+    with contextlib.suppress(KeyError):
+        QUARANTINED.remove(project, dpu)
+
+
+# --- hooks: other capabilities react to a failed DPU ------------------------------------------------------
+
+EvacuationHook = Callable[[dict[str, Any], Diagnosis], Awaitable[None]]
+EVACUATION_HOOKS: list[EvacuationHook] = []
+
+
+def register_evacuation_hook(hook: EvacuationHook) -> None:
+    """Called when a DPU is diagnosed out of service (and when quarantined): move its services elsewhere."""
+    EVACUATION_HOOKS.append(hook)
+
+
+# Classes after which a DPU's workloads should move (a disk or clock problem, a silent agent or BMC do not stop it).
+OUT_OF_SERVICE = frozenset(
+    {"OSHang", "KernelCrash", "NICFirmwareCrash", "PowerLoss", "PCIeError", "CorruptedFlash", "MemoryFailure"}
+)
+
+
+async def run_evacuation_hooks(dpu: dict[str, Any], diagnosis: Diagnosis) -> list[str]:
+    errors: list[str] = []
+    for hook in list(EVACUATION_HOOKS):
+        try:
+            await hook(dpu, diagnosis)
+        except Exception as exc:  # a hook's failure must not stop remediation
+            errors.append(f"{getattr(hook, '__name__', hook)}: {exc}")
+    return errors
+
+
+@dataclass
+class ActionContext:
+    store: Store
+    dpu: dict[str, Any]
+    client: RedfishClient | None
+    system: str | None
+    reset_manager: str | None
+    diagnosis: Diagnosis
+
+
+async def execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, str]:
+    try:
+        return await _execute(action, ctx)
+    except RedfishError as exc:
+        return "Failed", str(exc)
+
+
+async def _power(ctx: ActionContext, *reset_types: str) -> tuple[str, str]:
+    if ctx.client is None or ctx.system is None:
+        return "NotAvailable", "the DPU has no reachable BMC"
+    power = RedfishPower(ctx.client, ctx.system)
+    for reset_type in reset_types:
+        await power.reset(reset_type)
+    return "Succeeded", "ComputerSystem.Reset " + " then ".join(reset_types)
+
+
+async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, str]:
+    meta = ctx.dpu["metadata"]
+    if action == A.WAIT:
+        return "Succeeded", "waited"
+    if action == A.RESTART_AGENT:
+        return "NotAvailable", (
+            "the agent channel carries no instructions to the agent (it only reports and pulls install orders), "
+            "and a BMC cannot restart a process in the DPU's OS"
+        )
+    if action == A.REBOOT:
+        return await _power(ctx, "ForceRestart")
+    if action == A.POWER_CYCLE:
+        return await _power(ctx, "ForceOff", "On")
+    if action == A.POWER_ON:
+        return await _power(ctx, "On")
+    if action == A.HOST_POWER_CYCLE:
+        result, message = await _power(ctx, "ForceOff", "On")
+        return result, message + " (DPU side only: coordinated host power control is not available yet)"
+    if action == A.BMC_RESET:
+        if ctx.client is None or ctx.reset_manager is None:
+            return "NotAvailable", "the BMC does not answer or offers no Manager.Reset"
+        await ctx.client.post(ctx.reset_manager, {"ResetType": "GracefulRestart"})
+        return "Succeeded", "Manager.Reset GracefulRestart"
+    if action == A.REFLASH:
+        return await asyncio.to_thread(_reflash, ctx.store, ctx.dpu)
+    if action == A.QUARANTINE:
+        message = await asyncio.to_thread(_quarantine, ctx.store, meta["project"], meta["name"])
+        QUARANTINED.labels(meta["project"], meta["name"]).set(1)
+        ALERTS.labels(meta["project"], meta["name"], str(ctx.diagnosis.failure_class)).set(1)
+        return "Succeeded", message
+    if action == A.ALERT:
+        ALERTS.labels(meta["project"], meta["name"], str(ctx.diagnosis.failure_class)).set(1)
+        return "Succeeded", f"alert raised: {ctx.diagnosis.failure_class}: {ctx.diagnosis.message}"
+    return "NotAvailable", f"unknown action {action}"
+
+
+def _quarantine(store: Store, project: str, name: str) -> str:
+    for _ in range(8):
+        dpu = store.get("DPU", name, project)
+        if (dpu.get("spec") or {}).get("unschedulable"):
+            return "already unschedulable"
+        dpu["spec"]["unschedulable"] = True
+        try:
+            store.update(dpu)
+        except Conflict:
+            continue
+        return "spec.unschedulable set: no new workloads are placed on the DPU"
+    raise Conflict("could not set spec.unschedulable: the DPU kept changing")
+
+
+def _reflash(store: Store, dpu: dict[str, Any]) -> tuple[str, str]:
+    """Ask the provisioner to install the desired image again (its retry annotation)."""
+    meta = dpu["metadata"]
+    if not (dpu.get("spec") or {}).get("image"):
+        return "NotAvailable", "the DPU has no desired image (spec.image) to re-install"
+    token = f"{isotime(now())}/health"
+    for _ in range(8):
+        current = store.get("DPU", meta["name"], meta["project"])
+        current["metadata"].setdefault("annotations", {})[RETRY_ANNOTATION] = token
+        try:
+            store.update(current)
+            break
+        except Conflict:
+            continue
+    status = current.get("status") or {}
+    if status.get("phase") == "Ready" and status.get("installedImage"):
+        # A Ready DPU runs what it was given as far as the provisioner knows: tell it the image is gone,
+        # so it installs spec.image again (the retry annotation re-runs only a failed step).
+        def forget(s: dict[str, Any]) -> None:
+            s["installedImage"] = None
+
+        from ..controllers.runtime.status import mutate_status_sync
+
+        mutate_status_sync(store, "DPU", meta["name"], forget, meta["project"])
+    return "Succeeded", f"the provisioner re-installs image {dpu['spec']['image']} ({RETRY_ANNOTATION}={token})"

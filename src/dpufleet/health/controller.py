@@ -1,0 +1,464 @@
+"""The health controller: per DPU, gather evidence, diagnose, remediate by policy.
+
+Each DPU is visited every `pollSeconds` (it does not wait for changes: a hung DPU changes
+nothing). A visit reads the agent's and host agent's reports from the store, asks the BMC
+over Redfish, diagnoses (diagnosis.py), records the `Healthy` condition and
+status.diagnosis, and when the DPU is unhealthy runs the next step of its remediation
+policy (policy.py). The step is recorded in status.remediation *before* it is carried out,
+so a restarted controller never repeats it and rate limits are counted from the store.
+
+Remediation never acts on a DPU that is held (spec.held) or that the provisioner is working
+on, and defers disruptive steps (reboot, power-cycle, reflash) while a DPUSet selecting the
+DPU already has as many unavailable DPUs as its maxUnavailable allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..api.errors import NotFound
+from ..api.kinds import RemediationAction
+from ..api.meta import ConditionStatus, Severity, isotime, now
+from ..api.selectors import LabelSelector
+from ..controllers.runtime.conditions import get_condition, set_condition
+from ..controllers.runtime.controller import Key, Reconciler, Result
+from ..controllers.runtime.events import EventRecorder
+from ..controllers.runtime.status import mutate_status
+from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..inventory import reports
+from ..provisioning.machine import WORKING_PHASES, Phase
+from ..security.audit import AuditEntry, AuditLog
+from ..store.store import Store
+from . import actions, inbox
+from .diagnosis import Diagnosis, parse_time
+from .diagnosis import diagnose as run_diagnosis
+from .evidence import BMCView, FailureClass, Observation
+from .policy import (
+    DISRUPTIVE,
+    HISTORY_KEPT,
+    RESETS,
+    EffectivePolicy,
+    Episode,
+    HistoryEntry,
+    Plan,
+    RemediationState,
+    plan,
+    select_policy,
+)
+from .probe import Links, agent_view, bmc_credentials, discover_links, host_view, probe_bmc, unreachable_view
+
+log = logging.getLogger(__name__)
+CONDITION = "Healthy"
+SUBJECT = "health-controller"
+BUSY_PHASES = frozenset({*WORKING_PHASES, Phase.AVAILABLE})
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    poll_seconds: float = 10.0
+    heartbeat_seconds: float = 10.0
+    allowed_misses: int = 3
+    heartbeat_write_seconds: float | None = None  # None: the report handler's throttle (inventory/reports.py)
+    redfish_timeout: float = 5.0
+    bmc_failures_before_down: int = 2  # consecutive failed polls before the BMC counts as down
+    boot_stuck_seconds: float = 120.0
+    log_window_seconds: float = 600.0
+    host_silent_seconds: float | None = None  # None: as for the DPU agent
+    disk_full_percent: float = 98.0
+    max_clock_skew_seconds: float = 5.0
+    agent_start_seconds: float = 60.0
+
+    def silent_after(self) -> float:
+        """Seconds without a stored heartbeat before the agent counts as silent.
+
+        The report handler stores a heartbeat at most every `heartbeat_write_seconds`, so a live
+        agent's stored heartbeat can be that much plus one interval old; silence must be longer.
+        """
+        throttle = (
+            reports.HEARTBEAT_WRITE_EVERY if self.heartbeat_write_seconds is None else self.heartbeat_write_seconds
+        )
+        return max(self.heartbeat_seconds * self.allowed_misses, throttle + self.heartbeat_seconds)
+
+
+class HealthReconciler(Reconciler):
+    kind = "DPU"
+    workers = 32
+    wake_on_status = False
+
+    def __init__(self, store: Store, config: HealthConfig | None = None) -> None:
+        self.store = store
+        self.config = config or HealthConfig()
+        self.events = EventRecorder(store, SUBJECT)
+        self.audit = AuditLog(store)
+        self._links: dict[tuple[str, str], Links] = {}
+        self._bmc_failures: dict[tuple[str, str], int] = {}
+
+    async def reconcile(self, key: Key) -> Result:
+        try:
+            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+        except NotFound:
+            self._forget(key)
+            return Result()
+        if dpu["metadata"].get("deletionTimestamp"):
+            self._forget(key)
+            return Result()
+        policies = (await asyncio.to_thread(self.store.list, "RemediationPolicy", key.project)).items
+        policy = select_policy(policies, dpu["metadata"].get("labels") or {})
+        config = self._config_for(policy)
+        client, links, bmc_view = await self._look_at_bmc(dpu, key, config)
+        try:
+            # read again after the BMC answered (or timed out): the heartbeat's age is measured now
+            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            observation = await self._observe(dpu, bmc_view, config)
+            diagnosis = run_diagnosis(observation)
+            wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links)
+        finally:
+            if client is not None:
+                await client.aclose()
+        requeue = config.poll_seconds if wait is None else max(0.05, min(config.poll_seconds, wait))
+        return Result(requeue_after=requeue)
+
+    def _forget(self, key: Key) -> None:
+        self._links.pop((key.project, key.name), None)
+        self._bmc_failures.pop((key.project, key.name), None)
+        actions.clear_alerts(key.project, key.name)
+        actions.clear_quarantine(key.project, key.name)
+
+    def _config_for(self, policy: EffectivePolicy) -> HealthConfig:
+        detection = policy.spec.detection
+        config = self.config
+        if detection.pollSeconds is not None:
+            config = replace(config, poll_seconds=detection.pollSeconds)
+        if detection.heartbeatSeconds is not None:
+            config = replace(config, heartbeat_seconds=detection.heartbeatSeconds)
+        if detection.allowedMisses is not None:
+            config = replace(config, allowed_misses=detection.allowedMisses)
+        return config
+
+    # --- evidence ---------------------------------------------------------------------------------------
+
+    async def _look_at_bmc(
+        self, dpu: dict[str, Any], key: Key, config: HealthConfig
+    ) -> tuple[RedfishClient | None, Links | None, BMCView | None]:
+        status = dpu.get("status") or {}
+        bmc_name = status.get("bmc")
+        if not bmc_name:
+            return None, None, None
+        try:
+            bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, key.project)
+        except NotFound:
+            return None, None, None
+        creds = await bmc_credentials(self.store, bmc)
+        spec = bmc["spec"]
+        client = RedfishClient(
+            spec["address"], creds, verify=spec.get("verifyTLS", True), timeout=config.redfish_timeout, retries=0
+        )
+        cache = (key.project, key.name)
+        try:
+            links = self._links.get(cache)
+            if links is None:
+                links = await discover_links(client, status.get("serialNumber") or dpu["spec"].get("serialNumber"))
+                self._links[cache] = links
+            view = await probe_bmc(client, links)
+        except RedfishError as exc:
+            self._links.pop(cache, None)
+            failures = self._bmc_failures.get(cache, 0) + 1
+            self._bmc_failures[cache] = failures
+            if failures < config.bmc_failures_before_down:
+                raise  # one failed poll is not yet a diagnosis: the runtime retries with backoff
+            return client, None, unreachable_view(exc)
+        except BaseException:
+            await client.aclose()
+            raise
+        self._bmc_failures.pop(cache, None)
+        pushed = inbox.recent(key.project, bmc_name)
+        view.logs.extend(pushed)
+        return client, links, view
+
+    async def _observe(self, dpu: dict[str, Any], bmc: BMCView | None, config: HealthConfig) -> Observation:
+        status = dpu.get("status") or {}
+        at = now()
+        silent_after = config.silent_after()
+        host = None
+        host_name = status.get("host") or (dpu.get("spec") or {}).get("hostRef")
+        if host_name:
+            try:
+                host_obj = await asyncio.to_thread(self.store.get, "Host", host_name, dpu["metadata"]["project"])
+                host = host_view(host_obj, dpu["metadata"]["name"], at, config.host_silent_seconds or silent_after)
+            except NotFound:
+                host = None
+        remediation = RemediationState.model_validate(status.get("remediation") or {})
+        return Observation(
+            at=at,
+            bmc=bmc,
+            agent=agent_view(status, at, silent_after),
+            host=host,
+            boot_stuck_seconds=config.boot_stuck_seconds,
+            log_window_seconds=config.log_window_seconds,
+            disk_full_percent=config.disk_full_percent,
+            max_clock_skew_seconds=config.max_clock_skew_seconds,
+            agent_start_seconds=config.agent_start_seconds,
+            logs_after=parse_time(remediation.logsAfter),
+        )
+
+    # --- diagnosis and remediation ------------------------------------------------------------------------
+
+    async def _record_and_remediate(
+        self,
+        dpu: dict[str, Any],
+        diagnosis: Diagnosis,
+        policy: EffectivePolicy,
+        client: RedfishClient | None,
+        links: Links | None,
+    ) -> float | None:
+        meta, spec, status = dpu["metadata"], dpu.get("spec") or {}, dpu.get("status") or {}
+        state = RemediationState.model_validate(status.get("remediation") or {})
+        state.policy = policy.name
+        stamp = isotime(now())
+        episode = state.episode
+        opened = closed = False
+        if diagnosis.transient and episode is not None:  # booting on its way back (or not): the episode goes on
+            diagnosis = Diagnosis(
+                FailureClass(episode.failureClass),
+                f"{diagnosis.message} (still {episode.failureClass})",
+                diagnosis.evidence,
+            )
+        if diagnosis.healthy:
+            if episode is not None:
+                state.history.append(
+                    HistoryEntry(time=stamp, failureClass=episode.failureClass, action="recovered", result="Recovered")
+                )
+                state.episode = None
+                state.logsAfter = stamp
+                closed = True
+        elif not diagnosis.transient and (episode is None or episode.failureClass != diagnosis.failure_class):
+            if episode is not None:
+                state.history.append(
+                    HistoryEntry(
+                        time=stamp,
+                        failureClass=episode.failureClass,
+                        action="recovered",
+                        result="Superseded",
+                        message=f"now {diagnosis.failure_class}",
+                    )
+                )
+            state.episode = Episode(failureClass=str(diagnosis.failure_class), since=stamp)
+            opened = True
+
+        step_plan: Plan | None = None
+        guard: str | None = None
+        if state.episode is not None and not diagnosis.transient:
+            steps = policy.steps(state.episode.failureClass)
+            step_plan = plan(steps, state.episode, state.history, now())
+            for index, step, why in step_plan.skipped:
+                state.history.append(
+                    HistoryEntry(
+                        time=stamp,
+                        failureClass=state.episode.failureClass,
+                        action=step.action,
+                        result="Skipped",
+                        message=why,
+                    )
+                )
+                state.episode.step = index + 1
+            if step_plan.step is not None:
+                guard = await self._guard(dpu, step_plan.step.action)
+                if guard is None:
+                    state.history.append(
+                        HistoryEntry(
+                            time=stamp,
+                            failureClass=state.episode.failureClass,
+                            action=step_plan.step.action,
+                            result="Issued",
+                        )
+                    )
+                    state.episode.step = step_plan.index + 1
+                    state.episode.lastActionAt = stamp
+                    if step_plan.step.action in RESETS:
+                        state.logsAfter = stamp
+                    if step_plan.step.action == RemediationAction.QUARANTINE:
+                        state.quarantined = True
+        state.history = state.history[-HISTORY_KEPT:]
+        note_guard = guard is not None and state.episode is not None and guard not in state.episode.notes
+        if note_guard and state.episode is not None and guard is not None:
+            state.episode.notes.append(guard)
+        if closed and state.quarantined and not spec.get("unschedulable"):
+            state.quarantined = False  # an operator lifted the quarantine
+        generation = meta.get("generation")
+        previous = get_condition(status, CONDITION)
+
+        def mutate(current: dict[str, Any]) -> None:
+            since = (current.get("diagnosis") or {}).get("since")
+            same = (current.get("diagnosis") or {}).get("failureClass") == str(diagnosis.failure_class)
+            current["diagnosis"] = {
+                "failureClass": str(diagnosis.failure_class),
+                "reason": diagnosis.reason,
+                "message": diagnosis.message,
+                "since": since if same and since else stamp,
+                "checkedAt": stamp,
+                "evidence": [e.model_dump() for e in diagnosis.evidence],
+            }
+            current["remediation"] = state.model_dump(mode="json", exclude_none=True)
+            if diagnosis.transient:
+                set_condition(
+                    current,
+                    CONDITION,
+                    ConditionStatus.UNKNOWN,
+                    "Booting",
+                    diagnosis.message,
+                    severity=Severity.INFO,
+                    generation=generation,
+                )
+            elif diagnosis.healthy:
+                set_condition(current, CONDITION, True, "Healthy", diagnosis.message, generation=generation)
+            else:
+                evidence = "; ".join(f"{e.source} {e.signal}: {e.value}" for e in diagnosis.evidence)
+                set_condition(
+                    current,
+                    CONDITION,
+                    False,
+                    str(diagnosis.failure_class),
+                    f"{diagnosis.message} [evidence: {evidence}]",
+                    severity=Severity.ERROR,
+                    generation=generation,
+                )
+
+        updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
+        if opened:
+            await self._event(updated, str(diagnosis.failure_class), diagnosis.message, warning=True)
+            if str(diagnosis.failure_class) in actions.OUT_OF_SERVICE:
+                for error in await actions.run_evacuation_hooks(updated, diagnosis):
+                    await self._event(updated, "EvacuationHookFailed", error, warning=True)
+        if closed:
+            was = previous.get("reason") if previous else "unhealthy"
+            await self._event(updated, "Recovered", f"healthy again (was {was})")
+            actions.clear_alerts(meta["project"], meta["name"])
+        if note_guard and guard is not None:
+            await self._event(updated, "RemediationPaused", guard, warning=True)
+        if step_plan is not None:
+            for _index, step, why in step_plan.skipped:
+                await self._event(updated, "RemediationSkipped", f"{step.action}: {why}", warning=True)
+                await self._audit(updated, str(step.action), "Skipped", why)
+            if step_plan.step is not None and guard is None:
+                await self._act(updated, step_plan.step.action, diagnosis, client, links)
+                return 0.05 if step_plan.index + 1 < len(policy.steps(str(diagnosis.failure_class))) else None
+            return step_plan.wait_seconds
+        return None
+
+    async def _guard(self, dpu: dict[str, Any], action: RemediationAction) -> str | None:
+        """Why remediation must not act now, or None."""
+        spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
+        if spec.get("held"):
+            return "the DPU is held (spec.held): no remediation until an operator releases it"
+        phase = status.get("phase")
+        if phase in BUSY_PHASES:
+            return f"the provisioner is working on the DPU (phase {phase}): remediation leaves it to it"
+        if action in DISRUPTIVE:
+            full = await asyncio.to_thread(self._rollout_full, dpu)
+            if full:
+                return full
+        return None
+
+    def _rollout_full(self, dpu: dict[str, Any]) -> str | None:
+        """A DPUSet selecting this DPU is at its maxUnavailable, and this DPU is not yet counted in it."""
+        meta = dpu["metadata"]
+        labels = meta.get("labels") or {}
+        if (dpu.get("status") or {}).get("phase") in (Phase.HELD,) or str(
+            (dpu.get("status") or {}).get("phase", "")
+        ).endswith("Failed"):
+            return None  # already counted unavailable by its DPUSet
+        for dpuset in self.store.list("DPUSet", meta["project"]).items:
+            selector = LabelSelector.model_validate(dpuset["spec"].get("selector") or {})
+            if not selector.matches(labels):
+                continue
+            ds_status = dpuset.get("status") or {}
+            limit = int(ds_status.get("maxUnavailable") or 0)
+            if not limit:
+                continue
+            members = self.store.list("DPU", meta["project"], selector).items
+            remediating = sum(
+                1
+                for d in members
+                if d["metadata"]["name"] != meta["name"]
+                and ((d.get("status") or {}).get("remediation") or {}).get("episode")
+                and ((d.get("status") or {}).get("phase") not in BUSY_PHASES)
+            )
+            unavailable = int(ds_status.get("unavailable") or 0) + remediating
+            if unavailable >= limit:
+                return (
+                    f"DPUSet {dpuset['metadata']['name']} has {unavailable} unavailable DPU(s), its maxUnavailable is "
+                    f"{limit}: disruptive remediation waits"
+                )
+        return None
+
+    async def _act(
+        self,
+        dpu: dict[str, Any],
+        action: RemediationAction,
+        diagnosis: Diagnosis,
+        client: RedfishClient | None,
+        links: Links | None,
+    ) -> None:
+        meta = dpu["metadata"]
+        ctx = actions.ActionContext(
+            self.store,
+            dpu,
+            client if links is not None else None,
+            links.system if links else None,
+            links.reset_manager if links else None,
+            diagnosis,
+        )
+        try:
+            result, message = await actions.execute(action, ctx)
+        except Exception as exc:
+            result, message = "Failed", f"{type(exc).__name__}: {exc}"
+        stamp_issued = None
+
+        def mutate(current: dict[str, Any]) -> None:
+            nonlocal stamp_issued
+            state = RemediationState.model_validate(current.get("remediation") or {})
+            for entry in reversed(state.history):
+                if entry.action == action and entry.result == "Issued":
+                    entry.result, entry.message = result, message
+                    stamp_issued = entry.time
+                    break
+            current["remediation"] = state.model_dump(mode="json", exclude_none=True)
+
+        updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
+        reason = "Remediation" + "".join(part.capitalize() for part in str(action).split("-"))
+        if action == RemediationAction.QUARANTINE and result == "Succeeded":
+            reason = "Quarantined"
+            for error in await actions.run_evacuation_hooks(updated, diagnosis):
+                await self._event(updated, "EvacuationHookFailed", error, warning=True)
+        await self._event(
+            updated,
+            reason,
+            f"{action} for {diagnosis.failure_class}: {result}: {message}",
+            warning=result != "Succeeded" or action in (RemediationAction.QUARANTINE, RemediationAction.ALERT),
+        )
+        await self._audit(updated, str(action), result, f"{diagnosis.failure_class}: {message}")
+
+    async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+
+    async def _audit(self, dpu: dict[str, Any], action: str, result: str, detail: str) -> None:
+        meta = dpu["metadata"]
+        entry = AuditEntry(
+            subject=SUBJECT,
+            roles="controller",
+            action=f"remediation:{action}",
+            kind="DPU",
+            project=meta["project"],
+            name=meta["name"],
+            result=result,
+            code=200 if result in ("Succeeded", "Issued") else 409,
+            source="controller",
+            detail=detail[:500],
+        )
+        try:
+            await asyncio.to_thread(self.audit.record, entry)
+        except Exception:
+            log.exception("could not audit %s on %s", action, meta["name"])

@@ -1,0 +1,120 @@
+"""The sim control API: inject, clear and list faults over HTTP (``/sim/v1/faults``).
+
+Served by the fleet's own HTTP server (next to the BMCs), protected by a bearer token
+the sim writes, with its URL, to ``<sim dir>/sim-control.json`` (mode 0600). It is the
+emulator's back door -- nothing a real fleet has -- so the control plane never uses it;
+operators, tests and ``dpufleet bench chaos`` do.
+
+- ``GET /sim/v1/faults`` -> ``{"faults": [...], "history": [...]}``
+- ``POST /sim/v1/faults`` ``{"dpu": NAME, "kind": KIND, "duration": SECONDS|null}`` -> 201 the fault
+- ``DELETE /sim/v1/faults?dpu=NAME[&kind=KIND]`` -> ``{"cleared": [...]}``
+- ``GET /sim/v1/devices`` -> the fleet's DPUs (id, serial, object name, host, state)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from dpufleet.sim.faults import FaultError, FaultKind, injector_for
+from dpufleet.sim.fleet import Fleet
+
+CONTROL_FILE = "sim-control.json"
+
+
+class ControlApp:
+    def __init__(self, fleet: Fleet, token: str) -> None:
+        self.fleet = fleet
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        response = await self._respond(request)
+        await response(scope, receive, send)
+
+    async def _respond(self, request: Request) -> JSONResponse:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.token):
+            return _error(401, "a bearer token (the sim's sim-control.json) is required")
+        path = request.url.path.rstrip("/")
+        injector = injector_for(self.fleet)
+        try:
+            if path == "/sim/v1/faults":
+                if request.method == "GET":
+                    return JSONResponse({"faults": injector.listing(), "history": injector.history[-100:]})
+                if request.method == "POST":
+                    body = await _json(request)
+                    duration = body.get("duration")
+                    if duration is not None and not isinstance(duration, int | float):
+                        raise FaultError("duration must be a number of seconds or null")
+                    fault = injector.inject(str(body.get("dpu", "")), str(body.get("kind", "")), duration)
+                    return JSONResponse(fault.describe(), status_code=201)
+                if request.method == "DELETE":
+                    dpu = request.query_params.get("dpu")
+                    if not dpu:
+                        raise FaultError("name the DPU: ?dpu=NAME")
+                    kind = request.query_params.get("kind") or None
+                    if kind is not None and kind not in {k.value for k in FaultKind}:
+                        raise FaultError(f"unknown fault kind {kind!r}")
+                    return JSONResponse({"cleared": [f.describe() for f in injector.clear(dpu, kind)]})
+                return _error(405, f"{request.method} is not allowed on {path}")
+            if path == "/sim/v1/devices" and request.method == "GET":
+                return JSONResponse({"dpus": [_device(self.fleet, d.id) for d in self.fleet.dpus]})
+        except FaultError as exc:
+            return _error(404 if "no emulated DPU" in str(exc) else 400, str(exc))
+        return _error(404, f"{path} is not part of the sim control API")
+
+
+def _device(fleet: Fleet, dpu_id: str) -> dict[str, Any]:
+    bmc = fleet.bmcs[dpu_id]
+    dpu = bmc.dpu
+    return {
+        "id": dpu.id,
+        "serial": dpu.serial,
+        "name": f"dpu-{dpu.serial.lower()}",
+        "host": dpu.host_id,
+        "powerState": str(dpu.power_state),
+        "bootProgress": dpu.boot_progress,
+        "health": dpu.health,
+        "osAlive": dpu.os_alive,
+        "bmcCrashed": bmc.crashed,
+    }
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise FaultError("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise FaultError("the body must be a JSON object")
+    return body
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def write_control_file(directory: Path, url: str, token: str) -> Path:
+    """``sim-control.json`` (0600): where the control API is and its token."""
+    path = directory / CONTROL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token, "pid": os.getpid()}, fh)
+    os.chmod(path, 0o600)
+    return path
+
+
+def read_control_file(directory: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((directory / CONTROL_FILE).read_text())
+    return data
