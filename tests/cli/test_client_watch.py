@@ -6,9 +6,10 @@ from dpufleet.client import Client, WatchEvent
 from dpufleet.demo import EmbeddedServer
 
 
-def _next(stream: object, wanted: str) -> WatchEvent:
+def _next(stream: object, wanted: str, name: str | None = None) -> WatchEvent:
+    """The next event of this type (about this object): controllers may write other objects meanwhile."""
     for event in stream:  # type: ignore[attr-defined]
-        if event.type == wanted:
+        if event.type == wanted and (name is None or event.object["metadata"]["name"] == name):
             return event
     raise AssertionError(f"stream ended before a {wanted} event")
 
@@ -27,6 +28,5 @@ def test_watch_from_compacted_history_relists_and_reports_the_difference(server:
         assert sorted((e.type, e.object["metadata"]["name"]) for e in first) == [("ADDED", "kept"), ("ADDED", "new")]
 
         client.patch("dpu", "kept", {"status": {"phase": "Ready"}}, status=True)
-        modified = _next(stream, "MODIFIED")
-        assert modified.object["metadata"]["name"] == "kept"
+        modified = _next(stream, "MODIFIED", "kept")
         assert int(modified.resource_version) > int(kept["metadata"]["resourceVersion"])

@@ -48,24 +48,49 @@ def test_every_schema_version_served_exists_in_the_dmtf_csdl():
 @pytest.mark.parametrize("profile", ["nvidia-bluefield-3", "marvell-octeon-10"])
 def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: str):
     _need_csdl()
-    fleet = build_fleet(1, 1, [profile], seed=99, directory=tmp_path / "fleet", username=USER,
-                        password_for=lambda _id: PASSWORD, time_scale=0.002)
+    fleet = build_fleet(
+        1,
+        1,
+        [profile],
+        seed=99,
+        directory=tmp_path / "fleet",
+        username=USER,
+        password_for=lambda _id: PASSWORD,
+        time_scale=0.002,
+    )
     with fleet_in_thread(fleet, per_bmc_ports=True) as running:
         url = next(iter(running.endpoints.values()))
         root = url + "/redfish/v1"
         # Put a session, a finished task and log entries in the tree so they are validated too.
-        assert httpx.post(root + "/SessionService/Sessions",
-                          json={"UserName": USER, "Password": PASSWORD}).status_code == 201
-        started = httpx.post(root + "/UpdateService/Actions/UpdateService.SimpleUpdate",
-                             json={"ImageURI": "http://127.0.0.1:9/images/os-2.0.bfb"}, auth=(USER, PASSWORD))
+        assert (
+            httpx.post(root + "/SessionService/Sessions", json={"UserName": USER, "Password": PASSWORD}).status_code
+            == 201
+        )
+        started = httpx.post(
+            root + "/UpdateService/Actions/UpdateService.SimpleUpdate",
+            json={"ImageURI": "http://127.0.0.1:9/images/os-2.0.bfb"},
+            auth=(USER, PASSWORD),
+        )
         assert started.status_code == 202
         # An event subscription, POST codes (a reboot) and a fault's log entries are validated too.
-        assert httpx.post(root + "/EventService/Subscriptions", auth=(USER, PASSWORD),
-                          json={"Destination": "http://127.0.0.1:9/events", "Protocol": "Redfish",
-                                "Context": "validator"}).status_code == 201
-        assert httpx.post(root + "/Systems/DPU/Actions/ComputerSystem.Reset", auth=(USER, PASSWORD),
-                          json={"ResetType": "ForceRestart"}).status_code == 204
+        assert (
+            httpx.post(
+                root + "/EventService/Subscriptions",
+                auth=(USER, PASSWORD),
+                json={"Destination": "http://127.0.0.1:9/events", "Protocol": "Redfish", "Context": "validator"},
+            ).status_code
+            == 201
+        )
+        assert (
+            httpx.post(
+                root + "/Systems/DPU/Actions/ComputerSystem.Reset",
+                auth=(USER, PASSWORD),
+                json={"ResetType": "ForceRestart"},
+            ).status_code
+            == 204
+        )
         from dpufleet.sim.faults import inject
+
         inject(fleet, fleet.dpus[0].id, "pcie-aer")
         task_url = url + started.headers["Location"]
         deadline = time.monotonic() + 10
@@ -73,9 +98,26 @@ def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: s
             assert time.monotonic() < deadline, "update task did not complete"
             time.sleep(0.02)
         result = subprocess.run(
-            [*_validator_command(), "--rhost", url, "-u", USER, "-p", PASSWORD, "--authtype", "Basic",
-             "--schema_directory", str(CSDL), "--skipschema", "--logdir", str(tmp_path / "logs")],
-            capture_output=True, text=True, timeout=240, check=False,
+            [
+                *_validator_command(),
+                "--rhost",
+                url,
+                "-u",
+                USER,
+                "-p",
+                PASSWORD,
+                "--authtype",
+                "Basic",
+                "--schema_directory",
+                str(CSDL),
+                "--skipschema",
+                "--logdir",
+                str(tmp_path / "logs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
         )
     summary = re.search(r"\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|", result.stdout)
     assert summary is not None, result.stdout[-3000:] + result.stderr[-3000:]
@@ -91,7 +133,11 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path):
         assert running.cert is not None
         url = next(iter(running.service_root(b) for b in running.endpoints))
         assert url.startswith("https://127.0.0.1:")
-        response = httpx.get(url + "/Systems/DPU", auth=(USER, PASSWORD), verify=ssl.create_default_context(cafile=str(running.cert.cert)))
+        response = httpx.get(
+            url + "/Systems/DPU",
+            auth=(USER, PASSWORD),
+            verify=ssl.create_default_context(cafile=str(running.cert.cert)),
+        )
         assert response.status_code == 200
         with pytest.raises(httpx.ConnectError):
             httpx.get(url)  # the default trust store does not know the emulator's certificate
@@ -99,8 +145,14 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path):
 
 
 def test_hundreds_of_bmcs_share_one_port(tmp_path: Path):
-    fleet = build_fleet(100, 2, ["nvidia-bluefield-3", "amd-pensando-dsc", "intel-ipu-e2100"], seed=5,
-                        username=USER, password_for=lambda _id: PASSWORD)
+    fleet = build_fleet(
+        100,
+        2,
+        ["nvidia-bluefield-3", "amd-pensando-dsc", "intel-ipu-e2100"],
+        seed=5,
+        username=USER,
+        password_for=lambda _id: PASSWORD,
+    )
     assert len(fleet.bmcs) == 200
     with fleet_in_thread(fleet) as running, httpx.Client(auth=(USER, PASSWORD)) as client:
         assert len({httpx.URL(u).port for u in running.endpoints.values()}) == 1

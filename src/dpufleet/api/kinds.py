@@ -40,6 +40,14 @@ class HostPolicy(StrEnum):
     HOOK = "hook"
 
 
+class BootOrder(StrEnum):
+    """Who boots first when a host and its DPUs both reset (the issue's boot policy)."""
+
+    DPU_FIRST = "dpu-first"  # the DPU runs again before the host is reset (the host finds its NIC)
+    HOST_FIRST = "host-first"
+    INDEPENDENT = "independent"  # both reset at once; neither waits for the other
+
+
 class HostSpec(Strict):
     hostname: str | None = None
     bmcRef: Name | None = Field(default=None, description="BMC of the host server itself, if managed")
@@ -51,6 +59,27 @@ class HostSpec(Strict):
         description="project that may use this (as tenant) while metadata.project keeps owning it; "
         "set by an operator or the cloud service (lease-change)",
     )
+    bootOrder: BootOrder = Field(
+        default=BootOrder.DPU_FIRST,
+        description="who boots first when both reset: dpu-first (default), host-first, independent",
+    )
+    parallelDPUResets: bool = Field(default=False, description="reset all DPUs of the host together, not in turn")
+    powerURL: str | None = Field(
+        default=None,
+        description="the host power driver's endpoint (http/https), e.g. the emulator's "
+        "http://127.0.0.1:PORT/sim/v1/hosts/host-000; without it host resets fail 'not configured'",
+    )
+    powerCredentialsRef: Name | None = Field(
+        default=None, description="Credential whose password is the power endpoint's bearer token"
+    )
+    bootTimeoutSeconds: float = Field(default=600.0, gt=0, le=86400, description="how long a boot may take")
+
+    @field_validator("powerURL")
+    @classmethod
+    def _power_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
 
 
 class PCIFunction(BaseModel):
@@ -926,3 +955,101 @@ REGISTRY["RemediationPolicy"] = KindInfo(
 )
 for _alias in ("remediationpolicy", "remediationpolicies", "rempol"):
     _BY_NAME[_alias] = REGISTRY["RemediationPolicy"]
+
+
+# --- PowerAction (controlled resets) ----------------------------------------------------------------------
+
+
+class PowerMode(StrEnum):
+    DPU_ONLY = "dpu-only"
+    HOST_ONLY = "host-only"
+    BOTH = "both"
+    ALL_DPUS_OF_HOST = "all-dpus-of-host"
+
+
+class ResetType(StrEnum):
+    FORCE_RESTART = "ForceRestart"
+    GRACEFUL_RESTART = "GracefulRestart"
+    POWER_CYCLE = "PowerCycle"
+    FORCE_OFF = "ForceOff"
+    ON = "On"
+
+
+# What each mode does to the host, declared before anything is done (status.hostImpact).
+HOST_IMPACT: dict[PowerMode, str] = {
+    PowerMode.DPU_ONLY: "dpu-only: the host stays up without the DPU's functions (network, storage, "
+    "offloads) for the reboot",
+    PowerMode.HOST_ONLY: "host-only: the host reboots; its DPUs keep running and are not reset",
+    PowerMode.BOTH: "both: the DPU and the host reboot, in the host's boot order; the host is down "
+    "for its reboot and without the DPU's functions for the DPU's",
+    PowerMode.ALL_DPUS_OF_HOST: "all-dpus-of-host: the host stays up without any of its DPUs' functions "
+    "while they reboot (in turn, or together with parallelDPUResets)",
+}
+
+
+class PowerTarget(Strict):
+    kind: Literal["DPU", "Host"]
+    name: Name
+
+
+class PowerActionSpec(Strict):
+    target: PowerTarget
+    mode: PowerMode = PowerMode.DPU_ONLY
+    resetType: ResetType = ResetType.FORCE_RESTART
+    stepTimeoutSeconds: float | None = Field(
+        default=None, gt=0, le=86400, description="each step's timeout (default: the host's bootTimeoutSeconds)"
+    )
+
+    @model_validator(mode="after")
+    def _target_fits_mode(self) -> PowerActionSpec:
+        if self.mode == PowerMode.DPU_ONLY and self.target.kind != "DPU":
+            raise ValueError("mode dpu-only targets a DPU (target.kind: DPU)")
+        return self
+
+
+class PowerStep(BaseModel):
+    """One step of a power action: what is done, when, and how it ended."""
+
+    model_config = ConfigDict(extra="allow")
+    what: str
+    action: Literal["reset-dpu", "wait-dpu", "reset-host", "wait-host"]
+    target: str
+    result: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    when: str | None = Field(default=None, description="when the step started")
+    finished: str | None = None
+    message: str | None = None
+    baseline: str | None = Field(default=None, description="boot time (DPU) or boot count (host) before the reset")
+
+
+class PowerActionStatus(Status):
+    hostImpact: str | None = None
+    host: str | None = None
+    stepTimeoutSeconds: float | None = Field(default=None, description="each step's timeout, as planned")
+    steps: list[PowerStep] = Field(default_factory=list)
+    reason: str | None = None
+    message: str | None = None
+    startedAt: str | None = None
+    finishedAt: str | None = None
+
+
+class PowerAction(Resource):
+    kind: Literal["PowerAction"] = "PowerAction"
+    spec: PowerActionSpec
+    status: PowerActionStatus = Field(default_factory=PowerActionStatus)
+
+
+REGISTRY["PowerAction"] = KindInfo(
+    "PowerAction",
+    "poweractions",
+    PowerAction,
+    ("poweraction", "pa"),
+    (
+        Column("TARGET", "spec.target.name"),
+        Column("MODE", "spec.mode"),
+        Column("TYPE", "spec.resetType"),
+        _PHASE,
+        Column("REASON", "status.reason", wide_only=True),
+    ),
+)
+for _alias in ("poweraction", "poweractions", "pa"):
+    _BY_NAME[_alias] = REGISTRY["PowerAction"]

@@ -53,3 +53,46 @@ def provision(
     result = run_provision_bench(dpus, poll, timeout)
     if result.ready < result.dpus:
         raise UserError(f"only {result.ready} of {result.dpus} DPUs reached Ready within {timeout:g}s")
+
+
+@bench_app.command("rollout")
+def rollout(
+    dpus: int = typer.Option(1000, "--dpus", min=1, max=20000, help="emulated DPUs (one per host) to update"),
+    max_unavailable: str = typer.Option(
+        "10%", "--max-unavailable", help="the DPUSet's maxUnavailable: a count or a percentage"
+    ),
+    update_seconds: float = typer.Option(
+        2.0, "--update-seconds", min=0.01, max=600.0, help="emulated install + reboot time of one DPU"
+    ),
+    poll: float = typer.Option(0.05, "--poll", min=0.0, max=10.0, help="seconds between the provisioner's BMC polls"),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="give up after this many seconds"),
+) -> None:
+    """Roll an image out to N emulated DPUs with a DPUSet; prints the total time next to the hardware minimum."""
+    import re
+
+    from ..bench.rollout import run_rollout_bench
+
+    if not re.fullmatch(r"[1-9][0-9]*%?", max_unavailable) or (
+        max_unavailable.endswith("%") and int(max_unavailable[:-1]) > 100
+    ):
+        raise UserError(f"--max-unavailable must be a count or a percentage (1%-100%), not {max_unavailable!r}")
+    result = run_rollout_bench(dpus, max_unavailable, update_seconds, poll, timeout)
+    if result.ready < result.dpus:
+        raise UserError(f"only {result.ready} of {result.dpus} DPUs were updated within {timeout:g}s")
+
+
+@bench_app.command("chaos")
+def chaos(
+    dpus: int = typer.Option(200, "--dpus", min=1, max=5000, help="emulated DPUs (one per host, one BMC each)"),
+    duration: float = typer.Option(120.0, "--duration", min=1.0, max=3600.0, help="seconds of fault injection"),
+    rate: float = typer.Option(0.5, "--rate", min=0.01, max=50.0, help="faults injected per second"),
+    seed: int = typer.Option(1, "--seed", help="random seed (which DPU, which fault, how long)"),
+    settle: float = typer.Option(120.0, "--settle", min=0.0, max=3600.0, help="seconds to wait for recovery after"),
+) -> None:
+    """Inject random faults into an emulated fleet; prints detection latency, time to recovery, leftovers."""
+    from ..bench.chaos import run_chaos_bench
+
+    result = run_chaos_bench(dpus, duration, rate, seed, settle)
+    left = result.unrecovered + result.unaccounted + result.undetected + result.misdiagnosed
+    if left:
+        raise UserError(f"{len(left)} fault(s) not handled: see the lists above")

@@ -29,6 +29,7 @@ from .common import GlobalOptions, UserError, error_line, note, options
 from .dpu import dpu_app
 from .enroll import enroll_app
 from .health import debug_bundle, health_app
+from .reset import reset_app
 from .rollout import rollout_app
 from .signing import image_app, publisher_app
 from .sim import sim_app
@@ -132,6 +133,7 @@ app.add_typer(enroll_app, name="enroll")
 app.add_typer(image_app, name="image")
 app.add_typer(publisher_app, name="publisher")
 app.add_typer(health_app, name="health")
+app.add_typer(reset_app, name="reset")
 app.command("debug-bundle")(debug_bundle)
 
 

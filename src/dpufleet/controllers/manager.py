@@ -22,6 +22,7 @@ from .bmc import BMCReconciler
 from .discovery import DiscoveryReconciler
 from .dpuset import DPUSetReconciler
 from .events import EventReaper
+from .power import PowerActionReconciler
 from .runtime.controller import Controller, Reconciler
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     DPUProvisioner,
     DPUSetReconciler,
     HealthReconciler,
+    PowerActionReconciler,
 ]
 
 

@@ -105,13 +105,22 @@ class HealthReconciler(Reconciler):
         if dpu["metadata"].get("deletionTimestamp"):
             self._forget(key)
             return Result()
+        status = dpu.get("status") or {}
+        if not status.get("bmc") and not status.get("agent"):
+            return Result(
+                requeue_after=self.config.poll_seconds
+            )  # a record with no hardware seen yet: nothing to watch
         policies = (await asyncio.to_thread(self.store.list, "RemediationPolicy", key.project)).items
         policy = select_policy(policies, dpu["metadata"].get("labels") or {})
         config = self._config_for(policy)
         client, links, bmc_view = await self._look_at_bmc(dpu, key, config)
         try:
             # read again after the BMC answered (or timed out): the heartbeat's age is measured now
-            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            try:
+                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            except NotFound:
+                self._forget(key)
+                return Result()
             observation = await self._observe(dpu, bmc_view, config)
             diagnosis = run_diagnosis(observation)
             wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links)
@@ -370,6 +379,8 @@ class HealthReconciler(Reconciler):
             (dpu.get("status") or {}).get("phase", "")
         ).endswith("Failed"):
             return None  # already counted unavailable by its DPUSet
+        if ((dpu.get("status") or {}).get("diagnosis") or {}).get("failureClass") in actions.OUT_OF_SERVICE:
+            return None  # out of service by its diagnosis: its DPUSet already counts it (controllers/dpuset.py)
         for dpuset in self.store.list("DPUSet", meta["project"]).items:
             selector = LabelSelector.model_validate(dpuset["spec"].get("selector") or {})
             if not selector.matches(labels):

@@ -27,6 +27,23 @@ from .identity import Grant, GrantError, Identity
 
 OIDC_FILE = "oidc.yaml"
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256")
+EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384"}
+
+
+def algorithms_for(key: Any) -> list[str]:
+    """The asymmetric algorithms a key can verify, so a token's `alg` never reaches a key of another family
+    (PyJWT raises TypeError, not a PyJWTError, for e.g. an ES256 token checked with an RSA key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return list(RSA_ALGORITHMS)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        alg = EC_ALGORITHMS.get(key.curve.name)
+        return [alg] if alg else []
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ["EdDSA"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -79,15 +96,20 @@ class OIDCVerifier:
 
         try:
             key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks is not None else self._key
+            algorithms = algorithms_for(key)
+            if not algorithms:
+                raise Unauthorized("the OIDC token is not valid: the issuer's key type is not supported")
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=list(ALGORITHMS),
+                algorithms=algorithms,
                 audience=self.config.audience,
                 issuer=self.config.issuer,
                 options={"require": ["exp", "iss", "aud"]},
             )
         except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the OIDC token is not valid: {exc}") from None
+        except (TypeError, ValueError) as exc:  # PyJWT's own key/alg mismatches: a bad token, never a 500
             raise Unauthorized(f"the OIDC token is not valid: {exc}") from None
         subject = claims.get(self.config.subject_claim)
         if not subject:

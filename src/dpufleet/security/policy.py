@@ -71,9 +71,11 @@ SUBACTION_DOC: dict[SubAction, str] = {
     SubAction.FPGA_PROGRAM: "programming a bitstream outside an image (the route arrives with the FPGA "
     "driver); an Image's fpga-bitstream component reaches a DPU through spec.image, which is image-flash",
     SubAction.BMC_CREDENTIAL_CHANGE: "any write to a Credential; changing a BMC's spec.address, "
-    "spec.credentialsRef or spec.verifyTLS; changing a Discovery's spec.credentialsRef",
+    "spec.credentialsRef or spec.verifyTLS; changing a Discovery's spec.credentialsRef; changing a Host's "
+    "spec.powerURL or spec.powerCredentialsRef (where the host power token is sent)",
     SubAction.CONSOLE_ACCESS: "opening a DPU or BMC console (route arrives with the console driver)",
-    SubAction.POWER_ACTION: "power on/off/reset of a DPU or host (route arrives with the power driver)",
+    SubAction.POWER_ACTION: "any write to a PowerAction (a controlled reset of a DPU, a host, or both); "
+    "it runs only if the PowerAction's project owns or leases its target (and, for host modes, the host)",
     SubAction.LEASE_CHANGE: "setting or changing spec.lessee of a DPU or Host",
     SubAction.INVENTORY_CHANGE: "changing a DPU's spec.bmcRef, spec.hostRef or spec.serialNumber, or a "
     "Host's spec.bmcRef (who the hardware is)",
@@ -93,7 +95,7 @@ ALL_VERBS = tuple(Verb)
 A, OP, T, V, G, C = Role.ADMIN, Role.OPERATOR, Role.TENANT, Role.VIEWER, Role.AGENT, Role.CLOUD_SERVICE
 
 # Kinds a tenant or the cloud integration uses (they see them, and may change harmless fields of them).
-_USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project")
+_USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project", "PowerAction")
 
 
 # Kinds only admins write: projects (who owns what) and publishers (whose signed images are trusted).
@@ -117,6 +119,9 @@ def _kind_rules() -> dict[str, dict[Verb, frozenset[Role]]]:
         if kind == "DPUSet":
             for verb in WRITE:
                 per[verb].add(T)
+        if kind == "PowerAction":  # a reset is asked for (create) and cleaned up (delete), never edited
+            for verb in (Verb.CREATE, Verb.DELETE):
+                per[verb] |= {T, C}
         if kind == "DPU":
             per[Verb.GET].add(G)
             per[Verb.STATUS_UPDATE].add(G)
@@ -191,6 +196,8 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
     "Host": (
         FieldRule(("spec", "lessee"), SubAction.LEASE_CHANGE),
         FieldRule(("spec", "bmcRef"), SubAction.INVENTORY_CHANGE),
+        FieldRule(("spec", "powerURL"), SubAction.BMC_CREDENTIAL_CHANGE),
+        FieldRule(("spec", "powerCredentialsRef"), SubAction.BMC_CREDENTIAL_CHANGE),
     ),
     "DPUSet": (
         FieldRule(("spec", "template", "image"), SubAction.IMAGE_FLASH),
@@ -205,7 +212,10 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
     "Discovery": (FieldRule(("spec", "credentialsRef"), SubAction.BMC_CREDENTIAL_CHANGE),),
 }
 # Every write of these kinds is the sub-action, whatever it changes.
-SENSITIVE_KINDS: dict[str, SubAction] = {"Credential": SubAction.BMC_CREDENTIAL_CHANGE}
+SENSITIVE_KINDS: dict[str, SubAction] = {
+    "Credential": SubAction.BMC_CREDENTIAL_CHANGE,
+    "PowerAction": SubAction.POWER_ACTION,
+}
 
 
 def _at(doc: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:

@@ -9,6 +9,10 @@ operators, tests and ``dpufleet bench chaos`` do.
 - ``POST /sim/v1/faults`` ``{"dpu": NAME, "kind": KIND, "duration": SECONDS|null}`` -> 201 the fault
 - ``DELETE /sim/v1/faults?dpu=NAME[&kind=KIND]`` -> ``{"cleared": [...]}``
 - ``GET /sim/v1/devices`` -> the fleet's DPUs (id, serial, object name, host, state)
+- ``GET /sim/v1/hosts/{id}`` -> a host's power state: ``{"powerState", "osRunning", "bootCount"}``
+- ``POST /sim/v1/hosts/{id}/reset`` ``{"resetType": ...}`` -> 202: the host's power endpoint (the emulated
+  fleet has no host BMCs; ``dpufleet.drivers.hostpower`` drives this). ForceRestart and GracefulRestart
+  are a host soft reset (the DPUs keep running), PowerCycle a host power cycle (its slots lose power too).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from dpufleet.sim.devices import SimHost
 from dpufleet.sim.faults import FaultError, FaultKind, injector_for
 from dpufleet.sim.fleet import Fleet
 
@@ -70,9 +75,51 @@ class ControlApp:
                 return _error(405, f"{request.method} is not allowed on {path}")
             if path == "/sim/v1/devices" and request.method == "GET":
                 return JSONResponse({"dpus": [_device(self.fleet, d.id) for d in self.fleet.dpus]})
+            if path.startswith("/sim/v1/hosts/"):
+                return await self._host(request, path.removeprefix("/sim/v1/hosts/"))
         except FaultError as exc:
             return _error(404 if "no emulated DPU" in str(exc) else 400, str(exc))
         return _error(404, f"{path} is not part of the sim control API")
+
+    async def _host(self, request: Request, rest: str) -> JSONResponse:
+        host_id, _, action = rest.partition("/")
+        host = next((h for h in self.fleet.hosts if h.id == host_id), None)
+        if host is None:
+            return _error(404, f"no emulated host is named {host_id!r}")
+        if not action and request.method == "GET":
+            return JSONResponse(_host_state(host))
+        if action == "reset" and request.method == "POST":
+            body = await _json(request)
+            reset_type = str(body.get("resetType") or "ForceRestart")
+            kind = _HOST_RESETS.get(reset_type)
+            if kind is None:
+                raise FaultError(
+                    f"reset type {reset_type!r} is not supported; the host allows {', '.join(_HOST_RESETS)}"
+                )
+            if not host.dpus:
+                raise FaultError(f"host {host_id} carries no DPU")
+            # the host's fault behaviour (sim/faults.py) is keyed by one of its DPUs; it resets only the host
+            injector_for(self.fleet).inject(host.dpus[0].id, kind, None)
+            return JSONResponse({**_host_state(host), "resetType": reset_type}, status_code=202)
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
+
+_HOST_RESETS = {
+    "ForceRestart": FaultKind.HOST_SOFT_RESET,
+    "GracefulRestart": FaultKind.HOST_SOFT_RESET,
+    "PowerCycle": FaultKind.HOST_POWER_CYCLE,
+}
+
+
+def _host_state(host: SimHost) -> dict[str, Any]:
+    return {
+        "id": host.id,
+        "serial": host.serial,
+        "powerState": "On",  # a soft reset keeps the host powered; the OS is what goes down
+        "osRunning": host.os_alive,
+        "bootCount": host.boot_count,
+        "dpus": [d.id for d in host.dpus],
+    }
 
 
 def _device(fleet: Fleet, dpu_id: str) -> dict[str, Any]:

@@ -126,3 +126,4 @@ class SimHost:
     dpus: list[SimDPU] = field(default_factory=list)
     osroot: Path | None = None
     os_alive: bool = True  # the host OS runs and its agent can report
+    boot_count: int = 0  # completed reboots (a reset or power cycle that came back up)

@@ -339,6 +339,8 @@ class FaultInjector:
             for d in host.dpus
             for f in self.faults_of(d)
         ):
+            if not host.os_alive:
+                host.boot_count += 1
             host.os_alive = True
 
     def _start_host_soft_reset(self, dpu: SimDPU, fault: ActiveFault) -> None:

@@ -1,0 +1,229 @@
+"""`dpufleet bench rollout`: roll an image out to N emulated DPUs with a DPUSet, against the hardware minimum.
+
+The control plane (API server + controllers, SQLite) runs as its own process. This process serves
+N emulated BMCs (one DPU per host, so the per-host cap never binds) whose install (SimpleUpdate)
+plus reboot (ForceRestart, power-on to OSRunning) take `update_seconds` together: the BMC timings
+are set to a 60 s update and a 40 s boot, scaled by update_seconds / 100. The fleet is discovered
+and inventoried first (not timed), an image is uploaded, then one DPUSet selecting every DPU is
+created with `maxUnavailable`; the clock runs from that create until the DPUSet is Complete.
+
+The hardware minimum is ceil(N / maxUnavailable) x update_seconds (maxUnavailable as the
+controller counts it: a percentage is floored, at least 1); the rest is the control plane's
+overhead (reconcile passes, staging, the provisioner's polls, configuring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from ..sim.runner import SimOptions, SimRunning, register
+from .discovery import _peak_rss_mib
+from .harness import server_process
+from .provision import PHASES, _phase_means
+
+BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
+PROFILE = "nvidia-bluefield-3"
+PAYLOAD = b"dpufleet bench rollout: emulated OS image\n" * 256
+EMULATED_UPDATE = 60.0  # seconds of SimpleUpdate, before scaling
+EMULATED_BOOT = 40.0  # seconds from ForceRestart to OSRunning, before scaling
+
+
+@dataclass
+class RolloutBenchResult:
+    dpus: int
+    max_unavailable: int
+    update_seconds: float
+    seconds: float = 0.0
+    minimum_seconds: float = 0.0
+    ready: int = 0
+    failed: int = 0
+    peak_unavailable: int = 0
+    discovery_seconds: float = 0.0
+    phase_mean_ms: dict[str, float] = field(default_factory=dict)
+    server_peak_rss_mib: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def overhead_seconds(self) -> float:
+        return self.seconds - self.minimum_seconds
+
+    @property
+    def target_seconds(self) -> float:
+        return self.minimum_seconds * 1.05 + 5.0
+
+    @property
+    def met(self) -> bool:
+        return self.ready == self.dpus and self.seconds <= self.target_seconds
+
+
+def max_unavailable_of(value: str, dpus: int) -> int:
+    """The controller's reading of maxUnavailable: a count, or a percentage floored to at least 1."""
+    if value.endswith("%"):
+        return max(1, math.floor(dpus * int(value[:-1]) / 100))
+    return max(1, int(value))
+
+
+def hardware_minimum(dpus: int, max_unavailable: int, update_seconds: float) -> float:
+    return math.ceil(dpus / max_unavailable) * update_seconds
+
+
+async def _inventoried(http: httpx.AsyncClient) -> list[str]:
+    resp = await http.get(f"{BASE}/dpus")
+    resp.raise_for_status()
+    return [d["metadata"]["name"] for d in resp.json()["items"] if (d.get("status") or {}).get("firmware")]
+
+
+async def _run(
+    dpus: int, max_unavailable: str, update_seconds: float, poll: float, timeout: float, console: Console
+) -> RolloutBenchResult:
+    from ..sim.bmc import BmcLimits
+    from ..sim.fleet import build_fleet, serve_fleet
+
+    limit = max_unavailable_of(max_unavailable, dpus)
+    result = RolloutBenchResult(dpus, limit, update_seconds)
+    result.minimum_seconds = hardware_minimum(dpus, limit, update_seconds)
+    env = {"DPUFLEET_PROVISIONING_POLL_SECONDS": str(poll), "DPUFLEET_PROVISIONING_RETRY_SECONDS": "0.5"}
+    with server_process(None, controllers=True, env=env, timeout=60) as server:
+        password = "bench-" + str(time.time_ns())
+        fleet = await asyncio.to_thread(
+            build_fleet,
+            dpus,
+            1,
+            [PROFILE],
+            42,
+            None,
+            password_for=lambda _b: password,
+            time_scale=0.0,
+            limits=BmcLimits(latency_seconds=0.0, max_concurrent=8, queue_when_busy=True),
+        )
+        scale = update_seconds / (EMULATED_UPDATE + EMULATED_BOOT)
+        for bmc in fleet.bmcs.values():
+            bmc.timings = dataclasses.replace(
+                bmc.timings, update_seconds=EMULATED_UPDATE, power_on_seconds=EMULATED_BOOT, time_scale=scale
+            )
+        servers = await serve_fleet(fleet)
+        running = SimRunning(fleet, servers, "fleetadmin", password)
+        limits = httpx.Limits(max_connections=32)
+        try:
+            async with httpx.AsyncClient(
+                base_url=server.url, headers=server.client_headers(), timeout=120, limits=limits
+            ) as http:
+                start = time.perf_counter()
+                await register(http, running, SimOptions(tls=False))
+                last_print = 0.0
+                names: list[str] = []
+                while len(names) < dpus:
+                    if time.perf_counter() - start > timeout:
+                        raise RuntimeError(f"only {len(names)} of {dpus} DPUs were inventoried in {timeout:g}s")
+                    await asyncio.sleep(1.0)
+                    names = await _inventoried(http)
+                    if time.perf_counter() - last_print > 5:
+                        last_print = time.perf_counter()
+                        console.print(f"  discovery: {len(names)}/{dpus} inventoried")
+                result.discovery_seconds = time.perf_counter() - start
+                console.print(f"  discovery: {dpus} DPUs inventoried in {result.discovery_seconds:.1f}s (not timed)")
+
+                digest = hashlib.sha256(PAYLOAD).hexdigest()
+                (await http.put(f"/images/v1/blobs/sha256/{digest}", content=PAYLOAD)).raise_for_status()
+                component = {"name": "os", "type": "os", "version": "bench-2.0", "sha256": digest, "size": len(PAYLOAD)}
+                image = {
+                    "kind": "Image",
+                    "metadata": {"name": "bench-os"},
+                    "spec": {"version": "bench-2.0", "components": [component]},
+                }
+                (await http.post(f"{BASE}/images", json=image)).raise_for_status()
+                dpuset: dict[str, Any] = {
+                    "kind": "DPUSet",
+                    "metadata": {"name": "bench-rollout"},
+                    "spec": {
+                        "selector": {},
+                        "template": {"image": "bench-os"},
+                        "strategy": {"type": "RollingUpdate", "maxUnavailable": _as_limit(max_unavailable)},
+                    },
+                }
+                start = time.perf_counter()
+                (await http.post(f"{BASE}/dpusets", json=dpuset)).raise_for_status()
+                last_print = 0.0
+                while True:
+                    resp = await http.get(f"{BASE}/dpusets/bench-rollout")
+                    resp.raise_for_status()
+                    status = resp.json().get("status") or {}
+                    elapsed = time.perf_counter() - start
+                    result.ready = int(status.get("ready") or 0)
+                    result.failed = int(status.get("failed") or 0)
+                    result.peak_unavailable = max(result.peak_unavailable, int(status.get("unavailable") or 0))
+                    phase = status.get("phase")
+                    if time.perf_counter() - last_print > 5:
+                        last_print = time.perf_counter()
+                        console.print(
+                            f"  {elapsed:5.1f}s: {phase or '-'}, {result.ready}/{dpus} ready, "
+                            f"{status.get('unavailable', 0)} unavailable, {result.failed} failed"
+                        )
+                    if phase in ("Complete", "Halted") or elapsed > timeout:
+                        if phase != "Complete":
+                            result.errors.append(f"the DPUSet ended {phase} after {elapsed:.1f}s")
+                        break
+                    await asyncio.sleep(0.1)
+                result.seconds = time.perf_counter() - start
+                metrics = await http.get("/metrics")
+                if metrics.status_code == 200:
+                    result.phase_mean_ms = {p: s * 1000 for p, s in _phase_means(metrics.text).items()}
+            result.server_peak_rss_mib = _peak_rss_mib(server.process.pid)
+        finally:
+            await servers.stop()
+    return result
+
+
+def _as_limit(value: str) -> int | str:
+    return value if value.endswith("%") else int(value)
+
+
+def run_rollout_bench(
+    dpus: int = 1000,
+    max_unavailable: str = "10%",
+    update_seconds: float = 2.0,
+    poll: float = 0.05,
+    timeout: float = 900.0,
+) -> RolloutBenchResult:
+    console = Console()
+    console.print(
+        f"[bold]bench rollout[/]: {dpus} emulated DPUs, maxUnavailable {max_unavailable}, "
+        f"install + reboot {update_seconds:g}s per DPU, the provisioner polls every {poll:g}s"
+    )
+    result = asyncio.run(_run(dpus, max_unavailable, update_seconds, poll, timeout, console))
+    waves = math.ceil(result.dpus / result.max_unavailable)
+    table = Table(title="dpufleet bench rollout", box=None)
+    table.add_column("METRIC")
+    table.add_column("VALUE", justify="right")
+    table.add_column("TARGET", justify="right")
+    table.add_row("DPUs Ready", f"{result.ready} / {result.dpus}", "all")
+    table.add_row("DPUs failed", str(result.failed), "0")
+    table.add_row("maxUnavailable", str(result.max_unavailable), "")
+    table.add_row("peak unavailable (DPUSet status)", str(result.peak_unavailable), f"<= {result.max_unavailable}")
+    table.add_row(
+        "hardware minimum",
+        f"{result.minimum_seconds:.1f} s",
+        f"{waves} x {result.update_seconds:g} s",
+    )
+    table.add_row("total time, create to Complete", f"{result.seconds:.1f} s", f"<= {result.target_seconds:.1f} s")
+    overhead_pct = 100 * result.overhead_seconds / result.minimum_seconds if result.minimum_seconds else 0.0
+    table.add_row("overhead", f"{result.overhead_seconds:.1f} s ({overhead_pct:.0f}%)", "<= 5% + 5 s")
+    table.add_row("target met", "yes" if result.met else "no", "yes")
+    for phase in PHASES:
+        if phase in result.phase_mean_ms:
+            table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
+    table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
+    console.print(table)
+    for error in result.errors[:5]:
+        console.print(f"[red]error[/]: {error}")
+    return result

@@ -1,0 +1,185 @@
+"""Controlled resets as PowerActions against the emulated fleet: right device, right order, right refusals."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import httpx
+
+from dpufleet.sim.runner import SimRunning
+from support.server import RunningServer
+
+from .conftest import create, get, path, wait_for
+
+_counter = itertools.count()
+
+
+def reset(http: httpx.Client, kind: str, name: str, mode: str, project: str = "default", **spec: Any) -> str:
+    action = f"pa-{next(_counter)}"
+    doc = {
+        "kind": "PowerAction",
+        "metadata": {"name": action},
+        "spec": {"target": {"kind": kind, "name": name}, "mode": mode, **spec},
+    }
+    resp = create(http, "poweractions", doc, project)
+    assert resp.status_code == 201, resp.text
+    return action
+
+
+def finished(http: httpx.Client, action: str, timeout: float = 20.0) -> dict[str, Any]:
+    done: dict[str, Any] = wait_for(
+        f"poweraction/{action}",
+        lambda: get(http, "poweractions", action),
+        lambda a: (a.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        timeout,
+    )
+    return done
+
+
+def name_of(dpu: Any) -> str:
+    return f"dpu-{dpu.serial.lower()}"
+
+
+def test_dpu_only_reboots_that_dpu_only(http: httpx.Client, site: SimRunning) -> None:
+    host = site.fleet.hosts[0]
+    target, other = host.dpus
+    before = {d.id: d.boot_count for d in site.fleet.dpus}
+    host_boots = host.boot_count
+    action = finished(http, reset(http, "DPU", name_of(target), "dpu-only"))
+    status = action["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["hostImpact"].startswith("dpu-only: the host stays up")
+    assert [s["action"] for s in status["steps"]] == ["reset-dpu", "wait-dpu"]
+    assert all(s["result"] == "Succeeded" and s["when"] for s in status["steps"])
+    assert target.boot_count == before[target.id] + 1  # its BootProgress went round once
+    assert target.boot_progress == "OSRunning"
+    assert {d.id: d.boot_count for d in site.fleet.dpus if d is not target} == {
+        k: v for k, v in before.items() if k != target.id
+    }
+    assert other.boot_progress == "OSRunning"
+    assert host.boot_count == host_boots and host.os_alive
+
+
+def test_host_only_leaves_the_dpus_running(http: httpx.Client, site: SimRunning) -> None:
+    host = site.fleet.hosts[1]
+    before = {d.id: d.boot_count for d in site.fleet.dpus}
+    host_boots = host.boot_count
+    action = finished(http, reset(http, "Host", host.id, "host-only"))
+    status = action["status"]
+    assert status["phase"] == "Succeeded", status
+    assert [s["action"] for s in status["steps"]] == ["reset-host", "wait-host"]
+    assert host.boot_count == host_boots + 1 and host.os_alive
+    assert {d.id: d.boot_count for d in site.fleet.dpus} == before  # the DPU is not affected by the host
+    assert all(d.boot_progress == "OSRunning" for d in host.dpus)
+
+
+def test_both_resets_in_boot_order_dpu_first(http: httpx.Client, site: SimRunning) -> None:
+    host = site.fleet.hosts[2]
+    dpu = host.dpus[0]
+    seen: list[tuple[int, int, bool]] = []  # (dpu boots, host boots, host OS up) while it runs
+    dpu_boots, host_boots = dpu.boot_count, host.boot_count
+    action_name = reset(http, "DPU", name_of(dpu), "both")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen.append((dpu.boot_count, host.boot_count, host.os_alive))
+        if (get(http, "poweractions", action_name).get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.01)
+    status = finished(http, action_name)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert [s["action"] for s in status["steps"]] == ["reset-dpu", "wait-dpu", "reset-host", "wait-host"]
+    assert "bootOrder dpu-first" in status["hostImpact"]
+    # the host went down only after the DPU ran again
+    down = [s for s in seen if not s[2]]
+    assert down, "the host was never seen down"
+    assert all(boots == dpu_boots + 1 for boots, _, _ in down)
+    assert dpu.boot_count == dpu_boots + 1 and host.boot_count == host_boots + 1
+    steps = status["steps"]
+    assert steps[1]["finished"] <= steps[2]["when"]
+
+
+def test_host_first_order(http: httpx.Client, site: SimRunning) -> None:
+    host = site.fleet.hosts[2]
+    resp = http.patch(
+        path("hosts", host.id),
+        json={"spec": {"bootOrder": "host-first"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200, resp.text
+    try:
+        status = finished(http, reset(http, "DPU", name_of(host.dpus[1]), "both"))["status"]
+        assert status["phase"] == "Succeeded", status
+        assert [s["action"] for s in status["steps"]] == ["reset-host", "wait-host", "reset-dpu", "wait-dpu"]
+    finally:
+        http.patch(
+            path("hosts", host.id),
+            json={"spec": {"bootOrder": "dpu-first"}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+
+def test_all_dpus_of_host_one_after_another(http: httpx.Client, site: SimRunning) -> None:
+    host = site.fleet.hosts[0]
+    before = {d.id: d.boot_count for d in host.dpus}
+    status = finished(http, reset(http, "Host", host.id, "all-dpus-of-host"))["status"]
+    assert status["phase"] == "Succeeded", status
+    assert [s["action"] for s in status["steps"]] == ["reset-dpu", "wait-dpu", "reset-dpu", "wait-dpu"]
+    assert all(d.boot_count == before[d.id] + 1 for d in host.dpus)
+
+
+def test_host_without_power_driver_fails_clearly(http: httpx.Client, site: SimRunning) -> None:
+    doc = {"kind": "Host", "metadata": {"name": "bare-host"}, "spec": {}}
+    assert create(http, "hosts", doc).status_code == 201
+    status = finished(http, reset(http, "Host", "bare-host", "host-only"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "HostPowerNotConfigured"
+    assert "host power driver not configured" in status["message"]
+
+
+def test_failing_bmc_ends_failed_with_the_steps_reason(http: httpx.Client, site: SimRunning) -> None:
+    dpu = site.fleet.hosts[1].dpus[1]
+    control = httpx.Client(
+        base_url=str(site.control_url), headers={"Authorization": f"Bearer {site.control_token}"}, timeout=10
+    )
+    resp = control.post("/sim/v1/faults", json={"dpu": dpu.id, "kind": "bmc-crash", "duration": None})
+    assert resp.status_code == 201, resp.text
+    try:
+        status = finished(http, reset(http, "DPU", name_of(dpu), "dpu-only"), timeout=60)["status"]
+    finally:
+        control.delete("/sim/v1/faults", params={"dpu": dpu.id, "kind": "bmc-crash"})
+        control.close()
+    assert status["phase"] == "Failed", status
+    assert status["reason"] == "BMCError"
+    failed = [s for s in status["steps"] if s["result"] == "Failed"]
+    assert len(failed) == 1 and failed[0]["action"] == "reset-dpu" and failed[0]["message"]
+    assert failed[0]["message"] in status["message"]
+
+
+def test_tenant_without_the_right_gets_403(api: RunningServer, http: httpx.Client, site: SimRunning) -> None:
+    def token(name: str, *grants: str) -> httpx.Client:
+        resp = http.post("/auth/v1/tokens", json={"name": name, "grants": list(grants)})
+        assert resp.status_code == 201, resp.text
+        return httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {resp.json()['token']}"}, timeout=10)
+
+    dpu = name_of(site.fleet.hosts[0].dpus[0])
+    doc = {"kind": "PowerAction", "metadata": {"name": "viewer-try"}, "spec": {"target": {"kind": "DPU", "name": dpu}}}
+    with token("power-viewer", "viewer@default") as viewer:
+        resp = create(viewer, "poweractions", doc)
+        assert resp.status_code == 403, resp.text
+        assert "power" in resp.text
+    # a tenant of another project may ask, but the action runs only on what its project owns or leases
+    with token("power-tenant", "tenant@tenant-b") as tenant:
+        resp = create(tenant, "poweractions", {**doc, "metadata": {"name": "tenant-try"}}, "tenant-b")
+        assert resp.status_code == 201, resp.text
+        status = wait_for(
+            "tenant action",
+            lambda: tenant.get(path("poweractions", "tenant-try", "tenant-b")).json(),
+            lambda a: (a.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        )["status"]
+        assert status["phase"] == "Failed" and status["reason"] == "TargetNotFound"
+    # the write is audited with its sub-action
+    entries = http.get("/audit/v1/records", params={"limit": 500}).json()
+    text = str(entries)
+    assert "power-action" in text
