@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,7 +36,7 @@ from rich.table import Table
 from ..sim.faults import FaultKind, injector_for
 from ..sim.runner import SimOptions, SimRunning, run_sim
 from .discovery import _peak_rss_mib
-from .harness import RunningServer, free_port, percentile
+from .harness import RunningServer, free_port, percentile, script_server
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 TIME_SCALE = 0.05  # emulated hardware: a 40 s boot takes 2 s, the 30 s OS watchdog 1.5 s
@@ -100,30 +96,8 @@ def chaos_server(timeout: float = 60.0) -> Iterator[RunningServer]:
         data_dir = Path(tmp) / "data"
         port = free_port()
         args = [str(data_dir), f"127.0.0.1:{port}", str(HEARTBEAT), str(POLL), str(TIME_SCALE)]
-        proc = subprocess.Popen([sys.executable, "-c", SERVE, *args], env=dict(os.environ), stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become ready in time")
-                time.sleep(0.1)
-            token = (data_dir / "admin.token").read_text().strip()
-            yield RunningServer(url, token, data_dir, proc)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with script_server(SERVE, args, data_dir, port, timeout=timeout) as running:
+            yield running
 
 
 def chaos_policy() -> dict[str, Any]:

@@ -44,6 +44,55 @@ class RunningServer:
 
 
 @contextmanager
+def script_server(
+    script: str,
+    args: list[str],
+    data_dir: Path,
+    port: int,
+    *,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """Run `python -c script *args` (a script that serves the API on 127.0.0.1:port from data_dir),
+    wait for /readyz, and stop it (SIGTERM, then SIGKILL) on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in time")
+            time.sleep(0.1)
+        token = (data_dir / "admin.token").read_text().strip()
+        yield RunningServer(url, token, data_dir, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+SERVE = """
+import logging, sys
+from pathlib import Path
+from dpufleet.server.runner import serve
+logging.basicConfig(level=logging.WARNING)
+serve(Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3], controllers=sys.argv[4] == "1")
+"""
+
+
+@contextmanager
 def server_process(
     db_url: str | None = None,
     *,
@@ -55,34 +104,6 @@ def server_process(
     with tempfile.TemporaryDirectory(prefix="dpufleet-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         port = free_port()
-        code = (
-            "import logging,sys; from pathlib import Path; from dpufleet.server.runner import serve; "
-            "logging.basicConfig(level=logging.WARNING); "
-            f"serve(Path({str(data_dir)!r}), {db_url!r}, '127.0.0.1:{port}', controllers={controllers!r})"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code], env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become ready in time")
-                time.sleep(0.1)
-            token = (data_dir / "admin.token").read_text().strip()
-            yield RunningServer(url, token, data_dir, proc)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        args = [str(data_dir), db_url or "", f"127.0.0.1:{port}", "1" if controllers else "0"]
+        with script_server(SERVE, args, data_dir, port, timeout=timeout, env=env) as running:
+            yield running
