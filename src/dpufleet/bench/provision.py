@@ -73,6 +73,38 @@ async def _inventoried(http: httpx.AsyncClient) -> list[str]:
     return [d["metadata"]["name"] for d in resp.json()["items"] if (d.get("status") or {}).get("firmware")]
 
 
+async def discover_fleet(
+    http: httpx.AsyncClient, running: SimRunning, dpus: int, timeout: float, console: Console
+) -> tuple[list[str], float]:
+    """Register the emulated fleet as an operator would and wait until every DPU is inventoried.
+
+    Returns the DPU names and how long discovery took (benchmarks report it but do not time it)."""
+    start = time.perf_counter()
+    await register(http, running, SimOptions(tls=False))
+    last_print = 0.0
+    names: list[str] = []
+    while len(names) < dpus:
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"only {len(names)} of {dpus} DPUs were inventoried in {timeout:g}s")
+        await asyncio.sleep(1.0)
+        names = await _inventoried(http)
+        if time.perf_counter() - last_print > 5:
+            last_print = time.perf_counter()
+            console.print(f"  discovery: {len(names)}/{dpus} inventoried")
+    took = time.perf_counter() - start
+    console.print(f"  discovery: {dpus} DPUs inventoried in {took:.1f}s (not timed)")
+    return names, took
+
+
+async def publish_image(http: httpx.AsyncClient, name: str, version: str, payload: bytes) -> None:
+    """Upload an OS payload to the repository and create the one-component Image naming it."""
+    digest = hashlib.sha256(payload).hexdigest()
+    (await http.put(f"/images/v1/blobs/sha256/{digest}", content=payload)).raise_for_status()
+    component = {"name": "os", "type": "os", "version": version, "sha256": digest, "size": len(payload)}
+    image = {"kind": "Image", "metadata": {"name": name}, "spec": {"version": version, "components": [component]}}
+    (await http.post(f"{BASE}/images", json=image)).raise_for_status()
+
+
 async def _run(dpus: int, poll: float, timeout: float, console: Console) -> ProvisionBenchResult:
     from ..sim.bmc import BmcLimits
     from ..sim.fleet import build_fleet, serve_fleet
@@ -99,30 +131,8 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
             async with httpx.AsyncClient(
                 base_url=server.url, headers=server.client_headers(), timeout=120, limits=limits
             ) as http:
-                start = time.perf_counter()
-                await register(http, running, SimOptions(tls=False))
-                last_print = 0.0
-                names: list[str] = []
-                while len(names) < dpus:
-                    if time.perf_counter() - start > timeout:
-                        raise RuntimeError(f"only {len(names)} of {dpus} DPUs were inventoried in {timeout:g}s")
-                    await asyncio.sleep(1.0)
-                    names = await _inventoried(http)
-                    if time.perf_counter() - last_print > 5:
-                        last_print = time.perf_counter()
-                        console.print(f"  discovery: {len(names)}/{dpus} inventoried")
-                result.discovery_seconds = time.perf_counter() - start
-                console.print(f"  discovery: {dpus} DPUs inventoried in {result.discovery_seconds:.1f}s (not timed)")
-
-                digest = hashlib.sha256(PAYLOAD).hexdigest()
-                (await http.put(f"/images/v1/blobs/sha256/{digest}", content=PAYLOAD)).raise_for_status()
-                component = {"name": "os", "type": "os", "version": "bench-1.0", "sha256": digest, "size": len(PAYLOAD)}
-                image = {
-                    "kind": "Image",
-                    "metadata": {"name": "bench-os"},
-                    "spec": {"version": "bench-1.0", "components": [component]},
-                }
-                (await http.post(f"{BASE}/images", json=image)).raise_for_status()
+                names, result.discovery_seconds = await discover_fleet(http, running, dpus, timeout, console)
+                await publish_image(http, "bench-os", "bench-1.0", PAYLOAD)
 
                 gate = asyncio.Semaphore(16)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ..sim.runner import SimOptions, SimRunning, register
+from ..sim.runner import SimRunning
 from .discovery import _peak_rss_mib
 from .harness import server_process
-from .provision import PHASES, _phase_means
+from .provision import PHASES, _phase_means, discover_fleet, publish_image
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILE = "nvidia-bluefield-3"
@@ -77,12 +76,6 @@ def hardware_minimum(dpus: int, max_unavailable: int, update_seconds: float) -> 
     return math.ceil(dpus / max_unavailable) * update_seconds
 
 
-async def _inventoried(http: httpx.AsyncClient) -> list[str]:
-    resp = await http.get(f"{BASE}/dpus")
-    resp.raise_for_status()
-    return [d["metadata"]["name"] for d in resp.json()["items"] if (d.get("status") or {}).get("firmware")]
-
-
 async def _run(
     dpus: int, max_unavailable: str, update_seconds: float, poll: float, timeout: float, console: Console
 ) -> RolloutBenchResult:
@@ -118,30 +111,8 @@ async def _run(
             async with httpx.AsyncClient(
                 base_url=server.url, headers=server.client_headers(), timeout=120, limits=limits
             ) as http:
-                start = time.perf_counter()
-                await register(http, running, SimOptions(tls=False))
-                last_print = 0.0
-                names: list[str] = []
-                while len(names) < dpus:
-                    if time.perf_counter() - start > timeout:
-                        raise RuntimeError(f"only {len(names)} of {dpus} DPUs were inventoried in {timeout:g}s")
-                    await asyncio.sleep(1.0)
-                    names = await _inventoried(http)
-                    if time.perf_counter() - last_print > 5:
-                        last_print = time.perf_counter()
-                        console.print(f"  discovery: {len(names)}/{dpus} inventoried")
-                result.discovery_seconds = time.perf_counter() - start
-                console.print(f"  discovery: {dpus} DPUs inventoried in {result.discovery_seconds:.1f}s (not timed)")
-
-                digest = hashlib.sha256(PAYLOAD).hexdigest()
-                (await http.put(f"/images/v1/blobs/sha256/{digest}", content=PAYLOAD)).raise_for_status()
-                component = {"name": "os", "type": "os", "version": "bench-2.0", "sha256": digest, "size": len(PAYLOAD)}
-                image = {
-                    "kind": "Image",
-                    "metadata": {"name": "bench-os"},
-                    "spec": {"version": "bench-2.0", "components": [component]},
-                }
-                (await http.post(f"{BASE}/images", json=image)).raise_for_status()
+                _, result.discovery_seconds = await discover_fleet(http, running, dpus, timeout, console)
+                await publish_image(http, "bench-os", "bench-2.0", PAYLOAD)
                 dpuset: dict[str, Any] = {
                     "kind": "DPUSet",
                     "metadata": {"name": "bench-rollout"},
