@@ -7,12 +7,9 @@ controllers. Timings are shrunk (emulated hardware at 1/200 speed, second-long t
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,90 +23,12 @@ from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.provisioning.machine import ProvisioningConfig, Timeouts
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from dpufleet.store.store import Store
-from support.server import BASE, RunningServer, threaded_server
+from support.operator import Operator as Operator
+from support.operator import condition as condition
+from support.operator import is_true as is_true
+from support.server import RunningServer, threaded_server
 
 OWNER = "test-provisioner"
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            found: dict[str, Any] = cond
-            return found
-    return None
-
-
-def is_true(obj: dict[str, Any], type_: str) -> bool:
-    cond = condition(obj, type_)
-    return cond is not None and cond.get("status") == "True"
-
-
-@dataclass
-class Operator:
-    """What an operator does with the HTTP API, in one project."""
-
-    http: httpx.Client
-    project: str = "default"
-
-    def path(self, plural: str, name: str | None = None) -> str:
-        base = f"{BASE}/projects/{self.project}/{plural}"
-        return f"{base}/{name}" if name else base
-
-    def create(self, plural: str, doc: dict[str, Any]) -> dict[str, Any]:
-        resp = self.http.post(self.path(plural), json=doc)
-        assert resp.status_code == 201, f"creating {plural}: HTTP {resp.status_code}: {resp.text}"
-        created: dict[str, Any] = resp.json()
-        return created
-
-    def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        resp = self.http.get(self.path(plural, name))
-        if resp.status_code == 404:
-            return None
-        assert resp.status_code == 200, resp.text
-        found: dict[str, Any] = resp.json()
-        return found
-
-    def items(self, plural: str) -> list[dict[str, Any]]:
-        resp = self.http.get(self.path(plural))
-        assert resp.status_code == 200, resp.text
-        items: list[dict[str, Any]] = resp.json()["items"]
-        return items
-
-    def events(self, kind: str, name: str) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.items("events")
-            if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name
-        ]
-
-    def credential(self, name: str, username: str, password: str) -> None:
-        spec = {"username": username, "password": password}
-        self.create("credentials", {"kind": "Credential", "metadata": {"name": name}, "spec": spec})
-
-    def discovery(self, name: str, **spec: Any) -> None:
-        spec.setdefault("schemes", ["http"])
-        spec.setdefault("probeTimeoutSeconds", 2.0)
-        self.create("discoveries", {"kind": "Discovery", "metadata": {"name": name}, "spec": spec})
-
-    def wait_for(self, what: str, fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 15.0) -> Any:
-        """Poll `fetch` until `done(value)`; fail naming `what` and showing the last value."""
-        deadline = time.monotonic() + timeout
-        value = fetch()
-        while not done(value):
-            if time.monotonic() > deadline:
-                shown = json.dumps(value, indent=1, default=str)[:4000]
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen:\n{shown}")
-            time.sleep(0.05)
-            value = fetch()
-        return value
-
-    def wait_object(
-        self, plural: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-    ) -> dict[str, Any]:
-        found: dict[str, Any] = self.wait_for(
-            f"{plural}/{name}", lambda: self.get(plural, name), lambda o: o is not None and done(o), timeout
-        )
-        return found
 
 
 FAST = ProvisioningConfig(
