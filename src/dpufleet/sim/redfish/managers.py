@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, MANAGER_RESET_TYPES, SYSTEM_ID, SimLogEntry, utcnow_iso
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
+from dpufleet.sim.redfish.logs import entries as log_entries_body
+from dpufleet.sim.redfish.logs import log_service as log_service_body
 from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
@@ -71,21 +73,14 @@ def log_service(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["manager_id"], MANAGER_ID, "Manager")
     check_id(params["log_id"], _LOG_ID, "LogService")
     base = ("Managers", MANAGER_ID, "LogServices", _LOG_ID)
-    return {
-        "@odata.id": ctx.uri(*base),
-        "@odata.type": odata_type("LogService"),
-        "Id": _LOG_ID,
-        "Name": "System Event Log",
-        "LogEntryType": "Event",
-        "MaxNumberOfRecords": _MAX_RECORDS,
-        "OverWritePolicy": "WrapsWhenFull",
-        "ServiceEnabled": True,
-        "DateTime": utcnow_iso(),
-        "DateTimeLocalOffset": "+00:00",
-        "Status": status_ok(),
-        "Entries": ctx.link(*base, "Entries"),
-        "Actions": {"#LogService.ClearLog": {"target": ctx.uri(*base, "Actions", "LogService.ClearLog")}},
-    }
+    return log_service_body(
+        ctx,
+        base,
+        "System Event Log",
+        "Event",
+        _MAX_RECORDS,
+        Actions={"#LogService.ClearLog": {"target": ctx.uri(*base, "Actions", "LogService.ClearLog")}},
+    )
 
 
 @ROUTER.add(
@@ -102,13 +97,8 @@ def clear_log(ctx: Ctx, params: dict[str, str]) -> Reply:
 def log_entries(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["manager_id"], MANAGER_ID, "Manager")
     check_id(params["log_id"], _LOG_ID, "LogService")
-    # LogEntryCollection is auto-expanded: members are embedded, not linked.
-    body = collection(
-        ctx, "LogEntryCollection", "Log Entries", ("Managers", MANAGER_ID, "LogServices", _LOG_ID, "Entries"), []
-    )
-    body["Members"] = [_entry_body(ctx, entry) for entry in ctx.bmc.sel[-_MAX_RECORDS:]]
-    body["Members@odata.count"] = len(body["Members"])
-    return body
+    members = [_entry_body(ctx, entry) for entry in ctx.bmc.sel[-_MAX_RECORDS:]]
+    return log_entries_body(ctx, ("Managers", MANAGER_ID, "LogServices", _LOG_ID), "Log Entries", members)
 
 
 @ROUTER.add("GET", "/Managers/{manager_id}/LogServices/{log_id}/Entries/{entry_id}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID, utcnow_iso
+from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID
 from dpufleet.sim.devices import PowerState
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
+from dpufleet.sim.redfish.logs import entries as log_entries_body
+from dpufleet.sim.redfish.logs import log_service as log_service_body
 from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
@@ -218,21 +220,7 @@ def post_code_log(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
     check_id(params["log_id"], _POST_LOG, "LogService")
     base = ("Systems", SYSTEM_ID, "LogServices", _POST_LOG)
-    return {
-        "@odata.id": ctx.uri(*base),
-        "@odata.type": odata_type("LogService"),
-        "Id": _POST_LOG,
-        "Name": "POST Code Log",
-        "Description": "POST codes of the most recent boots",
-        "LogEntryType": "OEM",
-        "MaxNumberOfRecords": 500,
-        "OverWritePolicy": "WrapsWhenFull",
-        "ServiceEnabled": True,
-        "DateTime": utcnow_iso(),
-        "DateTimeLocalOffset": "+00:00",
-        "Status": status_ok(),
-        "Entries": ctx.link(*base, "Entries"),
-    }
+    return log_service_body(ctx, base, "POST Code Log", "OEM", 500, Description="POST codes of the most recent boots")
 
 
 def _post_entry(ctx: Ctx, index: int, boot: int, code: str, description: str) -> Json:
@@ -263,12 +251,7 @@ def _post_entries(ctx: Ctx) -> list[Json]:
 def post_code_entries(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
     check_id(params["log_id"], _POST_LOG, "LogService")
-    body = collection(
-        ctx, "LogEntryCollection", "POST Codes", ("Systems", SYSTEM_ID, "LogServices", _POST_LOG, "Entries"), []
-    )
-    body["Members"] = _post_entries(ctx)
-    body["Members@odata.count"] = len(body["Members"])
-    return body
+    return log_entries_body(ctx, ("Systems", SYSTEM_ID, "LogServices", _POST_LOG), "POST Codes", _post_entries(ctx))
 
 
 @ROUTER.add("GET", "/Systems/{system_id}/LogServices/{log_id}/Entries/{entry_id}")
