@@ -103,7 +103,10 @@ def sushy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sushy]:
 
 
 def client(sushy: Sushy, password: str = PASSWORD) -> RedfishClient:
-    return RedfishClient(sushy.url, Credentials(USER, password), verify=False, timeout=5, retries=0)
+    # sushy-tools' fake driver keeps its state in one SQLite file shared by Flask's request threads and
+    # answers "HTTP 500: database is locked" to concurrent requests: one request at a time, as for a
+    # BMC that serves a single session.
+    return RedfishClient(sushy.url, Credentials(USER, password), verify=False, timeout=5, retries=0, max_concurrency=1)
 
 
 def test_a_scan_recognises_sushy_as_redfish(sushy: Sushy) -> None:

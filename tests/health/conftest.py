@@ -45,10 +45,6 @@ FAST = HealthConfig(
 DETECTION_BOUND = 6.0
 
 
-def fast_health(store: Store) -> HealthReconciler:
-    return HealthReconciler(store, FAST)
-
-
 # The default policy's steps, with the waits shrunk (minutes become fractions of a second).
 FAST_POLICY: dict[str, Any] = {
     "kind": "RemediationPolicy",
@@ -186,9 +182,13 @@ def history(dpu: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def health_server(data_dir: Path) -> Iterator[RunningServer]:
+def health_server(data_dir: Path, config: HealthConfig = FAST) -> Iterator[RunningServer]:
     with pytest.MonkeyPatch.context() as mp:
-        factories = [f for f in manager.DEFAULT_RECONCILERS if f is not HealthReconciler] + [fast_health]
+
+        def health(store: Store) -> HealthReconciler:
+            return HealthReconciler(store, config)
+
+        factories = [f for f in manager.DEFAULT_RECONCILERS if f is not HealthReconciler] + [health]
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)
         mp.setattr(reports, "HEARTBEAT_WRITE_EVERY", 0.1)
         with threaded_server(data_dir) as running:

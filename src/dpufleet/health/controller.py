@@ -230,6 +230,10 @@ class HealthReconciler(Reconciler):
         episode = state.episode
         opened = closed = False
         if diagnosis.transient and episode is not None:  # booting on its way back (or not): the episode goes on
+            if episode.lastActionAt is not None:
+                # the next step's clock starts when the DPU has finished booting from the last one:
+                # escalating (say, to a power cycle) in the middle of a slow boot would only restart it
+                episode.lastActionAt = stamp
             diagnosis = Diagnosis(
                 FailureClass(episode.failureClass),
                 f"{diagnosis.message} (still {episode.failureClass})",

@@ -2,7 +2,8 @@
 
 A remediation *episode* starts when a DPU is diagnosed with a failure class and ends when it
 is Healthy again (or its diagnosis changes). Within an episode the steps run in order; step i
-is due `after` seconds after the previous step ran (the first: after the diagnosis). A step
+is due `after` seconds after the previous step ran (the first: after the diagnosis) or, when
+the DPU was booting since (a reset's boot, its agent starting), after it finished booting. A step
 whose action ran `maxPerHour` times in the last hour on this DPU is skipped: the failure
 escalates to the next step. Counting comes from the history in DPU status, so it survives a
 restarted controller. After the last step nothing more happens until the episode ends.
