@@ -209,6 +209,11 @@ class ProvisioningStatus(BaseModel):
     installIssuedAt: str | None = Field(default=None, description="written before the install request is sent")
     taskURI: str | None = None
     componentsDone: list[str] = Field(default_factory=list)
+    plan: list[dict[str, Any]] | None = Field(
+        default=None, description="the update plan's steps (install, reboot-dpu, reset-host), fixed at validation"
+    )
+    planStep: int = Field(default=0, description="index of the plan step in progress")
+    powerAction: str | None = Field(default=None, description="the PowerAction a reset-host step created")
     resetIssuedAt: str | None = None
     resetsSent: int = Field(default=0, description="resets sent for this reboot (a lost one is sent once more)")
     baselineBootTime: str | None = None

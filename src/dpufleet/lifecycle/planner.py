@@ -98,8 +98,12 @@ class Plan:
         return [s for s in self.steps if s.action == StepAction.INSTALL]
 
 
-def plan_update(installed: dict[str, str], desired: list[ImageComponent]) -> Plan:
-    """The ordered steps from `installed` (component id -> version) to the image's components."""
+def plan_update(installed: dict[str, str], desired: list[ImageComponent], *, reinstall: bool = False) -> Plan:
+    """The ordered steps from `installed` (component id -> version) to the image's components.
+
+    With `reinstall`, every component of the image is written, also one already at its version
+    (provisioning writes the whole image: a re-flash repairs what the version string cannot show).
+    """
     reasons: list[str] = []
     by_name: dict[str, ImageComponent] = {}
     for comp in desired:
@@ -108,7 +112,7 @@ def plan_update(installed: dict[str, str], desired: list[ImageComponent]) -> Pla
         by_name[comp.name] = comp
     if reasons:
         raise Unsatisfiable(reasons)
-    changing = {n: c for n, c in by_name.items() if installed.get(n) != c.version}
+    changing = {n: c for n, c in by_name.items() if reinstall or installed.get(n) != c.version}
     final = {**installed, **{n: c.version for n, c in by_name.items()}}
 
     for comp in by_name.values():

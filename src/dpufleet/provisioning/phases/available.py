@@ -1,7 +1,8 @@
 """Available (and Discovered, Ready): the spec asks for an image this DPU does not run.
 
 Before anything touches the host or the device, check that the image exists and is
-compatible with this model, and that the flavor fits the DPU's inventory. A problem here
+compatible with this model, that the flavor fits the DPU's inventory, and that an update plan
+exists (provisioning/plan.py: the order of the writes and the resets between them). A problem here
 is never retried by itself: it waits in ValidationFailed until the user fixes the spec
 (which restarts provisioning) or runs `dpufleet dpu retry`.
 """
@@ -14,7 +15,7 @@ from ...api.errors import NotFound
 from ...api.kinds import DPUFlavorSpec, ImageSpec
 from ..flavor import check_flavor, profile_of
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
-from ..plan import choose_install_path, plan_components
+from ..plan import choose_install_path, describe_plan, plan_components, update_plan
 
 
 class Validate(PhaseHandler):
@@ -48,7 +49,10 @@ class Validate(PhaseHandler):
                 f"{status.get('partNumber')!r}",
                 retryable=False,
             )
-        plan_components(image, profile, image_name)
+        planned = plan_components(image, profile, image_name)
+        # the order of the writes and the resets between them: fixed now, before the host is touched
+        ctx.progress.plan = update_plan(planned, status)
+        ctx.progress.planStep = 0
         ctx.progress.installPath = choose_install_path(spec, profile)
         ctx.progress.imageVersion = image.version
         flavor_name = ctx.progress.flavor
@@ -65,4 +69,8 @@ class Validate(PhaseHandler):
                 raise StepFailed(
                     "FlavorDoesNotFit", f"flavor {flavor_name!r} does not fit this DPU: {detail}", retryable=False
                 )
-        return Next(Phase.PREPARING_HOST, f"image {image_name} {image.version} fits; flavor {flavor_name or 'none'}")
+        return Next(
+            Phase.PREPARING_HOST,
+            f"image {image_name} {image.version} fits; flavor {flavor_name or 'none'}; "
+            f"plan: {describe_plan(ctx.progress.plan)}",
+        )

@@ -1,4 +1,8 @@
-"""Installing: each component is written by the install path, one at a time, never twice at once.
+"""Installing: the update plan's install steps, one at a time through the install path, never twice at once.
+
+The plan (fixed at staging, provisioning/plan.py) interleaves installs with resets: at a reset
+step the DPU goes to Rebooting, which comes back here while install steps remain. When the
+plan ends with live components only, nothing is reset: Installing goes straight to Configuring.
 
 The order of writes makes a restart safe: `installIssuedAt` is saved before the request goes
 to the BMC and the task URI right after. Resuming with a task URI polls that task; with only
@@ -14,9 +18,10 @@ from ...api.kinds import ImageSpec, ProvisioningStatus
 from ...drivers.base import InstallBusy, InstallRequest, InstallState
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import ImageContentError
+from ...lifecycle.planner import StepAction
 from ..flavor import profile_of
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
-from ..plan import plan_components
+from ..plan import PlannedComponent, plan_components, update_plan
 
 _SIGNED_QUERY = re.compile(r"\?expires=\d+&sig=[0-9a-f]+")
 
@@ -32,14 +37,29 @@ class Install(PhaseHandler):
         progress = ctx.progress
         image_name = ctx.image_name
         image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
-        pending = [
-            p
-            for p in plan_components(image, profile_of(ctx.status), image_name)
-            if p.component.name not in progress.componentsDone
-        ]
-        if not pending:
-            return Next(Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written")
-        item = pending[0]
+        planned = plan_components(image, profile_of(ctx.status), image_name)
+        if progress.plan is None:  # a DPU that was staged before plans existed
+            progress.plan = update_plan(planned, ctx.status)
+            progress.planStep = 0
+            while (  # what it wrote already is not written again
+                progress.planStep < len(progress.plan)
+                and progress.plan[progress.planStep]["action"] == StepAction.INSTALL
+                and progress.plan[progress.planStep].get("component") in progress.componentsDone
+            ):
+                progress.planStep += 1
+        if progress.planStep >= len(progress.plan):
+            return Next(Phase.CONFIGURING, f"{len(progress.componentsDone)} component(s) written live: no reset needed")
+        step = progress.plan[progress.planStep]
+        if step["action"] != StepAction.INSTALL:
+            return Next(Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written; {step.get('why', '')}")
+        by_name = {p.component.name: p for p in planned}
+        item: PlannedComponent | None = by_name.get(str(step.get("component")))
+        if item is None:
+            raise StepFailed(
+                "PlanOutdated",
+                f"the plan installs {step.get('component')!r}, which image {image_name!r} no longer has",
+                retryable=False,
+            )
         progress.target = item.target
         driver = await ctx.install_driver(str(progress.installPath))
         assert ctx.repository is not None  # staging refused to go on without one
@@ -80,8 +100,14 @@ class Install(PhaseHandler):
             detail = _SIGNED_QUERY.sub("?<signed>", result.message)  # the URL's signature is a credential
             raise StepFailed(result.reason or "InstallTaskFailed", f"{item.component.name} -> {item.target}: {detail}")
         progress.componentsDone.append(item.component.name)
+        progress.planStep += 1
         self.reset(progress)
-        if len(pending) == 1:  # the last one: the move to Rebooting persists the progress with the phase
-            return Next(Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written")
+        following = progress.plan[progress.planStep] if progress.planStep < len(progress.plan) else None
+        if following is None:  # live components only since the last reset: nothing to activate
+            return Next(Phase.CONFIGURING, f"{len(progress.componentsDone)} component(s) written live: no reset needed")
+        if following["action"] != StepAction.INSTALL:  # the move to Rebooting persists the progress with it
+            return Next(
+                Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written; {following.get('why', '')}"
+            )
         await ctx.save()
         return Wait(0.0, f"{item.component.name} written to {item.target}")

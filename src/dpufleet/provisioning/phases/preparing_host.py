@@ -1,5 +1,7 @@
 """PreparingHost: protect the host's workloads before the DPU goes away, per the host policy.
 
+Only for a disruptive plan: a live update (no reset step) leaves the host alone.
+
 none: nothing. taint: the Host gets the annotation `dpufleet.io/dpu-maintenance.<dpu>`, which
 schedulers read to stop placing work. drain: the annotation `dpufleet.io/drain-request.<dpu>`,
 then wait until the host's workload manager answers `dpufleet.io/drain-ack.<dpu>` (bounded by
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 
 from ...api.errors import NotFound
+from ...lifecycle.planner import StepAction
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
 
 TAINT = "dpufleet.io/dpu-maintenance."
@@ -38,6 +41,9 @@ class PrepareHost(PhaseHandler):
 
     async def handle(self, ctx: StepContext) -> Outcome:
         host_name = host_of(ctx.dpu)
+        plan = ctx.progress.plan
+        if plan is not None and all(step["action"] == StepAction.INSTALL for step in plan):
+            return Next(Phase.STAGING_IMAGE, "a live update resets nothing: the host is left undisturbed")
         if host_name is None:
             return Next(Phase.STAGING_IMAGE, "the DPU has no known host: nothing to prepare")
         try:
