@@ -202,3 +202,52 @@ def test_undo_returns_every_dpu_to_the_previous_image(site: Operator, fleet: Sim
     assert {b.dpu.firmware["DPU_OS"] for b in fleet.fleet.bmcs.values()} == {"DOCA_2.12.0_BSP_4.12.0_Ubuntu_22.04-1.1"}
     status = CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "rollout", "status", "canary"])
     assert "Complete - 8/8 ready" in status.output
+
+
+def test_abort_stops_the_rollout_and_resume_finishes_it(site: Operator, fleet: SimRunning, api: RunningServer) -> None:
+    """Continuing from undo (all on 2.12): roll forward to 2.11, abort while DPUs are writing."""
+    old, new = "DOCA_2.12.0_BSP_4.12.0_Ubuntu_22.04-1.1", VERSION
+
+    def rollout(*args: str) -> Any:
+        return CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "rollout", *args, "canary"])
+
+    resp = site.http.patch(
+        site.path("dpusets", "canary"),
+        json={"spec": {"template": {"image": "doca-2-11"}, "strategy": {"maxUnavailable": 2}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200, resp.text
+    site.wait_for(
+        "a DPU writing the new image",
+        lambda: site.items("dpus"),
+        lambda dpus: any((d.get("status") or {}).get("phase") == "Installing" for d in dpus),
+        timeout=30,
+    )
+    out = rollout("abort")
+    assert out.exit_code == 0 and "aborted" in out.output, out.output
+    site.wait_object("dpusets", "canary", lambda s: s["status"].get("phase") == "Aborted", timeout=15)
+
+    def settled(dpus: list[dict[str, Any]]) -> bool:
+        return all((d.get("status") or {}).get("phase") in ("Ready", "Available") for d in dpus)
+
+    site.wait_for("every DPU settled", lambda: site.items("dpus"), settled, timeout=30)
+    time.sleep(1.5)  # the rollout starts nothing more
+    dpus = site.items("dpus")
+    running = {f"dpu-{b.dpu.serial.lower()}": b.dpu.firmware["DPU_OS"] for b in fleet.fleet.bmcs.values()}
+    finished = [n for n, v in running.items() if v == new]
+    assert 1 <= len(finished) < 8, running
+    for d in dpus:  # each runs what its spec names: the ones writing finished, the others were put back
+        name = d["metadata"]["name"]
+        assert d["spec"]["image"] == ("doca-2-11" if running[name] == new else "doca-2-12"), (name, running[name])
+        assert running[name] in (old, new)
+    status = rollout("status")
+    assert status.exit_code == 0 and "Aborted" in status.output, status.output
+
+    assert rollout("resume").exit_code == 0
+    site.wait_object(
+        "dpusets",
+        "canary",
+        lambda s: s["status"].get("phase") == "Complete" and s["status"]["currentTemplate"].get("image") == "doca-2-11",
+        timeout=90,
+    )
+    assert {b.dpu.firmware["DPU_OS"] for b in fleet.fleet.bmcs.values()} == {new}

@@ -462,6 +462,11 @@ class DPUSetSpec(Strict):
     template: DPUTemplate = Field(default_factory=DPUTemplate)
     strategy: RolloutStrategy = Field(default_factory=RolloutStrategy)
     paused: bool = False
+    aborted: bool = Field(
+        default=False,
+        description="stop the rollout: no more DPUs start, those not yet writing get their running image back, "
+        "those writing finish (a flash is never interrupted); `dpufleet rollout resume` clears it",
+    )
 
 
 class DPUSetStatus(Status):

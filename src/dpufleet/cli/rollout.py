@@ -52,12 +52,13 @@ def status_cmd(
                     completed=st.get("ready", 0),
                     description=f"{name} {st.get('phase') or 'Pending'} ({st.get('unavailable', 0)} unavailable)",
                 )
-                if st.get("phase") in ("Complete", "Halted", "CanaryHold", "Paused") or time.monotonic() > deadline:
+                ended = ("Complete", "Halted", "CanaryHold", "Paused", "Aborted")
+                if st.get("phase") in ended or time.monotonic() > deadline:
                     break
                 time.sleep(1.0)
                 dpuset = client.get("dpusets", name, config.project)
         print(_summary(dpuset))
-        if (dpuset.get("status") or {}).get("phase") == "Halted":
+        if (dpuset.get("status") or {}).get("phase") in ("Halted", "Aborted"):
             raise typer.Exit(1)
 
 
@@ -75,13 +76,22 @@ def pause_cmd(ctx: typer.Context, name: str = typer.Argument(...), project: str 
     print(f"dpuset/{name} paused")
 
 
+@rollout_app.command("abort")
+def abort_cmd(ctx: typer.Context, name: str = typer.Argument(...), project: str | None = _PROJECT) -> None:
+    """Stop the rollout: no more DPUs start; those not yet writing get their running image back.
+
+    DPUs that are writing or rebooting finish (a flash is never interrupted). `resume` goes on."""
+    _patch(ctx, name, project, {"aborted": True})
+    print(f"dpuset/{name} aborted: no more DPUs start; DPUs not yet writing return to the image they run")
+
+
 @rollout_app.command("resume")
 def resume_cmd(ctx: typer.Context, name: str = typer.Argument(...), project: str | None = _PROJECT) -> None:
-    """Continue a paused rollout, or promote a canary that holds."""
+    """Continue a paused or aborted rollout, or promote a canary that holds."""
     config = options(ctx).config(project)
     with options(ctx).client() as client:
         dpuset = client.get("dpusets", name, config.project)
-    spec: dict[str, Any] = {"paused": False}
+    spec: dict[str, Any] = {"paused": False, "aborted": False}
     if (dpuset.get("status") or {}).get("phase") == "CanaryHold":
         spec["strategy"] = {"type": "RollingUpdate"}
     _patch(ctx, name, project, spec)

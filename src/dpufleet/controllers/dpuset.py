@@ -11,7 +11,10 @@ plane continues where the fleet is and never exceeds its limits:
 - failed DPUs count against maxFailures: past it the rollout halts with a reason;
 - Canary updates `canary` DPUs first and holds; promoting is changing the strategy to
   RollingUpdate; a failed canary halts it;
-- OnDelete never updates a DPU by itself; `spec.paused` stops new updates.
+- OnDelete never updates a DPU by itself; `spec.paused` stops new updates;
+- `spec.aborted` stops new updates and puts every updated DPU that has not begun writing back
+  on the image it runs (its spec reverted; one in PreparingHost or StagingImage is also aborted
+  in provisioning); a DPU that is writing or rebooting finishes, a flash is never interrupted.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..api.errors import Conflict, NotFound
 from ..api.meta import Severity, now
 from ..api.selectors import LabelSelector
 from ..health.evidence import FailureClass
+from ..provisioning.controller import ABORT
 from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from ..store.store import Change, Store
 from .runtime.conditions import set_condition
@@ -48,6 +52,11 @@ OUT_OF_SERVICE = frozenset(
     }
 )
 
+
+# Phases in which an updated DPU has not begun writing its new image: an abort can still put it back.
+BEFORE_WRITING = frozenset(
+    {None, "", Phase.DISCOVERED, Phase.READY, Phase.AVAILABLE, Phase.PREPARING_HOST, Phase.STAGING_IMAGE}
+)
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -172,6 +181,9 @@ class DPUSetReconciler(Reconciler):
         elif halted:
             reason = "FailureThreshold"
             message = f"{len(failures)} DPU(s) failed ({', '.join(failures[:5])}); the limit is {max_failures}"
+        elif spec.get("aborted"):
+            reason = "Aborted"
+            message = await self._abort(dpuset, dpus, updated, converged)
         elif spec.get("paused"):
             reason, message = "Paused", "spec.paused is true"
         elif strategy.get("type") == "OnDelete":
@@ -241,7 +253,7 @@ class DPUSetReconciler(Reconciler):
                     severity=severity,
                     generation=generation,
                 )
-            ready_value = complete or not halted
+            ready_value = complete or not (halted or reason == "Aborted")
             set_condition(
                 status,
                 "Ready",
@@ -275,6 +287,50 @@ class DPUSetReconciler(Reconciler):
             for dpu in self.store.list("DPU", meta["project"], selector).items:
                 claimed.setdefault(dpu["metadata"]["name"], ometa["name"])
         return claimed
+
+    async def _abort(
+        self,
+        dpuset: dict[str, Any],
+        dpus: list[dict[str, Any]],
+        updated: Callable[[dict[str, Any]], bool],
+        converged: Callable[[dict[str, Any]], bool],
+    ) -> str:
+        """Put every updated DPU that has not begun writing back on its running image; say what is left."""
+        reverted: list[str] = []
+        finishing: list[str] = []
+        for d in dpus:
+            if not updated(d) or converged(d):
+                continue
+            status, name = d.get("status") or {}, d["metadata"]["name"]
+            phase = status.get("phase")
+            if phase in FAILED_PHASES or not status.get("installedImage"):
+                continue  # failed ones wait for an operator; one that never ran an image has nothing to go back to
+            if phase not in BEFORE_WRITING or (status.get("provisioning") or {}).get("componentsDone"):
+                finishing.append(name)  # writing, booting or configuring what was written: never interrupted
+                continue
+            patch: dict[str, Any] = {
+                "metadata": {"resourceVersion": d["metadata"]["resourceVersion"]},
+                "spec": {"image": status["installedImage"], "flavor": status.get("appliedFlavor")},
+            }
+            if phase in WORKING_PHASES or phase == Phase.AVAILABLE:
+                patch["metadata"]["annotations"] = {ABORT: now().isoformat()}  # provisioning stops before writing
+            try:
+                await asyncio.to_thread(self.store.patch, "DPU", name, patch, d["metadata"]["project"])
+            except (Conflict, NotFound):
+                continue  # changed meanwhile: the next pass looks again
+            reverted.append(name)
+        if reverted:
+            await asyncio.to_thread(
+                self.events.record,
+                dpuset,
+                "Aborting",
+                f"put back on their running image: {', '.join(reverted[:20])}",
+                "Warning",
+            )
+        message = "aborted: no more DPUs start"
+        if finishing:
+            message += f"; {len(finishing)} DPU(s) finish writing (never interrupted): {', '.join(finishing[:10])}"
+        return message
 
     async def _update(self, dpu: dict[str, Any], template: dict[str, Any]) -> bool:
         meta = dpu["metadata"]
