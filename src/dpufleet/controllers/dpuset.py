@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
 
 ROLLOUT_POLL_SECONDS = 2.0
+SELECTORS_TTL = 1.0
 # Diagnoses under which a DPU does not do its work: it counts as unavailable, so a rollout
 # never takes more DPUs down while the health controller is recovering others.
 OUT_OF_SERVICE = frozenset(
@@ -96,6 +98,7 @@ def _limit(value: int | str | None, total: int, minimum: int = 1) -> int | None:
 class DPUSetReconciler(Reconciler):
     kind = "DPUSet"
     workers = 4
+    min_interval = 0.1  # DPU changes wake a DPUSet at most ten times a second
 
     def __init__(
         self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS, clock: Callable[[], datetime] = now
@@ -104,17 +107,34 @@ class DPUSetReconciler(Reconciler):
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.events = EventRecorder(store, "dpuset-controller")
+        self._selector_cache: dict[str, tuple[float, list[tuple[Key, LabelSelector]]]] = {}
 
     def watches(self) -> dict[str, Mapper]:
         return {"DPU": self._sets_selecting}
 
     def _sets_selecting(self, change: Change) -> list[Key]:
+        sets = self._selectors(change.project)
+        if not sets:
+            return []
         labels = (change.object().get("metadata") or {}).get("labels") or {}
-        return [
-            Key(s["metadata"]["project"], s["metadata"]["name"])
-            for s in self.store.list("DPUSet", change.project).items
-            if LabelSelector.model_validate(s["spec"].get("selector") or {}).matches(labels)
+        return [key for key, selector in sets if selector.matches(labels)]
+
+    def _selectors(self, project: str) -> list[tuple[Key, LabelSelector]]:
+        """The project's DPUSets and their selectors, read again at most every SELECTORS_TTL seconds
+        (this runs for every DPU change; a DPUSet's own changes wake it directly)."""
+        clock = time.monotonic()
+        cached = self._selector_cache.get(project)
+        if cached is not None and clock - cached[0] < SELECTORS_TTL:
+            return cached[1]
+        sets = [
+            (
+                Key(s["metadata"]["project"], s["metadata"]["name"]),
+                LabelSelector.model_validate(s["spec"].get("selector") or {}),
+            )
+            for s in self.store.list("DPUSet", project).items
         ]
+        self._selector_cache[project] = (clock, sets)
+        return sets
 
     async def reconcile(self, key: Key) -> Result:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,10 @@ class Reconciler(abc.ABC):
     # with every write. By default only changes users make (generation: spec; labels,
     # annotations, finalizers, deletion) wake it; it asks for later visits itself.
     wake_on_status: bool = False
+    # A key woken by changes is reconciled at most once per `min_interval` seconds (its requeues and
+    # retries keep their own timing): an object summarising thousands of others (a DPUSet) would
+    # otherwise recount them all on every one of their status writes.
+    min_interval: float = 0.0
 
     def watches(self) -> dict[str, Mapper]:
         """Other kinds whose changes should wake objects of this kind."""
@@ -76,6 +81,7 @@ class Controller:
         self.reconciles = 0
         self.errors = 0
         self._seen: dict[Key, tuple[object, ...]] = {}
+        self._started: dict[Key, float] = {}  # when each key's last reconcile started (min_interval)
 
     @property
     def name(self) -> str:
@@ -112,15 +118,24 @@ class Controller:
                 async with asyncio.timeout(self.reconciler.resync):
                     async for change in self.feed.changes(kinds, since):
                         if change.kind == self.reconciler.kind and self._wakes(change):
-                            await self.queue.add(Key(change.project, change.name))
+                            await self._wake(Key(change.project, change.name))
                         mapper = mappers.get(change.kind)
                         if mapper is not None:
                             for key in mapper(change):
-                                await self.queue.add(key)
+                                await self._wake(key)
             except TimeoutError:
                 continue  # periodic resync: list everything again
             except (Gone, WatcherTooSlow) as exc:
                 log.warning("%s: watch restarted (%s)", self.name, exc)
+
+    async def _wake(self, key: Key) -> None:
+        interval = self.reconciler.min_interval
+        if interval > 0:
+            since = time.monotonic() - self._started.get(key, float("-inf"))
+            if since < interval:
+                await self.queue.add_after(key, interval - since)
+                return
+        await self.queue.add(key)
 
     def _wakes(self, change: Change) -> bool:
         """Whether a change of the primary kind should wake the reconciler."""
@@ -141,6 +156,7 @@ class Controller:
             key = await self.queue.get()
             if key is None:
                 return
+            self._started[key] = time.monotonic()
             try:
                 result = await self.reconciler.reconcile(key)
             except asyncio.CancelledError:
