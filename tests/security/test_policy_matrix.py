@@ -44,6 +44,7 @@ DOCS: dict[str, dict[str, Any]] = {
     "Event": {"involvedObject": {"kind": "DPU", "name": "d1"}, "reason": "Tested"},
     "RemediationPolicy": {"spec": {"rules": [{"failureClass": "OSHang", "actions": [{"action": "reboot"}]}]}},
     "PowerAction": {"spec": {"target": {"kind": "DPU", "name": "dpu-x"}, "mode": "dpu-only"}},
+    "UpdateRequest": {"spec": {"dpu": "dpu-x", "image": "img-x"}},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
 counter = itertools.count()

@@ -1063,3 +1063,58 @@ REGISTRY["PowerAction"] = KindInfo(
 )
 for _alias in ("poweraction", "poweractions", "pa"):
     _BY_NAME[_alias] = REGISTRY["PowerAction"]
+
+
+# --- UpdateRequest ----------------------------------------------------------------------------------------
+
+
+class UpdateSource(StrEnum):
+    """Who asked for an update. Set by the server from the caller's identity, never by the caller."""
+
+    CONTROL_PLANE = "control-plane"  # an operator or automation through the API
+    HOST = "host"  # the DPU's host, through its host agent
+    AGENT = "agent"  # the DPU's own agent, which found a newer approved image
+    BMC = "bmc"  # an update pushed to the BMC directly (Redfish), seen by the BMC controller
+
+
+class UpdateRequestSpec(Strict):
+    """A request to update one DPU to an image. It passes the same policy whoever asked: signature and
+    compatibility of the image, the DPU's DPUSet (paused, aborted, its template, its maxUnavailable),
+    maintenance windows; then the DPU's spec.image is set and provisioning does the rest."""
+
+    dpu: str = Field(min_length=1, description="the DPU to update")
+    image: str = Field(min_length=1, description="the Image to update it to")
+    flavor: str | None = Field(default=None, description="the DPUFlavor to apply with it (default: keep the DPU's)")
+    source: UpdateSource = UpdateSource.CONTROL_PLANE
+    reason: str = Field(default="", max_length=500)
+
+
+class UpdateRequestStatus(Status):
+    reason: str | None = None
+    message: str | None = None
+    decidedAt: str | None = None
+    generation: int | None = Field(default=None, description="the DPU's spec generation the request set")
+    finishedAt: str | None = None
+
+
+class UpdateRequest(Resource):
+    kind: Literal["UpdateRequest"] = "UpdateRequest"
+    spec: UpdateRequestSpec
+    status: UpdateRequestStatus = Field(default_factory=UpdateRequestStatus)
+
+
+REGISTRY["UpdateRequest"] = KindInfo(
+    "UpdateRequest",
+    "updaterequests",
+    UpdateRequest,
+    ("updaterequest", "ur"),
+    (
+        Column("DPU", "spec.dpu"),
+        Column("IMAGE", "spec.image"),
+        Column("SOURCE", "spec.source"),
+        _PHASE,
+        Column("REASON", "status.reason"),
+    ),
+)
+for _alias in ("updaterequest", "updaterequests", "ur"):
+    _BY_NAME[_alias] = REGISTRY["UpdateRequest"]

@@ -23,6 +23,7 @@ from .discovery import DiscoveryReconciler
 from .dpuset import DPUSetReconciler
 from .events import EventReaper
 from .power import PowerActionReconciler
+from .update_request import UpdateRequestReconciler
 from .runtime.controller import Controller, Reconciler
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     DPUSetReconciler,
     HealthReconciler,
     PowerActionReconciler,
+    UpdateRequestReconciler,
 ]
 
 

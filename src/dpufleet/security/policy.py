@@ -67,7 +67,8 @@ SUBACTION_DOC: dict[SubAction, str] = {
     SubAction.FIRMWARE_UPDATE: "writing a DPUFlavor's firmwareParameters (applied to NIC/BMC firmware settings)",
     SubAction.IMAGE_FLASH: "setting or changing a DPU's spec.image or spec.flavor, or a DPUSet's template "
     "image/flavor (reinstalls the DPU's OS and configuration); setting or clearing a DPU's "
-    "dpufleet.io/allow-downgrade annotation (lets it install an older signed image)",
+    "dpufleet.io/allow-downgrade annotation (lets it install an older signed image); any write to an "
+    "UpdateRequest (hosts and agents file theirs over the agent listener, for their own DPUs only)",
     SubAction.FPGA_PROGRAM: "programming a bitstream outside an image (the route arrives with the FPGA "
     "driver); an Image's fpga-bitstream component reaches a DPU through spec.image, which is image-flash",
     SubAction.BMC_CREDENTIAL_CHANGE: "any write to a Credential; changing a BMC's spec.address, "
@@ -215,6 +216,7 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
 SENSITIVE_KINDS: dict[str, SubAction] = {
     "Credential": SubAction.BMC_CREDENTIAL_CHANGE,
     "PowerAction": SubAction.POWER_ACTION,
+    "UpdateRequest": SubAction.IMAGE_FLASH,  # it asks for spec.image to change, whoever files it
 }
 
 

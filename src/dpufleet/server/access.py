@@ -121,6 +121,13 @@ class Access:
 
     def check_create(self, info: KindInfo, project: str, doc: dict[str, Any]) -> None:
         """A create needs no stored object to decide, so it is decided before the write is queued."""
+        if info.kind == "UpdateRequest":
+            source = ((doc.get("spec") or {}).get("source")) or "control-plane"
+            if source != "control-plane":  # who asked is known from how they asked, not from what they say
+                raise Forbidden(
+                    f"spec.source {source!r}: requests through the API are the control plane's; hosts and "
+                    "agents file theirs over the agent listener, where their certificate says who they are"
+                )
         if self.identity.is_admin:
             return
         roles = self.identity.roles_on(project)
