@@ -74,7 +74,7 @@ def test_virtual_media_installs_the_image_and_ejects_it(site: Operator, fleet: S
 
 def test_a_path_the_model_does_not_declare_is_refused(site: Operator, fleet: SimRunning, image_v3: str) -> None:
     name, _bmc = dpu_at(fleet, 3)
-    set_spec(site, name, image=image_v3, installPath="host-channel")
+    set_spec(site, name, image=image_v3, installPath="pxe")  # BlueField-3 declares every path dpufleet has but this
     dpu = site.wait_object("dpus", name, phase_is("ValidationFailed"), timeout=30)
     assert dpu["status"]["provisioning"]["reason"] == "InstallPathUnsupported"
     assert "http-boot" in dpu["status"]["provisioning"]["message"]

@@ -26,7 +26,9 @@ import httpx
 from .. import __version__
 from ..security.pki import AgentIdentity
 from . import slots
+from .bootstrap import ZeroTouch
 from .credentials import AgentCredentials, EnrollmentOptions
+from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
 from .inventory import Inventory, collect_inventory
 
@@ -46,7 +48,9 @@ class AgentConfig:
     serial: str | None = None  # override what the DMI data says
     state_dir: Path | None = None  # set: enroll and speak mTLS; server is then the agent listener's URL
     enrollment: EnrollmentOptions | None = None
-    install_check_seconds: float | None = 10.0  # DPU with A/B slots, mTLS: how often to ask for an install order
+    install_check_seconds: float | None = 10.0  # mTLS, a DPU with A/B slots or a host with rshim: how often to ask
+    zero_touch: bool = False  # a DPU with no fleet certificate bootstraps from its DHCP lease (agent/bootstrap.py)
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")  # how zero-touch bootstrap boots the new slot
 
 
 def report_body(
@@ -78,6 +82,7 @@ class Agent:
         self.failures = 0
         self.credentials: AgentCredentials | None = None
         self.installer: SlotInstaller | None = None
+        self.zero_touch: ZeroTouch | None = None
 
     async def aclose(self) -> None:
         if self._own:
@@ -128,6 +133,56 @@ class Agent:
         reply: dict[str, object] = resp.json()
         return reply
 
+    async def reboot(self) -> None:
+        """Reboot this machine (zero-touch bootstrap, into the slot it just wrote)."""
+        proc = await asyncio.create_subprocess_exec(*self.config.reboot_command)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"{' '.join(self.config.reboot_command)} failed with exit status {proc.returncode}")
+
+    def machine_alive(self) -> bool:
+        """Whether this machine's OS runs (the emulator's machines can be down while the agent object lives)."""
+        return True
+
+    async def pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """Wait until the next report is due (or the agent stops)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    async def bootstrap(self, serial: str, stop: asyncio.Event) -> bool:
+        """Zero-touch: with no fleet certificate, get onboarding information, install, and learn how to enroll.
+        False if stopped first."""
+        config = self.config
+        if not config.zero_touch or config.role != "dpu" or config.state_dir is None:
+            return True
+        options = config.enrollment or EnrollmentOptions()
+        if options.idevid_cert is None or options.idevid_key is None:
+            raise RuntimeError("zero-touch bootstrap proves the DPU's serial with its IDevID: none configured")
+        self.zero_touch = ZeroTouch(
+            config.root,
+            config.state_dir,
+            serial,
+            options.idevid_cert,
+            options.idevid_key,
+            self.reboot,
+            self.machine_alive,
+        )
+        if self.zero_touch.complete() or (config.state_dir / "agent.crt").exists():
+            return True
+        result = await self.zero_touch.run(stop, self.retry_delay)
+        if result is None:
+            return False
+        config.server, config.enrollment = result[0], result[1]
+        return True
+
+    async def _bootstrap_done(self, inventory: Inventory) -> None:
+        """After the first report with the fleet certificate the token gave: tell the bootstrap server."""
+        zero_touch = self.zero_touch
+        if zero_touch is None or zero_touch.complete():
+            return
+        version = inventory.os.image_version
+        await zero_touch.report("Complete", None, f"enrolled; the agent reports; the DPU runs {version}", version)
+        zero_touch.mark_complete()
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         inventory = await self.collect()
@@ -136,6 +191,8 @@ class Agent:
             raise RuntimeError(
                 f"cannot tell this machine's serial number from {self.config.root}/sys/class/dmi/id; pass --serial"
             )
+        if not await self.bootstrap(serial, stop):
+            return
         loop = asyncio.get_running_loop()
         next_inventory = 0.0
         failures = 0
@@ -153,6 +210,7 @@ class Agent:
                 if due or changed:
                     sent = inventory.fingerprint()
                 failures = 0
+                await self._bootstrap_done(inventory)
                 if installer is None:
                     installer = self._start_installer(stop)
                 hb = float(reply.get("heartbeatSeconds", self.config.heartbeat_seconds))  # type: ignore[arg-type]
@@ -167,20 +225,20 @@ class Agent:
                 log.warning("agent report failed (%s); retrying in %.0fs", exc, wait)
                 next_inventory = 0.0  # re-send the full inventory once the server is back
                 sent = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+            await self.pause(stop, wait)
         if installer is not None:
             await asyncio.gather(installer, return_exceptions=True)
 
     def _start_installer(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
-        """A DPU agent on mTLS whose OS has A/B slots pulls install orders (agent/installer.py)."""
+        """On mTLS, a DPU agent whose OS has A/B slots pulls its install orders (agent/installer.py); a host
+        agent whose host shows DPU boot channels (rshim) pulls its DPUs' host-channel orders (agent/host_channel.py)."""
         config = self.config
-        if (
-            config.role != "dpu"
-            or config.state_dir is None
-            or not config.install_check_seconds
-            or slots.read_state(config.root) is None
-        ):
+        if config.state_dir is None or not config.install_check_seconds:
             return None
-        self.installer = SlotInstaller(config.root, config.state_dir, config.server, lambda: self.http)
+        if config.role == "dpu" and slots.read_state(config.root) is not None:
+            self.installer = SlotInstaller(config.root, config.state_dir, config.server, lambda: self.http)
+        elif config.role == "host" and has_boot_channels(config.root):
+            self.installer = HostChannelInstaller(config.root, config.state_dir, config.server, lambda: self.http)
+        else:
+            return None
         return asyncio.create_task(self.installer.run(stop, config.install_check_seconds))

@@ -23,8 +23,8 @@ from .discovery import DiscoveryReconciler
 from .dpuset import DPUSetReconciler
 from .events import EventReaper
 from .power import PowerActionReconciler
-from .update_request import UpdateRequestReconciler
 from .runtime.controller import Controller, Reconciler
+from .update_request import UpdateRequestReconciler
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,13 @@ class InstallInterface(abc.ABC):
     which the caller persists (a task URI): a restarted controller polls, it does not re-flash."""
 
     name: str
+    needs_bmc: bool = True  # False: works with no (reachable) BMC -- it reaches the DPU another way
+    boots_during_install: bool = False  # True: a SUCCEEDED install already runs the new image (no reset needed)
+
+    async def running_versions(self) -> dict[str, str] | None:
+        """Firmware id -> the version the DPU runs, as this path sees it; None: ask the BMC (the default).
+        Raise InstallNotReady while the DPU has not reported since it booted the new image."""
+        return None
 
     @abc.abstractmethod
     async def validate(self, target: str) -> None:
@@ -81,3 +88,7 @@ class InstallInterface(abc.ABC):
 
 class InstallBusy(Exception):
     """The device is already installing something."""
+
+
+class InstallNotReady(Exception):
+    """What the path needs to answer has not been reported yet: ask again later."""

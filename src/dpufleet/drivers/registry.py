@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..store.store import Store
+from .agent.host_channel import HostChannelInstall
 from .agent.install import AgentInstall
 from .base import InstallInterface
 from .redfish.client import RedfishClient
@@ -14,21 +15,26 @@ BMC_PATHS: dict[str, type[RedfishUpdateInstall] | type[RedfishHttpBootInstall] |
     RedfishHttpBootInstall.name: RedfishHttpBootInstall,
     RedfishVirtualMediaInstall.name: RedfishVirtualMediaInstall,
 }
-AGENT_PATHS = {AgentInstall.name}
+AGENT_PATHS = {AgentInstall.name, HostChannelInstall.name}
+NO_BMC_PATHS = frozenset({HostChannelInstall.name})  # reach the DPU without its BMC (through its host)
 INSTALL_PATH_NAMES = frozenset(BMC_PATHS) | AGENT_PATHS
 
 
 def build_install_driver(
     path: str,
-    client: RedfishClient,
-    system: str,
+    client: RedfishClient | None,
+    system: str | None,
     *,
     store: Store,
     project: str,
     dpu: str,
     os_target: str | None = None,
 ) -> InstallInterface | None:
-    """The driver for `path` on one DPU, or None if there is no such path."""
+    """The driver for `path` on one DPU, or None if there is no such path. Only NO_BMC_PATHS take no client."""
+    if path == HostChannelInstall.name:
+        return HostChannelInstall(store, project, dpu, os_target=os_target)
+    if client is None or system is None:
+        raise ValueError(f"install path {path!r} needs the DPU's BMC")
     if path in BMC_PATHS:
         return BMC_PATHS[path](client, system)
     if path == AgentInstall.name:

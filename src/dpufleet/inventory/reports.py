@@ -7,8 +7,10 @@ number of the DPU in each slot, which pairs DPUs with hosts.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,8 @@ from ..controllers.runtime.conditions import set_condition
 from ..controllers.runtime.events import EventRecorder
 from ..controllers.runtime.status import mutate_status_sync
 from ..store.store import Store
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_WRITE_EVERY = 30.0
 
@@ -50,10 +54,32 @@ class ReportHandler:
         self.inventory_seconds = inventory_seconds
         self.events = EventRecorder(store, "agent-api")
         self._last_write: dict[str, float] = {}
+        self._known: set[tuple[str, str, str]] = set()  # (kind, name, project) seen to exist
         self._lock = threading.Lock()
 
     def handle(self, report: AgentReport, project: str = "default") -> AgentReply:
         name = self._host(report, project) if report.role == "host" else self._dpu(report, project)
+        return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
+
+    def reply_without_write(self, report: AgentReport) -> AgentReply | None:
+        """The reply to a heartbeat that is not due to be stored, or None when the report must be written.
+
+        Cheap and in memory: the server answers such reports at once instead of queueing them behind
+        the store's single writer (most heartbeats are not stored; see HEARTBEAT_WRITE_EVERY).
+        """
+        if report.inventory is not None:
+            return None
+        if report.role == "host":
+            key, name = (
+                f"host/{host_name(report.hostname or report.serial)}",
+                host_name(report.hostname or report.serial),
+            )
+        else:
+            key, name = f"dpu/{dpu_name(report.serial)}", dpu_name(report.serial)
+        with self._lock:
+            last = self._last_write.get(key)
+        if last is None or time.monotonic() - last >= HEARTBEAT_WRITE_EVERY:
+            return None
         return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
 
     def _due(self, key: str, has_inventory: bool) -> bool:
@@ -66,6 +92,12 @@ class ReportHandler:
             return True
 
     def _ensure(self, kind: str, name: str, project: str, spec: dict[str, Any], reason: str, message: str) -> None:
+        """Create the object on its first report. Known ones are not read again on every report: a
+        deleted one makes the status write fail once (NotFound, `_forget`) and is created at the next."""
+        key = (kind, name, project)
+        with self._lock:
+            if key in self._known:
+                return
         try:
             self.store.get(kind, name, project)
         except NotFound:
@@ -74,6 +106,19 @@ class ReportHandler:
                 self.events.record(obj, reason, message)
             except AlreadyExists:
                 pass
+        with self._lock:
+            self._known.add(key)
+
+    def _forget(self, kind: str, name: str, project: str) -> None:
+        with self._lock:
+            self._known.discard((kind, name, project))
+
+    def _write(self, kind: str, name: str, mutate: Callable[[dict[str, Any]], None], project: str) -> None:
+        try:
+            mutate_status_sync(self.store, kind, name, mutate, project)
+        except NotFound:
+            self._forget(kind, name, project)
+            raise
 
     def _dpu(self, report: AgentReport, project: str) -> str:
         name = dpu_name(report.serial)
@@ -120,7 +165,7 @@ class ReportHandler:
             status["agent"] = agent
             set_condition(status, "AgentConnected", True, "Heartbeat", f"agent {report.agentVersion}")
 
-        mutate_status_sync(self.store, "DPU", name, mutate, project)
+        self._write("DPU", name, mutate, project)
         return name
 
     def _host(self, report: AgentReport, project: str) -> str:
@@ -138,6 +183,7 @@ class ReportHandler:
         )
         stamp = isotime(now())
         paired: list[tuple[str, str, str]] = []  # (dpu name, serial, slot)
+        cards = {card.serial_number: card for card in inv.dpus if card.serial_number} if inv is not None else {}
         functions: list[dict[str, Any]] = []
         if inv is not None:
             for card in inv.dpus:
@@ -161,13 +207,20 @@ class ReportHandler:
 
         def mutate_host(status: dict[str, Any]) -> None:
             status["lastSeen"] = stamp
+            # The serial its fleet certificate names: host-channel orders are addressed to it. The first one
+            # stays: another host's agent reporting this hostname cannot take the Host's orders over.
+            known = status.get("serialNumber")
+            if known and known != report.serial:
+                log.warning("host %s: agent %s reports for it, but its serial is %s; kept", name, report.serial, known)
+            else:
+                status["serialNumber"] = report.serial
             if inv is not None:
                 status["pciFunctions"] = functions
                 status["dpus"] = [p[0] for p in paired]
                 status["phase"] = "Inventoried"
             set_condition(status, "AgentConnected", True, "Heartbeat", f"host agent {report.agentVersion}")
 
-        mutate_status_sync(self.store, "Host", name, mutate_host, project)
+        self._write("Host", name, mutate_host, project)
         for dpu_obj, serial, slot in paired:
             self._ensure(
                 "DPU",
@@ -180,6 +233,15 @@ class ReportHandler:
 
             def mutate_dpu(status: dict[str, Any], slot: str = slot, serial: str = serial) -> None:
                 status["host"] = name
+                card = cards.get(serial)
+                if card is not None:  # identity for a DPU no BMC describes (host-channel installs need its model)
+                    for key, value in (
+                        ("partNumber", card.part_number),
+                        ("vendor", card.vendor),
+                        ("model", card.model),
+                    ):
+                        if value and not status.get(key):
+                            status[key] = value
                 evidence = [
                     e for e in status.get("evidence") or [] if not str(e.get("source", "")).startswith("host-agent/")
                 ]

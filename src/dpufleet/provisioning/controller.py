@@ -31,7 +31,7 @@ from ..controllers.runtime.status import mutate_status
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
 from ..drivers.redfish.install import find_dpu_system
-from ..drivers.registry import build_install_driver
+from ..drivers.registry import NO_BMC_PATHS, build_install_driver
 from ..images.repository import ImageRepository, repository_for
 from ..store import reservations
 from ..store.store import Store
@@ -174,7 +174,8 @@ class DPUProvisioner(Reconciler):
 
         if not spec.get("image") and raw is None:
             return DONE  # nothing asked of this DPU: leave it exactly as it is
-        await self._keep_ready_summary(ctx)
+        if raw is not None:  # never provisioned here (e.g. onboarded by zero-touch bootstrap): not ours to summarise
+            await self._keep_ready_summary(ctx)
 
         action = await self._operator_action(ctx, phase)
         if action is not None:
@@ -188,7 +189,7 @@ class DPUProvisioner(Reconciler):
         if phase in IDLE_PHASES or phase is None:
             if not spec.get("image") or not self._wants_provisioning(dpu, progress):
                 return DONE
-            if not status.get("bmc"):
+            if not status.get("bmc") and not _reachable_without_bmc(dpu):
                 return DONE  # not inventoried through a BMC yet; its status change wakes us
             return await self._start(ctx, phase, f"image {spec['image']} requested")
         if phase == Phase.AVAILABLE or phase in WORKING_PHASES:
@@ -452,7 +453,7 @@ class DPUProvisioner(Reconciler):
 
         async def install_driver(path: str) -> InstallInterface:
             if path not in session.drivers:
-                client, system = await redfish()
+                client, system = await redfish() if path not in NO_BMC_PATHS else (None, None)
                 profile = profile_of(ctx.status)
                 os_fw = profile.firmware_of_kind("os") if profile else None
                 driver = build_install_driver(
@@ -536,6 +537,15 @@ class DPUProvisioner(Reconciler):
             raise
         self._systems[cache_key] = system
         return client, system
+
+
+def _reachable_without_bmc(dpu: dict[str, Any]) -> bool:
+    """A DPU with no BMC can still be provisioned through a path that needs none (host-channel),
+    once its host agent paired it and its model is known."""
+    spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
+    profile = profile_of(status)
+    path = spec.get("installPath") or (profile.install_paths[0] if profile and profile.install_paths else None)
+    return path in NO_BMC_PATHS and bool(status.get("host"))
 
 
 def _worth_saving(progress: ProvisioningStatus, saved: Any, pause: float) -> bool:

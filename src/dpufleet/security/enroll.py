@@ -378,28 +378,33 @@ class EnrollmentAuthority:
             self.ca.revocations.readmit_device(identity)
             return f"token {request.token.split('.')[1] if request.token.count('.') == 2 else '?'}"
         if request.idevid is not None:
-            if self.ca.revocations.device_revoked_at(identity) is not None:
-                raise EnrollmentRefused(
-                    RefusalCode.DEVICE_REVOKED,
-                    f"{identity} was decommissioned; an operator must issue an enrollment token to re-admit it",
-                )
-            try:
-                leaf = load_cert(request.idevid.certificate)
-                chain = [load_cert(p) for p in request.idevid.intermediates]
-            except PKIError as exc:
-                raise EnrollmentRefused(RefusalCode.IDEVID_INVALID, str(exc)) from None
-            try:
-                root = self.vendors.verify(leaf, chain)
-            except PKIError as exc:
-                raise EnrollmentRefused(RefusalCode.IDEVID_UNTRUSTED, str(exc)) from None
-            named = idevid_serial(leaf)
-            if named != identity.serial:
-                raise EnrollmentRefused(
-                    RefusalCode.IDEVID_WRONG_DEVICE, f"the IDevID names serial {named!r}, not {identity.serial!r}"
-                )
-            _verify_proof(leaf, request.idevid.signature, csr.public_bytes(Encoding.DER))
-            return f"IDevID from {root.subject.rfc4514_string()}"
+            return self.verify_idevid(identity, request.idevid, csr.public_bytes(Encoding.DER))
         raise EnrollmentRefused(RefusalCode.NO_CREDENTIAL, "send an enrollment token or an IDevID proof")
+
+    def verify_idevid(self, identity: AgentIdentity, proof: IDevIDProof, data: bytes) -> str:
+        """That `proof` is a trusted vendor's IDevID naming `identity`'s serial, and a signature over `data`
+        made with its key right now (enrollment signs its CSR; zero-touch bootstrap its request)."""
+        if self.ca.revocations.device_revoked_at(identity) is not None:
+            raise EnrollmentRefused(
+                RefusalCode.DEVICE_REVOKED,
+                f"{identity} was decommissioned; an operator must issue an enrollment token to re-admit it",
+            )
+        try:
+            leaf = load_cert(proof.certificate)
+            chain = [load_cert(p) for p in proof.intermediates]
+        except PKIError as exc:
+            raise EnrollmentRefused(RefusalCode.IDEVID_INVALID, str(exc)) from None
+        try:
+            root = self.vendors.verify(leaf, chain)
+        except PKIError as exc:
+            raise EnrollmentRefused(RefusalCode.IDEVID_UNTRUSTED, str(exc)) from None
+        named = idevid_serial(leaf)
+        if named != identity.serial:
+            raise EnrollmentRefused(
+                RefusalCode.IDEVID_WRONG_DEVICE, f"the IDevID names serial {named!r}, not {identity.serial!r}"
+            )
+        _verify_proof(leaf, proof.signature, data)
+        return f"IDevID from {root.subject.rfc4514_string()}"
 
     def renew(self, identity: AgentIdentity, request: RenewRequest, source: str | None = None) -> EnrollReply:
         """The caller already authenticated with a current, unrevoked certificate for `identity`."""

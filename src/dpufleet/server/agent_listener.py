@@ -7,7 +7,8 @@ What an agent may do here, and with what proof:
     POST /agent/v1/renew    a current fleet certificate, plus a CSR for a new key
     POST /agent/v1/report   a current fleet certificate naming the DPU/host the report is for
     GET  /agent/v1/install, POST /agent/v1/install/status
-                            a DPU's fleet certificate: its own install order (server/agent_install.py)
+                            a DPU's fleet certificate: its own install order; a host's: the
+                            host-channel orders of its own DPUs (server/agent_install.py)
 
 TLS requests a client certificate on every connection (CERT_OPTIONAL, so that
 enrollment works before a device has one); a certificate that is presented is
@@ -50,6 +51,7 @@ from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
 from ..security.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from .agent_install import add_install_routes
+from .agent_updates import add_update_routes
 from .app import ServerState, _doc, _read_json
 
 log = logging.getLogger(__name__)
@@ -184,11 +186,14 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
                 parsed.serial,
             )
             raise Forbidden(f"this certificate speaks for {identity}, not {parsed.role}/{parsed.serial}")
-        reply = await state.write(handler.handle, parsed)
+        reply = handler.reply_without_write(parsed)  # a heartbeat not due to be stored: no queue behind the writer
+        if reply is None:
+            reply = await state.write(handler.handle, parsed)
         return _doc(reply.model_dump())
 
     _ = (ca_certificate, enroll, renew, report)
     add_install_routes(app, state, lambda request: peer_identity(request, ca))
+    add_update_routes(app, state, lambda request: peer_identity(request, ca))
     return app
 
 

@@ -21,12 +21,14 @@ from ..inventory.reports import ReportHandler
 from ..security.audit import AuditLog
 from ..security.enroll import EnrollmentAuthority
 from ..security.oidc import OIDCConfig, OIDCVerifier
+from ..security.onboarding import OnboardingKey
 from ..security.pki import FleetCA
 from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
 from .agent_listener import AgentListener, agent_app
 from .app import ServerState, build_state, create_app
 from .auth import TokenAuthenticator
+from .bootstrap_api import bootstrap_router
 from .enroll_api import enroll_router
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class Server:
             state.background.append(manager.run)
         app = create_app(state)
         app.include_router(enroll_router(state, enrollment, lambda: listener.url))
+        onboarding_key = OnboardingKey.load_or_create(data_dir / "bootstrap")
+        app.include_router(bootstrap_router(state, enrollment, onboarding_key, lambda: listener.url))
         return cls(data_dir, store, state, app, ca, enrollment, listener)
 
 

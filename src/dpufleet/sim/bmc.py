@@ -351,6 +351,14 @@ class SimBMC:
             self.boot_hooks.on_power_off(self)
         self.log("ResourcePoweredOff", name)
 
+    def power_off_now(self, name: str) -> None:
+        """The DPU is off at once (a hardware reset from another channel than this BMC, e.g. rshim)."""
+        self._powered_off(name)
+
+    async def boot_os(self, name: str) -> None:
+        """Power on and boot as after a reset (run as the power job: see `set_power_job`)."""
+        await self._power_on(name)
+
     def cancel_power_job(self) -> None:
         if self._power_job is not None and not self._power_job.done():
             self._power_job.cancel()

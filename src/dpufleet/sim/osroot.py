@@ -29,7 +29,16 @@ _HOST_BASE_PCI: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+_generations: dict[str, int] = {}  # OS root -> how many writes the emulator made under it
+
+
+def generation(root: Path) -> int:
+    """A number that changes whenever the emulator writes under ``root`` (see SimAgent.collect)."""
+    return _generations.get(str(root), 0)
+
+
 def _write(root: Path, relpath: str, content: str | bytes) -> None:
+    _generations[str(root)] = _generations.get(str(root), 0) + 1
     path = root / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):

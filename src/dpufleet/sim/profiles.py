@@ -171,7 +171,7 @@ class FirmwareParameterSpec(_Strict):
     description: str = ""
 
 
-InstallPath = Literal["redfish-update", "http-boot", "virtual-media", "agent"]
+InstallPath = Literal["redfish-update", "http-boot", "virtual-media", "agent", "host-channel"]
 
 
 def _default_install_paths() -> list[InstallPath]:

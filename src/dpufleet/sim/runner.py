@@ -31,15 +31,18 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives import serialization
 
+from ..agent.bootstrap import write_lease
 from ..agent.credentials import EnrollmentOptions
 from ..agent.daemon import Agent, AgentConfig
 from ..agent.inventory import Inventory
+from . import osroot
 from .bmc import BmcLimits
 from .control import ControlApp, write_control_file
 from .devices import PowerState, SimDPU, SimHost
 from .faults import injector_for
 from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
+from .rshim import RshimBus
 
 log = logging.getLogger(__name__)
 SITE_USERNAME = "fleetadmin"
@@ -69,6 +72,10 @@ class SimOptions:
     agents: bool = True
     heartbeat_seconds: float = 10.0
     install_check_seconds: float = 10.0  # how often DPU agents ask for an install order
+    # Zero-touch: every DPU boots unconfigured; the emulated DHCP server gives it the bootstrap URL (the
+    # server's /bootstrap/v1 unless `bootstrap_url`) and the onboarding key id, and its agent bootstraps.
+    zero_touch: bool = False
+    bootstrap_url: str | None = None
 
 
 @dataclass
@@ -82,6 +89,7 @@ class SimRunning:
     agent_url: str | None = None  # the control plane's agent listener the agents enroll with (mTLS)
     control_url: str | None = None  # the sim control API (/sim/v1/faults)
     control_token: str | None = None
+    rshim: RshimBus | None = None  # the hosts' boot channels to their DPUs (BlueField rshim)
 
     @property
     def endpoints(self) -> list[str]:
@@ -154,20 +162,48 @@ class SimAgent(Agent):
     """
 
     POLL_SECONDS = 0.05
+    FULL_READ_SECONDS = 30.0
 
     def __init__(
-        self, config: AgentConfig, http: httpx.AsyncClient | None, device: SimDPU | SimHost, time_scale: float
+        self,
+        config: AgentConfig,
+        http: httpx.AsyncClient | None,
+        device: SimDPU | SimHost,
+        time_scale: float,
+        restart: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(config, http)
         self.device = device
         self.time_scale = time_scale
+        self.restart = restart  # what `reboot` does to the emulated machine (its BMC-side reset sequence)
         self.silent_since: float | None = None
         self._stop: asyncio.Event | None = None
+        self._collected: tuple[int, float, Inventory] | None = None  # (osroot generation, when, inventory)
 
     def alive(self) -> bool:
         if isinstance(self.device, SimDPU):
             return self.device.os_alive and self.device.power_state == PowerState.ON
         return self.device.os_alive
+
+    def machine_alive(self) -> bool:
+        return self.alive()
+
+    async def pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """As a real agent, which its machine starts afresh at boot: a reboot ends the wait for the next report."""
+        boots = self.device.boot_count
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        look_every = min(1.0, max(self.POLL_SECONDS, 20 * self.time_scale))  # a boot takes ~40 s of emulated time
+        while not stop.is_set() and loop.time() < deadline:
+            if self.device.boot_count != boots or not self.alive():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(look_every, max(deadline - loop.time(), 0)))
+
+    async def reboot(self) -> None:
+        if self.restart is None:
+            raise RuntimeError("this emulated machine cannot reboot itself")
+        self.restart()
 
     def clock(self) -> datetime:
         offset = self.device.clock_offset_seconds if isinstance(self.device, SimDPU) else 0.0
@@ -175,6 +211,23 @@ class SimAgent(Agent):
 
     def retry_delay(self, failures: int) -> float:
         return max(super().retry_delay(failures) * self.time_scale, self.POLL_SECONDS)
+
+    async def collect(self) -> Inventory:
+        """The real collection, unless the emulator wrote nothing under this OS root since the last one.
+
+        Only the emulator changes an emulated OS tree, and it counts its writes (osroot.generation),
+        so an unchanged count means an unchanged inventory: re-reading it on every heartbeat of
+        hundreds of agents in one process costs more CPU than the rest of the emulator. Read fully
+        at least every FULL_READ_SECONDS all the same.
+        """
+        loop = asyncio.get_running_loop()
+        seen = osroot.generation(self.config.root)
+        cached = self._collected
+        if cached is not None and cached[0] == seen and loop.time() - cached[1] < self.FULL_READ_SECONDS:
+            return cached[2]
+        inventory = await super().collect()
+        self._collected = (seen, loop.time(), inventory)
+        return inventory
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         self._stop = stop or asyncio.Event()
@@ -200,6 +253,19 @@ def _agent_config(
 ) -> AgentConfig:
     if info is None or ca_file is None:  # a server without the agent listener: the bearer-token protocol
         return AgentConfig(options.server or "", options.token, root, role, options.heartbeat_seconds, serial=serial)
+    if options.zero_touch and role == "dpu":  # knows nothing but its IDevID and what DHCP tells it
+        return AgentConfig(
+            "",
+            None,
+            root,
+            role,
+            options.heartbeat_seconds,
+            serial=serial,
+            state_dir=root / AGENT_STATE_DIR,
+            enrollment=EnrollmentOptions(idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY),
+            install_check_seconds=options.install_check_seconds,
+            zero_touch=True,
+        )
     return AgentConfig(
         str(info["agentURL"]),
         None,
@@ -211,6 +277,27 @@ def _agent_config(
         enrollment=EnrollmentOptions(idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY, ca_file=ca_file),
         install_check_seconds=options.install_check_seconds,
     )
+
+
+async def emulated_dhcp(http: httpx.AsyncClient, fleet: Fleet, options: SimOptions) -> None:
+    """The DHCP server's bootstrap options, as an operator configures them: the bootstrap URL and the key id
+    of the control plane's onboarding key; every DPU's DHCP client records them in its lease."""
+    resp = await http.get("/bootstrap/v1/trust-anchor")
+    if resp.status_code >= 400:
+        raise RuntimeError(f"reading the onboarding trust anchor failed: HTTP {resp.status_code}: {resp.text[:300]}")
+    keyid = "sha256:" + str(resp.json()["keyid"])
+    url = options.bootstrap_url or (options.server or "").rstrip("/") + "/bootstrap/v1"
+    for dpu in fleet.dpus:
+        if dpu.osroot is not None:
+            write_lease(dpu.osroot, url, keyid)
+
+
+def _restart_of(fleet: Fleet, device: SimDPU | SimHost) -> Callable[[], None] | None:
+    """A DPU's OS reboots itself through the same reset sequence its BMC runs."""
+    if not isinstance(device, SimDPU):
+        return None
+    bmc = fleet.bmcs[device.id]
+    return lambda: bmc.reset_system("GracefulRestart")
 
 
 async def run_sim(
@@ -243,6 +330,8 @@ async def run_sim(
     )
     running = SimRunning(fleet, servers, SITE_USERNAME, password)
     injector_for(fleet)  # fault injection's boot hooks on every BMC
+    running.rshim = RshimBus.of(fleet.hosts, fleet.bmcs)
+    running.rshim.start()
     running.control_token = secrets.token_urlsafe(24)
     running.control_url = await serve_control(servers, ControlApp(fleet, running.control_token), options.listen_host)
     if directory is not None:
@@ -278,8 +367,11 @@ async def run_sim(
                         for dpu in host.dpus
                         if dpu.osroot
                     ]
+                if options.zero_touch and info is not None:
+                    await emulated_dhcp(http, fleet, options)
                 for config, device in configs:
-                    agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale)
+                    restart = _restart_of(fleet, device)
+                    agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale, restart)
                     running.agents.append(agent)
                     tasks.append(asyncio.create_task(agent.run(stop)))
         if on_ready is not None:
@@ -292,6 +384,7 @@ async def run_sim(
             await started.aclose()
         if http is not None:
             await http.aclose()
+        await running.rshim.stop()
         await servers.stop()
 
 

@@ -30,6 +30,7 @@ from ..redfish.client import RedfishClient, RedfishError
 from ..redfish.power import RedfishPower
 
 STATUS_FIELD = "agentInstall"
+HOST_CHANNEL = "host-channel"  # order.channel of an order the DPU's host carries out (drivers/agent/host_channel.py)
 # What the agent reports, and how the control plane reads it.
 RUNNING_STATES = {"Pending", "Downloading", "Verifying", "Writing"}
 STAGED = "Staged"  # written and marked for the next boot

@@ -3,17 +3,21 @@
 The status then shows the firmware as the BMC reports it, the image installed and the flavor
 validated for this DPU (its kernel, sysctl and config-file parts are applied on the DPU by
 its agent). A version that did not change means the install did not take: ConfigureFailed
-with reason VersionMismatch.
+with reason VersionMismatch. An install path that sees the versions itself (host-channel, for
+DPUs with no reachable BMC: the DPU's own agent reports them) is asked instead of the BMC.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...api.kinds import ImageSpec
+from ...drivers.base import InstallNotReady
 from ...drivers.redfish.client import RedfishError
 from ...drivers.redfish.inventory import crawl
 from ..flavor import profile_of
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
-from ..plan import plan_components
+from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait
+from ..plan import PlannedComponent, plan_components
 
 
 class Configure(PhaseHandler):
@@ -23,20 +27,44 @@ class Configure(PhaseHandler):
         image_name = ctx.image_name
         image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
         planned = plan_components(image, profile_of(ctx.status), image_name)
+        driver = await ctx.install_driver(str(ctx.progress.installPath))
+        try:
+            seen = await driver.running_versions()
+        except InstallNotReady as wait:
+            return Wait(ctx.config.poll_seconds, str(wait))
+        except RedfishError as exc:
+            raise StepFailed("BMCError", str(exc)) from None
+        if seen is not None:
+            return _check(ctx, planned, seen, f"image {image_name} {image.version} running", None)
         try:
             client, _system = await ctx.redfish()
             inventory = await crawl(client, macs=False)
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
         versions = {fw.id: fw.version for fw in inventory.firmware}
-        wrong = [
-            f"{p.target} runs {versions.get(p.target)!r}, not {p.component.version!r}"
-            for p in planned
-            if versions.get(p.target) != p.component.version
+        firmware = [fw.model_dump() for fw in inventory.firmware]
+        return _check(ctx, planned, versions, f"image {image_name} {image.version} running", firmware)
+
+
+def _check(
+    ctx: StepContext,
+    planned: list[PlannedComponent],
+    versions: dict[str, str],
+    done: str,
+    firmware: list[dict[str, Any]] | None,
+) -> Outcome:
+    """`firmware`: the BMC's whole inventory; None when only `versions` is known (the install path's view)."""
+    wrong = [
+        f"{p.target} runs {versions.get(p.target)!r}, not {p.component.version!r}"
+        for p in planned
+        if versions.get(p.target) != p.component.version
+    ]
+    if wrong:
+        raise StepFailed("VersionMismatch", "; ".join(wrong), retryable=False)
+    if firmware is None:  # no BMC read: the versions the path saw replace those in the status
+        firmware = [
+            {**fw, "version": versions[fw["id"]]} if fw.get("id") in versions else fw
+            for fw in ctx.status.get("firmware") or []
         ]
-        if wrong:
-            raise StepFailed("VersionMismatch", "; ".join(wrong), retryable=False)
-        ctx.status_updates["firmware"] = [
-            fw.model_dump() for fw in inventory.firmware
-        ]  # as the BMC controller writes it
-        return Next(Phase.READY, f"image {image_name} {image.version} running")
+    ctx.status_updates["firmware"] = firmware  # as the BMC controller writes it
+    return Next(Phase.READY, done)
