@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from dpufleet.agent.daemon import Agent
+from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
 from provisioning.conftest import Operator
+from support.server import RunningServer
 
 from .conftest import VERSION_V3, dpu_at
 
@@ -27,24 +30,20 @@ def mtls(agent: Agent) -> httpx.Client:
     return httpx.Client(verify=agent.credentials.ssl_context(), timeout=10)
 
 
-def approve(site: Operator, image: str) -> None:
-    resp = site.http.patch(
-        site.path("images", image),
-        json={"metadata": {"labels": {"dpufleet.io/approved": "true"}}},
-        headers={"Content-Type": "application/merge-patch+json"},
-    )
-    assert resp.status_code == 200, resp.text
+def approve(api: RunningServer, image: str) -> None:
+    result = CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "image", "approve", image])
+    assert result.exit_code == 0 and f"image/{image} approved" in result.output, result.output
 
 
 def test_an_agent_is_offered_only_approved_images_and_its_request_is_carried_out(
-    site: Operator, fleet: SimRunning, image_v3: str
+    site: Operator, fleet: SimRunning, api: RunningServer, image_v3: str
 ) -> None:
     name, bmc = dpu_at(fleet, 0)
     agent = agent_of(fleet, "dpu", bmc.dpu.serial)
     assert fleet.agent_url
     with mtls(agent) as client:
         assert client.get(fleet.agent_url + "/agent/v1/updates").json() == {"image": None}, "nothing approved yet"
-        approve(site, image_v3)
+        approve(api, image_v3)
         offer = client.get(fleet.agent_url + "/agent/v1/updates").json()
         assert offer["image"] == image_v3
         resp = client.post(

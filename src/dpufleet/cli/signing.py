@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from ..security.signing import Manifest, PublisherClass, key_id, load_public_key, sign_manifest
 from .common import UserError, note, options
 
-image_app = typer.Typer(help="Image signing: make a publisher key, sign a manifest.", no_args_is_help=True)
+image_app = typer.Typer(
+    help="Images: make a publisher key, sign a manifest, approve an image for agents to pull.", no_args_is_help=True
+)
 publisher_app = typer.Typer(help="Trusted image publishers (admins only).", no_args_is_help=True)
 
 
@@ -67,6 +69,22 @@ def _load_yaml(path: Path) -> Any:
         raise UserError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not YAML: {str(exc).splitlines()[0]}") from None
+
+
+@image_app.command("approve")
+def approve_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the Image"),
+    revoke: bool = typer.Option(False, "--revoke", help="withdraw the approval"),
+    project: str | None = typer.Option(None, "-p", "--project", help="project of the image"),
+) -> None:
+    """Approve an image for DPU agents to pull (label dpufleet.io/approved); their requests still pass
+    the update policy (signature, DPUSet, windows)."""
+    config = options(ctx).config(project)
+    labels = {"dpufleet.io/approved": None if revoke else "true"}
+    with options(ctx).client() as client:
+        client.patch("images", name, {"metadata": {"labels": labels}}, config.project)
+    print(f"image/{name} {'no longer approved' if revoke else 'approved'} for agents to pull")
 
 
 @image_app.command("sign")
