@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -257,3 +258,23 @@ async def _system_macs(client: RedfishClient, body: dict[str, Any], system: Syst
                 system.macAddresses.append(mac.lower())
     except RedfishError as exc:
         warnings.append(f"system {system.id}: ethernet interfaces: {exc}")
+
+
+async def firmware_versions(client: RedfishClient, ids: list[str]) -> dict[str, str]:
+    """The running version of a few FirmwareInventory items, by id: what a check after an update needs,
+    without crawling the whole service (a BMC answers a request in about 0.3 s)."""
+    root = await client.get("/redfish/v1")
+    update_link = client.link(root, "UpdateService")
+    if not update_link:
+        raise RedfishError(f"{client.base_url}: the BMC has no UpdateService")
+    inventory_link = client.link(await client.get(update_link), "FirmwareInventory")
+    if not inventory_link:
+        raise RedfishError(f"{client.base_url}: the UpdateService has no FirmwareInventory")
+    base = inventory_link.rstrip("/")
+    try:
+        items = await asyncio.gather(*(client.get(f"{base}/{quote(fw_id, safe='')}") for fw_id in ids))
+        return {fw_id: str(item.get("Version", "")) for fw_id, item in zip(ids, items, strict=True)}
+    except (TypeError, AttributeError) as exc:
+        raise RedfishError(
+            f"{client.base_url}: malformed Redfish: {type(exc).__name__}: {exc}", None, "MalformedRedfish"
+        ) from None

@@ -1,6 +1,7 @@
-"""Configuring: read the firmware inventory back and check that every component runs its new version.
+"""Configuring: read the written components' versions back and check that each runs its new version.
 
-The status then shows the firmware as the BMC reports it, the image installed and the flavor
+Only the FirmwareInventory items of the written components are read (a few requests, not a
+crawl of the whole service). The status then shows their versions as the BMC reports them, the image installed and the flavor
 validated for this DPU (its kernel, sysctl and config-file parts are applied on the DPU by
 its agent). A version that did not change means the install did not take: ConfigureFailed
 with reason VersionMismatch. An install path that sees the versions itself (host-channel, for
@@ -14,7 +15,7 @@ from typing import Any
 from ...api.kinds import ImageSpec
 from ...drivers.base import InstallNotReady
 from ...drivers.redfish.client import RedfishError
-from ...drivers.redfish.inventory import crawl
+from ...drivers.redfish.inventory import firmware_versions
 from ..flavor import profile_of
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait
 from ..plan import PlannedComponent, plan_components
@@ -38,12 +39,10 @@ class Configure(PhaseHandler):
             return _check(ctx, planned, seen, f"image {image_name} {image.version} running", None)
         try:
             client, _system = await ctx.redfish()
-            inventory = await crawl(client, macs=False)
+            versions = await firmware_versions(client, sorted({p.target for p in planned}))
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
-        versions = {fw.id: fw.version for fw in inventory.firmware}
-        firmware = [fw.model_dump() for fw in inventory.firmware]
-        return _check(ctx, planned, versions, f"image {image_name} {image.version} running", firmware)
+        return _check(ctx, planned, versions, f"image {image_name} {image.version} running", None)
 
 
 def _check(
@@ -53,7 +52,8 @@ def _check(
     done: str,
     firmware: list[dict[str, Any]] | None,
 ) -> Outcome:
-    """`firmware`: the BMC's whole inventory; None when only `versions` is known (the install path's view)."""
+    """`firmware`: the BMC's whole inventory; None when only `versions` is known (the written components:
+    their versions replace those in the status; the BMC controller's refresh reads the rest)."""
     wrong = [
         f"{p.target} runs {versions.get(p.target)!r}, not {p.component.version!r}"
         for p in planned
