@@ -31,6 +31,7 @@ from ..api.patch import merge_patch
 from ..api.selectors import LabelSelector
 from ..api.validation import validate_document, validate_status
 from ..security.secrets import SecretBox
+from .groupcommit import GroupCommit
 from .schema import changes, counter, objects, secrets
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
@@ -105,6 +106,7 @@ class Store:
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._delete_guards: dict[str, list[DeleteGuard]] = {}
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._create_group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self.create_many)
         if self.is_sqlite:
             self._engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             self._write_engine = create_engine(
@@ -469,6 +471,10 @@ class Store:
             rv = self._next_rv(conn)
             result = self._finish_or_save(conn, info, obj, rv)
         return result
+
+    def create_grouped(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """create, written together with the creates other threads make meanwhile (store/groupcommit.py)."""
+        return self._create_group.submit(doc)
 
     def update_status(
         self,

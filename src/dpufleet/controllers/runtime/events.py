@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import threading
-import weakref
 from typing import Any, Literal
 
 from ...api.errors import AlreadyExists, Conflict, NotFound
@@ -16,78 +14,10 @@ from ...store.store import Store
 log = logging.getLogger(__name__)
 
 
-class _Slot:
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc = doc
-        self.done = threading.Event()
-        self.result: dict[str, Any] | BaseException | None = None
-
-
-class _GroupCommit:
-    """Event creates from many threads written together: while one batch is being written, the
-    creates that arrive meanwhile gather for the next (as the API server's CreateBatcher does for
-    its requests). No one waits for a timer: a lone create is written at once; each caller returns
-    only once its own create is committed (or failed)."""
-
-    MAX_BATCH = 256
-
-    def __init__(self, store: Store) -> None:
-        self._store = weakref.ref(store)  # weak: the registry below must not keep a closed store alive
-        self._lock = threading.Lock()
-        self._pending: list[_Slot] = []
-        self._writing = False
-
-    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
-        slot = _Slot(doc)
-        with self._lock:
-            self._pending.append(slot)
-            lead = not self._writing
-            self._writing = True
-        if lead:
-            self._drain()
-        else:
-            slot.done.wait()
-        if isinstance(slot.result, BaseException):
-            raise slot.result
-        assert slot.result is not None
-        return slot.result
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
-                if not batch:
-                    self._writing = False
-                    return
-            store = self._store()
-            try:
-                if store is None:
-                    raise RuntimeError("the store is gone")
-                results: list[Any] = list(store.create_many([s.doc for s in batch]))
-            except BaseException as exc:  # the store failed as a whole: every waiter hears of it
-                results = [exc] * len(batch)
-            for slot, result in zip(batch, results, strict=True):
-                slot.result = result
-                slot.done.set()
-
-
-_committers: weakref.WeakKeyDictionary[Store, _GroupCommit] = weakref.WeakKeyDictionary()
-_committers_lock = threading.Lock()
-
-
-def _committer(store: Store) -> _GroupCommit:
-    with _committers_lock:
-        found = _committers.get(store)
-        if found is None:
-            found = _committers[store] = _GroupCommit(store)
-        return found
-
-
 class EventRecorder:
     def __init__(self, store: Store, source: str) -> None:
         self.store = store
         self.source = source
-        self._creates = _committer(store)  # shared by every recorder of this store
 
     def record(
         self,
@@ -117,7 +47,7 @@ class EventRecorder:
         for _ in range(3):
             try:
                 try:  # most events are new: create first, fold into the existing one when it is a repeat
-                    return self._creates.create(copy.deepcopy(fresh))
+                    return self.store.create_grouped(copy.deepcopy(fresh))  # with other threads' creates
                 except AlreadyExists:
                     current = self.store.get("Event", name, project)
                 current["count"] = int(current.get("count", 1)) + 1
