@@ -93,6 +93,13 @@ class DPUProvisioner(Reconciler):
     workers = 64
     wake_on_status = True  # inventory arriving (a status write by discovery) can unblock provisioning
 
+    def wakes_on_status(self, obj: dict[str, Any]) -> bool:
+        """A DPU waiting to start (or failed, or Ready) wakes on any status change: inventory arriving can
+        unblock it. One being provisioned is driven by its own requeues: its status writes (most of them
+        this controller's) would otherwise each cause an extra pass at once."""
+        phase = (obj.get("status") or {}).get("phase")
+        return phase not in WORKING_PHASES and phase != Phase.AVAILABLE
+
     def __init__(
         self,
         store: Store,

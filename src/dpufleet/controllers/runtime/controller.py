@@ -67,6 +67,10 @@ class Reconciler(abc.ABC):
         """Other kinds whose changes should wake objects of this kind."""
         return {}
 
+    def wakes_on_status(self, obj: dict[str, Any]) -> bool:
+        """Whether a status-only change of `obj` wakes it (`wake_on_status` unless overridden)."""
+        return self.wake_on_status
+
     @abc.abstractmethod
     async def reconcile(self, key: Key) -> Result:
         """Converge the object named by key; raise to retry with backoff."""
@@ -143,9 +147,10 @@ class Controller:
         if change.type == "DELETED":
             self._seen.pop(key, None)
             return True
-        if self.reconciler.wake_on_status:
+        obj = change.object()
+        if self.reconciler.wakes_on_status(obj):
             return True
-        state = _trigger_state(change.object())
+        state = _trigger_state(obj)
         if self._seen.get(key) == state:
             return False
         self._seen[key] = state
