@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from dpufleet.sim.runner import SimRunning
 from support.server import RunningServer
@@ -183,3 +184,43 @@ def test_tenant_without_the_right_gets_403(api: RunningServer, http: httpx.Clien
     entries = http.get("/audit/v1/records", params={"limit": 500}).json()
     text = str(entries)
     assert "power-action" in text
+
+
+def test_a_host_that_waits_for_its_dpus_ready_starts_only_after_their_agents_report(
+    http: httpx.Client, site: SimRunning, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dpufleet.inventory import reports
+
+    monkeypatch.setattr(reports, "HEARTBEAT_WRITE_EVERY", 0.0)  # every report is stored (no throttle)
+    host = site.fleet.hosts[1]
+    dpu = host.dpus[0]
+
+    def report() -> None:
+        resp = http.post("/agent/v1/report", json={"serial": dpu.serial, "role": "dpu", "agentVersion": "test"})
+        assert resp.status_code == 200, resp.text
+
+    report()  # the DPU has an agent: the host will wait for it
+    resp = http.patch(
+        path("hosts", host.id),
+        json={"spec": {"waitForDPUsReady": True}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200, resp.text
+    dpu_boots, host_boots = dpu.boot_count, host.boot_count
+    action_name = reset(http, "DPU", name_of(dpu), "both")
+    wait_for("the DPU booted again", lambda: dpu.boot_count, lambda boots: boots == dpu_boots + 1, 20)
+    time.sleep(1.5)  # the DPU runs, but its agent has not reported: the host is not reset
+    action = get(http, "poweractions", action_name)
+    assert host.boot_count == host_boots and host.os_alive
+    waiting = next(s for s in action["status"]["steps"] if s["action"] == "wait-dpu")
+    assert "waiting for its agent to report" in (waiting.get("message") or ""), waiting
+    report()  # the agent is back: the DPU is Ready to serve its host
+    status = finished(http, action_name)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert host.boot_count == host_boots + 1
+    resp = http.patch(
+        path("hosts", host.id),
+        json={"spec": {"waitForDPUsReady": False}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200

@@ -73,6 +73,11 @@ class HostSpec(Strict):
         default=None, description="Credential whose password is the power endpoint's bearer token"
     )
     bootTimeoutSeconds: float = Field(default=600.0, gt=0, le=86400, description="how long a boot may take")
+    waitForDPUsReady: bool = Field(
+        default=False,
+        description="when a DPU and this host reset in order, a DPU counts as up only once its agent reports "
+        "again (not at OSRunning): the host starts when its DPUs are Ready to serve it",
+    )
 
     @field_validator("powerURL")
     @classmethod

@@ -313,7 +313,40 @@ class PowerActionReconciler(Reconciler):
             return False
         reset = self._baseline(status, step)
         baseline = reset.baseline if reset else None
-        return bool(getattr(step, "sawDown", False)) or boot.last_state_time != baseline
+        if not (bool(getattr(step, "sawDown", False)) or boot.last_state_time != baseline):
+            return False
+        return await asyncio.to_thread(self._ready_for_host, action, status, step, dpu, reset)
+
+    def _ready_for_host(
+        self,
+        action: dict[str, Any],
+        status: PowerActionStatus,
+        step: PowerStep,
+        dpu: dict[str, Any],
+        reset: PowerStep | None,
+    ) -> bool:
+        """The DPU runs again; with Host.spec.waitForDPUsReady, a DPU with an agent must also have
+        reported after its reset before the host is reset (it serves the host's network and storage)."""
+        if not status.host or (reset is not None and reset.when is None):
+            return True
+        try:
+            host = self.store.get("Host", status.host, dpu["metadata"]["project"])
+        except NotFound:
+            return True
+        if not (host.get("spec") or {}).get("waitForDPUsReady"):
+            return True
+        current = self._find_dpu(action, step.target)
+        agent = (current.get("status") or {}).get("agent") or {}
+        if not agent:
+            step.message = f"{step.message}; it has no agent to wait for"
+            return True
+        heard = str(agent.get("lastHeartbeat") or "")
+        since = reset.when if reset is not None and reset.when else step.when or ""
+        if heard and since and _stamp(heard) > _stamp(since):
+            step.message = f"{step.message}; its agent reports again"
+            return True
+        step.message = f"{step.message}; waiting for its agent to report (host.spec.waitForDPUsReady)"
+        return False
 
     def _find_dpu(self, action: dict[str, Any], name: str) -> dict[str, Any]:
         try:
@@ -398,3 +431,7 @@ class PowerActionReconciler(Reconciler):
             return self._visible("Host", name, action["metadata"]["project"])
         except ActionFailed:
             raise ActionFailed("NoHost", f"host {name!r} is gone") from None
+
+
+def _stamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
