@@ -150,3 +150,29 @@ def test_rate_limit_escalates() -> None:
 def test_default_policy_covers_every_class() -> None:
     classes = {r.failureClass for r in default_spec().rules}
     assert classes == {str(c) for c in FailureClass} - {"Healthy"}
+
+
+def test_a_dpu_its_bmc_shows_booting_is_never_healthy_even_with_a_fresh_heartbeat() -> None:
+    """Right after a reset the agent's last heartbeat is still within the silence window: the BMC's
+    BootProgress decides. (A kernel-crash loop was once declared recovered in that window.)"""
+    for stage in ("SystemHardwareInitializationComplete", "OSBootStarted", "MemoryInitializationStarted"):
+        result = diagnose(obs(bmc(power_state="PoweringOn", boot_progress=stage, boot_progress_since=ago(1))))
+        assert result.transient and not result.healthy, (stage, result)
+    assert diagnose(obs(bmc(boot_progress=None))).healthy, "a BMC without BootProgress is judged on the rest"
+
+
+def test_a_dpu_off_while_its_host_reports_is_a_power_loss_only_after_the_hosts_silence_window() -> None:
+    def off(seconds: float, host_silent: bool) -> Observation:
+        b = bmc(power_state="Off", boot_progress="None", boot_progress_since=ago(seconds), logs=[log("AC lost", 1)])
+        o = obs(b, SILENT, HostView("h", silent=host_silent))
+        o.power_off_grace_seconds = 30.0
+        return o
+
+    early = diagnose(off(5, host_silent=False))
+    assert early.transient and not early.healthy, "could still be its host's power cycle"
+    assert diagnose(off(45, host_silent=False)).failure_class == FailureClass.POWER_LOSS
+    assert diagnose(off(5, host_silent=True)).failure_class == FailureClass.HOST_POWER_CYCLE
+    no_host = Observation(
+        at=NOW, bmc=bmc(power_state="Off", boot_progress="None"), agent=SILENT, power_off_grace_seconds=30
+    )
+    assert diagnose(no_host).failure_class == FailureClass.POWER_LOSS, "nothing to wait for without a known host"

@@ -55,9 +55,9 @@ def script_server(
 ) -> Iterator[RunningServer]:
     """Run `python -c script *args` (a script that serves the API on 127.0.0.1:port from data_dir),
     wait for /readyz, and stop it (SIGTERM, then SIGKILL) on exit."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, *args], env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
-    )
+    log_path = os.environ.get("DPUFLEET_BENCH_SERVER_LOG")  # where the server's stderr goes (default: nowhere)
+    stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 -- closed with the process
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], env={**os.environ, **(env or {})}, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:

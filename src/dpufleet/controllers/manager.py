@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..health.controller import HealthReconciler
+from ..health.subscriptions import EventSubscriptionReconciler
 from ..images.repository import ImageRepository, attach_repository
 from ..provisioning.controller import DPUProvisioner
 from ..security.secrets import SecretBox
@@ -37,6 +38,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     DPUProvisioner,
     DPUSetReconciler,
     HealthReconciler,
+    EventSubscriptionReconciler,
     PowerActionReconciler,
     UpdateRequestReconciler,
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from ..api.errors import Conflict
+from ..api.errors import Conflict, NotFound
 from ..api.kinds import RemediationAction
 from ..api.meta import isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
@@ -124,8 +124,7 @@ async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, 
     if action == A.POWER_ON:
         return await _power(ctx, "On")
     if action == A.HOST_POWER_CYCLE:
-        result, message = await _power(ctx, "ForceOff", "On")
-        return result, message + " (DPU side only: coordinated host power control is not available yet)"
+        return await _host_power_cycle(ctx)
     if action == A.BMC_RESET:
         if ctx.client is None or ctx.reset_manager is None:
             return "NotAvailable", "the BMC does not answer or offers no Manager.Reset"
@@ -142,6 +141,54 @@ async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, 
         ALERTS.labels(meta["project"], meta["name"], str(ctx.diagnosis.failure_class)).set(1)
         return "Succeeded", f"alert raised: {ctx.diagnosis.failure_class}: {ctx.diagnosis.message}"
     return "NotAvailable", f"unknown action {action}"
+
+
+async def _host_power_cycle(ctx: ActionContext) -> tuple[str, str]:
+    """The host and the DPU power-cycled together, in the host's boot order, by a PowerAction.
+
+    The PowerAction controller (controllers/power.py) carries it out: the DPU through its BMC, the
+    host through its power driver (drivers/hostpower.py, Host.spec.powerURL), each step recorded
+    before it is sent. A DPU whose host has no power driver configured is power-cycled on its own,
+    which the result says.
+    """
+    host = await asyncio.to_thread(_host_of, ctx.store, ctx.dpu)
+    if host is None or not (host.get("spec") or {}).get("powerURL"):
+        why = "the DPU is in no known host" if host is None else f"host {host['metadata']['name']} has no spec.powerURL"
+        result, message = await _power(ctx, "ForceOff", "On")
+        return result, f"{message} (DPU side only: {why})"
+    name = await asyncio.to_thread(_create_power_action, ctx.store, ctx.dpu)
+    order = (host.get("spec") or {}).get("bootOrder") or "dpu-first"
+    return (
+        "Succeeded",
+        f"poweraction/{name}: PowerCycle of host {host['metadata']['name']} and the DPU, bootOrder {order}",
+    )
+
+
+def _host_of(store: Store, dpu: dict[str, Any]) -> dict[str, Any] | None:
+    name = (dpu.get("status") or {}).get("host") or (dpu.get("spec") or {}).get("hostRef")
+    if not name:
+        return None
+    try:
+        return store.get("Host", name, dpu["metadata"]["project"])
+    except NotFound:
+        return None
+
+
+def _create_power_action(store: Store, dpu: dict[str, Any]) -> str:
+    meta = dpu["metadata"]
+    name = f"{meta['name']}-remediation-{int(now().timestamp())}"
+    store.create(
+        {
+            "kind": "PowerAction",
+            "metadata": {
+                "name": name,
+                "project": meta["project"],
+                "labels": {"dpufleet.io/remediation": "host-power-cycle", "dpufleet.io/dpu": meta["name"]},
+            },
+            "spec": {"target": {"kind": "DPU", "name": meta["name"]}, "mode": "both", "resetType": "PowerCycle"},
+        }
+    )
+    return name
 
 
 def _quarantine(store: Store, project: str, name: str) -> str:

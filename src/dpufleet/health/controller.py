@@ -15,7 +15,10 @@ DPU already has as many unavailable DPUs as its maxUnavailable allows.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,7 +36,7 @@ from ..provisioning.machine import WORKING_PHASES, Phase
 from ..security.audit import AuditEntry, AuditLog
 from ..store.store import Store
 from . import actions, inbox
-from .diagnosis import Diagnosis, parse_time
+from .diagnosis import Diagnosis, diagnose_host, dpu_power_for_host, parse_time
 from .diagnosis import diagnose as run_diagnosis
 from .evidence import BMCView, FailureClass, Observation
 from .policy import (
@@ -56,6 +59,15 @@ SUBJECT = "health-controller"
 BUSY_PHASES = frozenset({*WORKING_PHASES, Phase.AVAILABLE})
 
 
+@dataclass
+class _BMCClient:
+    address: str
+    verify: bool
+    credentials_ref: str | None
+    client: RedfishClient
+    read_at: float  # monotonic time the credentials were read
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     poll_seconds: float = 10.0
@@ -67,9 +79,14 @@ class HealthConfig:
     boot_stuck_seconds: float = 120.0
     log_window_seconds: float = 600.0
     host_silent_seconds: float | None = None  # None: as for the DPU agent
+    host_down_seconds: float = 120.0  # a host silent longer than a reboot takes is HostDown
     disk_full_percent: float = 98.0
     max_clock_skew_seconds: float = 5.0
     agent_start_seconds: float = 60.0
+    # An unchanged diagnosis is written again (checkedAt, the evidence's ages) at most this often: every
+    # visit writing the DPU would cost a store write and a change-log entry per DPU per poll.
+    refresh_seconds: float = 30.0
+    credentials_seconds: float = 60.0  # a BMC's credentials are read again after this (at once after a failure)
 
     def silent_after(self) -> float:
         """Seconds without a stored heartbeat before the agent counts as silent.
@@ -81,6 +98,21 @@ class HealthConfig:
             reports.HEARTBEAT_WRITE_EVERY if self.heartbeat_write_seconds is None else self.heartbeat_write_seconds
         )
         return max(self.heartbeat_seconds * self.allowed_misses, throttle + self.heartbeat_seconds)
+
+
+def _material(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What of the health status matters to a reader: all but checkedAt and the heartbeat's age."""
+    diagnosis = dict(status.get("diagnosis") or {})
+    diagnosis.pop("checkedAt", None)
+    diagnosis["evidence"] = [
+        e for e in diagnosis.get("evidence") or [] if not (isinstance(e, dict) and e.get("signal") == "last heartbeat")
+    ]
+    condition = dict(get_condition(status, CONDITION) or {})
+    condition["message"] = _HEARTBEAT_AGE.sub("", str(condition.get("message", "")))
+    return diagnosis, condition, status.get("remediation")
+
+
+_HEARTBEAT_AGE = re.compile(r"agent last heartbeat: [^;\]]*")
 
 
 class HealthReconciler(Reconciler):
@@ -95,6 +127,10 @@ class HealthReconciler(Reconciler):
         self.audit = AuditLog(store)
         self._links: dict[tuple[str, str], Links] = {}
         self._bmc_failures: dict[tuple[str, str], int] = {}
+        self._clients: dict[tuple[str, str], _BMCClient] = {}  # (project, BMC): one keep-alive client per BMC
+        # (project, host) -> DPU -> its power as evidence about the host (diagnosis.dpu_power_for_host)
+        self._host_dpus: dict[tuple[str, str], dict[str, str | None]] = {}
+        self._host_class: dict[tuple[str, str], FailureClass] = {}  # the host diagnosis last recorded
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -114,23 +150,56 @@ class HealthReconciler(Reconciler):
         policy = select_policy(policies, dpu["metadata"].get("labels") or {})
         config = self._config_for(policy)
         client, links, bmc_view = await self._look_at_bmc(dpu, key, config)
+        # read again after the BMC answered (or timed out): the heartbeat's age is measured now
         try:
-            # read again after the BMC answered (or timed out): the heartbeat's age is measured now
-            try:
-                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
-            except NotFound:
-                self._forget(key)
-                return Result()
-            observation = await self._observe(dpu, bmc_view, config)
-            diagnosis = run_diagnosis(observation)
-            wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links)
-        finally:
-            if client is not None:
-                await client.aclose()
+            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+        except NotFound:
+            self._forget(key)
+            return Result()
+        observation = await self._observe(dpu, bmc_view, config)
+        diagnosis = run_diagnosis(observation)
+        await self._record_host(dpu, observation, config)
+        wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links, config)
         requeue = config.poll_seconds if wait is None else max(0.05, min(config.poll_seconds, wait))
         return Result(requeue_after=requeue)
 
+    async def _client(self, bmc: dict[str, Any], config: HealthConfig) -> RedfishClient:
+        """The BMC's client, kept between visits (its keep-alive connections with it).
+
+        Replaced when the BMC's address, TLS setting or credentials change; the credentials are
+        read again every `credentials_seconds`, and at once after a failed visit.
+        """
+        meta, spec = bmc["metadata"], bmc["spec"]
+        cache = (meta["project"], meta["name"])
+        entry = self._clients.get(cache)
+        verify = spec.get("verifyTLS", True)
+        clock = time.monotonic()
+        if entry is not None and entry.address == spec["address"] and entry.verify == verify:
+            if clock - entry.read_at < config.credentials_seconds and entry.credentials_ref == spec.get(
+                "credentialsRef"
+            ):
+                return entry.client
+            creds = await bmc_credentials(self.store, bmc)
+            if creds == entry.client.credentials:
+                entry.read_at = clock
+                entry.credentials_ref = spec.get("credentialsRef")
+                return entry.client
+        else:
+            creds = await bmc_credentials(self.store, bmc)
+        if entry is not None:
+            await entry.client.aclose()
+        client = RedfishClient(spec["address"], creds, verify=verify, timeout=config.redfish_timeout, retries=0)
+        self._clients[cache] = _BMCClient(spec["address"], verify, spec.get("credentialsRef"), client, clock)
+        return client
+
+    async def _drop_client(self, project: str, bmc_name: str) -> None:
+        entry = self._clients.pop((project, bmc_name), None)
+        if entry is not None:
+            await entry.client.aclose()
+
     def _forget(self, key: Key) -> None:
+        for states in self._host_dpus.values():
+            states.pop(key.name, None)
         self._links.pop((key.project, key.name), None)
         self._bmc_failures.pop((key.project, key.name), None)
         actions.clear_alerts(key.project, key.name)
@@ -159,12 +228,9 @@ class HealthReconciler(Reconciler):
         try:
             bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, key.project)
         except NotFound:
+            await self._drop_client(key.project, bmc_name)
             return None, None, None
-        creds = await bmc_credentials(self.store, bmc)
-        spec = bmc["spec"]
-        client = RedfishClient(
-            spec["address"], creds, verify=spec.get("verifyTLS", True), timeout=config.redfish_timeout, retries=0
-        )
+        client = await self._client(bmc, config)
         cache = (key.project, key.name)
         try:
             links = self._links.get(cache)
@@ -176,14 +242,14 @@ class HealthReconciler(Reconciler):
             self._links.pop(cache, None)
             failures = self._bmc_failures.get(cache, 0) + 1
             self._bmc_failures[cache] = failures
+            entry = self._clients.get((key.project, bmc_name))
+            if entry is not None:
+                entry.read_at = 0.0  # read the credentials again before the next try (they may have changed)
             if failures < config.bmc_failures_before_down:
                 raise  # one failed poll is not yet a diagnosis: the runtime retries with backoff
             return client, None, unreachable_view(exc)
-        except BaseException:
-            await client.aclose()
-            raise
         self._bmc_failures.pop(cache, None)
-        pushed = inbox.recent(key.project, bmc_name)
+        pushed = inbox.inbox_for(self.store).recent(key.project, bmc_name)
         view.logs.extend(pushed)
         return client, links, view
 
@@ -211,7 +277,80 @@ class HealthReconciler(Reconciler):
             max_clock_skew_seconds=config.max_clock_skew_seconds,
             agent_start_seconds=config.agent_start_seconds,
             logs_after=parse_time(remediation.logsAfter),
+            # a DPU that lost power while its host agent still reports: wait until the host would count
+            # as silent before calling it a power loss (a host power cycle cuts slot power too)
+            power_off_grace_seconds=config.host_silent_seconds or silent_after,
         )
+
+    # --- the host's own condition ---------------------------------------------------------------------------
+
+    async def _record_host(self, dpu: dict[str, Any], obs: Observation, config: HealthConfig) -> None:
+        """The Host's `Healthy` condition and status.diagnosis (diagnose_host), written on a change of class.
+
+        Hosts are diagnosed from their DPUs' visits: the host agent's silence and what each DPU's BMC
+        shows (a DPU that restarted while its host was quiet lost slot power with it).
+        """
+        host = obs.host
+        if host is None or host.silent is None:
+            return
+        project = dpu["metadata"]["project"]
+        key = (project, host.name)
+        states = self._host_dpus.setdefault(key, {})
+        if host.silent:
+            states[dpu["metadata"]["name"]] = dpu_power_for_host(obs.bmc, host.last_seen)
+        else:
+            states[dpu["metadata"]["name"]] = obs.bmc.power_state if obs.bmc and obs.bmc.reachable else None
+        names = sorted(states)
+        found = diagnose_host(
+            host.silent_seconds if host.silent else None,
+            [states[n] for n in names],
+            config.host_down_seconds,
+            names,
+        )
+        if self._host_class.get(key) == found.failure_class:
+            return
+        stamp = isotime(now())
+        previous: dict[str, Any] = {}
+
+        def mutate(current: dict[str, Any]) -> None:
+            previous.clear()
+            previous.update(current.get("diagnosis") or {})
+            if previous.get("failureClass") == str(found.failure_class):
+                return
+            current["diagnosis"] = {
+                "failureClass": str(found.failure_class),
+                "reason": str(found.failure_class),
+                "message": found.message,
+                "since": stamp,
+                "checkedAt": stamp,
+                "evidence": [e.model_dump() for e in found.evidence],
+            }
+            evidence = "; ".join(f"{e.source} {e.signal}: {e.value}" for e in found.evidence)
+            if found.failure_class == FailureClass.HEALTHY:
+                set_condition(current, CONDITION, True, "Healthy", found.message)
+            else:
+                set_condition(
+                    current,
+                    CONDITION,
+                    False,
+                    str(found.failure_class),
+                    f"{found.message} [evidence: {evidence}]",
+                    severity=Severity.ERROR if found.failure_class == FailureClass.HOST_DOWN else Severity.WARNING,
+                )
+
+        try:
+            updated = await mutate_status(self.store, "Host", host.name, mutate, project)
+        except NotFound:
+            return
+        self._host_class[key] = found.failure_class
+        was = previous.get("failureClass")
+        if was == str(found.failure_class):
+            return
+        if found.failure_class == FailureClass.HEALTHY:
+            if was is not None:
+                await self._event(updated, "Recovered", f"the host is healthy again (was {was})")
+        else:
+            await self._event(updated, str(found.failure_class), found.message, warning=True)
 
     # --- diagnosis and remediation ------------------------------------------------------------------------
 
@@ -222,6 +361,7 @@ class HealthReconciler(Reconciler):
         policy: EffectivePolicy,
         client: RedfishClient | None,
         links: Links | None,
+        config: HealthConfig,
     ) -> float | None:
         meta, spec, status = dpu["metadata"], dpu.get("spec") or {}, dpu.get("status") or {}
         state = RemediationState.model_validate(status.get("remediation") or {})
@@ -339,7 +479,14 @@ class HealthReconciler(Reconciler):
                     generation=generation,
                 )
 
-        updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
+        candidate = copy.deepcopy(status)
+        mutate(candidate)
+        checked = parse_time((status.get("diagnosis") or {}).get("checkedAt"))
+        fresh = checked is not None and (now() - checked).total_seconds() < config.refresh_seconds
+        if fresh and _material(candidate) == _material(status):
+            updated = dpu  # nothing a reader acts on changed: no write (see HealthConfig.refresh_seconds)
+        else:
+            updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
         if opened:
             await self._event(updated, str(diagnosis.failure_class), diagnosis.message, warning=True)
             if str(diagnosis.failure_class) in actions.OUT_OF_SERVICE:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .evidence import EvidenceItem, FailureClass, LogEntry, Observation
+from .evidence import BMCView, EvidenceItem, FailureClass, LogEntry, Observation
 
 # Substrings (lower case) of BMC log messages, per cause. Redfish leaves the wording to vendors;
 # these are the phrases of docs/faults.md and their common variants.
@@ -140,6 +140,18 @@ def diagnose(obs: Observation) -> Diagnosis:
                 "the DPU lost slot power together with its host (the host agent is silent too)",
                 ev,
             )
+        since = bmc.boot_progress_since
+        off_for = (obs.at - since).total_seconds() if since is not None else None
+        if host is not None and host.silent is False and off_for is not None and off_for < obs.power_off_grace_seconds:
+            # its host may have lost power with it (a host power cycle cuts slot power): the host agent's
+            # silence, which takes its window to show, tells the two apart
+            return Diagnosis(
+                FailureClass.HEALTHY,
+                f"powered off {off_for:.0f}s ago while its host agent still reports: a power loss or its host's "
+                "power cycle (told apart when the host agent's silence shows)",
+                ev,
+                transient=True,
+            )
         ac = _find(logs_any, AC_LOST)
         if ac is not None:
             ev.append(_log_ev(ac))
@@ -198,15 +210,17 @@ def diagnose(obs: Observation) -> Diagnosis:
             ev.append(_ev(f"host-agent/{host.name if host else '?'}", "PCI functions", "gone"))
         return Diagnosis(FailureClass.NIC_FIRMWARE_CRASH, "the NIC firmware crashed", ev)
 
+    # The BMC says the OS is not running (it reports BootProgress): the DPU is booting, whatever the
+    # agent's last heartbeat says (it may predate the reset by less than the silence window).
+    if booting and bmc.boot_progress:
+        if silent and _stuck(obs):
+            return Diagnosis(
+                FailureClass.KERNEL_CRASH, f"the boot hangs at {bmc.boot_progress} and the agent is silent", ev
+            )
+        if silent and host_silent:
+            return Diagnosis(FailureClass.HOST_POWER_CYCLE, "the DPU reboots with its host", ev)
+        return Diagnosis(FailureClass.HEALTHY, f"booting ({bmc.boot_progress})", ev, transient=True)
     if silent:
-        if booting:
-            if _stuck(obs):
-                return Diagnosis(
-                    FailureClass.KERNEL_CRASH, f"the boot hangs at {bmc.boot_progress} and the agent is silent", ev
-                )
-            if host_silent:
-                return Diagnosis(FailureClass.HOST_POWER_CYCLE, "the DPU reboots with its host", ev)
-            return Diagnosis(FailureClass.HEALTHY, f"booting ({bmc.boot_progress})", ev, transient=True)
         up_since = bmc.boot_progress_since
         starting = up_since is not None and (obs.at - up_since).total_seconds() < obs.agent_start_seconds
         if starting and up_since is not None and (agent.last_heartbeat is None or agent.last_heartbeat < up_since):
@@ -247,23 +261,62 @@ def _agent_only(obs: Observation, ev: list[EvidenceItem]) -> Diagnosis:
 class HostDiagnosis:
     failure_class: FailureClass
     message: str
+    evidence: list[EvidenceItem] = field(default_factory=list)
+
+
+def dpu_power_for_host(bmc: BMCView | None, host_last_seen: datetime | None) -> str | None:
+    """A DPU's power state as evidence about its host: "Off" when it lost power since the host went quiet.
+
+    A slot power cycle is short (seconds) and the DPU boots again on its own, so by the time the
+    host agent counts as silent the DPU is usually On again; what remains is that its BMC's last
+    boot-progress change is newer than the host's last report: it restarted while the host was down.
+    (A BMC clock more than BMC_TIME_SLACK behind makes that a HostReset, which changes nothing for
+    the DPU.)
+    """
+    if bmc is None or not bmc.reachable:
+        return None
+    if bmc.power_state in ("Off", "PoweringOn"):
+        return "Off"
+    if (
+        host_last_seen is not None
+        and bmc.boot_progress_since is not None
+        and bmc.boot_progress_since >= host_last_seen - BMC_TIME_SLACK
+    ):
+        return "Off"
+    return bmc.power_state
+
+
+# Redfish timestamps have whole seconds, and a BMC's clock is not the control plane's: a DPU boot that
+# started this close before the host's last report counts as after it.
+BMC_TIME_SLACK = timedelta(seconds=2)
 
 
 def diagnose_host(
-    host_silent_seconds: float | None, dpu_power_states: list[str | None], host_down_after: float = 120.0
+    host_silent_seconds: float | None,
+    dpu_power_states: list[str | None],
+    host_down_after: float = 120.0,
+    dpu_names: list[str] | None = None,
 ) -> HostDiagnosis:
     """A host's own condition from its agent's silence and what its DPUs' BMCs show.
 
     A soft reset leaves the DPUs running (the boot policy: a host reboot does not reset its
     DPU); a power cycle takes their slot power too; a host silent for longer than a reboot is down.
+    `dpu_power_states` are as `dpu_power_for_host` gives them (None: not known).
     """
     if host_silent_seconds is None:
-        return HostDiagnosis(FailureClass.HEALTHY, "the host agent reports")
+        return HostDiagnosis(FailureClass.HEALTHY, "the host agent reports", [_ev("host-agent", "reports", "arriving")])
+    names = dpu_names or [f"dpu {i}" for i in range(len(dpu_power_states))]
+    ev = [_ev("host-agent", "reports", f"silent for {host_silent_seconds:.0f}s")]
+    ev.extend(
+        _ev(f"redfish/{n}", "power", state or "unknown") for n, state in zip(names, dpu_power_states, strict=False)
+    )
     if any(state in ("Off", "PoweringOn") for state in dpu_power_states):
-        return HostDiagnosis(FailureClass.HOST_POWER_CYCLE, "the host and its DPUs lost power together")
+        return HostDiagnosis(FailureClass.HOST_POWER_CYCLE, "the host and its DPUs lost power together", ev)
     if host_silent_seconds >= host_down_after:
-        return HostDiagnosis(FailureClass.HOST_DOWN, f"the host agent has been silent for {host_silent_seconds:.0f}s")
-    return HostDiagnosis(FailureClass.HOST_RESET, "the host agent is silent while its DPUs run (a host reset?)")
+        return HostDiagnosis(
+            FailureClass.HOST_DOWN, f"the host agent has been silent for {host_silent_seconds:.0f}s", ev
+        )
+    return HostDiagnosis(FailureClass.HOST_RESET, "the host agent is silent while its DPUs run (a host reset?)", ev)
 
 
 def parse_time(value: object) -> datetime | None:

@@ -99,6 +99,7 @@ class HostView:
     functions_present: bool | None = None  # does the host still enumerate the DPU's PCI functions?
     aer_uncorrectable: list[str] = field(default_factory=list)  # BDFs with uncorrectable AER errors
     link_down: bool = False
+    last_seen: datetime | None = None  # the host agent's last stored report
 
 
 @dataclass
@@ -115,3 +116,4 @@ class Observation:
     max_clock_skew_seconds: float = 5.0
     agent_start_seconds: float = 60.0  # after the OS is up, the agent gets this long to report again
     logs_after: datetime | None = None  # entries before this (the last reset, the last recovery) are history
+    power_off_grace_seconds: float = 0.0  # Off while the host agent reports: this long before it is a power loss

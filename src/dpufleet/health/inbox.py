@@ -1,31 +1,59 @@
 """Redfish events the BMCs pushed to the API server (EventService subscriptions), kept per BMC.
 
-In-process and bounded: the receiver (server/health_api.py) adds, the health controller reads
-them as log evidence on its next visit. A controller in another process does not see them;
+In-process and bounded, one inbox per store (so two control planes in one process, as in tests,
+never read each other's events): the receiver (server/health_api.py) adds, the health controller
+reads them as log evidence on its next visit. A controller in another process does not see them;
 it still has the BMC's LogServices, which hold the same entries.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from datetime import UTC, datetime
 
+from ..store.store import Store
 from .evidence import LogEntry
 
 KEPT_PER_BMC = 100
-_lock = threading.Lock()
-_events: dict[tuple[str, str], deque[LogEntry]] = {}
 
 
-def add(
-    project: str, bmc: str, message: str, message_id: str = "", severity: str = "", created: datetime | None = None
-) -> None:
-    entry = LogEntry(created or datetime.now(UTC), message, message_id, severity, "redfish-event")
-    with _lock:
-        _events.setdefault((project, bmc), deque(maxlen=KEPT_PER_BMC)).append(entry)
+class Inbox:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[tuple[str, str], deque[LogEntry]] = {}
+
+    def add(
+        self,
+        project: str,
+        bmc: str,
+        message: str,
+        message_id: str = "",
+        severity: str = "",
+        created: datetime | None = None,
+    ) -> None:
+        entry = LogEntry(created or datetime.now(UTC), message, message_id, severity, "redfish-event")
+        with self._lock:
+            self._events.setdefault((project, bmc), deque(maxlen=KEPT_PER_BMC)).append(entry)
+
+    def recent(self, project: str, bmc: str) -> list[LogEntry]:
+        with self._lock:
+            return list(self._events.get((project, bmc), ()))
+
+    def forget(self, project: str, bmc: str) -> None:
+        """A BMC deleted (or subscribed afresh): what it sent before is not evidence about what comes next."""
+        with self._lock:
+            self._events.pop((project, bmc), None)
 
 
-def recent(project: str, bmc: str) -> list[LogEntry]:
-    with _lock:
-        return list(_events.get((project, bmc), ()))
+_BY_STORE: weakref.WeakKeyDictionary[Store, Inbox] = weakref.WeakKeyDictionary()
+_create = threading.Lock()
+
+
+def inbox_for(store: Store) -> Inbox:
+    with _create:
+        found = _BY_STORE.get(store)
+        if found is None:
+            found = _BY_STORE[store] = Inbox()
+        return found

@@ -185,6 +185,7 @@ def host_view(host: dict[str, Any], dpu_name: str, now: datetime, silent_after: 
         silent=silent,
         silent_seconds=(now - last).total_seconds() if silent and last else None,
         functions_present=bool(functions) if status.get("pciFunctions") is not None and last else None,
+        last_seen=last,
     )
     bdfs = {f.get("bdf") for f in functions}
     for fn in functions:

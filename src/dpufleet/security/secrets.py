@@ -6,6 +6,8 @@ encryption with key rotation support; we do not invent a format.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -21,6 +23,11 @@ class SecretError(Exception):
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derive(self, purpose: str) -> bytes:
+        """A key for one purpose (say, authenticating pushed events), derived from this key: HMAC-SHA256."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> SecretBox:

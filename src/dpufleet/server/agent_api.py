@@ -32,7 +32,9 @@ def agent_router(state: ServerState, handler: ReportHandler, dependencies: list[
         except ValidationError as exc:
             summary, causes = describe_errors(exc)
             raise Invalid(f"agent report is invalid: {summary}", {"causes": causes}) from None
-        reply = await state.write(handler.handle, parsed)
+        reply = handler.reply_without_write(parsed)  # a heartbeat not due to be stored: no queue behind the writer
+        if reply is None:
+            reply = await state.write(handler.handle, parsed)
         return _doc(reply.model_dump())
 
     _ = report

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..api.errors import NotFound
 from ..drivers.redfish.client import RedfishClient, RedfishError
-from ..health import actions
+from ..health import actions, inbox
+from ..health.diagnosis import parse_time
 from ..health.probe import bmc_credentials, discover_links
+from ..health.subscriptions import RECEIVER_PATH, context_matches
 from ..security.policy import SubAction
 from .access import Access
+
+MAX_EVENT_BYTES = 256 * 1024  # one Event array; real BMCs send one to a few records per POST
 
 
 def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
@@ -56,4 +61,47 @@ def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
         return _doc(result)
 
     _ = bmc_logs
+    return router
+
+
+def redfish_events_router(state: Any) -> APIRouter:
+    """The receiver of the BMCs' EventService subscriptions (health/subscriptions.py).
+
+    Not behind bearer authentication -- a BMC cannot present our tokens -- but each event must
+    carry the Context its subscription was created with, derived from the server's secret key
+    for that BMC; anything else is refused (401) without a hint of which part was wrong.
+    """
+    router = APIRouter(tags=["health"])
+
+    @router.post(RECEIVER_PATH, summary="Redfish events pushed by a BMC (its EventService subscription)")
+    async def redfish_events(project: str, bmc: str, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_EVENT_BYTES:
+            return Response(status_code=413)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Response(status_code=400)
+        if not isinstance(payload, dict):
+            return Response(status_code=400)
+        try:
+            obj = await state.read(state.store.get, "BMC", bmc, project)
+        except NotFound:
+            return Response(status_code=401)
+        if not context_matches(state.store, obj, payload.get("Context")):
+            return Response(status_code=401)
+        for event in payload.get("Events") or []:
+            if not isinstance(event, dict):
+                continue
+            inbox.inbox_for(state.store).add(
+                project,
+                bmc,
+                str(event.get("Message") or ""),
+                str(event.get("MessageId") or ""),
+                str(event.get("MessageSeverity") or event.get("Severity") or ""),
+                parse_time(event.get("EventTimestamp")),
+            )
+        return Response(status_code=204)
+
+    _ = redfish_events
     return router

@@ -139,9 +139,19 @@ class RedfishClient:
         for attempt in range(self.retries + 1):
             try:
                 async with self._slots:
-                    resp = await self.http.request(
-                        method, url, json=json, auth=self._auth(anonymous), timeout=self.timeout
-                    )
+                    try:
+                        resp = await self.http.request(
+                            method, url, json=json, auth=self._auth(anonymous), timeout=self.timeout
+                        )
+                    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                        # A kept-alive connection the BMC closed while idle fails at once: a GET is sent again,
+                        # once, on a fresh connection before it counts (a BMC really gone fails this one too).
+                        # Never an action: it may have been carried out before the connection broke.
+                        if method != "GET":
+                            raise
+                        resp = await self.http.request(
+                            method, url, json=json, auth=self._auth(anonymous), timeout=self.timeout
+                        )
             except httpx.TimeoutException as exc:
                 last = BMCUnreachable(f"{url}: timed out after {self.timeout:g}s")
                 last.__cause__ = exc
