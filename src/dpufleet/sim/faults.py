@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dpufleet.sim import osroot
 from dpufleet.sim.bmc import SYSTEM_ID, SimBMC
 from dpufleet.sim.devices import PowerState, SimDPU, SimHost
 from dpufleet.sim.fleet import Fleet
@@ -289,6 +290,7 @@ class FaultInjector:
                 if src.exists():
                     stash.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(src), str(stash / function.bdf))
+                    osroot.touched(host.osroot)
                     removed.append(function.bdf)
             fault.state["removed"] = removed
 
@@ -300,6 +302,7 @@ class FaultInjector:
                 src = stash / bdf
                 if src.exists():
                     shutil.move(str(src), str(host.osroot / "sys/bus/pci/devices" / bdf))
+                    osroot.touched(host.osroot)
         if not cured and dpu.power_state == PowerState.ON and dpu.boot_progress == "OSRunning":
             for nic in dpu.data_nics:
                 nic.operstate = "up"

@@ -37,6 +37,11 @@ def generation(root: Path) -> int:
     return _generations.get(str(root), 0)
 
 
+def touched(root: Path) -> None:
+    """Count a change the emulator made under ``root`` by other means than `_write` (a moved directory)."""
+    _generations[str(root)] = _generations.get(str(root), 0) + 1
+
+
 def _write(root: Path, relpath: str, content: str | bytes) -> None:
     _generations[str(root)] = _generations.get(str(root), 0) + 1
     path = root / relpath

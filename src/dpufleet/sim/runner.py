@@ -178,7 +178,9 @@ class SimAgent(Agent):
         self.restart = restart  # what `reboot` does to the emulated machine (its BMC-side reset sequence)
         self.silent_since: float | None = None
         self._stop: asyncio.Event | None = None
-        self._collected: tuple[int, float, Inventory] | None = None  # (osroot generation, when, inventory)
+        self._collected: tuple[tuple[int, int], float, Inventory] | None = (
+            None  # ((generation, boots), when, inventory)
+        )
 
     def alive(self) -> bool:
         if isinstance(self.device, SimDPU):
@@ -221,7 +223,7 @@ class SimAgent(Agent):
         at least every FULL_READ_SECONDS all the same.
         """
         loop = asyncio.get_running_loop()
-        seen = osroot.generation(self.config.root)
+        seen = (osroot.generation(self.config.root), self.device.boot_count)  # a boot starts the agent afresh
         cached = self._collected
         if cached is not None and cached[0] == seen and loop.time() - cached[1] < self.FULL_READ_SECONDS:
             return cached[2]
