@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..api.errors import NotFound
+from ..api.errors import BadRequest, NotFound, TooLarge, Unauthorized
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..health import actions, inbox
 from ..health.diagnosis import parse_time
@@ -71,25 +71,29 @@ def redfish_events_router(state: Any) -> APIRouter:
     carry the Context its subscription was created with, derived from the server's secret key
     for that BMC; anything else is refused (401) without a hint of which part was wrong.
     """
+    from .app import _doc
+
     router = APIRouter(tags=["health"])
 
     @router.post(RECEIVER_PATH, summary="Redfish events pushed by a BMC (its EventService subscription)")
     async def redfish_events(project: str, bmc: str, request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_EVENT_BYTES:
-            return Response(status_code=413)
+            raise TooLarge(f"an event message is at most {MAX_EVENT_BYTES} bytes")
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return Response(status_code=400)
+            raise BadRequest("the body must be a Redfish event message (JSON)") from None
         if not isinstance(payload, dict):
-            return Response(status_code=400)
+            raise BadRequest("the body must be a Redfish event message (a JSON object)")
+        refused = Unauthorized("the event does not carry the context of a subscription this server made")
         try:
             obj = await state.read(state.store.get, "BMC", bmc, project)
         except NotFound:
-            return Response(status_code=401)
+            raise refused from None
         if not context_matches(state.store, obj, payload.get("Context")):
-            return Response(status_code=401)
+            raise refused
+        received = 0
         for event in payload.get("Events") or []:
             if not isinstance(event, dict):
                 continue
@@ -101,7 +105,8 @@ def redfish_events_router(state: Any) -> APIRouter:
                 str(event.get("MessageSeverity") or event.get("Severity") or ""),
                 parse_time(event.get("EventTimestamp")),
             )
-        return Response(status_code=204)
+            received += 1
+        return _doc({"received": received})
 
     _ = redfish_events
     return router
