@@ -146,6 +146,10 @@ class HealthReconciler(Reconciler):
             return Result(
                 requeue_after=self.config.poll_seconds
             )  # a record with no hardware seen yet: nothing to watch
+        if status.get("phase") in WORKING_PHASES:
+            # provisioning is writing, rebooting or configuring it (each wait bounded by its timeout), and
+            # remediation leaves it alone meanwhile: its BMC is not polled until provisioning is done
+            return Result(requeue_after=self.config.poll_seconds)
         policies = (await asyncio.to_thread(self.store.list, "RemediationPolicy", key.project)).items
         policy = select_policy(policies, dpu["metadata"].get("labels") or {})
         config = self._config_for(policy)
