@@ -19,6 +19,7 @@ import pytest
 from dpufleet import __version__
 from dpufleet.sim.devices import SimDPU
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
+from support.net import poll
 from support.server import RunningServer
 
 from .conftest import Operator, condition, is_true
@@ -234,10 +235,7 @@ def test_an_update_pushed_through_the_bmc_is_detected_and_recorded(site: Operato
         timeout=10,
     )
     assert resp.status_code in (200, 202), resp.text
-    wait_until_version = time.monotonic() + 15
-    while dpu.firmware["DPU_NIC"] != "32.99.1234" and time.monotonic() < wait_until_version:
-        time.sleep(0.05)
-    assert dpu.firmware["DPU_NIC"] == "32.99.1234"
+    poll("the DPU to run DPU_NIC 32.99.1234", lambda: dpu.firmware["DPU_NIC"], lambda v: v == "32.99.1234", 15)
     bmc_obj = next(b for b in site.objects("bmcs") if name in b["status"].get("dpus", []))
     assert bmc_obj is not None
     bmc_obj["metadata"].setdefault("annotations", {})["dpufleet.io/refresh"] = str(time.time())  # refresh now

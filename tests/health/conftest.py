@@ -28,6 +28,7 @@ from dpufleet.sim.devices import PowerState, SimDPU
 from dpufleet.sim.runner import sim_in_thread
 from dpufleet.store.store import Store
 from provisioning.conftest import Operator, discover, fleet_options
+from support.net import poll
 from support.server import RunningServer, threaded_server
 
 FAST = HealthConfig(
@@ -127,17 +128,17 @@ class Agents:
         self._stop.set()
 
 
-@dataclass
-class Lab:
-    op: Operator
-    agents: Agents
-    fleet: Any
-    names: list[str]
-    api: RunningServer
+def dpu_summary(dpu: dict[str, Any] | None) -> dict[str, Any]:
+    """What a failed wait shows of a DPU: what the health controller and the agent wrote."""
+    status = (dpu or {}).get("status") or {}
+    return {k: status.get(k) for k in ("diagnosis", "remediation", "powerState", "bootProgress", "agent")}
 
-    def dpu(self, index: int) -> tuple[str, SimDPU, SimBMC]:
-        sim = sorted(self.fleet.fleet.dpus, key=lambda d: f"dpu-{d.serial.lower()}")[index]
-        return f"dpu-{sim.serial.lower()}", sim, self.fleet.fleet.bmc_for_serial(sim.serial)
+
+@dataclass
+class FleetView:
+    """An operator's view of the fleet's DPUs through the API: read one, wait for one to reach a state."""
+
+    op: Operator
 
     def get(self, name: str) -> dict[str, Any]:
         found = self.op.get("dpus", name)
@@ -147,16 +148,27 @@ class Lab:
     def wait(
         self, what: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            dpu = self.op.get("dpus", name)
-            if dpu is not None and done(dpu):
-                return dpu
-            if time.monotonic() > deadline:
-                status = (dpu or {}).get("status") or {}
-                shown = {k: status.get(k) for k in ("diagnosis", "remediation", "powerState", "bootProgress", "agent")}
-                raise AssertionError(f"timed out after {timeout}s waiting for dpus/{name}: {what}; last seen:\n{shown}")
-            time.sleep(0.05)
+        dpu = poll(
+            f"dpus/{name}: {what}",
+            lambda: self.op.get("dpus", name),
+            lambda found: found is not None and done(found),
+            timeout,
+            show=dpu_summary,
+        )
+        assert dpu is not None  # done() is asked only of a DPU that exists
+        return dpu
+
+
+@dataclass
+class Lab(FleetView):
+    agents: Agents
+    fleet: Any
+    names: list[str]
+    api: RunningServer
+
+    def dpu(self, index: int) -> tuple[str, SimDPU, SimBMC]:
+        sim = sorted(self.fleet.fleet.dpus, key=lambda d: f"dpu-{d.serial.lower()}")[index]
+        return f"dpu-{sim.serial.lower()}", sim, self.fleet.fleet.bmc_for_serial(sim.serial)
 
 
 def bmc_log(bmc: SimBMC, message: str, severity: str = "Critical", message_id: str = "OpenBMC.0.4.Fault") -> None:
@@ -179,6 +191,19 @@ def diagnosis(dpu: dict[str, Any]) -> str | None:
 def history(dpu: dict[str, Any]) -> list[tuple[str, str]]:
     entries = ((dpu.get("status") or {}).get("remediation") or {}).get("history") or []
     return [(h["action"], h["result"]) for h in entries]
+
+
+def wait_all_reporting(op: Operator, names: list[str], timeout: float) -> None:
+    """Every DPU Healthy, its agent reporting: where each test of a fleet starts from."""
+    op.wait_for(
+        "every DPU Healthy, its agent reporting",
+        lambda: op.items("dpus"),
+        lambda dpus: (
+            len(dpus) == len(names)
+            and all(healthy(d) and (d["status"].get("agent") or {}).get("lastHeartbeat") for d in dpus)
+        ),
+        timeout=timeout,
+    )
 
 
 @contextmanager
@@ -208,15 +233,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 thread = threading.Thread(target=agents.loop, daemon=True)
                 thread.start()
                 try:
-                    op.wait_for(
-                        "every DPU Healthy, its agent reporting",
-                        lambda: op.items("dpus"),
-                        lambda dpus: (
-                            len(dpus) == len(names)
-                            and all(healthy(d) and (d["status"].get("agent") or {}).get("lastHeartbeat") for d in dpus)
-                        ),
-                        timeout=20,
-                    )
+                    wait_all_reporting(op, names, timeout=20)
                     yield Lab(op, agents, fleet, names, api)
                 finally:
                     agents.stop()

@@ -30,7 +30,7 @@ from dpufleet.sim.runner import SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover, fleet_options
 from support.server import RunningServer
 
-from .conftest import FAST, diagnosis, health_server, healthy, history
+from .conftest import FAST, diagnosis, health_server, history, wait_all_reporting
 
 AGENT_HEARTBEAT = 0.3
 HEARTBEAT, MISSES = 0.5, 6  # the policy's detection: an agent (and a host agent) is silent after 3 s
@@ -121,15 +121,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 op = Operator(http)
                 names = discover(op, running)
                 op.create("remediationpolicies", POLICY)
-                op.wait_for(
-                    "every DPU Healthy, its agent reporting",
-                    lambda: op.items("dpus"),
-                    lambda dpus: (
-                        len(dpus) == len(names)
-                        and all(healthy(d) and (d["status"].get("agent") or {}).get("lastHeartbeat") for d in dpus)
-                    ),
-                    timeout=30,
-                )
+                wait_all_reporting(op, names, timeout=30)
                 yield Fleet(op, running, api)
 
 

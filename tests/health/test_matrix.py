@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from dpufleet.sim.faults import FaultKind
 from dpufleet.sim.runner import SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover, fleet_options
 
-from .conftest import FAST, diagnosis, health_server, healthy, history
+from .conftest import FAST, FleetView, diagnosis, health_server, healthy, history, wait_all_reporting
 
 SCALE = 0.01  # 60 s -> 0.6 s, 120 s -> 1.2 s, 300 s -> 3 s, 600 s and more -> LONGEST_WAIT
 LONGEST_WAIT = 6.0
@@ -62,8 +62,7 @@ def matrix_policy() -> dict[str, Any]:
 
 
 @dataclass
-class Fleet:
-    op: Operator
+class Fleet(FleetView):
     running: SimRunning
     names: list[str]
 
@@ -72,25 +71,6 @@ class Fleet:
 
     def name(self, sim: SimDPU) -> str:
         return f"dpu-{sim.serial.lower()}"
-
-    def get(self, name: str) -> dict[str, Any]:
-        found = self.op.get("dpus", name)
-        assert found is not None
-        return found
-
-    def wait(
-        self, what: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            dpu = self.op.get("dpus", name)
-            if dpu is not None and done(dpu):
-                return dpu
-            if time.monotonic() > deadline:
-                status = (dpu or {}).get("status") or {}
-                shown = {k: status.get(k) for k in ("diagnosis", "remediation", "powerState", "bootProgress", "agent")}
-                raise AssertionError(f"timed out after {timeout}s waiting for dpus/{name}: {what}; last seen:\n{shown}")
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +89,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 op = Operator(http)
                 names = discover(op, running)
                 op.create("remediationpolicies", matrix_policy())
-                op.wait_for(
-                    "every DPU Healthy, its agent reporting",
-                    lambda: op.items("dpus"),
-                    lambda dpus: (
-                        len(dpus) == len(names)
-                        and all(healthy(d) and (d["status"].get("agent") or {}).get("lastHeartbeat") for d in dpus)
-                    ),
-                    timeout=30,
-                )
+                wait_all_reporting(op, names, timeout=30)
                 yield Fleet(op, running, names)
 
 

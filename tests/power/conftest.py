@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from dpufleet.controllers.events import EventReaper
 from dpufleet.controllers.power import PowerActionReconciler
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from dpufleet.store.store import Store
+from support.net import poll
 from support.server import BASE, RunningServer, threaded_server
 
 
@@ -73,14 +73,7 @@ def get(http: httpx.Client, plural: str, name: str, project: str = "default") ->
 
 
 def wait_for(what: str, fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not done(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {value!r}"[:4000])
-        time.sleep(0.05)
-        value = fetch()
-    return value
+    return poll(what, fetch, done, timeout, show=lambda value: repr(value)[:4000])
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 
 from dpufleet.sim.faults import FaultKind, active, inject
 from dpufleet.sim.runner import SimRunning
+from support.net import wait_until
 
 from .conftest import Operator, image_doc, upload
 
@@ -87,10 +88,7 @@ def test_a_host_reboot_does_not_reset_its_dpus(site: Operator, fleet: SimRunning
     with Sampler(site, fleet, dpus) as sampler:
         fault = inject(fleet.fleet, next(iter(dpus)), FaultKind.HOST_SOFT_RESET, RESET_SECONDS)
         assert fault["kind"] == "host-soft-reset"
-        deadline = time.monotonic() + RESET_SECONDS + 10
-        while active(fleet.fleet) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not active(fleet.fleet), "the host reset did not end"
+        wait_until(lambda: not active(fleet.fleet), RESET_SECONDS + 10, interval=0.05, what="the host reset to end")
         time.sleep(2.0)  # the controllers' passes after the host is back
 
     assert sampler.host_went_down, "the fault did not take the host down"

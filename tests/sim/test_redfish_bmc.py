@@ -13,6 +13,7 @@ import pytest
 from dpufleet.sim.bmc import BmcLimits
 from dpufleet.sim.fleet import FleetServer
 from dpufleet.sim.redfish.messages import MESSAGES
+from support.net import poll
 
 from .conftest import PASSWORD, USER
 
@@ -21,13 +22,7 @@ POLL_SECONDS = 10.0
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = POLL_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return poll(what, predicate, bool, timeout, interval=0.02)
 
 
 def first(served: FleetServer, index: int = 0) -> tuple[str, str]:

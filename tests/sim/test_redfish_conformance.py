@@ -8,7 +8,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from dpufleet.sim.fleet import build_fleet, fleet_in_thread
 from dpufleet.sim.redfish.schema import missing_namespaces
+from support.net import poll
 
 from .conftest import PASSWORD, USER, make_fleet
 
@@ -93,10 +93,13 @@ def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: s
 
         inject(fleet, fleet.dpus[0].id, "pcie-aer")
         task_url = url + started.headers["Location"]
-        deadline = time.monotonic() + 10
-        while httpx.get(task_url, auth=(USER, PASSWORD)).json()["TaskState"] != "Completed":
-            assert time.monotonic() < deadline, "update task did not complete"
-            time.sleep(0.02)
+        poll(
+            "the update task to complete",
+            lambda: httpx.get(task_url, auth=(USER, PASSWORD)).json()["TaskState"],
+            lambda state: state == "Completed",
+            timeout=10,
+            interval=0.02,
+        )
         result = subprocess.run(
             [
                 *_validator_command(),

@@ -1,10 +1,13 @@
-"""Loopback helpers: free ports and waiting for a server to answer."""
+"""Loopback helpers: free ports, and polling until something is so (a server answers, an object settles)."""
 
 from __future__ import annotations
 
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -13,11 +16,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def poll(
+    what: str,
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float,
+    *,
+    interval: float = 0.05,
+    show: Callable[[T], object] = repr,
+) -> T:
+    """Fetch until `done(value)` and return that value; after timeout seconds fail naming `what` and
+    showing the last value as `show` renders it (what a reader needs to see why it never settled)."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen:\n{show(value)}")
+        time.sleep(interval)
+        value = fetch()
+    return value
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02, what: str = "condition") -> None:
     """Poll predicate until it is true; fail with `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    poll(what, predicate, bool, timeout, interval=interval)

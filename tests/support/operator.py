@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from support.net import poll
 from support.server import BASE
 
 
@@ -85,15 +85,7 @@ class Operator:
 
     def wait_for(self, what: str, fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 15.0) -> Any:
         """Poll `fetch` until `done(value)`; fail naming `what` and showing the last value."""
-        deadline = time.monotonic() + timeout
-        value = fetch()
-        while not done(value):
-            if time.monotonic() > deadline:
-                shown = json.dumps(value, indent=1, default=str)[:4000]
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen:\n{shown}")
-            time.sleep(0.05)
-            value = fetch()
-        return value
+        return poll(what, fetch, done, timeout, show=lambda value: json.dumps(value, indent=1, default=str)[:4000])
 
     def wait_object(
         self, plural: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15.0

@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from ..security.enroll import sign_proof
 from ..security.onboarding import DeviceRequest, OnboardingInfo, OnboardingRefused, verify_onboarding
 from . import slots
 from .credentials import EnrollmentOptions
-from .installer import SlotInstaller
+from .installer import SlotInstaller, StateBook
 
 log = logging.getLogger(__name__)
 LEASE_FILE = Path("var/lib/dhcp/dhclient.sztp.leases")
@@ -111,7 +109,7 @@ class _BootstrapSlots(SlotInstaller):
         await self.zero_touch.report(state, body.get("reason"), str(detail or state))
 
 
-class ZeroTouch:
+class ZeroTouch(StateBook):
     def __init__(
         self,
         root: Path,
@@ -132,20 +130,7 @@ class ZeroTouch:
         self._book_path = state_dir / "bootstrap.json"
         self.refusals: list[str] = []  # why onboarding documents were refused, newest last
 
-    # --- bookkeeping -------------------------------------------------------------------------------------
-
-    def _book(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self._book_path.read_text())
-            return value if isinstance(value, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def _save(self, book: dict[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._book_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(book))
-        os.replace(tmp, self._book_path)
+    # --- bookkeeping (StateBook: bootstrap.json) ----------------------------------------------------------
 
     def complete(self) -> bool:
         return self._book().get("stage") == "Complete"

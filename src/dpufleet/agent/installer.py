@@ -48,17 +48,12 @@ class InstallFailed(Exception):
         self.message = message
 
 
-class SlotInstaller:
-    def __init__(self, root: Path, state_dir: Path, server: str, http: Callable[[], httpx.AsyncClient]) -> None:
-        self.root = root
-        self.state_dir = state_dir
-        self.server = server.rstrip("/")
-        self._http = http
-        self._book_path = state_dir / "install.json"
-        self._reported_boot: int | None = None
-        self.range_requests = 0  # how many downloads resumed (observability, tests)
+class StateBook:
+    """A JSON record in the state dir (`_book_path`) that a restarted agent picks up again: what is done,
+    what waits for a boot. Missing or unreadable reads as empty; it is replaced atomically (written
+    beside it, then renamed), so a crash leaves the old record or the new one."""
 
-    # --- bookkeeping -------------------------------------------------------------------------------------
+    _book_path: Path
 
     def _book(self) -> dict[str, Any]:
         try:
@@ -68,10 +63,23 @@ class SlotInstaller:
             return {}
 
     def _save(self, book: dict[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._book_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._book_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(book))
         os.replace(tmp, self._book_path)
+
+
+class SlotInstaller(StateBook):
+    def __init__(self, root: Path, state_dir: Path, server: str, http: Callable[[], httpx.AsyncClient]) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.server = server.rstrip("/")
+        self._http = http
+        self._book_path = state_dir / "install.json"
+        self._reported_boot: int | None = None
+        self.range_requests = 0  # how many downloads resumed (observability, tests)
+
+    # --- reporting ---------------------------------------------------------------------------------------
 
     async def _post(self, body: dict[str, Any]) -> None:
         resp = await self._http().post(self.server + INSTALL_PATH + "/status", json=body)

@@ -34,7 +34,7 @@ from ..api.meta import isotime, now
 from ..api.validation import describe_errors
 from ..controllers.naming import dpu_name
 from ..controllers.runtime.status import mutate_status_sync
-from ..drivers.agent.install import HOST_CHANNEL, STATUS_FIELD, order_of
+from ..drivers.agent.orders import HOST_CHANNEL, STATUS_FIELD, order_of
 from ..images.repository import ImageContentError, repository_for
 from ..security.pki import AgentIdentity
 from .app import ServerState, _doc, _read_json

@@ -1,7 +1,7 @@
 """The host-channel install path: the DPU's host pushes the image through the DPU's boot channel (rshim).
 
-For DPUs without a BMC, or whose BMC cannot install. It extends the agent path's order
-mechanism (drivers/agent/install.py): `install` records an order in the DPU's status
+For DPUs without a BMC, or whose BMC cannot install. It uses the agent path's order
+mechanism (drivers/agent/orders.py): `install` records an order in the DPU's status
 (`status.agentInstall.order`) with ``channel: host-channel`` and the serial of the host it is
 addressed to (``hostSerial``, from the Host object whose agent pairs with the DPU through PCI
 VPD). The host agent of that host -- and no other -- is answered with it on
@@ -20,28 +20,22 @@ so an image is never pushed twice for one order.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 from ...api.errors import NotFound
-from ...api.meta import isotime, now
-from ...store.store import Store
-from ..base import InstallNotReady, InstallProgress, InstallRequest, InstallState
+from ..base import InstallNotReady, InstallProgress, InstallState
 from ..redfish.client import RedfishError
-from .install import BOOTED, FAILED, FELL_BACK, HOST_CHANNEL, STAGED, AgentInstall, order_of
+from .orders import BOOTED, FAILED, FELL_BACK, HOST_CHANNEL, STAGED, STATUS_FIELD, OrderInstall, Reported, order_of
 
 
 def _unavailable(message: str) -> RedfishError:
     return RedfishError(message, None, "InstallPathUnavailable")
 
 
-class HostChannelInstall(AgentInstall):
+class HostChannelInstall(OrderInstall):
     name = HOST_CHANNEL
     needs_bmc = False
     boots_during_install = True
-
-    def __init__(self, store: Store, project: str, dpu: str, *, os_target: str | None = None) -> None:
-        super().__init__(store, project, dpu, None, None, os_target=os_target)
 
     async def _host(self, status: dict[str, Any]) -> tuple[str, str]:
         """(Host name, the serial its agent's certificate names): where the order goes."""
@@ -67,55 +61,34 @@ class HostChannelInstall(AgentInstall):
             raise _unavailable("the DPU's serial number is not known")
         await self._host(status)
 
-    async def install(self, request: InstallRequest) -> str:
+    async def _addressed(self) -> dict[str, Any]:
+        """The host whose agent pushes the image, and the DPU it pushes to."""
         status = await self._status()
         host_name, host_serial = await self._host(status)
-        order_id = f"{request.sha256[:12]}-{secrets.token_hex(4)}"
-        order = {
-            "id": order_id,
+        return {
             "channel": HOST_CHANNEL,
             "host": host_name,
             "hostSerial": host_serial,
             "dpuSerial": status.get("serialNumber"),
-            "target": request.target,
-            "version": request.version,
-            "sha256": request.sha256,
-            "fileName": f"{request.target}-{request.version}.bin",
-            "issuedAt": isotime(now()),
-            "open": True,
         }
 
-        def change(section: dict[str, Any]) -> None:
-            section["order"] = order
-            section["progress"] = {"id": order_id, "state": "Pending"}
+    def _waiting(self, order: dict[str, Any]) -> str:
+        return f"waiting for the agent of host {order.get('host')}"
 
-        await self._mutate(change)
-        return f"agent:{order_id}"
-
-    async def poll(self, handle: str) -> InstallProgress:
-        order_id = handle.removeprefix("agent:")
-        section = (await self._status()).get("agentInstall") or {}
-        order = section.get("order") or {}
-        if order.get("id") != order_id:
-            return InstallProgress(InstallState.FAILED, None, "the install order was replaced", "OrderLost")
-        progress = section.get("progress") or {}
-        if progress.get("id") != order_id:
-            return InstallProgress(InstallState.RUNNING, 0, f"waiting for the agent of host {order.get('host')}")
-        state = str(progress.get("state") or "Pending")
-        done, total = progress.get("bytes"), progress.get("total")
-        percent = int(done * 100 / total) if isinstance(done, int) and isinstance(total, int) and total else None
-        message = str(progress.get("message") or "")
+    async def _read(self, reported: Reported) -> InstallProgress:
+        order_id, state, message = reported.order_id, reported.state, reported.message
         if state == BOOTED:
             await self._close(order_id)
             return InstallProgress(InstallState.SUCCEEDED, 100, message or "the DPU booted the pushed image")
         if state in (FELL_BACK, FAILED):
             await self._close(order_id)
-            reason = str(progress.get("reason") or ("BootImageRejected" if state == FELL_BACK else "HostPushFailed"))
-            return InstallProgress(InstallState.FAILED, percent, message or reason, reason)
+            reason = reported.reason or ("BootImageRejected" if state == FELL_BACK else "HostPushFailed")
+            return InstallProgress(InstallState.FAILED, reported.percent, message or reason, reason)
         if state == STAGED:
             return InstallProgress(InstallState.RUNNING, 100, message or "pushed; the DPU is booting it")
-        detail = f"host {order.get('host')}: {state}" + (f" {done}/{total} bytes" if total else "")
-        return InstallProgress(InstallState.RUNNING, percent, detail + (f" ({message})" if message else ""))
+        done, total = reported.done, reported.total
+        detail = f"host {reported.order.get('host')}: {state}" + (f" {done}/{total} bytes" if total else "")
+        return InstallProgress(InstallState.RUNNING, reported.percent, detail + (f" ({message})" if message else ""))
 
     async def activate(self) -> None:
         """Nothing to do: pushing the image reset the DPU and booted it (`boots_during_install`)."""
@@ -124,7 +97,7 @@ class HostChannelInstall(AgentInstall):
         """The OS version the DPU's own agent reports, from an inventory taken since the order was issued."""
         status = await self._status()
         agent = status.get("agent") or {}
-        section = status.get("agentInstall") or {}
+        section = status.get(STATUS_FIELD) or {}
         order = order_of(status) or {}
         seen, version = agent.get("lastInventory"), agent.get("imageVersion")
         issued, booted = order.get("issuedAt"), (section.get("progress") or {}).get("at")
