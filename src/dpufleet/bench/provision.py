@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -42,8 +44,20 @@ class ProvisionBenchResult:
     phase_mean_ms: dict[str, float] = field(default_factory=dict)
     simple_updates: int = 0
     redfish_requests: int = 0  # served by the emulated BMCs from the first PATCH until all were Ready
+    top_requests: list[tuple[str, int]] = field(default_factory=list)  # the most frequent, over the fleet
     server_peak_rss_mib: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+
+def _requests_by_path(fleet: Any) -> Counter[str]:
+    """Redfish requests served so far, by method and path with the BMC's own ids folded ("GET /Systems/*")."""
+    total: Counter[str] = Counter()
+    for bmc in fleet.bmcs.values():
+        for key, count in bmc.requests_by_path.items():
+            method, _, path = key.partition(" ")
+            folded = "/".join(part if i % 2 else ("*" if i > 1 else part) for i, part in enumerate(path.split("/")))
+            total[f"{method} {folded}"] += count
+    return total
 
 
 def _phase_means(metrics_text: str) -> dict[str, float]:
@@ -92,9 +106,29 @@ async def discover_fleet(
         if time.perf_counter() - last_print > 5:
             last_print = time.perf_counter()
             console.print(f"  discovery: {len(names)}/{dpus} inventoried")
+    await _settled(http, dpus, start + timeout, console)
     took = time.perf_counter() - start
-    console.print(f"  discovery: {dpus} DPUs inventoried in {took:.1f}s (not timed)")
+    console.print(f"  discovery: {dpus} DPUs inventoried and subscribed to BMC events in {took:.1f}s (not timed)")
     return names, took
+
+
+async def _settled(http: httpx.AsyncClient, dpus: int, deadline: float, console: Console) -> None:
+    """Wait for the fleet's steady state before the clock starts: every BMC's event subscription
+    made, as in a fleet that has been running a while (subscribing is a burst of Redfish requests)."""
+    while True:
+        resp = await http.get(f"{BASE}/bmcs")
+        resp.raise_for_status()
+        subscribed = sum(
+            1
+            for b in resp.json()["items"]
+            if ((b.get("status") or {}).get("eventSubscription") or {}).get("state") in ("Subscribed", "NotSupported")
+        )
+        if subscribed >= dpus:
+            return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the fleet did not settle: {subscribed}/{dpus} BMCs subscribed to events")
+        console.print(f"  settling: {subscribed}/{dpus} BMCs subscribed to events")
+        await asyncio.sleep(2.0)
 
 
 async def publish_image(http: httpx.AsyncClient, name: str, version: str, payload: bytes) -> None:
@@ -148,6 +182,7 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
                             result.errors.append(f"{name}: HTTP {resp.status_code}")
 
                 served_before = sum(b.requests_served for b in fleet.bmcs.values())
+                paths_before = _requests_by_path(fleet)
                 start = time.perf_counter()
                 await asyncio.gather(*(want_image(n) for n in names))
                 console.print(f"  spec.image set on {dpus} DPUs in {time.perf_counter() - start:.1f}s")
@@ -169,6 +204,7 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
                     await asyncio.sleep(1.0)  # listing every DPU is work for the server too: not too often
                 result.seconds = time.perf_counter() - start
                 result.redfish_requests = sum(b.requests_served for b in fleet.bmcs.values()) - served_before
+                result.top_requests = (_requests_by_path(fleet) - paths_before).most_common(8)
                 result.dpus_per_second = result.ready / result.seconds if result.seconds else 0.0
                 metrics = await http.get("/metrics")
                 if metrics.status_code == 200:
@@ -202,6 +238,8 @@ def run_provision_bench(dpus: int = 1000, poll: float = 0.05, timeout: float = 6
         if phase in result.phase_mean_ms:
             table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
     table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
+    for path, count in result.top_requests:
+        table.add_row(f"  Redfish {path}", f"{count / max(1, result.dpus):.1f} per DPU", "")
     console.print(table)
     for error in result.errors[:5]:
         console.print(f"[red]error[/]: {error}")

@@ -15,6 +15,7 @@ import itertools
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -176,6 +177,7 @@ class SimBMC:
     unavailable_until: float = 0.0
     in_flight: int = 0
     requests_served: int = 0
+    requests_by_path: Counter[str] = field(default_factory=Counter)  # "GET /Systems/x": how often (benchmarks)
     # Fault injection hooks: a failing update target, a stuck power transition.
     fail_updates: bool = False
     corrupt_next_slot: bool = False  # the slot the next boot tries is found corrupt (a bad flash page)

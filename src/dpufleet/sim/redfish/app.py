@@ -89,6 +89,7 @@ class RedfishApp:
         finally:
             bmc.in_flight -= 1
             bmc.requests_served += 1
+            bmc.requests_by_path[f"{request.method} {rest[len('/redfish/v1'):] or '/'}"] += 1
 
     async def _handle(self, request: Request, bmc: SimBMC, prefix: str, rest: str) -> Response:
         if bmc.limits.latency_seconds > 0:
