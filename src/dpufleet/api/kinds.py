@@ -617,6 +617,14 @@ class Event(Resource):
 DEFAULT_PUBLISHER_CLASSES = [PublisherClass.VENDOR, PublisherClass.OFFICIAL]
 
 
+class DriftPolicy(StrEnum):
+    """What happens to a DPU whose firmware was changed outside dpufleet (through its BMC) to versions
+    the update policy does not adopt (controllers/drift.py)."""
+
+    REPORT = "report"  # condition Drifted and a Warning event; spec.image is kept, nothing is written
+    REVERT = "revert"  # the same, and provisioning installs spec.image again
+
+
 class ProjectSpec(Strict):
     description: str = ""
     allowedPublisherClasses: list[PublisherClass] = Field(
@@ -624,6 +632,11 @@ class ProjectSpec(Strict):
         description="publisher classes whose signed images this project's DPUs may install",
     )
     requireSignedImages: bool = Field(default=False, description="refuse, at staging, images without a signed manifest")
+    driftPolicy: DriftPolicy = Field(
+        default=DriftPolicy.REPORT,
+        description="a DPU changed through its BMC to versions no accepted image runs: report it, or revert "
+        "it to spec.image",
+    )
 
 
 # --- Publisher --------------------------------------------------------------------------------------------
@@ -749,6 +762,7 @@ REGISTRY: dict[str, KindInfo] = {
                 Column("OS", "status.agent.os", wide_only=True),
                 Column("HEALTH", "status.health", wide_only=True),
                 Column("LAST SEEN", "status.lastSeen", wide_only=True),
+                Column("DRIFTED", "status.conditions[Drifted].status", wide_only=True),
                 _REASON,
             ),
         ),

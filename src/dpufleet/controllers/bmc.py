@@ -28,6 +28,7 @@ from ..drivers.redfish.client import (
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..inventory.catalog import catalog_capabilities, find_profile
 from ..store.store import Change, Store
+from .drift import DriftReconciler, is_drifted
 from .naming import dpu_name
 from .runtime.conditions import get_condition, set_condition, summarize_ready
 from .runtime.controller import Key, Mapper, Reconciler, Result
@@ -50,6 +51,7 @@ class BMCReconciler(Reconciler):
         self.refresh_seconds = refresh_seconds
         self.retry_seconds = retry_seconds
         self.events = EventRecorder(store, "bmc-controller")
+        self.drift = DriftReconciler(store, self.events)
 
     def watches(self) -> dict[str, Mapper]:
         """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once."""
@@ -350,6 +352,8 @@ class BMCReconciler(Reconciler):
                 + " (not by dpufleet: pushed through the BMC or by hand)",
                 warning=True,
             )
+        if out_of_band or is_drifted(updated):  # adopted through the update policy, or reported as drift
+            await asyncio.to_thread(self.drift.check, updated)
         return name
 
     async def _bmc_exists(self, name: str, project: str) -> bool:
@@ -368,7 +372,8 @@ def _firmware_changes(status: dict[str, Any], inventory: BMCInventory, stamp: st
 
     A change while dpufleet is provisioning the DPU is its own doing; any other change was
     pushed through the BMC (Redfish) or made by hand, and is reconciled into inventory and
-    reported, so the fleet's record of what runs where stays true.
+    reported, so the fleet's record of what runs where stays true; controllers/drift.py then
+    reconciles it with the DPU's spec.image.
     """
     before = {f.get("id"): f.get("version") for f in status.get("firmware") or [] if f.get("id")}
     if not before:

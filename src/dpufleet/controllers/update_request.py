@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from ..api.errors import Conflict, NotFound
+from ..api.kinds import UpdateSource
 from ..api.meta import isotime, now
 from ..api.selectors import LabelSelector
 from ..images.verify import verify_image_manifest
@@ -35,6 +36,7 @@ from ..security.audit import AuditEntry, AuditLog
 from ..security.signing import ManifestRefused
 from ..store.store import Store
 from .dpuset import in_window
+from .drift import DriftReconciler
 from .runtime.controller import DONE, Key, Reconciler, Result
 from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
@@ -60,6 +62,7 @@ class UpdateRequestReconciler(Reconciler):
         self.clock = clock
         self.events = EventRecorder(store, SUBJECT)
         self.audit = AuditLog(store)
+        self.drift = DriftReconciler(store, self.events)
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -75,6 +78,9 @@ class UpdateRequestReconciler(Reconciler):
             return await self._follow(request)
         decision, accepted_generation = await asyncio.to_thread(self._decide, request)
         await self._record(request, decision, generation=accepted_generation)
+        if request["spec"].get("source") == UpdateSource.BMC and decision.phase in ("Accepted", "Refused"):
+            # a change pushed through the BMC: adopted, or the DPU stays drifted (controllers/drift.py)
+            await asyncio.to_thread(self.drift.decided, request, decision.phase, decision.reason, decision.message)
         if decision.phase == "Waiting":
             return Result(requeue_after=WAIT_SECONDS)
         if decision.phase == "Accepted":

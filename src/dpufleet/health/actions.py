@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from ..api.errors import Conflict, NotFound
 from ..api.kinds import RemediationAction
-from ..api.meta import isotime, now
+from ..api.meta import now
+from ..controllers.reinstall import request_reinstall
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.power import RedfishPower
 from ..store.store import Store
 from .diagnosis import Diagnosis
 
 A = RemediationAction
-RETRY_ANNOTATION = "dpufleet.io/retry"  # provisioning/controller.py RETRY
 
 ALERTS = Gauge(
     "dpufleet_dpu_health_alert",
@@ -131,7 +131,7 @@ async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, 
         await ctx.client.post(ctx.reset_manager, {"ResetType": "GracefulRestart"})
         return "Succeeded", "Manager.Reset GracefulRestart"
     if action == A.REFLASH:
-        return await asyncio.to_thread(_reflash, ctx.store, ctx.dpu)
+        return await asyncio.to_thread(request_reinstall, ctx.store, ctx.dpu, "health")
     if action == A.QUARANTINE:
         message = await asyncio.to_thread(_quarantine, ctx.store, meta["project"], meta["name"])
         QUARANTINED.labels(meta["project"], meta["name"]).set(1)
@@ -203,30 +203,3 @@ def _quarantine(store: Store, project: str, name: str) -> str:
             continue
         return "spec.unschedulable set: no new workloads are placed on the DPU"
     raise Conflict("could not set spec.unschedulable: the DPU kept changing")
-
-
-def _reflash(store: Store, dpu: dict[str, Any]) -> tuple[str, str]:
-    """Ask the provisioner to install the desired image again (its retry annotation)."""
-    meta = dpu["metadata"]
-    if not (dpu.get("spec") or {}).get("image"):
-        return "NotAvailable", "the DPU has no desired image (spec.image) to re-install"
-    token = f"{isotime(now())}/health"
-    for _ in range(8):
-        current = store.get("DPU", meta["name"], meta["project"])
-        current["metadata"].setdefault("annotations", {})[RETRY_ANNOTATION] = token
-        try:
-            store.update(current)
-            break
-        except Conflict:
-            continue
-    status = current.get("status") or {}
-    if status.get("phase") == "Ready" and status.get("installedImage"):
-        # A Ready DPU runs what it was given as far as the provisioner knows: tell it the image is gone,
-        # so it installs spec.image again (the retry annotation re-runs only a failed step).
-        def forget(s: dict[str, Any]) -> None:
-            s["installedImage"] = None
-
-        from ..controllers.runtime.status import mutate_status_sync
-
-        mutate_status_sync(store, "DPU", meta["name"], forget, meta["project"])
-    return "Succeeded", f"the provisioner re-installs image {dpu['spec']['image']} ({RETRY_ANNOTATION}={token})"
