@@ -23,7 +23,7 @@ import pytest
 from dpufleet.controllers import manager
 from dpufleet.health.controller import HealthConfig, HealthReconciler
 from dpufleet.inventory import reports
-from dpufleet.sim.bmc import SimBMC, SimLogEntry, utcnow_iso
+from dpufleet.sim.bmc import SYSTEM_ID, SimBMC, SimLogEntry, utcnow_iso
 from dpufleet.sim.devices import PowerState, SimDPU
 from dpufleet.sim.runner import sim_in_thread
 from dpufleet.store.store import Store
@@ -172,8 +172,11 @@ class Lab(FleetView):
 
 
 def bmc_log(bmc: SimBMC, message: str, severity: str = "Critical", message_id: str = "OpenBMC.0.4.Fault") -> None:
-    """Append an entry to the BMC's event log (what a BMC writes when the DPU fails)."""
-    bmc.sel.append(SimLogEntry(str(len(bmc.sel) + 1), utcnow_iso(), severity, message, message_id, []))
+    """Append an entry to the BMC's event log (what a BMC writes when the DPU fails), and push it to the
+    BMC's event subscribers as a BMC does."""
+    entry = SimLogEntry(str(len(bmc.sel) + 1), utcnow_iso(), severity, message, message_id, [])
+    bmc.sel.append(entry)
+    bmc.publish(entry, f"Systems/{SYSTEM_ID}")
 
 
 def healthy(dpu: dict[str, Any]) -> bool:

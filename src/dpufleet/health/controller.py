@@ -38,7 +38,7 @@ from ..store.store import Store
 from . import actions, inbox
 from .diagnosis import Diagnosis, diagnose_host, dpu_power_for_host, parse_time
 from .diagnosis import diagnose as run_diagnosis
-from .evidence import BMCView, FailureClass, Observation
+from .evidence import BMCView, FailureClass, LogEntry, MemoryDevice, Observation
 from .policy import (
     DISRUPTIVE,
     HISTORY_KEPT,
@@ -52,6 +52,7 @@ from .policy import (
     select_policy,
 )
 from .probe import Links, agent_view, bmc_credentials, discover_links, host_view, probe_bmc, unreachable_view
+from .subscriptions import STATUS_FIELD as SUBSCRIPTION_FIELD
 
 log = logging.getLogger(__name__)
 CONDITION = "Healthy"
@@ -87,6 +88,10 @@ class HealthConfig:
     # visit writing the DPU would cost a store write and a change-log entry per DPU per poll.
     refresh_seconds: float = 30.0
     credentials_seconds: float = 60.0  # a BMC's credentials are read again after this (at once after a failure)
+    # A BMC that pushes its events (a live EventService subscription) is asked only for its system on most
+    # polls: its log entries arrive by push, and its memory and logs are read in full when a pushed event
+    # arrives and at least this often (events delivered to another API server process, or lost).
+    full_look_seconds: float = 60.0
 
     def silent_after(self) -> float:
         """Seconds without a stored heartbeat before the agent counts as silent.
@@ -115,6 +120,16 @@ def _material(status: dict[str, Any]) -> tuple[Any, ...]:
 _HEARTBEAT_AGE = re.compile(r"agent last heartbeat: [^;\]]*")
 
 
+@dataclass
+class _FullLook:
+    """A BMC's memory and log entries as last read in full, and the pushed events known then."""
+
+    at: float  # time.monotonic()
+    marker: tuple[int, LogEntry | None]  # how many events the inbox held, and the newest
+    memory: list[MemoryDevice]
+    logs: list[LogEntry]
+
+
 class HealthReconciler(Reconciler):
     kind = "DPU"
     workers = 32
@@ -126,6 +141,7 @@ class HealthReconciler(Reconciler):
         self.events = EventRecorder(store, SUBJECT)
         self.audit = AuditLog(store)
         self._links: dict[tuple[str, str], Links] = {}
+        self._full: dict[tuple[str, str], _FullLook] = {}  # (project, DPU): its BMC's last full look
         self._bmc_failures: dict[tuple[str, str], int] = {}
         self._clients: dict[tuple[str, str], _BMCClient] = {}  # (project, BMC): one keep-alive client per BMC
         # (project, host) -> DPU -> its power as evidence about the host (diagnosis.dpu_power_for_host)
@@ -205,6 +221,7 @@ class HealthReconciler(Reconciler):
         for states in self._host_dpus.values():
             states.pop(key.name, None)
         self._links.pop((key.project, key.name), None)
+        self._full.pop((key.project, key.name), None)
         self._bmc_failures.pop((key.project, key.name), None)
         actions.clear_alerts(key.project, key.name)
         actions.clear_quarantine(key.project, key.name)
@@ -241,9 +258,20 @@ class HealthReconciler(Reconciler):
             if links is None:
                 links = await discover_links(client, status.get("serialNumber") or dpu["spec"].get("serialNumber"))
                 self._links[cache] = links
-            view = await probe_bmc(client, links)
+            pushed = inbox.inbox_for(self.store).recent(key.project, bmc_name)
+            marker = (len(pushed), pushed[-1] if pushed else None)
+            last = self._full.get(cache)
+            subscribed = ((bmc.get("status") or {}).get(SUBSCRIPTION_FIELD) or {}).get("state") == "Subscribed"
+            full = (
+                not subscribed
+                or last is None
+                or last.marker != marker
+                or time.monotonic() - last.at >= config.full_look_seconds
+            )
+            view = await probe_bmc(client, links, full=full)
         except RedfishError as exc:
             self._links.pop(cache, None)
+            self._full.pop(cache, None)
             failures = self._bmc_failures.get(cache, 0) + 1
             self._bmc_failures[cache] = failures
             entry = self._clients.get((key.project, bmc_name))
@@ -253,7 +281,10 @@ class HealthReconciler(Reconciler):
                 raise  # one failed poll is not yet a diagnosis: the runtime retries with backoff
             return client, None, unreachable_view(exc)
         self._bmc_failures.pop(cache, None)
-        pushed = inbox.inbox_for(self.store).recent(key.project, bmc_name)
+        if full:
+            self._full[cache] = _FullLook(time.monotonic(), marker, list(view.memory), list(view.logs))
+        elif last is not None:  # nothing pushed since the last full look: its memory and logs still hold
+            view.memory, view.logs = list(last.memory), list(last.logs)
         view.logs.extend(pushed)
         return client, links, view
 

@@ -92,8 +92,9 @@ async def read_logs(client: RedfishClient, entries_link: str) -> list[LogEntry]:
     ]
 
 
-async def probe_bmc(client: RedfishClient, links: Links) -> BMCView:
-    """One look at the BMC. Raises RedfishError (BMCUnreachable, 503) for the caller to classify."""
+async def probe_bmc(client: RedfishClient, links: Links, *, full: bool = True) -> BMCView:
+    """One look at the BMC: its system, and with `full` its memory devices and log entries too.
+    Raises RedfishError (BMCUnreachable, 503) for the caller to classify."""
     system = await client.get(links.system)
     progress = system.get("BootProgress") if isinstance(system.get("BootProgress"), dict) else {}
     assert isinstance(progress, dict)
@@ -107,6 +108,8 @@ async def probe_bmc(client: RedfishClient, links: Links) -> BMCView:
         boot_progress_since=parse_time(progress.get("LastStateTime")),
         health=status.get("Health"),
     )
+    if not full:
+        return view
     memories, logs = await asyncio.gather(
         asyncio.gather(*(client.get(m) for m in links.memory)),
         asyncio.gather(*(read_logs(client, e) for e in links.entries)),

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,10 +271,25 @@ class DPUProvisioner(Reconciler):
             handledRetry=old.handledRetry,
             handledAbort=old.handledAbort,
         )
-        await self._move(ctx, phase, Phase.AVAILABLE, why, clear_steps=True)
+        await self._move(ctx, phase, Phase.AVAILABLE, why, clear_steps=True, hold=True)
         return await self._step(ctx, Phase.AVAILABLE)
 
-    async def _step(self, ctx: StepContext, phase: Phase, chained: int = 0) -> Result:
+    async def _step(self, ctx: StepContext, phase: Phase) -> Result:
+        """Run the phase's handler, and the next phase's at once while one leads straight into another
+        (their transitions are written together); whatever ends the pass writes what is held."""
+        for _ in range(len(HANDLERS) + 1):
+            outcome = await self._step_once(ctx, phase)
+            if isinstance(outcome, Result):
+                if ctx.held:
+                    await self._write(ctx)
+                return outcome
+            phase = outcome
+        if ctx.held:
+            await self._write(ctx)
+        return Result(requeue_after=0.0)
+
+    async def _step_once(self, ctx: StepContext, phase: Phase) -> Result | Phase:
+        """One phase's handler: the Result that ends this pass, or the working phase it moved on to."""
         progress = ctx.progress
         if phase in WORKING_PHASES and not await self._reserve(ctx):
             return Result(requeue_after=min(self.config.reservation_ttl, 30.0))
@@ -295,15 +311,14 @@ class DPUProvisioner(Reconciler):
             return await self._failed(ctx, phase, StepFailed("BMCError", str(exc)))
         if isinstance(outcome, Wait):
             progress.message = outcome.message or progress.message
-            if _worth_saving(progress, ctx.status.get("provisioning"), outcome.seconds):
+            if ctx.held or _worth_saving(progress, ctx.status.get("provisioning"), outcome.seconds):
                 await ctx.save()
             return Result(requeue_after=outcome.seconds)
         assert isinstance(outcome, Next)
-        await self._move(ctx, phase, outcome.phase, outcome.message)
-        if outcome.phase in WORKING_PHASES and chained < len(HANDLERS):
-            # go straight on with the next step in this pass (it starts from what was just written)
-            return await self._step(ctx, outcome.phase, chained + 1)
-        return Result(requeue_after=0.0)
+        onward = outcome.phase in WORKING_PHASES
+        # straight on with the next step in this pass: the transition is written with the next write
+        await self._move(ctx, phase, outcome.phase, outcome.message, hold=onward)
+        return outcome.phase if onward else Result(requeue_after=0.0)
 
     async def _failed(self, ctx: StepContext, phase: Phase, failure: StepFailed) -> Result:
         progress = ctx.progress
@@ -324,7 +339,7 @@ class DPUProvisioner(Reconciler):
                 status["provisioning"] = progress.model_dump(mode="json")
                 summarize_ready(status, PROVISIONING_STEPS)
 
-            ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
+            await self._write(ctx, mutate)
             await ctx.record(failure.reason, text, True)
             return Result(requeue_after=delay)
         target = FAILED_PHASE[phase]
@@ -349,8 +364,10 @@ class DPUProvisioner(Reconciler):
         failed: tuple[str, str] | None = None,
         clear_steps: bool = False,
         retrying: Phase | None = None,
+        hold: bool = False,
     ) -> None:
-        """Persist a transition: phase, progress, conditions and Ready; then an Event and the metric."""
+        """Persist a transition: phase, progress, conditions and Ready; then an Event and the metric.
+        With `hold`, it is written with the pass's next write instead (the pass goes on at once)."""
         progress = ctx.progress
         spent = seconds_since(progress.phaseStartedAt) if progress.phaseStartedAt else None
         progress.phase = str(target)
@@ -397,12 +414,29 @@ class DPUProvisioner(Reconciler):
             steps = ["Inventoried"] if progress.abortedGeneration is not None else PROVISIONING_STEPS
             summarize_ready(status, steps)
 
-        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
         if source is not None and spent is not None:
             PHASE_SECONDS.labels(str(source), "failed" if failed else "left").observe(max(spent, 0.0))
         TRANSITIONS.labels(str(source or "None"), str(target)).inc()
-        warning = failed is not None
-        await ctx.record(failed[1] if failed else str(target), f"{source or 'None'} -> {target}: {message}", warning)
+        event = (failed[1] if failed else str(target), f"{source or 'None'} -> {target}: {message}", failed is not None)
+        ctx.held.append(mutate)
+        ctx.held_events.append(event)
+        if not hold:
+            await self._write(ctx)
+
+    async def _write(self, ctx: StepContext, mutate: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """One status write: the transitions held in this pass, in order, then `mutate`; then their Events."""
+        mutators = [*ctx.held, *([mutate] if mutate is not None else [])]
+        events = list(ctx.held_events)
+        ctx.held.clear()
+        ctx.held_events.clear()
+
+        def apply(status: dict[str, Any]) -> None:
+            for each in mutators:
+                each(status)
+
+        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, apply, ctx.project, ctx.dpu)
+        for reason, text, warning in events:
+            await ctx.record(reason, text, warning)
 
     async def _keep_ready_summary(self, ctx: StepContext) -> None:
         """Ready covers the provisioning steps too: if another writer (the BMC controller's refresh)
@@ -415,7 +449,7 @@ class DPUProvisioner(Reconciler):
         def mutate(current: dict[str, Any]) -> None:
             summarize_ready(current, steps)
 
-        ctx.dpu = await mutate_status(self.store, "DPU", ctx.name, mutate, ctx.project, ctx.dpu)
+        await self._write(ctx, mutate)
 
     async def _reserve(self, ctx: StepContext) -> bool:
         """Take or renew this DPU's reservation; False while another controller holds it."""
@@ -440,15 +474,13 @@ class DPUProvisioner(Reconciler):
     # --- the context handlers work with -------------------------------------------------------------------
 
     def _context(self, dpu: dict[str, Any], progress: ProvisioningStatus, session: _Pass) -> StepContext:
-        name, project = dpu["metadata"]["name"], dpu["metadata"]["project"]
-
         async def save() -> None:
             snapshot = ctx.progress.model_dump(mode="json")
 
             def mutate(status: dict[str, Any]) -> None:
                 status["provisioning"] = snapshot
 
-            ctx.dpu = await mutate_status(self.store, "DPU", name, mutate, project, ctx.dpu)
+            await self._write(ctx, mutate)
 
         async def record(reason: str, message: str, warning: bool) -> None:
             await asyncio.to_thread(self.events.record, ctx.dpu, reason, message, "Warning" if warning else "Normal")

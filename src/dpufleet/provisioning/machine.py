@@ -167,6 +167,10 @@ class StepContext:
     save: Callable[[], Awaitable[None]]
     record: Callable[[str, str, bool], Awaitable[None]]  # reason, message, warning
     status_updates: dict[str, Any] = field(default_factory=dict)  # top-level status fields to write with the outcome
+    # Transitions made in this pass but not yet written: a pass that goes through several phases at once
+    # writes them together with its next write (a save before a side effect, or the pass's end).
+    held: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    held_events: list[tuple[str, str, bool]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

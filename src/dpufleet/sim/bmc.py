@@ -177,6 +177,7 @@ class SimBMC:
     unavailable_until: float = 0.0
     in_flight: int = 0
     requests_served: int = 0
+    loop: asyncio.AbstractEventLoop | None = None  # the event loop serving this BMC (set by its Redfish app)
     requests_by_path: Counter[str] = field(default_factory=Counter)  # "GET /Systems/x": how often (benchmarks)
     # Fault injection hooks: a failing update target, a stuck power transition.
     fail_updates: bool = False
@@ -266,7 +267,9 @@ class SimBMC:
             return
         try:
             asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # logged from another thread (a test, a fault): sent from the BMC's own loop
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.publish, entry, origin)
             return
         from dpufleet.sim.redfish.events import deliver  # the events module imports this one
 

@@ -105,6 +105,7 @@ class RedfishClient:
         self.timeout = timeout
         self.retries = retries
         self._slots = asyncio.Semaphore(max_concurrency)  # real BMCs serve a few requests at a time
+        self._lasting: dict[str, dict[str, Any]] = {}  # lasting(): documents read once per client
 
     async def __aenter__(self) -> RedfishClient:
         return self
@@ -205,6 +206,15 @@ class RedfishClient:
         if status >= 400:
             detail = _extended_message(payload)
             raise RedfishError(f"PATCH {self.url(path)}: HTTP {status}{': ' + detail if detail else ''}", status)
+
+    async def lasting(self, path: str) -> dict[str, Any]:
+        """GET a document that does not change while the BMC runs -- the service root, the UpdateService
+        and TaskService documents, whose links and actions an update follows -- read once per client
+        (clients are kept for a minute or so: a provisioning pass would otherwise read them each time)."""
+        body = self._lasting.get(path)
+        if body is None:
+            body = self._lasting[path] = await self.get(path)
+        return body
 
     async def service_root(self) -> dict[str, Any]:
         """The anonymous service root; raises NotRedfish when the endpoint is some other HTTP service."""

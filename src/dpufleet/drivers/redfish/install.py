@@ -35,7 +35,7 @@ class BootState:
 
 async def find_dpu_system(client: RedfishClient, serial: str | None) -> str:
     """The @odata.id of the DPU's ComputerSystem (SystemType DPU, matching serial if given)."""
-    root = await client.get("/redfish/v1")
+    root = await client.lasting("/redfish/v1")
     link = client.link(root, "Systems")
     if not link:
         raise RedfishError(f"{client.base_url}: the BMC lists no Systems")
@@ -71,11 +71,11 @@ class RedfishUpdateInstall(InstallInterface):
         self.reset_type = reset_type
 
     async def _service(self) -> dict[str, Any]:
-        root = await self.client.get("/redfish/v1")
+        root = await self.client.lasting("/redfish/v1")
         link = self.client.link(root, "UpdateService")
         if not link:
             raise RedfishError(f"{self.client.base_url}: the BMC has no UpdateService")
-        return await self.client.get(link)
+        return await self.client.lasting(link)
 
     async def _inventory_item(self, service: dict[str, Any], target: str) -> str:
         inventory = self.client.link(service, "FirmwareInventory")
@@ -114,11 +114,11 @@ class RedfishUpdateInstall(InstallInterface):
         return str(urlsplit(location).path if location.startswith("http") else location)
 
     async def find_started(self, request: InstallRequest, since: str) -> str | None:
-        root = await self.client.get("/redfish/v1")
+        root = await self.client.lasting("/redfish/v1")
         tasks_service = self.client.link(root, "Tasks")
         if not tasks_service:
             return None
-        service = await self.client.get(tasks_service)
+        service = await self.client.lasting(tasks_service)
         link = self.client.link(service, "Tasks")
         if not link:
             return None

@@ -263,11 +263,11 @@ async def _system_macs(client: RedfishClient, body: dict[str, Any], system: Syst
 async def firmware_versions(client: RedfishClient, ids: list[str]) -> dict[str, str]:
     """The running version of a few FirmwareInventory items, by id: what a check after an update needs,
     without crawling the whole service (a BMC answers a request in about 0.3 s)."""
-    root = await client.get("/redfish/v1")
+    root = await client.lasting("/redfish/v1")
     update_link = client.link(root, "UpdateService")
     if not update_link:
         raise RedfishError(f"{client.base_url}: the BMC has no UpdateService")
-    inventory_link = client.link(await client.get(update_link), "FirmwareInventory")
+    inventory_link = client.link(await client.lasting(update_link), "FirmwareInventory")
     if not inventory_link:
         raise RedfishError(f"{client.base_url}: the UpdateService has no FirmwareInventory")
     base = inventory_link.rstrip("/")

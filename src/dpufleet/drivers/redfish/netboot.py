@@ -45,11 +45,11 @@ class _NetworkBootInstall(InstallInterface):
         return body["Boot"] if isinstance(body.get("Boot"), dict) else {}
 
     async def _firmware_item(self, target: str) -> dict[str, Any]:
-        root = await self.client.get("/redfish/v1")
+        root = await self.client.lasting("/redfish/v1")
         link = self.client.link(root, "UpdateService")
         if not link:
             raise RedfishError(f"{self.client.base_url}: the BMC has no UpdateService (no firmware inventory)")
-        inventory = self.client.link(await self.client.get(link), "FirmwareInventory")
+        inventory = self.client.link(await self.client.lasting(link), "FirmwareInventory")
         if not inventory:
             raise RedfishError(f"{self.client.base_url}: the UpdateService has no FirmwareInventory")
         return await self.client.get(f"{urlsplit(self.client.url(inventory)).path.rstrip('/')}/{target}")
@@ -61,7 +61,7 @@ class _NetworkBootInstall(InstallInterface):
         """(reason, text) of the newest installer error in the BMC's event log, if it keeps one
         (ResourceEvent ResourceErrorsDetected: '<target> installer', '<reason>: <detail>')."""
         try:
-            root = await self.client.get("/redfish/v1")
+            root = await self.client.lasting("/redfish/v1")
             managers = self.client.link(root, "Managers")
             if not managers:
                 return None
@@ -166,7 +166,7 @@ class RedfishVirtualMediaInstall(_NetworkBootInstall):
     override_target = "Cd"
 
     async def _media(self) -> tuple[str, dict[str, Any]]:
-        root = await self.client.get("/redfish/v1")
+        root = await self.client.lasting("/redfish/v1")
         managers = self.client.link(root, "Managers")
         if managers:
             for manager in await self.client.members(managers):

@@ -28,7 +28,7 @@ class RedfishPower(PowerInterface):
         return str(body.get("PowerState", "Unknown"))
 
     async def reset(self, reset_type: str) -> None:
-        body = await self.client.get(self.system)
+        body = await self.client.lasting(self.system)  # only its Reset action is read: that does not change
         action = (body.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
         target = action.get("target")
         if not target:

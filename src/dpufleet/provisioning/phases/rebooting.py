@@ -67,8 +67,7 @@ class Reboot(PhaseHandler):
                 progress.baselineBootTime = boot.last_state_time
                 progress.baselineBootState = boot.last_state
                 progress.resetIssuedAt = stamp()
-                await ctx.save()  # before the reset: a restart waits for this boot, it does not reset again
-                await self._send_reset(ctx)
+                await self._send_reset(ctx)  # saved before it is sent: a restart waits for this boot
                 return Wait(ctx.config.poll_seconds, "reset sent")
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
@@ -85,7 +84,6 @@ class Reboot(PhaseHandler):
         if lost and progress.resetsSent < 2:
             # recorded but never taken: the control plane stopped between saving and sending it
             progress.resetIssuedAt = stamp()
-            await ctx.save()
             try:
                 await self._send_reset(ctx)
             except RedfishError as exc:
@@ -95,6 +93,7 @@ class Reboot(PhaseHandler):
 
     @staticmethod
     async def _send_reset(ctx: StepContext) -> None:
+        """Count the reset and save progress (its baseline and time with it) before sending it."""
         ctx.progress.resetsSent += 1
         await ctx.save()
         driver = await ctx.install_driver(str(ctx.progress.installPath))

@@ -42,6 +42,8 @@ class StageImage(PhaseHandler):
             component = item.component
             try:
                 if repo.stat(component.sha256) is None and component.url:
+                    ctx.progress.message = f"mirroring {component.name} from {component.url}"
+                    await ctx.save()  # a download takes a while: the DPU is seen staging meanwhile
                     await repo.mirror(component.url, component.sha256)
                 blob = await repo.verify(component.sha256)
             except DigestMismatch as exc:

@@ -80,6 +80,7 @@ class RedfishApp:
         slots = bmc.request_slots()
         if slots is not None and slots.locked() and not bmc.limits.queue_when_busy:
             return _json_response(RedfishError(503, "ServiceTemporarilyUnavailable", 1, headers={"Retry-After": "1"}))
+        bmc.loop = asyncio.get_running_loop()
         bmc.in_flight += 1
         try:
             if slots is None:
@@ -89,7 +90,7 @@ class RedfishApp:
         finally:
             bmc.in_flight -= 1
             bmc.requests_served += 1
-            bmc.requests_by_path[f"{request.method} {rest[len('/redfish/v1'):] or '/'}"] += 1
+            bmc.requests_by_path[f"{request.method} {rest[len('/redfish/v1') :] or '/'}"] += 1
 
     async def _handle(self, request: Request, bmc: SimBMC, prefix: str, rest: str) -> Response:
         if bmc.limits.latency_seconds > 0:
