@@ -126,8 +126,9 @@ async def discover_fleet(
 
 
 async def _settled(http: httpx.AsyncClient, dpus: int, deadline: float, console: Console) -> None:
-    """Wait for the fleet's steady state before the clock starts: every BMC's event subscription
-    made, as in a fleet that has been running a while (subscribing is a burst of Redfish requests)."""
+    """Wait for the fleet's steady state before the clock starts, as in a fleet that has been running a
+    while: every BMC's event subscription made and every DPU's first health look done (both are bursts
+    of Redfish requests that happen once per BMC)."""
     while True:
         resp = await http.get(f"{BASE}/bmcs")
         resp.raise_for_status()
@@ -136,11 +137,23 @@ async def _settled(http: httpx.AsyncClient, dpus: int, deadline: float, console:
             for b in resp.json()["items"]
             if ((b.get("status") or {}).get("eventSubscription") or {}).get("state") in ("Subscribed", "NotSupported")
         )
-        if subscribed >= dpus:
+        resp = await http.get(f"{BASE}/dpus")
+        resp.raise_for_status()
+        looked_at = sum(  # the health controller's first look (links found, a diagnosis) is done
+            1
+            for d in resp.json()["items"]
+            if any(c.get("type") == "Healthy" for c in (d.get("status") or {}).get("conditions") or [])
+        )
+        if subscribed >= dpus and looked_at >= dpus:
             return
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"the fleet did not settle: {subscribed}/{dpus} BMCs subscribed to events")
-        console.print(f"  settling: {subscribed}/{dpus} BMCs subscribed to events")
+            raise RuntimeError(
+                f"the fleet did not settle: {subscribed}/{dpus} BMCs subscribed to events, "
+                f"{looked_at}/{dpus} DPUs looked at by the health controller"
+            )
+        console.print(
+            f"  settling: {subscribed}/{dpus} BMCs subscribed to events, {looked_at}/{dpus} DPUs health-checked"
+        )
         await asyncio.sleep(2.0)
 
 

@@ -45,6 +45,7 @@ DPU_IDENTITY_STEPS = ["Inventoried"]
 class BMCReconciler(Reconciler):
     kind = "BMC"
     workers = 128
+    wake_on_finalizers = False  # the event subscription's finalizer is no reason to crawl the BMC again
 
     def __init__(self, store: Store, refresh_seconds: float = 300.0, retry_seconds: float = 60.0) -> None:
         self.store = store

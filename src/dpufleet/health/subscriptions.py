@@ -81,7 +81,7 @@ class EventSubscriptionReconciler(Reconciler):
     def __init__(
         self,
         store: Store,
-        check_seconds: float = 60.0,
+        check_seconds: float = 300.0,
         retry_seconds: float = 30.0,
         base: Callable[[Store], str | None] = receiver_base,
     ) -> None:

@@ -62,6 +62,9 @@ class Reconciler(abc.ABC):
     # retries keep their own timing): an object summarising thousands of others (a DPUSet) would
     # otherwise recount them all on every one of their status writes.
     min_interval: float = 0.0
+    # Finalizers other controllers add or remove wake this one unless it says otherwise (a controller
+    # that does a costly visit, such as a full inventory crawl, for changes that are not its business).
+    wake_on_finalizers: bool = True
 
     def watches(self) -> dict[str, Mapper]:
         """Other kinds whose changes should wake objects of this kind."""
@@ -110,7 +113,7 @@ class Controller:
         for obj in listing.items:
             meta = obj["metadata"]
             key = Key(meta["project"], meta["name"])
-            self._seen[key] = _trigger_state(obj)
+            self._seen[key] = _trigger_state(obj, self.reconciler.wake_on_finalizers)
             await self.queue.add(key)
         return listing.resource_version
 
@@ -150,7 +153,7 @@ class Controller:
         obj = change.object()
         if self.reconciler.wakes_on_status(obj):
             return True
-        state = _trigger_state(obj)
+        state = _trigger_state(obj, self.reconciler.wake_on_finalizers)
         if self._seen.get(key) == state:
             return False
         self._seen[key] = state
@@ -181,13 +184,13 @@ class Controller:
                 await self.queue.done(key)
 
 
-def _trigger_state(obj: dict[str, Any]) -> tuple[object, ...]:
-    """What, when it changes, is worth a reconcile: not status."""
+def _trigger_state(obj: dict[str, Any], finalizers: bool = True) -> tuple[object, ...]:
+    """What, when it changes, is worth a reconcile: not status (nor finalizers, when `finalizers` is False)."""
     meta = obj.get("metadata") or {}
     return (
         meta.get("generation"),
         tuple(sorted((meta.get("labels") or {}).items())),
         tuple(sorted((meta.get("annotations") or {}).items())),
-        tuple(meta.get("finalizers") or ()),
+        tuple(meta.get("finalizers") or ()) if finalizers else (),
         meta.get("deletionTimestamp"),
     )
