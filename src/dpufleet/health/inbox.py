@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..store.store import Store
@@ -23,6 +24,12 @@ class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[tuple[str, str], deque[LogEntry]] = {}
+        self._listeners: list[Callable[[str, str, str], None]] = []
+
+    def listen(self, callback: Callable[[str, str, str], None]) -> None:
+        """Call `callback(project, bmc, message_id)` after every event added (in the adding thread; keep
+        it short)."""
+        self._listeners.append(callback)
 
     def add(
         self,
@@ -36,6 +43,8 @@ class Inbox:
         entry = LogEntry(created or datetime.now(UTC), message, message_id, severity, "redfish-event")
         with self._lock:
             self._events.setdefault((project, bmc), deque(maxlen=KEPT_PER_BMC)).append(entry)
+        for callback in list(self._listeners):
+            callback(project, bmc, message_id)
 
     def recent(self, project: str, bmc: str) -> list[LogEntry]:
         with self._lock:

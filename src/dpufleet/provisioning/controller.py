@@ -33,6 +33,7 @@ from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
 from ..drivers.redfish.install import find_dpu_system
 from ..drivers.registry import NO_BMC_PATHS, build_install_driver
+from ..health.inbox import inbox_for
 from ..images.repository import ImageRepository, repository_for
 from ..store import reservations
 from ..store.store import Store
@@ -65,6 +66,9 @@ ABORT = "dpufleet.io/abort"
 PURPOSE = "provisioning"
 CLIENT_TTL = 60.0  # seconds a BMC client (address, credentials) is reused before it is read again
 CLIENT_CACHE_SIZE = 2048
+# Pushed Redfish events (registry message keys) that end something provisioning waits for: an update
+# task's end, a power transition's end. Intermediate ones (PoweringOn...) would only cost passes.
+WAKING_EVENTS = frozenset({"UpdateSuccessful", "ApplyFailed", "ResourcePoweredOn", "ResourcePoweredOff"})
 TIMEOUT_REASON = {
     Phase.AVAILABLE: "ValidationTimeout",
     Phase.PREPARING_HOST: "HostPreparationTimeout",
@@ -126,6 +130,20 @@ class DPUProvisioner(Reconciler):
         # Entries expire, so changed credentials or addresses are picked up within CLIENT_TTL.
         self._clients: dict[tuple[str, str], tuple[RedfishClient, float]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._bmc_dpus: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> the DPUs reached through it
+
+    def started(self, wake: Callable[[Key], None]) -> None:
+        """A pushed BMC event (a task finished, a boot progressed) wakes the DPUs of that BMC this
+        controller is working on at once, instead of at their next poll."""
+
+        def on_event(project: str, bmc: str, message_id: str) -> None:
+            if message_id.rsplit(".", 1)[-1] not in WAKING_EVENTS:
+                return
+            for name in self._bmc_dpus.get((project, bmc), ()):
+                if (project, name) in self._held:  # being provisioned here (its reservation is held)
+                    wake(Key(project, name))
+
+        inbox_for(self.store).listen(on_event)
 
     @property
     def repository(self) -> ImageRepository | None:
@@ -522,6 +540,7 @@ class DPUProvisioner(Reconciler):
         bmc_name = status.get("bmc")
         if not bmc_name:
             raise StepFailed("NoBMC", "the DPU is not managed through a BMC")
+        self._bmc_dpus.setdefault((project, bmc_name), set()).add(dpu["metadata"]["name"])
         serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
         cached = self._clients.get((project, bmc_name))
         if cached is not None and cached[1] > time.monotonic():

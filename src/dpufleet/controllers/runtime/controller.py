@@ -70,6 +70,11 @@ class Reconciler(abc.ABC):
         """Other kinds whose changes should wake objects of this kind."""
         return {}
 
+    def started(self, wake: Callable[[Key], None]) -> None:
+        """Called once when the controller starts, with a function that wakes a key now, from any
+        thread: for signals that are not store changes (a BMC's pushed event). None by default."""
+        return None
+
     def wakes_on_status(self, obj: dict[str, Any]) -> bool:
         """Whether a status-only change of `obj` wakes it (`wake_on_status` unless overridden)."""
         return self.wake_on_status
@@ -96,6 +101,12 @@ class Controller:
 
     async def run(self) -> None:
         kinds = frozenset({self.reconciler.kind, *self.reconciler.watches()})
+        loop = asyncio.get_running_loop()
+
+        def wake(key: Key) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.queue.add(key)))
+
+        self.reconciler.started(wake)
         tasks = [
             asyncio.create_task(self._worker(i), name=f"{self.name}-worker-{i}") for i in range(self.reconciler.workers)
         ]
