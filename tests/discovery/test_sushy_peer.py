@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -111,7 +112,7 @@ def client(sushy: Sushy, password: str = PASSWORD) -> RedfishClient:
 
 def test_a_scan_recognises_sushy_as_redfish(sushy: Sushy) -> None:
     async def run() -> None:
-        async with httpx.AsyncClient() as http:
+        async with aiohttp.ClientSession() as http:
             result = await probe(http, sushy.url, timeout=5)
         assert result.outcome == ProbeOutcome.REDFISH, result.detail
 

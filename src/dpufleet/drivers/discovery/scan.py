@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-import httpx
+import aiohttp
 
-from ..redfish.client import BMCUnreachable, NotRedfish, RedfishClient, RedfishError
+from ..redfish.client import BMCUnreachable, NotRedfish, RedfishClient, RedfishError, tls_context
 from ..redfish.inventory import parse_service_root
 
 
@@ -55,7 +55,7 @@ def scan_targets(endpoints: list[str], cidrs: list[str], ports: list[int], schem
                         yield url
 
 
-async def probe(http: httpx.AsyncClient, url: str, timeout: float) -> ProbeResult:
+async def probe(http: aiohttp.ClientSession, url: str, timeout: float) -> ProbeResult:
     client = RedfishClient(url, None, http=http, timeout=timeout, retries=0)
     try:
         root = await client.service_root()
@@ -79,8 +79,8 @@ async def scan(
     on_result: Callable[[ProbeResult], Awaitable[None]],
 ) -> None:
     """Probe every target with at most `concurrency` probes in flight."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-    async with httpx.AsyncClient(verify=verify, limits=limits, timeout=timeout) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=True, ssl=tls_context(verify))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as http:
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 2)
 
         async def worker() -> None:
