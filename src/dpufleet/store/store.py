@@ -40,6 +40,18 @@ _NEXT_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + 1).
 _INSERT_OBJECT = insert(objects)
 _UPDATE_OBJECT = update(objects).where(objects.c.uid == bindparam("b_uid"))
 _INSERT_CHANGE = insert(changes)
+# One object by key, built once: building the statement on every read cost more than running it.
+_GET_OBJECT = select(objects.c.data).where(
+    objects.c.kind == bindparam("b_kind"),
+    objects.c.project == bindparam("b_project"),
+    objects.c.name == bindparam("b_name"),
+)
+_GET_OBJECT_FOR_UPDATE = _GET_OBJECT.with_for_update()
+_EXISTING_NAMES = select(objects.c.name).where(
+    objects.c.kind == bindparam("b_kind"),
+    objects.c.project == bindparam("b_project"),
+    objects.c.name.in_(bindparam("b_names", expanding=True)),
+)
 _ADVANCE_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + bindparam("n")).returning(counter.c.rv)
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
 
@@ -207,12 +219,8 @@ class Store:
     def _load(conn: Connection, kind: KindInfo, project: str, name: str, *, for_update: bool = False) -> dict[str, Any]:
         """Read one object; for_update locks its row until commit (PostgreSQL), so a
         concurrent writer cannot pass the same resourceVersion check (no lost update)."""
-        query = select(objects.c.data).where(
-            objects.c.kind == kind.kind, objects.c.project == project, objects.c.name == name
-        )
-        if for_update:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        query = _GET_OBJECT_FOR_UPDATE if for_update else _GET_OBJECT
+        row = conn.execute(query, {"b_kind": kind.kind, "b_project": project, "b_name": name}).first()
         if row is None:
             raise NotFound(f"{kind.singular} {name!r} not found in project {project!r}")
         result: dict[str, Any] = orjson.loads(row[0])
@@ -414,11 +422,7 @@ class Store:
         for kind, project, name in keys:
             by_kind.setdefault((kind, project), []).append(name)
         for (kind, project), names in by_kind.items():
-            rows = conn.execute(
-                select(objects.c.name).where(
-                    objects.c.kind == kind, objects.c.project == project, objects.c.name.in_(names)
-                )
-            ).all()
+            rows = conn.execute(_EXISTING_NAMES, {"b_kind": kind, "b_project": project, "b_names": names}).all()
             found.update((kind, project, row[0]) for row in rows)
         return found
 
