@@ -41,6 +41,7 @@ FAST = HealthConfig(
     boot_stuck_seconds=3.0,
     agent_start_seconds=3.0,
     log_window_seconds=60.0,
+    full_look_seconds=2.0,  # a BMC that pushes events is read in full this often (and after each event)
 )
 # Detection bound on these timings: silence (1.5 s) + a poll (0.3 s) + Redfish and store time.
 DETECTION_BOUND = 6.0

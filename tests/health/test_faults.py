@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dpufleet.sim.bmc import BmcLimits
+from dpufleet.sim.bmc import BmcLimits, SimBMC, SimLogEntry, utcnow_iso
 
-from .conftest import DETECTION_BOUND, Lab, bmc_log, diagnosis, healthy
+from .conftest import DETECTION_BOUND, FAST, Lab, bmc_log, diagnosis, healthy
 from .conftest import history as full_history
 
 _MARK: dict[str, int] = {}
@@ -201,3 +201,35 @@ def test_hold_stops_remediation(lab: Lab) -> None:
     ).raise_for_status()
     dpu = lab.wait("recovered", name, lambda d: healthy(d) and ("recovered", "Recovered") in history(d))
     assert history(dpu)[0] == ("reboot", "Succeeded")
+
+
+def _log_reads(bmc: SimBMC) -> int:
+    return sum(n for path, n in bmc.requests_by_path.items() if path.startswith("GET ") and path.endswith("/Entries"))
+
+
+def test_a_bmc_that_pushes_is_read_in_full_seldom_and_an_entry_it_did_not_push_is_still_found(lab: Lab) -> None:
+    name, sim, bmc = lab.dpu(8)
+    mark(lab, name)
+    lab.wait("healthy", name, healthy)
+    collections = {p for p in bmc.requests_by_path if p.startswith("GET ") and p.endswith("/Entries")}
+    assert collections, "the health controller read the BMC's logs at least once"
+    # a subscribed BMC: most visits ask only for the system; the logs are read at each full look
+    before, polls = _log_reads(bmc), 10
+    time.sleep(FAST.poll_seconds * polls)
+    full_looks = polls * FAST.poll_seconds / FAST.full_look_seconds + 1
+    assert _log_reads(bmc) - before <= full_looks * len(collections), "the logs were read on every visit"
+
+    # an entry the BMC logs but never pushes (an event lost on the way) is found by the next full look
+    start = time.monotonic()
+    lab.agents.hung[sim.serial] = sim.boot_count
+    bmc.sel.append(
+        SimLogEntry(
+            str(len(bmc.sel) + 1), utcnow_iso(), "Critical", "HostWatchdogTimer expired", "OpenBMC.0.4.Fault", []
+        )
+    )
+    dpu = lab.wait(
+        "OSHang", name, lambda d: diagnosis(d) == "OSHang", timeout=DETECTION_BOUND + FAST.full_look_seconds + 5
+    )
+    assert time.monotonic() - start <= DETECTION_BOUND + FAST.full_look_seconds
+    assert any(e["signal"] == "log entry" and "Watchdog" in e["value"] for e in dpu["status"]["diagnosis"]["evidence"])
+    lab.wait("recovered", name, lambda d: healthy(d) and ("recovered", "Recovered") in history(d))

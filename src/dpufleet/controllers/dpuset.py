@@ -98,7 +98,8 @@ def _limit(value: int | str | None, total: int, minimum: int = 1) -> int | None:
 class DPUSetReconciler(Reconciler):
     kind = "DPUSet"
     workers = 4
-    min_interval = 0.1  # DPU changes wake a DPUSet at most ten times a second
+    min_interval = 0.1  # DPU changes wake a DPUSet at most ten times a second...
+    RECOUNT_SECONDS_PER_DPU = 0.0005  # ...and a large one less often: a recount reads every DPU it selects
 
     def __init__(
         self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS, clock: Callable[[], datetime] = now
@@ -108,6 +109,12 @@ class DPUSetReconciler(Reconciler):
         self.poll_seconds = poll_seconds
         self.events = EventRecorder(store, "dpuset-controller")
         self._selector_cache: dict[str, tuple[float, list[tuple[Key, LabelSelector]]]] = {}
+        self._sizes: dict[Key, int] = {}  # how many DPUs each set counted last
+
+    def interval(self, key: Key) -> float:
+        """A recount reads and parses every selected DPU (about 0.1 ms each): a set of 1,000 is woken
+        by their changes at most twice a second, one of 200 or fewer ten times."""
+        return max(self.min_interval, self._sizes.get(key, 0) * self.RECOUNT_SECONDS_PER_DPU)
 
     def watches(self) -> dict[str, Mapper]:
         return {"DPU": self._sets_selecting}
@@ -140,6 +147,7 @@ class DPUSetReconciler(Reconciler):
         try:
             dpuset = await asyncio.to_thread(self.store.get, "DPUSet", key.name, key.project)
         except NotFound:
+            self._sizes.pop(key, None)
             return DONE
         if dpuset["metadata"].get("deletionTimestamp"):
             return DONE
@@ -153,6 +161,7 @@ class DPUSetReconciler(Reconciler):
         overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
         dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]
         total = len(dpus)
+        self._sizes[key] = total
 
         def updated(d: dict[str, Any]) -> bool:
             return all((d.get("spec") or {}).get(k) == v for k, v in template.items())
@@ -214,6 +223,7 @@ class DPUSetReconciler(Reconciler):
             budget = max_unavailable - len(busy)
             if canary is not None:
                 budget = min(budget, canary - sum(1 for d in dpus if updated(d)))
+            chosen: list[dict[str, Any]] = []
             for d in dpus:
                 if budget <= 0:
                     break
@@ -222,11 +232,13 @@ class DPUSetReconciler(Reconciler):
                 host = _host(d)
                 if host and per_host is not None and busy_hosts.get(host, 0) >= per_host:
                     continue
-                if await self._update(d, template):
-                    started.append(d["metadata"]["name"])
-                    budget -= 1
-                    if host:
-                        busy_hosts[host] = busy_hosts.get(host, 0) + 1
+                chosen.append(d)
+                budget -= 1
+                if host:
+                    busy_hosts[host] = busy_hosts.get(host, 0) + 1
+            # one trip to a store thread for the whole wave (a hundred trips wait behind every other
+            # controller's store calls); a DPU that changed meanwhile is left for the next pass
+            started = await asyncio.to_thread(self._update_all, chosen, template)
             canaries_done = (
                 canary is not None
                 and not started
@@ -352,11 +364,15 @@ class DPUSetReconciler(Reconciler):
             message += f"; {len(finishing)} DPU(s) finish writing (never interrupted): {', '.join(finishing[:10])}"
         return message
 
-    async def _update(self, dpu: dict[str, Any], template: dict[str, Any]) -> bool:
-        meta = dpu["metadata"]
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": template}
-        try:
-            await asyncio.to_thread(self.store.patch, "DPU", meta["name"], patch, meta["project"])
-        except (Conflict, NotFound):
-            return False  # changed meanwhile: the next pass counts again
-        return True
+    def _update_all(self, dpus: list[dict[str, Any]], template: dict[str, Any]) -> list[str]:
+        """Write the template into each DPU's spec (its resourceVersion as precondition); the names written."""
+        written: list[str] = []
+        for dpu in dpus:
+            meta = dpu["metadata"]
+            patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": template}
+            try:
+                self.store.patch("DPU", meta["name"], patch, meta["project"])
+            except (Conflict, NotFound):
+                continue  # changed meanwhile: the next pass counts again
+            written.append(meta["name"])
+        return written

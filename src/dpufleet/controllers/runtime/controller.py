@@ -70,6 +70,11 @@ class Reconciler(abc.ABC):
         """Other kinds whose changes should wake objects of this kind."""
         return {}
 
+    def interval(self, key: Key) -> float:
+        """How often changes may wake `key` (`min_interval` unless overridden: a reconciler whose visit
+        costs grow with the object, as a DPUSet's recount of its DPUs, may space them out)."""
+        return self.min_interval
+
     def started(self, wake: Callable[[Key], None]) -> None:
         """Called once when the controller starts, with a function that wakes a key now, from any
         thread: for signals that are not store changes (a BMC's pushed event). None by default."""
@@ -147,7 +152,7 @@ class Controller:
                 log.warning("%s: watch restarted (%s)", self.name, exc)
 
     async def _wake(self, key: Key) -> None:
-        interval = self.reconciler.min_interval
+        interval = self.reconciler.interval(key)
         if interval > 0:
             since = time.monotonic() - self._started.get(key, float("-inf"))
             if since < interval:
