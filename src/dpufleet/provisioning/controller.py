@@ -295,16 +295,16 @@ class DPUProvisioner(Reconciler):
     async def _step(self, ctx: StepContext, phase: Phase) -> Result:
         """Run the phase's handler, and the next phase's at once while one leads straight into another
         (their transitions are written together); whatever ends the pass writes what is held."""
+        result = Result(requeue_after=0.0)
         for _ in range(len(HANDLERS) + 1):
             outcome = await self._step_once(ctx, phase)
             if isinstance(outcome, Result):
-                if ctx.held:
-                    await self._write(ctx)
-                return outcome
+                result = outcome
+                break
             phase = outcome
         if ctx.held:
             await self._write(ctx)
-        return Result(requeue_after=0.0)
+        return result
 
     async def _step_once(self, ctx: StepContext, phase: Phase) -> Result | Phase:
         """One phase's handler: the Result that ends this pass, or the working phase it moved on to."""
