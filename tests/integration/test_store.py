@@ -60,6 +60,31 @@ def test_list_filters_by_selector_and_project(store: Store) -> None:
     assert listing.resource_version == store.current_rv()
 
 
+def test_list_fields_returns_only_the_asked_paths_of_the_current_objects(store: Store) -> None:
+    store.create(dpu("a1", labels={"vendor": "nvidia"}, image="os-1", hostRef="h1"))
+    store.create(dpu("a2", labels={"vendor": "intel"}, image="os-2"))
+    store.create(dpu("b1", project="team-b", labels={"vendor": "nvidia"}, image="os-1"))
+    store.update_status("DPU", "a1", {"phase": "Ready", "firmware": [{"id": "os", "name": "x" * 500, "version": "1"}]})
+    paths = [("spec",), ("status", "phase"), ("status", "diagnosis", "failureClass"), ("status", "my.dotted-key")]
+
+    items = store.list_fields("DPU", paths, "default")
+
+    assert names(items) == ["a1", "a2"]
+    first = items[0]
+    assert first["spec"] == store.get("DPU", "a1")["spec"]
+    assert first["status"] == {"phase": "Ready"}  # absent paths are left out; the rest of status is not read
+    assert first["metadata"]["labels"] == {"vendor": "nvidia"}
+    assert first["metadata"]["resourceVersion"] == store.get("DPU", "a1")["metadata"]["resourceVersion"]
+    assert "status" not in items[1]
+    selected = store.list_fields("DPU", [("spec", "image")], selector=parse_selector("vendor=nvidia"))
+    assert [(d["metadata"]["project"], d["spec"]["image"]) for d in selected] == [
+        ("default", "os-1"),
+        ("team-b", "os-1"),
+    ]
+    with pytest.raises(ValueError):
+        store.list_fields("DPU", [])
+
+
 def test_create_duplicate_is_already_exists_and_changes_nothing(store: Store) -> None:
     store.create(dpu("d1", serialNumber="first"))
     rv = store.current_rv()

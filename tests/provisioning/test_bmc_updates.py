@@ -172,6 +172,23 @@ def test_a_push_no_image_brings_leaves_the_dpu_drifted_and_its_spec_alone(
     assert dpu is not None and dpu["spec"]["image"] == IMAGE_A and dpu["status"]["phase"] == "Ready"
 
 
+def test_a_bmc_that_pushes_events_is_crawled_when_it_reports_an_update_without_waiting_for_its_period(
+    site: Operator, fleet: SimRunning, images: tuple[str, str]
+) -> None:
+    name, bmc = dpu_at(fleet, 4)
+    merge_patch(site, "dpus", name, {"spec": {"image": IMAGE_A}})
+    site.wait_object("dpus", name, lambda d: (d.get("status") or {}).get("installedImage") == IMAGE_A, timeout=30)
+    site.wait_for(
+        "the BMC's event subscription",
+        lambda: next(b for b in site.objects("bmcs") if name in (b.get("status") or {}).get("dpus", [])),
+        lambda b: ((b.get("status") or {}).get("eventSubscription") or {}).get("state") == "Subscribed",
+        timeout=30,
+    )
+    push(fleet, bmc, "hand-built-9")  # no crawl asked for: the BMC's UpdateSuccessful event has it crawled
+    dpu = site.wait_object("dpus", name, lambda d: (drifted(d) or {}).get("status") == "True", timeout=20)
+    assert "hand-built-9" in (drifted(dpu) or {}).get("message", "")
+
+
 def test_a_push_the_update_policy_refuses_leaves_the_dpu_drifted(
     site: Operator, fleet: SimRunning, provisioned: list[str]
 ) -> None:

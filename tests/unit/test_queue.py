@@ -79,6 +79,44 @@ def test_add_after_delivers_the_key_no_earlier_than_asked() -> None:
     run(scenario)
 
 
+def test_a_key_asked_for_later_twice_is_visited_once_at_the_earliest_time() -> None:
+    async def scenario() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        start = time.monotonic()
+        await q.add_after("dpu-1", 0.4)
+        await q.add_after("dpu-1", 0.1)
+        await q.add_after("dpu-1", 0.3)
+        assert len(q) == 1
+        assert await q.get() == "dpu-1"
+        assert 0.1 <= time.monotonic() - start < 0.3
+        await q.done("dpu-1")
+        assert await nothing_within(q, 0.5), "the later requests folded into the first visit"
+
+    run(scenario)
+
+
+def test_a_visit_supersedes_delayed_visits_asked_before_it_started_but_not_after() -> None:
+    async def scenario() -> None:
+        q: WorkQueue[str] = WorkQueue()
+        await q.add_after("polled", 0.2)  # a poll asked for by the last visit
+        await q.add("polled")  # a change wakes it first
+        assert await q.get() == "polled"
+        started = time.monotonic()
+        q.supersede("polled", started)  # this visit saw the current state: the old poll is not needed
+        await q.done("polled")
+        assert await nothing_within(q, 0.4)
+
+        await q.add("woken")
+        assert await q.get() == "woken"
+        started = time.monotonic()
+        await q.add_after("woken", 0.1)  # a change arrived while the visit ran: it must be seen
+        q.supersede("woken", started)
+        await q.done("woken")
+        assert await asyncio.wait_for(q.get(), 1) == "woken"
+
+    run(scenario)
+
+
 def test_backoff_doubles_per_failure_up_to_the_cap_and_resets_on_forget() -> None:
     async def scenario() -> None:
         q: WorkQueue[str] = WorkQueue(backoff=NO_JITTER)

@@ -27,8 +27,8 @@ from rich.table import Table
 
 from ..sim.runner import SimRunning
 from .discovery import _peak_rss_mib
-from .harness import server_process
-from .provision import PHASES, _phase_means, discover_fleet, publish_image
+from .harness import cpu_seconds, server_process
+from .provision import PHASES, _phase_means, _requests_by_path, discover_fleet, publish_image, reconciles_by_controller
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILE = "nvidia-bluefield-3"
@@ -50,6 +50,11 @@ class RolloutBenchResult:
     discovery_seconds: float = 0.0
     phase_mean_ms: dict[str, float] = field(default_factory=dict)
     server_peak_rss_mib: float = 0.0
+    server_cpu_seconds: float = 0.0  # the control plane's CPU time over the timed part
+    fleet_cpu_seconds: float = 0.0  # this process's CPU time (the emulated BMCs) over the timed part
+    redfish_requests: int = 0  # served by the emulated BMCs over the timed part
+    top_requests: list[tuple[str, int]] = field(default_factory=list)  # the most frequent, over the fleet
+    reconciles: dict[str, float] = field(default_factory=dict)  # passes per controller over the timed part
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +127,9 @@ async def _run(
                         "strategy": {"type": "RollingUpdate", "maxUnavailable": _as_limit(max_unavailable)},
                     },
                 }
+                cpu_before, fleet_cpu_before = cpu_seconds(server.process.pid), time.process_time()
+                passes_before = reconciles_by_controller((await http.get("/metrics")).text)
+                paths_before = _requests_by_path(fleet)
                 start = time.perf_counter()
                 (await http.post(f"{BASE}/dpusets", json=dpuset)).raise_for_status()
                 last_print = 0.0
@@ -146,8 +154,15 @@ async def _run(
                         break
                     await asyncio.sleep(0.1)
                 result.seconds = time.perf_counter() - start
+                result.server_cpu_seconds = cpu_seconds(server.process.pid) - cpu_before
+                result.fleet_cpu_seconds = time.process_time() - fleet_cpu_before
+                served = _requests_by_path(fleet) - paths_before
+                result.redfish_requests = sum(served.values())
+                result.top_requests = served.most_common(8)
                 metrics = await http.get("/metrics")
                 if metrics.status_code == 200:
+                    passes = reconciles_by_controller(metrics.text)
+                    result.reconciles = {c: n - passes_before.get(c, 0.0) for c, n in passes.items()}
                     result.phase_mean_ms = {p: s * 1000 for p, s in _phase_means(metrics.text).items()}
             result.server_peak_rss_mib = _peak_rss_mib(server.process.pid)
         finally:
@@ -194,6 +209,22 @@ def run_rollout_bench(
         if phase in result.phase_mean_ms:
             table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
     table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
+    table.add_row(
+        "control plane CPU per DPU",
+        f"{1000 * result.server_cpu_seconds / max(1, result.dpus):,.0f} ms",
+        f"{result.server_cpu_seconds / max(result.seconds, 1e-9):.0%} of one core",
+    )
+    table.add_row(
+        "emulated fleet CPU per DPU",
+        f"{1000 * result.fleet_cpu_seconds / max(1, result.dpus):,.0f} ms",
+        f"{result.fleet_cpu_seconds / max(result.seconds, 1e-9):.0%} of one core",
+    )
+    table.add_row("Redfish requests per DPU (all controllers)", f"{result.redfish_requests / result.dpus:,.1f}", "")
+    for path, count in result.top_requests:
+        table.add_row(f"  Redfish {path}", f"{count / max(1, result.dpus):.1f} per DPU", "")
+    for controller, passes in sorted(result.reconciles.items(), key=lambda item: -item[1]):
+        if passes:
+            table.add_row(f"reconcile passes, {controller}", f"{passes / max(1, result.dpus):.1f} per DPU", "")
     console.print(table)
     for error in result.errors[:5]:
         console.print(f"[red]error[/]: {error}")

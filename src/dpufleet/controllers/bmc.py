@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections.abc import Callable
 from typing import Any
 
 from ..api.errors import NotFound
@@ -26,7 +28,9 @@ from ..drivers.redfish.client import (
     RedfishError,
 )
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
+from ..health.inbox import inbox_for
 from ..inventory.catalog import catalog_capabilities, find_profile
+from ..provisioning.machine import WORKING_PHASES, seconds_since
 from ..store.store import Change, Store
 from .drift import DriftReconciler, is_drifted
 from .naming import dpu_name
@@ -40,6 +44,12 @@ log = logging.getLogger(__name__)
 DISCOVERY_LABEL = "dpufleet.io/discovery"
 BMC_STEPS = ["Reachable", "Authenticated", "Inventoried"]
 DPU_IDENTITY_STEPS = ["Inventoried"]
+# A BMC that pushes its events is crawled again at once when it reports an inventory change, so its
+# periodic crawl can be rare; one that does not push is crawled every refresh_seconds. Each period
+# varies by REFRESH_JITTER, so a fleet discovered together does not re-crawl in one wave.
+SUBSCRIBED_REFRESH_SECONDS = 1800.0
+REFRESH_JITTER = 0.2
+INVENTORY_EVENTS = frozenset({"UpdateSuccessful", "ResourceAdded", "ResourceRemoved"})
 
 
 class BMCReconciler(Reconciler):
@@ -47,12 +57,49 @@ class BMCReconciler(Reconciler):
     workers = 128
     wake_on_finalizers = False  # the event subscription's finalizer is no reason to crawl the BMC again
 
-    def __init__(self, store: Store, refresh_seconds: float = 300.0, retry_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        refresh_seconds: float = 300.0,
+        retry_seconds: float = 60.0,
+        subscribed_refresh_seconds: float = SUBSCRIBED_REFRESH_SECONDS,
+    ) -> None:
         self.store = store
         self.refresh_seconds = refresh_seconds
+        self.subscribed_refresh_seconds = subscribed_refresh_seconds
         self.retry_seconds = retry_seconds
         self.events = EventRecorder(store, "bmc-controller")
         self.drift = DriftReconciler(store, self.events)
+        self._pushed: set[Key] = set()  # BMCs woken by a pushed inventory event, not by their period
+
+    def started(self, wake: Callable[[Key], None]) -> None:
+        """A pushed event that changes what the BMC inventories (an update applied, a part added or
+        removed) has the BMC crawled at once: an out-of-band update is seen (controllers/drift.py)."""
+
+        def on_event(project: str, bmc: str, message_id: str) -> None:
+            if message_id.rsplit(".", 1)[-1] in INVENTORY_EVENTS:
+                self._pushed.add(Key(project, bmc))
+                wake(Key(project, bmc))
+
+        inbox_for(self.store).listen(on_event)
+
+    def _refresh_after(self, bmc: dict[str, Any]) -> float:
+        subscription = (bmc.get("status") or {}).get("eventSubscription") or {}
+        period = self.subscribed_refresh_seconds if subscription.get("state") == "Subscribed" else self.refresh_seconds
+        return period * random.uniform(1 - REFRESH_JITTER, 1 + REFRESH_JITTER)
+
+    def _all_being_provisioned(self, bmc: dict[str, Any]) -> bool:
+        """Every DPU of the BMC is being provisioned here: the update its event reports is ours, and
+        provisioning records the versions it wrote (a crawl would only repeat that)."""
+        names = (bmc.get("status") or {}).get("dpus") or []
+        phases = []
+        for name in names:
+            try:
+                dpu = self.store.get("DPU", name, bmc["metadata"]["project"])
+            except NotFound:
+                return False
+            phases.append((dpu.get("status") or {}).get("phase"))
+        return bool(phases) and all(phase in WORKING_PHASES for phase in phases)
 
     def watches(self) -> dict[str, Mapper]:
         """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once."""
@@ -82,6 +129,11 @@ class BMCReconciler(Reconciler):
             return Result()
         if bmc["metadata"].get("deletionTimestamp"):
             return Result()
+        if key in self._pushed:
+            self._pushed.discard(key)
+            if await asyncio.to_thread(self._all_being_provisioned, bmc):
+                crawled = seconds_since((bmc.get("status") or {}).get("lastSeen"))  # the period stays as it was
+                return Result(requeue_after=max(0.0, self._refresh_after(bmc) - crawled))
         spec = bmc["spec"]
         creds = await self._credentials(bmc)
         if isinstance(creds, str):
@@ -110,7 +162,7 @@ class BMCReconciler(Reconciler):
             await self._fail(bmc, "Inventoried", "CrawlFailed", str(exc), Severity.WARNING, reachable=True, root=root)
             return Result(requeue_after=self.retry_seconds)
         await self._apply(bmc, inventory)
-        return Result(requeue_after=self.refresh_seconds)
+        return Result(requeue_after=self._refresh_after(bmc))
 
     async def _credentials(self, bmc: dict[str, Any]) -> Credentials | str | None:
         ref = bmc["spec"].get("credentialsRef")

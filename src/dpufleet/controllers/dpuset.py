@@ -60,6 +60,18 @@ BEFORE_WRITING = frozenset(
     {None, "", Phase.DISCOVERED, Phase.READY, Phase.AVAILABLE, Phase.PREPARING_HOST, Phase.STAGING_IMAGE}
 )
 
+# What a recount reads of each selected DPU (the store picks these out: a DPU's whole status, with
+# its inventory and conditions, is many times larger and a recount runs up to ten times a second).
+COUNTED_FIELDS: list[tuple[str, ...]] = [
+    ("spec",),
+    ("status", "phase"),
+    ("status", "installedImage"),
+    ("status", "appliedFlavor"),
+    ("status", "host"),
+    ("status", "diagnosis", "failureClass"),
+    ("status", "provisioning", "componentsDone"),
+]
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -99,7 +111,7 @@ class DPUSetReconciler(Reconciler):
     kind = "DPUSet"
     workers = 4
     min_interval = 0.1  # DPU changes wake a DPUSet at most ten times a second...
-    RECOUNT_SECONDS_PER_DPU = 0.0005  # ...and a large one less often: a recount reads every DPU it selects
+    RECOUNT_SECONDS_PER_DPU = 0.0002  # ...and a large one less often: a recount reads every DPU it selects
 
     def __init__(
         self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS, clock: Callable[[], datetime] = now
@@ -112,8 +124,8 @@ class DPUSetReconciler(Reconciler):
         self._sizes: dict[Key, int] = {}  # how many DPUs each set counted last
 
     def interval(self, key: Key) -> float:
-        """A recount reads and parses every selected DPU (about 0.1 ms each): a set of 1,000 is woken
-        by their changes at most twice a second, one of 200 or fewer ten times."""
+        """A recount reads the counted fields of every selected DPU (about 10 us each): a set of 1,000
+        is woken by their changes at most five times a second, one of 500 or fewer ten times."""
         return max(self.min_interval, self._sizes.get(key, 0) * self.RECOUNT_SECONDS_PER_DPU)
 
     def watches(self) -> dict[str, Mapper]:
@@ -155,8 +167,7 @@ class DPUSetReconciler(Reconciler):
         strategy = spec.get("strategy") or {}
         template = {k: v for k, v in (spec.get("template") or {}).items() if v is not None}
         selector = LabelSelector.model_validate(spec.get("selector") or {})
-        dpus = (await asyncio.to_thread(self.store.list, "DPU", key.project, selector)).items
-        dpus.sort(key=lambda d: d["metadata"]["name"])
+        dpus = await asyncio.to_thread(self.store.list_fields, "DPU", COUNTED_FIELDS, key.project, selector)
         claimed = await asyncio.to_thread(self._claimed_by_older_sets, dpuset)
         overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
         dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]

@@ -67,8 +67,9 @@ PURPOSE = "provisioning"
 CLIENT_TTL = 60.0  # seconds a BMC client (address, credentials) is reused before it is read again
 CLIENT_CACHE_SIZE = 2048
 # Pushed Redfish events (registry message keys) that end something provisioning waits for: an update
-# task's end, a power transition's end. Intermediate ones (PoweringOn...) would only cost passes.
-WAKING_EVENTS = frozenset({"UpdateSuccessful", "ApplyFailed", "ResourcePoweredOn", "ResourcePoweredOff"})
+# task's end, a boot's end. Intermediate ones (PoweringOn, and PoweredOff in the middle of a reset)
+# would only cost passes: a reboot is recognised by the newer boot it ends in (phases/rebooting.py).
+WAKING_EVENTS = frozenset({"UpdateSuccessful", "ApplyFailed", "ResourcePoweredOn"})
 TIMEOUT_REASON = {
     Phase.AVAILABLE: "ValidationTimeout",
     Phase.PREPARING_HOST: "HostPreparationTimeout",
@@ -459,7 +460,7 @@ class DPUProvisioner(Reconciler):
     async def _keep_ready_summary(self, ctx: StepContext) -> None:
         """Ready covers the provisioning steps too: if another writer (the BMC controller's refresh)
         summarised it from its own steps only, put the provisioning steps back in."""
-        status = copy.deepcopy(ctx.status)
+        status = {"conditions": copy.deepcopy(ctx.status.get("conditions") or [])}  # all Ready is made of
         steps = ["Inventoried"] if ctx.progress.abortedGeneration is not None else PROVISIONING_STEPS
         if not summarize_ready(status, steps):
             return

@@ -69,6 +69,24 @@ class BmcTimings:
         return max(seconds * self.time_scale, 0.0)
 
 
+class Deadlines:
+    """Stages of `step` seconds each, timed from when the sequence started rather than from when the
+    last sleep happened to end: a busy event loop wakes sleepers late, and ten stages in a row would
+    otherwise add ten lateness to what the hardware takes."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self._mark = time.monotonic()
+
+    def restart(self) -> None:
+        """The next stage is timed from now (something between stages took its own time)."""
+        self._mark = time.monotonic()
+
+    async def next(self) -> None:
+        self._mark += self.step
+        await asyncio.sleep(max(0.0, self._mark - time.monotonic()))
+
+
 @dataclass(frozen=True)
 class BmcLimits:
     """Request handling of the BMC's web server.
@@ -390,22 +408,25 @@ class SimBMC:
             self.boot_hooks.on_power_on(self)
         self.log("ResourcePoweringOn", name)
         boot = self.timings.scaled(self.timings.power_on_seconds)
+        clock = Deadlines(boot / 3)
         self.set_boot_progress("MemoryInitializationStarted")
         self.post_code("0x2B", "Memory initialization")
         if self.boot_hooks is not None and not await self.boot_hooks.post(self):
             return
+        clock.restart()  # a hook may have held POST
         self.set_boot_progress("SystemHardwareInitializationComplete")
         self.post_code("0x4F", "DXE IPL started")
-        await asyncio.sleep(boot / 3)
+        await clock.next()
         source = self._network_boot_source()
         if source is not None:
             from dpufleet.sim.installer import run_installer  # the installer imports this module
 
             await run_installer(self, *source)
+            clock.restart()
         self.set_boot_progress("SetupEntered")
-        await asyncio.sleep(boot / 3)
+        await clock.next()
         self.set_boot_progress("OSBootStarted")
-        await asyncio.sleep(boot / 3)
+        await clock.next()
         await self._boot_slot(boot)
         if self.boot_hooks is not None and not await self.boot_hooks.os_boot(self):
             return
@@ -495,8 +516,9 @@ class SimBMC:
         task.state = TaskState.RUNNING
         task.messages.append(message("UpdateInProgress"))
         steps = 10
+        clock = Deadlines(self.timings.scaled(self.timings.update_seconds) / steps)
         for step in range(1, steps + 1):
-            await asyncio.sleep(self.timings.scaled(self.timings.update_seconds) / steps)
+            await clock.next()
             task.percent = step * 100 // steps
             if step == steps // 2:
                 for target in targets:

@@ -27,6 +27,7 @@ from dpufleet.sim.devices import HOST_MODELS, SimDPU, SimHost, SimNic
 from dpufleet.sim.osroot import write_dpu_root, write_host_root
 from dpufleet.sim.profiles import VendorProfile, get_profile
 from dpufleet.sim.redfish.app import TRANSPORT_SCOPE_KEY, RedfishApp, create_bmc_app, create_fleet_app
+from dpufleet.sim.redfish.events import close_senders
 from dpufleet.sim.tls import CertFiles, make_self_signed
 
 # PCIe bus numbers of the slots where hosts carry DPUs.
@@ -303,6 +304,7 @@ class FleetServer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for bmc in self.fleet.bmcs.values():
             await bmc.shutdown()
+        await close_senders()
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -22,6 +22,7 @@ from typing import Any
 from ...api.errors import Gone
 from ...store.feed import ChangeFeed, WatcherTooSlow
 from ...store.store import Change, Store
+from .metrics import RECONCILES
 from .queue import Backoff, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -180,19 +181,23 @@ class Controller:
             key = await self.queue.get()
             if key is None:
                 return
-            self._started[key] = time.monotonic()
+            started = self._started[key] = time.monotonic()
             try:
                 result = await self.reconciler.reconcile(key)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.errors += 1
+                RECONCILES.labels(self.name, "error").inc()
+                self.queue.supersede(key, started)
                 delay = await self.queue.add_rate_limited(key)
                 log.warning(
                     "%s %s: %s (retry in %.2fs)", self.name, key, exc, delay, exc_info=log.isEnabledFor(logging.DEBUG)
                 )
             else:
                 self.queue.forget(key)
+                RECONCILES.labels(self.name, "ok" if result.requeue_after is None else "requeue").inc()
+                self.queue.supersede(key, started)  # this visit's result says when the next one is due
                 if result.requeue_after is not None:
                     await self.queue.add_after(key, result.requeue_after)
             finally:
