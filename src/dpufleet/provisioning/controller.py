@@ -100,11 +100,26 @@ class DPUProvisioner(Reconciler):
     wake_on_status = True  # inventory arriving (a status write by discovery) can unblock provisioning
 
     def wakes_on_status(self, obj: dict[str, Any]) -> bool:
-        """A DPU waiting to start (or failed, or Ready) wakes on any status change: inventory arriving can
-        unblock it. One being provisioned is driven by its own requeues: its status writes (most of them
-        this controller's) would otherwise each cause an extra pass at once."""
-        phase = (obj.get("status") or {}).get("phase")
-        return phase not in WORKING_PHASES and phase != Phase.AVAILABLE
+        """A DPU waiting to start wakes on any status change: inventory arriving can unblock it. One being
+        provisioned is driven by its own requeues: its status writes (most of them this controller's)
+        would otherwise each cause an extra pass at once. One that provisioning is done with (Ready,
+        failed, held) wakes only when another writer left its Ready summary without the provisioning
+        steps, or a Ready one no longer runs its spec.image as far as provisioning knows: the health
+        controller's periodic writes to every Ready DPU are no work for provisioning."""
+        status = obj.get("status") or {}
+        phase = status.get("phase")
+        if phase in WORKING_PHASES or phase == Phase.AVAILABLE:
+            return False
+        if phase == Phase.READY or phase in FAILED_PHASES or phase == Phase.HELD:
+            progress = status.get("provisioning")
+            if progress is None:
+                return False  # never provisioned here (zero-touch onboarding): not ours to summarise
+            spec = obj.get("spec") or {}
+            if phase == Phase.READY and spec.get("image") and status.get("installedImage") != spec.get("image"):
+                return True  # what it runs is no longer known (controllers/reinstall.py): install again
+            steps = ["Inventoried"] if progress.get("abortedGeneration") is not None else PROVISIONING_STEPS
+            return summarize_ready({"conditions": copy.deepcopy(status.get("conditions") or [])}, steps)
+        return True
 
     def __init__(
         self,
