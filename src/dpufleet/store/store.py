@@ -9,6 +9,7 @@ locks it until commit, so resourceVersions are committed in order on both backen
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,10 +92,14 @@ class Change:
     project: str
     name: str
     data: str  # the object's JSON after the write (before it, for DELETED)
+    _parsed: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def object(self) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads(self.data)
-        return result
+        """The object, parsed once and shared by every watcher of the change: read it, never change it."""
+        if self._parsed is None:
+            object.__setattr__(self, "_parsed", orjson.loads(self.data))
+        assert self._parsed is not None
+        return self._parsed
 
 
 @dataclass(frozen=True)
