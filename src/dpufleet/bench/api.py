@@ -20,10 +20,9 @@ from pathlib import Path
 import httpx
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 from ..store.store import Store, default_sqlite_url
-from .harness import RunningServer, percentile, server_process
+from .harness import RunningServer, percentile, result_table, server_process
 from .rawhttp import RawConnection
 
 BASE = "/apis/dpufleet.io/v1alpha1"
@@ -182,10 +181,7 @@ def run_api_bench(
         lat, missed = asyncio.run(watch_latency(server, watchers, min(updates, objects), rate))
         result.watch_events, result.watch_missed = len(lat), missed
         result.watch_p50_ms, result.watch_p99_ms = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
-    table = Table(title="dpufleet bench api", box=None)
-    table.add_column("METRIC")
-    table.add_column("VALUE", justify="right")
-    table.add_column("TARGET", justify="right")
+    table = result_table("api")
     table.add_row("creates/s straight into the store", f"{result.store_creates_per_s:,.0f}", "")
     table.add_row("creates/s through the API", f"{result.api_creates_per_s:,.0f}", ">= 1,000")
     table.add_row(

@@ -31,12 +31,11 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from ..sim.faults import FaultKind, injector_for
 from ..sim.runner import SimOptions, SimRunning, run_sim
 from .discovery import _peak_rss_mib
-from .harness import RunningServer, free_port, percentile, script_server
+from .harness import RunningServer, free_port, percentile, result_table, script_server
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 TIME_SCALE = 0.05  # emulated hardware: a 40 s boot takes 2 s, the 30 s OS watchdog 1.5 s
@@ -380,10 +379,7 @@ def run_chaos_bench(
         f"default policy with waits x{POLICY_SCALE:g}"
     )
     result = asyncio.run(_run(dpus, duration, rate, seed, settle, console))
-    table = Table(title="dpufleet bench chaos", box=None)
-    table.add_column("METRIC")
-    table.add_column("VALUE", justify="right")
-    table.add_column("TARGET", justify="right")
+    table = result_table("chaos")
     detectable = sum(1 for f in result.injected if EXPECTED[f.kind] is not None)
     table.add_row("faults injected", f"{len(result.injected)} ({detectable} on the DPU, the rest host faults)", "")
     table.add_row("detection latency p50", f"{result.detection_p50:.1f} s", "")

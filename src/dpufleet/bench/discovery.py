@@ -17,10 +17,9 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from ..sim.runner import SimOptions, SimRunning, register
-from .harness import server_process
+from .harness import result_table, server_process
 
 PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
 
@@ -96,10 +95,7 @@ def run_discovery_bench(bmcs: int = 500, latency: float = 0.3, timeout: float = 
     console = Console()
     console.print(f"[bold]bench discovery[/]: {bmcs} emulated BMCs, {latency:g}s per request, 4 request slots each")
     result = asyncio.run(_run(bmcs, latency, timeout, console))
-    table = Table(title="dpufleet bench discovery", box=None)
-    table.add_column("METRIC")
-    table.add_column("VALUE", justify="right")
-    table.add_column("TARGET", justify="right")
+    table = result_table("discovery")
     table.add_row("BMCs discovered and fully inventoried", f"{result.inventoried} / {result.bmcs}", "all")
     table.add_row("time", f"{result.seconds:.1f} s", "")
     table.add_row("BMCs per minute", f"{result.bmcs_per_minute:,.0f}", ">= 1,000")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from rich.table import Table
 
 
 def free_port() -> int:
@@ -39,6 +40,36 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def result_table(bench: str) -> Table:
+    """The table every bench prints its results in: metric, value, target."""
+    table = Table(title=f"dpufleet bench {bench}", box=None)
+    table.add_column("METRIC")
+    table.add_column("VALUE", justify="right")
+    table.add_column("TARGET", justify="right")
+    return table
+
+
+def add_cost_rows(
+    table: Table,
+    dpus: int,
+    seconds: float,
+    server_cpu_seconds: float,
+    redfish_requests: int,
+    top_requests: list[tuple[str, int]],
+) -> None:
+    """What a fleet bench cost the control plane, per DPU: its CPU, and the Redfish requests the
+    emulated BMCs served (in all, and the most frequent)."""
+    per = max(1, dpus)
+    table.add_row(
+        "control plane CPU per DPU",
+        f"{1000 * server_cpu_seconds / per:,.0f} ms",
+        f"{server_cpu_seconds / max(seconds, 1e-9):.0%} of one core",
+    )
+    table.add_row("Redfish requests per DPU (all controllers)", f"{redfish_requests / per:,.1f}", "")
+    for path, count in top_requests:
+        table.add_row(f"  Redfish {path}", f"{count / per:.1f} per DPU", "")
 
 
 @dataclass

@@ -21,11 +21,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from ..sim.runner import SimOptions, SimRunning, register
 from .discovery import _peak_rss_mib
-from .harness import cpu_seconds, server_process
+from .harness import add_cost_rows, cpu_seconds, result_table, server_process
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
@@ -276,28 +275,19 @@ def run_provision_bench(dpus: int = 1000, poll: float = 0.05, timeout: float = 6
         f"the control plane polls every {poll:g}s"
     )
     result = asyncio.run(_run(dpus, poll, timeout, console))
-    table = Table(title="dpufleet bench provision", box=None)
-    table.add_column("METRIC")
-    table.add_column("VALUE", justify="right")
-    table.add_column("TARGET", justify="right")
+    table = result_table("provision")
     table.add_row("DPUs Ready", f"{result.ready} / {result.dpus}", "all")
     table.add_row("DPUs failed", str(result.failed), "0")
     table.add_row("time, Available to all Ready", f"{result.seconds:.1f} s", "<= 60 s for 1,000")
     table.add_row("DPUs per second", f"{result.dpus_per_second:,.1f}", ">= 16.7")
     table.add_row("SimpleUpdate requests", f"{result.simple_updates}", f"{result.dpus}")
-    per_dpu = result.redfish_requests / result.dpus if result.dpus else 0.0
-    table.add_row("Redfish requests per DPU (all controllers)", f"{per_dpu:,.1f}", "")
     for phase in PHASES:
         if phase in result.phase_mean_ms:
             table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
     table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
-    table.add_row(
-        "control plane CPU per DPU",
-        f"{1000 * result.server_cpu_seconds / max(1, result.dpus):,.0f} ms",
-        f"{result.server_cpu_seconds / max(result.seconds, 1e-9):.0%} of one core",
+    add_cost_rows(
+        table, result.dpus, result.seconds, result.server_cpu_seconds, result.redfish_requests, result.top_requests
     )
-    for path, count in result.top_requests:
-        table.add_row(f"  Redfish {path}", f"{count / max(1, result.dpus):.1f} per DPU", "")
     console.print(table)
     for error in result.errors[:5]:
         console.print(f"[red]error[/]: {error}")

@@ -23,11 +23,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from ..sim.runner import SimRunning
 from .discovery import _peak_rss_mib
-from .harness import cpu_seconds, server_process
+from .harness import add_cost_rows, cpu_seconds, result_table, server_process
 from .provision import PHASES, _phase_means, _requests_by_path, discover_fleet, publish_image, reconciles_by_controller
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
@@ -188,10 +187,7 @@ def run_rollout_bench(
     )
     result = asyncio.run(_run(dpus, max_unavailable, update_seconds, poll, timeout, console))
     waves = math.ceil(result.dpus / result.max_unavailable)
-    table = Table(title="dpufleet bench rollout", box=None)
-    table.add_column("METRIC")
-    table.add_column("VALUE", justify="right")
-    table.add_column("TARGET", justify="right")
+    table = result_table("rollout")
     table.add_row("DPUs Ready", f"{result.ready} / {result.dpus}", "all")
     table.add_row("DPUs failed", str(result.failed), "0")
     table.add_row("maxUnavailable", str(result.max_unavailable), "")
@@ -209,19 +205,14 @@ def run_rollout_bench(
         if phase in result.phase_mean_ms:
             table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
     table.add_row("control plane peak memory (RSS)", f"{result.server_peak_rss_mib:,.0f} MiB", "")
-    table.add_row(
-        "control plane CPU per DPU",
-        f"{1000 * result.server_cpu_seconds / max(1, result.dpus):,.0f} ms",
-        f"{result.server_cpu_seconds / max(result.seconds, 1e-9):.0%} of one core",
+    add_cost_rows(
+        table, result.dpus, result.seconds, result.server_cpu_seconds, result.redfish_requests, result.top_requests
     )
     table.add_row(
         "emulated fleet CPU per DPU",
         f"{1000 * result.fleet_cpu_seconds / max(1, result.dpus):,.0f} ms",
         f"{result.fleet_cpu_seconds / max(result.seconds, 1e-9):.0%} of one core",
     )
-    table.add_row("Redfish requests per DPU (all controllers)", f"{result.redfish_requests / result.dpus:,.1f}", "")
-    for path, count in result.top_requests:
-        table.add_row(f"  Redfish {path}", f"{count / max(1, result.dpus):.1f} per DPU", "")
     for controller, passes in sorted(result.reconciles.items(), key=lambda item: -item[1]):
         if passes:
             table.add_row(f"reconcile passes, {controller}", f"{passes / max(1, result.dpus):.1f} per DPU", "")

@@ -90,7 +90,8 @@ class HealthConfig:
     credentials_seconds: float = 60.0  # a BMC's credentials are read again after this (at once after a failure)
     # A BMC that pushes its events (a live EventService subscription) is asked only for its system on most
     # polls: its log entries arrive by push, and its memory and logs are read in full when a pushed event
-    # arrives and at least this often (events delivered to another API server process, or lost).
+    # that is not OK arrives and at least this often (events delivered to another API server process, or
+    # lost).
     full_look_seconds: float = 60.0
 
     def silent_after(self) -> float:
@@ -259,7 +260,10 @@ class HealthReconciler(Reconciler):
                 links = await discover_links(client, status.get("serialNumber") or dpu["spec"].get("serialNumber"))
                 self._links[cache] = links
             pushed = inbox.inbox_for(self.store).recent(key.project, bmc_name)
-            marker = (len(pushed), pushed[-1] if pushed else None)
+            # a pushed event that reports trouble has memory and logs read in full; an OK one (a power
+            # transition, an update applied: a rollout pushes four per DPU) is evidence enough by itself
+            alarming = [e for e in pushed if e.severity.upper() != "OK"]
+            marker = (len(alarming), alarming[-1] if alarming else None)
             last = self._full.get(cache)
             subscribed = ((bmc.get("status") or {}).get(SUBSCRIPTION_FIELD) or {}).get("state") == "Subscribed"
             full = (

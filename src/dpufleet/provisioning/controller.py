@@ -185,6 +185,9 @@ class DPUProvisioner(Reconciler):
             dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
         except NotFound:
             self._held.pop((key.project, key.name), None)
+            for (project, _bmc), dpus in self._bmc_dpus.items():
+                if project == key.project:
+                    dpus.discard(key.name)
             await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         if dpu["metadata"].get("deletionTimestamp"):
