@@ -342,6 +342,22 @@ def test_only_expected_machines_are_adopted(http: httpx.Client, site: Site) -> N
     assert events[0]["type"] == "Warning"
 
 
+def test_a_changed_adoption_policy_is_applied_to_the_discoverys_bmcs_at_once(http: httpx.Client, site: Site) -> None:
+    op = operator(http, "policy-change")
+    (url, dpu) = site.good(2)
+    op.discovery("allow-list", endpoints=[url], credentialsRef="site", adoption="Expected", expectedSerials=[])
+    stranger = op.wait_bmc_settled(bmc_name(url))
+    assert stranger["status"]["adopted"] is False
+    resp = http.patch(
+        op.path("discoveries", "allow-list"),
+        json={"spec": {"expectedSerials": [dpu.serial]}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status_code == 200, resp.text
+    adopted = op.wait_object("bmcs", bmc_name(url), lambda b: b["status"].get("adopted") is True, timeout=15)
+    assert adopted["status"]["dpus"] == [f"dpu-{dpu.serial.lower()}"], "adopted without waiting for the next crawl"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [

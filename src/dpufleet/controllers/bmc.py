@@ -71,6 +71,7 @@ class BMCReconciler(Reconciler):
         self.events = EventRecorder(store, "bmc-controller")
         self.drift = DriftReconciler(store, self.events)
         self._pushed: set[Key] = set()  # BMCs woken by a pushed inventory event, not by their period
+        self._generations: dict[tuple[str, str, str], Any] = {}  # Credentials' and Discoveries' last seen
 
     def started(self, wake: Callable[[Key], None]) -> None:
         """A pushed event that changes what the BMC inventories (an update applied, a part added or
@@ -105,18 +106,35 @@ class BMCReconciler(Reconciler):
         """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once."""
         return {"Credential": self._bmcs_using_credential, "Discovery": self._bmcs_of_discovery}
 
+    def _spec_changed(self, change: Change) -> bool:
+        """Whether the change is a new spec (generation) of an object already seen: status writes (a
+        Discovery's scan progress) are no reason to crawl its BMCs, 10,000 of them at a time. The first
+        sight of an object is not either: every BMC is visited when the controller starts."""
+        key = (change.kind, change.project, change.name)
+        if change.type == "DELETED":
+            self._generations.pop(key, None)
+            return False
+        generation = change.object()["metadata"].get("generation")
+        before = self._generations.get(key)
+        self._generations[key] = generation
+        return before is not None and before != generation
+
     def _bmcs_using_credential(self, change: Change) -> list[Key]:
+        if not self._spec_changed(change):
+            return []
         return [
             Key(b["metadata"]["project"], b["metadata"]["name"])
-            for b in self.store.list("BMC", change.project).items
-            if b["spec"].get("credentialsRef") == change.name
+            for b in self.store.list_fields("BMC", [("spec", "credentialsRef")], change.project)
+            if (b.get("spec") or {}).get("credentialsRef") == change.name
         ]
 
     def _bmcs_of_discovery(self, change: Change) -> list[Key]:
+        if not self._spec_changed(change):
+            return []
         selector = LabelSelector(matchLabels={DISCOVERY_LABEL: change.name})
         return [
             Key(b["metadata"]["project"], b["metadata"]["name"])
-            for b in self.store.list("BMC", change.project, selector).items
+            for b in self.store.list_fields("BMC", [("spec", "address")], change.project, selector)
         ]
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
