@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..store.store import Change, Store
 from .drift import DriftReconciler, is_drifted
 from .naming import dpu_name
 from .runtime.conditions import get_condition, set_condition, summarize_ready
-from .runtime.controller import Key, Mapper, Reconciler, Result
+from .runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
 from .runtime.events import EventRecorder
 from .runtime.status import mutate_status
 
@@ -72,6 +72,8 @@ class BMCReconciler(Reconciler):
         self.drift = DriftReconciler(store, self.events)
         self._pushed: set[Key] = set()  # BMCs woken by a pushed inventory event, not by their period
         self._generations: dict[tuple[str, str, str], Any] = {}  # Credentials' and Discoveries' last seen
+        self._crawled: dict[Key, tuple[object, ...]] = {}  # each BMC object's state at its last crawl
+        self._asked: set[Key] = set()  # BMCs whose Credential or Discovery spec changed since their crawl
 
     def started(self, wake: Callable[[Key], None]) -> None:
         """A pushed event that changes what the BMC inventories (an update applied, a part added or
@@ -85,9 +87,12 @@ class BMCReconciler(Reconciler):
         inbox_for(self.store).listen(on_event)
 
     def _refresh_after(self, bmc: dict[str, Any]) -> float:
+        """Seconds between two crawls of the BMC: its own fixed share of the jitter, so that a later
+        visit computes the same period."""
         subscription = (bmc.get("status") or {}).get("eventSubscription") or {}
         period = self.subscribed_refresh_seconds if subscription.get("state") == "Subscribed" else self.refresh_seconds
-        return period * random.uniform(1 - REFRESH_JITTER, 1 + REFRESH_JITTER)
+        share = zlib.crc32(bmc["metadata"]["name"].encode()) / 0xFFFFFFFF  # 0..1, stable per BMC
+        return period * (1 - REFRESH_JITTER + 2 * REFRESH_JITTER * share)
 
     def _all_being_provisioned(self, bmc: dict[str, Any]) -> bool:
         """Every DPU of the BMC is being provisioned here: the update its event reports is ours, and
@@ -122,20 +127,24 @@ class BMCReconciler(Reconciler):
     def _bmcs_using_credential(self, change: Change) -> list[Key]:
         if not self._spec_changed(change):
             return []
-        return [
+        keys = [
             Key(b["metadata"]["project"], b["metadata"]["name"])
             for b in self.store.list_fields("BMC", [("spec", "credentialsRef")], change.project)
             if (b.get("spec") or {}).get("credentialsRef") == change.name
         ]
+        self._asked.update(keys)
+        return keys
 
     def _bmcs_of_discovery(self, change: Change) -> list[Key]:
         if not self._spec_changed(change):
             return []
         selector = LabelSelector(matchLabels={DISCOVERY_LABEL: change.name})
-        return [
+        keys = [
             Key(b["metadata"]["project"], b["metadata"]["name"])
             for b in self.store.list_fields("BMC", [("spec", "address")], change.project, selector)
         ]
+        self._asked.update(keys)
+        return keys
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
@@ -144,14 +153,24 @@ class BMCReconciler(Reconciler):
         try:
             bmc = await asyncio.to_thread(self.store.get, "BMC", key.name, key.project)
         except NotFound:
+            self._crawled.pop(key, None)
             return Result()
         if bmc["metadata"].get("deletionTimestamp"):
+            self._crawled.pop(key, None)
             return Result()
-        if key in self._pushed:
-            self._pushed.discard(key)
-            if await asyncio.to_thread(self._all_being_provisioned, bmc):
-                crawled = seconds_since((bmc.get("status") or {}).get("lastSeen"))  # the period stays as it was
-                return Result(requeue_after=max(0.0, self._refresh_after(bmc) - crawled))
+        trigger = trigger_state(bmc, self.wake_on_finalizers)
+        crawled_ago = seconds_since((bmc.get("status") or {}).get("lastSeen"))
+        asked, pushed = key in self._asked, key in self._pushed  # a Credential's or Discovery's new spec; an event
+        self._asked.discard(key)
+        self._pushed.discard(key)
+        remaining = max(0.0, self._refresh_after(bmc) - crawled_ago)
+        if not asked and pushed and await asyncio.to_thread(self._all_being_provisioned, bmc):
+            return Result(requeue_after=remaining)
+        if not asked and not pushed and self._crawled.get(key) == trigger and remaining > 0:
+            # nothing asks for a crawl: not the BMC object (unchanged since its last crawl), not its
+            # period (its subscription may have lengthened it since), only the runtime's periodic resync
+            return Result(requeue_after=remaining)
+        self._crawled[key] = trigger
         spec = bmc["spec"]
         creds = await self._credentials(bmc)
         if isinstance(creds, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import datetime
 
 from ..api.errors import NotFound
@@ -24,6 +25,7 @@ class EventReaper(Reconciler):
         # The time of each Event just written, taken from the change that woke it: a dozen Events per DPU
         # update would otherwise each cost a read only to learn they are seconds old.
         self._stamps: dict[Key, str] = {}
+        self._due: dict[Key, float] = {}  # when each known Event is to be reaped (time.monotonic)
 
     def watches(self) -> dict[str, Mapper]:
         return {"Event": self._remember}
@@ -32,6 +34,7 @@ class EventReaper(Reconciler):
         key = Key(change.project, change.name)
         if change.type == "DELETED":
             self._stamps.pop(key, None)
+            self._due.pop(key, None)
         else:
             event = change.object()
             self._stamps[key] = event.get("lastTimestamp") or event["metadata"]["creationTimestamp"]
@@ -39,7 +42,10 @@ class EventReaper(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         stamp = self._stamps.pop(key, None)
-        if stamp is None:  # a resync, or the time to reap: read what is stored
+        due = self._due.get(key)
+        if stamp is None and due is not None and due > time.monotonic():
+            return Result(requeue_after=due - time.monotonic())  # the runtime's resync: nothing new
+        if stamp is None:  # the time to reap, or an Event from before a restart: read what is stored
             try:
                 event = await asyncio.to_thread(self.store.get, "Event", key.name, key.project)
             except NotFound:
@@ -47,7 +53,9 @@ class EventReaper(Reconciler):
             stamp = event.get("lastTimestamp") or event["metadata"]["creationTimestamp"]
         age = (now() - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
         if age >= self.ttl:
+            self._due.pop(key, None)
             with contextlib.suppress(NotFound):
                 await asyncio.to_thread(self.store.delete, "Event", key.name, key.project)
             return DONE
+        self._due[key] = time.monotonic() + self.ttl - age
         return Result(requeue_after=self.ttl - age)

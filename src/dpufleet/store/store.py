@@ -140,7 +140,15 @@ class Store:
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._create_group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self.create_many)
         if self.is_sqlite:
-            self._engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            # reads: as many pooled connections as threads read at once (no connection made per read),
+            # and no rollback when one is returned: every read path ends its own transaction
+            self._engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=16,
+                max_overflow=16,
+                pool_reset_on_return=None,
+            )
             self._write_engine = create_engine(
                 url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=StaticPool
             )

@@ -130,7 +130,7 @@ class Controller:
         for obj in listing.items:
             meta = obj["metadata"]
             key = Key(meta["project"], meta["name"])
-            self._seen[key] = _trigger_state(obj, self.reconciler.wake_on_finalizers)
+            self._seen[key] = trigger_state(obj, self.reconciler.wake_on_finalizers)
             await self.queue.add(key)
         return listing.resource_version
 
@@ -170,7 +170,7 @@ class Controller:
         obj = change.object()
         if self.reconciler.wakes_on_status(obj):
             return True
-        state = _trigger_state(obj, self.reconciler.wake_on_finalizers)
+        state = trigger_state(obj, self.reconciler.wake_on_finalizers)
         if self._seen.get(key) == state:
             return False
         self._seen[key] = state
@@ -205,7 +205,7 @@ class Controller:
                 await self.queue.done(key)
 
 
-def _trigger_state(obj: dict[str, Any], finalizers: bool = True) -> tuple[object, ...]:
+def trigger_state(obj: dict[str, Any], finalizers: bool = True) -> tuple[object, ...]:
     """What, when it changes, is worth a reconcile: not status (nor finalizers, when `finalizers` is False)."""
     meta = obj.get("metadata") or {}
     return (
