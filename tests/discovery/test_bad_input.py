@@ -410,4 +410,13 @@ def test_a_bmc_is_crawled_again_only_when_its_object_changes_or_its_period_is_up
     store.patch("BMC", "b", {"metadata": {"annotations": {"dpufleet.io/refresh": "now"}}})
     asyncio.run(reconciler.reconcile(key))
     assert bmc.requests_served > served, "a changed BMC object is crawled at once"
+
+    wrong = {"username": USER, "password": "not-the-password"}
+    store.create({"kind": "Credential", "metadata": {"name": "wrong"}, "spec": wrong})
+    store.create({"kind": "BMC", "metadata": {"name": "refused"}, "spec": {"address": url, "credentialsRef": "wrong"}})
+    failed = asyncio.run(reconciler.reconcile(Key("default", "refused")))
+    assert failed.requeue_after == reconciler.retry_seconds
+    served = bmc.requests_served
+    asyncio.run(reconciler.reconcile(Key("default", "refused")))
+    assert bmc.requests_served > served, "a BMC whose crawl failed is tried again at its next visit"
     store.close()

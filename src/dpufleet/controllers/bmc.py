@@ -159,7 +159,8 @@ class BMCReconciler(Reconciler):
             self._crawled.pop(key, None)
             return Result()
         trigger = trigger_state(bmc, self.wake_on_finalizers)
-        crawled_ago = seconds_since((bmc.get("status") or {}).get("lastSeen"))
+        last_seen = (bmc.get("status") or {}).get("lastSeen")  # the last crawl that succeeded
+        crawled_ago = seconds_since(last_seen) if last_seen else float("inf")
         asked, pushed = key in self._asked, key in self._pushed  # a Credential's or Discovery's new spec; an event
         self._asked.discard(key)
         self._pushed.discard(key)
@@ -170,7 +171,7 @@ class BMCReconciler(Reconciler):
             # nothing asks for a crawl: not the BMC object (unchanged since its last crawl), not its
             # period (its subscription may have lengthened it since), only the runtime's periodic resync
             return Result(requeue_after=remaining)
-        self._crawled[key] = trigger
+        self._crawled.pop(key, None)  # set again once this crawl succeeds
         spec = bmc["spec"]
         creds = await self._credentials(bmc)
         if isinstance(creds, str):
@@ -199,6 +200,9 @@ class BMCReconciler(Reconciler):
             await self._fail(bmc, "Inventoried", "CrawlFailed", str(exc), Severity.WARNING, reachable=True, root=root)
             return Result(requeue_after=self.retry_seconds)
         await self._apply(bmc, inventory)
+        self._crawled[Key(bmc["metadata"]["project"], bmc["metadata"]["name"])] = trigger_state(
+            bmc, self.wake_on_finalizers
+        )
         return Result(requeue_after=self._refresh_after(bmc))
 
     async def _credentials(self, bmc: dict[str, Any]) -> Credentials | str | None:
