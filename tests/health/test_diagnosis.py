@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dpufleet.api.kinds import RemediationAction, RemediationStep
+from dpufleet.health.controller import HealthConfig
 from dpufleet.health.diagnosis import diagnose, diagnose_host
 from dpufleet.health.evidence import AgentView, BMCView, FailureClass, HostView, LogEntry, MemoryDevice, Observation
 from dpufleet.health.policy import Episode, HistoryEntry, default_spec, plan
@@ -176,3 +177,10 @@ def test_a_dpu_off_while_its_host_reports_is_a_power_loss_only_after_the_hosts_s
         at=NOW, bmc=bmc(power_state="Off", boot_progress="None"), agent=SILENT, power_off_grace_seconds=30
     )
     assert diagnose(no_host).failure_class == FailureClass.POWER_LOSS, "nothing to wait for without a known host"
+
+
+def test_the_poll_budget_spaces_visits_out_only_past_a_thousand_dpus() -> None:
+    config = HealthConfig()  # 10 s, at most 100 BMC visits a second
+    assert config.poll_interval(1) == config.poll_interval(1000) == 10.0
+    assert config.poll_interval(10_000) == 100.0, "10,000 DPUs at 100 visits a second"
+    assert HealthConfig(poll_seconds=2.0, max_polls_per_second=50).poll_interval(200) == 4.0

@@ -19,6 +19,7 @@ from ..provisioning.controller import DPUProvisioner
 from ..security.secrets import SecretBox
 from ..store.feed import ChangeFeed
 from ..store.store import Store, default_sqlite_url
+from ..tuning import tune_gc
 from .bmc import BMCReconciler
 from .discovery import DiscoveryReconciler
 from .dpuset import DPUSetReconciler
@@ -74,6 +75,7 @@ def run_standalone(data_dir: Path, db_url: str | None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
     attach_repository(store, ImageRepository(data_dir / "images"))
+    tune_gc()
     try:
         asyncio.run(default_manager(store).run())
     finally:

@@ -93,6 +93,14 @@ class HealthConfig:
     # that is not OK arrives and at least this often (events delivered to another API server process, or
     # lost).
     full_look_seconds: float = 60.0
+    # A budget of BMC visits a second: past max_polls_per_second x poll_seconds DPUs (1,000 with the
+    # defaults), each DPU is visited less often, so that health never takes more than its share of the
+    # control plane (at 10,000 DPUs, every 100 s; pushed events and agent reports still arrive at once).
+    max_polls_per_second: float = 100.0
+
+    def poll_interval(self, watched: int) -> float:
+        """Seconds between two visits of one DPU when `watched` DPUs are looked after."""
+        return max(self.poll_seconds, watched / self.max_polls_per_second if self.max_polls_per_second else 0.0)
 
     def silent_after(self) -> float:
         """Seconds without a stored heartbeat before the agent counts as silent.
@@ -148,6 +156,7 @@ class HealthReconciler(Reconciler):
         # (project, host) -> DPU -> its power as evidence about the host (diagnosis.dpu_power_for_host)
         self._host_dpus: dict[tuple[str, str], dict[str, str | None]] = {}
         self._host_class: dict[tuple[str, str], FailureClass] = {}  # the host diagnosis last recorded
+        self._watched: set[Key] = set()  # the DPUs visited (for the poll budget)
 
     async def reconcile(self, key: Key) -> Result:
         try:
@@ -181,7 +190,9 @@ class HealthReconciler(Reconciler):
         diagnosis = run_diagnosis(observation)
         await self._record_host(dpu, observation, config)
         wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links, config)
-        requeue = config.poll_seconds if wait is None else max(0.05, min(config.poll_seconds, wait))
+        self._watched.add(key)
+        poll = config.poll_interval(len(self._watched))
+        requeue = poll if wait is None else max(0.05, min(poll, wait))
         return Result(requeue_after=requeue)
 
     async def _client(self, bmc: dict[str, Any], config: HealthConfig) -> RedfishClient:
@@ -219,6 +230,7 @@ class HealthReconciler(Reconciler):
             await entry.client.aclose()
 
     def _forget(self, key: Key) -> None:
+        self._watched.discard(key)
         for states in self._host_dpus.values():
             states.pop(key.name, None)
         self._links.pop((key.project, key.name), None)
@@ -270,7 +282,8 @@ class HealthReconciler(Reconciler):
                 not subscribed
                 or last is None
                 or last.marker != marker
-                or time.monotonic() - last.at >= config.full_look_seconds
+                or time.monotonic() - last.at
+                >= max(config.full_look_seconds, 6 * config.poll_interval(len(self._watched)))
             )
             view = await probe_bmc(client, links, full=full)
         except RedfishError as exc:

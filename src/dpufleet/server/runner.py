@@ -25,6 +25,7 @@ from ..security.onboarding import OnboardingKey
 from ..security.pki import FleetCA
 from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
+from ..tuning import tune_gc
 from .agent_listener import AgentListener, agent_app
 from .app import ServerState, build_state, create_app
 from .auth import TokenAuthenticator
@@ -117,6 +118,7 @@ def serve(
     advertise_repository(server.store, host, port)
     log.info("agent listener (mTLS) on %s; fleet CA %s", server.agent_listener.url, server.ca.fingerprint)
     log.info("admin token: %s", server.state.auth.admin_token_path)
+    tune_gc()
     try:
         uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
     finally:
