@@ -48,10 +48,14 @@ def fast_provisioner(store: Store) -> DPUProvisioner:
 
 
 @contextmanager
-def provisioning_server(data_dir: Path) -> Iterator[RunningServer]:
+def provisioning_server(data_dir: Path, config: ProvisioningConfig = FAST) -> Iterator[RunningServer]:
     """The real server with its controllers, the provisioner on fast timings, images served to loopback BMCs."""
+
+    def provisioner(store: Store) -> DPUProvisioner:
+        return DPUProvisioner(store, config, owner=OWNER)
+
     with pytest.MonkeyPatch.context() as mp:
-        factories = [f for f in manager.DEFAULT_RECONCILERS if f is not DPUProvisioner] + [fast_provisioner]
+        factories = [f for f in manager.DEFAULT_RECONCILERS if f is not DPUProvisioner] + [provisioner]
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)
         with threaded_server(data_dir) as running:
             assert running.server is not None

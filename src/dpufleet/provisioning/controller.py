@@ -147,10 +147,13 @@ class DPUProvisioner(Reconciler):
         self._clients: dict[tuple[str, str], tuple[RedfishClient, float]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._bmc_dpus: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> the DPUs reached through it
+        self._waiting: dict[Key, None] = {}  # DPUs that asked to start while max_in_flight were in flight, in order
+        self._wake: Callable[[Key], None] | None = None
 
     def started(self, wake: Callable[[Key], None]) -> None:
         """A pushed BMC event (a task finished, a boot progressed) wakes the DPUs of that BMC this
         controller is working on at once, instead of at their next poll."""
+        self._wake = wake
 
         def on_event(project: str, bmc: str, message_id: str) -> None:
             if message_id.rsplit(".", 1)[-1] not in WAKING_EVENTS:
@@ -184,14 +187,14 @@ class DPUProvisioner(Reconciler):
         try:
             dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
         except NotFound:
-            self._held.pop((key.project, key.name), None)
+            self._free_slot(key.project, key.name)
             for (project, _bmc), dpus in self._bmc_dpus.items():
                 if project == key.project:
                     dpus.discard(key.name)
             await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         if dpu["metadata"].get("deletionTimestamp"):
-            self._held.pop((key.project, key.name), None)
+            self._free_slot(key.project, key.name)
             await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         session = _Pass()
@@ -298,6 +301,13 @@ class DPUProvisioner(Reconciler):
     # --- steps ------------------------------------------------------------------------------------------
 
     async def _start(self, ctx: StepContext, phase: Phase | None, why: str) -> Result:
+        key = Key(ctx.project, ctx.name)
+        if (ctx.project, ctx.name) not in self._held and len(self._held) >= self.config.max_in_flight:
+            if key not in self._waiting:
+                self._waiting[key] = None  # its turn comes when one in flight finishes (_release_reservation)
+            return DONE
+        self._waiting.pop(key, None)
+        self._held.setdefault((ctx.project, ctx.name), 0.0)  # its slot, taken now (the reservation follows)
         spec = ctx.spec
         old = ctx.progress
         ctx.progress = ProvisioningStatus(
@@ -498,15 +508,28 @@ class DPUProvisioner(Reconciler):
             reservations.reserve, self.store, "DPU", ctx.project, ctx.name, self.owner, PURPOSE, ttl
         )
         if other is not None:
-            self._held.pop(key, None)
+            self._free_slot(*key)
             log.info("%s is reserved by %s until %.0f", ctx.name, other.owner, other.expires_at)
             return False
         self._held[key] = time.time() + ttl
         return True
 
     async def _release_reservation(self, ctx: StepContext) -> None:
-        self._held.pop((ctx.project, ctx.name), None)
+        self._free_slot(ctx.project, ctx.name)
         await asyncio.to_thread(reservations.release, self.store, "DPU", ctx.project, ctx.name, self.owner)
+
+    def _free_slot(self, project: str, name: str) -> None:
+        if self._held.pop((project, name), None) is not None:
+            self._admit_next()
+
+    def _admit_next(self) -> None:
+        """A slot freed: wake the DPUs that waited longest for one (as many as there are free slots)."""
+        free = self.config.max_in_flight - len(self._held)
+        while free > 0 and self._waiting and self._wake is not None:
+            key = next(iter(self._waiting))
+            del self._waiting[key]
+            self._wake(key)
+            free -= 1
 
     # --- the context handlers work with -------------------------------------------------------------------
 

@@ -104,16 +104,23 @@ class ProvisioningConfig:
     # a BMC shows a reset within seconds; a DPU still up on the same boot this long after the
     # reset was recorded never got it (the control plane died between recording and sending)
     reset_grace_seconds: float = 15.0
+    # DPUs this controller provisions at once (as Ironic's max concurrent deploys): more wait their
+    # turn in the order they asked, untouched, and start as others finish. Ten thousand DPUs in
+    # flight at once would each be polled and woken while almost none progressed.
+    max_in_flight: int = 256
 
     @classmethod
     def from_env(cls) -> ProvisioningConfig:
         """Defaults, with the poll and retry pauses from the environment when set (benchmarks and
         tests with instant emulated hardware): DPUFLEET_PROVISIONING_POLL_SECONDS,
-        DPUFLEET_PROVISIONING_RETRY_SECONDS."""
+        DPUFLEET_PROVISIONING_RETRY_SECONDS, DPUFLEET_PROVISIONING_MAX_IN_FLIGHT."""
         config = cls()
         poll = os.environ.get("DPUFLEET_PROVISIONING_POLL_SECONDS")
         if poll:
             config.poll_seconds = float(poll)
+        in_flight = os.environ.get("DPUFLEET_PROVISIONING_MAX_IN_FLIGHT")
+        if in_flight:
+            config.max_in_flight = max(1, int(in_flight))
         retry = os.environ.get("DPUFLEET_PROVISIONING_RETRY_SECONDS")
         if retry:
             config.retry_base_seconds = float(retry)
