@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..api.errors import NotFound
@@ -127,22 +127,21 @@ class BMCReconciler(Reconciler):
     def _bmcs_using_credential(self, change: Change) -> list[Key]:
         if not self._spec_changed(change):
             return []
-        keys = [
-            Key(b["metadata"]["project"], b["metadata"]["name"])
+        return self._ask(
+            b
             for b in self.store.list_fields("BMC", [("spec", "credentialsRef")], change.project)
             if (b.get("spec") or {}).get("credentialsRef") == change.name
-        ]
-        self._asked.update(keys)
-        return keys
+        )
 
     def _bmcs_of_discovery(self, change: Change) -> list[Key]:
         if not self._spec_changed(change):
             return []
         selector = LabelSelector(matchLabels={DISCOVERY_LABEL: change.name})
-        keys = [
-            Key(b["metadata"]["project"], b["metadata"]["name"])
-            for b in self.store.list_fields("BMC", [("spec", "address")], change.project, selector)
-        ]
+        return self._ask(self.store.list_fields("BMC", [("spec", "address")], change.project, selector))
+
+    def _ask(self, bmcs: Iterable[dict[str, Any]]) -> list[Key]:
+        """These BMCs are crawled at their next visit, whatever their period (a spec they use changed)."""
+        keys = [Key(b["metadata"]["project"], b["metadata"]["name"]) for b in bmcs]
         self._asked.update(keys)
         return keys
 

@@ -327,7 +327,7 @@ class DPUSetReconciler(Reconciler):
             if (ometa.get("creationTimestamp") or "", ometa["name"]) >= mine or ometa.get("deletionTimestamp"):
                 continue
             selector = LabelSelector.model_validate(other["spec"].get("selector") or {})
-            for dpu in self.store.list("DPU", meta["project"], selector).items:
+            for dpu in self.store.list_fields("DPU", [("spec",)], meta["project"], selector):
                 claimed.setdefault(dpu["metadata"]["name"], ometa["name"])
         return claimed
 

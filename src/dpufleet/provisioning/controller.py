@@ -117,8 +117,7 @@ class DPUProvisioner(Reconciler):
             spec = obj.get("spec") or {}
             if phase == Phase.READY and spec.get("image") and status.get("installedImage") != spec.get("image"):
                 return True  # what it runs is no longer known (controllers/reinstall.py): install again
-            steps = ["Inventoried"] if progress.get("abortedGeneration") is not None else PROVISIONING_STEPS
-            return summarize_ready({"conditions": copy.deepcopy(status.get("conditions") or [])}, steps)
+            return _ready_is_stale(status, _ready_steps(progress.get("abortedGeneration")))
         return True
 
     def __init__(
@@ -458,8 +457,7 @@ class DPUProvisioner(Reconciler):
                 status["installedSequence"] = progress.manifestSequence  # rollback protection (images/verify.py)
                 status["appliedFlavor"] = progress.flavor
             status["provisioning"] = progress.model_dump(mode="json")
-            steps = ["Inventoried"] if progress.abortedGeneration is not None else PROVISIONING_STEPS
-            summarize_ready(status, steps)
+            summarize_ready(status, _ready_steps(progress.abortedGeneration))
 
         if source is not None and spent is not None:
             PHASE_SECONDS.labels(str(source), "failed" if failed else "left").observe(max(spent, 0.0))
@@ -488,9 +486,8 @@ class DPUProvisioner(Reconciler):
     async def _keep_ready_summary(self, ctx: StepContext) -> None:
         """Ready covers the provisioning steps too: if another writer (the BMC controller's refresh)
         summarised it from its own steps only, put the provisioning steps back in."""
-        status = {"conditions": copy.deepcopy(ctx.status.get("conditions") or [])}  # all Ready is made of
-        steps = ["Inventoried"] if ctx.progress.abortedGeneration is not None else PROVISIONING_STEPS
-        if not summarize_ready(status, steps):
+        steps = _ready_steps(ctx.progress.abortedGeneration)
+        if not _ready_is_stale(ctx.status, steps):
             return
 
         def mutate(current: dict[str, Any]) -> None:
@@ -658,6 +655,17 @@ def _worth_saving(progress: ProvisioningStatus, saved: Any, pause: float) -> boo
     if not isinstance(saved, dict) or pause >= 1.0:
         return True
     return {k: v for k, v in current.items() if k != "message"} != {k: v for k, v in saved.items() if k != "message"}
+
+
+def _ready_steps(aborted_generation: Any) -> list[str]:
+    """The conditions Ready summarises: the provisioning steps, or only inventory once aborted."""
+    return ["Inventoried"] if aborted_generation is not None else PROVISIONING_STEPS
+
+
+def _ready_is_stale(status: dict[str, Any], steps: list[str]) -> bool:
+    """Whether Ready, summarised from `steps`, would differ from the stored one (read on a copy of the
+    conditions, all Ready is made of)."""
+    return summarize_ready({"conditions": copy.deepcopy(status.get("conditions") or [])}, steps)
 
 
 def _phase(value: Any) -> Phase | None:
