@@ -196,6 +196,16 @@ def test_every_bmc_pushes_its_events_to_the_api_server(fleet: Fleet) -> None:
     assert httpx.post(dest, json=forged).status_code == 401
     assert httpx.post(dest, json={"Events": []}).status_code == 401
     assert not [e for e in fleet.inbox().recent("default", fleet.bmc_name(sim)) if e.message == "forged"]
+    # what is not an event message is refused with a reason; an oversized one before it is read whole
+    bad = httpx.post(dest, content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "JSON" in bad.json()["message"]
+    assert httpx.post(dest, json=["an array"]).status_code == 400
+    huge = httpx.post(dest, content=b" " * (300 * 1024), headers={"content-type": "application/json"})
+    assert huge.status_code == 413
+    # the receiver is counted in the API metrics under its path template, like a route
+    with fleet.api.client() as api:
+        metrics = api.get("/metrics").text
+    assert 'route="/health/v1/redfish-events/{project}/{bmc}"' in metrics
 
 
 def test_a_pushed_event_reaches_the_health_controller_and_host_power_cycle_is_coordinated(fleet: Fleet) -> None:

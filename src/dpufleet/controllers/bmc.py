@@ -79,7 +79,7 @@ class BMCReconciler(Reconciler):
         """A pushed event that changes what the BMC inventories (an update applied, a part added or
         removed) has the BMC crawled at once: an out-of-band update is seen (controllers/drift.py)."""
 
-        def on_event(project: str, bmc: str, message_id: str) -> None:
+        def on_event(project: str, bmc: str, message_id: str, _severity: str) -> None:
             if message_id.rsplit(".", 1)[-1] in INVENTORY_EVENTS:
                 self._pushed.add(Key(project, bmc))
                 wake(Key(project, bmc))
@@ -146,7 +146,7 @@ class BMCReconciler(Reconciler):
         return keys
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+        self.events.post(obj, reason, message, "Warning" if warning else "Normal")
 
     async def reconcile(self, key: Key) -> Result:
         try:

@@ -310,11 +310,9 @@ class DPUSetReconciler(Reconciler):
         before = (dpuset.get("status") or {}).get("phase")
         await mutate_status(self.store, "DPUSet", key.name, mutate, key.project)
         if started:
-            await asyncio.to_thread(
-                self.events.record, dpuset, "Updating", f"updating {', '.join(started)} ({done}/{total} done)"
-            )
+            self.events.post(dpuset, "Updating", f"updating {', '.join(started)} ({done}/{total} done)")
         if halted and before != "Halted":
-            await asyncio.to_thread(self.events.record, dpuset, "Halted", message, "Warning")
+            self.events.post(dpuset, "Halted", message, "Warning")
         return Result(requeue_after=None if (total and done == total) else self.poll_seconds)
 
     def _claimed_by_older_sets(self, dpuset: dict[str, Any]) -> dict[str, str]:

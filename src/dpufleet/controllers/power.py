@@ -134,7 +134,7 @@ class PowerActionReconciler(Reconciler):
         await self._event(action, reason if phase == "Failed" else "Succeeded", message, warning=phase == "Failed")
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+        self.events.post(obj, reason, message, "Warning" if warning else "Normal")
 
     # --- planning ---------------------------------------------------------------------------------------
 

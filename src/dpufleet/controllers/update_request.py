@@ -229,9 +229,7 @@ class UpdateRequestReconciler(Reconciler):
         if quiet or (before.get("phase"), before.get("reason")) == (decision.phase, decision.reason):
             return
         warning = decision.phase in ("Refused", "Failed")
-        await asyncio.to_thread(
-            self.events.record, updated, decision.reason, decision.message, "Warning" if warning else "Normal"
-        )
+        self.events.post(updated, decision.reason, decision.message, "Warning" if warning else "Normal")
         if decision.phase in ("Accepted", "Refused"):
             entry = AuditEntry(
                 subject=SUBJECT,

@@ -19,6 +19,7 @@ import copy
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,10 +98,17 @@ class HealthConfig:
     # defaults), each DPU is visited less often, so that health never takes more than its share of the
     # control plane (at 10,000 DPUs, every 100 s; pushed events and agent reports still arrive at once).
     max_polls_per_second: float = 100.0
+    # A BMC that pushes its events, of a DPU with no agent reporting, is visited this many times less
+    # often: a pushed event that is not OK wakes its DPUs at once, so the poll only has to notice a
+    # BMC that stopped answering (every 30 s with the defaults). A DPU whose agent reports keeps the
+    # poll interval: the agent's silence is noticed on a visit.
+    subscribed_poll_factor: float = 3.0
 
-    def poll_interval(self, watched: int) -> float:
-        """Seconds between two visits of one DPU when `watched` DPUs are looked after."""
-        return max(self.poll_seconds, watched / self.max_polls_per_second if self.max_polls_per_second else 0.0)
+    def poll_interval(self, watched: int, pushing: bool = False) -> float:
+        """Seconds between two visits of one DPU when `watched` DPUs are looked after; `pushing`: its BMC
+        pushes its events and no agent reports from it."""
+        interval = max(self.poll_seconds, watched / self.max_polls_per_second if self.max_polls_per_second else 0.0)
+        return interval * max(1.0, self.subscribed_poll_factor) if pushing else interval
 
     def silent_after(self) -> float:
         """Seconds without a stored heartbeat before the agent counts as silent.
@@ -157,14 +165,44 @@ class HealthReconciler(Reconciler):
         self._host_dpus: dict[tuple[str, str], dict[str, str | None]] = {}
         self._host_class: dict[tuple[str, str], FailureClass] = {}  # the host diagnosis last recorded
         self._watched: set[Key] = set()  # the DPUs visited (for the poll budget)
+        self._pushing: set[tuple[str, str]] = set()  # (project, DPU): its BMC pushes its events to us
+        self._bmc_of: dict[tuple[str, str], str] = {}  # (project, DPU) -> its BMC, as last visited
+        self._dpus_of_bmc: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> its DPUs (event wakes)
+
+    def started(self, wake: Callable[[Key], None]) -> None:
+        """A pushed event that is not OK wakes the DPUs of its BMC at once: the BMCs that push are
+        polled less often (`subscribed_poll_factor`), their trouble arrives by push."""
+
+        def on_event(project: str, bmc: str, _message_id: str, severity: str) -> None:
+            if severity.upper() in ("OK", ""):
+                return
+            for name in list(self._dpus_of_bmc.get((project, bmc), ())):
+                wake(Key(project, name))
+
+        inbox.inbox_for(self.store).listen(on_event)
+
+    def _read(self, key: Key) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None]:
+        """What a visit reads from the store, in one trip to a store thread: the DPU, the remediation
+        policies of its project, its BMC (None when there is nothing to look at)."""
+        try:
+            dpu = self.store.get("DPU", key.name, key.project)
+        except NotFound:
+            return None, [], None
+        status = dpu.get("status") or {}
+        if dpu["metadata"].get("deletionTimestamp") or status.get("phase") in WORKING_PHASES:
+            return dpu, [], None
+        policies = self.store.list("RemediationPolicy", key.project).items
+        bmc = None
+        if status.get("bmc"):
+            try:
+                bmc = self.store.get("BMC", status["bmc"], key.project)
+            except NotFound:
+                bmc = None
+        return dpu, policies, bmc
 
     async def reconcile(self, key: Key) -> Result:
-        try:
-            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
-        except NotFound:
-            self._forget(key)
-            return Result()
-        if dpu["metadata"].get("deletionTimestamp"):
+        dpu, policies, bmc = await asyncio.to_thread(self._read, key)
+        if dpu is None or dpu["metadata"].get("deletionTimestamp"):
             self._forget(key)
             return Result()
         status = dpu.get("status") or {}
@@ -176,22 +214,33 @@ class HealthReconciler(Reconciler):
             # provisioning is writing, rebooting or configuring it (each wait bounded by its timeout), and
             # remediation leaves it alone meanwhile: its BMC is not polled until provisioning is done
             return Result(requeue_after=self.config.poll_seconds)
-        policies = (await asyncio.to_thread(self.store.list, "RemediationPolicy", key.project)).items
         policy = select_policy(policies, dpu["metadata"].get("labels") or {})
         config = self._config_for(policy)
-        client, links, bmc_view = await self._look_at_bmc(dpu, key, config)
-        # read again after the BMC answered (or timed out): the heartbeat's age is measured now
-        try:
-            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
-        except NotFound:
-            self._forget(key)
-            return Result()
+        client, links, bmc_view = await self._look_at_bmc(dpu, bmc, key, config)
+        reports = bool(status.get("agent") or status.get("host"))
+        if reports:
+            # read again after the BMC answered (or timed out): the heartbeat's age is measured now
+            try:
+                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            except NotFound:
+                self._forget(key)
+                return Result()
         observation = await self._observe(dpu, bmc_view, config)
         diagnosis = run_diagnosis(observation)
+        if not diagnosis.healthy and not reports:
+            # about to record trouble or act on it: on the DPU as it is now, not as it was before the visit
+            try:
+                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            except NotFound:
+                self._forget(key)
+                return Result()
+            observation = await self._observe(dpu, bmc_view, config)
+            diagnosis = run_diagnosis(observation)
         await self._record_host(dpu, observation, config)
         wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links, config)
         self._watched.add(key)
-        poll = config.poll_interval(len(self._watched))
+        pushing = (key.project, key.name) in self._pushing and not (dpu.get("status") or {}).get("agent")
+        poll = config.poll_interval(len(self._watched), pushing)
         requeue = poll if wait is None else max(0.05, min(poll, wait))
         return Result(requeue_after=requeue)
 
@@ -229,8 +278,26 @@ class HealthReconciler(Reconciler):
         if entry is not None:
             await entry.client.aclose()
 
+    def _bmc_changed(self, cache: tuple[str, str], bmc_name: str | None) -> None:
+        """Keep the BMC -> DPUs map (for pushed events) current with the DPU's BMC seen on this visit."""
+        before = self._bmc_of.get(cache)
+        if before == bmc_name:
+            return
+        if before is not None:
+            dpus = self._dpus_of_bmc.get((cache[0], before))
+            if dpus is not None:
+                dpus.discard(cache[1])
+                if not dpus:
+                    del self._dpus_of_bmc[(cache[0], before)]
+            del self._bmc_of[cache]
+        if bmc_name is not None:
+            self._bmc_of[cache] = bmc_name
+            self._dpus_of_bmc.setdefault((cache[0], bmc_name), set()).add(cache[1])
+
     def _forget(self, key: Key) -> None:
         self._watched.discard(key)
+        self._pushing.discard((key.project, key.name))
+        self._bmc_changed((key.project, key.name), None)
         for states in self._host_dpus.values():
             states.pop(key.name, None)
         self._links.pop((key.project, key.name), None)
@@ -253,19 +320,19 @@ class HealthReconciler(Reconciler):
     # --- evidence ---------------------------------------------------------------------------------------
 
     async def _look_at_bmc(
-        self, dpu: dict[str, Any], key: Key, config: HealthConfig
+        self, dpu: dict[str, Any], bmc: dict[str, Any] | None, key: Key, config: HealthConfig
     ) -> tuple[RedfishClient | None, Links | None, BMCView | None]:
+        """`bmc`: the DPU's BMC object as read with it (None: it has none, or it is gone)."""
         status = dpu.get("status") or {}
         bmc_name = status.get("bmc")
+        cache = (key.project, key.name)
+        self._bmc_changed(cache, bmc_name if bmc is not None else None)
         if not bmc_name:
             return None, None, None
-        try:
-            bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, key.project)
-        except NotFound:
+        if bmc is None:
             await self._drop_client(key.project, bmc_name)
             return None, None, None
         client = await self._client(bmc, config)
-        cache = (key.project, key.name)
         try:
             links = self._links.get(cache)
             if links is None:
@@ -278,12 +345,16 @@ class HealthReconciler(Reconciler):
             marker = (len(alarming), alarming[-1] if alarming else None)
             last = self._full.get(cache)
             subscribed = ((bmc.get("status") or {}).get(SUBSCRIPTION_FIELD) or {}).get("state") == "Subscribed"
+            if subscribed:
+                self._pushing.add(cache)
+            else:
+                self._pushing.discard(cache)
             full = (
                 not subscribed
                 or last is None
                 or last.marker != marker
                 or time.monotonic() - last.at
-                >= max(config.full_look_seconds, 6 * config.poll_interval(len(self._watched)))
+                >= max(config.full_look_seconds, 6 * config.poll_interval(len(self._watched), pushing=True))
             )
             view = await probe_bmc(client, links, full=full)
         except RedfishError as exc:
@@ -656,7 +727,7 @@ class HealthReconciler(Reconciler):
         await self._audit(updated, str(action), result, f"{diagnosis.failure_class}: {message}")
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+        self.events.post(obj, reason, message, "Warning" if warning else "Normal")
 
     async def _audit(self, dpu: dict[str, Any], action: str, result: str, detail: str) -> None:
         meta = dpu["metadata"]

@@ -24,11 +24,11 @@ class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[tuple[str, str], deque[LogEntry]] = {}
-        self._listeners: list[Callable[[str, str, str], None]] = []
+        self._listeners: list[Callable[[str, str, str, str], None]] = []
 
-    def listen(self, callback: Callable[[str, str, str], None]) -> None:
-        """Call `callback(project, bmc, message_id)` after every event added (in the adding thread; keep
-        it short)."""
+    def listen(self, callback: Callable[[str, str, str, str], None]) -> None:
+        """Call `callback(project, bmc, message_id, severity)` after every event added (in the adding
+        thread; keep it short)."""
         self._listeners.append(callback)
 
     def add(
@@ -44,7 +44,7 @@ class Inbox:
         with self._lock:
             self._events.setdefault((project, bmc), deque(maxlen=KEPT_PER_BMC)).append(entry)
         for callback in list(self._listeners):
-            callback(project, bmc, message_id)
+            callback(project, bmc, message_id, severity)
 
     def recent(self, project: str, bmc: str) -> list[LogEntry]:
         with self._lock:

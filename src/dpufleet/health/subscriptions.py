@@ -222,4 +222,4 @@ class EventSubscriptionReconciler(Reconciler):
         raise Conflict(f"bmc {name!r}: could not change its finalizers, it kept changing")
 
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        await asyncio.to_thread(self.events.record, obj, reason, message, "Warning" if warning else "Normal")
+        self.events.post(obj, reason, message, "Warning" if warning else "Normal")

@@ -154,7 +154,7 @@ class DPUProvisioner(Reconciler):
         controller is working on at once, instead of at their next poll."""
         self._wake = wake
 
-        def on_event(project: str, bmc: str, message_id: str) -> None:
+        def on_event(project: str, bmc: str, message_id: str, _severity: str) -> None:
             if message_id.rsplit(".", 1)[-1] not in WAKING_EVENTS:
                 return
             for name in self._bmc_dpus.get((project, bmc), ()):
@@ -540,7 +540,7 @@ class DPUProvisioner(Reconciler):
             await self._write(ctx, mutate)
 
         async def record(reason: str, message: str, warning: bool) -> None:
-            await asyncio.to_thread(self.events.record, ctx.dpu, reason, message, "Warning" if warning else "Normal")
+            self.events.post(ctx.dpu, reason, message, "Warning" if warning else "Normal")
 
         async def redfish() -> tuple[RedfishClient, str]:
             if session.client is None or session.system is None:

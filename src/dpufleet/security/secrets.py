@@ -24,10 +24,14 @@ class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
         self._key = key
+        self._derived: dict[str, bytes] = {}  # purpose -> key (every pushed BMC event derives one)
 
     def derive(self, purpose: str) -> bytes:
         """A key for one purpose (say, authenticating pushed events), derived from this key: HMAC-SHA256."""
-        return hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()
+        found = self._derived.get(purpose)
+        if found is None:
+            found = self._derived[purpose] = hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()
+        return found
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> SecretBox:

@@ -349,14 +349,14 @@ def create_app(state: ServerState) -> FastAPI:
     from ..inventory.reports import ReportHandler
     from .admin_api import admin_router
     from .agent_api import agent_router
-    from .health_api import health_router, redfish_events_router
+    from .health_api import RedfishEventReceiver, health_router
     from .images_api import images_router
 
     app.include_router(admin_router(state, [Depends(authenticate)]))
     app.include_router(images_router(state, [Depends(authenticate)]))
     app.include_router(agent_router(state, ReportHandler(state.store), [require(SubAction.AGENT_REPORT)]))
     app.include_router(health_router(state, [Depends(authenticate)]))
-    app.include_router(redfish_events_router(state))
+    app.add_middleware(RedfishEventReceiver, state=state, metrics=metrics)  # outermost: before the routes
     return app
 
 

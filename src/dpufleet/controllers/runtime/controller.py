@@ -81,6 +81,11 @@ class Reconciler(abc.ABC):
         thread: for signals that are not store changes (a BMC's pushed event). None by default."""
         return None
 
+    def visit_after(self, change: Change) -> float:
+        """Seconds after which a change of this kind that wakes its object is visited (0: now). An
+        object with nothing to do until a known time (an Event until it expires) is not visited before."""
+        return 0.0
+
     def wakes_on_status(self, obj: dict[str, Any]) -> bool:
         """Whether a status-only change of `obj` wakes it (`wake_on_status` unless overridden)."""
         return self.wake_on_status
@@ -142,7 +147,11 @@ class Controller:
                 async with asyncio.timeout(self.reconciler.resync):
                     async for change in self.feed.changes(kinds, since):
                         if change.kind == self.reconciler.kind and self._wakes(change):
-                            await self._wake(Key(change.project, change.name))
+                            later = self.reconciler.visit_after(change)
+                            if later > 0:
+                                await self.queue.add_after(Key(change.project, change.name), later)
+                            else:
+                                await self._wake(Key(change.project, change.name))
                         mapper = mappers.get(change.kind)
                         if mapper is not None:
                             for key in mapper(change):
