@@ -409,3 +409,43 @@ def test_a_batch_of_creates_commits_together_and_failures_stay_alone(store: Stor
     log = store.changes_since(before)
     assert [(c.rv, c.type, c.name) for c in log] == [(before + 1, ADDED, "b-1"), (before + 2, ADDED, "b-2")]
     assert store.get("DPU", "b-2")["metadata"]["resourceVersion"] == str(before + 2)
+
+
+# --- the field mirror controllers count from (controllers/runtime/mirror.py) ---------------------------------
+
+
+def test_field_mirror_matches_the_store_whatever_order_list_and_changes_arrive_in(store: Store) -> None:
+    import asyncio
+
+    from dpufleet.controllers.runtime.mirror import FieldMirror
+
+    paths = [("spec", "image"), ("status", "phase")]
+    store.create(dpu("a1", labels={"vendor": "nvidia"}, image="os-1"))
+    store.create(dpu("a2", labels={"vendor": "intel"}))
+    store.create(dpu("gone"))
+    since = store.current_rv()
+    mirror = FieldMirror(store, "DPU", paths)
+    # changes that arrive before the first list (the feed is ahead of it) are not undone by the list
+    store.update_status("DPU", "a1", {"phase": "Ready"})
+    store.delete("DPU", "gone")
+    for change in store.changes_since(since):
+        mirror.apply(change)
+    rows = asyncio.run(mirror.rows("default"))
+    assert rows == store.list_fields("DPU", paths, "default")
+    assert names(rows) == ["a1", "a2"] and rows[0]["status"] == {"phase": "Ready"}
+    # an older change delivered late does not overwrite what is newer
+    since = store.current_rv()
+    first = store.patch("DPU", "a2", {"spec": {"image": "os-2"}})
+    store.patch("DPU", "a2", {"spec": {"image": "os-3"}})
+    changes = store.changes_since(since)
+    for change in reversed(changes):
+        mirror.apply(change)
+    assert asyncio.run(mirror.rows("default"))[1]["spec"] == {"image": "os-3"}
+    mirror.put(first)  # what a controller wrote, once a newer version is known, changes nothing
+    assert asyncio.run(mirror.rows("default")) == store.list_fields("DPU", paths, "default")
+    # selectors pick from the mirror; forget() reads the store again
+    nvidia = asyncio.run(mirror.rows("default", parse_selector("vendor=nvidia")))
+    assert names(nvidia) == ["a1"]
+    store.create(dpu("a3"))  # not applied: only a fresh read sees it
+    mirror.forget()
+    assert names(asyncio.run(mirror.rows("default"))) == ["a1", "a2", "a3"]

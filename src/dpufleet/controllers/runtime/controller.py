@@ -81,6 +81,12 @@ class Reconciler(abc.ABC):
         thread: for signals that are not store changes (a BMC's pushed event). None by default."""
         return None
 
+    def relisted(self) -> None:
+        """Called whenever the controller lists its kind again and follows the feed from there (at start,
+        at each resync, after a watch that broke): what a reconciler mirrors of other kinds from their
+        changes may have missed some, and is to be read from the store again."""
+        return None
+
     def visit_after(self, change: Change) -> float:
         """Seconds after which a change of this kind that wakes its object is visited (0: now). An
         object with nothing to do until a known time (an Event until it expires) is not visited before."""
@@ -131,6 +137,7 @@ class Controller:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _enqueue_all(self) -> int:
+        self.reconciler.relisted()
         listing = await asyncio.to_thread(self.store.list, self.reconciler.kind)
         for obj in listing.items:
             meta = obj["metadata"]

@@ -1,0 +1,101 @@
+"""A mirror of a few fields of every object of one kind, kept from the store's change feed.
+
+A controller that counts thousands of objects on every pass (a DPUSet counting its DPUs to keep
+maxUnavailable) reads them from here instead of listing them from the store each time. Nothing
+in it comes from anywhere but the store: a project is listed from the store (`Store.list_fields`)
+the first time it is asked for, and every change the feed delivers afterwards is applied on top,
+the newer resourceVersion winning, so a list and the changes that raced it merge in either order.
+The controller applies what it wrote itself at once (`put`), so its next pass counts its own
+writes even before the feed delivers them. A restarted controller starts from the store again.
+
+Not thread-safe: used from the controller's event loop (the feed's mappers run there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ...api.selectors import LabelSelector
+from ...store.store import Change, Store
+
+Row = dict[str, Any]
+
+
+class FieldMirror:
+    def __init__(self, store: Store, kind: str, paths: list[tuple[str, ...]]) -> None:
+        self.store = store
+        self.kind = kind
+        self.paths = paths
+        self._rows: dict[str, dict[str, Row]] = {}  # project -> name -> the object cut down to `paths`
+        self._gone: dict[str, dict[str, int]] = {}  # project -> name -> resourceVersion of its deletion
+        self._listed: set[str] = set()
+
+    def apply(self, change: Change) -> None:
+        """A change from the feed (of this kind)."""
+        if change.type == "DELETED":
+            self._rows.get(change.project, {}).pop(change.name, None)
+            self._gone.setdefault(change.project, {})[change.name] = change.rv
+            return
+        self._merge(change.project, self.cut(change.object()))
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """An object as this controller just wrote it."""
+        self._merge(obj["metadata"]["project"], self.cut(obj))
+
+    async def rows(self, project: str, selector: LabelSelector | None = None) -> list[Row]:
+        """The project's objects (as `Store.list_fields` gives them), in name order; read-only."""
+        if project not in self._listed:
+            for row in await asyncio.to_thread(self.store.list_fields, self.kind, self.paths, project):
+                self._merge(project, row)
+            self._listed.add(project)
+            self._gone.pop(project, None)  # tombstones older than the list are not needed any more
+        rows = self._rows.get(project, {})
+        found = [rows[name] for name in sorted(rows)]
+        if selector is not None:
+            found = [r for r in found if selector.matches(r["metadata"].get("labels") or {})]
+        return found
+
+    def forget(self, project: str | None = None) -> None:
+        """Read the project (every project) from the store again at the next `rows`."""
+        projects = [project] if project is not None else list(self._listed)
+        for each in projects:
+            self._listed.discard(each)
+            self._rows.pop(each, None)
+            self._gone.pop(each, None)
+
+    def cut(self, obj: dict[str, Any]) -> Row:
+        """`obj` cut down to the mirrored paths, shaped as `Store.list_fields` shapes its rows."""
+        meta = obj["metadata"]
+        row: Row = {
+            "kind": self.kind,
+            "metadata": {
+                "name": meta["name"],
+                "project": meta["project"],
+                "resourceVersion": meta["resourceVersion"],
+                "labels": meta.get("labels") or {},
+            },
+        }
+        for path in self.paths:
+            value: Any = obj
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+                if value is None:
+                    break
+            if value is None:
+                continue
+            here = row
+            for part in path[:-1]:
+                here = here.setdefault(part, {})
+            here[path[-1]] = value
+        return row
+
+    def _merge(self, project: str, row: Row) -> None:
+        name = row["metadata"]["name"]
+        rv = int(row["metadata"]["resourceVersion"])
+        if self._gone.get(project, {}).get(name, -1) >= rv:
+            return  # deleted after this version was read
+        rows = self._rows.setdefault(project, {})
+        current = rows.get(name)
+        if current is None or int(current["metadata"]["resourceVersion"]) < rv:
+            rows[name] = row
