@@ -185,16 +185,23 @@ class DPUSetReconciler(Reconciler):
         total = len(dpus)
         self._sizes[key] = total
 
+        # each DPU classified once per pass (a set of 1,000 is counted several times a second)
+        image = template.get("image")
+        updated_names: set[str] = set()
+        converged_names: set[str] = set()
+        for d in dpus:
+            if all((d.get("spec") or {}).get(k) == v for k, v in template.items()):
+                name = d["metadata"]["name"]
+                updated_names.add(name)
+                status = d.get("status") or {}
+                if status.get("phase") == Phase.READY and (image is None or status.get("installedImage") == image):
+                    converged_names.add(name)
+
         def updated(d: dict[str, Any]) -> bool:
-            return all((d.get("spec") or {}).get(k) == v for k, v in template.items())
+            return d["metadata"]["name"] in updated_names
 
         def converged(d: dict[str, Any]) -> bool:
-            status = d.get("status") or {}
-            return (
-                updated(d)
-                and status.get("phase") == Phase.READY
-                and status.get("installedImage") == template.get("image", status.get("installedImage"))
-            )
+            return d["metadata"]["name"] in converged_names
 
         def failed(d: dict[str, Any]) -> bool:
             return (d.get("status") or {}).get("phase") in FAILED_PHASES

@@ -28,14 +28,14 @@ from ..api.kinds import RemediationAction
 from ..api.meta import ConditionStatus, Severity, isotime, now
 from ..api.selectors import LabelSelector
 from ..controllers.runtime.conditions import get_condition, set_condition
-from ..controllers.runtime.controller import Key, Reconciler, Result
+from ..controllers.runtime.controller import Key, Mapper, Reconciler, Result
 from ..controllers.runtime.events import EventRecorder
 from ..controllers.runtime.status import mutate_status
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..inventory import reports
 from ..provisioning.machine import WORKING_PHASES, Phase
 from ..security.audit import AuditEntry, AuditLog
-from ..store.store import Store
+from ..store.store import Change, Store
 from . import actions, inbox
 from .diagnosis import Diagnosis, diagnose_host, dpu_power_for_host, parse_time
 from .diagnosis import diagnose as run_diagnosis
@@ -165,6 +165,8 @@ class HealthReconciler(Reconciler):
         self._host_dpus: dict[tuple[str, str], dict[str, str | None]] = {}
         self._host_class: dict[tuple[str, str], FailureClass] = {}  # the host diagnosis last recorded
         self._watched: set[Key] = set()  # the DPUs visited (for the poll budget)
+        self._policies: dict[str, list[dict[str, Any]]] = {}  # project -> its RemediationPolicies
+        self._policy_generation = 0  # changes of RemediationPolicies seen (the cache is filled only between two)
         self._pushing: set[tuple[str, str]] = set()  # (project, DPU): its BMC pushes its events to us
         self._bmc_of: dict[tuple[str, str], str] = {}  # (project, DPU) -> its BMC, as last visited
         self._dpus_of_bmc: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> its DPUs (event wakes)
@@ -181,6 +183,30 @@ class HealthReconciler(Reconciler):
 
         inbox.inbox_for(self.store).listen(on_event)
 
+    def watches(self) -> dict[str, Mapper]:
+        return {"RemediationPolicy": self._policy_changed}
+
+    def relisted(self) -> None:
+        self._policy_generation += 1
+        self._policies.clear()
+
+    def _policy_changed(self, change: Change) -> list[Key]:
+        """A policy changed: each DPU's next visit reads them again (no visit sooner)."""
+        self._policy_generation += 1
+        self._policies.pop(change.project, None)
+        return []
+
+    def _policies_of(self, project: str) -> list[dict[str, Any]]:
+        """The project's RemediationPolicies, kept until one of them changes (read in a store thread)."""
+        cached = self._policies.get(project)
+        if cached is not None:
+            return cached
+        generation = self._policy_generation
+        policies = self.store.list("RemediationPolicy", project).items
+        if generation == self._policy_generation:  # no change arrived while reading
+            self._policies[project] = policies
+        return policies
+
     def _read(self, key: Key) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None]:
         """What a visit reads from the store, in one trip to a store thread: the DPU, the remediation
         policies of its project, its BMC (None when there is nothing to look at)."""
@@ -191,7 +217,7 @@ class HealthReconciler(Reconciler):
         status = dpu.get("status") or {}
         if dpu["metadata"].get("deletionTimestamp") or status.get("phase") in WORKING_PHASES:
             return dpu, [], None
-        policies = self.store.list("RemediationPolicy", key.project).items
+        policies = self._policies_of(key.project)
         bmc = None
         if status.get("bmc"):
             try:

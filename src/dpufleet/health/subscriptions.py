@@ -55,10 +55,6 @@ def event_context(store: Store, bmc: dict[str, Any]) -> str:
     return CONTEXT_PREFIX + hmac.new(key, message, "sha256").hexdigest()[:48]
 
 
-def context_matches(store: Store, bmc: dict[str, Any], context: object) -> bool:
-    return isinstance(context, str) and hmac.compare_digest(context, event_context(store, bmc))
-
-
 def receiver_base(store: Store) -> str | None:
     """Where BMCs reach the API server: the public URL (DPUFLEET_PUBLIC_URL, else the API's listen address).
 
@@ -77,6 +73,9 @@ def destination(base: str, bmc: dict[str, Any]) -> str:
 class EventSubscriptionReconciler(Reconciler):
     kind = "BMC"
     workers = 16
+    # its own finalizer (added with the subscription) is no reason to check the subscription again: that
+    # second visit of every BMC was three Redfish requests each (a deletion still wakes it)
+    wake_on_finalizers = False
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ push (RedfishEventReceiver).
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -24,8 +25,9 @@ from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..health import actions, inbox
 from ..health.diagnosis import parse_time
 from ..health.probe import bmc_credentials, discover_links
-from ..health.subscriptions import RECEIVER_PATH, context_matches
+from ..health.subscriptions import RECEIVER_PATH, event_context
 from ..security.policy import SubAction
+from ..store.store import Change
 from .access import Access
 from .metrics import APIMetrics
 
@@ -85,10 +87,35 @@ class RedfishEventReceiver:
 
     PREFIX = RECEIVER_PATH.split("{", 1)[0]
 
+    # The Context each BMC's events must carry, kept between its events: reading the BMC for every
+    # event was a store trip per event. Dropped when the BMC changes in this process (deleted, made
+    # again: a new uid), and read again after CONTEXT_SECONDS whatever happens (another process).
+    CONTEXT_SECONDS = 60.0
+
     def __init__(self, app: ASGIApp, state: Any, metrics: APIMetrics) -> None:
         self.app = app
         self.state = state
         self.metrics = metrics
+        self._contexts: dict[tuple[str, str], tuple[str, float]] = {}
+        state.store.add_listener(self._on_changes)
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.kind == "BMC":
+                self._contexts.pop((change.project, change.name), None)
+
+    async def context_of(self, project: str, bmc: str) -> str | None:
+        """The Context the BMC's subscription carries; None when there is no such BMC."""
+        cached = self._contexts.get((project, bmc))
+        if cached is not None and time.monotonic() - cached[1] < self.CONTEXT_SECONDS:
+            return cached[0]
+        try:
+            obj = await self.state.read(self.state.store.get, "BMC", bmc, project)
+        except NotFound:
+            return None
+        context = event_context(self.state.store, obj)
+        self._contexts[(project, bmc)] = (context, time.monotonic())
+        return context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -99,7 +126,7 @@ class RedfishEventReceiver:
         start = time.perf_counter()
         try:
             body = await _read_body(receive, MAX_EVENT_BYTES)
-            code, answer = 200, await receive_events(self.state, unquote(parts[0]), unquote(parts[1]), body)
+            code, answer = 200, await receive_events(self, unquote(parts[0]), unquote(parts[1]), body)
         except APIError as exc:
             code, answer = exc.code, exc.to_status()
         payload = orjson.dumps(answer)
@@ -131,7 +158,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def receive_events(state: Any, project: str, bmc: str, body: bytes) -> dict[str, Any]:
+async def receive_events(receiver: RedfishEventReceiver, project: str, bmc: str, body: bytes) -> dict[str, Any]:
     """Check a pushed event message against the BMC's subscription Context and keep its events."""
     try:
         payload = orjson.loads(body)
@@ -139,18 +166,15 @@ async def receive_events(state: Any, project: str, bmc: str, body: bytes) -> dic
         raise BadRequest("the body must be a Redfish event message (JSON)") from None
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a Redfish event message (a JSON object)")
-    refused = Unauthorized("the event does not carry the context of a subscription this server made")
-    try:
-        obj = await state.read(state.store.get, "BMC", bmc, project)
-    except NotFound:
-        raise refused from None
-    if not context_matches(state.store, obj, payload.get("Context")):
-        raise refused
+    expected = await receiver.context_of(project, bmc)
+    context = payload.get("Context")
+    if expected is None or not isinstance(context, str) or not hmac.compare_digest(context, expected):
+        raise Unauthorized("the event does not carry the context of a subscription this server made")
     received = 0
     for event in payload.get("Events") or []:
         if not isinstance(event, dict):
             continue
-        inbox.inbox_for(state.store).add(
+        inbox.inbox_for(receiver.state.store).add(
             project,
             bmc,
             str(event.get("Message") or ""),

@@ -75,7 +75,9 @@ class Install(PhaseHandler):
                     progress.installIssuedAt = None  # the request never reached the BMC: safe to send
                 await ctx.save()
             if progress.taskURI is None:
+                writing = f"writing {item.component.name} to {item.target}"
                 progress.installIssuedAt = stamp()
+                progress.message = writing
                 await ctx.save()  # before the request: a restart must know it may have been sent
                 try:
                     progress.taskURI = await driver.install(request)
@@ -83,11 +85,10 @@ class Install(PhaseHandler):
                     progress.taskURI = await driver.find_started(request, progress.installIssuedAt)
                     if progress.taskURI is None:
                         raise StepFailed("BMCBusy", "the BMC is running another update") from None
-                await ctx.save()
                 await ctx.record(
                     "InstallStarted", f"{item.component.name} {item.component.version} -> {item.target}", False
                 )
-                return Wait(ctx.config.poll_seconds, f"writing {item.component.name} to {item.target}")
+                return Wait(ctx.config.poll_seconds, writing)  # saved with its task (a changed field)
             result = await driver.poll(progress.taskURI)
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None

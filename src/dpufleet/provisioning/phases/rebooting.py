@@ -67,7 +67,7 @@ class Reboot(PhaseHandler):
                 progress.baselineBootTime = boot.last_state_time
                 progress.baselineBootState = boot.last_state
                 progress.resetIssuedAt = stamp()
-                await self._send_reset(ctx)  # saved before it is sent: a restart waits for this boot
+                await self._send_reset(ctx, "reset sent")  # saved before it is sent: a restart waits for this boot
                 return Wait(ctx.config.poll_seconds, "reset sent")
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
@@ -85,16 +85,18 @@ class Reboot(PhaseHandler):
             # recorded but never taken: the control plane stopped between saving and sending it
             progress.resetIssuedAt = stamp()
             try:
-                await self._send_reset(ctx)
+                await self._send_reset(ctx, "the reset was not taken: sent again")
             except RedfishError as exc:
                 raise StepFailed("BMCError", str(exc)) from None
             return Wait(ctx.config.poll_seconds, "the reset was not taken: sent again")
         return Wait(ctx.config.poll_seconds, "waiting for the reset to take effect")
 
     @staticmethod
-    async def _send_reset(ctx: StepContext) -> None:
-        """Count the reset and save progress (its baseline and time with it) before sending it."""
+    async def _send_reset(ctx: StepContext, message: str) -> None:
+        """Count the reset and save progress (its baseline and time with it) before sending it; the
+        message is the one the wait after it shows, so that wait writes nothing more."""
         ctx.progress.resetsSent += 1
+        ctx.progress.message = message
         await ctx.save()
         driver = await ctx.install_driver(str(ctx.progress.installPath))
         await driver.activate()
