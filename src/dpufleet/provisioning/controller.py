@@ -110,6 +110,9 @@ class DPUProvisioner(Reconciler):
         phase = status.get("phase")
         if phase in WORKING_PHASES or phase == Phase.AVAILABLE:
             return False
+        meta = obj["metadata"]
+        if (meta["project"], meta["name"]) in self._held:
+            return False  # started here: a write another controller made before it saw the start is no news
         if phase == Phase.READY or phase in FAILED_PHASES or phase == Phase.HELD:
             progress = status.get("provisioning")
             if progress is None:
@@ -364,7 +367,10 @@ class DPUProvisioner(Reconciler):
         onward = outcome.phase in WORKING_PHASES
         # straight on with the next step in this pass: the transition is written with the next write
         await self._move(ctx, phase, outcome.phase, outcome.message, hold=onward)
-        return outcome.phase if onward else Result(requeue_after=0.0)
+        if onward:
+            return outcome.phase
+        # Ready is the end (a new spec wakes it); any other phase is looked at again at once
+        return DONE if outcome.phase == Phase.READY else Result(requeue_after=0.0)
 
     async def _failed(self, ctx: StepContext, phase: Phase, failure: StepFailed) -> Result:
         progress = ctx.progress

@@ -184,13 +184,10 @@ class Controller:
             self._seen.pop(key, None)
             return True
         obj = change.object()
-        if self.reconciler.wakes_on_status(obj):
-            return True
         state = trigger_state(obj, self.reconciler.wake_on_finalizers)
-        if self._seen.get(key) == state:
-            return False
-        self._seen[key] = state
-        return True
+        changed = self._seen.get(key) != state
+        self._seen[key] = state  # also when its status wakes it: the next status write is not a "spec change"
+        return changed or self.reconciler.wakes_on_status(obj)
 
     async def _worker(self, _index: int) -> None:
         while True:
