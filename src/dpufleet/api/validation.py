@@ -73,13 +73,29 @@ def validate_document(doc: Any, *, kind: KindInfo | None = None) -> tuple[KindIn
     return kind, dump(model)
 
 
-def validate_status(kind: KindInfo, status: Any) -> dict[str, Any]:
-    """Validate only a status (the status subresource)."""
+def validate_status(kind: KindInfo, status: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate only a status (the status subresource).
+
+    `base`: the stored status this one was made from (validated when it was written). Only the
+    top-level fields that differ from it are validated again; the result is the same as validating
+    the whole (the status models check each field on its own), for a fraction of the time: a
+    controller's write changes a few fields of a large status (a DPU's firmware, evidence,
+    capabilities and conditions are most of it)."""
     if not kind.has_status:
         raise BadRequest(f"{kind.kind} has no status")
     field = kind.model.model_fields["status"]
     annotation = field.annotation
     assert annotation is not None
+    if base is not None and isinstance(status, dict) and not annotation.__pydantic_decorators__.model_validators:
+        changed = {k: v for k, v in status.items() if k not in base or base[k] != v}
+        try:
+            dumped = dump(annotation.model_validate(changed))
+        except ValidationError:
+            pass  # said by the whole validation below, as for any status
+        else:
+            kept = {k: v for k, v in base.items() if k in status and k not in changed}
+            kept.update((k, dumped[k]) for k in changed if k in dumped)
+            return kept
     try:
         model = annotation.model_validate(status if status is not None else {})
     except ValidationError as exc:

@@ -113,8 +113,8 @@ def _limit(value: int | str | None, total: int, minimum: int = 1) -> int | None:
 class DPUSetReconciler(Reconciler):
     kind = "DPUSet"
     workers = 4
-    min_interval = 0.1  # DPU changes wake a DPUSet at most ten times a second...
-    RECOUNT_SECONDS_PER_DPU = 0.0002  # ...and a large one less often: a recount reads every DPU it selects
+    min_interval = 0.05  # DPU changes wake a DPUSet at most twenty times a second...
+    RECOUNT_SECONDS_PER_DPU = 0.00005  # ...and a large one less often: a recount looks at every DPU it selects
 
     def __init__(
         self, store: Store, poll_seconds: float = ROLLOUT_POLL_SECONDS, clock: Callable[[], datetime] = now

@@ -151,6 +151,7 @@ class HealthReconciler(Reconciler):
     kind = "DPU"
     workers = 32
     wake_on_status = False
+    wake_on_spec = False  # each visit reads the spec (held, labels); a rollout's spec writes are no reason to visit
 
     def __init__(self, store: Store, config: HealthConfig | None = None) -> None:
         self.store = store

@@ -592,11 +592,14 @@ class Store:
         *,
         hook: WriteHook | None = None,
     ) -> dict[str, Any]:
-        """Replace the status only; spec and generation are untouched."""
+        """Replace the status only; spec and generation are untouched. Only the fields that differ from
+        the stored status are validated (the rest was when it was written)."""
         info = _kind(kind)
-        new_status = validate_status(info, status)
+        if not info.has_status:
+            validate_status(info, status)  # says so
         with self._write() as conn:
             current = self._load(conn, info, project, name, for_update=True)
+            new_status = validate_status(info, status, current.get("status") or {})
             if hook is not None:
                 hook(conn, current, {**current, "status": new_status})
             self._check_rv(info, current, resource_version)

@@ -66,6 +66,10 @@ class Reconciler(abc.ABC):
     # Finalizers other controllers add or remove wake this one unless it says otherwise (a controller
     # that does a costly visit, such as a full inventory crawl, for changes that are not its business).
     wake_on_finalizers: bool = True
+    # A spec change (a new generation) wakes it unless it says otherwise: one that looks at every object
+    # on its own schedule anyway and reads the spec then (the health controller: a rollout writes the
+    # spec of every DPU it updates, a visit each was a Redfish request each).
+    wake_on_spec: bool = True
 
     def watches(self) -> dict[str, Mapper]:
         """Other kinds whose changes should wake objects of this kind."""
@@ -142,7 +146,7 @@ class Controller:
         for obj in listing.items:
             meta = obj["metadata"]
             key = Key(meta["project"], meta["name"])
-            self._seen[key] = trigger_state(obj, self.reconciler.wake_on_finalizers)
+            self._seen[key] = trigger_state(obj, self.reconciler.wake_on_finalizers, self.reconciler.wake_on_spec)
             await self.queue.add(key)
         return listing.resource_version
 
@@ -184,7 +188,7 @@ class Controller:
             self._seen.pop(key, None)
             return True
         obj = change.object()
-        state = trigger_state(obj, self.reconciler.wake_on_finalizers)
+        state = trigger_state(obj, self.reconciler.wake_on_finalizers, self.reconciler.wake_on_spec)
         changed = self._seen.get(key) != state
         self._seen[key] = state  # also when its status wakes it: the next status write is not a "spec change"
         return changed or self.reconciler.wakes_on_status(obj)
@@ -218,11 +222,12 @@ class Controller:
                 await self.queue.done(key)
 
 
-def trigger_state(obj: dict[str, Any], finalizers: bool = True) -> tuple[object, ...]:
-    """What, when it changes, is worth a reconcile: not status (nor finalizers, when `finalizers` is False)."""
+def trigger_state(obj: dict[str, Any], finalizers: bool = True, spec: bool = True) -> tuple[object, ...]:
+    """What, when it changes, is worth a reconcile: not status (nor finalizers, when `finalizers` is False;
+    nor the spec, when `spec` is False)."""
     meta = obj.get("metadata") or {}
     return (
-        meta.get("generation"),
+        meta.get("generation") if spec else None,
         tuple(sorted((meta.get("labels") or {}).items())),
         tuple(sorted((meta.get("annotations") or {}).items())),
         tuple(meta.get("finalizers") or ()) if finalizers else (),
