@@ -22,6 +22,7 @@ resync and after a broken watch, and kept by the store's change feed in between)
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -180,22 +181,47 @@ class DPUSetReconciler(Reconciler):
         selector = LabelSelector.model_validate(spec.get("selector") or {})
         dpus = await self._dpus.rows(key.project, selector)
         claimed = await asyncio.to_thread(self._claimed_by_older_sets, dpuset)
-        overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
-        dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]
+        if claimed:
+            overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
+            dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]
+        else:
+            overlap = []
         total = len(dpus)
         self._sizes[key] = total
 
-        # each DPU classified once per pass (a set of 1,000 is counted several times a second)
+        # each DPU classified once per pass, in one loop (a set of 1,000 is counted many times a second)
         image = template.get("image")
+        template_items = list(template.items())
         updated_names: set[str] = set()
         converged_names: set[str] = set()
+        failures: list[str] = []
+        busy: list[dict[str, Any]] = []
+        busy_names: set[str] = set()
         for d in dpus:
-            if all((d.get("spec") or {}).get(k) == v for k, v in template.items()):
-                name = d["metadata"]["name"]
+            name = d["metadata"]["name"]
+            status = d.get("status") or {}
+            phase = status.get("phase")
+            dpu_spec = d.get("spec") or {}
+            is_updated = all(dpu_spec.get(k) == v for k, v in template_items)
+            is_converged = (
+                is_updated and phase == Phase.READY and (image is None or status.get("installedImage") == image)
+            )
+            is_failed = phase in FAILED_PHASES
+            if is_updated:
                 updated_names.add(name)
-                status = d.get("status") or {}
-                if status.get("phase") == Phase.READY and (image is None or status.get("installedImage") == image):
+                if is_converged:
                     converged_names.add(name)
+                if is_failed:
+                    failures.append(name)
+            if (
+                phase in WORKING_PHASES
+                or is_failed
+                or phase == Phase.HELD
+                or (status.get("diagnosis") or {}).get("failureClass") in OUT_OF_SERVICE
+                or (is_updated and not is_converged)
+            ):
+                busy.append(d)
+                busy_names.add(name)
 
         def updated(d: dict[str, Any]) -> bool:
             return d["metadata"]["name"] in updated_names
@@ -203,24 +229,15 @@ class DPUSetReconciler(Reconciler):
         def converged(d: dict[str, Any]) -> bool:
             return d["metadata"]["name"] in converged_names
 
-        def failed(d: dict[str, Any]) -> bool:
-            return (d.get("status") or {}).get("phase") in FAILED_PHASES
-
         def unavailable(d: dict[str, Any]) -> bool:
-            status = d.get("status") or {}
-            phase = status.get("phase")
-            busy = phase in WORKING_PHASES or phase in FAILED_PHASES or phase == Phase.HELD
-            busy = busy or (status.get("diagnosis") or {}).get("failureClass") in OUT_OF_SERVICE
-            return busy or (updated(d) and not converged(d))
+            return d["metadata"]["name"] in busy_names
 
         max_unavailable = _limit(strategy.get("maxUnavailable", 1), total) or 1
         per_host = strategy.get("maxUnavailablePerHost", 1)
-        failures = [d["metadata"]["name"] for d in dpus if updated(d) and failed(d)]
         canary = strategy.get("canary") if strategy.get("type") == "Canary" else None
         max_failures = _limit(strategy.get("maxFailures"), total)
         if canary is not None and max_failures is None:
             max_failures = 1  # a failed canary is the health gate's verdict
-        busy = [d for d in dpus if unavailable(d)]
         busy_hosts: dict[str, int] = {}
         for d in busy:
             host = _host(d)
@@ -251,7 +268,7 @@ class DPUSetReconciler(Reconciler):
         else:
             budget = max_unavailable - len(busy)
             if canary is not None:
-                budget = min(budget, canary - sum(1 for d in dpus if updated(d)))
+                budget = min(budget, canary - len(updated_names))
             chosen: list[dict[str, Any]] = []
             for d in dpus:
                 if budget <= 0:
@@ -274,14 +291,14 @@ class DPUSetReconciler(Reconciler):
             canaries_done = (
                 canary is not None
                 and not started
-                and sum(1 for d in dpus if updated(d)) >= canary
-                and all(converged(d) for d in dpus if updated(d))
+                and len(updated_names) >= canary
+                and converged_names >= updated_names
             )
             if canaries_done:
                 reason = "CanaryHold"
                 message = f"{canary} canary DPU(s) converged; set strategy.type RollingUpdate to promote"
 
-        done = sum(1 for d in dpus if converged(d))
+        done = len(converged_names)
         generation = dpuset["metadata"].get("generation")
 
         def mutate(status: dict[str, Any]) -> None:
@@ -292,7 +309,7 @@ class DPUSetReconciler(Reconciler):
                 status["currentTemplate"] = template
             status.update(
                 dpus=total,
-                updated=sum(1 for d in dpus if updated(d)) + len(started),
+                updated=len(updated_names) + len(started),
                 ready=done,
                 unavailable=len(busy) + len(started),
                 failed=len(failures),
@@ -329,7 +346,10 @@ class DPUSetReconciler(Reconciler):
             )
 
         before = (dpuset.get("status") or {}).get("phase")
-        await mutate_status(self.store, "DPUSet", key.name, mutate, key.project)
+        trial = copy.deepcopy(dpuset.get("status") or {})
+        mutate(trial)
+        if trial != (dpuset.get("status") or {}):  # most recounts change nothing: no write then
+            await mutate_status(self.store, "DPUSet", key.name, mutate, key.project)
         if started:
             self.events.post(dpuset, "Updating", f"updating {', '.join(started)} ({done}/{total} done)")
         if halted and before != "Halted":

@@ -614,23 +614,26 @@ class DPUProvisioner(Reconciler):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def _bmc_access(self, project: str, bmc_name: str) -> tuple[dict[str, Any], Credentials | None]:
+        """The BMC's spec and its credentials, read in one trip to a store thread."""
+        try:
+            bmc = self.store.get("BMC", bmc_name, project)
+        except NotFound:
+            raise StepFailed("NoBMC", f"BMC {bmc_name!r} does not exist") from None
+        ref = bmc["spec"].get("credentialsRef")
+        if not ref:
+            return bmc["spec"], None
+        try:
+            cred = self.store.get("Credential", ref, project)
+            password = self.store.get_secret("Credential", ref, "password", project)
+        except NotFound:
+            raise StepFailed("CredentialsMissing", f"credentials {ref!r} not found") from None
+        return bmc["spec"], Credentials(cred["spec"]["username"], password or "")
+
     async def _open(
         self, dpu: dict[str, Any], project: str, bmc_name: str, serial: str | None
     ) -> tuple[RedfishClient, str]:
-        try:
-            bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, project)
-        except NotFound:
-            raise StepFailed("NoBMC", f"BMC {bmc_name!r} does not exist") from None
-        spec = bmc["spec"]
-        credentials = None
-        ref = spec.get("credentialsRef")
-        if ref:
-            try:
-                cred = await asyncio.to_thread(self.store.get, "Credential", ref, project)
-                password = await asyncio.to_thread(self.store.get_secret, "Credential", ref, "password", project)
-            except NotFound:
-                raise StepFailed("CredentialsMissing", f"credentials {ref!r} not found") from None
-            credentials = Credentials(cred["spec"]["username"], password or "")
+        spec, credentials = await asyncio.to_thread(self._bmc_access, project, bmc_name)
         client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=2)
         cache_key = (spec["address"], serial)
         try:

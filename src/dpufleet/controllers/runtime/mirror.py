@@ -30,11 +30,13 @@ class FieldMirror:
         self._rows: dict[str, dict[str, Row]] = {}  # project -> name -> the object cut down to `paths`
         self._gone: dict[str, dict[str, int]] = {}  # project -> name -> resourceVersion of its deletion
         self._listed: set[str] = set()
+        self._order: dict[str, list[str]] = {}  # project -> its names sorted (until one comes or goes)
 
     def apply(self, change: Change) -> None:
         """A change from the feed (of this kind)."""
         if change.type == "DELETED":
-            self._rows.get(change.project, {}).pop(change.name, None)
+            if self._rows.get(change.project, {}).pop(change.name, None) is not None:
+                self._order.pop(change.project, None)
             self._gone.setdefault(change.project, {})[change.name] = change.rv
             return
         self._merge(change.project, self.cut(change.object()))
@@ -51,10 +53,12 @@ class FieldMirror:
             self._listed.add(project)
             self._gone.pop(project, None)  # tombstones older than the list are not needed any more
         rows = self._rows.get(project, {})
-        found = [rows[name] for name in sorted(rows)]
-        if selector is not None:
-            found = [r for r in found if selector.matches(r["metadata"].get("labels") or {})]
-        return found
+        order = self._order.get(project)
+        if order is None:
+            order = self._order[project] = sorted(rows)
+        if selector is None or selector.is_empty():
+            return [rows[name] for name in order]
+        return [rows[name] for name in order if selector.matches(rows[name]["metadata"]["labels"])]
 
     def forget(self, project: str | None = None) -> None:
         """Read the project (every project) from the store again at the next `rows`."""
@@ -63,6 +67,7 @@ class FieldMirror:
             self._listed.discard(each)
             self._rows.pop(each, None)
             self._gone.pop(each, None)
+            self._order.pop(each, None)
 
     def cut(self, obj: dict[str, Any]) -> Row:
         """`obj` cut down to the mirrored paths, shaped as `Store.list_fields` shapes its rows."""
@@ -97,5 +102,7 @@ class FieldMirror:
             return  # deleted after this version was read
         rows = self._rows.setdefault(project, {})
         current = rows.get(name)
+        if current is None:
+            self._order.pop(project, None)
         if current is None or int(current["metadata"]["resourceVersion"]) < rv:
             rows[name] = row
