@@ -54,6 +54,8 @@ class RolloutBenchResult:
     redfish_requests: int = 0  # served by the emulated BMCs over the timed part
     top_requests: list[tuple[str, int]] = field(default_factory=list)  # the most frequent, over the fleet
     reconciles: dict[str, float] = field(default_factory=dict)  # passes per controller over the timed part
+    first_start_seconds: float = 0.0  # from the DPUSet's create to the first DPU's provisioning start
+    refill_seconds: list[float] = field(default_factory=list)  # each freed slot: a DPU Ready to the next start
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -153,6 +155,7 @@ async def _run(
                         break
                     await asyncio.sleep(0.1)
                 result.seconds = time.perf_counter() - start
+                created_at = time.time() - result.seconds
                 result.server_cpu_seconds = cpu_seconds(server.process.pid) - cpu_before
                 result.fleet_cpu_seconds = time.process_time() - fleet_cpu_before
                 served = _requests_by_path(fleet) - paths_before
@@ -163,10 +166,38 @@ async def _run(
                     passes = reconciles_by_controller(metrics.text)
                     result.reconciles = {c: n - passes_before.get(c, 0.0) for c, n in passes.items()}
                     result.phase_mean_ms = {p: s * 1000 for p, s in _phase_means(metrics.text).items()}
+                listing = await http.get(f"{BASE}/dpus")
+                if listing.status_code == 200:
+                    _slot_timings(result, listing.json().get("items") or [], created_at)
             result.server_peak_rss_mib = _peak_rss_mib(server.process.pid)
         finally:
             await servers.stop()
     return result
+
+
+def _slot_timings(result: RolloutBenchResult, dpus: list[dict[str, Any]], created_at: float) -> None:
+    """How long the control plane took to use a freed slot: the k-th DPU to start after the first
+    maxUnavailable took the slot of the k-th DPU to become Ready (from each DPU's provisioning times)."""
+    from datetime import datetime
+
+    def epoch(value: Any) -> float | None:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() if value else None
+
+    starts, readies = [], []
+    for dpu in dpus:
+        progress = (dpu.get("status") or {}).get("provisioning") or {}
+        began = epoch(progress.get("startedAt"))
+        if began is None or began < created_at:
+            continue
+        starts.append(began)
+        if progress.get("phase") == "Ready" and (done := epoch(progress.get("phaseStartedAt"))) is not None:
+            readies.append(done)
+    starts.sort()
+    readies.sort()
+    if starts:
+        result.first_start_seconds = starts[0] - created_at
+    limit = result.max_unavailable
+    result.refill_seconds = [s - r for s, r in zip(starts[limit:], readies, strict=False)]
 
 
 def _as_limit(value: str) -> int | str:
@@ -201,6 +232,12 @@ def run_rollout_bench(
     overhead_pct = 100 * result.overhead_seconds / result.minimum_seconds if result.minimum_seconds else 0.0
     table.add_row("overhead", f"{result.overhead_seconds:.1f} s ({overhead_pct:.0f}%)", "<= 5% + 5 s")
     table.add_row("target met", "yes" if result.met else "no", "yes")
+    table.add_row("DPUSet create to the first DPU started", f"{1000 * result.first_start_seconds:,.0f} ms", "")
+    if result.refill_seconds:
+        gaps = sorted(result.refill_seconds)
+        mean = sum(gaps) / len(gaps)
+        p90 = gaps[int(0.9 * (len(gaps) - 1))]
+        table.add_row("a DPU Ready to the next started, mean / p90", f"{1000 * mean:,.0f} / {1000 * p90:,.0f} ms", "")
     for phase in PHASES:
         if phase in result.phase_mean_ms:
             table.add_row(f"mean time in {phase}", f"{result.phase_mean_ms[phase]:,.0f} ms", "")
