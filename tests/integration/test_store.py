@@ -449,3 +449,31 @@ def test_field_mirror_matches_the_store_whatever_order_list_and_changes_arrive_i
     store.create(dpu("a3"))  # not applied: only a fresh read sees it
     mirror.forget()
     assert names(asyncio.run(mirror.rows("default"))) == ["a1", "a2", "a3"]
+
+
+def test_patch_many_writes_each_patch_alone_in_one_transaction(store: Store) -> None:
+    a = store.create(dpu("a", image="os-1"))
+    store.create(dpu("b", image="os-1"))
+    store.update_status("DPU", "a", {"phase": "Ready"})
+    b = store.get("DPU", "b")
+    stale = a["metadata"]["resourceVersion"]  # a's status changed since
+    since = store.current_rv()
+    results = store.patch_many(
+        "DPU",
+        [
+            ("a", "default", {"metadata": {"resourceVersion": stale}, "spec": {"image": "os-2"}}),
+            (
+                "b",
+                "default",
+                {"metadata": {"resourceVersion": b["metadata"]["resourceVersion"]}, "spec": {"image": "os-2"}},
+            ),
+            ("missing", "default", {"spec": {"image": "os-2"}}),
+            ("b", "default", {"spec": {"hostRef": 5}}),
+        ],
+    )
+    assert isinstance(results[0], Conflict) and isinstance(results[2], NotFound) and isinstance(results[3], Invalid)
+    written = results[1]
+    assert isinstance(written, dict) and written["spec"]["image"] == "os-2"
+    assert written["metadata"]["generation"] == b["metadata"]["generation"] + 1
+    assert store.get("DPU", "a")["spec"]["image"] == "os-1" and store.get("DPU", "a")["status"] == {"phase": "Ready"}
+    assert [(c.name, c.type) for c in store.changes_since(since)] == [("b", MODIFIED)]  # nothing else written

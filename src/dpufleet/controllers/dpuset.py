@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.errors import Conflict, NotFound
+from ..api.errors import APIError, Conflict, NotFound
 from ..api.meta import Severity, now
 from ..api.selectors import LabelSelector
 from ..health.evidence import FailureClass
@@ -289,10 +289,7 @@ class DPUSetReconciler(Reconciler):
                 self._dpus.put(dpu)  # counted as started by the next pass, whenever the feed brings the change
             started = [dpu["metadata"]["name"] for dpu in written]
             canaries_done = (
-                canary is not None
-                and not started
-                and len(updated_names) >= canary
-                and converged_names >= updated_names
+                canary is not None and not started and len(updated_names) >= canary and converged_names >= updated_names
             )
             if canaries_done:
                 reason = "CanaryHold"
@@ -415,13 +412,11 @@ class DPUSetReconciler(Reconciler):
         return message
 
     def _update_all(self, dpus: list[dict[str, Any]], template: dict[str, Any]) -> list[dict[str, Any]]:
-        """Write the template into each DPU's spec (its resourceVersion as precondition); the DPUs written."""
-        written: list[dict[str, Any]] = []
-        for dpu in dpus:
-            meta = dpu["metadata"]
-            patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "spec": template}
-            try:
-                written.append(self.store.patch("DPU", meta["name"], patch, meta["project"]))
-            except (Conflict, NotFound):
-                continue  # changed meanwhile: the next pass counts again
-        return written
+        """Write the template into each DPU's spec (its resourceVersion as precondition), all in one
+        transaction; the DPUs written (one that changed meanwhile is left for the next pass)."""
+        patches = [
+            (d["metadata"]["name"], d["metadata"]["project"],
+             {"metadata": {"resourceVersion": d["metadata"]["resourceVersion"]}, "spec": template})
+            for d in dpus
+        ]  # fmt: skip
+        return [r for r in self.store.patch_many("DPU", patches) if not isinstance(r, APIError)]

@@ -548,8 +548,9 @@ class Store:
         return obj
 
     def update(self, doc: dict[str, Any], *, hook: WriteHook | None = None) -> dict[str, Any]:
-        """Replace spec and user metadata. Status is kept as stored (it has its own path)."""
-        info, obj = validate_document(doc)
+        """Replace spec and user metadata. Status is kept as stored (it has its own path): a status in
+        `doc` is neither validated nor written (validating a DPU's large status was most of a spec write)."""
+        info, obj = validate_document({k: v for k, v in doc.items() if k != "status"})
         meta = obj["metadata"]
         taken = self._take_secrets(info, obj)
         with self._write() as conn:
@@ -558,25 +559,63 @@ class Store:
                 hook(conn, current, obj)
             self._check_rv(info, current, meta.get("resourceVersion"))
             self._store_secrets(conn, info, obj, taken, current.get("spec") or {}, current["metadata"]["uid"])
-            cur_meta = current["metadata"]
-            for key in _SYSTEM_META:
-                if key in cur_meta:
-                    meta[key] = cur_meta[key]
-                else:
-                    meta.pop(key, None)
-            if cur_meta.get("deletionTimestamp"):
-                added = set(meta.get("finalizers") or []) - set(cur_meta.get("finalizers") or [])
-                if added:
-                    raise Invalid(f"metadata.finalizers: cannot add {sorted(added)} while the object is deleting")
-            if _spec_part(obj) != _spec_part(current):
-                meta["generation"] = int(cur_meta.get("generation") or 1) + 1
-            if info.has_status:
-                obj["status"] = current.get("status", {})
-            if obj == current:
-                return current  # no-op writes make no change and wake no watcher
-            rv = self._next_rv(conn)
-            result = self._finish_or_save(conn, info, obj, rv)
-        return result
+            return self._replace(conn, info, obj, current)
+
+    def patch_many(
+        self, kind: str | KindInfo, patches: builtins.list[tuple[str, str, dict[str, Any]]]
+    ) -> builtins.list[dict[str, Any] | APIError]:
+        """Merge patches (name, project, patch) of objects of one kind, in one transaction: a rollout
+        writes a wave of DPU specs at once. A resourceVersion in a patch's metadata is its precondition;
+        each patch that fails (Conflict, NotFound, Invalid) fails alone, with its error as its result."""
+        info = _kind(kind)
+        results: builtins.list[dict[str, Any] | APIError] = []
+        if info.secret_fields:  # secrets take the one-by-one path
+            for name, project, patch in patches:
+                try:
+                    results.append(self.patch(info, name, patch, project))
+                except APIError as exc:
+                    results.append(exc)
+            return results
+        with self._write() as conn:
+            for name, project, patch in patches:
+                try:
+                    current = self._load(conn, info, project, name, for_update=True)
+                    wanted = (patch.get("metadata") or {}).get("resourceVersion")
+                    self._check_rv(info, current, wanted)
+                    patched = merge_patch(current, patch)
+                    if not isinstance(patched.get("metadata"), dict):
+                        raise Invalid("metadata: must stay a mapping")
+                    patched["metadata"]["name"], patched["metadata"]["project"] = name, project
+                    patched.pop("status", None)
+                    _, obj = validate_document(patched)
+                    results.append(self._replace(conn, info, obj, current))
+                except APIError as exc:
+                    results.append(exc)
+        return results
+
+    def _replace(
+        self, conn: Connection, info: KindInfo, obj: dict[str, Any], current: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write `obj` (validated, its checks passed) over `current`: system metadata and status kept."""
+        meta = obj["metadata"]
+        cur_meta = current["metadata"]
+        for key in _SYSTEM_META:
+            if key in cur_meta:
+                meta[key] = cur_meta[key]
+            else:
+                meta.pop(key, None)
+        if cur_meta.get("deletionTimestamp"):
+            added = set(meta.get("finalizers") or []) - set(cur_meta.get("finalizers") or [])
+            if added:
+                raise Invalid(f"metadata.finalizers: cannot add {sorted(added)} while the object is deleting")
+        if _spec_part(obj) != _spec_part(current):
+            meta["generation"] = int(cur_meta.get("generation") or 1) + 1
+        if info.has_status:
+            obj["status"] = current.get("status", {})
+        if obj == current:
+            return current  # no-op writes make no change and wake no watcher
+        rv = self._next_rv(conn)
+        return self._finish_or_save(conn, info, obj, rv)
 
     def create_grouped(self, doc: dict[str, Any]) -> dict[str, Any]:
         """create, written together with the creates other threads make meanwhile (store/groupcommit.py)."""
