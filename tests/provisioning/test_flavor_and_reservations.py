@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from dpufleet.api.kinds import DPUFlavorSpec
@@ -11,7 +10,7 @@ from dpufleet.inventory.catalog import catalog_capabilities
 from dpufleet.provisioning.flavor import check_flavor, profile_of
 from dpufleet.sim.profiles import get_profile
 from dpufleet.store import reservations
-from dpufleet.store.store import Store, default_sqlite_url
+from dpufleet.store.store import Store
 
 BF3 = get_profile("nvidia-bluefield-3")
 STATUS: dict[str, Any] = {"capabilities": catalog_capabilities(BF3), "vendor": BF3.vendor, "model": BF3.model}
@@ -59,20 +58,16 @@ def test_bad_values_and_reservations_beyond_the_dpu_are_refused() -> None:
     assert "32768 MiB" in found["spec.reservedResources.memoryMiB"]
 
 
-def test_one_owner_at_a_time_until_release_or_expiry(tmp_path: Path) -> None:
-    store = Store.open(default_sqlite_url(tmp_path))
-    try:
-        assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None
-        assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None  # renew
-        other = reservations.reserve(store, "DPU", "default", "d1", "b", "provisioning", ttl=30)
-        assert other is not None and other.owner == "a"
-        assert reservations.release(store, "DPU", "default", "d1", "b") is False  # not b's to release
-        assert reservations.release(store, "DPU", "default", "d1", "a") is True
-        assert reservations.reserve(store, "DPU", "default", "d1", "b", "provisioning", ttl=0.05) is None
-        time.sleep(0.1)
-        assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None  # b expired
-        reservations.reserve(store, "DPU", "default", "d2", "a", "provisioning", ttl=30)
-        assert reservations.release_all(store, "a") == 2  # a restarted controller clears its own
-        assert reservations.holder(store, "DPU", "default", "d1") is None
-    finally:
-        store.close()
+def test_one_owner_at_a_time_until_release_or_expiry(store: Store) -> None:
+    assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None
+    assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None  # renew
+    other = reservations.reserve(store, "DPU", "default", "d1", "b", "provisioning", ttl=30)
+    assert other is not None and other.owner == "a"
+    assert reservations.release(store, "DPU", "default", "d1", "b") is False  # not b's to release
+    assert reservations.release(store, "DPU", "default", "d1", "a") is True
+    assert reservations.reserve(store, "DPU", "default", "d1", "b", "provisioning", ttl=0.05) is None
+    time.sleep(0.1)
+    assert reservations.reserve(store, "DPU", "default", "d1", "a", "provisioning", ttl=30) is None  # b expired
+    reservations.reserve(store, "DPU", "default", "d2", "a", "provisioning", ttl=30)
+    assert reservations.release_all(store, "a") == 2  # a restarted controller clears its own
+    assert reservations.holder(store, "DPU", "default", "d1") is None

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from .schema import reservations
-from .store import Store
+from .store import Store, _driver
 
 
 @dataclass(frozen=True)
@@ -33,27 +33,42 @@ def _key(kind: str, project: str, name: str) -> ColumnElement[bool]:
     return (reservations.c.kind == kind) & (reservations.c.project == project) & (reservations.c.name == name)
 
 
+# Taken and given up once per DPU update: the statements go straight to the database driver, inside the
+# store's transaction (SQLAlchemy's statement path cost more than the statements).
+_TAKE = (
+    "UPDATE reservations SET owner = ?, purpose = ?, taken_at = ?, expires_at = ? "
+    "WHERE kind = ? AND project = ? AND name = ? AND (owner = ? OR expires_at < ?)"
+)
+_HOLDER = "SELECT owner, purpose, expires_at FROM reservations WHERE kind = ? AND project = ? AND name = ?"
+_INSERT = (
+    "INSERT INTO reservations (kind, project, name, owner, purpose, taken_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_RELEASE = "DELETE FROM reservations WHERE kind = ? AND project = ? AND name = ? AND owner = ?"
+
+
+class _Taken(Exception):
+    """Another owner inserted the reservation between our look and our insert."""
+
+
 def reserve(
     store: Store, kind: str, project: str, name: str, owner: str, purpose: str, ttl: float
 ) -> Reservation | None:
     """Take or renew the reservation. Returns None when taken, else the other holder's reservation."""
     now = time.time()
-    values = {"owner": owner, "purpose": purpose, "taken_at": now, "expires_at": now + ttl}
     try:
         with store.transaction() as conn:
-            taken = conn.execute(
-                update(reservations)
-                .where(_key(kind, project, name), or_(reservations.c.owner == owner, reservations.c.expires_at < now))
-                .values(**values)
-            )
+            taken = _driver(conn, _TAKE, (owner, purpose, now, now + ttl, kind, project, name, owner, now))
             if taken.rowcount == 1:
                 return None
-            row = conn.execute(select(reservations).where(_key(kind, project, name))).first()
+            row = _driver(conn, _HOLDER, (kind, project, name)).fetchone()
             if row is not None:
-                return Reservation(row.kind, row.project, row.name, row.owner, row.purpose, row.expires_at)
-            conn.execute(insert(reservations).values(kind=kind, project=project, name=name, **values))
+                return Reservation(kind, project, name, row[0], row[1], row[2])
+            try:
+                _driver(conn, _INSERT, (kind, project, name, owner, purpose, now, now + ttl))
+            except conn.dialect.dbapi.IntegrityError:  # type: ignore[union-attr]
+                raise _Taken from None  # leaves the transaction, rolled back
             return None
-    except IntegrityError:  # another owner inserted it meanwhile (PostgreSQL)
+    except (_Taken, IntegrityError):  # another owner inserted it meanwhile (PostgreSQL)
         found = holder(store, kind, project, name)
         return found or Reservation(kind, project, name, "unknown", purpose, now + ttl)
 
@@ -61,8 +76,7 @@ def reserve(
 def release(store: Store, kind: str, project: str, name: str, owner: str) -> bool:
     """Give the reservation up if we hold it. Returns whether we did."""
     with store.transaction() as conn:
-        result = conn.execute(delete(reservations).where(_key(kind, project, name), reservations.c.owner == owner))
-        return result.rowcount == 1
+        return bool(_driver(conn, _RELEASE, (kind, project, name, owner)).rowcount == 1)
 
 
 def release_all(store: Store, owner: str) -> int:
