@@ -249,6 +249,9 @@ class DPUStatus(Status):
     model: str | None = None
     partNumber: str | None = None
     serialNumber: str | None = None
+    bmcSystem: str | None = Field(
+        default=None, description="the DPU's ComputerSystem on its BMC (Redfish @odata.id), as the last crawl found it"
+    )
     firmware: list[FirmwareComponent] = Field(default_factory=list)
     capabilities: dict[str, Any] = Field(default_factory=dict)
     allocated: dict[str, Any] = Field(default_factory=dict)

@@ -408,6 +408,7 @@ class BMCReconciler(Reconciler):
                 model=system.model,
                 partNumber=part,
                 serialNumber=system.serialNumber,
+                bmcSystem=system.odataId or None,
                 firmware=[f.model_dump() for f in inventory.firmware],
                 capabilities=caps,
                 health=system.health,

@@ -593,7 +593,7 @@ class DPUProvisioner(Reconciler):
             system = self._systems.get((client.base_url, serial))
             if system is not None:
                 return client, system
-        client, system = await self._open(dpu, project, bmc_name, serial)
+        client, system = await self._open(dpu, project, bmc_name, serial, status.get("bmcSystem"))
         if len(self._clients) >= CLIENT_CACHE_SIZE:
             for key in sorted(self._clients, key=lambda k: self._clients[k][1])[: CLIENT_CACHE_SIZE // 4]:
                 self._retire(self._clients.pop(key)[0])
@@ -631,13 +631,15 @@ class DPUProvisioner(Reconciler):
         return bmc["spec"], Credentials(cred["spec"]["username"], password or "")
 
     async def _open(
-        self, dpu: dict[str, Any], project: str, bmc_name: str, serial: str | None
+        self, dpu: dict[str, Any], project: str, bmc_name: str, serial: str | None, known: str | None = None
     ) -> tuple[RedfishClient, str]:
+        """A client for the DPU's BMC and the DPU's system on it: `known` (status.bmcSystem, from the
+        BMC controller's crawl) when the crawl found one, else looked up on the BMC."""
         spec, credentials = await asyncio.to_thread(self._bmc_access, project, bmc_name)
         client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=2)
         cache_key = (spec["address"], serial)
         try:
-            system = self._systems.get(cache_key) or await find_dpu_system(client, serial)
+            system = self._systems.get(cache_key) or known or await find_dpu_system(client, serial)
         except BaseException:
             await client.aclose()
             raise
