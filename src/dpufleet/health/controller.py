@@ -245,22 +245,19 @@ class HealthReconciler(Reconciler):
         config = self._config_for(policy)
         client, links, bmc_view = await self._look_at_bmc(dpu, bmc, key, config)
         reports = bool(status.get("agent") or status.get("host"))
-        if reports:
-            # read again after the BMC answered (or timed out): the heartbeat's age is measured now
-            try:
-                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
-            except NotFound:
-                self._forget(key)
+        if reports:  # read again after the BMC answered (or timed out): the heartbeat's age is measured now
+            found = await self._read_again(key)
+            if found is None:
                 return Result()
+            dpu = found
         observation = await self._observe(dpu, bmc_view, config)
         diagnosis = run_diagnosis(observation)
         if not diagnosis.healthy and not reports:
             # about to record trouble or act on it: on the DPU as it is now, not as it was before the visit
-            try:
-                dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
-            except NotFound:
-                self._forget(key)
+            found = await self._read_again(key)
+            if found is None:
                 return Result()
+            dpu = found
             observation = await self._observe(dpu, bmc_view, config)
             diagnosis = run_diagnosis(observation)
         await self._record_host(dpu, observation, config)
@@ -270,6 +267,14 @@ class HealthReconciler(Reconciler):
         poll = config.poll_interval(len(self._watched), pushing)
         requeue = poll if wait is None else max(0.05, min(poll, wait))
         return Result(requeue_after=requeue)
+
+    async def _read_again(self, key: Key) -> dict[str, Any] | None:
+        """The DPU as stored now; None (and forgotten) when it is gone."""
+        try:
+            return await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+        except NotFound:
+            self._forget(key)
+            return None
 
     async def _client(self, bmc: dict[str, Any], config: HealthConfig) -> RedfishClient:
         """The BMC's client, kept between visits (its keep-alive connections with it).
