@@ -27,7 +27,7 @@ from ..health.diagnosis import parse_time
 from ..health.probe import bmc_credentials, discover_links
 from ..health.subscriptions import RECEIVER_PATH, event_context
 from ..security.policy import SubAction
-from ..store.store import Change
+from ..store.store import MODIFIED, Change
 from .access import Access
 from .metrics import APIMetrics
 
@@ -88,8 +88,8 @@ class RedfishEventReceiver:
     PREFIX = RECEIVER_PATH.split("{", 1)[0]
 
     # The Context each BMC's events must carry, kept between its events: reading the BMC for every
-    # event was a store trip per event. Dropped when the BMC changes in this process (deleted, made
-    # again: a new uid), and read again after CONTEXT_SECONDS whatever happens (another process).
+    # event was a store trip per event. Dropped when the BMC is deleted or made again in this process
+    # (a new uid), and read again after CONTEXT_SECONDS whatever happens (another process).
     CONTEXT_SECONDS = 60.0
 
     def __init__(self, app: ASGIApp, state: Any, metrics: APIMetrics) -> None:
@@ -101,7 +101,7 @@ class RedfishEventReceiver:
 
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
-            if change.kind == "BMC":
+            if change.kind == "BMC" and change.type != MODIFIED:  # the Context hangs on the uid: made or gone
                 self._contexts.pop((change.project, change.name), None)
 
     async def context_of(self, project: str, bmc: str) -> str | None:
