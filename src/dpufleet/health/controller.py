@@ -244,22 +244,21 @@ class HealthReconciler(Reconciler):
         policy = select_policy(policies, dpu["metadata"].get("labels") or {})
         config = self._config_for(policy)
         client, links, bmc_view = await self._look_at_bmc(dpu, bmc, key, config)
-        reports = bool(status.get("agent") or status.get("host"))
-        if reports:  # read again after the BMC answered (or timed out): the heartbeat's age is measured now
-            found = await self._read_again(key)
-            if found is None:
-                return Result()
-            dpu = found
-        observation = await self._observe(dpu, bmc_view, config)
-        diagnosis = run_diagnosis(observation)
-        if not diagnosis.healthy and not reports:
-            # about to record trouble or act on it: on the DPU as it is now, not as it was before the visit
-            found = await self._read_again(key)
-            if found is None:
-                return Result()
-            dpu = found
+        # The DPU is read again after the BMC answered (or timed out) when its agents report (their
+        # heartbeat's age is measured now), or before trouble is recorded or acted on (on the DPU as it
+        # is now, not as it was before the visit); a healthy DPU with no agent needs no second read.
+        fresh = bool(status.get("agent") or status.get("host"))
+        while True:
+            if fresh:
+                found = await self._read_again(key)
+                if found is None:
+                    return Result()
+                dpu = found
             observation = await self._observe(dpu, bmc_view, config)
             diagnosis = run_diagnosis(observation)
+            if fresh or diagnosis.healthy:
+                break
+            fresh = True
         await self._record_host(dpu, observation, config)
         wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links, config)
         self._watched.add(key)

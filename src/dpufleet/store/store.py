@@ -12,7 +12,7 @@ import builtins
 import dataclasses
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,18 +368,8 @@ class Store:
             labels = orjson.loads(labels_text)
             if selector is not None and not selector.matches(labels):
                 continue
-            doc: dict[str, Any] = {
-                "kind": info.kind,
-                "metadata": {"name": name, "project": row_project, "resourceVersion": str(rv), "labels": labels},
-            }
-            for path, value in zip(paths, orjson.loads(values_text)[1:], strict=True):
-                if value is None:
-                    continue
-                here = doc
-                for part in path[:-1]:
-                    here = here.setdefault(part, {})
-                here[path[-1]] = value
-            result.append(doc)
+            values = zip(paths, orjson.loads(values_text)[1:], strict=True)
+            result.append(fields_row(info.kind, name, row_project, str(rv), labels, values))
         return result
 
     def current_rv(self) -> int:
@@ -826,6 +816,30 @@ def _call(fn: Callable[..., dict[str, Any]], doc: dict[str, Any], hook: WriteHoo
 
 
 _FORMAT_STYLE: dict[str, str] = {}
+
+
+def fields_row(
+    kind: str,
+    name: str,
+    project: str,
+    resource_version: str,
+    labels: dict[str, Any],
+    values: Iterable[tuple[tuple[str, ...], Any]],
+) -> dict[str, Any]:
+    """An object cut down to some paths, as `Store.list_fields` gives it: identity, labels and each
+    (path, value) placed at its path; a None value (the object lacks the path) is left out."""
+    row: dict[str, Any] = {
+        "kind": kind,
+        "metadata": {"name": name, "project": project, "resourceVersion": resource_version, "labels": labels},
+    }
+    for path, value in values:
+        if value is None:
+            continue
+        here = row
+        for part in path[:-1]:
+            here = here.setdefault(part, {})
+        here[path[-1]] = value
+    return row
 
 
 def _driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:

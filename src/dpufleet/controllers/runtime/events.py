@@ -54,17 +54,15 @@ class EventRecorder:
             self._writer = asyncio.get_running_loop().create_task(self._write_posted())
 
     async def _write_posted(self) -> None:
-        batch: list[dict[str, Any]] = []
         try:
             while self._posted:
                 batch, self._posted = self._posted[: self.MAX_BATCH], self._posted[self.MAX_BATCH :]
                 await asyncio.to_thread(self._write_batch, batch)
-                batch = []
         finally:
             self._writer = None
-            left, self._posted = batch + self._posted, []
-            if left:  # cancelled (the loop is stopping): what was posted is still written
-                self._write_batch(left)
+            left, self._posted = self._posted, []
+            if left:  # cancelled (the loop is stopping): what was posted is still written; the batch in
+                self._write_batch(left)  # flight is written by its thread, which a cancel does not stop
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         try:

@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 
 from ...api.selectors import LabelSelector
-from ...store.store import Change, Store
+from ...store.store import Change, Store, fields_row
 
 Row = dict[str, Any]
 
@@ -72,28 +72,14 @@ class FieldMirror:
     def cut(self, obj: dict[str, Any]) -> Row:
         """`obj` cut down to the mirrored paths, shaped as `Store.list_fields` shapes its rows."""
         meta = obj["metadata"]
-        row: Row = {
-            "kind": self.kind,
-            "metadata": {
-                "name": meta["name"],
-                "project": meta["project"],
-                "resourceVersion": meta["resourceVersion"],
-                "labels": meta.get("labels") or {},
-            },
-        }
-        for path in self.paths:
-            value: Any = obj
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
-                if value is None:
-                    break
-            if value is None:
-                continue
-            here = row
-            for part in path[:-1]:
-                here = here.setdefault(part, {})
-            here[path[-1]] = value
-        return row
+        return fields_row(
+            self.kind,
+            meta["name"],
+            meta["project"],
+            meta["resourceVersion"],
+            meta.get("labels") or {},
+            ((path, _at(obj, path)) for path in self.paths),
+        )
 
     def _merge(self, project: str, row: Row) -> None:
         name = row["metadata"]["name"]
@@ -106,3 +92,13 @@ class FieldMirror:
             self._order.pop(project, None)
         if current is None or int(current["metadata"]["resourceVersion"]) < rv:
             rows[name] = row
+
+
+def _at(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path` in `obj`, None when it has none."""
+    value: Any = obj
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            return None
+    return value
