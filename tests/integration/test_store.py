@@ -477,3 +477,23 @@ def test_patch_many_writes_each_patch_alone_in_one_transaction(store: Store) -> 
     assert written["metadata"]["generation"] == b["metadata"]["generation"] + 1
     assert store.get("DPU", "a")["spec"]["image"] == "os-1" and store.get("DPU", "a")["status"] == {"phase": "Ready"}
     assert [(c.name, c.type) for c in store.changes_since(since)] == [("b", MODIFIED)]  # nothing else written
+
+
+def test_field_mirror_asked_for_current_rows_does_not_count_on_a_feed_that_is_behind(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from dpufleet.controllers.runtime import mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "CATCH_UP_SECONDS", 0.05)
+    paths = [("status", "phase")]
+    store.create(dpu("a1"))
+    mirror = mirror_module.FieldMirror(store, "DPU", paths)
+    assert "status" not in asyncio.run(mirror.rows("default"))[0]
+    store.update_status("DPU", "a1", {"phase": "InstallFailed"})  # committed; its change not delivered
+    mirror.put(store.patch("DPU", "a1", {"spec": {"image": "os-2"}}))  # its own write does not count as seen
+    assert asyncio.run(mirror.rows("default"))[0]["status"] == {"phase": "InstallFailed"}  # put carries it
+    store.update_status("DPU", "a1", {"phase": "Ready"})
+    assert asyncio.run(mirror.rows("default"))[0]["status"] == {"phase": "InstallFailed"}  # the mirror as fed
+    assert asyncio.run(mirror.rows("default", current=True))[0]["status"] == {"phase": "Ready"}  # as stored

@@ -179,7 +179,7 @@ class DPUSetReconciler(Reconciler):
         strategy = spec.get("strategy") or {}
         template = {k: v for k, v in (spec.get("template") or {}).items() if v is not None}
         selector = LabelSelector.model_validate(spec.get("selector") or {})
-        dpus = await self._dpus.rows(key.project, selector)
+        dpus = await self._dpus.rows(key.project, selector, current=True)  # limits: counted as the store has it
         claimed = await asyncio.to_thread(self._claimed_by_older_sets, dpuset)
         if claimed:
             overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]

@@ -63,6 +63,7 @@ _UPDATE_OBJECT_SQL = "UPDATE objects SET rv = ?, labels = ?, owner_uids = ?, dat
 _INSERT_CHANGE_SQL = "INSERT INTO changes (rv, kind, project, name, type, data) VALUES (?, ?, ?, ?, ?, ?)"
 _GET_SQL = "SELECT data FROM objects WHERE kind = ? AND project = ? AND name = ?"
 _GET_SQL_FOR_UPDATE = _GET_SQL + " FOR UPDATE"
+_NEWEST_SQL = "SELECT max(rv) FROM objects WHERE kind = ? AND project = ?"
 _EXISTING_NAMES = select(objects.c.name).where(
     objects.c.kind == bindparam("b_kind"),
     objects.c.project == bindparam("b_project"),
@@ -371,6 +372,13 @@ class Store:
             values = zip(paths, orjson.loads(values_text)[1:], strict=True)
             result.append(fields_row(info.kind, name, row_project, str(rv), labels, values))
         return result
+
+    def newest_rv(self, kind: str | KindInfo, project: str) -> int:
+        """The resourceVersion of the last write to an object of `kind` in `project` that still exists
+        (0: none): what a mirror fed by the change feed must have seen to be as current as the store."""
+        with self._single_statement() as conn:
+            row = _driver(conn, _NEWEST_SQL, (_kind(kind).kind, project)).fetchone()
+        return int(row[0] or 0)
 
     def current_rv(self) -> int:
         with self._engine.connect() as conn:

@@ -6,7 +6,10 @@ in it comes from anywhere but the store: a project is listed from the store (`St
 the first time it is asked for, and every change the feed delivers afterwards is applied on top,
 the newer resourceVersion winning, so a list and the changes that raced it merge in either order.
 The controller applies what it wrote itself at once (`put`), so its next pass counts its own
-writes even before the feed delivers them. A restarted controller starts from the store again.
+writes even before the feed delivers them. With `current=True`, `rows` first waits until the
+feed has delivered every write the store holds at that moment (another controller's write just
+committed, a DPU failing, is counted before a decision is made on it), and reads the store
+again if the feed is slow. A restarted controller starts from the store again.
 
 Not thread-safe: used from the controller's event loop (the feed's mappers run there).
 """
@@ -14,12 +17,15 @@ Not thread-safe: used from the controller's event loop (the feed's mappers run t
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from ...api.selectors import LabelSelector
 from ...store.store import Change, Store, fields_row
 
 Row = dict[str, Any]
+
+CATCH_UP_SECONDS = 2.0  # how long `rows(current=True)` waits for the feed before reading the store
 
 
 class FieldMirror:
@@ -31,6 +37,7 @@ class FieldMirror:
         self._gone: dict[str, dict[str, int]] = {}  # project -> name -> resourceVersion of its deletion
         self._listed: set[str] = set()
         self._order: dict[str, list[str]] = {}  # project -> its names sorted (until one comes or goes)
+        self._newest: dict[str, int] = {}  # project -> the newest resourceVersion applied
 
     def apply(self, change: Change) -> None:
         """A change from the feed (of this kind)."""
@@ -38,15 +45,26 @@ class FieldMirror:
             if self._rows.get(change.project, {}).pop(change.name, None) is not None:
                 self._order.pop(change.project, None)
             self._gone.setdefault(change.project, {})[change.name] = change.rv
+            self._newest[change.project] = max(self._newest.get(change.project, 0), change.rv)
             return
         self._merge(change.project, self.cut(change.object()))
 
     def put(self, obj: dict[str, Any]) -> None:
-        """An object as this controller just wrote it."""
-        self._merge(obj["metadata"]["project"], self.cut(obj))
+        """An object as this controller just wrote it (other writes before it may still be on their way:
+        it does not count as seen for `rows(current=True)`)."""
+        self._merge(obj["metadata"]["project"], self.cut(obj), seen=False)
 
-    async def rows(self, project: str, selector: LabelSelector | None = None) -> list[Row]:
-        """The project's objects (as `Store.list_fields` gives them), in name order; read-only."""
+    async def rows(self, project: str, selector: LabelSelector | None = None, *, current: bool = False) -> list[Row]:
+        """The project's objects (as `Store.list_fields` gives them), in name order; read-only. With
+        `current`, as current as the store is now (see the module's text)."""
+        if current and project in self._listed:
+            newest = await asyncio.to_thread(self.store.newest_rv, self.kind, project)
+            deadline = time.monotonic() + CATCH_UP_SECONDS
+            while self._newest.get(project, 0) < newest:
+                if time.monotonic() > deadline:
+                    self.forget(project)  # the feed is behind: read the store
+                    break
+                await asyncio.sleep(0.002)
         if project not in self._listed:
             for row in await asyncio.to_thread(self.store.list_fields, self.kind, self.paths, project):
                 self._merge(project, row)
@@ -68,6 +86,7 @@ class FieldMirror:
             self._rows.pop(each, None)
             self._gone.pop(each, None)
             self._order.pop(each, None)
+            self._newest.pop(each, None)
 
     def cut(self, obj: dict[str, Any]) -> Row:
         """`obj` cut down to the mirrored paths, shaped as `Store.list_fields` shapes its rows."""
@@ -81,11 +100,13 @@ class FieldMirror:
             ((path, _at(obj, path)) for path in self.paths),
         )
 
-    def _merge(self, project: str, row: Row) -> None:
+    def _merge(self, project: str, row: Row, *, seen: bool = True) -> None:
         name = row["metadata"]["name"]
         rv = int(row["metadata"]["resourceVersion"])
         if self._gone.get(project, {}).get(name, -1) >= rv:
             return  # deleted after this version was read
+        if seen:
+            self._newest[project] = max(self._newest.get(project, 0), rv)
         rows = self._rows.setdefault(project, {})
         current = rows.get(name)
         if current is None:
