@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.controllers.bmc import BMCReconciler
-from dpufleet.controllers.naming import bmc_name
-from dpufleet.controllers.runtime.controller import Key
-from dpufleet.security.secrets import SecretBox
+from dpufleet.api.naming import bmc_name
+from dpufleet.crypto.secrets import SecretBox
+from dpufleet.inventory.bmc import BMCReconciler
+from dpufleet.runtime.controller import Key
 from dpufleet.sim.bmc import BmcLimits, new_bmc
 from dpufleet.sim.devices import SimDPU
 from dpufleet.sim.fleet import Fleet, build_fleet, fleet_in_thread

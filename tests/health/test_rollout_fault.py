@@ -1,6 +1,6 @@
 """Given a DPUSet rolling an image out with maxUnavailable 1, when one of its DPUs suffers an OS hang
 (dpufleet.sim.faults), then remediation repairs it without breaking the rollout's limit: never more than
-one DPU unavailable, counted as the DPUSet controller counts (controllers/dpuset.py), and the rollout
+one DPU unavailable, counted as the DPUSet controller counts (fleet/dpuset.py), and the rollout
 completes."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from dpufleet.controllers import manager
-from dpufleet.controllers.dpuset import OUT_OF_SERVICE
+
+from dpufleet.fleet.dpuset import OUT_OF_SERVICE
 from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from dpufleet.sim import faults

@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from dpufleet.api.errors import NotFound
-from dpufleet.controllers.events import EventReaper
-from dpufleet.controllers.manager import Manager
-from dpufleet.controllers.runtime.conditions import get_condition, set_condition
-from dpufleet.controllers.runtime.controller import DONE, Key, Reconciler, Result
-from dpufleet.controllers.runtime.events import EventRecorder, events_for
-from dpufleet.controllers.runtime.queue import Backoff
+from dpufleet.plane import Manager
+from dpufleet.runtime.conditions import get_condition, set_condition
+from dpufleet.runtime.controller import DONE, Key, Reconciler, Result
+from dpufleet.runtime.events import EventRecorder, events_for
+from dpufleet.runtime.queue import Backoff
+from dpufleet.runtime.reaper import EventReaper
 from dpufleet.store.store import Store, default_sqlite_url
 from support.net import wait_until
 from support.server import BASE, threaded_server
@@ -209,8 +209,8 @@ def test_event_reaper_deletes_events_once_past_their_ttl(store: Store) -> None:
 
 REAPER_SCRIPT = """
 import asyncio, sys
-from dpufleet.controllers.events import EventReaper
-from dpufleet.controllers.manager import Manager
+from dpufleet.runtime.reaper import EventReaper
+from dpufleet.plane import Manager
 from dpufleet.store.store import Store
 store = Store.open(sys.argv[1])
 asyncio.run(Manager(store, [EventReaper(store, ttl=float(sys.argv[2]))]).run())

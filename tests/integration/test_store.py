@@ -411,13 +411,13 @@ def test_a_batch_of_creates_commits_together_and_failures_stay_alone(store: Stor
     assert store.get("DPU", "b-2")["metadata"]["resourceVersion"] == str(before + 2)
 
 
-# --- the field mirror controllers count from (controllers/runtime/mirror.py) ---------------------------------
+# --- the field mirror controllers count from (runtime/mirror.py) ---------------------------------
 
 
 def test_field_mirror_matches_the_store_whatever_order_list_and_changes_arrive_in(store: Store) -> None:
     import asyncio
 
-    from dpufleet.controllers.runtime.mirror import FieldMirror
+    from dpufleet.runtime.mirror import FieldMirror
 
     paths = [("spec", "image"), ("status", "phase")]
     store.create(dpu("a1", labels={"vendor": "nvidia"}, image="os-1"))
@@ -484,7 +484,7 @@ def test_field_mirror_asked_for_current_rows_does_not_count_on_a_feed_that_is_be
 ) -> None:
     import asyncio
 
-    from dpufleet.controllers.runtime import mirror as mirror_module
+    from dpufleet.runtime import mirror as mirror_module
 
     monkeypatch.setattr(mirror_module, "CATCH_UP_SECONDS", 0.05)
     paths = [("status", "phase")]

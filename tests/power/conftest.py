@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-
 from dpufleet.controllers import manager
-from dpufleet.controllers.bmc import BMCReconciler
-from dpufleet.controllers.discovery import DiscoveryReconciler
-from dpufleet.controllers.events import EventReaper
-from dpufleet.controllers.power import PowerActionReconciler
+
+from dpufleet.fleet.power import PowerActionReconciler
+from dpufleet.inventory.bmc import BMCReconciler
+from dpufleet.inventory.discovery import DiscoveryReconciler
+from dpufleet.runtime.reaper import EventReaper
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from dpufleet.store.store import Store
 from support.net import poll

@@ -15,9 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from tests.support.server import RunningServer, threaded_server
 
+from dpufleet.crypto.pki import AgentIdentity
 from dpufleet.security import pki
 from dpufleet.security.enroll import sign_proof
-from dpufleet.security.pki import AgentIdentity
 from dpufleet.sim.identity import VendorCA
 
 

@@ -9,7 +9,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpufleet.security.signing import ManifestRefused, RefusalReason, parse_signed_manifest
+from dpufleet.crypto.signing import ManifestRefused, RefusalReason, parse_signed_manifest
 
 from .conftest import Fleet, enrolled
 

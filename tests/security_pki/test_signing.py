@@ -9,7 +9,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from dpufleet.security.signing import (
+from dpufleet.crypto.signing import (
     Component,
     Manifest,
     ManifestRefused,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from dpufleet.api.meta import Severity
-from dpufleet.controllers.runtime import conditions
-from dpufleet.controllers.runtime.conditions import READY, get_condition, set_condition, summarize_ready
+from dpufleet.runtime import conditions
+from dpufleet.runtime.conditions import READY, get_condition, set_condition, summarize_ready
 
 
 class Clock:

@@ -112,7 +112,7 @@ def test_every_plan_respects_every_declared_order(names: list[str], data: st.Dat
 def test_maintenance_windows_include_overnight_ranges() -> None:
     from datetime import UTC, datetime
 
-    from dpufleet.controllers.dpuset import in_window
+    from dpufleet.fleet.dpuset import in_window
 
     saturday_night = [{"days": ["sat"], "start": "22:00", "end": "04:00"}]
     assert in_window(saturday_night, datetime(2026, 11, 28, 23, 30, tzinfo=UTC))  # Sat 23:30

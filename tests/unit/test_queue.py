@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpufleet.controllers.runtime.queue import Backoff, WorkQueue
+from dpufleet.runtime.queue import Backoff, WorkQueue
 
 NO_JITTER = Backoff(base=0.01, cap=0.08, jitter=0.0)
 

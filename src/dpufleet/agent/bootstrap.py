@@ -5,7 +5,7 @@ control plane's onboarding key (``option sztp-redirect-urls``, ``option dpufleet
 Then, resumably (each step is recorded in ``bootstrap.json`` in the state dir):
 
 1. ask ``<url>/onboarding`` for its onboarding information, signing the request with its IDevID
-   key; verify the answer before using any of it (security/onboarding.py: the pinned key, the
+   key; verify the answer before using any of it (crypto/onboarding.py: the pinned key, the
    signature, its own serial, expiry). A refusal is reported to ``<url>/progress`` (stage
    ``Refused`` with the reason) and the device asks again later -- it never uses the document;
 2. install the image through the agent path's slot writer (agent/installer.py): download with
@@ -34,8 +34,8 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from ..crypto.onboarding import DeviceRequest, OnboardingInfo, OnboardingRefused, verify_onboarding
 from ..security.enroll import sign_proof
-from ..security.onboarding import DeviceRequest, OnboardingInfo, OnboardingRefused, verify_onboarding
 from . import slots
 from .credentials import EnrollmentOptions
 from .installer import SlotInstaller, StateBook

@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..security.enroll import sign_proof
-from ..security.pki import (
+from ..crypto.pki import (
     CLOCK_SKEW,
     AgentIdentity,
     cert_pem,
@@ -38,6 +37,7 @@ from ..security.pki import (
     utcnow,
     write_private,
 )
+from ..security.enroll import sign_proof
 
 log = logging.getLogger(__name__)
 ENROLL_PATH = "/agent/v1/enroll"

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from .. import __version__
-from ..security.pki import AgentIdentity
+from ..crypto.pki import AgentIdentity
 from . import slots
 from .bootstrap import ZeroTouch
 from .credentials import AgentCredentials, EnrollmentOptions

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..security.signing import ManifestRefused, PublisherClass, load_public_key, parse_signed_manifest
+from ..crypto.signing import ManifestRefused, PublisherClass, load_public_key, parse_signed_manifest
 from .meta import Name, ObjectMeta, Project, Status, Strict
 from .selectors import LabelSelector
 
@@ -622,7 +622,7 @@ DEFAULT_PUBLISHER_CLASSES = [PublisherClass.VENDOR, PublisherClass.OFFICIAL]
 
 class DriftPolicy(StrEnum):
     """What happens to a DPU whose firmware was changed outside dpufleet (through its BMC) to versions
-    the update policy does not adopt (controllers/drift.py)."""
+    the update policy does not adopt (fleet/drift.py)."""
 
     REPORT = "report"  # condition Drifted and a Warning event; spec.image is kept, nothing is written
     REVERT = "revert"  # the same, and provisioning installs spec.image again

@@ -73,7 +73,7 @@ QUARANTINING = {"PCIeError", "CorruptedFlash", "MemoryFailure", "KernelCrash", "
 SERVE = """
 import logging, sys
 from pathlib import Path
-from dpufleet.controllers import manager
+from dpufleet import plane as manager
 from dpufleet.health.controller import HealthConfig, HealthReconciler
 from dpufleet.inventory import reports
 from dpufleet.server.runner import serve

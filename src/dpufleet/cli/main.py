@@ -196,7 +196,7 @@ def controller_cmd(
     db: str | None = typer.Option(None, "--db", help="database URL, the same the server uses"),
 ) -> None:
     """Run the controllers as their own process against the server's database."""
-    from ..controllers.manager import run_standalone
+    from ..plane import run_standalone
 
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import ValidationError
 
-from ..security.signing import Manifest, PublisherClass, key_id, load_public_key, sign_manifest
+from ..crypto.signing import Manifest, PublisherClass, key_id, load_public_key, sign_manifest
 from .common import UserError, note, options
 
 image_app = typer.Typer(

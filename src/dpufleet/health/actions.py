@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from ..api.errors import Conflict, NotFound
 from ..api.kinds import RemediationAction
 from ..api.meta import now
-from ..controllers.reinstall import request_reinstall
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.power import RedfishPower
+from ..provisioning.reinstall import request_reinstall
 from ..store.store import Store
 from .diagnosis import Diagnosis
 
@@ -146,7 +146,7 @@ async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, 
 async def _host_power_cycle(ctx: ActionContext) -> tuple[str, str]:
     """The host and the DPU power-cycled together, in the host's boot order, by a PowerAction.
 
-    The PowerAction controller (controllers/power.py) carries it out: the DPU through its BMC, the
+    The PowerAction controller (fleet/power.py) carries it out: the DPU through its BMC, the
     host through its power driver (drivers/hostpower.py, Host.spec.powerURL), each step recorded
     before it is sent. A DPU whose host has no power driver configured is power-cycled on its own,
     which the result says.

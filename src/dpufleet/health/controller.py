@@ -27,13 +27,13 @@ from ..api.errors import NotFound
 from ..api.kinds import RemediationAction
 from ..api.meta import ConditionStatus, Severity, isotime, now
 from ..api.selectors import LabelSelector
-from ..controllers.runtime.conditions import get_condition, set_condition
-from ..controllers.runtime.controller import Key, Mapper, Reconciler, Result
-from ..controllers.runtime.events import EventRecorder
-from ..controllers.runtime.status import mutate_status
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..inventory import reports
 from ..provisioning.machine import WORKING_PHASES, Phase
+from ..runtime.conditions import get_condition, set_condition
+from ..runtime.controller import Key, Mapper, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..security.audit import AuditEntry, AuditLog
 from ..store.store import Change, Store
 from . import actions, inbox
@@ -685,7 +685,7 @@ class HealthReconciler(Reconciler):
         ).endswith("Failed"):
             return None  # already counted unavailable by its DPUSet
         if ((dpu.get("status") or {}).get("diagnosis") or {}).get("failureClass") in actions.OUT_OF_SERVICE:
-            return None  # out of service by its diagnosis: its DPUSet already counts it (controllers/dpuset.py)
+            return None  # out of service by its diagnosis: its DPUSet already counts it (fleet/dpuset.py)
         for dpuset in self.store.list("DPUSet", meta["project"]).items:
             selector = LabelSelector.model_validate(dpuset["spec"].get("selector") or {})
             if not selector.matches(labels):

@@ -24,11 +24,11 @@ from typing import Any
 
 from ..api.errors import Conflict, NotFound
 from ..api.meta import isotime, now
-from ..controllers.runtime.controller import DONE, Key, Reconciler, Result
-from ..controllers.runtime.events import EventRecorder
-from ..controllers.runtime.status import mutate_status
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..images.repository import repository_for
+from ..runtime.controller import DONE, Key, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..store.store import Store
 from .inbox import inbox_for
 from .probe import bmc_credentials

@@ -2,7 +2,7 @@
 
 Digests are verified by the repository on upload, on mirror and again at staging. The signed
 manifest (spec.signedManifest, made by `dpufleet image sign`) is checked here, the single hook
-the staging phase calls, through `dpufleet.security.signing.verify_manifest`:
+the staging phase calls, through `dpufleet.crypto.signing.verify_manifest`:
 
 - the manifest verifies under the TrustPolicy built from the Publisher objects (a trusted key of
   the publisher it names signed exactly it), and its publisher class is one the DPU's project
@@ -24,7 +24,7 @@ from typing import Any
 
 from ..api.errors import NotFound
 from ..api.kinds import DEFAULT_PUBLISHER_CLASSES
-from ..security.signing import (
+from ..crypto.signing import (
     Manifest,
     ManifestRefused,
     PublisherClass,

@@ -19,10 +19,10 @@ from pydantic import BaseModel, Field
 from ..agent.inventory import Inventory
 from ..api.errors import AlreadyExists, NotFound
 from ..api.meta import isotime, now
-from ..controllers.naming import dpu_name, host_name
-from ..controllers.runtime.conditions import set_condition
-from ..controllers.runtime.events import EventRecorder
-from ..controllers.runtime.status import mutate_status_sync
+from ..api.naming import dpu_name, host_name
+from ..runtime.conditions import set_condition
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status_sync
 from ..store.store import Store
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,16 @@ from typing import Any
 from ..api.errors import NotFound
 from ..api.kinds import ProvisioningStatus
 from ..api.meta import ConditionStatus, Severity
-from ..controllers.runtime.conditions import set_condition, summarize_ready
-from ..controllers.runtime.controller import DONE, Key, Reconciler, Result
-from ..controllers.runtime.events import EventRecorder
-from ..controllers.runtime.status import mutate_status
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
 from ..drivers.redfish.install import find_dpu_system
 from ..drivers.registry import NO_BMC_PATHS, build_install_driver
 from ..health.inbox import inbox_for
 from ..images.repository import ImageRepository, repository_for
+from ..runtime.conditions import set_condition, summarize_ready
+from ..runtime.controller import DONE, Key, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..store import reservations
 from ..store.store import Store
 from .flavor import profile_of
@@ -119,7 +119,7 @@ class DPUProvisioner(Reconciler):
                 return False  # never provisioned here (zero-touch onboarding): not ours to summarise
             spec = obj.get("spec") or {}
             if phase == Phase.READY and spec.get("image") and status.get("installedImage") != spec.get("image"):
-                return True  # what it runs is no longer known (controllers/reinstall.py): install again
+                return True  # what it runs is no longer known (provisioning/reinstall.py): install again
             return _ready_is_stale(status, _ready_steps(progress.get("abortedGeneration")))
         return True
 

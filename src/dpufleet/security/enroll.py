@@ -38,8 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, Field
 
-from .audit import AuditEntry
-from .pki import (
+from ..crypto.pki import (
     CLIENT_LIFETIME,
     AgentIdentity,
     FleetCA,
@@ -53,6 +52,7 @@ from .pki import (
     utcnow,
     write_private,
 )
+from .audit import AuditEntry
 
 log = logging.getLogger(__name__)
 

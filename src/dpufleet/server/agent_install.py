@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..api.errors import APIError, Forbidden, Invalid, NotFound
 from ..api.meta import isotime, now
+from ..api.naming import dpu_name
 from ..api.validation import describe_errors
-from ..controllers.naming import dpu_name
-from ..controllers.runtime.status import mutate_status_sync
+from ..crypto.pki import AgentIdentity
 from ..drivers.agent.orders import HOST_CHANNEL, STATUS_FIELD, order_of
 from ..images.repository import ImageContentError, repository_for
-from ..security.pki import AgentIdentity
+from ..runtime.status import mutate_status_sync
 from .app import ServerState, _doc, _read_json
 
 INSTALL_PATH = "/agent/v1/install"

@@ -47,9 +47,9 @@ except ImportError:  # pragma: no cover
 
 from ..api.errors import APIError, BadRequest, Forbidden, Invalid, Unauthorized
 from ..api.validation import describe_errors
+from ..crypto.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
-from ..security.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from .agent_install import add_install_routes
 from .agent_updates import add_update_routes
 from .app import ServerState, _doc, _read_json

@@ -8,7 +8,7 @@
 
 Who asks is read from the client certificate, never from the request: a DPU agent asks only for
 its own DPU (`source: agent`), a host agent only for a DPU its Host lists (`source: host`).
-The request is then decided by the same policy as any other (controllers/update_request.py).
+The request is then decided by the same policy as any other (fleet/update_request.py).
 An image is *approved* for agents to pull when an operator labels it `dpufleet.io/approved: "true"`.
 """
 
@@ -24,10 +24,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from ..api.errors import Forbidden, Invalid, NotFound
+from ..api.naming import dpu_name
 from ..api.validation import describe_errors
-from ..controllers.naming import dpu_name
+from ..crypto.pki import AgentIdentity
 from ..lifecycle.planner import compare
-from ..security.pki import AgentIdentity
 from ..store.store import Store
 from .app import ServerState, _doc, _read_json
 

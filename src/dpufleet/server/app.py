@@ -32,7 +32,7 @@ from ..api.errors import APIError, BadRequest, Gone, NotFound, TooLarge, Unsuppo
 from ..api.kinds import REGISTRY, KindInfo
 from ..api.meta import DEFAULT_PROJECT
 from ..api.selectors import LabelSelector, SelectorError, parse_selector
-from ..controllers.runtime.metrics import register_metrics as register_controller_metrics
+from ..runtime.metrics import register_metrics as register_controller_metrics
 from ..security.audit import AuditLog
 from ..security.policy import SubAction, Verb
 from ..store.feed import ChangeFeed, WatcherTooSlow

@@ -3,7 +3,7 @@
     GET  /bootstrap/v1/trust-anchor   the onboarding key's id and public key (the operator puts the
                                       id in the DHCP option next to the bootstrap URL)
     POST /bootstrap/v1/onboarding     {"request": {serial, purpose: onboarding, at, partNumber}, "idevid": proof}
-                                      -> signed onboarding information (security/onboarding.py)
+                                      -> signed onboarding information (crypto/onboarding.py)
     POST /bootstrap/v1/progress       {"request": {serial, purpose: progress, at, stage, reason, message, version},
                                       "idevid": proof} -> recorded on the DPU (status.bootstrap, the
                                       Bootstrapped condition, an Event)
@@ -32,15 +32,9 @@ from pydantic import BaseModel, Field, ValidationError
 from ..api.errors import APIError, Forbidden, Invalid, NotFound
 from ..api.kinds import ComponentType, ImageSpec
 from ..api.meta import isotime, now
+from ..api.naming import dpu_name
 from ..api.validation import describe_errors
-from ..controllers.naming import dpu_name
-from ..controllers.runtime.conditions import ConditionStatus, Severity, set_condition, summarize_ready
-from ..controllers.runtime.events import EventRecorder
-from ..controllers.runtime.status import mutate_status_sync
-from ..images.repository import ImageContentError, repository_for
-from ..inventory.catalog import find_profile
-from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, IDevIDProof
-from ..security.onboarding import (
+from ..crypto.onboarding import (
     DOCUMENT_LIFETIME,
     REQUEST_MAX_AGE,
     DeviceRequest,
@@ -50,7 +44,13 @@ from ..security.onboarding import (
     OnboardingKey,
     public_b64,
 )
-from ..security.pki import AgentIdentity, PKIError
+from ..crypto.pki import AgentIdentity, PKIError
+from ..images.repository import ImageContentError, repository_for
+from ..inventory.catalog import find_profile
+from ..runtime.conditions import ConditionStatus, Severity, set_condition, summarize_ready
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status_sync
+from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, IDevIDProof
 from .app import ServerState, _doc, _read_json
 
 log = logging.getLogger(__name__)

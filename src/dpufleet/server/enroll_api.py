@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..api.errors import Forbidden, Invalid
 from ..api.validation import describe_errors
+from ..crypto.pki import AgentIdentity, PKIError, Role, cert_pem, fingerprint
 from ..security.enroll import EnrollmentAuthority
-from ..security.pki import AgentIdentity, PKIError, Role, cert_pem, fingerprint
 from ..security.policy import SUBACTION_RULES, SubAction
 from .app import ServerState, _doc, _read_json
 

@@ -22,10 +22,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ..api.errors import APIError, BadRequest, NotFound, Unauthorized
 from ..api.meta import isotime, now
-from ..controllers.runtime.status import mutate_status_sync
 from ..images.guard import protect_images
 from ..images.repository import ImageContentError, ImageRepository, check_digest, repository_for
 from ..provisioning.metrics import register_metrics
+from ..runtime.status import mutate_status_sync
 from .app import ServerState
 
 MAX_UPLOAD = 64 * 1024**3  # 64 GiB: BlueField bundles exceed 1 GiB; the limit stops a runaway stream

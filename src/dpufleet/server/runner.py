@@ -16,14 +16,14 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from ..crypto.onboarding import OnboardingKey
+from ..crypto.pki import FleetCA
+from ..crypto.secrets import SecretBox
 from ..images.repository import ImageRepository, advertise_repository, attach_repository
 from ..inventory.reports import ReportHandler
 from ..security.audit import AuditLog
 from ..security.enroll import EnrollmentAuthority
 from ..security.oidc import OIDCConfig, OIDCVerifier
-from ..security.onboarding import OnboardingKey
-from ..security.pki import FleetCA
-from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
 from ..tuning import tune_gc
 from .agent_listener import AgentListener, agent_app
@@ -90,7 +90,7 @@ class Server:
         )
         state.background.append(listener.run)
         if controllers:
-            from ..controllers.manager import default_manager
+            from ..plane import default_manager
 
             manager = default_manager(store, state.feed)
             state.background.append(manager.run)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..security.pki import cert_pem, key_pem, new_key, self_signed_ca, utcnow, write_private
+from ..crypto.pki import cert_pem, key_pem, new_key, self_signed_ca, utcnow, write_private
 from .fleet import Fleet
 
 IDEVID_DIR = Path("etc/dpufleet/idevid")

@@ -47,7 +47,7 @@ from ..api.meta import DEFAULT_PROJECT, isotime, now
 from ..api.patch import merge_patch
 from ..api.selectors import LabelSelector
 from ..api.validation import validate_document, validate_status
-from ..security.secrets import SecretBox
+from ..crypto.secrets import SecretBox
 from .groupcommit import GroupCommit
 from .schema import changes, counter, objects, secrets
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...api.errors import NotFound
 from ...api.meta import isotime, now
-from ...controllers.runtime.status import mutate_status
+from ...runtime.status import mutate_status
 from ...store.store import Store
 from ..base import InstallInterface, InstallProgress, InstallRequest, InstallState
 from ..redfish.client import RedfishError

@@ -103,7 +103,7 @@ class Reboot(PhaseHandler):
 
     async def _host_reset(self, ctx: StepContext, step: dict[str, Any]) -> Outcome:
         """A component that needs its host reset: a PowerAction resets the DPU and its host in the
-        host's boot order (controllers/power.py), and this step waits for it to end."""
+        host's boot order (fleet/power.py), and this step waits for it to end."""
         progress = ctx.progress
         generation = progress.generation or 1
         name = progress.powerAction or f"{ctx.name}-update-g{generation}-s{progress.planStep}"[:253]

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 
 from ...api.kinds import ImageSpec
+from ...crypto.signing import ManifestRefused
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import DigestMismatch, ImageContentError
 from ...images.verify import verify_image_manifest
-from ...security.signing import ManifestRefused
 from ..flavor import profile_of
 from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
 from ..plan import plan_components

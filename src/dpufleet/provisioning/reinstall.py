@@ -13,8 +13,8 @@ from typing import Any
 
 from ..api.errors import Conflict
 from ..api.meta import isotime, now
+from ..runtime.status import mutate_status_sync
 from ..store.store import Store
-from .runtime.status import mutate_status_sync
 
 RETRY_ANNOTATION = "dpufleet.io/retry"  # provisioning/controller.py RETRY
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..api.errors import NotFound
 from ..api.meta import Severity, isotime, now
+from ..api.naming import dpu_name
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import (
     AuthenticationFailed,
@@ -28,16 +29,15 @@ from ..drivers.redfish.client import (
     RedfishError,
 )
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
+from ..fleet.drift import DriftReconciler, is_drifted
 from ..health.inbox import inbox_for
-from ..inventory.catalog import catalog_capabilities, find_profile
 from ..provisioning.machine import WORKING_PHASES, seconds_since
+from ..runtime.conditions import get_condition, set_condition, summarize_ready
+from ..runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..store.store import Change, Store
-from .drift import DriftReconciler, is_drifted
-from .naming import dpu_name
-from .runtime.conditions import get_condition, set_condition, summarize_ready
-from .runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
-from .runtime.events import EventRecorder
-from .runtime.status import mutate_status
+from .catalog import catalog_capabilities, find_profile
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class BMCReconciler(Reconciler):
 
     def started(self, wake: Callable[[Key], None]) -> None:
         """A pushed event that changes what the BMC inventories (an update applied, a part added or
-        removed) has the BMC crawled at once: an out-of-band update is seen (controllers/drift.py)."""
+        removed) has the BMC crawled at once: an out-of-band update is seen (fleet/drift.py)."""
 
         def on_event(project: str, bmc: str, message_id: str, _severity: str) -> None:
             if message_id.rsplit(".", 1)[-1] in INVENTORY_EVENTS:
@@ -466,7 +466,7 @@ def _firmware_changes(status: dict[str, Any], inventory: BMCInventory, stamp: st
 
     A change while dpufleet is provisioning the DPU is its own doing; any other change was
     pushed through the BMC (Redfish) or made by hand, and is reconciled into inventory and
-    reported, so the fleet's record of what runs where stays true; controllers/drift.py then
+    reported, so the fleet's record of what runs where stays true; fleet/drift.py then
     reconciles it with the DPU's spec.image.
     """
     before = {f.get("id"): f.get("version") for f in status.get("firmware") or [] if f.get("id")}
@@ -488,6 +488,6 @@ def _firmware_changes(status: dict[str, Any], inventory: BMCInventory, stamp: st
 
 
 def _label(value: str | None) -> str:
-    from .naming import dns_label
+    from ..api.naming import dns_label
 
     return dns_label(value or "unknown")

@@ -30,16 +30,16 @@ from ..api.errors import Conflict, NotFound
 from ..api.kinds import UpdateSource
 from ..api.meta import isotime, now
 from ..api.selectors import LabelSelector
+from ..crypto.signing import ManifestRefused
 from ..images.verify import verify_image_manifest
 from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
+from ..runtime.controller import DONE, Key, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..security.audit import AuditEntry, AuditLog
-from ..security.signing import ManifestRefused
 from ..store.store import Store
 from .dpuset import in_window
 from .drift import DriftReconciler
-from .runtime.controller import DONE, Key, Reconciler, Result
-from .runtime.events import EventRecorder
-from .runtime.status import mutate_status
 
 log = logging.getLogger(__name__)
 SUBJECT = "update-request-controller"
@@ -79,7 +79,7 @@ class UpdateRequestReconciler(Reconciler):
         decision, accepted_generation = await asyncio.to_thread(self._decide, request)
         await self._record(request, decision, generation=accepted_generation)
         if request["spec"].get("source") == UpdateSource.BMC and decision.phase in ("Accepted", "Refused"):
-            # a change pushed through the BMC: adopted, or the DPU stays drifted (controllers/drift.py)
+            # a change pushed through the BMC: adopted, or the DPU stays drifted (fleet/drift.py)
             await asyncio.to_thread(self.drift.decided, request, decision.phase, decision.reason, decision.message)
         if decision.phase == "Waiting":
             return Result(requeue_after=WAIT_SECONDS)

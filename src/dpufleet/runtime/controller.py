@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ...api.errors import Gone
-from ...store.feed import ChangeFeed, WatcherTooSlow
-from ...store.store import Change, Store
+from ..api.errors import Gone
+from ..store.feed import ChangeFeed, WatcherTooSlow
+from ..store.store import Change, Store
 from .metrics import RECONCILES
 from .queue import Backoff, WorkQueue
 

@@ -10,12 +10,12 @@ every later crawl while the disagreement lasts:
   the reported version, covering every component that differs from spec.image), and admits the DPU,
   is asked for in an UpdateRequest with source `bmc`. Its name comes from the DPU's generation and
   the versions (`<dpu>-bmc-<hash>`), so a later crawl finds it already filed. The one update policy
-  (controllers/update_request.py: signature, rollback, DPUSet, windows, budget) decides: Accepted,
+  (fleet/update_request.py: signature, rollback, DPUSet, windows, budget) decides: Accepted,
   spec.image names that image and the change is adopted;
 - with no such image, or a Refused request, the DPU is drifted: condition Drifted=True (reason
   OutOfBandUpdate, naming the components), a Warning event, and the project's driftPolicy:
   `report` keeps spec.image and changes nothing; `revert` asks provisioning to install spec.image
-  again (controllers/reinstall.py), and is audited.
+  again (provisioning/reinstall.py), and is audited.
 
 Drifted turns False when the change is adopted (reason Adopted) or the DPU runs its spec.image
 again (a revert, a push back, a new image installed: reason Reconciled).
@@ -35,12 +35,12 @@ from ..lifecycle.planner import version_key
 from ..provisioning.flavor import profile_of
 from ..provisioning.machine import Phase, StepFailed
 from ..provisioning.plan import plan_components
+from ..provisioning.reinstall import request_reinstall
+from ..runtime.conditions import get_condition, set_condition
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status_sync
 from ..security.audit import AuditEntry, AuditLog
 from ..store.store import Store
-from .reinstall import request_reinstall
-from .runtime.conditions import get_condition, set_condition
-from .runtime.events import EventRecorder
-from .runtime.status import mutate_status_sync
 
 log = logging.getLogger(__name__)
 

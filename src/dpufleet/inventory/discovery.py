@@ -17,14 +17,14 @@ from typing import Any
 
 from ..api.errors import AlreadyExists, NotFound
 from ..api.meta import Severity, isotime, now
+from ..api.naming import bmc_name
 from ..drivers.discovery.scan import ProbeOutcome, ProbeResult, scan, scan_targets
+from ..runtime.conditions import set_condition, summarize_ready
+from ..runtime.controller import Key, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..store.store import Store
 from .bmc import DISCOVERY_LABEL
-from .naming import bmc_name
-from .runtime.conditions import set_condition, summarize_ready
-from .runtime.controller import Key, Reconciler, Result
-from .runtime.events import EventRecorder
-from .runtime.status import mutate_status
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 2.0

@@ -6,7 +6,7 @@ server hands both out). It asks the bootstrap endpoint for its onboarding inform
 proving its serial with its IDevID, and gets a document naming the image to install (signed
 URL, digest, version), the flavor, and a one-time enrollment token bound to its serial --
 signed by the control plane with ed25519, in the same envelope shape as signed manifests
-(`security/signing.py`: canonical JSON, ``signatures: [{keyid, sig}]``).
+(`crypto/signing.py`: canonical JSON, ``signatures: [{keyid, sig}]``).
 
 The device verifies before it uses anything: the public key the server offers must hash to
 the key id it was given (the pin), a signature by that key must cover the document's

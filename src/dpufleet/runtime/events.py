@@ -15,9 +15,9 @@ import hashlib
 import logging
 from typing import Any, Literal
 
-from ...api.errors import AlreadyExists, Conflict, NotFound
-from ...api.meta import isotime, now
-from ...store.store import Store
+from ..api.errors import AlreadyExists, Conflict, NotFound
+from ..api.meta import isotime, now
+from ..store.store import Store
 
 log = logging.getLogger(__name__)
 

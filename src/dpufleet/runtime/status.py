@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ...api.errors import Conflict
-from ...store.store import Store
+from ..api.errors import Conflict
+from ..store.store import Store
 
 StatusMutator = Callable[[dict[str, Any]], None]
 

@@ -35,12 +35,12 @@ from ..api.selectors import LabelSelector
 from ..health.evidence import FailureClass
 from ..provisioning.controller import ABORT
 from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
+from ..runtime.conditions import set_condition
+from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.mirror import FieldMirror
+from ..runtime.status import mutate_status
 from ..store.store import Change, Store
-from .runtime.conditions import set_condition
-from .runtime.controller import DONE, Key, Mapper, Reconciler, Result
-from .runtime.events import EventRecorder
-from .runtime.mirror import FieldMirror
-from .runtime.status import mutate_status
 
 ROLLOUT_POLL_SECONDS = 2.0
 SELECTORS_TTL = 1.0

@@ -11,7 +11,7 @@ from typing import Any
 from ..api.errors import NotFound
 from ..api.meta import now
 from ..store.store import Change, Store
-from .runtime.controller import DONE, Key, Mapper, Reconciler, Result
+from .controller import DONE, Key, Mapper, Reconciler, Result
 
 EVENT_TTL_SECONDS = 24 * 3600.0
 

@@ -38,10 +38,10 @@ from ..drivers.hostpower import HostPowerError, HostPowerInterface, HttpHostPowe
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
 from ..drivers.redfish.install import find_dpu_system, read_boot
 from ..drivers.redfish.power import RedfishPower
+from ..runtime.controller import DONE, Key, Reconciler, Result
+from ..runtime.events import EventRecorder
+from ..runtime.status import mutate_status
 from ..store.store import Store
-from .runtime.controller import DONE, Key, Reconciler, Result
-from .runtime.events import EventRecorder
-from .runtime.status import mutate_status
 
 POLL_SECONDS = 1.0
 DEFAULT_STEP_TIMEOUT = 600.0

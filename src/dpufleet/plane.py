@@ -12,21 +12,21 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..health.controller import HealthReconciler
-from ..health.subscriptions import EventSubscriptionReconciler
-from ..images.repository import ImageRepository, attach_repository
-from ..provisioning.controller import DPUProvisioner
-from ..security.secrets import SecretBox
-from ..store.feed import ChangeFeed
-from ..store.store import Store, default_sqlite_url
-from ..tuning import tune_gc
-from .bmc import BMCReconciler
-from .discovery import DiscoveryReconciler
-from .dpuset import DPUSetReconciler
-from .events import EventReaper
-from .power import PowerActionReconciler
+from .crypto.secrets import SecretBox
+from .fleet.dpuset import DPUSetReconciler
+from .fleet.power import PowerActionReconciler
+from .fleet.update_request import UpdateRequestReconciler
+from .health.controller import HealthReconciler
+from .health.subscriptions import EventSubscriptionReconciler
+from .images.repository import ImageRepository, attach_repository
+from .inventory.bmc import BMCReconciler
+from .inventory.discovery import DiscoveryReconciler
+from .provisioning.controller import DPUProvisioner
 from .runtime.controller import Controller, Reconciler
-from .update_request import UpdateRequestReconciler
+from .runtime.reaper import EventReaper
+from .store.feed import ChangeFeed
+from .store.store import Store, default_sqlite_url
+from .tuning import tune_gc
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...api.meta import Condition, ConditionStatus, Severity, isotime, now
+from ..api.meta import Condition, ConditionStatus, Severity, isotime, now
 
 READY = "Ready"
 _RANK = {Severity.ERROR: 3, Severity.WARNING: 2, Severity.INFO: 1, None: 2}

@@ -20,8 +20,8 @@ import asyncio
 import time
 from typing import Any
 
-from ...api.selectors import LabelSelector
-from ...store.store import Change, Store, fields_row
+from ..api.selectors import LabelSelector
+from ..store.store import Change, Store, fields_row
 
 Row = dict[str, Any]
 
