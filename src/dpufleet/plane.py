@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .crypto.secrets import SecretBox
 from .fleet.dpuset import DPUSetReconciler
+from .fleet.drift import DriftReconciler
 from .fleet.power import PowerActionReconciler
 from .fleet.update_request import UpdateRequestReconciler
 from .health.controller import HealthReconciler
@@ -32,10 +33,20 @@ log = logging.getLogger(__name__)
 
 # Each entry builds one reconciler for a store; capabilities add theirs here.
 ReconcilerFactory = Callable[[Store], Reconciler]
+
+
+def bmc_reconciler(store: Store) -> BMCReconciler:
+    """The BMC crawl, with the fleet's drift check on what each crawl finds (inventory does not know
+    about rollouts; the fleet domain does)."""
+    bmc = BMCReconciler(store)
+    bmc.firmware_observers.append(DriftReconciler(store, bmc.events).observe)
+    return bmc
+
+
 DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     EventReaper,
     DiscoveryReconciler,
-    BMCReconciler,
+    bmc_reconciler,
     DPUProvisioner,
     DPUSetReconciler,
     HealthReconciler,

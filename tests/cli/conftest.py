@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
 from dpufleet.demo import EmbeddedServer
+from dpufleet.main import app
 
 
 @dataclass
@@ -37,7 +37,7 @@ class CLI:
 
     def subprocess(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
         proc = subprocess.run(
-            [sys.executable, "-m", "dpufleet.cli.main", *args],
+            [sys.executable, "-m", "dpufleet.main", *args],
             env={**os.environ, **self.env, **(env or {})},
             capture_output=True,
             text=True,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(240)
 
 def bench(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "dpufleet.cli.main", "bench", *args],
+        [sys.executable, "-m", "dpufleet.main", "bench", *args],
         capture_output=True,
         text=True,
         timeout=220,

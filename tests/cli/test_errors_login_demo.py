@@ -107,7 +107,7 @@ def test_watch_prints_changes_and_stops_cleanly_on_ctrl_c(cli: CLI, server: Embe
     with Client(server.url, server.token()) as client:
         client.apply({"kind": "DPU", "metadata": {"name": "watched", "labels": {"watch": "me"}}})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dpufleet.cli.main", "watch", "dpus", "-l", "watch=me"],
+            [sys.executable, "-m", "dpufleet.main", "watch", "dpus", "-l", "watch=me"],
             env={**os.environ, **cli.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -20,7 +20,7 @@ from support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-CLI = [sys.executable, "-m", "dpufleet.cli.main"]
+CLI = [sys.executable, "-m", "dpufleet.main"]
 
 
 def env() -> dict[str, str]:

@@ -7,7 +7,7 @@ import stat
 import httpx
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
+from dpufleet.main import app
 from dpufleet.sim.control import read_control_file
 from dpufleet.sim.faults import active, inject
 from dpufleet.sim.fleet import build_fleet, fleet_in_thread

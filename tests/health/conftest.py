@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.controllers import manager
+from dpufleet import plane as manager
 from dpufleet.health.controller import HealthConfig, HealthReconciler
 from dpufleet.inventory import reports
 from dpufleet.sim.bmc import SYSTEM_ID, SimBMC, SimLogEntry, utcnow_iso

@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dpufleet.api.kinds import RemediationAction, RemediationStep
+from dpufleet.api.kinds import FailureClass, RemediationAction, RemediationStep, default_spec
+from dpufleet.drivers.redfish.events import LogEntry
 from dpufleet.health.controller import HealthConfig
 from dpufleet.health.diagnosis import diagnose, diagnose_host
-from dpufleet.health.evidence import AgentView, BMCView, FailureClass, HostView, LogEntry, MemoryDevice, Observation
-from dpufleet.health.policy import Episode, HistoryEntry, default_spec, plan
+from dpufleet.health.evidence import AgentView, BMCView, HostView, MemoryDevice, Observation
+from dpufleet.health.policy import Episode, HistoryEntry, plan
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LAST_BEAT = NOW - timedelta(seconds=60)

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.controllers import manager
-from dpufleet.health import inbox
+from dpufleet import plane as manager
+from dpufleet.drivers.redfish import events as inbox
 from dpufleet.health.subscriptions import FINALIZER, EventSubscriptionReconciler
 from dpufleet.inventory import reports
 from dpufleet.sim import faults
@@ -287,8 +287,9 @@ def test_a_lost_subscription_is_recreated_and_a_deleted_bmc_loses_it(fleet: Flee
 def test_diagnose_host_from_silence_and_the_dpus_power() -> None:
     from datetime import UTC, datetime, timedelta
 
+    from dpufleet.api.kinds import FailureClass
     from dpufleet.health.diagnosis import diagnose_host, dpu_power_for_host
-    from dpufleet.health.evidence import BMCView, FailureClass
+    from dpufleet.health.evidence import BMCView
 
     seen = datetime(2026, 11, 23, 3, 0, 0, 500000, tzinfo=UTC)
     running = BMCView(reachable=True, power_state="On", boot_progress_since=seen - timedelta(hours=2))

@@ -35,7 +35,7 @@ def test_describe_policy_and_debug_bundle(lab: Lab, tmp_path: Path) -> None:
     """An operator sees the diagnosis and history in `describe`, the policy, and gets a debug bundle."""
     from typer.testing import CliRunner
 
-    from dpufleet.cli.main import app
+    from dpufleet.main import app
 
     name, _sim, _bmc = lab.dpu(8)  # the injected os-hang DPU above: rebooted, recovered
     base = ["--server", lab.api.url, "--token", lab.api.token]

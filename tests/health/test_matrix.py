@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.health.policy import DEFAULT_RULES
+from dpufleet.api.kinds import DEFAULT_RULES
 from dpufleet.inventory import reports
 from dpufleet.sim import faults
 from dpufleet.sim.devices import SimDPU

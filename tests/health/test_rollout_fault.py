@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dpufleet.controllers import manager
 
+from dpufleet import plane as manager
+from dpufleet.api.kinds import FAILED_PHASES, WORKING_PHASES, Phase
 from dpufleet.fleet.dpuset import OUT_OF_SERVICE
 from dpufleet.provisioning.controller import DPUProvisioner
-from dpufleet.provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from dpufleet.sim import faults
 from dpufleet.sim.runner import SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover, fast_provisioner, fleet_options, image_doc, upload

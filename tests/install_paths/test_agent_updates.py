@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dpufleet.agent.daemon import Agent
-from dpufleet.cli.main import app
+from dpufleet.main import app
 from dpufleet.sim.runner import SimRunning
 from provisioning.conftest import Operator
 from support.server import RunningServer

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from dpufleet.controllers import manager
 
+from dpufleet import plane as manager
 from dpufleet.fleet.power import PowerActionReconciler
 from dpufleet.inventory.bmc import BMCReconciler
 from dpufleet.inventory.discovery import DiscoveryReconciler

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.controllers import manager
+from dpufleet import plane as manager
 from dpufleet.images.repository import ImageRepository, repository_for
 from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.provisioning.machine import ProvisioningConfig, Timeouts

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
-from dpufleet.provisioning.machine import FAILED_PHASES, WORKING_PHASES
+from dpufleet.api.kinds import FAILED_PHASES, WORKING_PHASES
+from dpufleet.main import app
 from dpufleet.sim.runner import SimRunning
 from support.server import RunningServer
 

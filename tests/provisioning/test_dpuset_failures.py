@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dpufleet.provisioning.machine import FAILED_PHASES
+from dpufleet.api.kinds import FAILED_PHASES
 from dpufleet.sim.runner import SimRunning
 
 from .conftest import Operator, image_doc, upload

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dpufleet.controllers import manager
+from dpufleet import plane as manager
 from dpufleet.images.repository import ImageRepository, repository_for
 from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.sim.runner import sim_in_thread

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from dpufleet.provisioning.machine import WORKING_PHASES
+from dpufleet.api.kinds import WORKING_PHASES
 from support.server import RunningServer
 
 from .conftest import FAST, Operator, image_doc, provisioning_server, upload

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
+from dpufleet.main import app
 from dpufleet.sim.bmc import BmcTimings, SimBMC
 from dpufleet.sim.runner import SimRunning
 from support.server import RunningServer

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
+from dpufleet.main import app
 from dpufleet.store.schema import audit
 from support.server import BASE, RunningServer
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dpufleet.cli.main import app
+from dpufleet.main import app
 from dpufleet.sim.bmc import SimBMC
 from dpufleet.sim.runner import SimRunning
 from provisioning.conftest import Operator, condition, image_doc, sha, upload

@@ -15,9 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from tests.support.server import RunningServer, threaded_server
 
-from dpufleet.crypto.pki import AgentIdentity
-from dpufleet.security import pki
-from dpufleet.security.enroll import sign_proof
+from dpufleet.crypto import pki
+from dpufleet.crypto.pki import AgentIdentity, sign_proof
 from dpufleet.sim.identity import VendorCA
 
 

@@ -13,7 +13,7 @@ from cryptography import x509
 from dpufleet.agent import credentials as agent_credentials
 from dpufleet.agent.credentials import EnrollmentOptions
 from dpufleet.agent.daemon import Agent, AgentConfig
-from dpufleet.security import pki
+from dpufleet.crypto import pki
 from dpufleet.sim.fleet import build_fleet
 from dpufleet.sim.identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from cryptography import x509
 
-from dpufleet.security import pki
+from dpufleet.crypto import pki
 from dpufleet.sim.identity import VendorCA
 
 from .conftest import Device, Fleet, enrolled

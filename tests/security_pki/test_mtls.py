@@ -9,7 +9,7 @@ import ssl
 import httpx
 import pytest
 
-from dpufleet.security import pki
+from dpufleet.crypto import pki
 from dpufleet.sim.identity import VendorCA
 
 from .conftest import Device, Fleet, enrolled, issue_directly

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from ..crypto.onboarding import DeviceRequest, OnboardingInfo, OnboardingRefused, verify_onboarding
-from ..security.enroll import sign_proof
+from ..crypto.pki import sign_proof
 from . import slots
 from .credentials import EnrollmentOptions
 from .installer import SlotInstaller, StateBook

@@ -34,10 +34,10 @@ from ..crypto.pki import (
     load_cert,
     make_csr,
     new_key,
+    sign_proof,
     utcnow,
     write_private,
 )
-from ..security.enroll import sign_proof
 
 log = logging.getLogger(__name__)
 ENROLL_PATH = "/agent/v1/enroll"

@@ -24,13 +24,14 @@ from pathlib import Path
 import httpx
 
 from .. import __version__
+from ..api.agent import Inventory
 from ..crypto.pki import AgentIdentity
 from . import slots
 from .bootstrap import ZeroTouch
 from .credentials import AgentCredentials, EnrollmentOptions
 from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
-from .inventory import Inventory, collect_inventory
+from .inventory import collect_inventory
 
 log = logging.getLogger(__name__)
 REPORT_PATH = "/agent/v1/report"

@@ -30,6 +30,13 @@ def isotime(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def seconds_since(stamp: str | None) -> float:
+    """Seconds since an RFC 3339 stamp (0 for none)."""
+    if not stamp:
+        return 0.0
+    return (now() - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+
+
 def check_name(value: str) -> str:
     """Names are DNS-1123 subdomains, as in Kubernetes, so they fit in URLs and hostnames."""
     if not value:

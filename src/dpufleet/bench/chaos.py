@@ -106,7 +106,7 @@ def chaos_server(timeout: float = 60.0) -> Iterator[RunningServer]:
 
 
 def chaos_policy() -> dict[str, Any]:
-    from ..health.policy import DEFAULT_RULES
+    from ..api.kinds import DEFAULT_RULES
 
     rules = []
     for cls, steps in DEFAULT_RULES.items():

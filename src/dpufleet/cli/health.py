@@ -18,8 +18,8 @@ from typing import Any
 import typer
 import yaml
 
+from ..api.kinds import DEFAULT_POLICY_NAME, default_spec
 from ..client import Client, ClientError
-from ..health.policy import DEFAULT_POLICY_NAME, default_spec
 from .common import note, options
 
 health_app = typer.Typer(help="Health and remediation.", no_args_is_help=True)

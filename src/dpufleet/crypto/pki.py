@@ -16,6 +16,7 @@ stack speaks it and signing is cheap enough to enroll a fleet in seconds.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -440,3 +441,10 @@ def _leaf_usage() -> x509.KeyUsage:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sign_proof(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, csr_der: bytes) -> str:
+    """What the device does with its IDevID key: sign the CSR it is about to send."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return base64.b64encode(key.sign(csr_der)).decode()
+    return base64.b64encode(key.sign(csr_der, ec.ECDSA(hashes.SHA256()))).decode()

@@ -30,11 +30,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api.errors import APIError, Conflict, NotFound
+from ..api.kinds import FAILED_PHASES, WORKING_PHASES, FailureClass, Phase
 from ..api.meta import Severity, now
 from ..api.selectors import LabelSelector
-from ..health.evidence import FailureClass
 from ..provisioning.controller import ABORT
-from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder

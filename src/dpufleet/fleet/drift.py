@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api.errors import AlreadyExists, NotFound
-from ..api.kinds import DriftPolicy, ImageSpec, UpdateSource
+from ..api.kinds import DriftPolicy, ImageSpec, Phase, UpdateSource
 from ..api.meta import ConditionStatus, Severity
 from ..lifecycle.planner import version_key
 from ..provisioning.flavor import profile_of
-from ..provisioning.machine import Phase, StepFailed
+from ..provisioning.machine import StepFailed
 from ..provisioning.plan import plan_components
 from ..provisioning.reinstall import request_reinstall
 from ..runtime.conditions import get_condition, set_condition
@@ -93,6 +93,12 @@ class DriftReconciler:
         self.audit = AuditLog(store)
 
     # --- on a crawl -------------------------------------------------------------------------------------
+
+    def observe(self, dpu: dict[str, Any], out_of_band: bool) -> None:
+        """The BMC controller's hook after a crawl wrote `dpu`: a change made out of band, or a DPU
+        already Drifted, is compared with its spec.image."""
+        if out_of_band or is_drifted(dpu):
+            self.check(dpu)
 
     def check(self, dpu: dict[str, Any]) -> None:
         """A crawl found out-of-band changes on `dpu`, or it is already Drifted: compare it with its

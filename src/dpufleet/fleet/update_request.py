@@ -27,12 +27,11 @@ import logging
 from typing import Any
 
 from ..api.errors import Conflict, NotFound
-from ..api.kinds import UpdateSource
+from ..api.kinds import FAILED_PHASES, WORKING_PHASES, Phase, UpdateSource
 from ..api.meta import isotime, now
 from ..api.selectors import LabelSelector
 from ..crypto.signing import ManifestRefused
 from ..images.verify import verify_image_manifest
-from ..provisioning.machine import FAILED_PHASES, WORKING_PHASES, Phase
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status

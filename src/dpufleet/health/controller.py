@@ -24,22 +24,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..api.errors import NotFound
-from ..api.kinds import RemediationAction
+from ..api.kinds import WORKING_PHASES, FailureClass, Phase, RemediationAction
 from ..api.meta import ConditionStatus, Severity, isotime, now
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.events import LogEntry, inbox_for
 from ..inventory import reports
-from ..provisioning.machine import WORKING_PHASES, Phase
 from ..runtime.conditions import get_condition, set_condition
 from ..runtime.controller import Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..security.audit import AuditEntry, AuditLog
 from ..store.store import Change, Store
-from . import actions, inbox
+from . import actions
 from .diagnosis import Diagnosis, diagnose_host, dpu_power_for_host, parse_time
 from .diagnosis import diagnose as run_diagnosis
-from .evidence import BMCView, FailureClass, LogEntry, MemoryDevice, Observation
+from .evidence import BMCView, MemoryDevice, Observation
 from .policy import (
     DISRUPTIVE,
     HISTORY_KEPT,
@@ -182,7 +182,7 @@ class HealthReconciler(Reconciler):
             for name in list(self._dpus_of_bmc.get((project, bmc), ())):
                 wake(Key(project, name))
 
-        inbox.inbox_for(self.store).listen(on_event)
+        inbox_for(self.store).listen(on_event)
 
     def watches(self) -> dict[str, Mapper]:
         return {"RemediationPolicy": self._policy_changed}
@@ -369,7 +369,7 @@ class HealthReconciler(Reconciler):
             if links is None:
                 links = await discover_links(client, status.get("serialNumber") or dpu["spec"].get("serialNumber"))
                 self._links[cache] = links
-            pushed = inbox.inbox_for(self.store).recent(key.project, bmc_name)
+            pushed = inbox_for(self.store).recent(key.project, bmc_name)
             # a pushed event that reports trouble has memory and logs read in full; an OK one (a power
             # transition, an update applied: a rollout pushes four per DPU) is evidence enough by itself
             alarming = [e for e in pushed if e.severity.upper() != "OK"]

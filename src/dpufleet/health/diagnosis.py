@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .evidence import BMCView, EvidenceItem, FailureClass, LogEntry, Observation
+from ..api.kinds import FailureClass
+from ..drivers.redfish.events import LogEntry
+from .evidence import BMCView, EvidenceItem, Observation
 
 # Substrings (lower case) of BMC log messages, per cause. Redfish leaves the wording to vendors;
 # these are the phrases of docs/faults.md and their common variants.

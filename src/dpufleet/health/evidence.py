@@ -9,29 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
 from pydantic import BaseModel
 
-
-class FailureClass(StrEnum):
-    """The diagnoses of docs/faults.md; each is the `Healthy` condition's reason."""
-
-    HEALTHY = "Healthy"
-    OS_HANG = "OSHang"
-    KERNEL_CRASH = "KernelCrash"
-    NIC_FIRMWARE_CRASH = "NICFirmwareCrash"
-    POWER_LOSS = "PowerLoss"
-    HOST_RESET = "HostReset"
-    HOST_POWER_CYCLE = "HostPowerCycle"
-    HOST_DOWN = "HostDown"
-    BMC_DOWN = "BMCDown"
-    PCIE_ERROR = "PCIeError"
-    CORRUPTED_FLASH = "CorruptedFlash"
-    MEMORY_FAILURE = "MemoryFailure"
-    AGENT_UNREACHABLE = "AgentUnreachable"
-    DISK_FULL = "DiskFull"
-    CLOCK_SKEW = "ClockSkew"
+from ..drivers.redfish.events import LogEntry
 
 
 class EvidenceItem(BaseModel):
@@ -40,17 +21,6 @@ class EvidenceItem(BaseModel):
     source: str
     signal: str
     value: str
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """A Redfish LogServices entry (or a pushed Redfish event)."""
-
-    created: datetime | None
-    message: str
-    message_id: str = ""
-    severity: str = ""
-    source: str = "redfish-log"  # or redfish-event
 
 
 @dataclass(frozen=True)

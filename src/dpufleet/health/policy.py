@@ -17,9 +17,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..api.kinds import RemediationAction, RemediationPolicySpec, RemediationRule, RemediationStep
+from ..api.kinds import (
+    DEFAULT_POLICY_NAME,
+    DEFAULT_RULES,
+    RemediationAction,
+    RemediationPolicySpec,
+    RemediationStep,
+    default_spec,
+)
 from ..api.selectors import LabelSelector
-from .evidence import FailureClass
 
 A = RemediationAction
 
@@ -30,42 +36,6 @@ RESETS = frozenset({A.REBOOT, A.POWER_CYCLE, A.POWER_ON, A.HOST_POWER_CYCLE})
 # History results that count against a rate limit (a skipped or deferred step did nothing).
 COUNTED = frozenset({"Issued", "Succeeded", "Failed"})
 HISTORY_KEPT = 100
-
-
-def _s(action: A, after: float = 0.0, per_hour: int | None = None) -> RemediationStep:
-    return RemediationStep(action=action, after=after, maxPerHour=per_hour)
-
-
-# docs/faults.md, "first actions (default policy)".
-DEFAULT_RULES: dict[str, list[RemediationStep]] = {
-    FailureClass.KERNEL_CRASH: [
-        _s(A.WAIT, 0),
-        _s(A.POWER_CYCLE, 60, 2),
-        _s(A.REFLASH, 300, 1),
-        _s(A.QUARANTINE, 1800),
-        _s(A.ALERT, 0),
-    ],
-    FailureClass.OS_HANG: [_s(A.REBOOT, 0, 2), _s(A.POWER_CYCLE, 120, 2), _s(A.QUARANTINE, 300), _s(A.ALERT, 0)],
-    FailureClass.NIC_FIRMWARE_CRASH: [_s(A.REBOOT, 0, 2), _s(A.POWER_CYCLE, 120, 2), _s(A.QUARANTINE, 300)],
-    FailureClass.POWER_LOSS: [_s(A.POWER_ON, 0, 3), _s(A.HOST_POWER_CYCLE, 180, 1), _s(A.QUARANTINE, 300)],
-    FailureClass.HOST_RESET: [],
-    FailureClass.HOST_POWER_CYCLE: [_s(A.WAIT, 0), _s(A.POWER_ON, 300, 2)],
-    FailureClass.HOST_DOWN: [_s(A.ALERT, 0)],
-    FailureClass.BMC_DOWN: [_s(A.WAIT, 0), _s(A.ALERT, 60), _s(A.BMC_RESET, 60, 1)],
-    FailureClass.PCIE_ERROR: [_s(A.HOST_POWER_CYCLE, 0, 1), _s(A.QUARANTINE, 600), _s(A.ALERT, 0)],
-    FailureClass.CORRUPTED_FLASH: [_s(A.REFLASH, 0, 1), _s(A.QUARANTINE, 1800), _s(A.ALERT, 0)],
-    FailureClass.MEMORY_FAILURE: [_s(A.QUARANTINE, 0), _s(A.ALERT, 0)],
-    FailureClass.AGENT_UNREACHABLE: [_s(A.WAIT, 0), _s(A.RESTART_AGENT, 30, 2), _s(A.ALERT, 60)],
-    FailureClass.DISK_FULL: [_s(A.ALERT, 0)],
-    FailureClass.CLOCK_SKEW: [_s(A.ALERT, 0)],
-}
-DEFAULT_POLICY_NAME = "built-in"
-
-
-def default_spec() -> RemediationPolicySpec:
-    return RemediationPolicySpec(
-        rules=[RemediationRule(failureClass=str(cls), actions=steps) for cls, steps in DEFAULT_RULES.items()]
-    )
 
 
 @dataclass(frozen=True)

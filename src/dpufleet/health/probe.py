@@ -14,10 +14,11 @@ from typing import Any
 
 from ..api.errors import NotFound
 from ..drivers.redfish.client import BMCUnreachable, Credentials, RedfishClient, RedfishError
+from ..drivers.redfish.events import LogEntry
 from ..drivers.redfish.install import find_dpu_system
 from ..store.store import Store
 from .diagnosis import parse_time
-from .evidence import AgentView, BMCView, HostView, LogEntry, MemoryDevice
+from .evidence import AgentView, BMCView, HostView, MemoryDevice
 
 LOG_ENTRIES_KEPT = 50
 

@@ -4,7 +4,7 @@ A BMC that offers an EventService gets one subscription (EventDestination) whose
 the API server's receiver (server/health_api.py, ``/health/v1/redfish-events/{project}/{bmc}``)
 and whose ``Context`` authenticates what it sends: a BMC cannot carry our bearer tokens, so the
 receiver accepts an event only with the Context derived for that BMC from the server's secret
-key (``event_context``). Received events go to ``health.inbox``, where the health controller reads
+key (``event_context``). Received events go to ``drivers.redfish.events`` (the inbox), where the health controller reads
 them as evidence on its next visit of the BMC's DPUs, alongside what it polls.
 
 The subscription is created once and recorded in ``status.eventSubscription`` of the BMC; every
@@ -25,12 +25,12 @@ from typing import Any
 from ..api.errors import Conflict, NotFound
 from ..api.meta import isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.events import inbox_for
 from ..images.repository import repository_for
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..store.store import Store
-from .inbox import inbox_for
 from .probe import bmc_credentials
 
 log = logging.getLogger(__name__)

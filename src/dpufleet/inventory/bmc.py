@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..api.errors import NotFound
-from ..api.meta import Severity, isotime, now
+from ..api.kinds import WORKING_PHASES
+from ..api.meta import Severity, isotime, now, seconds_since
 from ..api.naming import dpu_name
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import (
@@ -28,10 +29,8 @@ from ..drivers.redfish.client import (
     RedfishClient,
     RedfishError,
 )
+from ..drivers.redfish.events import inbox_for
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
-from ..fleet.drift import DriftReconciler, is_drifted
-from ..health.inbox import inbox_for
-from ..provisioning.machine import WORKING_PHASES, seconds_since
 from ..runtime.conditions import get_condition, set_condition, summarize_ready
 from ..runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
 from ..runtime.events import EventRecorder
@@ -69,7 +68,9 @@ class BMCReconciler(Reconciler):
         self.subscribed_refresh_seconds = subscribed_refresh_seconds
         self.retry_seconds = retry_seconds
         self.events = EventRecorder(store, "bmc-controller")
-        self.drift = DriftReconciler(store, self.events)
+        # called (in a worker thread) with each DPU a crawl wrote and whether it found firmware changed out
+        # of band; the composition root (plane.py) adds the fleet's drift check here
+        self.firmware_observers: list[Callable[[dict[str, Any], bool], None]] = []
         self._pushed: set[Key] = set()  # BMCs woken by a pushed inventory event, not by their period
         self._generations: dict[tuple[str, str, str], Any] = {}  # Credentials' and Discoveries' last seen
         self._crawled: dict[Key, tuple[object, ...]] = {}  # each BMC object's state at its last crawl
@@ -446,8 +447,8 @@ class BMCReconciler(Reconciler):
                 + " (not by dpufleet: pushed through the BMC or by hand)",
                 warning=True,
             )
-        if out_of_band or is_drifted(updated):  # adopted through the update policy, or reported as drift
-            await asyncio.to_thread(self.drift.check, updated)
+        for observe in self.firmware_observers:  # drift: adopted through the update policy, or reported
+            await asyncio.to_thread(observe, updated, bool(out_of_band))
         return name
 
     async def _bmc_exists(self, name: str, project: str) -> bool:

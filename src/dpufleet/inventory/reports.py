@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..agent.inventory import Inventory
+from ..api.agent import Inventory
 from ..api.errors import AlreadyExists, NotFound
 from ..api.meta import isotime, now
 from ..api.naming import dpu_name, host_name

@@ -23,13 +23,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.errors import NotFound
-from ..api.kinds import ProvisioningStatus
-from ..api.meta import ConditionStatus, Severity
+from ..api.kinds import (
+    FAILED_PHASE,
+    FAILED_PHASES,
+    IDLE_PHASES,
+    NO_ABORT,
+    PROVISIONING_STEPS,
+    STEP_CONDITION,
+    WORKING_PHASES,
+    Phase,
+    ProvisioningStatus,
+)
+from ..api.meta import ConditionStatus, Severity, seconds_since
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
+from ..drivers.redfish.events import inbox_for
 from ..drivers.redfish.install import find_dpu_system
 from ..drivers.registry import NO_BMC_PATHS, build_install_driver
-from ..health.inbox import inbox_for
 from ..images.repository import ImageRepository, repository_for
 from ..runtime.conditions import set_condition, summarize_ready
 from ..runtime.controller import DONE, Key, Reconciler, Result
@@ -38,23 +48,7 @@ from ..runtime.status import mutate_status
 from ..store import reservations
 from ..store.store import Store
 from .flavor import profile_of
-from .machine import (
-    FAILED_PHASE,
-    FAILED_PHASES,
-    IDLE_PHASES,
-    NO_ABORT,
-    PROVISIONING_STEPS,
-    STEP_CONDITION,
-    WORKING_PHASES,
-    Next,
-    Phase,
-    ProvisioningConfig,
-    StepContext,
-    StepFailed,
-    Wait,
-    seconds_since,
-    stamp,
-)
+from .machine import Next, ProvisioningConfig, StepContext, StepFailed, Wait, stamp
 from .metrics import PHASE_SECONDS, TRANSITIONS
 from .phases import HANDLERS
 from .phases.preparing_host import release_host

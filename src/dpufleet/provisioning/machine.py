@@ -13,60 +13,17 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
-from ..api.kinds import ProvisioningStatus
-from ..api.meta import isotime, now
+from ..api.kinds import (
+    Phase,
+    ProvisioningStatus,
+)
+from ..api.meta import isotime, now, seconds_since
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import RedfishClient
 from ..images.repository import ImageRepository
 from ..store.store import Store
-
-
-class Phase(StrEnum):
-    DISCOVERED = "Discovered"
-    AVAILABLE = "Available"
-    PREPARING_HOST = "PreparingHost"
-    STAGING_IMAGE = "StagingImage"
-    INSTALLING = "Installing"
-    REBOOTING = "Rebooting"
-    CONFIGURING = "Configuring"
-    READY = "Ready"
-    HELD = "Held"
-    VALIDATION_FAILED = "ValidationFailed"
-    PREPARING_HOST_FAILED = "PreparingHostFailed"
-    STAGING_FAILED = "StagingImageFailed"
-    INSTALL_FAILED = "InstallFailed"
-    REBOOT_FAILED = "RebootFailed"
-    CONFIGURE_FAILED = "ConfigureFailed"
-
-
-# The step each working phase carries out, as the condition that reports it, and where it fails to.
-STEP_CONDITION: dict[Phase, str] = {
-    Phase.AVAILABLE: "Validated",
-    Phase.PREPARING_HOST: "HostPrepared",
-    Phase.STAGING_IMAGE: "ImageStaged",
-    Phase.INSTALLING: "Installed",
-    Phase.REBOOTING: "Rebooted",
-    Phase.CONFIGURING: "Configured",
-}
-FAILED_PHASE: dict[Phase, Phase] = {
-    Phase.AVAILABLE: Phase.VALIDATION_FAILED,
-    Phase.PREPARING_HOST: Phase.PREPARING_HOST_FAILED,
-    Phase.STAGING_IMAGE: Phase.STAGING_FAILED,
-    Phase.INSTALLING: Phase.INSTALL_FAILED,
-    Phase.REBOOTING: Phase.REBOOT_FAILED,
-    Phase.CONFIGURING: Phase.CONFIGURE_FAILED,
-}
-FAILED_PHASES = frozenset(FAILED_PHASE.values())
-WORKING_PHASES = frozenset(STEP_CONDITION) - {Phase.AVAILABLE}
-# Where a DPU may start (again) when its spec asks for an image it does not run.
-IDLE_PHASES = frozenset({None, "", Phase.DISCOVERED, Phase.AVAILABLE, Phase.READY})
-# Phases where the device itself is busy writing or booting: abort would leave it half-written.
-NO_ABORT = frozenset({Phase.INSTALLING, Phase.REBOOTING})
-PROVISIONING_STEPS = ["Inventoried", *STEP_CONDITION.values()]
 
 
 @dataclass
@@ -205,12 +162,6 @@ class StepContext:
 
     def seconds_in_phase(self) -> float:
         return seconds_since(self.progress.phaseStartedAt)
-
-
-def seconds_since(stamp: str | None) -> float:
-    if not stamp:
-        return 0.0
-    return (now() - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
 def stamp() -> str:

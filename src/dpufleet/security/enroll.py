@@ -271,13 +271,6 @@ def idevid_serial(cert: x509.Certificate) -> str | None:
     return str(values[0].value) if values else None
 
 
-def sign_proof(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, csr_der: bytes) -> str:
-    """What the device does with its IDevID key: sign the CSR it is about to send."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return base64.b64encode(key.sign(csr_der)).decode()
-    return base64.b64encode(key.sign(csr_der, ec.ECDSA(hashes.SHA256()))).decode()
-
-
 def _verify_proof(cert: x509.Certificate, signature_b64: str, data: bytes) -> None:
     try:
         signature = base64.b64decode(signature_b64, validate=True)

@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api.errors import APIError, BadRequest, NotFound, TooLarge, Unauthorized
 from ..drivers.redfish.client import RedfishClient, RedfishError
-from ..health import actions, inbox
+from ..drivers.redfish.events import inbox_for
+from ..health import actions
 from ..health.diagnosis import parse_time
 from ..health.probe import bmc_credentials, discover_links
 from ..health.subscriptions import RECEIVER_PATH, event_context
@@ -174,7 +175,7 @@ async def receive_events(receiver: RedfishEventReceiver, project: str, bmc: str,
     for event in payload.get("Events") or []:
         if not isinstance(event, dict):
             continue
-        inbox.inbox_for(receiver.state.store).add(
+        inbox_for(receiver.state.store).add(
             project,
             bmc,
             str(event.get("Message") or ""),

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from ..agent.bootstrap import write_lease
 from ..agent.credentials import EnrollmentOptions
 from ..agent.daemon import Agent, AgentConfig
-from ..agent.inventory import Inventory
+from ..api.agent import Inventory
 from . import osroot
 from .bmc import BmcLimits
 from .control import ControlApp, write_control_file

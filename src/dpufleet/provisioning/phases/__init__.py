@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..machine import Phase, PhaseHandler
+from ...api.kinds import Phase
+from ..machine import PhaseHandler
 from .available import Validate
 from .configuring import Configure
 from .installing import Install

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from ...api.errors import NotFound
-from ...api.kinds import DPUFlavorSpec, ImageSpec
+from ...api.kinds import DPUFlavorSpec, ImageSpec, Phase
 from ..flavor import check_flavor, profile_of
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed
 from ..plan import choose_install_path, describe_plan, plan_components, update_plan
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...api.kinds import ImageSpec
+from ...api.kinds import ImageSpec, Phase
 from ...drivers.base import InstallNotReady
 from ...drivers.redfish.client import RedfishError
 from ...drivers.redfish.inventory import firmware_versions
 from ..flavor import profile_of
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed, Wait
 from ..plan import PlannedComponent, plan_components
 
 

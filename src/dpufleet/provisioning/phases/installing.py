@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 
-from ...api.kinds import ImageSpec, ProvisioningStatus
+from ...api.kinds import ImageSpec, Phase, ProvisioningStatus
 from ...drivers.base import InstallBusy, InstallRequest, InstallState
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import ImageContentError
 from ...lifecycle.planner import StepAction
 from ..flavor import profile_of
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed, Wait, stamp
 from ..plan import PlannedComponent, plan_components, update_plan
 
 _SIGNED_QUERY = re.compile(r"\?expires=\d+&sig=[0-9a-f]+")

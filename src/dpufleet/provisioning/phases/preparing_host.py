@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 
 from ...api.errors import NotFound
+from ...api.kinds import Phase
 from ...lifecycle.planner import StepAction
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed, Wait, stamp
 
 TAINT = "dpufleet.io/dpu-maintenance."
 DRAIN_REQUEST = "dpufleet.io/drain-request."

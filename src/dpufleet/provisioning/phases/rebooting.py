@@ -16,12 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from ...api.errors import AlreadyExists, NotFound
-from ...api.kinds import ProvisioningStatus
+from ...api.kinds import Phase, ProvisioningStatus
 from ...api.meta import now
 from ...drivers.redfish.client import RedfishError
 from ...drivers.redfish.install import read_boot
 from ...lifecycle.planner import StepAction
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed, Wait, stamp
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed, Wait, stamp
 
 
 def parse_stamp(value: str | None) -> datetime | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ...api.kinds import ImageSpec
+from ...api.kinds import ImageSpec, Phase
 from ...crypto.signing import ManifestRefused
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import DigestMismatch, ImageContentError
 from ...images.verify import verify_image_manifest
 from ..flavor import profile_of
-from ..machine import Next, Outcome, Phase, PhaseHandler, StepContext, StepFailed
+from ..machine import Next, Outcome, PhaseHandler, StepContext, StepFailed
 from ..plan import plan_components
 
 

@@ -1,4 +1,5 @@
-"""Redfish events the BMCs pushed to the API server (EventService subscriptions), kept per BMC.
+"""Redfish events the BMCs pushed to the API server (EventService subscriptions), kept per BMC;
+and the log entries (LogServices) they read like.
 
 In-process and bounded, one inbox per store (so two control planes in one process, as in tests,
 never read each other's events): the receiver (server/health_api.py) adds, the health controller
@@ -12,10 +13,23 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..store.store import Store
-from .evidence import LogEntry
+from ...store.store import Store
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A Redfish LogServices entry (or a pushed Redfish event)."""
+
+    created: datetime | None
+    message: str
+    message_id: str = ""
+    severity: str = ""
+    source: str = "redfish-log"  # or redfish-event
+
+
 
 KEPT_PER_BMC = 100
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import typer
 
-from .common import UserError, note, options
+from ..cli.common import UserError, note, options
 
 sim_app = typer.Typer(help="Run an emulated fleet of hosts, BMCs and DPUs.", no_args_is_help=True)
 fault_app = typer.Typer(help="Inject, clear and list faults in a running emulated fleet.", no_args_is_help=True)

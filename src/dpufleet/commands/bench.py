@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-from .common import UserError
+from ..cli.common import UserError
 
 bench_app = typer.Typer(help="Measure dpufleet's performance.", no_args_is_help=True)
 

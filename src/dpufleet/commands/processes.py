@@ -1,0 +1,179 @@
+"""The commands that run a part of the control plane on this machine: the API server, the
+controllers, the demo and the DPU/host agent (`dpufleet server|controller|demo|agent`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from ..cli.common import UserError, options
+
+
+def _log_to_stderr(level: int) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _data_dir(value: Path | None) -> Path:
+    from ..server.runner import default_data_dir
+
+    return value or default_data_dir()
+
+
+def server_cmd(
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        help="state, database and admin token [default: $DPUFLEET_DATA_DIR or ~/.local/share/dpufleet]",
+    ),
+    db: str | None = typer.Option(
+        None, "--db", help="database URL (sqlite:///... or postgresql://...) [default: SQLite in the data dir]"
+    ),
+    listen: str = typer.Option("127.0.0.1:8740", "--listen", help="HOST:PORT to serve the API on"),
+    no_controllers: bool = typer.Option(
+        False, "--no-controllers", help="serve the API only; run 'dpufleet controller' separately"
+    ),
+    agent_listen: str = typer.Option(
+        "127.0.0.1:8741", "--agent-listen", help="HOST:PORT of the agent listener (mTLS, fleet certificates)"
+    ),
+    agent_advertise: str | None = typer.Option(
+        None, "--agent-advertise", help="host name agents use to reach the agent listener (in its certificate)"
+    ),
+) -> None:
+    """Run the API server (with the controllers in-process unless --no-controllers) and the agent listener."""
+    from ..server.runner import parse_listen, serve
+
+    for flag, value in (("--listen", listen), ("--agent-listen", agent_listen)):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(f"--listen {value!r}: "), param_hint=f"'{flag}'") from None
+    _log_to_stderr(logging.INFO)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(
+            _data_dir(data_dir),
+            db,
+            listen,
+            controllers=not no_controllers,
+            agent_listen=agent_listen,
+            agent_advertise=agent_advertise,
+        )
+
+
+def controller_cmd(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="the server's data dir (for the default SQLite database)"
+    ),
+    db: str | None = typer.Option(None, "--db", help="database URL, the same the server uses"),
+) -> None:
+    """Run the controllers as their own process against the server's database."""
+    from ..plane import run_standalone
+
+    _log_to_stderr(logging.INFO)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_standalone(_data_dir(data_dir), db)
+
+
+def demo_cmd(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="keep the demo's state here [default: a temporary dir]"
+    ),
+    listen: str = typer.Option("127.0.0.1:8740", "--listen", help="HOST:PORT (port 0 picks a free one)"),
+    exit_when_ready: bool = typer.Option(
+        False, "--exit-when-ready", help="stop once the examples are applied and shown"
+    ),
+) -> None:
+    """Start a complete control plane with example objects, and show how to talk to it."""
+    from ..demo import run_demo
+
+    _log_to_stderr(logging.WARNING)
+    logging.getLogger("dpufleet.server.auth").setLevel(logging.ERROR)  # the demo prints the token path itself
+    run_demo(data_dir, listen, exit_when_ready=exit_when_ready)
+
+
+def agent_cmd(
+    ctx: typer.Context,
+    once: bool = typer.Option(False, "--once", help="inventory once and exit"),
+    print_only: bool = typer.Option(False, "--print", help="print the inventory as YAML instead of sending it"),
+    root: Path = typer.Option(Path("/"), "--root", help="the OS root to read (/ on a real DPU or host)"),
+    role: str = typer.Option("dpu", "--role", help="dpu (runs on the DPU) or host (reports the host's DPUs)"),
+    serial: str | None = typer.Option(None, "--serial", help="override the serial number read from DMI"),
+    interval: float = typer.Option(10.0, "--interval", min=1.0, help="heartbeat seconds until the server says"),
+    enroll_token: str | None = typer.Option(
+        None, "--enroll-token", help="one-time enrollment token ('dpufleet enroll token create')"
+    ),
+    idevid_cert: Path | None = typer.Option(None, "--idevid-cert", help="this device's IDevID certificate (PEM)"),
+    idevid_key: Path | None = typer.Option(None, "--idevid-key", help="this device's IDevID private key (PEM)"),
+    ca_file: Path | None = typer.Option(None, "--ca-file", help="the fleet CA certificate to trust"),
+    ca_hash: str | None = typer.Option(None, "--ca-hash", help="sha256:<hex> of the fleet CA to pin at first contact"),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="key and certificate (0600) [default: <root>/var/lib/dpufleet/agent]"
+    ),
+) -> None:
+    """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
+
+    --server is then the agent listener (https://HOST:8741). Without any enrollment option and
+    without a certificate in the state dir, it reports with a bearer token to the API instead.
+    """
+    import asyncio
+
+    import yaml
+
+    from ..agent.credentials import EnrollmentOptions
+    from ..agent.daemon import Agent, AgentConfig
+    from ..agent.inventory import collect_inventory
+
+    if role not in ("dpu", "host"):
+        raise UserError(f"--role {role!r}: expected dpu or host")
+    if not root.is_dir():
+        raise UserError(f"--root {root}: not a directory")
+    if (idevid_cert is None) != (idevid_key is None):
+        raise UserError("--idevid-cert and --idevid-key go together")
+    if print_only:
+        inventory = collect_inventory(root)
+        print(yaml.safe_dump(inventory.model_dump(mode="json", exclude_none=True), sort_keys=False), end="")
+        return
+    config = options(ctx).config()
+    states = state_dir or root / "var/lib/dpufleet/agent"
+    mtls = (
+        any(v is not None for v in (enroll_token, idevid_cert, ca_file, ca_hash, state_dir))
+        or (states / "agent.crt").exists()
+    )
+    agent_config = AgentConfig(
+        config.server,
+        None if mtls else config.token,
+        root,
+        role,
+        interval,
+        serial=serial,
+        state_dir=states if mtls else None,
+        enrollment=EnrollmentOptions(enroll_token, idevid_cert, idevid_key, ca_file, ca_hash) if mtls else None,
+    )
+
+    async def run() -> None:
+        agent = Agent(agent_config)
+        try:
+            inventory = await agent.collect()
+            ident = serial or inventory.serial_number
+            if not ident:
+                raise UserError(f"cannot tell the serial number from {root}/sys/class/dmi/id; pass --serial")
+            if once:
+                await agent.secure(ident)
+                reply = await agent.send(inventory, ident, inventory.hostname)
+                how = " over mTLS" if mtls else ""
+                print(f"reported {role} {ident} as {reply.get('object')} to {config.server}{how}")
+                return
+            _log_to_stderr(logging.INFO)
+            await agent.run()
+        finally:
+            await agent.aclose()
+
+    try:
+        asyncio.run(run())
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        return
