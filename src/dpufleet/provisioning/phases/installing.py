@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from ...api.kinds import ImageSpec, Phase, ProvisioningStatus
-from ...drivers.base import InstallBusy, InstallRequest, InstallState
+from ...drivers.base import InstallBusy, InstallProgress, InstallRequest, InstallState
 from ...drivers.redfish.client import RedfishError
 from ...images.repository import ImageContentError
 from ...lifecycle.planner import StepAction
@@ -36,6 +36,17 @@ class Install(PhaseHandler):
     async def handle(self, ctx: StepContext) -> Outcome:
         progress = ctx.progress
         image_name = ctx.image_name
+        if progress.plan is not None and progress.taskURI is not None and progress.target:
+            # a task in flight: the plan fixed at validation says what it writes, so a poll reads
+            # neither the Image nor plans again (it is a BMC request and nothing else)
+            step = progress.plan[progress.planStep] if progress.planStep < len(progress.plan) else None
+            if step is not None and step["action"] == StepAction.INSTALL:
+                driver = await ctx.install_driver(str(progress.installPath))
+                try:
+                    result = await driver.poll(progress.taskURI)
+                except RedfishError as exc:
+                    raise StepFailed("BMCError", str(exc)) from None
+                return await self._finished(ctx, str(step.get("component")), progress.target, result)
         image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
         planned = plan_components(image, profile_of(ctx.status), image_name)
         if progress.plan is None:  # a DPU that was staged before plans existed
@@ -92,18 +103,22 @@ class Install(PhaseHandler):
             result = await driver.poll(progress.taskURI)
         except RedfishError as exc:
             raise StepFailed("BMCError", str(exc)) from None
+        return await self._finished(ctx, item.component.name, item.target, result)
+
+    async def _finished(self, ctx: StepContext, component: str, target: str, result: InstallProgress) -> Outcome:
+        """What a polled task's state means for the plan: wait, fail, or the next step."""
+        progress = ctx.progress
         if result.state == InstallState.RUNNING:
-            return Wait(
-                ctx.config.poll_seconds, f"writing {item.component.name} to {item.target}: {result.percent or 0}%"
-            )
+            return Wait(ctx.config.poll_seconds, f"writing {component} to {target}: {result.percent or 0}%")
         if result.state == InstallState.FAILED:
             self.reset(progress)
             detail = _SIGNED_QUERY.sub("?<signed>", result.message)  # the URL's signature is a credential
-            raise StepFailed(result.reason or "InstallTaskFailed", f"{item.component.name} -> {item.target}: {detail}")
-        progress.componentsDone.append(item.component.name)
+            raise StepFailed(result.reason or "InstallTaskFailed", f"{component} -> {target}: {detail}")
+        progress.componentsDone.append(component)
         progress.planStep += 1
         self.reset(progress)
-        following = progress.plan[progress.planStep] if progress.planStep < len(progress.plan) else None
+        plan = progress.plan or []
+        following = plan[progress.planStep] if progress.planStep < len(plan) else None
         if following is None:  # live components only since the last reset: nothing to activate
             return Next(Phase.CONFIGURING, f"{len(progress.componentsDone)} component(s) written live: no reset needed")
         if following["action"] != StepAction.INSTALL:  # the move to Rebooting persists the progress with it
@@ -111,4 +126,4 @@ class Install(PhaseHandler):
                 Phase.REBOOTING, f"{len(progress.componentsDone)} component(s) written; {following.get('why', '')}"
             )
         await ctx.save()
-        return Wait(0.0, f"{item.component.name} written to {item.target}")
+        return Wait(0.0, f"{component} written to {target}")
