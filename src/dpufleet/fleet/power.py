@@ -35,9 +35,10 @@ from ..api.kinds import (
 )
 from ..api.meta import isotime, now
 from ..drivers.hostpower import HostPowerError, HostPowerInterface, HttpHostPower
-from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
-from ..drivers.redfish.install import find_dpu_system, read_boot
+from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.install import read_boot
 from ..drivers.redfish.power import RedfishPower
+from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
@@ -66,8 +67,10 @@ class PowerActionReconciler(Reconciler):
         store: Store,
         poll_seconds: float = POLL_SECONDS,
         host_power: HostPowerFactory | None = None,
+        sessions: BMCSessions | None = None,
     ) -> None:
         self.store = store
+        self.sessions = sessions or sessions_for(store)
         self.poll_seconds = poll_seconds
         self.host_power: HostPowerFactory = host_power or (lambda url, token: HttpHostPower(url, token))
         self.events = EventRecorder(store, "power-controller")
@@ -360,27 +363,12 @@ class PowerActionReconciler(Reconciler):
         raise ActionFailed("TargetNotFound", f"dpu {name!r} is gone")
 
     async def _redfish(self, dpu: dict[str, Any]) -> tuple[RedfishClient, str]:
-        status, project = dpu.get("status") or {}, dpu["metadata"]["project"]
-        bmc_name = status.get("bmc") or (dpu.get("spec") or {}).get("bmcRef")
-        if not bmc_name:
-            raise ActionFailed("NoBMC", f"dpu {dpu['metadata']['name']!r} is not managed through a BMC")
+        """The DPU's BMC client (a session's: inventory/bmcs.py) and the DPU's system on it."""
         try:
-            bmc = await asyncio.to_thread(self.store.get, "BMC", bmc_name, project)
-        except NotFound:
-            raise ActionFailed("NoBMC", f"BMC {bmc_name!r} does not exist") from None
-        spec = bmc["spec"]
-        credentials = None
-        if spec.get("credentialsRef"):
-            username, password = await self._credential(spec["credentialsRef"], project)
-            credentials = Credentials(username, password)
-        client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=1)
-        serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
-        try:
-            system = await find_dpu_system(client, serial)
-        except BaseException:
-            await client.aclose()
-            raise
-        return client, system
+            session = await self.sessions.for_dpu(dpu, retries=1)
+        except BMCAccessError as exc:
+            raise ActionFailed(exc.reason, exc.message) from None
+        return session.client, await session.system()
 
     async def _credential(self, ref: str, project: str) -> tuple[str, str]:
         try:

@@ -30,6 +30,7 @@ from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.events import LogEntry, inbox_for
 from ..inventory import reports
+from ..inventory.bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
 from ..runtime.conditions import get_condition, set_condition
 from ..runtime.controller import Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -52,22 +53,13 @@ from .policy import (
     plan,
     select_policy,
 )
-from .probe import Links, agent_view, bmc_credentials, discover_links, host_view, probe_bmc, unreachable_view
+from .probe import Links, agent_view, discover_links, host_view, probe_bmc, unreachable_view
 from .subscriptions import STATUS_FIELD as SUBSCRIPTION_FIELD
 
 log = logging.getLogger(__name__)
 CONDITION = "Healthy"
 SUBJECT = "health-controller"
 BUSY_PHASES = frozenset({*WORKING_PHASES, Phase.AVAILABLE})
-
-
-@dataclass
-class _BMCClient:
-    address: str
-    verify: bool
-    credentials_ref: str | None
-    client: RedfishClient
-    read_at: float  # monotonic time the credentials were read
 
 
 @dataclass(frozen=True)
@@ -153,15 +145,15 @@ class HealthReconciler(Reconciler):
     wake_on_status = False
     wake_on_spec = False  # each visit reads the spec (held, labels); a rollout's spec writes are no reason to visit
 
-    def __init__(self, store: Store, config: HealthConfig | None = None) -> None:
+    def __init__(self, store: Store, config: HealthConfig | None = None, sessions: BMCSessions | None = None) -> None:
         self.store = store
         self.config = config or HealthConfig()
+        self.sessions = sessions or sessions_for(store)  # the BMC, its credentials, one pooled client per BMC
         self.events = EventRecorder(store, SUBJECT)
         self.audit = AuditLog(store)
         self._links: dict[tuple[str, str], Links] = {}
         self._full: dict[tuple[str, str], _FullLook] = {}  # (project, DPU): its BMC's last full look
         self._bmc_failures: dict[tuple[str, str], int] = {}
-        self._clients: dict[tuple[str, str], _BMCClient] = {}  # (project, BMC): one keep-alive client per BMC
         # (project, host) -> DPU -> its power as evidence about the host (diagnosis.dpu_power_for_host)
         self._host_dpus: dict[tuple[str, str], dict[str, str | None]] = {}
         self._host_class: dict[tuple[str, str], FailureClass] = {}  # the host diagnosis last recorded
@@ -275,39 +267,18 @@ class HealthReconciler(Reconciler):
             self._forget(key)
             return None
 
-    async def _client(self, bmc: dict[str, Any], config: HealthConfig) -> RedfishClient:
-        """The BMC's client, kept between visits (its keep-alive connections with it).
+    async def _session(self, dpu: dict[str, Any], bmc: dict[str, Any], config: HealthConfig) -> BMCSession:
+        """The DPU's BMC session: its pooled client keeps its keep-alive connections between visits.
 
-        Replaced when the BMC's address, TLS setting or credentials change; the credentials are
-        read again every `credentials_seconds`, and at once after a failed visit.
+        A changed address, TLS setting or credentialsRef of the BMC is seen at once; the credentials
+        are read again every `credentials_seconds`, and at once after a failed visit.
         """
-        meta, spec = bmc["metadata"], bmc["spec"]
-        cache = (meta["project"], meta["name"])
-        entry = self._clients.get(cache)
-        verify = spec.get("verifyTLS", True)
-        clock = time.monotonic()
-        if entry is not None and entry.address == spec["address"] and entry.verify == verify:
-            if clock - entry.read_at < config.credentials_seconds and entry.credentials_ref == spec.get(
-                "credentialsRef"
-            ):
-                return entry.client
-            creds = await bmc_credentials(self.store, bmc)
-            if creds == entry.client.credentials:
-                entry.read_at = clock
-                entry.credentials_ref = spec.get("credentialsRef")
-                return entry.client
-        else:
-            creds = await bmc_credentials(self.store, bmc)
-        if entry is not None:
-            await entry.client.aclose()
-        client = RedfishClient(spec["address"], creds, verify=verify, timeout=config.redfish_timeout, retries=0)
-        self._clients[cache] = _BMCClient(spec["address"], verify, spec.get("credentialsRef"), client, clock)
-        return client
-
-    async def _drop_client(self, project: str, bmc_name: str) -> None:
-        entry = self._clients.pop((project, bmc_name), None)
-        if entry is not None:
-            await entry.client.aclose()
+        try:
+            return await self.sessions.for_dpu(
+                dpu, bmc=bmc, max_age=config.credentials_seconds, timeout=config.redfish_timeout, retries=0
+            )
+        except BMCAccessError as exc:  # a failed look like any other: the BMC cannot be asked
+            raise RedfishError(exc.message, None, exc.reason) from None
 
     def _bmc_changed(self, cache: tuple[str, str], bmc_name: str | None) -> None:
         """Keep the BMC -> DPUs map (for pushed events) current with the DPU's BMC seen on this visit."""
@@ -361,13 +332,17 @@ class HealthReconciler(Reconciler):
         if not bmc_name:
             return None, None, None
         if bmc is None:
-            await self._drop_client(key.project, bmc_name)
+            await self.sessions.forget(key.project, bmc_name)
             return None, None, None
-        client = await self._client(bmc, config)
+        client: RedfishClient | None = None
         try:
+            session = await self._session(dpu, bmc, config)
+            client = session.client
             links = self._links.get(cache)
             if links is None:
-                links = await discover_links(client, status.get("serialNumber") or dpu["spec"].get("serialNumber"))
+                # after a failed look the system is looked up on the BMC again (the recorded path may be stale)
+                system = await session.system(rediscover=cache in self._bmc_failures)
+                links = await discover_links(client, system)
                 self._links[cache] = links
             pushed = inbox_for(self.store).recent(key.project, bmc_name)
             # a pushed event that reports trouble has memory and logs read in full; an OK one (a power
@@ -393,9 +368,7 @@ class HealthReconciler(Reconciler):
             self._full.pop(cache, None)
             failures = self._bmc_failures.get(cache, 0) + 1
             self._bmc_failures[cache] = failures
-            entry = self._clients.get((key.project, bmc_name))
-            if entry is not None:
-                entry.read_at = 0.0  # read the credentials again before the next try (they may have changed)
+            self.sessions.invalidate(key.project, bmc_name)  # credentials read again next time (they may have changed)
             if failures < config.bmc_failures_before_down:
                 raise  # one failed poll is not yet a diagnosis: the runtime retries with backoff
             return client, None, unreachable_view(exc)

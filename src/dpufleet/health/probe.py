@@ -1,8 +1,9 @@
 """Gathering evidence: the BMC over Redfish, the agent and host agent from their stored reports.
 
 The BMC is asked directly on every poll (the inventory crawl runs every 5 minutes, far too
-seldom for health) with the same credentials the BMC controller uses. Links found once
-(the system, its manager, log entry collections, memory devices) are cached per BMC.
+seldom for health) through a BMC session (inventory/bmcs.py: the credentials and the pooled
+client every controller uses). Links found once (its manager, log entry collections, memory
+devices) are cached per DPU.
 """
 
 from __future__ import annotations
@@ -12,29 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..api.errors import NotFound
-from ..drivers.redfish.client import BMCUnreachable, Credentials, RedfishClient, RedfishError
+from ..drivers.redfish.client import BMCUnreachable, RedfishClient, RedfishError
 from ..drivers.redfish.events import LogEntry
-from ..drivers.redfish.install import find_dpu_system
-from ..store.store import Store
 from .diagnosis import parse_time
 from .evidence import AgentView, BMCView, HostView, MemoryDevice
 
 LOG_ENTRIES_KEPT = 50
-
-
-async def bmc_credentials(store: Store, bmc: dict[str, Any]) -> Credentials | None:
-    """The BMC's credentials, read as the BMC controller reads them (never leaves the control plane)."""
-    ref = bmc["spec"].get("credentialsRef")
-    if not ref:
-        return None
-    project = bmc["metadata"]["project"]
-    try:
-        cred = await asyncio.to_thread(store.get, "Credential", ref, project)
-        password = await asyncio.to_thread(store.get_secret, "Credential", ref, "password", project)
-    except NotFound:
-        return None
-    return Credentials(cred["spec"]["username"], password or "")
 
 
 @dataclass
@@ -47,8 +31,8 @@ class Links:
     event_service: str | None = None
 
 
-async def discover_links(client: RedfishClient, serial: str | None) -> Links:
-    system_path = await find_dpu_system(client, serial)
+async def discover_links(client: RedfishClient, system_path: str) -> Links:
+    """The links a poll follows from the DPU's system (BMCSession.system(): inventory/bmcs.py)."""
     system = await client.get(system_path)
     managed_by = ((system.get("Links") or {}).get("ManagedBy") or [{}])[0]
     manager_path = managed_by.get("@odata.id") if isinstance(managed_by, dict) else None

@@ -27,11 +27,11 @@ from ..api.meta import isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.events import inbox_for
 from ..images.repository import repository_for
+from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..store.store import Store
-from .probe import bmc_credentials
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ class EventSubscriptionReconciler(Reconciler):
         check_seconds: float = 300.0,
         retry_seconds: float = 30.0,
         base: Callable[[Store], str | None] = receiver_base,
+        sessions: BMCSessions | None = None,
     ) -> None:
         self.store = store
+        self.sessions = sessions or sessions_for(store)
         self.check_seconds = check_seconds
         self.retry_seconds = retry_seconds
         self.base = base
@@ -102,19 +104,18 @@ class EventSubscriptionReconciler(Reconciler):
         base = self.base(self.store)
         if base is None:
             return DONE  # no receiver: nothing to subscribe to (a controller process without an API server)
-        client = await self._client(bmc)
         try:
+            client = await self._client(bmc)
             return await self._ensure(bmc, client, destination(base, bmc))
-        except RedfishError as exc:
+        except (RedfishError, BMCAccessError) as exc:
             log.debug("event subscription of BMC %s: %s", key.name, exc)
             return Result(requeue_after=self.retry_seconds)
-        finally:
-            await client.aclose()
 
     async def _client(self, bmc: dict[str, Any]) -> RedfishClient:
-        spec = bmc["spec"]
-        creds = await bmc_credentials(self.store, bmc)
-        return RedfishClient(spec["address"], creds, verify=spec.get("verifyTLS", True), timeout=10.0, retries=1)
+        """The BMC's pooled client (inventory/bmcs.py); raises BMCAccessError when its Credential is missing."""
+        meta = bmc["metadata"]
+        session = await self.sessions.open(meta["project"], meta["name"], bmc=bmc, timeout=10.0, retries=1)
+        return session.client
 
     async def _ensure(self, bmc: dict[str, Any], client: RedfishClient, dest: str) -> Result:
         recorded = ((bmc.get("status") or {}).get(STATUS_FIELD)) or {}
@@ -171,13 +172,10 @@ class EventSubscriptionReconciler(Reconciler):
         if uri:
             try:
                 client = await self._client(bmc)
-                try:
-                    status, _, _ = await client.request("DELETE", uri)
-                finally:
-                    await client.aclose()
+                status, _, _ = await client.request("DELETE", uri)
                 if status >= 400 and status != 404:
                     raise RedfishError(f"DELETE {uri}: HTTP {status}", status)
-            except (RedfishError, NotFound) as exc:
+            except (RedfishError, NotFound, BMCAccessError) as exc:
                 await self._event(bmc, "EventSubscriptionNotRemoved", f"{uri} stays on the BMC: {exc}", warning=True)
         inbox_for(self.store).forget(bmc["metadata"]["project"], bmc["metadata"]["name"])
         await asyncio.to_thread(self._drop_finalizer, bmc["metadata"]["project"], bmc["metadata"]["name"])

@@ -1,6 +1,7 @@
 """BMC controller: crawl each BMC's Redfish tree; keep the BMC's and its DPUs' status current.
 
-For every BMC object: read its credentials, fetch the service root (reachable?),
+For every BMC object: open a session with it (inventory/bmcs.py: its credentials, a pooled
+client), fetch the service root (reachable?),
 crawl systems, managers, chassis and firmware inventory (authenticated?), then
 create or refresh one DPU object per DPU system it manages — unless adoption is
 restricted to expected serial numbers. Every outcome is a condition; every
@@ -21,14 +22,7 @@ from ..api.kinds import WORKING_PHASES
 from ..api.meta import Severity, isotime, now, seconds_since
 from ..api.naming import dpu_name
 from ..api.selectors import LabelSelector
-from ..drivers.redfish.client import (
-    AuthenticationFailed,
-    BMCUnreachable,
-    Credentials,
-    NotRedfish,
-    RedfishClient,
-    RedfishError,
-)
+from ..drivers.redfish.client import AuthenticationFailed, BMCUnreachable, NotRedfish, RedfishError
 from ..drivers.redfish.events import inbox_for
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..runtime.conditions import get_condition, set_condition, summarize_ready
@@ -36,13 +30,14 @@ from ..runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..store.store import Change, Store
-from .catalog import catalog_capabilities, find_profile
+from .bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
+from .catalog import find_profile
+from .status import apply_crawl
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_LABEL = "dpufleet.io/discovery"
 BMC_STEPS = ["Reachable", "Authenticated", "Inventoried"]
-DPU_IDENTITY_STEPS = ["Inventoried"]
 # A BMC that pushes its events is crawled again at once when it reports an inventory change, so its
 # periodic crawl can be rare; one that does not push is crawled every refresh_seconds. Each period
 # varies by REFRESH_JITTER, so a fleet discovered together does not re-crawl in one wave.
@@ -62,8 +57,10 @@ class BMCReconciler(Reconciler):
         refresh_seconds: float = 300.0,
         retry_seconds: float = 60.0,
         subscribed_refresh_seconds: float = SUBSCRIBED_REFRESH_SECONDS,
+        sessions: BMCSessions | None = None,
     ) -> None:
         self.store = store
+        self.sessions = sessions or sessions_for(store)
         self.refresh_seconds = refresh_seconds
         self.subscribed_refresh_seconds = subscribed_refresh_seconds
         self.retry_seconds = retry_seconds
@@ -154,6 +151,7 @@ class BMCReconciler(Reconciler):
             bmc = await asyncio.to_thread(self.store.get, "BMC", key.name, key.project)
         except NotFound:
             self._crawled.pop(key, None)
+            await self.sessions.forget(key.project, key.name)
             return Result()
         if bmc["metadata"].get("deletionTimestamp"):
             self._crawled.pop(key, None)
@@ -172,15 +170,16 @@ class BMCReconciler(Reconciler):
             # period (its subscription may have lengthened it since), only the runtime's periodic resync
             return Result(requeue_after=remaining)
         self._crawled.pop(key, None)  # set again once this crawl succeeds
-        spec = bmc["spec"]
-        creds = await self._credentials(bmc)
-        if isinstance(creds, str):
-            await self._fail(bmc, "Authenticated", "CredentialsMissing", creds, Severity.ERROR)
+        try:
+            # credentials read afresh for every crawl: one is asked for when its Credential changes
+            session = await self.sessions.open(key.project, key.name, bmc=bmc, max_age=0.0, retries=2)
+        except BMCAccessError as exc:
+            await self._fail(bmc, "Authenticated", exc.reason, exc.message, Severity.ERROR)
             return Result(requeue_after=self.retry_seconds)
-        async with RedfishClient(spec["address"], creds, verify=spec.get("verifyTLS", True), retries=2) as client:
-            return await self._crawl(bmc, client)
+        return await self._crawl(bmc, session)
 
-    async def _crawl(self, bmc: dict[str, Any], client: RedfishClient) -> Result:
+    async def _crawl(self, bmc: dict[str, Any], session: BMCSession) -> Result:
+        client = session.client
         try:
             root = await client.service_root()
         except (BMCUnreachable, NotRedfish) as exc:
@@ -192,6 +191,7 @@ class BMCReconciler(Reconciler):
         try:
             inventory = await crawl(client, root)
         except AuthenticationFailed as exc:
+            session.failed()  # every other caller reads the credentials again too
             await self._fail(
                 bmc, "Authenticated", "AuthenticationFailed", str(exc), Severity.ERROR, reachable=True, root=root
             )
@@ -204,18 +204,6 @@ class BMCReconciler(Reconciler):
             bmc, self.wake_on_finalizers
         )
         return Result(requeue_after=self._refresh_after(bmc))
-
-    async def _credentials(self, bmc: dict[str, Any]) -> Credentials | str | None:
-        ref = bmc["spec"].get("credentialsRef")
-        if not ref:
-            return None  # some BMCs allow anonymous reads; the crawl will say if not
-        project = bmc["metadata"]["project"]
-        try:
-            cred = await asyncio.to_thread(self.store.get, "Credential", ref, project)
-            password = await asyncio.to_thread(self.store.get_secret, "Credential", ref, "password", project)
-        except NotFound:
-            return f"credentials {ref!r} not found in project {project!r}"
-        return Credentials(cred["spec"]["username"], password or "")
 
     async def _fail(
         self,
@@ -390,52 +378,10 @@ class BMCReconciler(Reconciler):
         changes: list[dict[str, Any]] = []
 
         def mutate(status: dict[str, Any]) -> None:
-            changes.clear()
-            changes.extend(_firmware_changes(status, inventory, stamp))
-            if changes:
-                status["updateHistory"] = [*(status.get("updateHistory") or []), *changes][-UPDATE_HISTORY_KEPT:]
-            caps: dict[str, Any] = dict(status.get("capabilities") or {})
-            if profile is not None:
-                caps.update(
-                    {k: v for k, v in catalog_capabilities(profile).items() if k not in caps or k == "accelerators"}
-                )
-            if system.processors.cores or system.processors.model:
-                caps["cpu"] = {"cores": system.processors.cores, "model": system.processors.model}
-            if system.memoryGiB:
-                caps["memoryGiB"] = system.memoryGiB
-            status.update(
-                bmc=bmc_meta["name"],
-                vendor=system.manufacturer or inventory.service.vendor,
-                model=system.model,
-                partNumber=part,
-                serialNumber=system.serialNumber,
-                bmcSystem=system.odataId or None,
-                firmware=[f.model_dump() for f in inventory.firmware],
-                capabilities=caps,
-                health=system.health,
-                powerState=system.powerState,
-                bootProgress=system.bootProgress,
-                lastSeen=stamp,
-            )
-            evidence = [e for e in status.get("evidence") or [] if not str(e.get("source", "")).startswith("bmc/")]
-            evidence.append({"source": f"bmc/{bmc_meta['name']}", "kind": "serial", "value": system.serialNumber})
-            evidence.extend(
-                {"source": f"bmc/{bmc_meta['name']}", "kind": "mac", "value": mac} for mac in system.macAddresses
-            )
-            status["evidence"] = evidence
-            reserved = status.get("allocated") or {}
-            cores = (caps.get("cpu") or {}).get("cores") or 0
-            status["remaining"] = {
-                "cores": max(0, cores - int(reserved.get("cores", 0))),
-                "memoryGiB": max(0.0, float(caps.get("memoryGiB") or 0) - float(reserved.get("memoryGiB", 0))),
-            }
-            set_condition(
-                status, "Inventoried", True, "RedfishCrawled", f"through BMC {bmc_meta['name']}", generation=generation
-            )
-            if not status.get("phase"):
-                status["phase"] = "Discovered"
-            if not status.get("provisioning"):  # once provisioning runs, it owns the Ready summary
-                summarize_ready(status, DPU_IDENTITY_STEPS, generation)
+            changes[:] = apply_crawl(
+                status, bmc=bmc_meta["name"], inventory=inventory, system=system, part_number=part,
+                profile=profile, stamp=stamp, generation=generation,
+            )  # fmt: skip
 
         updated = await mutate_status(self.store, "DPU", name, mutate, project)
         out_of_band = [c for c in changes if c["source"] == "out-of-band"]
@@ -457,35 +403,6 @@ class BMCReconciler(Reconciler):
         except NotFound:
             return False
         return True
-
-
-UPDATE_HISTORY_KEPT = 50
-
-
-def _firmware_changes(status: dict[str, Any], inventory: BMCInventory, stamp: str) -> list[dict[str, Any]]:
-    """Components whose version differs from the last crawl, each as an update-history entry.
-
-    A change while dpufleet is provisioning the DPU is its own doing; any other change was
-    pushed through the BMC (Redfish) or made by hand, and is reconciled into inventory and
-    reported, so the fleet's record of what runs where stays true; fleet/drift.py then
-    reconciles it with the DPU's spec.image.
-    """
-    before = {f.get("id"): f.get("version") for f in status.get("firmware") or [] if f.get("id")}
-    if not before:
-        return []  # first inventory: nothing changed, it was only learned
-    phase = ((status.get("provisioning") or {}).get("phase")) or ""
-    ours = phase in ("StagingImage", "Installing", "Rebooting", "Configuring")
-    return [
-        {
-            "time": stamp,
-            "component": f.id,
-            "from": before[f.id],
-            "to": f.version,
-            "source": "provisioning" if ours else "out-of-band",
-        }
-        for f in inventory.firmware
-        if f.id in before and before[f.id] != f.version
-    ]
 
 
 def _label(value: str | None) -> str:

@@ -1,4 +1,4 @@
-"""What agents report, applied to DPU and Host status.
+"""What agents report, applied to DPU and Host status (the DPU's part shaped by inventory/status.py).
 
 The DPU agent reports the DPU's own OS inventory and heartbeats; the host-side
 agent reports the PCI functions the host sees, and through their VPD the serial
@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -24,6 +24,7 @@ from ..runtime.conditions import set_condition
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..store.store import Store
+from .status import apply_agent_report, apply_host_pairing
 
 log = logging.getLogger(__name__)
 
@@ -126,44 +127,12 @@ class ReportHandler:
             return name
         self._ensure("DPU", name, project, {"serialNumber": report.serial}, "Discovered", "first report from its agent")
         received = now()
-        stamp = isotime(received)
-        inv = report.inventory
 
         def mutate(status: dict[str, Any]) -> None:
-            agent = dict(status.get("agent") or {})
-            agent.update(version=report.agentVersion, lastHeartbeat=stamp)
-            status["lastSeen"] = stamp
-            status.setdefault("serialNumber", report.serial)
-            if report.sentAt is not None:
-                sent = report.sentAt if report.sentAt.tzinfo else report.sentAt.replace(tzinfo=UTC)
-                agent.update(sentAt=isotime(sent), clockSkewSeconds=round((sent - received).total_seconds(), 3))
-            if inv is not None:
-                agent.update(
-                    lastInventory=stamp,
-                    os=inv.os.pretty_name,
-                    kernel=inv.kernel_release,
-                    imageVersion=inv.os.image_version,
-                    filesystems=[f.model_dump() for f in inv.filesystems],
-                )
-                caps = dict(status.get("capabilities") or {})
-                caps["os"] = {
-                    "disks": [d.model_dump(exclude_none=True) for d in inv.disks],
-                    "nics": [n.model_dump(exclude_none=True) for n in inv.nics],
-                }
-                if inv.cpu.count:
-                    caps.setdefault("cpu", {"cores": inv.cpu.count, "model": inv.cpu.model})
-                if inv.memory.total_bytes and "memoryGiB" not in caps:
-                    caps["memoryGiB"] = round(inv.memory.total_bytes / 2**30, 1)
-                status["capabilities"] = caps
-                evidence = [e for e in status.get("evidence") or [] if e.get("source") != "agent"]
-                evidence.extend(
-                    {"source": "agent", "kind": "mac", "value": n.mac.lower(), "detail": n.name}
-                    for n in inv.nics
-                    if n.mac
-                )
-                status["evidence"] = evidence
-            status["agent"] = agent
-            set_condition(status, "AgentConnected", True, "Heartbeat", f"agent {report.agentVersion}")
+            apply_agent_report(
+                status, serial=report.serial, agent_version=report.agentVersion, received=received,
+                sent_at=report.sentAt, inventory=report.inventory,
+            )  # fmt: skip
 
         self._write("DPU", name, mutate, project)
         return name
@@ -232,28 +201,7 @@ class ReportHandler:
             )
 
             def mutate_dpu(status: dict[str, Any], slot: str = slot, serial: str = serial) -> None:
-                status["host"] = name
-                card = cards.get(serial)
-                if card is not None:  # identity for a DPU no BMC describes (host-channel installs need its model)
-                    for key, value in (
-                        ("partNumber", card.part_number),
-                        ("vendor", card.vendor),
-                        ("model", card.model),
-                    ):
-                        if value and not status.get(key):
-                            status[key] = value
-                evidence = [
-                    e for e in status.get("evidence") or [] if not str(e.get("source", "")).startswith("host-agent/")
-                ]
-                evidence.append(
-                    {
-                        "source": f"host-agent/{name}",
-                        "kind": "pci-vpd-serial",
-                        "value": serial,
-                        "detail": f"slot {slot}",
-                    }
-                )
-                status["evidence"] = evidence
+                apply_host_pairing(status, host=name, serial=serial, slot=slot, card=cards.get(serial))
 
             mutate_status_sync(self.store, "DPU", dpu_obj, mutate_dpu, project)
         return name

@@ -36,11 +36,11 @@ from ..api.kinds import (
 )
 from ..api.meta import ConditionStatus, Severity, seconds_since
 from ..drivers.base import InstallInterface
-from ..drivers.redfish.client import Credentials, RedfishClient, RedfishError
+from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.events import inbox_for
-from ..drivers.redfish.install import find_dpu_system
 from ..drivers.registry import NO_BMC_PATHS, build_install_driver
 from ..images.repository import ImageRepository, repository_for
+from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
 from ..runtime.conditions import set_condition, summarize_ready
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -58,8 +58,7 @@ log = logging.getLogger(__name__)
 RETRY = "dpufleet.io/retry"
 ABORT = "dpufleet.io/abort"
 PURPOSE = "provisioning"
-CLIENT_TTL = 60.0  # seconds a BMC client (address, credentials) is reused before it is read again
-CLIENT_CACHE_SIZE = 2048
+CLIENT_TTL = 60.0  # seconds a BMC's address and credentials are used before they are read again
 # Pushed Redfish events (registry message keys) that end something provisioning waits for: an update
 # task's end, a boot's end. Intermediate ones (PoweringOn, and PoweredOff in the middle of a reset)
 # would only cost passes: a reboot is recognised by the newer boot it ends in (phases/rebooting.py).
@@ -124,6 +123,7 @@ class DPUProvisioner(Reconciler):
         *,
         owner: str | None = None,
         repository: ImageRepository | None = None,
+        sessions: BMCSessions | None = None,
     ) -> None:
         self.store = store
         self.config = config or ProvisioningConfig.from_env()
@@ -132,16 +132,14 @@ class DPUProvisioner(Reconciler):
         self.events = EventRecorder(store, "provisioner")
         self._started = False
         self._start_lock = asyncio.Lock()
-        self._systems: dict[tuple[str, str | None], str] = {}
         # Reservations this controller holds, with their expiry: renewed in the store only when half
         # their time is gone (one write per DPU per phase otherwise). The store stays authoritative:
         # no other controller can take a reservation before it expires.
         self._held: dict[tuple[str, str], float] = {}
-        # One Redfish client per BMC, kept between passes (a thousand DPUs polled every few seconds
-        # would otherwise read the BMC, its Credential and secret and open a connection each time).
-        # Entries expire, so changed credentials or addresses are picked up within CLIENT_TTL.
-        self._clients: dict[tuple[str, str], tuple[RedfishClient, float]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        # BMC sessions (inventory/bmcs.py): the BMC's pooled client, kept between passes (a thousand DPUs
+        # polled every few seconds would otherwise read the BMC, its Credential and secret and open a
+        # connection each time); changed credentials or addresses are picked up within CLIENT_TTL.
+        self.sessions = sessions or sessions_for(store)
         self._bmc_dpus: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> the DPUs reached through it
         self._waiting: dict[Key, None] = {}  # DPUs that asked to start while max_in_flight were in flight, in order
         self._wake: Callable[[Key], None] | None = None
@@ -575,70 +573,17 @@ class DPUProvisioner(Reconciler):
         return ctx
 
     async def _connect(self, dpu: dict[str, Any]) -> tuple[RedfishClient, str]:
-        status, project = dpu.get("status") or {}, dpu["metadata"]["project"]
-        bmc_name = status.get("bmc")
+        """The DPU's BMC client and its system on the BMC (status.bmcSystem from the crawl, else looked up)."""
+        project = dpu["metadata"]["project"]
+        bmc_name = (dpu.get("status") or {}).get("bmc")
         if not bmc_name:
             raise StepFailed("NoBMC", "the DPU is not managed through a BMC")
         self._bmc_dpus.setdefault((project, bmc_name), set()).add(dpu["metadata"]["name"])
-        serial = status.get("serialNumber") or (dpu.get("spec") or {}).get("serialNumber")
-        cached = self._clients.get((project, bmc_name))
-        if cached is not None and cached[1] > time.monotonic():
-            client = cached[0]
-            system = self._systems.get((client.base_url, serial))
-            if system is not None:
-                return client, system
-        client, system = await self._open(dpu, project, bmc_name, serial, status.get("bmcSystem"))
-        if len(self._clients) >= CLIENT_CACHE_SIZE:
-            for key in sorted(self._clients, key=lambda k: self._clients[k][1])[: CLIENT_CACHE_SIZE // 4]:
-                self._retire(self._clients.pop(key)[0])
-        old = self._clients.get((project, bmc_name))
-        self._clients[(project, bmc_name)] = (client, time.monotonic() + CLIENT_TTL)
-        if old is not None and old[0] is not client:
-            self._retire(old[0])
-        return client, system
-
-    def _retire(self, client: RedfishClient) -> None:
-        """Close a client no longer cached once requests other passes may still make on it are done."""
-
-        async def later() -> None:
-            await asyncio.sleep(client.timeout * (client.retries + 1) + 5)
-            await client.aclose()
-
-        task = asyncio.get_running_loop().create_task(later())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _bmc_access(self, project: str, bmc_name: str) -> tuple[dict[str, Any], Credentials | None]:
-        """The BMC's spec and its credentials, read in one trip to a store thread."""
         try:
-            bmc = self.store.get("BMC", bmc_name, project)
-        except NotFound:
-            raise StepFailed("NoBMC", f"BMC {bmc_name!r} does not exist") from None
-        ref = bmc["spec"].get("credentialsRef")
-        if not ref:
-            return bmc["spec"], None
-        try:
-            cred = self.store.get("Credential", ref, project)
-            password = self.store.get_secret("Credential", ref, "password", project)
-        except NotFound:
-            raise StepFailed("CredentialsMissing", f"credentials {ref!r} not found") from None
-        return bmc["spec"], Credentials(cred["spec"]["username"], password or "")
-
-    async def _open(
-        self, dpu: dict[str, Any], project: str, bmc_name: str, serial: str | None, known: str | None = None
-    ) -> tuple[RedfishClient, str]:
-        """A client for the DPU's BMC and the DPU's system on it: `known` (status.bmcSystem, from the
-        BMC controller's crawl) when the crawl found one, else looked up on the BMC."""
-        spec, credentials = await asyncio.to_thread(self._bmc_access, project, bmc_name)
-        client = RedfishClient(spec["address"], credentials, verify=spec.get("verifyTLS", True), retries=2)
-        cache_key = (spec["address"], serial)
-        try:
-            system = self._systems.get(cache_key) or known or await find_dpu_system(client, serial)
-        except BaseException:
-            await client.aclose()
-            raise
-        self._systems[cache_key] = system
-        return client, system
+            session = await self.sessions.for_dpu(dpu, max_age=CLIENT_TTL, retries=2)
+        except BMCAccessError as exc:
+            raise StepFailed(exc.reason, exc.message) from None
+        return session.client, await session.system()
 
 
 def _reachable_without_bmc(dpu: dict[str, Any]) -> bool:

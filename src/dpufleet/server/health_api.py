@@ -21,12 +21,13 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api.errors import APIError, BadRequest, NotFound, TooLarge, Unauthorized
-from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.client import RedfishError
 from ..drivers.redfish.events import inbox_for
 from ..health import actions
 from ..health.diagnosis import parse_time
-from ..health.probe import bmc_credentials, discover_links
+from ..health.probe import discover_links
 from ..health.subscriptions import RECEIVER_PATH, event_context
+from ..inventory.bmcs import BMCAccessError, sessions_for
 from ..security.policy import SubAction
 from ..store.store import MODIFIED, Change
 from .access import Access
@@ -50,12 +51,15 @@ def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
         if not bmc_name:
             raise NotFound(f"dpu {name!r} is not managed through a BMC")
         bmc = await state.read(state.store.get, "BMC", bmc_name, project)
-        creds = await bmc_credentials(state.store, bmc)
-        spec = bmc["spec"]
         result: dict[str, Any] = {"bmc": bmc_name, "logs": {}, "system": None, "error": None}
-        async with RedfishClient(spec["address"], creds, verify=spec.get("verifyTLS", True), retries=1) as client:
+        try:
+            session = await sessions_for(state.store).for_dpu(dpu, bmc=bmc, retries=1)
+        except BMCAccessError as exc:
+            result["error"] = exc.message
+        else:
+            client = session.client
             try:
-                links = await discover_links(client, (dpu.get("status") or {}).get("serialNumber"))
+                links = await discover_links(client, await session.system())
                 system = await client.get(links.system)
                 result["system"] = {
                     k: system.get(k) for k in ("PowerState", "BootProgress", "Status", "SerialNumber", "Model")

@@ -15,6 +15,7 @@ import base64
 import functools
 import random
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,59 @@ def _extended_message(body: Any) -> str:
     return ""
 
 
+# Documents lasting() keeps (service root, UpdateService, TaskService) are read again after this: a
+# pooled client lives as long as its BMC is used, and a BMC's firmware update may change them.
+LASTING_SECONDS = 60.0
+
+
+class Transport:
+    """What the clients of one BMC connection share: the HTTP session (its keep-alive connections),
+    the request slots a BMC can serve at once, and the documents read once (lasting()).
+
+    Separate from RedfishClient so that callers with their own timeout and retries
+    (RedfishClient.with_options) still share one connection pool and one slot count per BMC. A
+    retired transport (its BMC's address or credentials changed) closes its session once the
+    requests in flight on it are done; one still used after that opens a session again and closes
+    it when idle, so a caller holding an old client never fails for it.
+    """
+
+    def __init__(self, *, http: aiohttp.ClientSession | None, verify: bool, max_concurrency: int) -> None:
+        self._own_http = http is None
+        self._http = http  # made in the running event loop at first use
+        self.verify = verify
+        self.max_concurrency = max_concurrency
+        self.slots = asyncio.Semaphore(max_concurrency)  # real BMCs serve a few requests at a time
+        self.lasting: dict[str, tuple[dict[str, Any], float]] = {}  # path -> (document, monotonic read time)
+        self.in_flight = 0
+        self.retired = False
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None or (self._own_http and self._http.closed):
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency, ssl=tls_context(self.verify))
+            self._http = aiohttp.ClientSession(connector=connector)
+        return self._http
+
+    @property
+    def closed(self) -> bool:
+        return self._http is None or self._http.closed
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None and not self._http.closed:
+            await self._http.close()
+
+    async def retire(self) -> None:
+        """No new owner will use it: close now if idle, else when its last request in flight ends."""
+        self.retired = True
+        if self.in_flight == 0:
+            await self.close()
+
+    async def finished(self) -> None:
+        self.in_flight -= 1
+        if self.retired and self.in_flight == 0:
+            await self.close()
+
+
 class RedfishClient:
     """One BMC. `base_url` is the service's root, e.g. https://198.51.100.7 or
     http://127.0.0.1:8443/bmc/b1 (many emulated BMCs behind one port)."""
@@ -93,16 +147,16 @@ class RedfishClient:
         timeout: float = 10.0,
         max_concurrency: int = 4,
         retries: int = 3,
+        transport: Transport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.prefix = parts.path.rstrip("/")
         self.credentials = credentials
-        self._own_http = http is None
-        self._http = http  # one connection pool per BMC, sized to its request slots; made at first use
-        self._verify = verify
-        self._max_concurrency = max_concurrency
+        # a client given a transport shares it and does not close it (its pool does: drivers/redfish/pool.py)
+        self._closes = transport is None
+        self.transport = transport or Transport(http=http, verify=verify, max_concurrency=max_concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._authorization = (
             {
@@ -114,8 +168,18 @@ class RedfishClient:
         )
         self.timeout = timeout
         self.retries = retries
-        self._slots = asyncio.Semaphore(max_concurrency)  # real BMCs serve a few requests at a time
-        self._lasting: dict[str, dict[str, Any]] = {}  # lasting(): documents read once per client
+
+    def with_options(self, *, timeout: float | None = None, retries: int | None = None) -> RedfishClient:
+        """The same BMC connection with another caller's timeout and retries (health polls with a short
+        timeout and no retry, provisioning with retries): connections, request slots and lasting
+        documents stay shared, and closing the returned client leaves them open."""
+        return RedfishClient(
+            self.base_url,
+            self.credentials,
+            timeout=self.timeout if timeout is None else timeout,
+            retries=self.retries if retries is None else retries,
+            transport=self.transport,
+        )
 
     async def __aenter__(self) -> RedfishClient:
         return self
@@ -124,16 +188,14 @@ class RedfishClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._own_http and self._http is not None:
-            await self._http.close()
+        """Close the connection this client made; a pooled one (given its transport) is left to its pool."""
+        if self._closes:
+            await self.transport.close()
 
     @property
     def http(self) -> aiohttp.ClientSession:
         """The session (made in the running event loop at first use)."""
-        if self._http is None:
-            connector = aiohttp.TCPConnector(limit=self._max_concurrency, ssl=tls_context(self._verify))
-            self._http = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._http
+        return self.transport.http
 
     def url(self, odata_id: str) -> str:
         """Resolve an @odata.id (absolute path on the BMC's origin) or a path under /redfish/v1."""
@@ -153,11 +215,17 @@ class RedfishClient:
     async def request(
         self, method: str, path: str, *, json: Any = None, anonymous: bool = False
     ) -> tuple[int, Any, Mapping[str, str]]:
-        url = self.url(path)
+        self.transport.in_flight += 1
+        try:
+            return await self._request(method, self.url(path), json, anonymous)
+        finally:
+            await self.transport.finished()
+
+    async def _request(self, method: str, url: str, json: Any, anonymous: bool) -> tuple[int, Any, Mapping[str, str]]:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                async with self._slots:
+                async with self.transport.slots:
                     try:
                         status, data, headers = await self._send(method, url, json, anonymous)
                     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
@@ -223,11 +291,13 @@ class RedfishClient:
 
     async def lasting(self, path: str) -> dict[str, Any]:
         """GET a document that does not change while the BMC runs -- the service root, the UpdateService
-        and TaskService documents, whose links and actions an update follows -- read once per client
-        (clients are kept for a minute or so: a provisioning pass would otherwise read them each time)."""
-        body = self._lasting.get(path)
-        if body is None:
-            body = self._lasting[path] = await self.get(path)
+        and TaskService documents, whose links and actions an update follows -- read once a minute per
+        BMC connection (a provisioning pass would otherwise read them each time)."""
+        kept = self.transport.lasting.get(path)
+        if kept is not None and time.monotonic() - kept[1] < LASTING_SECONDS:
+            return kept[0]
+        body = await self.get(path)
+        self.transport.lasting[path] = (body, time.monotonic())
         return body
 
     async def service_root(self) -> dict[str, Any]:
