@@ -15,118 +15,38 @@ DPU already has as many unavailable DPUs as its maxUnavailable allows.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..api.errors import NotFound
-from ..api.kinds import WORKING_PHASES, FailureClass, Phase, RemediationAction
-from ..api.meta import ConditionStatus, Severity, isotime, now
-from ..api.selectors import LabelSelector
+from ..api.kinds import WORKING_PHASES, FailureClass
+from ..api.meta import Severity, isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.events import LogEntry, inbox_for
-from ..inventory import reports
 from ..inventory.bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
-from ..runtime.conditions import get_condition, set_condition
+from ..runtime.conditions import set_condition
 from ..runtime.controller import Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
-from ..security.audit import AuditEntry, AuditLog
 from ..store.store import Change, Store
 from . import actions
-from .diagnosis import Diagnosis, diagnose_host, dpu_power_for_host, parse_time
+from .config import CONDITION, HealthConfig
 from .diagnosis import diagnose as run_diagnosis
+from .diagnosis import diagnose_host, dpu_power_for_host, parse_time
 from .evidence import BMCView, MemoryDevice, Observation
 from .policy import (
-    DISRUPTIVE,
-    HISTORY_KEPT,
-    RESETS,
     EffectivePolicy,
-    Episode,
-    HistoryEntry,
-    Plan,
     RemediationState,
-    plan,
     select_policy,
 )
 from .probe import Links, agent_view, discover_links, host_view, probe_bmc, unreachable_view
+from .remediation import SUBJECT, Remediator
 from .subscriptions import STATUS_FIELD as SUBSCRIPTION_FIELD
 
 log = logging.getLogger(__name__)
-CONDITION = "Healthy"
-SUBJECT = "health-controller"
-BUSY_PHASES = frozenset({*WORKING_PHASES, Phase.AVAILABLE})
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    poll_seconds: float = 10.0
-    heartbeat_seconds: float = 10.0
-    allowed_misses: int = 3
-    heartbeat_write_seconds: float | None = None  # None: the report handler's throttle (inventory/reports.py)
-    redfish_timeout: float = 5.0
-    bmc_failures_before_down: int = 2  # consecutive failed polls before the BMC counts as down
-    boot_stuck_seconds: float = 120.0
-    log_window_seconds: float = 600.0
-    host_silent_seconds: float | None = None  # None: as for the DPU agent
-    host_down_seconds: float = 120.0  # a host silent longer than a reboot takes is HostDown
-    disk_full_percent: float = 98.0
-    max_clock_skew_seconds: float = 5.0
-    agent_start_seconds: float = 60.0
-    # An unchanged diagnosis is written again (checkedAt, the evidence's ages) at most this often: every
-    # visit writing the DPU would cost a store write and a change-log entry per DPU per poll.
-    refresh_seconds: float = 30.0
-    credentials_seconds: float = 60.0  # a BMC's credentials are read again after this (at once after a failure)
-    # A BMC that pushes its events (a live EventService subscription) is asked only for its system on most
-    # polls: its log entries arrive by push, and its memory and logs are read in full when a pushed event
-    # that is not OK arrives and at least this often (events delivered to another API server process, or
-    # lost).
-    full_look_seconds: float = 60.0
-    # A budget of BMC visits a second: past max_polls_per_second x poll_seconds DPUs (1,000 with the
-    # defaults), each DPU is visited less often, so that health never takes more than its share of the
-    # control plane (at 10,000 DPUs, every 100 s; pushed events and agent reports still arrive at once).
-    max_polls_per_second: float = 100.0
-    # A BMC that pushes its events, of a DPU with no agent reporting, is visited this many times less
-    # often: a pushed event that is not OK wakes its DPUs at once, so the poll only has to notice a
-    # BMC that stopped answering (every 30 s with the defaults). A DPU whose agent reports keeps the
-    # poll interval: the agent's silence is noticed on a visit.
-    subscribed_poll_factor: float = 3.0
-
-    def poll_interval(self, watched: int, pushing: bool = False) -> float:
-        """Seconds between two visits of one DPU when `watched` DPUs are looked after; `pushing`: its BMC
-        pushes its events and no agent reports from it."""
-        interval = max(self.poll_seconds, watched / self.max_polls_per_second if self.max_polls_per_second else 0.0)
-        return interval * max(1.0, self.subscribed_poll_factor) if pushing else interval
-
-    def silent_after(self) -> float:
-        """Seconds without a stored heartbeat before the agent counts as silent.
-
-        The report handler stores a heartbeat at most every `heartbeat_write_seconds`, so a live
-        agent's stored heartbeat can be that much plus one interval old; silence must be longer.
-        """
-        throttle = (
-            reports.HEARTBEAT_WRITE_EVERY if self.heartbeat_write_seconds is None else self.heartbeat_write_seconds
-        )
-        return max(self.heartbeat_seconds * self.allowed_misses, throttle + self.heartbeat_seconds)
-
-
-def _material(status: dict[str, Any]) -> tuple[Any, ...]:
-    """What of the health status matters to a reader: all but checkedAt and the heartbeat's age."""
-    diagnosis = dict(status.get("diagnosis") or {})
-    diagnosis.pop("checkedAt", None)
-    diagnosis["evidence"] = [
-        e for e in diagnosis.get("evidence") or [] if not (isinstance(e, dict) and e.get("signal") == "last heartbeat")
-    ]
-    condition = dict(get_condition(status, CONDITION) or {})
-    condition["message"] = _HEARTBEAT_AGE.sub("", str(condition.get("message", "")))
-    return diagnosis, condition, status.get("remediation")
-
-
-_HEARTBEAT_AGE = re.compile(r"agent last heartbeat: [^;\]]*")
 
 
 @dataclass
@@ -150,7 +70,7 @@ class HealthReconciler(Reconciler):
         self.config = config or HealthConfig()
         self.sessions = sessions or sessions_for(store)  # the BMC, its credentials, one pooled client per BMC
         self.events = EventRecorder(store, SUBJECT)
-        self.audit = AuditLog(store)
+        self.remediator = Remediator(store, self.events)
         self._links: dict[tuple[str, str], Links] = {}
         self._full: dict[tuple[str, str], _FullLook] = {}  # (project, DPU): its BMC's last full look
         self._bmc_failures: dict[tuple[str, str], int] = {}
@@ -252,7 +172,7 @@ class HealthReconciler(Reconciler):
                 break
             fresh = True
         await self._record_host(dpu, observation, config)
-        wait = await self._record_and_remediate(dpu, diagnosis, policy, client, links, config)
+        wait = await self.remediator.remediate(dpu, diagnosis, policy, client, links, config)
         self._watched.add(key)
         pushing = (key.project, key.name) in self._pushing and not (dpu.get("status") or {}).get("agent")
         poll = config.poll_interval(len(self._watched), pushing)
@@ -481,273 +401,5 @@ class HealthReconciler(Reconciler):
 
     # --- diagnosis and remediation ------------------------------------------------------------------------
 
-    async def _record_and_remediate(
-        self,
-        dpu: dict[str, Any],
-        diagnosis: Diagnosis,
-        policy: EffectivePolicy,
-        client: RedfishClient | None,
-        links: Links | None,
-        config: HealthConfig,
-    ) -> float | None:
-        meta, spec, status = dpu["metadata"], dpu.get("spec") or {}, dpu.get("status") or {}
-        state = RemediationState.model_validate(status.get("remediation") or {})
-        state.policy = policy.name
-        stamp = isotime(now())
-        episode = state.episode
-        opened = closed = False
-        if diagnosis.transient and episode is not None:  # booting on its way back (or not): the episode goes on
-            if episode.lastActionAt is not None:
-                # the next step's clock starts when the DPU has finished booting from the last one:
-                # escalating (say, to a power cycle) in the middle of a slow boot would only restart it
-                episode.lastActionAt = stamp
-            diagnosis = Diagnosis(
-                FailureClass(episode.failureClass),
-                f"{diagnosis.message} (still {episode.failureClass})",
-                diagnosis.evidence,
-            )
-        if diagnosis.healthy:
-            if episode is not None:
-                state.history.append(
-                    HistoryEntry(time=stamp, failureClass=episode.failureClass, action="recovered", result="Recovered")
-                )
-                state.episode = None
-                state.logsAfter = stamp
-                closed = True
-        elif not diagnosis.transient and (episode is None or episode.failureClass != diagnosis.failure_class):
-            if episode is not None:
-                state.history.append(
-                    HistoryEntry(
-                        time=stamp,
-                        failureClass=episode.failureClass,
-                        action="recovered",
-                        result="Superseded",
-                        message=f"now {diagnosis.failure_class}",
-                    )
-                )
-            state.episode = Episode(failureClass=str(diagnosis.failure_class), since=stamp)
-            opened = True
-
-        step_plan: Plan | None = None
-        guard: str | None = None
-        if state.episode is not None and not diagnosis.transient:
-            steps = policy.steps(state.episode.failureClass)
-            step_plan = plan(steps, state.episode, state.history, now())
-            for index, step, why in step_plan.skipped:
-                state.history.append(
-                    HistoryEntry(
-                        time=stamp,
-                        failureClass=state.episode.failureClass,
-                        action=step.action,
-                        result="Skipped",
-                        message=why,
-                    )
-                )
-                state.episode.step = index + 1
-            if step_plan.step is not None:
-                guard = await self._guard(dpu, step_plan.step.action)
-                if guard is None:
-                    state.history.append(
-                        HistoryEntry(
-                            time=stamp,
-                            failureClass=state.episode.failureClass,
-                            action=step_plan.step.action,
-                            result="Issued",
-                        )
-                    )
-                    state.episode.step = step_plan.index + 1
-                    state.episode.lastActionAt = stamp
-                    if step_plan.step.action in RESETS:
-                        state.logsAfter = stamp
-                    if step_plan.step.action == RemediationAction.QUARANTINE:
-                        state.quarantined = True
-        state.history = state.history[-HISTORY_KEPT:]
-        note_guard = guard is not None and state.episode is not None and guard not in state.episode.notes
-        if note_guard and state.episode is not None and guard is not None:
-            state.episode.notes.append(guard)
-        if closed and state.quarantined and not spec.get("unschedulable"):
-            state.quarantined = False  # an operator lifted the quarantine
-        generation = meta.get("generation")
-        previous = get_condition(status, CONDITION)
-
-        def mutate(current: dict[str, Any]) -> None:
-            since = (current.get("diagnosis") or {}).get("since")
-            same = (current.get("diagnosis") or {}).get("failureClass") == str(diagnosis.failure_class)
-            current["diagnosis"] = {
-                "failureClass": str(diagnosis.failure_class),
-                "reason": diagnosis.reason,
-                "message": diagnosis.message,
-                "since": since if same and since else stamp,
-                "checkedAt": stamp,
-                "evidence": [e.model_dump() for e in diagnosis.evidence],
-            }
-            current["remediation"] = state.model_dump(mode="json", exclude_none=True)
-            if diagnosis.transient:
-                set_condition(
-                    current,
-                    CONDITION,
-                    ConditionStatus.UNKNOWN,
-                    "Booting",
-                    diagnosis.message,
-                    severity=Severity.INFO,
-                    generation=generation,
-                )
-            elif diagnosis.healthy:
-                set_condition(current, CONDITION, True, "Healthy", diagnosis.message, generation=generation)
-            else:
-                evidence = "; ".join(f"{e.source} {e.signal}: {e.value}" for e in diagnosis.evidence)
-                set_condition(
-                    current,
-                    CONDITION,
-                    False,
-                    str(diagnosis.failure_class),
-                    f"{diagnosis.message} [evidence: {evidence}]",
-                    severity=Severity.ERROR,
-                    generation=generation,
-                )
-
-        candidate = copy.deepcopy(status)
-        mutate(candidate)
-        checked = parse_time((status.get("diagnosis") or {}).get("checkedAt"))
-        fresh = checked is not None and (now() - checked).total_seconds() < config.refresh_seconds
-        if fresh and _material(candidate) == _material(status):
-            updated = dpu  # nothing a reader acts on changed: no write (see HealthConfig.refresh_seconds)
-        else:
-            updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
-        if opened:
-            await self._event(updated, str(diagnosis.failure_class), diagnosis.message, warning=True)
-            if str(diagnosis.failure_class) in actions.OUT_OF_SERVICE:
-                for error in await actions.run_evacuation_hooks(updated, diagnosis):
-                    await self._event(updated, "EvacuationHookFailed", error, warning=True)
-        if closed:
-            was = previous.get("reason") if previous else "unhealthy"
-            await self._event(updated, "Recovered", f"healthy again (was {was})")
-            actions.clear_alerts(meta["project"], meta["name"])
-        if note_guard and guard is not None:
-            await self._event(updated, "RemediationPaused", guard, warning=True)
-        if step_plan is not None:
-            for _index, step, why in step_plan.skipped:
-                await self._event(updated, "RemediationSkipped", f"{step.action}: {why}", warning=True)
-                await self._audit(updated, str(step.action), "Skipped", why)
-            if step_plan.step is not None and guard is None:
-                await self._act(updated, step_plan.step.action, diagnosis, client, links)
-                return 0.05 if step_plan.index + 1 < len(policy.steps(str(diagnosis.failure_class))) else None
-            return step_plan.wait_seconds
-        return None
-
-    async def _guard(self, dpu: dict[str, Any], action: RemediationAction) -> str | None:
-        """Why remediation must not act now, or None."""
-        spec, status = dpu.get("spec") or {}, dpu.get("status") or {}
-        if spec.get("held"):
-            return "the DPU is held (spec.held): no remediation until an operator releases it"
-        phase = status.get("phase")
-        if phase in BUSY_PHASES:
-            return f"the provisioner is working on the DPU (phase {phase}): remediation leaves it to it"
-        if action in DISRUPTIVE:
-            full = await asyncio.to_thread(self._rollout_full, dpu)
-            if full:
-                return full
-        return None
-
-    def _rollout_full(self, dpu: dict[str, Any]) -> str | None:
-        """A DPUSet selecting this DPU is at its maxUnavailable, and this DPU is not yet counted in it."""
-        meta = dpu["metadata"]
-        labels = meta.get("labels") or {}
-        if (dpu.get("status") or {}).get("phase") in (Phase.HELD,) or str(
-            (dpu.get("status") or {}).get("phase", "")
-        ).endswith("Failed"):
-            return None  # already counted unavailable by its DPUSet
-        if ((dpu.get("status") or {}).get("diagnosis") or {}).get("failureClass") in actions.OUT_OF_SERVICE:
-            return None  # out of service by its diagnosis: its DPUSet already counts it (fleet/dpuset.py)
-        for dpuset in self.store.list("DPUSet", meta["project"]).items:
-            selector = LabelSelector.model_validate(dpuset["spec"].get("selector") or {})
-            if not selector.matches(labels):
-                continue
-            ds_status = dpuset.get("status") or {}
-            limit = int(ds_status.get("maxUnavailable") or 0)
-            if not limit:
-                continue
-            members = self.store.list("DPU", meta["project"], selector).items
-            remediating = sum(
-                1
-                for d in members
-                if d["metadata"]["name"] != meta["name"]
-                and ((d.get("status") or {}).get("remediation") or {}).get("episode")
-                and ((d.get("status") or {}).get("phase") not in BUSY_PHASES)
-            )
-            unavailable = int(ds_status.get("unavailable") or 0) + remediating
-            if unavailable >= limit:
-                return (
-                    f"DPUSet {dpuset['metadata']['name']} has {unavailable} unavailable DPU(s), its maxUnavailable is "
-                    f"{limit}: disruptive remediation waits"
-                )
-        return None
-
-    async def _act(
-        self,
-        dpu: dict[str, Any],
-        action: RemediationAction,
-        diagnosis: Diagnosis,
-        client: RedfishClient | None,
-        links: Links | None,
-    ) -> None:
-        meta = dpu["metadata"]
-        ctx = actions.ActionContext(
-            self.store,
-            dpu,
-            client if links is not None else None,
-            links.system if links else None,
-            links.reset_manager if links else None,
-            diagnosis,
-        )
-        try:
-            result, message = await actions.execute(action, ctx)
-        except Exception as exc:
-            result, message = "Failed", f"{type(exc).__name__}: {exc}"
-        stamp_issued = None
-
-        def mutate(current: dict[str, Any]) -> None:
-            nonlocal stamp_issued
-            state = RemediationState.model_validate(current.get("remediation") or {})
-            for entry in reversed(state.history):
-                if entry.action == action and entry.result == "Issued":
-                    entry.result, entry.message = result, message
-                    stamp_issued = entry.time
-                    break
-            current["remediation"] = state.model_dump(mode="json", exclude_none=True)
-
-        updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
-        reason = "Remediation" + "".join(part.capitalize() for part in str(action).split("-"))
-        if action == RemediationAction.QUARANTINE and result == "Succeeded":
-            reason = "Quarantined"
-            for error in await actions.run_evacuation_hooks(updated, diagnosis):
-                await self._event(updated, "EvacuationHookFailed", error, warning=True)
-        await self._event(
-            updated,
-            reason,
-            f"{action} for {diagnosis.failure_class}: {result}: {message}",
-            warning=result != "Succeeded" or action in (RemediationAction.QUARANTINE, RemediationAction.ALERT),
-        )
-        await self._audit(updated, str(action), result, f"{diagnosis.failure_class}: {message}")
-
     async def _event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
         self.events.post(obj, reason, message, "Warning" if warning else "Normal")
-
-    async def _audit(self, dpu: dict[str, Any], action: str, result: str, detail: str) -> None:
-        meta = dpu["metadata"]
-        entry = AuditEntry(
-            subject=SUBJECT,
-            roles="controller",
-            action=f"remediation:{action}",
-            kind="DPU",
-            project=meta["project"],
-            name=meta["name"],
-            result=result,
-            code=200 if result in ("Succeeded", "Issued") else 409,
-            source="controller",
-            detail=detail[:500],
-        )
-        try:
-            await asyncio.to_thread(self.audit.record, entry)
-        except Exception:
-            log.exception("could not audit %s on %s", action, meta["name"])
