@@ -49,7 +49,11 @@ class Fleet:
 
     def expect(self, serial: str, project: str = "default") -> None:
         """List the serial in a Discovery of `project`: an IDevID-enrolled device is placed there."""
-        doc = {"kind": "Discovery", "metadata": {"name": f"expect-{serial.lower()}"}, "spec": {"expectedSerials": [serial]}}
+        doc = {
+            "kind": "Discovery",
+            "metadata": {"name": f"expect-{serial.lower()}"},
+            "spec": {"expectedSerials": [serial]},
+        }
         with self.admin() as http:
             resp = http.post(f"/apis/dpufleet.io/v1alpha1/projects/{project}/discoveries", json=doc)
         assert resp.status_code == 201, resp.text

@@ -33,6 +33,7 @@ from ..security.pki import AgentIdentity
 from ..store.store import Store
 
 EnrolledProject = Callable[[AgentIdentity], str | None]
+SERIAL_NAME_PREFIX = dpu_name("x")[:-1]  # "dpu-": the names serials give DPUs
 
 
 class NoProject(APIError):
@@ -74,10 +75,34 @@ def _listed(projects: Iterable[str]) -> str:
     return ", ".join(repr(p) for p in sorted(set(projects)))
 
 
+def _refuse_second_dpu(conn: Connection, dpu: dict[str, Any], batch: list[dict[str, Any]]) -> None:
+    """A DPU named after a serial (`dpu-<serial>`) that another project already holds is refused."""
+    meta = dpu["metadata"]
+    name, project = meta["name"], meta["project"]
+    if not name.startswith(SERIAL_NAME_PREFIX):
+        return
+    others = [p for p in projects_with(conn, "DPU", name) if p != project]
+    others += [
+        o["metadata"]["project"] for o in batch if o["metadata"]["name"] == name and o["metadata"]["project"] != project
+    ]
+    if others:
+        raise SerialConflict(
+            f"dpu/{name} already exists in project {_listed(others)}: a DPU is named after its serial and serials "
+            f"are fleet-unique, so project {project!r} cannot hold it too (delete the other one first)",
+            {"name": name, "projects": sorted({*others, project})},
+        )
+
+
+def protect_serials(store: Store) -> None:
+    """Serials are fleet-unique: the second DPU for one, in whatever project and by whatever path, is refused."""
+    store.add_create_guard("DPU", _refuse_second_dpu)
+
+
 class ProjectResolver:
     """The project of a device, from its objects, its enrollment or its Discovery (see the module doc)."""
 
     def __init__(self, store: Store, enrolled: EnrolledProject | None = None) -> None:
+        protect_serials(store)  # what a cached answer relies on: no second project gets the serial later
         self.store = store
         self.enrolled = enrolled
         self._dpus: dict[str, str] = {}  # DPU name -> project
