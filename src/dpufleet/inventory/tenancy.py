@@ -6,7 +6,8 @@ place without a word. So each path asks here, and the answer comes from what the
 
 1. the object the serial already is: the DPU named after it (`dpu-<serial>`, as discovery, reports
    and bootstrap name DPUs), or the Host whose agent reports with that serial;
-2. for a host agent whose Host does not exist yet: the project of the DPUs its PCI slots hold;
+2. for a host agent whose Host does not exist yet: the project of the DPUs its PCI slots hold (or of
+   the Discovery expecting them);
 3. for a device not known yet: the project its enrollment token named (`dpufleet enroll token create
    --project`), else the project of the Discovery whose `spec.expectedSerials` lists it.
 
@@ -204,7 +205,10 @@ class ProjectResolver:
                 f"host/{name} exists in projects {_listed(named)}: say which one it is by deleting the others",
                 {"serial": serial, "projects": named},
             )
-        by_dpus = {p for s in dpu_serials if (p := self.known_dpu(s)) is not None}
+        serials = list(dpu_serials)
+        by_dpus = {p for s in serials if (p := self.known_dpu(s)) is not None}
+        if not by_dpus:  # DPUs not known yet, but expected: the host goes where they are expected
+            by_dpus = {p for s in serials for p in self.discovery_projects(s)}
         if len(by_dpus) > 1:
             raise SerialConflict(
                 f"host {serial} holds DPUs of projects {_listed(by_dpus)}: a host and its DPUs are in one project",
