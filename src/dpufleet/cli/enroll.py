@@ -77,8 +77,18 @@ def token_list(ctx: typer.Context) -> None:
     """List enrollment tokens: ids, devices, expiry, and when each was used (never the secrets)."""
     with options(ctx).client() as client:
         items = _call(client, "GET", "/enroll/v1/tokens")["items"]
-    rows = [("ID", "DEVICE", "EXPIRES", "USED", "CREATED BY")]
-    rows += [(t["token_id"], t["identity"], t["expires"][:19], (t["used"] or "-")[:19], t["created_by"]) for t in items]
+    rows = [("ID", "DEVICE", "PROJECT", "EXPIRES", "USED", "CREATED BY")]
+    rows += [
+        (
+            t["token_id"],
+            t["identity"],
+            t.get("project") or "-",
+            t["expires"][:19],
+            (t["used"] or "-")[:19],
+            t["created_by"],
+        )
+        for t in items
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
