@@ -38,11 +38,24 @@ class Fleet:
     def admin(self) -> httpx.Client:
         return self.api.client()
 
-    def token(self, serial: str, role: str = "dpu", expires: int = 3600) -> str:
+    def token(self, serial: str, role: str = "dpu", expires: int = 3600, project: str | None = "default") -> str:
+        """A token that places the device in `project` (its reports create its object there)."""
+        body = {"serial": serial, "role": role, "expiresSeconds": expires, "project": project}
         with self.admin() as http:
-            resp = http.post("/enroll/v1/tokens", json={"serial": serial, "role": role, "expiresSeconds": expires})
+            resp = http.post("/enroll/v1/tokens", json=body)
         assert resp.status_code == 201, resp.text
         return str(resp.json()["token"])
+
+    def expect(self, serial: str, project: str = "default") -> None:
+        """List the serial in a Discovery of `project`: an IDevID-enrolled device is placed there."""
+        doc = {
+            "kind": "Discovery",
+            "metadata": {"name": f"expect-{serial.lower()}"},
+            "spec": {"expectedSerials": [serial]},
+        }
+        with self.admin() as http:
+            resp = http.post(f"/apis/dpufleet.io/v1alpha1/projects/{project}/discoveries", json=doc)
+        assert resp.status_code == 201, resp.text
 
     def trust(self, vendor: VendorCA) -> None:
         pem = pki.cert_pem(vendor.certificate).decode()

@@ -47,6 +47,7 @@ def test_the_agent_enrolls_with_its_idevid_renews_and_keeps_its_key_private(
     root, serial, identities = _emulated_dpu(tmp_path)
     for ca in identities.cas.values():
         fleet.trust(ca)
+    fleet.expect(serial)
     config = _config(fleet, root, serial, idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY)
 
     async def scenario() -> None:

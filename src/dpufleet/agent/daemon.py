@@ -72,6 +72,17 @@ def report_body(
     }
 
 
+def _refusal(resp: httpx.Response) -> str:
+    """The server's reason and message in full (what the operator must fix), else the start of the body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return f"{body.get('reason') or 'Refused'}: {body['message']}"
+    return resp.text[:300]
+
+
 class Agent:
     def __init__(self, config: AgentConfig, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
@@ -129,7 +140,7 @@ class Agent:
             headers=self._headers,
         )
         if resp.status_code >= 400:
-            raise RuntimeError(f"the server refused the report: HTTP {resp.status_code} {resp.text[:300]}")
+            raise RuntimeError(f"the server refused the report: HTTP {resp.status_code} {_refusal(resp)}")
         self.reports_sent += 1
         reply: dict[str, object] = resp.json()
         return reply

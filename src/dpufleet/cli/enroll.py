@@ -44,13 +44,23 @@ def token_create(
     serial: str = typer.Option(..., "--serial", help="the serial number of the device this token admits"),
     role: str = typer.Option("dpu", "--role", help="dpu (agent on the DPU) or host (agent on the host)"),
     expires: str = typer.Option("1h", "--expires", help="lifetime: 30m, 1h, 7d (at most 30d)"),
+    project: str | None = typer.Option(
+        None, "-p", "--project", help="the project the device belongs to (default: the configured project)"
+    ),
 ) -> None:
     """Create a one-time enrollment token for one device and print the agent command that uses it."""
-    body = {"serial": serial, "role": _role(role), "expiresSeconds": parse_duration(expires)}
-    with options(ctx).client() as client:
+    config = options(ctx).config(project)
+    body = {
+        "serial": serial,
+        "role": _role(role),
+        "expiresSeconds": parse_duration(expires),
+        "project": config.project,
+    }
+    with Client.from_config(config) as client:
         reply = _call(client, "POST", "/enroll/v1/tokens", body)
     print(f"token:      {reply['token']}")
     print(f"device:     {reply['identity']}")
+    print(f"project:    {reply.get('project') or config.project}")
     print(f"expires:    {reply['expires']} (single use)")
     print(f"agent URL:  {reply['agentURL']}")
     print(f"fleet CA:   {reply['caFingerprint']}")
@@ -67,8 +77,18 @@ def token_list(ctx: typer.Context) -> None:
     """List enrollment tokens: ids, devices, expiry, and when each was used (never the secrets)."""
     with options(ctx).client() as client:
         items = _call(client, "GET", "/enroll/v1/tokens")["items"]
-    rows = [("ID", "DEVICE", "EXPIRES", "USED", "CREATED BY")]
-    rows += [(t["token_id"], t["identity"], t["expires"][:19], (t["used"] or "-")[:19], t["created_by"]) for t in items]
+    rows = [("ID", "DEVICE", "PROJECT", "EXPIRES", "USED", "CREATED BY")]
+    rows += [
+        (
+            t["token_id"],
+            t["identity"],
+            t.get("project") or "-",
+            t["expires"][:19],
+            (t["used"] or "-")[:19],
+            t["created_by"],
+        )
+        for t in items
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

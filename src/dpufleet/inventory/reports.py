@@ -3,6 +3,9 @@
 The DPU agent reports the DPU's own OS inventory and heartbeats; the host-side
 agent reports the PCI functions the host sees, and through their VPD the serial
 number of the DPU in each slot, which pairs DPUs with hosts.
+
+Each report is written in the project its device belongs to (inventory/tenancy.py): the
+project of its DPU or Host, of the DPUs a host holds, or of its enrollment or Discovery.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..store.store import Store
 from .status import apply_agent_report, apply_host_pairing
+from .tenancy import ProjectResolver
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,16 @@ class AgentReply(BaseModel):
 
 
 class ReportHandler:
-    def __init__(self, store: Store, heartbeat_seconds: float = 10.0, inventory_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        heartbeat_seconds: float = 10.0,
+        inventory_seconds: float = 300.0,
+        *,
+        resolver: ProjectResolver | None = None,
+    ) -> None:
         self.store = store
+        self.resolver = resolver or ProjectResolver(store)
         self.heartbeat_seconds = heartbeat_seconds
         self.inventory_seconds = inventory_seconds
         self.events = EventRecorder(store, "agent-api")
@@ -58,8 +70,18 @@ class ReportHandler:
         self._known: set[tuple[str, str, str]] = set()  # (kind, name, project) seen to exist
         self._lock = threading.Lock()
 
-    def handle(self, report: AgentReport, project: str = "default") -> AgentReply:
-        name = self._host(report, project) if report.role == "host" else self._dpu(report, project)
+    def handle(self, report: AgentReport) -> AgentReply:
+        """Write the report in its device's project; NoProject (403) or SerialConflict (409) when none is clear."""
+        try:
+            if report.role == "host":
+                cards = [c.serial_number for c in report.inventory.dpus if c.serial_number] if report.inventory else []
+                name = self._host(report, self.resolver.host(report.serial, report.hostname, cards))
+            else:
+                name = self._dpu(report, self.resolver.dpu(report.serial))
+        except NotFound:
+            # the cached project no longer holds the object: ask again at the next report
+            (self.resolver.forget_host if report.role == "host" else self.resolver.forget_dpu)(report.serial)
+            raise
         return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
 
     def reply_without_write(self, report: AgentReport) -> AgentReply | None:
@@ -156,8 +178,20 @@ class ReportHandler:
         functions: list[dict[str, Any]] = []
         if inv is not None:
             for card in inv.dpus:
-                if card.serial_number:
-                    paired.append((dpu_name(card.serial_number), card.serial_number, card.slot))
+                if not card.serial_number:
+                    continue
+                held = self.resolver.known_dpu(card.serial_number)
+                if held is not None and held != project:  # never a second DPU for a serial another project holds
+                    log.warning(
+                        "host %s (project %s): the DPU in slot %s is %s of project %s; not paired",
+                        name,
+                        project,
+                        card.slot,
+                        dpu_name(card.serial_number),
+                        held,
+                    )
+                    continue
+                paired.append((dpu_name(card.serial_number), card.serial_number, card.slot))
             by_slot = {d.slot: dpu_name(d.serial_number) for d in inv.dpus if d.serial_number}
             for fn in inv.pci:
                 if fn.dpu is None:

@@ -118,6 +118,7 @@ class EnrollmentToken:
     token_id: str
     identity: AgentIdentity
     expires: dt.datetime
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class TokenInfo:
     expires: str
     created_by: str
     used: str | None
+    project: str | None = None
 
 
 def _token_hash(secret: str) -> str:
@@ -151,8 +153,13 @@ class EnrollmentTokens:
         write_private(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
     def create(
-        self, identity: AgentIdentity, lifetime: dt.timedelta = DEFAULT_TOKEN_LIFETIME, created_by: str = "?"
+        self,
+        identity: AgentIdentity,
+        lifetime: dt.timedelta = DEFAULT_TOKEN_LIFETIME,
+        created_by: str = "?",
+        project: str | None = None,
     ) -> EnrollmentToken:
+        """`project`: where the device belongs until an object of it exists (inventory/tenancy.py)."""
         token_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
         now = utcnow()
@@ -166,17 +173,39 @@ class EnrollmentTokens:
                 "expires": expires.isoformat(),
                 "createdBy": created_by,
                 "used": None,
+                "project": project,
             }
             self._save(doc)
-        return EnrollmentToken(f"{TOKEN_PREFIX}.{token_id}.{secret}", token_id, identity, expires)
+        return EnrollmentToken(f"{TOKEN_PREFIX}.{token_id}.{secret}", token_id, identity, expires, project)
 
     def list(self) -> list[TokenInfo]:
         with self._lock:
             doc = self._load()
         return [
-            TokenInfo(tid, str(e["identity"]), str(e["created"]), str(e["expires"]), str(e["createdBy"]), e["used"])
+            TokenInfo(
+                tid,
+                str(e["identity"]),
+                str(e["created"]),
+                str(e["expires"]),
+                str(e["createdBy"]),
+                e["used"],
+                e.get("project"),
+            )
             for tid, e in sorted(doc.items(), key=lambda kv: str(kv[1]["created"]))
         ]
+
+    def project_of(self, identity: AgentIdentity) -> str | None:
+        """The project named by the token `identity` last enrolled with (None: no token, or it named none).
+
+        What admitted the device decides where it belongs while no object of it exists yet; a token
+        issued but never used admitted nothing."""
+        with self._lock:
+            doc = self._load()
+        used = [e for e in doc.values() if e["identity"] == str(identity) and e["used"]]
+        if not used:
+            return None
+        newest = max(used, key=lambda e: str(e["used"]))
+        return str(newest["project"]) if newest.get("project") else None
 
     def consume(self, token: str, identity: AgentIdentity) -> None:
         """Use the token for `identity`, or refuse; a token is spent even if later steps fail."""

@@ -36,6 +36,7 @@ from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity
 from ..drivers.agent.orders import HOST_CHANNEL, STATUS_FIELD, order_of
 from ..images.repository import ImageContentError, repository_for
+from ..inventory.tenancy import ProjectResolver
 from ..runtime.status import mutate_status_sync
 from .app import ServerState, _doc, _read_json
 
@@ -62,9 +63,11 @@ class Unavailable(APIError):
     reason = "ServiceUnavailable"
 
 
-def add_install_routes(app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity]) -> None:
+def add_install_routes(
+    app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity], resolver: ProjectResolver
+) -> None:
+    """The DPU and its Host are looked up in the project they are in (`resolver`), never in an assumed one."""
     store = state.store
-    hosts_by_serial: dict[str, str] = {}  # host agent serial -> Host name (checked on every use)
 
     def own_dpu(identity: AgentIdentity) -> str:
         if identity.role != "dpu":
@@ -83,31 +86,14 @@ def add_install_routes(app: FastAPI, state: ServerState, identify: Callable[[Req
     def shown(order: dict[str, Any]) -> dict[str, Any]:
         return {k: order[k] for k in ("id", "target", "version", "sha256", "fileName") if k in order}
 
-    def find_host(serial: str) -> dict[str, Any] | None:
-        """The Host whose agent reports with this serial (its certificate's), or None."""
-        name = hosts_by_serial.get(serial)
-        if name is not None:
-            try:
-                host = store.get("Host", name, "default")
-                if (host.get("status") or {}).get("serialNumber") == serial:
-                    return host
-            except NotFound:
-                pass
-            hosts_by_serial.pop(serial, None)
-        for host in store.list("Host", "default").items:
-            if (host.get("status") or {}).get("serialNumber") == serial:
-                hosts_by_serial[serial] = host["metadata"]["name"]
-                return host
-        return None
-
     def host_orders(serial: str) -> list[dict[str, Any]]:
-        host = find_host(serial)
+        host = resolver.find_host(serial)
         if host is None:
             return []
         orders = []
         for name in (host.get("status") or {}).get("dpus") or []:
             try:
-                dpu = store.get("DPU", name, "default")
+                dpu = store.get("DPU", name, host["metadata"]["project"])  # a Host lists DPUs of its own project
             except NotFound:
                 continue
             status = dpu.get("status") or {}
@@ -124,9 +110,9 @@ def add_install_routes(app: FastAPI, state: ServerState, identify: Callable[[Req
         identity = identify(request)
         if identity.role == "host":
             return _doc({"orders": await asyncio.to_thread(host_orders, identity.serial)})
-        name = own_dpu(identity)
+        own_dpu(identity)
         try:
-            dpu = await asyncio.to_thread(store.get, "DPU", name, "default")
+            dpu = await asyncio.to_thread(resolver.dpu_object, identity.serial)
         except NotFound:
             return _doc({"order": None})
         order = order_of(dpu.get("status") or {})
@@ -145,9 +131,10 @@ def add_install_routes(app: FastAPI, state: ServerState, identify: Callable[[Req
         if identity.role == "host":
             if report.dpu is None:
                 raise Invalid("a host agent's install status names the DPU (dpu: its serial)")
-            name = dpu_name(report.dpu)
+            name, serial = dpu_name(report.dpu), report.dpu
         else:
-            name = own_dpu(identity)
+            name, serial = own_dpu(identity), identity.serial
+        project = await asyncio.to_thread(resolver.known_dpu, serial)
         accepted = {"progress": False}
 
         def mutate(status: dict[str, Any]) -> None:
@@ -171,8 +158,11 @@ def add_install_routes(app: FastAPI, state: ServerState, identify: Callable[[Req
             status[STATUS_FIELD] = section
 
         try:
-            await state.write(mutate_status_sync, store, "DPU", name, mutate, "default")
+            if project is None:
+                raise NotFound(f"no DPU {name} in any project")
+            await state.write(mutate_status_sync, store, "DPU", name, mutate, project)
         except NotFound:
+            resolver.forget_dpu(serial)
             if identity.role == "host":
                 raise Forbidden(f"{identity} has no install order for DPU {report.dpu}") from None
             raise NotFound(f"no DPU {name}: the agent reports inventory first") from None

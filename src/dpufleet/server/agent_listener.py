@@ -15,6 +15,9 @@ enrollment works before a device has one); a certificate that is presented is
 verified in the handshake, so expired or foreign-CA certificates never reach the
 application, and the handshake failure is logged with OpenSSL's reason.
 Revocation and "this certificate speaks for that device" are checked per request.
+The project of the device is never assumed: it is resolved from its objects, its
+enrollment token or its Discovery (inventory/tenancy.py), and a device none of them
+places is refused (403 NoProject).
 
 The peer certificate reaches the ASGI app as the ASGI TLS extension
 (`scope["extensions"]["tls"]["client_cert_chain"]`): uvicorn does not fill it, so
@@ -192,8 +195,9 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
         return _doc(reply.model_dump())
 
     _ = (ca_certificate, enroll, renew, report)
-    add_install_routes(app, state, lambda request: peer_identity(request, ca))
-    add_update_routes(app, state, lambda request: peer_identity(request, ca))
+    # one resolver for reports, installs and updates: a device is in the same project on every path
+    add_install_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
+    add_update_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     return app
 
 

@@ -10,6 +10,9 @@ Who asks is read from the client certificate, never from the request: a DPU agen
 its own DPU (`source: agent`), a host agent only for a DPU its Host lists (`source: host`).
 The request is then decided by the same policy as any other (fleet/update_request.py).
 An image is *approved* for agents to pull when an operator labels it `dpufleet.io/approved: "true"`.
+
+Everything happens in the DPU's own project (inventory/tenancy.py): the images offered are that
+project's, and the UpdateRequest is filed there.
 """
 
 from __future__ import annotations
@@ -24,15 +27,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from ..api.errors import Forbidden, Invalid, NotFound
-from ..api.naming import dpu_name
 from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity
+from ..inventory.tenancy import ProjectResolver
 from ..lifecycle.planner import compare
 from ..store.store import Store
 from .app import ServerState, _doc, _read_json
 
 APPROVED = "dpufleet.io/approved"
-PROJECT = "default"  # agents belong to the default project (as their reports do)
 
 
 class AgentUpdateRequest(BaseModel):
@@ -42,16 +44,17 @@ class AgentUpdateRequest(BaseModel):
 
 
 def newest_approved(store: Store, dpu: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest image labelled approved, compatible with the DPU, newer than the image it runs."""
+    """The newest image of the DPU's project labelled approved, compatible with it, newer than the one it runs."""
     status = dpu.get("status") or {}
+    project = dpu["metadata"]["project"]
     running: str | None = None
     if status.get("installedImage"):
         try:
-            running = str(store.get("Image", status["installedImage"], PROJECT)["spec"]["version"])
+            running = str(store.get("Image", status["installedImage"], project)["spec"]["version"])
         except NotFound:
             running = None
     best: dict[str, Any] | None = None
-    for image in store.list("Image", PROJECT).items:
+    for image in store.list("Image", project).items:
         if (image["metadata"].get("labels") or {}).get(APPROVED) != "true":
             continue
         spec = image.get("spec") or {}
@@ -68,7 +71,9 @@ def newest_approved(store: Store, dpu: dict[str, Any]) -> dict[str, Any] | None:
     return best
 
 
-def add_update_routes(app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity]) -> None:
+def add_update_routes(
+    app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity], resolver: ProjectResolver
+) -> None:
     store = state.store
 
     def dpu_of(identity: AgentIdentity, body: AgentUpdateRequest) -> tuple[dict[str, Any], str]:
@@ -76,25 +81,20 @@ def add_update_routes(app: FastAPI, state: ServerState, identify: Callable[[Requ
         if identity.role == "dpu":
             if body.dpu not in (None, identity.serial):
                 raise Forbidden(f"{identity} asks only for its own DPU, not {body.dpu}")
-            try:
-                return store.get("DPU", dpu_name(identity.serial), PROJECT), "agent"
-            except NotFound:
-                raise NotFound(f"no DPU with serial {identity.serial} is known") from None
+            return resolver.dpu_object(identity.serial), "agent"
         if not body.dpu:
             raise Invalid("dpu: a host agent names the DPU (its serial) it asks an update for")
-        host = next(
-            (
-                h
-                for h in store.list("Host", PROJECT).items
-                if (h.get("status") or {}).get("serialNumber") == identity.serial
-            ),
-            None,
-        )
+        host = resolver.find_host(identity.serial)
         try:
-            dpu = store.get("DPU", dpu_name(body.dpu), PROJECT)
+            dpu = resolver.dpu_object(body.dpu)
         except NotFound:
             dpu = None
-        if host is None or dpu is None or (dpu.get("status") or {}).get("host") != host["metadata"]["name"]:
+        if (
+            host is None
+            or dpu is None
+            or dpu["metadata"]["project"] != host["metadata"]["project"]
+            or (dpu.get("status") or {}).get("host") != host["metadata"]["name"]
+        ):
             raise Forbidden(f"{identity} may ask updates only for the DPUs of its own host; {body.dpu} is not one")
         return dpu, "host"
 
@@ -103,10 +103,7 @@ def add_update_routes(app: FastAPI, state: ServerState, identify: Callable[[Requ
         identity = identify(request)
         if identity.role != "dpu":
             raise Forbidden(f"{identity} is not a DPU agent: only DPU agents pull updates")
-        try:
-            dpu = await state.read(store.get, "DPU", dpu_name(identity.serial), PROJECT)
-        except NotFound:
-            raise NotFound(f"no DPU with serial {identity.serial} is known") from None
+        dpu = await state.read(resolver.dpu_object, identity.serial)
         image = await state.read(newest_approved, store, dpu)
         if image is None:
             return _doc({"image": None})
@@ -124,7 +121,11 @@ def add_update_routes(app: FastAPI, state: ServerState, identify: Callable[[Requ
         name = f"{dpu['metadata']['name']}-{source}-{secrets.token_hex(4)}"
         doc = {
             "kind": "UpdateRequest",
-            "metadata": {"name": name, "project": PROJECT, "labels": {"dpufleet.io/source": source}},
+            "metadata": {
+                "name": name,
+                "project": dpu["metadata"]["project"],
+                "labels": {"dpufleet.io/source": source},
+            },
             "spec": {
                 "dpu": dpu["metadata"]["name"],
                 "image": body.image,

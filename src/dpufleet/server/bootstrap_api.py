@@ -14,6 +14,10 @@ answered: the serial must be in a Discovery's `expectedSerials` (the expected-ma
 else 403) and the operator must have created its DPU object naming an image (else 404). Nothing
 else is ever returned: no image, no token. Each onboarding document carries a fresh one-time
 enrollment token bound to the serial (the existing enrollment tokens); each issue is audited.
+
+The DPU object, its image and the token's project are those of the project the DPU is in, which
+must be a project whose Discovery expects the serial (inventory/tenancy.py); nothing is looked up
+in an assumed project.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..crypto.onboarding import (
 from ..crypto.pki import AgentIdentity, PKIError
 from ..images.repository import ImageContentError, repository_for
 from ..inventory.catalog import find_profile
+from ..inventory.tenancy import ProjectResolver
 from ..runtime.conditions import ConditionStatus, Severity, set_condition, summarize_ready
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
@@ -79,6 +84,7 @@ def bootstrap_router(
     router = APIRouter(prefix=BOOTSTRAP_PREFIX, tags=["bootstrap"])
     store = state.store
     events = EventRecorder(store, "bootstrap")
+    resolver = ProjectResolver(store, authority.tokens.project_of)
     ca_sha256 = "sha256:" + hashlib.sha256(authority.ca.certificate.public_bytes(Encoding.DER)).hexdigest()
 
     def source(request: Request) -> str:
@@ -105,7 +111,7 @@ def bootstrap_router(
                 f"bootstrap-{purpose}", str(identity), str(exc.code), exc.message, source(request), code=403
             )
             raise Forbidden(f"device proof refused: {exc.message}", {"reasonCode": str(exc.code)}) from None
-        if req.serial not in await asyncio.to_thread(expected_serials):
+        if not await asyncio.to_thread(resolver.discovery_projects, req.serial):
             authority.audit(
                 f"bootstrap-{purpose}",
                 str(identity),
@@ -118,12 +124,6 @@ def bootstrap_router(
                 f"serial {req.serial} is not an expected machine (no Discovery lists it in expectedSerials)"
             )
         return body, identity
-
-    def expected_serials() -> set[str]:
-        found: set[str] = set()
-        for disc in store.list("Discovery").items:
-            found.update((disc.get("spec") or {}).get("expectedSerials") or [])
-        return found
 
     def record(dpu: dict[str, Any], stage: str, reason: str, message: str, version: str | None = None) -> None:
         failed = stage in FAILED_STAGES
@@ -156,24 +156,38 @@ def bootstrap_router(
         events.record(current, reason or stage, message, "Warning" if failed else "Normal")
 
     def expected_dpu(serial: str) -> dict[str, Any]:
+        """The DPU the operator created for this expected serial, in a project whose Discovery expects it."""
         name = dpu_name(serial)
-        try:
-            dpu = store.get("DPU", name, "default")
-        except NotFound:
+        expecting = resolver.discovery_projects(serial)
+        project = resolver.known_dpu(serial)
+        if project is None:
+            where = " or ".join(repr(p) for p in expecting)
             raise NotFound(
-                f"no onboarding information for serial {serial}: create dpu/{name} with spec.image"
-            ) from None
+                f"no onboarding information for serial {serial}: create dpu/{name} with spec.image in project {where}"
+            )
+        if project not in expecting:
+            raise Forbidden(
+                f"serial {serial} is dpu/{name} in project {project!r}, but only Discoveries of project "
+                f"{' and '.join(repr(p) for p in expecting)} expect it: list it in a Discovery of {project!r}"
+            )
+        try:
+            dpu = store.get("DPU", name, project)
+        except NotFound:
+            resolver.forget_dpu(serial)
+            raise NotFound(f"no onboarding information for serial {serial}: dpu/{name} was just deleted") from None
         if not (dpu.get("spec") or {}).get("image"):
             raise NotFound(f"no onboarding information for serial {serial}: dpu/{name} names no spec.image")
         return dpu
 
     def onboarding(body: SignedDeviceRequest, identity: AgentIdentity, progress_url: str, who: str) -> dict[str, Any]:
         dpu = expected_dpu(identity.serial)
-        spec = dpu["spec"]
+        spec, project = dpu["spec"], dpu["metadata"]["project"]
         try:
-            image = ImageSpec.model_validate(store.get("Image", spec["image"], "default")["spec"])
+            image = ImageSpec.model_validate(store.get("Image", spec["image"], project)["spec"])
         except NotFound:
-            raise NotFound(f"no onboarding information: image {spec['image']!r} does not exist") from None
+            raise NotFound(
+                f"no onboarding information: image {spec['image']!r} does not exist in project {project!r}"
+            ) from None
         os_component = next((c for c in image.components if c.type == ComponentType.OS), None)
         profile = find_profile(part_number=body.partNumber) if body.partNumber else None
         os_fw = profile.firmware_of_kind("os") if profile else None
@@ -189,7 +203,7 @@ def bootstrap_router(
             url = repository.signed_url(os_component.sha256, file_name, URL_TTL)
         except ImageContentError as exc:
             raise Unavailable(exc.message) from None
-        token = authority.tokens.create(identity, TOKEN_LIFETIME, "bootstrap")
+        token = authority.tokens.create(identity, TOKEN_LIFETIME, "bootstrap", project)
         issued = now()
         info = OnboardingInfo(
             serial=identity.serial,
@@ -241,7 +255,7 @@ def bootstrap_router(
         dpu = await asyncio.to_thread(expected_dpu, identity.serial)
         message = req.message or stage
         if stage == "Complete" and req.version:
-            image = store.get("Image", dpu["spec"]["image"], "default")
+            image = store.get("Image", dpu["spec"]["image"], dpu["metadata"]["project"])
             wanted = (image.get("spec") or {}).get("version")
             os_versions = [
                 c.get("version") for c in (image.get("spec") or {}).get("components") or [] if c.get("type") == "os"

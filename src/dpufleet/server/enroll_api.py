@@ -1,7 +1,8 @@
 """Operator endpoints for enrollment, on the API listener (bearer token, admin or operator):
 
 GET  /enroll/v1/info              the agent listener's URL and the fleet CA (what agents pin)
-POST /enroll/v1/tokens            a one-time enrollment token bound to one device
+POST /enroll/v1/tokens            a one-time enrollment token bound to one device (and the project it
+                                  belongs to until an object of it exists: inventory/tenancy.py)
 GET  /enroll/v1/tokens            the tokens (ids, devices, expiry, use; never the secrets)
 POST /enroll/v1/vendor-cas        trust a vendor CA's IDevIDs
 GET  /enroll/v1/vendor-cas        the trusted vendor CAs
@@ -19,8 +20,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from ..api.errors import Forbidden, Invalid
+from ..api.meta import Project
 from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity, PKIError, Role, cert_pem, fingerprint
+from ..inventory.tenancy import ProjectResolver, SerialConflict
 from ..security.enroll import EnrollmentAuthority
 from ..security.policy import SUBACTION_RULES, SubAction
 from .app import ServerState, _doc, _read_json
@@ -32,6 +35,7 @@ class TokenCreate(BaseModel):
     serial: str = Field(min_length=1, max_length=128)
     role: Role = "dpu"
     expiresSeconds: int = Field(default=3600, ge=60, le=30 * 86400)
+    project: Project | None = Field(default=None, description="the project the device belongs to")
 
 
 class VendorCA(BaseModel):
@@ -75,6 +79,22 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
 
     router = APIRouter(prefix=ENROLL_PREFIX, tags=["enrollment"])
     ca = authority.ca
+    resolver = ProjectResolver(state.store)
+
+    def check_project(identity: AgentIdentity, project: str | None) -> None:
+        """A token may not place a device in a project other than the one its object is in."""
+        if project is None:
+            return
+        if identity.role == "dpu":
+            held = resolver.known_dpu(identity.serial)
+        else:
+            host = resolver.find_host(identity.serial)
+            held = str(host["metadata"]["project"]) if host is not None else None
+        if held is not None and held != project:
+            raise SerialConflict(
+                f"project: {identity} is in project {held!r}, not {project!r}: serials are fleet-unique",
+                {"serial": identity.serial, "projects": sorted({held, project})},
+            )
 
     def info() -> dict[str, str]:
         return {
@@ -91,12 +111,15 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
     async def create_token(request: Request, who: str = Depends(operator)) -> Response:
         body: TokenCreate = _parse(TokenCreate, await _read_json(request))
         identity = _identity(body.serial, body.role)
-        token = await state.write(authority.tokens.create, identity, dt.timedelta(seconds=body.expiresSeconds), who)
+        await state.read(check_project, identity, body.project)
+        token = await state.write(
+            authority.tokens.create, identity, dt.timedelta(seconds=body.expiresSeconds), who, body.project
+        )
         authority.audit(
             "enroll-token-create",
             str(identity),
             "Success",
-            f"token {token.token_id}",
+            f"token {token.token_id}" + (f" for project {body.project}" if body.project else ""),
             _source(request),
             subject=who,
             roles="operator",
@@ -108,6 +131,7 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
                 "tokenId": token.token_id,
                 "identity": identity.uri,
                 "expires": token.expires.isoformat(),
+                "project": token.project,
                 **{k: v for k, v in info().items() if k != "caCertificate"},
             },
             201,

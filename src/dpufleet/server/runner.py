@@ -21,6 +21,7 @@ from ..crypto.pki import FleetCA
 from ..crypto.secrets import SecretBox
 from ..images.repository import ImageRepository, advertise_repository, attach_repository
 from ..inventory.reports import ReportHandler
+from ..inventory.tenancy import ProjectResolver
 from ..security.audit import AuditLog
 from ..security.enroll import EnrollmentAuthority
 from ..security.oidc import OIDCConfig, OIDCVerifier
@@ -86,7 +87,13 @@ class Server:
         enrollment = EnrollmentAuthority(ca, audit=AuditLog(store))
         host, port = parse_listen(agent_listen)
         listener = AgentListener.bind(
-            host, port, agent_app(state, ReportHandler(store), enrollment), ca, agent_advertise
+            host,
+            port,
+            agent_app(
+                state, ReportHandler(store, resolver=ProjectResolver(store, enrollment.tokens.project_of)), enrollment
+            ),
+            ca,
+            agent_advertise,
         )
         state.background.append(listener.run)
         if controllers:

@@ -79,6 +79,9 @@ WriteHook = Callable[[Connection, dict[str, Any] | None, dict[str, Any] | None],
 # Called inside a delete's transaction with the object about to be deleted; refuses by raising
 # (an image still used by DPUs). In the transaction, so no user can appear between check and delete.
 DeleteGuard = Callable[[Connection, dict[str, Any]], None]
+# Called inside a create's transaction with the new object and the objects created before it in the
+# same transaction (a group commit's batch); refuses by raising (a second DPU for a serial).
+CreateGuard = Callable[[Connection, dict[str, Any], list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Store:
         self.is_sqlite = url.startswith("sqlite")
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._delete_guards: dict[str, list[DeleteGuard]] = {}
+        self._create_guards: dict[str, list[CreateGuard]] = {}
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._writer: Connection | None = None  # SQLite: the one write connection, opened at the first write
         self._create_group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self.create_many)
@@ -192,6 +196,16 @@ class Store:
         guards = self._delete_guards.setdefault(_kind(kind).kind, [])
         if guard not in guards:
             guards.append(guard)
+
+    def add_create_guard(self, kind: str, guard: CreateGuard) -> None:
+        """Refuse creates of `kind` the guard raises for (once per guard)."""
+        guards = self._create_guards.setdefault(_kind(kind).kind, [])
+        if guard not in guards:
+            guards.append(guard)
+
+    def _guard_create(self, conn: Connection, obj: dict[str, Any], batch: builtins.list[dict[str, Any]]) -> None:
+        for guard in self._create_guards.get(obj["kind"], ()):
+            guard(conn, obj, batch)
 
     # --- transactions -----------------------------------------------------------------------------------
 
@@ -464,13 +478,18 @@ class Store:
             with self._write() as conn:
                 existing = self._existing(conn, keys)
                 seen: set[tuple[str, str, str]] = set()
-                batch = []
+                batch: builtins.list[dict[str, Any]] = []
                 for index, info, obj in ready:
                     key = (info.kind, obj["metadata"]["project"], obj["metadata"]["name"])
                     if key in existing or key in seen:
                         results[index] = AlreadyExists(
                             f"{info.singular} {key[2]!r} already exists in project {key[1]!r}"
                         )
+                        continue
+                    try:
+                        self._guard_create(conn, obj, batch)
+                    except APIError as exc:
+                        results[index] = exc
                         continue
                     seen.add(key)
                     batch.append(obj)
@@ -536,6 +555,7 @@ class Store:
             with self._write() as conn:
                 if hook is not None:
                     hook(conn, None, obj)
+                self._guard_create(conn, obj, [])
                 rv = self._next_rv(conn)
                 self._store_secrets(conn, info, obj, taken, {})
                 self._save(conn, obj, rv, ADDED)
