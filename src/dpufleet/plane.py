@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .crypto.secrets import SecretBox
+from .drivers.redfish.pool import pool as redfish_pool
 from .fleet.dpuset import DPUSetReconciler
 from .fleet.drift import DriftReconciler
 from .fleet.power import PowerActionReconciler
@@ -75,6 +76,7 @@ class Manager:
         finally:
             if own_feed:
                 await feed.stop()
+            await redfish_pool().aclose()  # the BMC connections of this loop: nobody uses them now
 
 
 def default_manager(store: Store, feed: ChangeFeed | None = None) -> Manager:
