@@ -151,7 +151,7 @@ def processors(ctx: Ctx, params: dict[str, str]) -> Json:
 def processor(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
     check_id(params["cpu_id"], "CPU0", "Processor")
-    cpu = ctx.bmc.dpu.profile.cpu
+    cpu, cpuinfo = ctx.bmc.dpu.profile.cpu, ctx.bmc.dpu.profile.cpuinfo
     return {
         "@odata.id": ctx.uri("Systems", SYSTEM_ID, "Processors", "CPU0"),
         "@odata.type": odata_type("Processor"),
@@ -160,9 +160,9 @@ def processor(ctx: Ctx, params: dict[str, str]) -> Json:
         "ProcessorType": "CPU",
         "ProcessorArchitecture": "ARM",
         "InstructionSet": "ARM-A64",
-        "Manufacturer": _CPU_MANUFACTURERS.get(cpu.implementer, "ARM"),
+        "Manufacturer": _CPU_MANUFACTURERS.get(cpuinfo.implementer, "ARM"),
         "Model": cpu.model,
-        "MaxSpeedMHz": cpu.mhz,
+        "MaxSpeedMHz": cpuinfo.mhz,
         "TotalCores": cpu.cores,
         "TotalThreads": cpu.cores,
         "Status": status_ok(_powered(ctx)),
