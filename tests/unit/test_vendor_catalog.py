@@ -182,3 +182,18 @@ def test_an_unknown_model_still_fails_provisioning_as_before():
     with pytest.raises(StepFailed) as caught:
         plan_components(image, find_profile(part_number="NOPE-1"), "img")
     assert caught.value.reason == "UnknownModel" and not caught.value.retryable
+
+
+def test_the_checker_lists_the_models_or_names_the_field_at_fault(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from dpufleet.vendors.__main__ import main
+
+    data = bf3_data(name="acme-dpu-9", vendor="Acme", model="Acme DPU 9", part_numbers=["AC-9*"])
+    path = write(tmp_path, data)
+    assert main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "VENDOR", "FAMILY", "MODEL", "PART", "NUMBERS", "FILE"]
+    assert lines[-1].split() == ["acme-dpu-9", "Acme", "BlueField", "Acme", "DPU", "9", "AC-9*", str(path)]
+    data["cpu"]["threads"] = 32
+    write(tmp_path, data)
+    assert main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"error: {path}: cpu.threads: unknown field\n"
