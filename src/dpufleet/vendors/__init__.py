@@ -2,7 +2,7 @@
 
 One YAML file per model (``vendors/models/``), validated against :mod:`.schema` as it
 loads, and looked up by what a card reports about itself (:meth:`Catalog.lookup`). The
-product reads hardware facts here and nowhere else; the emulator (``dpufleet.sim``)
+product reads hardware facts here and nowhere else; the emulator (``sim/``)
 builds its emulated cards on these same facts. This package depends on nothing of
 dpufleet but ``dpufleet.api``.
 """

@@ -5,7 +5,7 @@ numbers, PCI IDs, the vendor and model strings its BMC reports), what it can do 
 capabilities DPU status shows), which firmware components it has and whether each can be
 updated, which install paths it supports and which firmware parameters a DPUFlavor may
 set. How an emulated card presents itself (serial numbers, DMI strings, boot timings)
-is the emulator's business (``dpufleet.sim.profiles``), not the product's.
+is the emulator's business (its profiles, ``sim/profiles.py``), not the product's.
 
 Field names follow what the hardware itself reports (lspci IDs, Redfish firmware
 inventory ids), so a file can be checked against a real card.
