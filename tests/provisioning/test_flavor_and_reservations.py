@@ -8,11 +8,11 @@ from typing import Any
 from dpufleet.api.kinds import DPUFlavorSpec
 from dpufleet.inventory.catalog import catalog_capabilities
 from dpufleet.provisioning.flavor import check_flavor, profile_of
-from dpufleet.sim.profiles import get_profile
 from dpufleet.store import reservations
 from dpufleet.store.store import Store
+from dpufleet.vendors import builtin_catalog
 
-BF3 = get_profile("nvidia-bluefield-3")
+BF3 = builtin_catalog().models["nvidia-bluefield-3"]
 STATUS: dict[str, Any] = {"capabilities": catalog_capabilities(BF3), "vendor": BF3.vendor, "model": BF3.model}
 
 

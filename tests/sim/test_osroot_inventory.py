@@ -31,7 +31,7 @@ def test_agent_reports_what_the_profile_says(tmp_path: Path, name: str):
     assert {n.name: n.mac for n in inv.nics} == {n.name: n.mac for n in dpu.nics}
     assert {d.name: d.size_bytes for d in inv.disks} == {s.name: s.size_gib * 1024**3 for s in profile.storage}
     uefi = profile.firmware_of_kind("uefi")
-    assert uefi is not None and inv.dmi.bios_version == uefi.version
+    assert uefi is not None and inv.dmi.bios_version == profile.factory_firmware[uefi.id]
     assert inv.warnings == []
 
 

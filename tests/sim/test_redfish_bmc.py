@@ -12,7 +12,7 @@ import pytest
 
 from dpufleet.sim.bmc import BmcLimits
 from dpufleet.sim.fleet import FleetServer
-from dpufleet.sim.redfish.messages import MESSAGES
+from dpufleet.sim.messages import MESSAGES
 from support.net import poll
 
 from .conftest import PASSWORD, USER

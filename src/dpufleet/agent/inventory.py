@@ -236,16 +236,12 @@ def parse_vpd(data: bytes) -> VpdInfo | None:
 
 @lru_cache(maxsize=1)
 def known_dpu_ids() -> dict[tuple[str, str], KnownDpu]:
-    """PCI (vendor, device) IDs of DPU functions, from the vendor profiles."""
-    from dpufleet.sim.profiles import builtin_profiles
+    """PCI (vendor, device) IDs of DPU functions, from the vendor catalog."""
+    from dpufleet.vendors import builtin_catalog
 
     table: dict[tuple[str, str], KnownDpu] = {}
-    for profile in builtin_profiles().values():
-        specs: list[tuple[str, str, str]] = [(s.vendor_id, s.device_id, s.role) for s in profile.host_pci]
-        if profile.virtual_function is not None:
-            vf = profile.virtual_function
-            specs.append((vf.vendor_id, vf.device_id, "vf"))
-        for vendor_id, device_id, role in specs:
+    for profile in builtin_catalog():
+        for vendor_id, device_id, role in profile.pci_ids():
             table.setdefault(
                 (vendor_id, device_id),
                 KnownDpu(profile=profile.name, vendor=profile.vendor, model=profile.model, role=role),
@@ -311,7 +307,7 @@ def _aer(reader: _Reader, base: str) -> AerCounters | None:
 
 # Filesystems worth reporting (not proc, sysfs, tmpfs, overlay layers...).
 _REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs", "zfs", "jfs", "reiserfs", "squashfs"}
-STATVFS_FILE = "run/dpufleet-sim/statvfs"  # an emulated root's stand-in for statvfs(2) (dpufleet.sim.osroot)
+STATVFS_FILE = "run/dpufleet-sim/statvfs"  # an emulated root's stand-in for statvfs(2) (written by the emulator, sim/osroot.py)
 
 
 def _filesystems(reader: _Reader) -> list[FilesystemInfo]:

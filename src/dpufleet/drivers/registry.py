@@ -1,4 +1,4 @@
-"""Install drivers by name: what `spec.installPath` / a vendor profile's `install_paths` can name."""
+"""Install drivers by name: what `spec.installPath` / a catalog model's `install_paths` can name."""
 
 from __future__ import annotations
 

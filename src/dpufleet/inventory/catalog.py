@@ -1,16 +1,16 @@
-"""The hardware catalog: what each DPU model can do, from the vendor profile data files.
+"""The hardware catalog as inventory uses it: which model a DPU is, and what that model can do.
 
 Redfish tells cores and memory; it does not tell which accelerators a card has or
-how fast they are. The same vendor profiles the emulator uses (one YAML file per
-model, `dpufleet/sim/profiles/`) serve as the catalog, matched by part number,
-then by vendor and model, then by the PCI IDs a host sees.
+how fast they are. The vendor catalog (`dpufleet.vendors`, one YAML file per model)
+does; a DPU is matched to a model by part number, then by vendor and model, then by
+the PCI IDs a host sees.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..sim.profiles import VendorProfile, builtin_profiles
+from ..vendors import DpuModel, builtin_catalog
 
 
 def find_profile(
@@ -19,30 +19,12 @@ def find_profile(
     vendor: str | None = None,
     model: str | None = None,
     pci: tuple[str, str] | None = None,
-) -> VendorProfile | None:
-    profiles = list(builtin_profiles().values())
-    if part_number:
-        for p in profiles:
-            if p.part_number.lower() == part_number.lower():
-                return p
-    if vendor and model:
-        for p in profiles:
-            if p.vendor.lower() == vendor.lower() and p.model.lower() == model.lower():
-                return p
-    if pci:
-        vid, did = pci[0].lower().removeprefix("0x"), pci[1].lower().removeprefix("0x")
-        for p in profiles:
-            if any(f.vendor_id == vid and f.device_id == did for f in p.host_pci):
-                return p
-    return None
+) -> DpuModel | None:
+    """The catalog model of a DPU, or None when the catalog does not know it."""
+    return builtin_catalog().lookup(part_number=part_number, vendor=vendor, model=model, pci=pci).model
 
 
-def known_pci_ids() -> dict[tuple[str, str], VendorProfile]:
-    """(vendor id, device id) of every PCI function a DPU shows its host."""
-    return {(f.vendor_id, f.device_id): p for p in builtin_profiles().values() for f in p.host_pci}
-
-
-def catalog_capabilities(profile: VendorProfile) -> dict[str, Any]:
+def catalog_capabilities(profile: DpuModel) -> dict[str, Any]:
     """Capabilities as DPU status shows them (camelCase, units in the names)."""
     return {
         "catalogProfile": profile.name,

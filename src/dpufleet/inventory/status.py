@@ -35,7 +35,8 @@ from ..api.agent import HostDpu, Inventory
 from ..api.meta import isotime
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo
 from ..runtime.conditions import set_condition, summarize_ready
-from .catalog import VendorProfile, catalog_capabilities
+from ..vendors import DpuModel
+from .catalog import catalog_capabilities
 
 UPDATE_HISTORY_KEPT = 50
 DPU_IDENTITY_STEPS = ["Inventoried"]
@@ -102,7 +103,7 @@ def apply_crawl(
     inventory: BMCInventory,
     system: SystemInfo,
     part_number: str | None,
-    profile: VendorProfile | None,
+    profile: DpuModel | None,
     stamp: str,
     generation: Any,
 ) -> list[dict[str, Any]]:

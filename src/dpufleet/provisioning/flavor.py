@@ -12,7 +12,7 @@ from typing import Any
 
 from ..api.kinds import DPUFlavorSpec
 from ..inventory.catalog import find_profile
-from ..sim.profiles import FirmwareParameterSpec, VendorProfile, builtin_profiles
+from ..vendors import DpuModel, FirmwareParameterSpec, builtin_catalog
 
 _PAGE_BYTES = {"64Ki": 64 * 1024, "2Mi": 2 * 1024**2, "512Mi": 512 * 1024**2, "1Gi": 1024**3}
 _MiB = 1024**2
@@ -34,16 +34,17 @@ class FlavorDoesNotFit(Exception):
         super().__init__(f"flavor {flavor!r} does not fit DPU {dpu!r}: {detail}")
 
 
-def profile_of(status: dict[str, Any]) -> VendorProfile | None:
-    """The catalog entry of a DPU: the profile its inventory was matched to, else by identity."""
+def profile_of(status: dict[str, Any]) -> DpuModel | None:
+    """The catalog entry of a DPU: the model its inventory was matched to, else by identity."""
     caps = status.get("capabilities") or {}
     name = caps.get("catalogProfile")
-    if isinstance(name, str) and name in builtin_profiles():
-        return builtin_profiles()[name]
+    matched = builtin_catalog().get(name) if isinstance(name, str) else None
+    if matched is not None:
+        return matched
     return find_profile(part_number=status.get("partNumber"), vendor=status.get("vendor"), model=status.get("model"))
 
 
-def check_flavor(spec: DPUFlavorSpec, status: dict[str, Any], profile: VendorProfile | None) -> list[FlavorProblem]:
+def check_flavor(spec: DPUFlavorSpec, status: dict[str, Any], profile: DpuModel | None) -> list[FlavorProblem]:
     """Every way `spec` does not fit the DPU whose status (inventory) is given; empty when it fits."""
     problems: list[FlavorProblem] = []
     caps = status.get("capabilities") or {}
@@ -90,7 +91,7 @@ def check_flavor(spec: DPUFlavorSpec, status: dict[str, Any], profile: VendorPro
 
 
 def _firmware_parameter_problems(
-    spec: DPUFlavorSpec, caps: dict[str, Any], profile: VendorProfile | None
+    spec: DPUFlavorSpec, caps: dict[str, Any], profile: DpuModel | None
 ) -> list[FlavorProblem]:
     if not spec.firmwareParameters:
         return []

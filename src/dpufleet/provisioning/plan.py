@@ -8,10 +8,10 @@ from typing import Any
 
 from ..api.kinds import ComponentType, ImageComponent, ImageSpec
 from ..lifecycle.planner import StepAction, Unsatisfiable, plan_update
-from ..sim.profiles import VendorProfile
+from ..vendors import DpuModel
 from .machine import StepFailed
 
-# Image component type -> the firmware kind of the vendor profile's inventory it replaces.
+# Image component type -> the firmware kind of the catalog model's inventory it replaces.
 _FIRMWARE_KIND = {
     ComponentType.OS: "os",
     ComponentType.NIC_FIRMWARE: "nic",
@@ -32,7 +32,7 @@ class PlannedComponent:
         return f"{self.target}-{self.component.version}.bin"
 
 
-def plan_components(image: ImageSpec, profile: VendorProfile | None, image_name: str) -> list[PlannedComponent]:
+def plan_components(image: ImageSpec, profile: DpuModel | None, image_name: str) -> list[PlannedComponent]:
     if profile is None:
         raise StepFailed("UnknownModel", "the DPU's model is not in the hardware catalog", retryable=False)
     planned = []
@@ -50,7 +50,7 @@ def plan_components(image: ImageSpec, profile: VendorProfile | None, image_name:
     return planned
 
 
-def choose_install_path(spec: dict[str, Any], profile: VendorProfile | None) -> str:
+def choose_install_path(spec: dict[str, Any], profile: DpuModel | None) -> str:
     supported = list(profile.install_paths) if profile else ["redfish-update"]
     wanted = spec.get("installPath")
     if wanted and wanted not in supported:

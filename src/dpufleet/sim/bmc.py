@@ -4,7 +4,8 @@ A :class:`SimBMC` owns its DPU's management-plane state (accounts, sessions,
 tasks, the event log) and performs the slow things a BMC does -- power
 transitions, firmware updates, its own reboot -- as asyncio tasks on the
 serving event loop, never as blocking sleeps. The HTTP side lives in
-:mod:`dpufleet.sim.redfish`; :func:`create_bmc_app` wraps it.
+:mod:`dpufleet.sim.redfish` (above this module: the BMC's state imports none of its views),
+the network installer and the A/B slots in :mod:`dpufleet.sim.installer` (below it).
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from dpufleet.sim.clock import BmcTimings, Deadlines, utcnow_iso
 from dpufleet.sim.devices import PowerState, SimDPU
+from dpufleet.sim.installer import SlotBoot, boot_slots, run_installer, version_from_image
+from dpufleet.sim.messages import RedfishError, message, message_id, render
 from dpufleet.sim.osroot import refresh_dpu_firmware_files, refresh_dpu_nic_files
-from dpufleet.sim.redfish.messages import RedfishError, message, message_id, render
 
 SYSTEM_ID = "DPU"
 MANAGER_ID = "BMC"
@@ -47,44 +48,6 @@ ROLES: dict[str, tuple[str, ...]] = {
     "Operator": ("Login", "ConfigureSelf", "ConfigureComponents"),
     "ReadOnly": ("Login", "ConfigureSelf"),
 }
-_IMAGE_SUFFIXES = (".tar.gz", ".fwpkg", ".bfb", ".bin", ".img", ".pldm", ".tar", ".zip")
-
-
-def utcnow_iso() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-@dataclass(frozen=True)
-class BmcTimings:
-    """How long the emulated hardware takes. ``time_scale`` shrinks everything (tests use ~0.01)."""
-
-    power_on_seconds: float = 40.0
-    power_off_seconds: float = 5.0
-    update_seconds: float = 60.0
-    bmc_restart_seconds: float = 30.0
-    installer_watchdog_seconds: float = 30.0  # a failed installer (or slot) shows its error this long
-    time_scale: float = 1.0
-
-    def scaled(self, seconds: float) -> float:
-        return max(seconds * self.time_scale, 0.0)
-
-
-class Deadlines:
-    """Stages of `step` seconds each, timed from when the sequence started rather than from when the
-    last sleep happened to end: a busy event loop wakes sleepers late, and ten stages in a row would
-    otherwise add ten lateness to what the hardware takes."""
-
-    def __init__(self, step: float) -> None:
-        self.step = step
-        self._mark = time.monotonic()
-
-    def restart(self) -> None:
-        """The next stage is timed from now (something between stages took its own time)."""
-        self._mark = time.monotonic()
-
-    async def next(self) -> None:
-        self._mark += self.step
-        await asyncio.sleep(max(0.0, self._mark - time.monotonic()))
 
 
 @dataclass(frozen=True)
@@ -163,6 +126,9 @@ class SimSubscription:
     failed: int = 0
 
 
+EventSender = Callable[["SimBMC", SimSubscription, SimLogEntry, str], Coroutine[Any, Any, None]]
+
+
 class BootHooks(Protocol):
     """What fault injection (dpufleet.sim.faults) adds to a power sequence."""
 
@@ -201,10 +167,13 @@ class SimBMC:
     fail_updates: bool = False
     corrupt_next_slot: bool = False  # the slot the next boot tries is found corrupt (a bad flash page)
     installer_failures: list[str] = field(default_factory=list)  # why network installs failed, newest last
-    slot_boots: list[Any] = field(default_factory=list)  # SlotBoot outcomes of A/B boots, newest last
+    slot_boots: list[SlotBoot] = field(default_factory=list)  # outcomes of A/B boots, newest last
     crashed: bool = False  # the BMC itself is dead: its HTTP service answers nothing (fault bmc-crash)
     boot_hooks: BootHooks | None = None
     subscriptions: dict[str, SimSubscription] = field(default_factory=dict)
+    # How an event reaches a subscriber: set by the EventService that took the subscription
+    # (dpufleet.sim.redfish.events), so this state needs no HTTP client of its own.
+    event_sender: EventSender | None = None
     events_sent: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _power_job: asyncio.Task[None] | None = None
@@ -289,13 +258,13 @@ class SimBMC:
             if self.loop is not None and not self.loop.is_closed():
                 self.loop.call_soon_threadsafe(self.publish, entry, origin)
             return
-        from dpufleet.sim.redfish.events import deliver  # the events module imports this one
-
+        if self.event_sender is None:
+            return
         for sub in list(self.subscriptions.values()):
             prefix = entry.message_id.split(".", 1)[0]
             if sub.registry_prefixes and prefix not in sub.registry_prefixes:
                 continue
-            self._spawn(deliver(self, sub, entry, origin))
+            self._spawn(self.event_sender(self, sub, entry, origin))
 
     # -- background jobs ------------------------------------------------------
 
@@ -419,8 +388,6 @@ class SimBMC:
         await clock.next()
         source = self._network_boot_source()
         if source is not None:
-            from dpufleet.sim.installer import run_installer  # the installer imports this module
-
             await run_installer(self, *source)
             clock.restart()
         self.set_boot_progress("SetupEntered")
@@ -457,8 +424,6 @@ class SimBMC:
 
     async def _boot_slot(self, boot: float) -> None:
         """The bootloader tries the next A/B slot; a slot that does not boot costs a watchdog period."""
-        from dpufleet.sim.installer import boot_slots
-
         outcome = boot_slots(self.dpu, corrupt_next=self.corrupt_next_slot, at=utcnow_iso())
         if outcome is None:
             return
@@ -539,18 +504,6 @@ class SimBMC:
         task.state = TaskState.COMPLETED
 
 
-def version_from_image(image_uri: str, firmware_id: str) -> str:
-    name = PurePosixPath(urlparse(image_uri).path).name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    for sep in ("-", "_"):
-        if name.startswith(firmware_id + sep):
-            return name[len(firmware_id) + 1 :]
-    return name or "unknown"
-
-
 def new_bmc(
     bmc_id: str,
     dpu: SimDPU,
@@ -579,10 +532,3 @@ def new_bmc(
         or BmcTimings(power_on_seconds=dpu.profile.bmc.boot_seconds, bmc_restart_seconds=dpu.profile.bmc.reset_seconds),
         limits=limits or BmcLimits(),
     )
-
-
-def create_bmc_app(bmc: SimBMC) -> Any:
-    """The ASGI app serving ``bmc`` at /redfish/v1 (see :mod:`dpufleet.sim.redfish.app`)."""
-    from dpufleet.sim.redfish.app import create_bmc_app as _create  # the app imports this module
-
-    return _create(bmc)

@@ -1,4 +1,4 @@
-"""Plain, typed state of emulated hosts and DPUs.
+"""Plain, typed state of emulated hosts and DPUs, and the factory that makes a DPU of a profile.
 
 Everything the emulator shows (OS files, Redfish resources) is rendered from
 these objects, so a fault injector flips one field here and every view of the
@@ -8,10 +8,16 @@ device agrees.
 from __future__ import annotations
 
 import enum
+import random
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpufleet.sim.profiles import HostPciSpec, VendorProfile
+from dpufleet.sim.profiles import VendorProfile
+from dpufleet.vendors import HostPciSpec
+
+# PCIe bus numbers of the slots where hosts carry DPUs.
+SLOT_BUSES: tuple[int, ...] = (0x17, 0x31, 0x4B, 0x65, 0x98, 0xB1, 0xCA, 0xE3)
 
 
 class PowerState(enum.StrEnum):
@@ -127,3 +133,55 @@ class SimHost:
     osroot: Path | None = None
     os_alive: bool = True  # the host OS runs and its agent can report
     boot_count: int = 0  # completed reboots (a reset or power cycle that came back up)
+
+
+class MacAllocator:
+    """Hands out unique MAC addresses per OUI, from a seed-chosen starting point."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._next: dict[str, int] = {}
+
+    def allocate(self, oui: str) -> str:
+        if oui not in self._next:
+            self._next[oui] = self._rng.randrange(0x010000, 0x800000)
+        value = self._next[oui]
+        if value > 0xFFFFFF:
+            raise RuntimeError(f"MAC space of OUI {oui} exhausted")
+        self._next[oui] = value + 1
+        return f"{oui}:{value >> 16:02x}:{(value >> 8) & 0xFF:02x}:{value & 0xFF:02x}"
+
+
+def new_uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def make_dpu(
+    profile: VendorProfile,
+    *,
+    serial: str,
+    dpu_id: str,
+    host_id: str | None,
+    slot: int,
+    rng: random.Random,
+    macs: MacAllocator,
+) -> SimDPU:
+    """A DPU of ``profile`` with factory firmware, its NICs' MACs and identity."""
+    nics = [SimNic(p.name, macs.allocate(profile.mac_oui), p.speed_gbps * 1000) for p in profile.ports]
+    nics.append(SimNic(profile.management_interface, macs.allocate(profile.mac_oui), 1000))
+    return SimDPU(
+        id=dpu_id,
+        profile=profile,
+        serial=serial,
+        uuid=new_uuid(rng),
+        hostname=dpu_id,
+        host_id=host_id,
+        slot=slot,
+        host_bus=SLOT_BUSES[slot % len(SLOT_BUSES)],
+        nics=nics,
+        bmc_mac=macs.allocate(profile.bmc.mac_oui),
+        bmc_serial=serial,
+        firmware=dict(profile.factory_firmware),
+        temperature_celsius=profile.thermal.idle_celsius,
+        power_watts=profile.thermal.idle_watts,
+    )

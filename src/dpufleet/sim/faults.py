@@ -467,7 +467,7 @@ class FaultInjector:
 def golden_version(dpu: SimDPU) -> str:
     """The OS version of the DPU's golden (factory) image."""
     os_fw = dpu.profile.firmware_of_kind("os")
-    return os_fw.version if os_fw is not None else "golden"
+    return dpu.profile.factory_firmware[os_fw.id] if os_fw is not None else "golden"
 
 
 def _chassis_id() -> str:

@@ -13,7 +13,6 @@ import random
 import secrets
 import string
 import threading
-import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,16 +21,15 @@ from typing import Any
 
 import uvicorn
 
-from dpufleet.sim.bmc import BmcLimits, BmcTimings, SimBMC, new_bmc
-from dpufleet.sim.devices import HOST_MODELS, SimDPU, SimHost, SimNic
+from dpufleet.sim.bmc import BmcLimits, SimBMC, new_bmc
+from dpufleet.sim.clock import BmcTimings
+from dpufleet.sim.devices import HOST_MODELS, SLOT_BUSES, MacAllocator, SimDPU, SimHost, make_dpu, new_uuid
 from dpufleet.sim.osroot import write_dpu_root, write_host_root
-from dpufleet.sim.profiles import VendorProfile, get_profile
+from dpufleet.sim.profiles import get_profile
 from dpufleet.sim.redfish.app import TRANSPORT_SCOPE_KEY, RedfishApp, create_bmc_app, create_fleet_app
 from dpufleet.sim.redfish.events import close_senders
 from dpufleet.sim.tls import CertFiles, make_self_signed
 
-# PCIe bus numbers of the slots where hosts carry DPUs.
-SLOT_BUSES: tuple[int, ...] = (0x17, 0x31, 0x4B, 0x65, 0x98, 0xB1, 0xCA, 0xE3)
 _START_TIMEOUT_SECONDS = 10.0
 
 try:
@@ -52,58 +50,6 @@ class _FleetHttpProtocol(_BaseProtocol):
             await inner(scope, receive, send)
 
         self.app = app
-
-
-class MacAllocator:
-    """Hands out unique MAC addresses per OUI, from a seed-chosen starting point."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-        self._next: dict[str, int] = {}
-
-    def allocate(self, oui: str) -> str:
-        if oui not in self._next:
-            self._next[oui] = self._rng.randrange(0x010000, 0x800000)
-        value = self._next[oui]
-        if value > 0xFFFFFF:
-            raise RuntimeError(f"MAC space of OUI {oui} exhausted")
-        self._next[oui] = value + 1
-        return f"{oui}:{value >> 16:02x}:{(value >> 8) & 0xFF:02x}:{value & 0xFF:02x}"
-
-
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-
-def make_dpu(
-    profile: VendorProfile,
-    *,
-    serial: str,
-    dpu_id: str,
-    host_id: str | None,
-    slot: int,
-    rng: random.Random,
-    macs: MacAllocator,
-) -> SimDPU:
-    """A DPU of ``profile`` with factory firmware, its NICs' MACs and identity."""
-    nics = [SimNic(p.name, macs.allocate(profile.mac_oui), p.speed_gbps * 1000) for p in profile.ports]
-    nics.append(SimNic(profile.management_interface, macs.allocate(profile.mac_oui), 1000))
-    return SimDPU(
-        id=dpu_id,
-        profile=profile,
-        serial=serial,
-        uuid=_uuid(rng),
-        hostname=dpu_id,
-        host_id=host_id,
-        slot=slot,
-        host_bus=SLOT_BUSES[slot % len(SLOT_BUSES)],
-        nics=nics,
-        bmc_mac=macs.allocate(profile.bmc.mac_oui),
-        bmc_serial=serial,
-        firmware={fw.id: fw.version for fw in profile.firmware},
-        temperature_celsius=profile.thermal.idle_celsius,
-        power_watts=profile.thermal.idle_watts,
-    )
 
 
 @dataclass
@@ -204,7 +150,7 @@ def build_fleet(
         while host_serial in host_serials:
             host_serial = "".join(rng.choices(string.ascii_uppercase + string.digits, k=7))
         host_serials.add(host_serial)
-        host = SimHost(id=host_id, serial=host_serial, uuid=_uuid(rng), model=rng.choice(HOST_MODELS))
+        host = SimHost(id=host_id, serial=host_serial, uuid=new_uuid(rng), model=rng.choice(HOST_MODELS))
         profile = resolved[h % len(resolved)]
         for d in range(dpus_per_host):
             year, week = rng.randint(21, 25), rng.randint(1, 52)
@@ -223,7 +169,7 @@ def build_fleet(
                 time_scale=time_scale,
             )
             bmc = new_bmc(
-                dpu.id, dpu, {username: passwords(dpu.id)}, seed_uuid=_uuid(rng), timings=timings, limits=limits
+                dpu.id, dpu, {username: passwords(dpu.id)}, seed_uuid=new_uuid(rng), timings=timings, limits=limits
             )
             bmc.log("ResourcePoweredOn", f"{dpu.id} system")
             fleet.bmcs[bmc.id] = bmc

@@ -22,20 +22,32 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import Protocol
+from urllib.parse import urlparse, urlsplit
 
 import httpx
 
 from dpufleet.agent import slots
+from dpufleet.sim.clock import BmcTimings
 from dpufleet.sim.devices import SimDPU
-from dpufleet.sim.osroot import refresh_dpu_firmware_files
+from dpufleet.sim.osroot import init_slots, refresh_dpu_firmware_files
 
-if TYPE_CHECKING:
-    from dpufleet.sim.bmc import SimBMC
-
+_IMAGE_SUFFIXES = (".tar.gz", ".fwpkg", ".bfb", ".bin", ".img", ".pldm", ".tar", ".zip")
 _DIGEST_IN_PATH = re.compile(r"(?:^|/)(?:sha256[/:])?([0-9a-f]{64})(?:/|\.|$)")
 DOWNLOAD_TIMEOUT = 30.0
+
+
+class InstallerConsole(Protocol):
+    """What the installer needs of the BMC whose DPU it runs on (a SimBMC): the installer sits
+    below the BMC and reaches it only through this."""
+
+    dpu: SimDPU
+    timings: BmcTimings
+    installer_failures: list[str]
+
+    def set_boot_progress(self, stage: str, oem: str | None = None) -> None: ...
+
+    def log(self, key: str, *args: object, origin: str | None = None) -> object: ...
 
 
 class InstallerError(Exception):
@@ -56,6 +68,19 @@ def digest_in(uri: str) -> str | None:
     return match.group(1) if match else None
 
 
+def version_from_image(image_uri: str, firmware_id: str) -> str:
+    """The version an image file carries in its name: ``<id>-<version>.<ext>`` or ``<version>.<ext>``."""
+    name = PurePosixPath(urlparse(image_uri).path).name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for sep in ("-", "_"):
+        if name.startswith(firmware_id + sep):
+            return name[len(firmware_id) + 1 :]
+    return name or "unknown"
+
+
 def target_in(dpu: SimDPU, uri: str) -> str | None:
     name = PurePosixPath(urlsplit(uri).path).name
     for fw in dpu.profile.firmware:
@@ -65,22 +90,6 @@ def target_in(dpu: SimDPU, uri: str) -> str | None:
 
 
 # --- the A/B slots ------------------------------------------------------------------------------------
-
-
-def init_slots(dpu: SimDPU) -> None:
-    """Slot a holds the factory image of the running OS version; slot b is empty."""
-    root = dpu.osroot
-    os_fw = dpu.profile.firmware_of_kind("os")
-    if root is None or os_fw is None or slots.read_state(root) is not None:
-        return
-    version = dpu.firmware[os_fw.id]
-    data = f"factory image {os_fw.id} {version}\n".encode()
-    slots.image_path(root, "a").parent.mkdir(parents=True, exist_ok=True)
-    slots.image_path(root, "a").write_bytes(data)
-    slots.write_slot_meta(
-        root, "a", {"version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    )
-    slots.write_state(root, {"active": "a", "next": "a", "bootCount": 0, "lastBoot": None})
 
 
 def _set_running_version(dpu: SimDPU, target: str, version: str) -> None:
@@ -173,7 +182,7 @@ async def _download(uri: str) -> bytes:
     return resp.content
 
 
-async def run_installer(bmc: SimBMC, uri: str, source: str) -> None:
+async def run_installer(bmc: InstallerConsole, uri: str, source: str) -> None:
     """Boot the installer from `uri` (source: UefiHttp or Cd); on failure, leave the OS as it was."""
     dpu = bmc.dpu
     timings = bmc.timings
@@ -195,8 +204,6 @@ async def run_installer(bmc: SimBMC, uri: str, source: str) -> None:
             )
         if target == "unknown":
             raise InstallerError("UnknownTarget", f"{name}: no firmware of this DPU is named <id>-<version>")
-        from dpufleet.sim.bmc import version_from_image
-
         version = version_from_image(uri, target)
         bmc.set_boot_progress("OEM", f"Installer ({source}): writing {target} {version}")
         await asyncio.sleep(timings.scaled(timings.update_seconds) * 2 / 3)

@@ -9,11 +9,13 @@ directories exactly as it is pointed at ``/`` on real hardware.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from pathlib import Path
 
-from dpufleet.sim.devices import SimDPU, SimHost, SimNic
+from dpufleet.agent import slots
+from dpufleet.sim.devices import MacAllocator, SimDPU, SimHost, SimNic, make_dpu
 from dpufleet.sim.profiles import VendorProfile
 
 # Memory the firmware and kernel keep for themselves (what MemTotal hides).
@@ -82,9 +84,9 @@ def _card_vpd(dpu: SimDPU) -> bytes:
 
 
 def _cpuinfo_arm(profile: VendorProfile) -> str:
-    cpu = profile.cpu
+    cpu = profile.cpuinfo
     blocks = []
-    for index in range(cpu.cores):
+    for index in range(profile.cpu.cores):
         blocks.append(
             f"processor\t: {index}\n"
             f"BogoMIPS\t: {cpu.bogomips:.2f}\n"
@@ -313,7 +315,7 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
     for disk in profile.storage:
         sectors = disk.size_gib * 1024**3 // 512
         _write(root, f"sys/block/{disk.name}/size", f"{sectors}\n")
-        _write(root, f"sys/block/{disk.name}/device/model", disk.model + "\n")
+        _write(root, f"sys/block/{disk.name}/device/model", profile.disk_model(disk.name) + "\n")
         _write(root, f"sys/block/{disk.name}/queue/rotational", "0\n")
     # The Arm side enumerates the NIC functions on its own PCIe root too.
     vpd = _card_vpd(dpu)
@@ -323,10 +325,25 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
     dpu.osroot = root
     refresh_dpu_firmware_files(dpu)
     write_dpu_filesystems(dpu)
-    from dpufleet.sim.installer import init_slots  # the installer imports this module
-
     init_slots(dpu)
     return root
+
+
+def init_slots(dpu: SimDPU) -> None:
+    """Slot a holds the factory image of the running OS version; slot b is empty (the A/B slot
+    files the agent reads, ``agent/slots.py``; the installer and the bootloader change them)."""
+    root = dpu.osroot
+    os_fw = dpu.profile.firmware_of_kind("os")
+    if root is None or os_fw is None or slots.read_state(root) is not None:
+        return
+    version = dpu.firmware[os_fw.id]
+    data = f"factory image {os_fw.id} {version}\n".encode()
+    slots.image_path(root, "a").parent.mkdir(parents=True, exist_ok=True)
+    slots.image_path(root, "a").write_bytes(data)
+    slots.write_slot_meta(
+        root, "a", {"version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    )
+    slots.write_state(root, {"active": "a", "next": "a", "bootCount": 0, "lastBoot": None})
 
 
 def write_host_root(host: SimHost, root: Path) -> Path:
@@ -372,8 +389,6 @@ def write_host_root(host: SimHost, root: Path) -> Path:
 
 def materialise_dpu_root(profile: VendorProfile, serial: str, seed: int, root: Path) -> SimDPU:
     """Build a stand-alone DPU (no host) from a profile and write its OS root."""
-    from dpufleet.sim.fleet import MacAllocator, make_dpu  # local: fleet imports this module
-
     rng = random.Random(f"{seed}:{serial}")
     dpu = make_dpu(profile, serial=serial, dpu_id=serial.lower(), host_id=None, slot=0, rng=rng, macs=MacAllocator(rng))
     write_dpu_root(dpu, root)

@@ -1,37 +1,46 @@
-"""Vendor profiles of emulated DPUs, loaded from YAML data files.
+"""Vendor profiles of emulated DPUs: a catalog model plus how the emulator presents it.
 
-A profile describes everything the emulator needs to impersonate one DPU
-model: what the host sees on its PCI bus, what the DPU's own OS reports, what
-its BMC answers over Redfish. Adding a vendor means adding a YAML file to
-``sim/profiles/`` (or to a directory passed to :func:`load_profiles`), never
-code.
+The hardware facts of a model (PCI IDs, ports, accelerators, firmware components,
+install paths) are the product's vendor catalog (:mod:`dpufleet.vendors`): the emulator
+does not keep its own copy, so an emulated card always is what the control plane
+believes that model to be. A profile file (``sim/profiles/*.yaml``) names the catalog
+model it ``emulates`` and adds only what is the emulator's: the identity of one card
+(part number, serial pattern, MAC OUI), what its OS and BMC show (cpuinfo, disk models,
+os-release, DMI, BMC strings), its factory firmware versions, its timings and thermals.
+
+Adding a vendor means adding a catalog file and a profile file, never code.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from dpufleet.vendors import Catalog, DataFileError, DpuModel, builtin_catalog
+from dpufleet.vendors.files import invalid, read_mapping
+from dpufleet.vendors.schema import Strict
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
-_HEX4 = re.compile(r"^[0-9a-f]{4}$")
-_HEX6 = re.compile(r"^[0-9a-f]{6}$")
 _OUI = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){2}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _oui(value: str) -> str:
+    value = value.lower()
+    if not _OUI.match(value):
+        raise ValueError(f"expected a MAC OUI like 'aa:bb:cc', got {value!r}")
+    return value
 
 
-class CpuSpec(_Strict):
-    cores: int = Field(gt=0)
-    model: str
+class CpuInfoSpec(Strict):
+    """What /proc/cpuinfo and Redfish Processors show beyond the catalog's cores and model."""
+
     implementer: str
     part: str
     variant: str = "0x0"
@@ -41,86 +50,7 @@ class CpuSpec(_Strict):
     features: str
 
 
-class MemorySpec(_Strict):
-    total_mib: int = Field(gt=0)
-    type: str
-    speed_mts: int = Field(gt=0)
-
-
-class StorageSpec(_Strict):
-    name: str
-    kind: Literal["eMMC", "NVMe", "SSD"]
-    model: str
-    size_gib: int = Field(gt=0)
-
-
-class PortSpec(_Strict):
-    name: str
-    speed_gbps: int = Field(gt=0)
-    connector: str
-
-
-class PciIdSpec(_Strict):
-    """A PCI function type as the host enumerates it (what lspci prints)."""
-
-    vendor_id: str
-    device_id: str
-    class_code: str
-    description: str
-
-    @field_validator("vendor_id", "device_id")
-    @classmethod
-    def _hex4(cls, value: str) -> str:
-        value = value.lower()
-        if not _HEX4.match(value):
-            raise ValueError(f"expected 4 hex digits, got {value!r}")
-        return value
-
-    @field_validator("class_code")
-    @classmethod
-    def _hex6(cls, value: str) -> str:
-        value = value.lower()
-        if not _HEX6.match(value):
-            raise ValueError(f"expected 6 hex digits, got {value!r}")
-        return value
-
-
-class HostPciSpec(PciIdSpec):
-    role: Literal["nic", "management", "bridge", "storage", "accelerator"]
-    functions: int = Field(default=1, ge=1, le=8)
-
-
-class VirtualFunctionSpec(PciIdSpec):
-    max_vfs: int = Field(ge=0)
-
-
-AcceleratorKind = Literal["crypto", "compression", "regex", "rdma", "storage", "packet", "ml"]
-
-
-class AcceleratorSpec(_Strict):
-    kind: AcceleratorKind
-    name: str
-    algorithms: list[str] = Field(min_length=1)
-    throughput_gbps: float | None = None
-    iops: int | None = None
-    ops_per_second: int | None = None
-
-    @model_validator(mode="after")
-    def _has_a_figure(self) -> AcceleratorSpec:
-        if self.throughput_gbps is None and self.iops is None and self.ops_per_second is None:
-            raise ValueError(f"accelerator {self.name!r} needs throughput_gbps, iops or ops_per_second")
-        return self
-
-
-class FirmwareSpec(_Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str
-    kind: str
-    version: str
-    updateable: bool = True
-
-
-class OsSpec(_Strict):
+class OsSpec(Strict):
     id: str
     name: str
     version_id: str
@@ -130,7 +60,7 @@ class OsSpec(_Strict):
     kernel_build: str
 
 
-class DmiSpec(_Strict):
+class DmiSpec(Strict):
     sys_vendor: str
     product_name: str
     board_vendor: str
@@ -139,7 +69,7 @@ class DmiSpec(_Strict):
     chassis_vendor: str
 
 
-class BmcSpec(_Strict):
+class BmcSpec(Strict):
     manufacturer: str
     model: str
     firmware_id: str
@@ -147,69 +77,58 @@ class BmcSpec(_Strict):
     boot_seconds: float = Field(gt=0)
     reset_seconds: float = Field(gt=0)
 
+    @field_validator("mac_oui")
+    @classmethod
+    def _mac_oui(cls, value: str) -> str:
+        return _oui(value)
 
-class ThermalSpec(_Strict):
+
+class ThermalSpec(Strict):
     idle_celsius: float
     critical_celsius: float
     idle_watts: float
     max_watts: float
 
 
-class FirmwareParameterSpec(_Strict):
-    """A vendor firmware parameter a DPUFlavor may set (BlueField's mlxconfig NUM_OF_VFS, LINK_TYPE_P1, ...).
-
-    ``limit`` ties a numeric parameter to a device capability: ``max_vfs`` means the value
-    may not exceed the model's virtual function limit.
-    """
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["int", "bool", "enum", "string"]
-    values: list[str] = Field(default_factory=list)
-    minimum: int | None = None
-    maximum: int | None = None
-    limit: Literal["max_vfs"] | None = None
-    description: str = ""
-
-
-InstallPath = Literal["redfish-update", "http-boot", "virtual-media", "agent", "host-channel"]
-
-
-def _default_install_paths() -> list[InstallPath]:
-    return ["redfish-update"]
+# Fields of a profile file; the rest of a VendorProfile is the catalog model it emulates.
+_EMULATOR_FIELDS = (
+    "name",
+    "emulates",
+    "part_number",
+    "serial_pattern",
+    "mac_oui",
+    "management_interface",
+    "cpuinfo",
+    "disk_models",
+    "factory_firmware",
+    "os",
+    "dmi",
+    "bmc",
+    "thermal",
+)
 
 
-class VendorProfile(_Strict):
-    """One DPU model. Field names follow what the hardware itself reports."""
+class VendorProfile(DpuModel):
+    """One emulated DPU model: the catalog model it ``emulates`` (every inherited field, filled
+    from :mod:`dpufleet.vendors` when the profile loads) plus how the emulator presents it."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    vendor: str
-    model: str
+    emulates: str
     part_number: str
     serial_pattern: str
     mac_oui: str
-    cpu: CpuSpec
-    memory: MemorySpec
-    storage: list[StorageSpec] = Field(min_length=1)
-    ports: list[PortSpec] = Field(min_length=1)
     management_interface: str
-    host_pci: list[HostPciSpec] = Field(min_length=1)
-    virtual_function: VirtualFunctionSpec | None = None
-    accelerators: list[AcceleratorSpec] = Field(min_length=1)
-    firmware: list[FirmwareSpec] = Field(min_length=1)
+    cpuinfo: CpuInfoSpec
+    disk_models: dict[str, str]
+    factory_firmware: dict[str, str]
     os: OsSpec
     dmi: DmiSpec
     bmc: BmcSpec
     thermal: ThermalSpec
-    firmware_parameters: list[FirmwareParameterSpec] = Field(default_factory=list)
-    install_paths: list[InstallPath] = Field(default_factory=_default_install_paths)
 
     @field_validator("mac_oui")
     @classmethod
-    def _oui(cls, value: str) -> str:
-        value = value.lower()
-        if not _OUI.match(value):
-            raise ValueError(f"mac_oui must look like 'aa:bb:cc', got {value!r}")
-        return value
+    def _mac_oui(cls, value: str) -> str:
+        return _oui(value)
 
     @field_validator("serial_pattern")
     @classmethod
@@ -221,49 +140,79 @@ class VendorProfile(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> VendorProfile:
-        ids = [fw.id for fw in self.firmware]
-        if len(set(ids)) != len(ids):
-            raise ValueError("firmware ids must be unique")
+    def _fits_the_model(self) -> VendorProfile:
+        """What the emulator shows must be a card of the catalog model, no more and no less."""
+        if not any(fnmatch.fnmatchcase(self.part_number.casefold(), p.casefold()) for p in self.part_numbers):
+            raise ValueError(
+                f"part_number {self.part_number!r} is not one of the catalog's part_numbers ({', '.join(self.part_numbers)})"
+            )
+        ids = {fw.id for fw in self.firmware}
+        missing = sorted(ids - set(self.factory_firmware))
+        if missing:
+            raise ValueError(
+                f"factory_firmware needs a version of every firmware component; missing {', '.join(missing)}"
+            )
+        extra = sorted(set(self.factory_firmware) - ids)
+        if extra:
+            raise ValueError(f"factory_firmware names components the catalog model lacks: {', '.join(extra)}")
         if self.bmc.firmware_id not in ids:
             raise ValueError(f"bmc.firmware_id {self.bmc.firmware_id!r} is not a firmware component")
+        unknown_disks = sorted(set(self.disk_models) - {s.name for s in self.storage})
+        if unknown_disks:
+            raise ValueError(f"disk_models names disks the catalog model lacks: {', '.join(unknown_disks)}")
         if self.management_interface in {p.name for p in self.ports}:
             raise ValueError("management_interface must differ from the data ports")
         return self
 
-    def firmware_by_id(self, firmware_id: str) -> FirmwareSpec:
-        for fw in self.firmware:
-            if fw.id == firmware_id:
-                return fw
-        raise KeyError(firmware_id)
-
-    def firmware_of_kind(self, kind: str) -> FirmwareSpec | None:
-        return next((fw for fw in self.firmware if fw.kind == kind), None)
-
     def serial(self, year: int, week: int, n: int) -> str:
         return self.serial_pattern.format(year=year, week=week, n=n)
 
+    def disk_model(self, name: str) -> str:
+        return self.disk_models.get(name, "")
 
-def load_profile(path: Path) -> VendorProfile:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a profile must be a YAML mapping")
-    profile = VendorProfile.model_validate(data)
+
+def load_profile(path: Path, catalog: Catalog) -> VendorProfile:
+    """One profile file over its catalog model; DataFileError names the file and each field at fault."""
+    data = read_mapping(path)
+    facts = sorted(set(data) & set(DpuModel.model_fields) - {"name"})
+    if facts:
+        raise DataFileError(
+            path,
+            [
+                f"{key}: a hardware fact, kept in the vendor catalog (dpufleet/vendors/models/), not here"
+                for key in facts
+            ],
+        )
+    unknown = sorted(set(data) - set(_EMULATOR_FIELDS))
+    if unknown:
+        raise DataFileError(path, [f"{key}: unknown field" for key in unknown])
+    emulates = data.get("emulates")
+    model = catalog.get(emulates) if isinstance(emulates, str) else None
+    if model is None:
+        known = ", ".join(sorted(m.name for m in catalog))
+        raise DataFileError(path, [f"emulates: {emulates!r} is not a catalog model; known: {known}"])
+    merged: dict[str, Any] = {**model.model_dump(), **data}
+    try:
+        profile = VendorProfile.model_validate(merged)
+    except ValidationError as exc:
+        raise invalid(path, exc) from None
     if profile.name != path.stem:
-        raise ValueError(f"{path}: profile name {profile.name!r} must match the file name")
+        raise DataFileError(path, [f"name: {profile.name!r} must match the file name ({path.stem!r})"])
     return profile
 
 
-def load_profiles(directories: Iterable[Path] = ()) -> dict[str, VendorProfile]:
-    """Load the built-in profiles plus any ``*.yaml`` in extra ``directories``.
+def load_profiles(directories: Iterable[Path] = (), catalog: Catalog | None = None) -> dict[str, VendorProfile]:
+    """Load the built-in profiles plus any ``*.yaml`` in extra ``directories``, over ``catalog``
+    (by default the built-in vendor catalog).
 
-    A later directory's profile replaces an earlier one of the same name, so a
-    site can override a built-in profile without editing the package.
+    A later directory's profile replaces an earlier one of the same name, so a site can
+    override a built-in profile without editing the package.
     """
+    models = catalog if catalog is not None else builtin_catalog()
     profiles: dict[str, VendorProfile] = {}
     for directory in (PROFILE_DIR, *directories):
-        for path in sorted(directory.glob("*.yaml")):
-            profile = load_profile(path)
+        for path in sorted(Path(directory).glob("*.yaml")):
+            profile = load_profile(path, models)
             profiles[profile.name] = profile
     return profiles
 

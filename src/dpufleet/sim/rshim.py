@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpufleet.sim.bmc import SimBMC, utcnow_iso
+from dpufleet.sim.bmc import SimBMC
+from dpufleet.sim.clock import utcnow_iso
 from dpufleet.sim.devices import SimDPU, SimHost
 from dpufleet.sim.installer import write_active_slot
 

@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpufleet.sim.bmc import ROLES, SimBMC
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish import chassis, events, managers, root, systems, update  # noqa: F401  (register routes)
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Reply
-from dpufleet.sim.redfish.messages import RedfishError
 
 _ODATA_HEADERS = {"OData-Version": "4.0"}
 _MAX_BODY = 1 << 20

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, SYSTEM_ID
 from dpufleet.sim.devices import PowerState, SimDPU
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, check_id, collection, status_ok
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 
-from dpufleet.sim.bmc import SimBMC, SimLogEntry, SimSubscription, utcnow_iso
+from dpufleet.sim.bmc import SimBMC, SimLogEntry, SimSubscription
+from dpufleet.sim.clock import utcnow_iso
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, collection, reject_unknown, status_ok
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
 RETRY_ATTEMPTS = 3
@@ -112,6 +113,7 @@ def subscribe(ctx: Ctx, _: dict[str, str]) -> Reply:
     sub_id = str(max((int(i) for i in bmc.subscriptions), default=0) + 1)
     sub = SimSubscription(sub_id, destination, context, [str(p) for p in prefixes], utcnow_iso())
     bmc.subscriptions[sub_id] = sub
+    bmc.event_sender = deliver  # the BMC publishes; this module sends
     location = ctx.uri("EventService", "Subscriptions", sub_id)
     return Reply(201, _subscription_body(ctx, sub), {"Location": location})
 

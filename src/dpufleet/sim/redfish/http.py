@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dpufleet.sim.bmc import SimAccount, SimBMC, SimSession
-from dpufleet.sim.redfish.messages import RedfishError
+from dpufleet.sim.messages import RedfishError
 
 Json = dict[str, Any]
 

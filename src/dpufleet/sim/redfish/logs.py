@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpufleet.sim.bmc import utcnow_iso
+from dpufleet.sim.clock import utcnow_iso
 from dpufleet.sim.redfish.http import Ctx, Json, collection, status_ok
 from dpufleet.sim.redfish.schema import odata_type
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, MANAGER_RESET_TYPES, SYSTEM_ID, SimLogEntry, utcnow_iso
+from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, MANAGER_RESET_TYPES, SYSTEM_ID, SimLogEntry
+from dpufleet.sim.clock import utcnow_iso
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
 from dpufleet.sim.redfish.logs import entries as log_entries_body
 from dpufleet.sim.redfish.logs import log_service as log_service_body
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
 _LOG_ID = "SEL"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dpufleet.sim.bmc import ROLES, SimAccount
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, collection, reject_unknown, status_ok
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import metadata_xml, odata_type
 
 REDFISH_VERSION = "1.20.0"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID
 from dpufleet.sim.devices import PowerState
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
 from dpufleet.sim.redfish.logs import entries as log_entries_body
 from dpufleet.sim.redfish.logs import log_service as log_service_body
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
 _MEMORY_TYPES = {"DDR4": "DDR4", "DDR5": "DDR5", "LPDDR4X": "LPDDR4_SDRAM", "LPDDR5": "LPDDR5_SDRAM"}
@@ -151,7 +151,7 @@ def processors(ctx: Ctx, params: dict[str, str]) -> Json:
 def processor(ctx: Ctx, params: dict[str, str]) -> Json:
     check_id(params["system_id"], SYSTEM_ID, "ComputerSystem")
     check_id(params["cpu_id"], "CPU0", "Processor")
-    cpu = ctx.bmc.dpu.profile.cpu
+    cpu, cpuinfo = ctx.bmc.dpu.profile.cpu, ctx.bmc.dpu.profile.cpuinfo
     return {
         "@odata.id": ctx.uri("Systems", SYSTEM_ID, "Processors", "CPU0"),
         "@odata.type": odata_type("Processor"),
@@ -160,9 +160,9 @@ def processor(ctx: Ctx, params: dict[str, str]) -> Json:
         "ProcessorType": "CPU",
         "ProcessorArchitecture": "ARM",
         "InstructionSet": "ARM-A64",
-        "Manufacturer": _CPU_MANUFACTURERS.get(cpu.implementer, "ARM"),
+        "Manufacturer": _CPU_MANUFACTURERS.get(cpuinfo.implementer, "ARM"),
         "Model": cpu.model,
-        "MaxSpeedMHz": cpu.mhz,
+        "MaxSpeedMHz": cpuinfo.mhz,
         "TotalCores": cpu.cores,
         "TotalThreads": cpu.cores,
         "Status": status_ok(_powered(ctx)),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpufleet.sim.bmc import MANAGER_ID, SYSTEM_ID, SimTask, TaskState, utcnow_iso
+from dpufleet.sim.bmc import MANAGER_ID, SYSTEM_ID, SimTask, TaskState
+from dpufleet.sim.clock import utcnow_iso
+from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, collection, reject_unknown, status_ok
-from dpufleet.sim.redfish.messages import RedfishError
 from dpufleet.sim.redfish.schema import odata_type
 
 _ACTION = "UpdateService.SimpleUpdate"
