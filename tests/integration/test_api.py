@@ -114,13 +114,43 @@ def test_bootstrap_token_file_is_private_and_only_its_hash_is_kept(api: RunningS
 def test_probes_and_openapi_need_no_token(api: RunningServer) -> None:
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").json() == {"status": "ready"}
+    assert httpx.get(api.url + "/openapi.json").status_code == 200
+
+
+def test_openapi_has_every_operation_and_schema_of_every_kind(api: RunningServer) -> None:
+    """A generated client sees each kind: its paths, its operations, its schemas with their descriptions."""
     spec = httpx.get(api.url + "/openapi.json").json()
-    item = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
-    assert {"get", "put", "patch", "delete"} <= set(spec["paths"][item])
-    assert {"get", "put", "patch"} <= set(spec["paths"][item + "/status"])
-    assert "post" in spec["paths"][f"{BASE}/projects/{{project}}/{{plural}}"]
-    documented = json.dumps(spec)
-    assert all(plural in documented for plural in MINIMAL), "every kind's plural is documented"
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    for info in REGISTRY.values():
+        coll_path = f"{BASE}/projects/{{project}}/{info.plural}"
+        assert {"get", "post"} <= set(paths[coll_path]), info.kind
+        assert "get" in paths[f"{BASE}/{info.plural}"], info.kind
+        assert {"get", "put", "patch", "delete"} <= set(paths[coll_path + "/{name}"]), info.kind
+        if info.has_status:
+            assert {"get", "put", "patch"} <= set(paths[coll_path + "/{name}/status"]), info.kind
+        else:
+            assert coll_path + "/{name}/status" not in paths
+        for watch_path in (f"{BASE}/watch/projects/{{project}}/{info.plural}", f"{BASE}/watch/{info.plural}"):
+            watch_op = paths[watch_path]["get"]
+            assert set(watch_op["responses"]["200"]["content"]) == {"application/x-ndjson"}, watch_path
+            timeout = next(p for p in watch_op["parameters"] if p["name"] == "timeoutSeconds")["schema"]
+            assert timeout["maximum"] >= timeout["default"] >= timeout["minimum"] >= 1
+        create = paths[coll_path]["post"]
+        assert create["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{info.kind}"
+        }
+        assert create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{info.kind}")
+        assert create["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/Status")
+        listed = paths[coll_path]["get"]
+        assert listed["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            f"/{info.kind}List"
+        )
+        assert {"labelSelector", "fieldSelector", "limit", "continue"} <= {p["name"] for p in listed["parameters"]}
+        assert "watch" not in {p["name"] for p in listed["parameters"]}, "watching is its own operation"
+        assert info.kind in schemas and f"{info.kind}List" in schemas
+    dpu = schemas["DPU"]
+    assert {"apiVersion", "kind", "metadata", "spec"} <= set(dpu["properties"])
+    assert "description" in json.dumps(schemas[dpu["properties"]["spec"]["$ref"].rsplit("/", 1)[1]])
 
 
 def test_discovery_lists_every_kind(client: httpx.Client) -> None:
@@ -376,7 +406,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_and_record_latency(client: httpx.Client, project: str) -> None:
-    route = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
+    route = f"{BASE}/projects/{{project}}/dpus/{{name}}"  # each kind has its own route templates
     before = client.get("/metrics").text
     for _ in range(3):
         assert client.get(f"{coll(project)}/ghost").status_code == 404

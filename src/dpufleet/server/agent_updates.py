@@ -32,7 +32,9 @@ from ..crypto.pki import AgentIdentity
 from ..inventory.tenancy import ProjectResolver
 from ..lifecycle.planner import compare
 from ..store.store import Store
-from .app import ServerState, _doc, _read_json
+from .common import ServerState
+from .common import read_json as _read_json
+from .common import respond as _doc
 
 APPROVED = "dpufleet.io/approved"
 

@@ -56,7 +56,9 @@ from ..runtime.conditions import ConditionStatus, Severity, set_condition, summa
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, IDevIDProof
-from .app import ServerState, _doc, _read_json
+from .common import ServerState
+from .common import read_json as _read_json
+from .common import respond as _doc
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_PREFIX = "/bootstrap/v1"
