@@ -30,6 +30,7 @@ from ..drivers.redfish.client import (
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..health.inbox import inbox_for
 from ..inventory.catalog import catalog_capabilities, find_profile
+from ..inventory.tenancy import SerialConflict
 from ..provisioning.machine import WORKING_PHASES, seconds_since
 from ..store.store import Change, Store
 from .drift import DriftReconciler, is_drifted
@@ -381,6 +382,9 @@ class BMCReconciler(Reconciler):
                 await self._event(
                     existing, "Discovered", f"found through BMC {bmc_meta['name']} ({bmc['spec']['address']})"
                 )
+            except SerialConflict as exc:  # another project holds this serial's DPU: not this BMC's to manage
+                log.warning("BMC %s: %s", bmc_meta["name"], exc.message)
+                return None
             except Exception as exc:  # lost a race with another writer: use what is there
                 log.debug("create DPU %s: %s", name, exc)
                 existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
