@@ -207,6 +207,10 @@ class ProjectResolver:
 
     def host(self, serial: str, hostname: str | None, dpu_serials: Iterable[str]) -> str:
         """The project a host agent's report goes to: its Host's, else its DPUs', else where it was admitted."""
+        with self._lock:
+            cached = self._hosts.get(serial)
+        if cached is not None:  # a Host deleted since shows as NotFound on the write, and is forgotten
+            return cached[0]
         known = self.find_host(serial)
         if known is not None:
             return str(known["metadata"]["project"])
