@@ -1,7 +1,8 @@
 """Given a network with things that are not good BMCs, discovery says what each one is and carries on.
 
 Every bad endpoint becomes a count, an error line, a condition or an event; none crashes the scan,
-none holds up the good BMCs beside it. Each scenario runs in its own project of one API server.
+none holds up the good BMCs beside it. Each scenario runs in its own project of one API server, and
+releases the hardware when it ends: serials are fleet-unique, so the next project may adopt it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     twin = Fleet(seed=0, hosts=[], bmcs={"twin": new_bmc("twin", first.dpu, {USER: PASSWORD})})
     with fleet_in_thread(fleet, per_bmc_ports=True) as served, fleet_in_thread(twin, per_bmc_ports=True) as twins:
         yield Site(fleet, served.endpoints, twins.endpoints["twin"])
+
+
+BASE = "/apis/dpufleet.io/v1alpha1"
+
+
+@pytest.fixture(autouse=True)
+def release_hardware(http: httpx.Client) -> Iterator[None]:
+    """After each scenario: its Discoveries and BMCs go (no more crawls), then its DPUs."""
+    yield
+    for plural in ("discoveries", "bmcs"):
+        for obj in http.get(f"{BASE}/{plural}").json()["items"]:
+            meta = obj["metadata"]
+            http.delete(f"{BASE}/projects/{meta['project']}/{plural}/{meta['name']}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # a crawl in flight when its BMC went may still write a DPU
+        dpus = http.get(f"{BASE}/dpus").json()["items"]
+        for obj in dpus:
+            http.delete(f"{BASE}/projects/{obj['metadata']['project']}/dpus/{obj['metadata']['name']}")
+        if not dpus:
+            time.sleep(0.3)
+            if not http.get(f"{BASE}/dpus").json()["items"]:
+                return
+    raise AssertionError("the scenario's DPUs kept coming back after its BMCs were deleted")
 
 
 def operator(http: httpx.Client, project: str, with_credential: bool = True) -> Operator:

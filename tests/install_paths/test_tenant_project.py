@@ -188,3 +188,22 @@ def test_a_dpu_of_tenant_a_is_enrolled_provisioned_updated_and_health_checked_in
     # and nothing of it anywhere in "default"
     assert in_default(http) == {}
     assert site.objects("bmcs") and site.objects("discoveries") and site.events("DPU", name)
+
+
+def test_the_same_hardware_discovered_from_another_project_gets_no_second_dpu(
+    site: Operator, fleet: SimRunning, http: httpx.Client
+) -> None:
+    name, _bmc = the_dpu(fleet)
+    other = Operator(http, "tenant-b")
+    other.credential("site-bmcs", fleet.username, fleet.password)
+    other.discovery("lab", endpoints=fleet.endpoints, credentialsRef="site-bmcs", intervalSeconds=600)
+    bmcs = other.wait_for("tenant-b's BMC", lambda: other.objects("bmcs"), lambda b: len(b) == 1, 30)
+    bmc = bmcs[0]["metadata"]["name"]
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for e in other.events("BMC", bmc) if e["reason"] == "DuplicateSerial"]
+
+    other.wait_for("the DuplicateSerial event on tenant-b's BMC", refused, bool, 30)
+    assert other.objects("dpus") == [], "serials are fleet-unique: tenant-a holds this DPU"
+    dpu = site.get("dpus", name)
+    assert dpu is not None and dpu["status"]["phase"] == "Ready"

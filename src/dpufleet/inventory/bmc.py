@@ -33,6 +33,7 @@ from ..store.store import Change, Store
 from .bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
 from .catalog import find_profile
 from .status import apply_crawl
+from .tenancy import SerialConflict
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +371,9 @@ class BMCReconciler(Reconciler):
                 await self._event(
                     existing, "Discovered", f"found through BMC {bmc_meta['name']} ({bmc['spec']['address']})"
                 )
+            except SerialConflict as exc:  # another project holds this serial's DPU: not this BMC's to manage
+                log.warning("BMC %s: %s", bmc_meta["name"], exc.message)
+                return None
             except Exception as exc:  # lost a race with another writer: use what is there
                 log.debug("create DPU %s: %s", name, exc)
                 existing = await asyncio.to_thread(self.store.get, "DPU", name, project)

@@ -1,0 +1,44 @@
+"""Given a store with the serial guard (what every server installs), a DPU named after a serial is in one
+project only, however it is created: one by one, in a group commit, or twice in the same batch; on both
+backends. Names not derived from a serial stay per project."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dpufleet.api.errors import APIError
+from dpufleet.inventory.tenancy import ProjectResolver, SerialConflict, protect_serials
+from dpufleet.store.store import Store
+
+
+def dpu(name: str, project: str) -> dict[str, Any]:
+    return {"kind": "DPU", "metadata": {"name": name, "project": project}, "spec": {}}
+
+
+def test_the_second_dpu_for_a_serial_is_refused_one_by_one_and_in_a_batch(store: Store) -> None:
+    protect_serials(store)
+    store.create(dpu("dpu-mt1", "tenant-a"))
+    with pytest.raises(SerialConflict, match="dpu/dpu-mt1 already exists in project 'tenant-a'"):
+        store.create(dpu("dpu-mt1", "tenant-b"))
+    results = store.create_many(
+        [dpu("dpu-mt2", "tenant-b"), dpu("dpu-mt1", "tenant-c"), dpu("dpu-mt2", "tenant-c"), dpu("dpu-mt3", "tenant-a")]
+    )
+    assert not isinstance(results[0], APIError) and not isinstance(results[3], APIError)
+    for refused, holder in ((results[1], "tenant-a"), (results[2], "tenant-b")):
+        assert isinstance(refused, SerialConflict) and refused.code == 409
+        assert f"already exists in project '{holder}'" in refused.message
+    assert [d["metadata"]["project"] for d in store.list("DPU").items if d["metadata"]["name"] == "dpu-mt2"] == [
+        "tenant-b"
+    ]
+    resolver = ProjectResolver(store)
+    assert resolver.known_dpu("MT1") == "tenant-a" and resolver.known_dpu("MT2") == "tenant-b"
+    assert resolver.known_dpu("MT9") is None
+
+
+def test_names_that_are_not_a_serials_stay_per_project(store: Store) -> None:
+    protect_serials(store)
+    store.create(dpu("d1", "tenant-a"))
+    store.create(dpu("d1", "tenant-b"))
+    assert len(store.list("DPU").items) == 2
