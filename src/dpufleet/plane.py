@@ -1,18 +1,28 @@
-"""The controller manager: runs one controller per reconciler, in the server or on its own.
+"""The composition root: which reconcilers run, what they share, and the hooks between domains.
 
-In the server (the default) it shares the server's change feed. As a separate
-`dpufleet controller` process it opens the same store and follows the change log
-itself, so the API server and the controllers can run and restart independently.
+`Services` is made once per control plane (by the API server, or by `dpufleet controller`):
+the store, the image repository beside it, the inbox of Redfish events BMCs push to this
+process, and the BMC sessions over the process's pooled connections. The manager hands each
+reconciler class the services its constructor asks for by name (`wire`), so no module keeps
+one of them in a global keyed by the store. Hooks between domains are wired here too
+(`bmc_reconciler`: the fleet's drift check on what a BMC crawl finds).
+
+In the server (the default) the manager shares the server's change feed. As a separate
+`dpufleet controller` process it opens the same store and follows the change log itself, so
+the API server and the controllers can run and restart independently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .crypto.secrets import SecretBox
+from .drivers.redfish.events import Inbox
 from .drivers.redfish.pool import pool as redfish_pool
 from .fleet.dpuset import DPUSetReconciler
 from .fleet.drift import DriftReconciler
@@ -20,8 +30,9 @@ from .fleet.power import PowerActionReconciler
 from .fleet.update_request import UpdateRequestReconciler
 from .health.controller import HealthReconciler
 from .health.subscriptions import EventSubscriptionReconciler
-from .images.repository import ImageRepository, attach_repository
+from .images.repository import ImageRepository
 from .inventory.bmc import BMCReconciler
+from .inventory.bmcs import BMCSessions
 from .inventory.discovery import DiscoveryReconciler
 from .provisioning.controller import DPUProvisioner
 from .runtime.controller import Controller, Reconciler
@@ -32,15 +43,54 @@ from .tuning import tune_gc
 
 log = logging.getLogger(__name__)
 
-# Each entry builds one reconciler for a store; capabilities add theirs here.
-ReconcilerFactory = Callable[[Store], Reconciler]
+class Services:
+    """What the reconcilers and the API routes of one control plane share: made once, here."""
+
+    def __init__(
+        self,
+        store: Store,
+        repository: ImageRepository | None = None,
+        *,
+        inbox: Inbox | None = None,
+        sessions: BMCSessions | None = None,
+    ) -> None:
+        self.store = store
+        self.repository = repository  # None: controllers with no image repository beside them
+        self.inbox = inbox or Inbox()  # Redfish events BMCs pushed to this process's API server
+        self.sessions = sessions or BMCSessions(store)  # one read of a BMC's credentials, one pooled client
 
 
-def bmc_reconciler(store: Store) -> BMCReconciler:
+R = TypeVar("R", bound=Reconciler)
+SHARED = ("sessions", "inbox", "repository")  # constructor parameters `wire` fills from the services
+
+
+def wire(cls: type[R], services: Services, *args: Any, **kwargs: Any) -> R:
+    """`cls(services.store, *args, **kwargs)`, with each shared service its constructor names by
+    one of the names in SHARED (unless the caller passed its own)."""
+    parameters = inspect.signature(cls).parameters
+    for name in SHARED:
+        if name in parameters and name not in kwargs:
+            kwargs[name] = getattr(services, name)
+    make: Callable[..., R] = cls  # every reconciler takes the store first
+    return make(services.store, *args, **kwargs)
+
+
+# Each entry builds one reconciler of a control plane: a Reconciler class (wired by `wire`) or a
+# function of the services; capabilities add theirs here.
+ReconcilerFactory = type[Reconciler] | Callable[[Services], Reconciler]
+
+
+def build(factory: ReconcilerFactory, services: Services) -> Reconciler:
+    if isinstance(factory, type):
+        return wire(factory, services)
+    return factory(services)
+
+
+def bmc_reconciler(services: Services) -> BMCReconciler:
     """The BMC crawl, with the fleet's drift check on what each crawl finds (inventory does not know
     about rollouts; the fleet domain does)."""
-    bmc = BMCReconciler(store)
-    bmc.firmware_observers.append(DriftReconciler(store, bmc.events).observe)
+    bmc = wire(BMCReconciler, services)
+    bmc.firmware_observers.append(DriftReconciler(services.store, bmc.events).observe)
     return bmc
 
 
@@ -79,17 +129,17 @@ class Manager:
             await redfish_pool().aclose()  # the BMC connections of this loop: nobody uses them now
 
 
-def default_manager(store: Store, feed: ChangeFeed | None = None) -> Manager:
-    return Manager(store, [factory(store) for factory in DEFAULT_RECONCILERS], feed)
+def default_manager(services: Services, feed: ChangeFeed | None = None) -> Manager:
+    return Manager(services.store, [build(factory, services) for factory in DEFAULT_RECONCILERS], feed)
 
 
 def run_standalone(data_dir: Path, db_url: str | None) -> None:
     """`dpufleet controller`: the reconcilers as their own process against the same store."""
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
-    attach_repository(store, ImageRepository(data_dir / "images"))
+    services = Services(store, ImageRepository(data_dir / "images"))
     tune_gc()
     try:
-        asyncio.run(default_manager(store).run())
+        asyncio.run(default_manager(services).run())
     finally:
         store.close()

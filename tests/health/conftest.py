@@ -26,7 +26,6 @@ from dpufleet.inventory import reports
 from dpufleet.sim.bmc import SYSTEM_ID, SimBMC, SimLogEntry, utcnow_iso
 from dpufleet.sim.devices import PowerState, SimDPU
 from dpufleet.sim.runner import sim_in_thread
-from dpufleet.store.store import Store
 from provisioning.conftest import Operator, discover, fleet_options
 from support.net import poll
 from support.server import RunningServer, threaded_server
@@ -214,8 +213,8 @@ def wait_all_reporting(op: Operator, names: list[str], timeout: float) -> None:
 def health_server(data_dir: Path, config: HealthConfig = FAST) -> Iterator[RunningServer]:
     with pytest.MonkeyPatch.context() as mp:
 
-        def health(store: Store) -> HealthReconciler:
-            return HealthReconciler(store, config)
+        def health(services: manager.Services) -> HealthReconciler:
+            return manager.wire(HealthReconciler, services, config)
 
         factories = [f for f in manager.DEFAULT_RECONCILERS if f is not HealthReconciler] + [health]
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)

@@ -61,7 +61,7 @@ class Fleet:
     def inbox(self) -> inbox.Inbox:
         """The API server's inbox of pushed events (the server runs in this process)."""
         assert self.api.server is not None
-        return inbox.inbox_for(self.api.server.store)
+        return self.api.server.services.inbox
 
     def sim(self, index: int) -> SimDPU:
         return sorted(self.running.fleet.dpus, key=lambda d: d.id)[index]
@@ -104,7 +104,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reports.ReportHandler.__init__, "__defaults__", (AGENT_HEARTBEAT, 300.0))
         factories = [
-            (lambda store: EventSubscriptionReconciler(store, check_seconds=0.5, retry_seconds=0.5))
+            (lambda s: manager.wire(EventSubscriptionReconciler, s, check_seconds=0.5, retry_seconds=0.5))
             if f is EventSubscriptionReconciler
             else f
             for f in manager.DEFAULT_RECONCILERS

@@ -48,9 +48,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, S
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)
         with health_server(tmp_path_factory.mktemp("api")) as api, api.client() as http:
             assert api.server is not None
-            from dpufleet.images.repository import ImageRepository, repository_for
+            from dpufleet.images.repository import ImageRepository
 
-            repo = repository_for(api.server.store)
+            repo = api.server.services.repository
             assert isinstance(repo, ImageRepository)
             repo.public_url = api.url
             repo.allow_private_mirrors = True

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dpufleet.images.repository import ImageRepository, repository_for
+from dpufleet.images.repository import ImageRepository
 from dpufleet.sim.bmc import SimBMC
 from dpufleet.sim.runner import SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover, fleet_options, image_doc, provisioning_server, upload
@@ -56,7 +56,7 @@ def site(http: httpx.Client, fleet: SimRunning) -> Operator:
 @pytest.fixture(scope="module")
 def repo(api: RunningServer) -> ImageRepository:
     assert api.server is not None
-    repository = repository_for(api.server.store)
+    repository = api.server.services.repository
     assert repository is not None
     return repository
 

@@ -24,7 +24,6 @@ from dpufleet.health.controller import HealthConfig, HealthReconciler
 from dpufleet.inventory import reports
 from dpufleet.sim.bmc import SimBMC
 from dpufleet.sim.runner import SimRunning, sim_in_thread
-from dpufleet.store.store import Store
 from provisioning.conftest import Operator, discover, fleet_options, image_doc, provisioning_server, upload
 from support.operator import is_true
 from support.server import RunningServer
@@ -47,8 +46,8 @@ def tenant_server(data_dir: Path) -> Iterator[RunningServer]:
     """The real server: provisioning on fast timings (provisioning_server), health on fast timings, agents
     told to heartbeat every AGENT_HEARTBEAT seconds and each heartbeat stored."""
 
-    def health(store: Store) -> HealthReconciler:
-        return HealthReconciler(store, HEALTH)
+    def health(services: manager.Services) -> HealthReconciler:
+        return manager.wire(HealthReconciler, services, HEALTH)
 
     with pytest.MonkeyPatch.context() as mp:
         factories = [f for f in manager.DEFAULT_RECONCILERS if f is not HealthReconciler] + [health]

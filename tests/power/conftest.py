@@ -14,13 +14,12 @@ from dpufleet.inventory.bmc import BMCReconciler
 from dpufleet.inventory.discovery import DiscoveryReconciler
 from dpufleet.runtime.reaper import EventReaper
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
-from dpufleet.store.store import Store
 from support.net import poll
 from support.server import BASE, RunningServer, threaded_server
 
 
-def fast_power(store: Store) -> PowerActionReconciler:
-    return PowerActionReconciler(store, poll_seconds=0.05)
+def fast_power(services: manager.Services) -> PowerActionReconciler:
+    return manager.wire(PowerActionReconciler, services, poll_seconds=0.05)
 
 
 @pytest.fixture(scope="module")

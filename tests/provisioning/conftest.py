@@ -18,11 +18,10 @@ import httpx
 import pytest
 
 from dpufleet import plane as manager
-from dpufleet.images.repository import ImageRepository, repository_for
+from dpufleet.images.repository import ImageRepository
 from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.provisioning.machine import ProvisioningConfig, Timeouts
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
-from dpufleet.store.store import Store
 from support.operator import Operator as Operator
 from support.operator import condition as condition
 from support.operator import is_true as is_true
@@ -43,23 +42,23 @@ FAST = ProvisioningConfig(
 )
 
 
-def fast_provisioner(store: Store) -> DPUProvisioner:
-    return DPUProvisioner(store, FAST, owner=OWNER)
+def fast_provisioner(services: manager.Services) -> DPUProvisioner:
+    return manager.wire(DPUProvisioner, services, FAST, owner=OWNER)
 
 
 @contextmanager
 def provisioning_server(data_dir: Path, config: ProvisioningConfig = FAST) -> Iterator[RunningServer]:
     """The real server with its controllers, the provisioner on fast timings, images served to loopback BMCs."""
 
-    def provisioner(store: Store) -> DPUProvisioner:
-        return DPUProvisioner(store, config, owner=OWNER)
+    def provisioner(services: manager.Services) -> DPUProvisioner:
+        return manager.wire(DPUProvisioner, services, config, owner=OWNER)
 
     with pytest.MonkeyPatch.context() as mp:
         factories = [f for f in manager.DEFAULT_RECONCILERS if f is not DPUProvisioner] + [provisioner]
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)
         with threaded_server(data_dir) as running:
             assert running.server is not None
-            repo = repository_for(running.server.store)
+            repo = running.server.services.repository
             assert isinstance(repo, ImageRepository)
             repo.public_url = running.url
             repo.allow_private_mirrors = True

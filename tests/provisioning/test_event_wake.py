@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from dpufleet import plane as manager
-from dpufleet.images.repository import ImageRepository, repository_for
+from dpufleet.images.repository import ImageRepository
 from dpufleet.provisioning.controller import DPUProvisioner
 from dpufleet.sim.runner import sim_in_thread
-from dpufleet.store.store import Store
 from support.server import RunningServer, threaded_server
 
 from .conftest import FAST, OWNER, Operator, discover, fleet_options, image_doc, upload
@@ -27,8 +26,8 @@ SLOW_POLL = dataclasses.replace(FAST, poll_seconds=60.0)
 PAYLOAD = b"emulated OS 7.0, installed on pushed events\n" * 100
 
 
-def slow_provisioner(store: Store) -> DPUProvisioner:
-    return DPUProvisioner(store, SLOW_POLL, owner=OWNER)
+def slow_provisioner(services: manager.Services) -> DPUProvisioner:
+    return manager.wire(DPUProvisioner, services, SLOW_POLL, owner=OWNER)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         mp.setattr(manager, "DEFAULT_RECONCILERS", factories)
         with threaded_server(tmp_path_factory.mktemp("api")) as running:
             assert running.server is not None
-            repo = repository_for(running.server.store)
+            repo = running.server.services.repository
             assert isinstance(repo, ImageRepository)
             repo.public_url = running.url  # where BMCs fetch images and push their events
             yield running

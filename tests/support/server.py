@@ -48,7 +48,7 @@ def threaded_server(data_dir: Path, db_url: str | None = None, *, controllers: b
     """Server.build + uvicorn on 127.0.0.1 in a background thread; stopped on exit."""
     built = Server.build(data_dir, db_url, controllers=controllers)
     port = free_port()
-    advertise_repository(built.store, "127.0.0.1", port)  # as serve() does, before any controller runs
+    advertise_repository(built.services.repository, "127.0.0.1", port)  # as serve() does, before any controller runs
     config = uvicorn.Config(built.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     userver = uvicorn.Server(config)
     thread = threading.Thread(target=userver.run, name="uvicorn", daemon=True)

@@ -88,7 +88,8 @@ config = HealthConfig(
     redfish_timeout=3.0, boot_stuck_seconds=120 * float(sys.argv[5]), agent_start_seconds=60 * float(sys.argv[5]),
 )
 manager.DEFAULT_RECONCILERS[:] = [
-    (lambda store: HealthReconciler(store, config)) if f is HealthReconciler else f for f in manager.DEFAULT_RECONCILERS
+    (lambda s: manager.wire(HealthReconciler, s, config)) if f is HealthReconciler else f
+    for f in manager.DEFAULT_RECONCILERS
 ]
 serve(Path(sys.argv[1]), None, sys.argv[2], controllers=True)
 """

@@ -38,7 +38,7 @@ from ..drivers.hostpower import HostPowerError, HostPowerInterface, HttpHostPowe
 from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.install import read_boot
 from ..drivers.redfish.power import RedfishPower
-from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
+from ..inventory.bmcs import BMCAccessError, BMCSessions
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
@@ -70,7 +70,7 @@ class PowerActionReconciler(Reconciler):
         sessions: BMCSessions | None = None,
     ) -> None:
         self.store = store
-        self.sessions = sessions or sessions_for(store)
+        self.sessions = sessions or BMCSessions(store)
         self.poll_seconds = poll_seconds
         self.host_power: HostPowerFactory = host_power or (lambda url, token: HttpHostPower(url, token))
         self.events = EventRecorder(store, "power-controller")

@@ -25,8 +25,8 @@ from ..api.errors import NotFound
 from ..api.kinds import WORKING_PHASES, FailureClass
 from ..api.meta import Severity, isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
-from ..drivers.redfish.events import LogEntry, inbox_for
-from ..inventory.bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
+from ..drivers.redfish.events import Inbox, LogEntry
+from ..inventory.bmcs import BMCAccessError, BMCSession, BMCSessions
 from ..runtime.conditions import set_condition
 from ..runtime.controller import Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -65,10 +65,17 @@ class HealthReconciler(Reconciler):
     wake_on_status = False
     wake_on_spec = False  # each visit reads the spec (held, labels); a rollout's spec writes are no reason to visit
 
-    def __init__(self, store: Store, config: HealthConfig | None = None, sessions: BMCSessions | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: HealthConfig | None = None,
+        sessions: BMCSessions | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
         self.store = store
         self.config = config or HealthConfig()
-        self.sessions = sessions or sessions_for(store)  # the BMC, its credentials, one pooled client per BMC
+        self.inbox = inbox or Inbox()  # pushed Redfish events (the composition root shares the server's)
+        self.sessions = sessions or BMCSessions(store)  # the BMC, its credentials, one pooled client per BMC
         self.events = EventRecorder(store, SUBJECT)
         self.remediator = Remediator(store, self.events)
         self._links: dict[tuple[str, str], Links] = {}
@@ -94,7 +101,7 @@ class HealthReconciler(Reconciler):
             for name in list(self._dpus_of_bmc.get((project, bmc), ())):
                 wake(Key(project, name))
 
-        inbox_for(self.store).listen(on_event)
+        self.inbox.listen(on_event)
 
     def watches(self) -> dict[str, Mapper]:
         return {"RemediationPolicy": self._policy_changed}
@@ -264,7 +271,7 @@ class HealthReconciler(Reconciler):
                 system = await session.system(rediscover=cache in self._bmc_failures)
                 links = await discover_links(client, system)
                 self._links[cache] = links
-            pushed = inbox_for(self.store).recent(key.project, bmc_name)
+            pushed = self.inbox.recent(key.project, bmc_name)
             # a pushed event that reports trouble has memory and logs read in full; an OK one (a power
             # transition, an update applied: a rollout pushes four per DPU) is evidence enough by itself
             alarming = [e for e in pushed if e.severity.upper() != "OK"]

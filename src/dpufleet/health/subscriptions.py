@@ -25,9 +25,9 @@ from typing import Any
 from ..api.errors import Conflict, NotFound
 from ..api.meta import isotime, now
 from ..drivers.redfish.client import RedfishClient, RedfishError
-from ..drivers.redfish.events import inbox_for
-from ..images.repository import repository_for
-from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
+from ..drivers.redfish.events import Inbox
+from ..images.repository import ImageRepository
+from ..inventory.bmcs import BMCAccessError, BMCSessions
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
@@ -55,13 +55,12 @@ def event_context(store: Store, bmc: dict[str, Any]) -> str:
     return CONTEXT_PREFIX + hmac.new(key, message, "sha256").hexdigest()[:48]
 
 
-def receiver_base(store: Store) -> str | None:
+def receiver_base(repository: ImageRepository | None) -> str | None:
     """Where BMCs reach the API server: the public URL (DPUFLEET_PUBLIC_URL, else the API's listen address).
 
     The same address BMCs fetch images from (images/repository.py); None when the controllers run
     without an API server to receive.
     """
-    repository = repository_for(store)
     return repository.public_url.rstrip("/") if repository is not None and repository.public_url else None
 
 
@@ -82,14 +81,17 @@ class EventSubscriptionReconciler(Reconciler):
         store: Store,
         check_seconds: float = 300.0,
         retry_seconds: float = 30.0,
-        base: Callable[[Store], str | None] = receiver_base,
+        base: Callable[[], str | None] | None = None,
         sessions: BMCSessions | None = None,
+        inbox: Inbox | None = None,
+        repository: ImageRepository | None = None,
     ) -> None:
         self.store = store
-        self.sessions = sessions or sessions_for(store)
+        self.sessions = sessions or BMCSessions(store)
+        self.inbox = inbox or Inbox()
         self.check_seconds = check_seconds
         self.retry_seconds = retry_seconds
-        self.base = base
+        self.base = base or (lambda: receiver_base(repository))
         self.events = EventRecorder(store, "health-controller")
 
     async def reconcile(self, key: Key) -> Result:
@@ -101,7 +103,7 @@ class EventSubscriptionReconciler(Reconciler):
             if FINALIZER in (bmc["metadata"].get("finalizers") or []):
                 await self._unsubscribe(bmc)
             return DONE
-        base = self.base(self.store)
+        base = self.base()
         if base is None:
             return DONE  # no receiver: nothing to subscribe to (a controller process without an API server)
         try:
@@ -158,7 +160,7 @@ class EventSubscriptionReconciler(Reconciler):
             if found and found.startswith(("http://", "https://")):
                 found = "/" + found.split("/", 3)[3]
         await self._ensure_finalizer(bmc)
-        inbox_for(self.store).forget(bmc["metadata"]["project"], bmc["metadata"]["name"])  # nothing from before
+        self.inbox.forget(bmc["metadata"]["project"], bmc["metadata"]["name"])  # nothing from before
         lost = bool(uri)
         await self._record(bmc, {"state": "Subscribed", "uri": found, "destination": dest, "since": isotime(now())})
         if lost:
@@ -177,7 +179,7 @@ class EventSubscriptionReconciler(Reconciler):
                     raise RedfishError(f"DELETE {uri}: HTTP {status}", status)
             except (RedfishError, NotFound, BMCAccessError) as exc:
                 await self._event(bmc, "EventSubscriptionNotRemoved", f"{uri} stays on the BMC: {exc}", warning=True)
-        inbox_for(self.store).forget(bmc["metadata"]["project"], bmc["metadata"]["name"])
+        self.inbox.forget(bmc["metadata"]["project"], bmc["metadata"]["name"])
         await asyncio.to_thread(self._drop_finalizer, bmc["metadata"]["project"], bmc["metadata"]["name"])
 
     async def _record(self, bmc: dict[str, Any], value: dict[str, Any]) -> None:

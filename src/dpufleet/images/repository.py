@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,6 @@ from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
 import httpx
-
-from ..store.store import Store
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -228,21 +225,7 @@ def _is_private(host: str) -> bool:
     return addr.is_loopback or addr.is_private or addr.is_link_local
 
 
-# The repository beside a store: the API routes and the controllers of one process share it.
-_BY_STORE: weakref.WeakKeyDictionary[Store, ImageRepository] = weakref.WeakKeyDictionary()
-
-
-def attach_repository(store: Store, repository: ImageRepository) -> ImageRepository:
-    _BY_STORE[store] = repository
-    return repository
-
-
-def repository_for(store: Store) -> ImageRepository | None:
-    return _BY_STORE.get(store)
-
-
-def advertise_repository(store: Store, host: str, port: int) -> None:
+def advertise_repository(repository: ImageRepository | None, host: str, port: int) -> None:
     """Where BMCs fetch images when DPUFLEET_PUBLIC_URL is not set: the API's own listen address."""
-    repository = repository_for(store)
     if repository is not None and not repository.public_url and host not in ("0.0.0.0", "::", ""):
         repository.public_url = f"http://{host}:{port}"

@@ -23,14 +23,14 @@ from ..api.meta import Severity, isotime, now, seconds_since
 from ..api.naming import dpu_name
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import AuthenticationFailed, BMCUnreachable, NotRedfish, RedfishError
-from ..drivers.redfish.events import inbox_for
+from ..drivers.redfish.events import Inbox
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo, crawl, parse_service_root
 from ..runtime.conditions import get_condition, set_condition, summarize_ready
 from ..runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..store.store import Change, Store
-from .bmcs import BMCAccessError, BMCSession, BMCSessions, sessions_for
+from .bmcs import BMCAccessError, BMCSession, BMCSessions
 from .catalog import find_profile
 from .status import apply_crawl
 from .tenancy import SerialConflict
@@ -59,9 +59,11 @@ class BMCReconciler(Reconciler):
         retry_seconds: float = 60.0,
         subscribed_refresh_seconds: float = SUBSCRIBED_REFRESH_SECONDS,
         sessions: BMCSessions | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self.store = store
-        self.sessions = sessions or sessions_for(store)
+        self.sessions = sessions or BMCSessions(store)
+        self.inbox = inbox or Inbox()  # pushed Redfish events (the composition root shares the server's)
         self.refresh_seconds = refresh_seconds
         self.subscribed_refresh_seconds = subscribed_refresh_seconds
         self.retry_seconds = retry_seconds
@@ -83,7 +85,7 @@ class BMCReconciler(Reconciler):
                 self._pushed.add(Key(project, bmc))
                 wake(Key(project, bmc))
 
-        inbox_for(self.store).listen(on_event)
+        self.inbox.listen(on_event)
 
     def _refresh_after(self, bmc: dict[str, Any]) -> float:
         """Seconds between two crawls of the BMC: its own fixed share of the jitter, so that a later

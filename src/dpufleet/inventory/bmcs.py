@@ -22,9 +22,7 @@ stays a RedfishError of the client (BMCUnreachable names the address and the tim
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,17 +230,3 @@ class BMCSessions:
             project, name, str(spec["address"]), bool(spec.get("verifyTLS", True)), ref, credentials, bmc,
             time.monotonic(),
         )  # fmt: skip
-
-
-_BY_STORE: weakref.WeakKeyDictionary[Store, BMCSessions] = weakref.WeakKeyDictionary()
-_create = threading.Lock()
-
-
-def sessions_for(store: Store) -> BMCSessions:
-    """The store's BMC sessions, shared by every controller of this process that uses the store (one
-    read of a BMC's credentials, one view of a rotation), as drivers/redfish/events.py shares its inbox."""
-    with _create:
-        found = _BY_STORE.get(store)
-        if found is None:
-            found = _BY_STORE[store] = BMCSessions(store)
-        return found

@@ -37,10 +37,10 @@ from ..api.kinds import (
 from ..api.meta import ConditionStatus, Severity, seconds_since
 from ..drivers.base import InstallInterface
 from ..drivers.redfish.client import RedfishClient, RedfishError
-from ..drivers.redfish.events import inbox_for
+from ..drivers.redfish.events import Inbox
 from ..drivers.registry import NO_BMC_PATHS, build_install_driver
-from ..images.repository import ImageRepository, repository_for
-from ..inventory.bmcs import BMCAccessError, BMCSessions, sessions_for
+from ..images.repository import ImageRepository
+from ..inventory.bmcs import BMCAccessError, BMCSessions
 from ..runtime.conditions import set_condition, summarize_ready
 from ..runtime.controller import DONE, Key, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -124,11 +124,13 @@ class DPUProvisioner(Reconciler):
         owner: str | None = None,
         repository: ImageRepository | None = None,
         sessions: BMCSessions | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self.store = store
         self.config = config or ProvisioningConfig.from_env()
         self.owner = owner or default_owner()
-        self._repository = repository
+        self.repository = repository  # None: no image repository beside the store (staging refuses)
+        self.inbox = inbox or Inbox()  # pushed Redfish events (the composition root shares the server's)
         self.events = EventRecorder(store, "provisioner")
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -139,7 +141,7 @@ class DPUProvisioner(Reconciler):
         # BMC sessions (inventory/bmcs.py): the BMC's pooled client, kept between passes (a thousand DPUs
         # polled every few seconds would otherwise read the BMC, its Credential and secret and open a
         # connection each time); changed credentials or addresses are picked up within CLIENT_TTL.
-        self.sessions = sessions or sessions_for(store)
+        self.sessions = sessions or BMCSessions(store)
         self._bmc_dpus: dict[tuple[str, str], set[str]] = {}  # (project, BMC) -> the DPUs reached through it
         self._waiting: dict[Key, None] = {}  # DPUs that asked to start while max_in_flight were in flight, in order
         self._wake: Callable[[Key], None] | None = None
@@ -156,11 +158,7 @@ class DPUProvisioner(Reconciler):
                 if (project, name) in self._held:  # being provisioned here (its reservation is held)
                     wake(Key(project, name))
 
-        inbox_for(self.store).listen(on_event)
-
-    @property
-    def repository(self) -> ImageRepository | None:
-        return self._repository or repository_for(self.store)
+        self.inbox.listen(on_event)
 
     async def _startup(self) -> None:
         if self._started:

@@ -35,7 +35,7 @@ from ..api.naming import dpu_name
 from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity
 from ..drivers.agent.orders import HOST_CHANNEL, STATUS_FIELD, order_of
-from ..images.repository import ImageContentError, repository_for
+from ..images.repository import ImageContentError
 from ..inventory.tenancy import ProjectResolver
 from ..runtime.status import mutate_status_sync
 from .common import ServerState
@@ -77,7 +77,7 @@ def add_install_routes(
         return dpu_name(identity.serial)
 
     def signed(order: dict[str, Any]) -> str:
-        repository = repository_for(store)
+        repository = state.services.repository
         if repository is None:
             raise Unavailable("this server has no image repository")
         try:

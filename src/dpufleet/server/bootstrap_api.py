@@ -49,7 +49,7 @@ from ..crypto.onboarding import (
     public_b64,
 )
 from ..crypto.pki import AgentIdentity, PKIError
-from ..images.repository import ImageContentError, repository_for
+from ..images.repository import ImageContentError
 from ..inventory.catalog import find_profile
 from ..inventory.tenancy import ProjectResolver
 from ..runtime.conditions import ConditionStatus, Severity, set_condition, summarize_ready
@@ -197,7 +197,7 @@ def bootstrap_router(
             raise NotFound(
                 f"no onboarding information: image {spec['image']!r} has no OS for part number {body.partNumber!r}"
             )
-        repository = repository_for(store)
+        repository = state.services.repository
         if repository is None or repository.stat(os_component.sha256) is None:
             raise Unavailable(f"the content of image {spec['image']!r} is not in the repository")
         file_name = f"{os_fw.id}-{os_component.version}.bin"
@@ -242,7 +242,7 @@ def bootstrap_router(
     async def get_onboarding(request: Request) -> Response:
         body, identity = await verified(request, "onboarding")
         progress_url = str(request.url).rsplit("/", 1)[0] + "/progress"
-        repository = repository_for(store)
+        repository = state.services.repository
         if repository is not None and repository.public_url:
             progress_url = repository.public_url.rstrip("/") + BOOTSTRAP_PREFIX + "/progress"
         doc = await state.write(onboarding, body, identity, progress_url, source(request))

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
 from ..api.errors import BadRequest, TooLarge, UnsupportedMediaType
+from ..plane import Services
 from ..security.audit import AuditLog
 from ..store.feed import ChangeFeed
 from ..store.store import Store, WriteHook
@@ -35,6 +36,7 @@ class ServerState:
     auth: TokenAuthenticator
     feed: ChangeFeed
     audit: AuditLog
+    services: Services  # what the routes share with the controllers (plane.py)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -141,5 +143,7 @@ async def read_json(request: Request, *, patch: bool = False) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
-def build_state(store: Store, auth: TokenAuthenticator) -> ServerState:
-    return ServerState(store=store, auth=auth, feed=ChangeFeed(store), audit=AuditLog(store))
+def build_state(store: Store, auth: TokenAuthenticator, services: Services | None = None) -> ServerState:
+    return ServerState(
+        store=store, auth=auth, feed=ChangeFeed(store), audit=AuditLog(store), services=services or Services(store)
+    )

@@ -22,12 +22,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api.errors import APIError, BadRequest, NotFound, TooLarge, Unauthorized
 from ..drivers.redfish.client import RedfishError
-from ..drivers.redfish.events import inbox_for
 from ..health import actions
 from ..health.diagnosis import parse_time
 from ..health.probe import discover_links
 from ..health.subscriptions import RECEIVER_PATH, event_context
-from ..inventory.bmcs import BMCAccessError, sessions_for
+from ..inventory.bmcs import BMCAccessError
 from ..security.policy import SubAction
 from ..store.store import MODIFIED, Change
 from .access import Access
@@ -52,7 +51,7 @@ def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
         bmc = await state.read(state.store.get, "BMC", bmc_name, project)
         result: dict[str, Any] = {"bmc": bmc_name, "logs": {}, "system": None, "error": None}
         try:
-            session = await sessions_for(state.store).for_dpu(dpu, bmc=bmc, retries=1)
+            session = await state.services.sessions.for_dpu(dpu, bmc=bmc, retries=1)
         except BMCAccessError as exc:
             result["error"] = exc.message
         else:
@@ -178,7 +177,7 @@ async def receive_events(receiver: RedfishEventReceiver, project: str, bmc: str,
     for event in payload.get("Events") or []:
         if not isinstance(event, dict):
             continue
-        inbox_for(receiver.state.store).add(
+        receiver.state.services.inbox.add(
             project,
             bmc,
             str(event.get("Message") or ""),

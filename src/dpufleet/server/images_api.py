@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ..api.errors import APIError, BadRequest, NotFound, Unauthorized
 from ..api.meta import isotime, now
 from ..images.guard import protect_images
-from ..images.repository import ImageContentError, ImageRepository, check_digest, repository_for
+from ..images.repository import ImageContentError, ImageRepository, check_digest
 from ..provisioning.metrics import register_metrics
 from ..runtime.status import mutate_status_sync
 from .common import ServerState
@@ -37,7 +37,7 @@ class ContentRefused(APIError):
 
 
 def _repository(state: ServerState) -> ImageRepository:
-    repo = repository_for(state.store)
+    repo = state.services.repository
     if repo is None:
         raise NotFound("this server has no image repository")
     return repo

@@ -19,9 +19,10 @@ from fastapi import FastAPI
 from ..crypto.onboarding import OnboardingKey
 from ..crypto.pki import FleetCA
 from ..crypto.secrets import SecretBox
-from ..images.repository import ImageRepository, advertise_repository, attach_repository
+from ..images.repository import ImageRepository, advertise_repository
 from ..inventory.reports import ReportHandler
 from ..inventory.tenancy import ProjectResolver
+from ..plane import Services
 from ..security.audit import AuditLog
 from ..security.enroll import EnrollmentAuthority
 from ..security.oidc import OIDCConfig, OIDCVerifier
@@ -66,6 +67,10 @@ class Server:
     enrollment: EnrollmentAuthority
     agent_listener: AgentListener
 
+    @property
+    def services(self) -> Services:
+        return self.state.services
+
     @classmethod
     def build(
         cls,
@@ -80,10 +85,10 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
-        attach_repository(store, ImageRepository(data_dir / "images"))
+        services = Services(store, ImageRepository(data_dir / "images"))
         oidc_config = OIDCConfig.load(data_dir)
         auth = TokenAuthenticator(data_dir, store, OIDCVerifier(oidc_config) if oidc_config else None)
-        state = build_state(store, auth)
+        state = build_state(store, auth, services)
         ca = FleetCA.load_or_create(data_dir)
         enrollment = EnrollmentAuthority(ca, audit=AuditLog(store))
         host, port = parse_listen(agent_listen)
@@ -100,7 +105,7 @@ class Server:
         if controllers:
             from ..plane import default_manager
 
-            manager = default_manager(store, state.feed)
+            manager = default_manager(services, state.feed)
             state.background.append(manager.run)
         app = create_app(state)
         app.include_router(enroll_router(state, enrollment, lambda: listener.url))
@@ -123,7 +128,7 @@ def serve(
         data_dir, db_url, controllers=controllers, agent_listen=agent_listen, agent_advertise=agent_advertise
     )
     log.info("dpufleet API on http://%s:%d (data dir %s)", host, port, data_dir)
-    advertise_repository(server.store, host, port)
+    advertise_repository(server.services.repository, host, port)
     log.info("agent listener (mTLS) on %s; fleet CA %s", server.agent_listener.url, server.ca.fingerprint)
     log.info("admin token: %s", server.state.auth.admin_token_path)
     tune_gc()

@@ -1,22 +1,19 @@
 """Redfish events the BMCs pushed to the API server (EventService subscriptions), kept per BMC;
 and the log entries (LogServices) they read like.
 
-In-process and bounded, one inbox per store (so two control planes in one process, as in tests,
-never read each other's events): the receiver (server/health_api.py) adds, the health controller
-reads them as log evidence on its next visit. A controller in another process does not see them;
+In-process and bounded, one inbox per control plane (made by plane.Services, so two control
+planes in one process, as in tests, never read each other's events): the receiver
+(server/health_api.py) adds, the health controller reads them as log evidence on its next visit. A controller in another process does not see them;
 it still has the BMC's LogServices, which hold the same entries.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from ...store.store import Store
 
 
 @dataclass(frozen=True)
@@ -68,15 +65,3 @@ class Inbox:
         """A BMC deleted (or subscribed afresh): what it sent before is not evidence about what comes next."""
         with self._lock:
             self._events.pop((project, bmc), None)
-
-
-_BY_STORE: weakref.WeakKeyDictionary[Store, Inbox] = weakref.WeakKeyDictionary()
-_create = threading.Lock()
-
-
-def inbox_for(store: Store) -> Inbox:
-    with _create:
-        found = _BY_STORE.get(store)
-        if found is None:
-            found = _BY_STORE[store] = Inbox()
-        return found
