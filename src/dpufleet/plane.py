@@ -34,6 +34,7 @@ from .images.repository import ImageRepository
 from .inventory.bmc import BMCReconciler
 from .inventory.bmcs import BMCSessions
 from .inventory.discovery import DiscoveryReconciler
+from .inventory.tenancy import protect_serials
 from .provisioning.controller import DPUProvisioner
 from .runtime.controller import Controller, Reconciler
 from .runtime.reaper import EventReaper
@@ -58,6 +59,7 @@ class Services:
         self.repository = repository  # None: controllers with no image repository beside them
         self.inbox = inbox or Inbox()  # Redfish events BMCs pushed to this process's API server
         self.sessions = sessions or BMCSessions(store)  # one read of a BMC's credentials, one pooled client
+        protect_serials(store)  # serials are fleet-unique, whichever process creates the DPU
 
 
 R = TypeVar("R", bound=Reconciler)
