@@ -510,12 +510,21 @@ def test_dry_run_writes_nothing_and_answers_as_the_write_would(
     api: RunningServer, client: httpx.Client, project: str
 ) -> None:
     dry = {"dryRun": "All"}
+
+    def audited() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in client.get("/audit/v1/records", params={"limit": "1000"}).json()["items"]
+            if r["project"] == project
+        ]
+
     before = current_rv(api)
     created = client.post(coll(project), json=doc("dpus", "d1", labels={"rack": "r1"}), params=dry)
     assert created.status_code == 201, created.text
     assert created.json()["metadata"]["name"] == "d1" and created.json()["metadata"]["uid"]
     assert client.get(f"{coll(project)}/d1").status_code == 404
     assert current_rv(api) == before
+    assert audited() == [], "a dry run leaves no audit record"
     invalid = client.post(coll(project), json={**doc("dpus", "d2"), "spec": {"nonsense": 1}}, params=dry)
     real_invalid = client.post(coll(project), json={**doc("dpus", "d2"), "spec": {"nonsense": 1}})
     assert invalid.status_code == real_invalid.status_code == 422
@@ -533,7 +542,7 @@ def test_dry_run_writes_nothing_and_answers_as_the_write_would(
     duplicate = client.post(coll(project), json=doc("dpus", "d1"), params=dry)
     assert duplicate.status_code == 409
     stale = client.put(
-        f"{coll(project)}/d1", json={**stored, "metadata": {**stored["metadata"], "resourceVersion": "1"}}, params=dry
+        f"{coll(project)}/d1", json={**stored, "metadata": {**stored["metadata"], "resourceVersion": "999999999"}}, params=dry
     )
     assert stale.status_code == 409
     deleted = client.delete(f"{coll(project)}/d1", params=dry)
