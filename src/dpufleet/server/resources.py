@@ -155,6 +155,7 @@ class KindRoutes:
         timeout: int,
     ) -> Response:
         info = self.info
+        visible = _access(request).list_filter(info, Verb.WATCH, project)  # authorisation before any parsing
         query = WatchQuery(
             info,
             project,
@@ -162,7 +163,7 @@ class KindRoutes:
             queries.field_selector(field_selector),
             queries.resource_version(resource_version),
             float(timeout),
-            _access(request).list_filter(info, Verb.WATCH, project),
+            visible,
         )
         if query.since is not None:
             # fail fast with 410 before the stream starts when history is compacted away
