@@ -249,7 +249,9 @@ def _dpu(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
 def _dpuset(op: Operator, doc: dict[str, Any], rack2: SimRunning) -> None:
     stored_as_written(op, doc)
     done = op.wait_object(
-        "dpusets", doc["metadata"]["name"], lambda s: s["status"].get("updated", 0) >= doc["spec"]["strategy"]["canary"],
+        "dpusets",
+        doc["metadata"]["name"],
+        lambda s: s["status"].get("updated", 0) >= doc["spec"]["strategy"]["canary"],
         SETTLE,
     )
     assert done["status"]["dpus"] == 1, "the canary set leaves dpu.yaml's DPU (rack r2) out"
@@ -258,7 +260,9 @@ def _dpuset(op: Operator, doc: dict[str, Any], rack2: SimRunning) -> None:
 def _updaterequest(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     stored_as_written(op, doc)
     done = op.wait_object(
-        "updaterequests", doc["metadata"]["name"], lambda r: r["status"].get("phase") in ("Succeeded", "Failed", "Refused"),
+        "updaterequests",
+        doc["metadata"]["name"],
+        lambda r: r["status"].get("phase") in ("Succeeded", "Failed", "Refused"),
         SETTLE,
     )
     assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -286,7 +290,9 @@ def _image(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
 
 def _event(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     stored_as_written(op, doc)
-    assert any(e["reason"] == doc["reason"] for e in op.events(doc["involvedObject"]["kind"], doc["involvedObject"]["name"]))
+    assert any(
+        e["reason"] == doc["reason"] for e in op.events(doc["involvedObject"]["kind"], doc["involvedObject"]["name"])
+    )
 
 
 CHECKS: dict[str, Check] = {
