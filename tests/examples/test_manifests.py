@@ -40,12 +40,15 @@ def test_every_example_is_a_valid_document_of_its_kind(manifest: object) -> None
 
 
 def test_every_kind_of_the_registry_has_its_own_example_file() -> None:
-    """One file per kind at the top of examples/, named after the kind: a new kind without one fails here."""
+    """One file per kind at the top of examples/, NN-<kind>.yaml (NN: the order apply reads them in, what
+    an object refers to first): a new kind without one fails here."""
+    files = {path.name.split("-", 1)[1]: path for path in EXAMPLES.glob("[0-9][0-9]-*.yaml")}
     for kind in REGISTRY:
-        path = EXAMPLES / f"{kind.lower()}.yaml"
-        assert path.is_file(), f"kind {kind} has no example: write {path.relative_to(EXAMPLES.parent)}"
+        path = files.get(f"{kind.lower()}.yaml")
+        assert path is not None, f"kind {kind} has no example: write examples/NN-{kind.lower()}.yaml"
         kinds = {m.doc.get("kind") for m in manifests(EXAMPLES) if Path(m.source).name == path.name}
         assert kinds == {kind}, f"{path.name} should hold {kind} documents, holds {sorted(map(str, kinds))}"
+    assert sorted(files) == sorted(f"{kind.lower()}.yaml" for kind in REGISTRY), "a file per kind, no more"
 
 
 def test_the_fleet_holds_what_a_site_starts_with() -> None:
