@@ -120,7 +120,11 @@ class DemoContext:
 
 DemoStage = Callable[[DemoContext], None]
 
-EXAMPLE_OBJECTS: list[dict[str, Any]] = [
+# The flavor the demo applies is examples/fleet/30-dpuflavor.yaml of the checkout, so the demo and the
+# examples a user starts from cannot drift apart. An installed wheel has no examples/: it applies this copy,
+# which tests/examples/test_manifests.py keeps equal to the file.
+EXAMPLE_FILES = [Path(__file__).resolve().parents[2] / "examples" / "fleet" / "30-dpuflavor.yaml"]
+BUILTIN_EXAMPLE_OBJECTS: list[dict[str, Any]] = [
     {
         "apiVersion": "dpufleet.io/v1alpha1",
         "kind": "DPUFlavor",
@@ -132,6 +136,16 @@ EXAMPLE_OBJECTS: list[dict[str, Any]] = [
         },
     },
 ]
+
+
+def example_objects() -> list[dict[str, Any]]:
+    """The documents of EXAMPLE_FILES when this is a checkout, else the built-in copy."""
+    from .cli.apply import load
+
+    if not all(path.is_file() for path in EXAMPLE_FILES):
+        return BUILTIN_EXAMPLE_OBJECTS
+    return [manifest.doc for manifest in load([str(path) for path in EXAMPLE_FILES])]
+
 
 DEMO_FLEET = SimOptions(
     hosts=4,
@@ -145,8 +159,8 @@ FLEET_TIMEOUT = 90.0
 
 
 def apply_examples(ctx: DemoContext) -> None:
-    """A flavor, a host and two labelled DPUs, applied through the HTTP API like any user would."""
-    for doc in EXAMPLE_OBJECTS:
+    """The example flavor (examples/fleet/30-dpuflavor.yaml), applied through the HTTP API like any user would."""
+    for doc in example_objects():
         obj, outcome = ctx.client.apply(doc)
         ctx.out(f"  {obj['kind'].lower()}/{obj['metadata']['name']} {outcome}")
 

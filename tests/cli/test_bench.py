@@ -1,46 +1,117 @@
 """The fleet benchmarks, run small: each starts its own server and emulated fleet, does the whole job and
-prints its result table (what a user types to reproduce docs/benchmarks.md). Not a timing test: the
-figures are only checked to be there and consistent with the work asked for."""
+prints its figures as one JSON object on stdout with `--json` (what scripts and CI read; progress and
+the table go to stderr). Not a timing test: the figures are only checked to be there and consistent with
+the work asked for."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from typing import Any
 
+import httpx
 import pytest
+from typer.testing import CliRunner
+
+from dpufleet.main import app
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def bench(*args: str) -> str:
-    proc = subprocess.run(
+def run(*args: str, timeout: float = 220) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "dpufleet.main", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def bench_json(*args: str) -> dict[str, Any]:
+    """The bench's stdout, which must be exactly one JSON object (and its exit status 0)."""
+    proc = run(*args, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    assert proc.stdout.count("\n") == 1, f"stdout holds more than the JSON object:\n{proc.stdout}"
+    figures = json.loads(proc.stdout)
+    assert isinstance(figures, dict)
+    assert figures["bench"] == args[0]
+    assert "dpufleet bench" in proc.stderr, "the table goes to stderr"
+    return figures
 
 
-def row(out: str, metric: str) -> str:
-    line = next(line for line in out.splitlines() if line.strip().startswith(metric))
-    return line.strip()[len(metric) :].strip()
+def test_bench_api_counts_creates_lists_and_watch_events() -> None:
+    figures = bench_json("api", "--objects", "20", "--watchers", "2")
+    assert figures["objects"] == 20 and figures["watchers"] == 2 and figures["backend"] == "sqlite"
+    assert figures["api_creates_per_second"] > 0 and figures["store_creates_per_second"] > 0
+    assert 0 < figures["list_seconds_p50"] <= figures["list_seconds_max"]
+    # every watcher sees every update (one per object, at most 300)
+    assert figures["watch_events_delivered"] == 2 * 20 and figures["watch_events_missed"] == 0
+    assert figures["watch_latency_ms_p50"] <= figures["watch_latency_ms_p99"]
+    assert figures["errors"] == []
+
+
+def test_bench_discovery_inventories_every_bmc() -> None:
+    figures = bench_json("discovery", "--bmcs", "2", "--latency", "0", "--timeout", "120")
+    assert figures["bmcs"] == figures["bmcs_inventoried"] == 2
+    assert figures["seconds_total"] > 0 and figures["bmcs_per_minute"] > 0
+    assert figures["server_peak_rss_mib"] > 0
 
 
 def test_bench_provision_provisions_every_dpu_and_reports_its_cost() -> None:
-    out = bench("provision", "--dpus", "3", "--poll", "0.2", "--timeout", "120")
-    assert row(out, "DPUs Ready").startswith("3 / 3")
-    assert row(out, "DPUs failed").startswith("0")
-    assert row(out, "SimpleUpdate requests").split()[:2] == ["3", "3"]
-    assert row(out, "control plane CPU per DPU").split()[1] == "ms"
+    figures = bench_json("provision", "--dpus", "3", "--poll", "0.2", "--timeout", "120")
+    assert figures["dpus"] == figures["dpus_ready"] == 3 and figures["dpus_failed"] == 0
+    assert figures["simple_update_requests"] == 3
+    assert figures["dpus_per_second"] == pytest.approx(3 / figures["seconds_total"])
+    assert figures["server_cpu_ms_per_dpu"] > 0 and figures["redfish_requests_per_dpu"] > 0
+    assert set(figures["phase_mean_ms"]) <= {
+        "Available", "PreparingHost", "StagingImage", "Installing", "Rebooting", "Configuring"
+    }  # fmt: skip
+    assert "Installing" in figures["phase_mean_ms"]
 
 
 def test_bench_rollout_completes_within_max_unavailable_and_reports_the_hardware_minimum() -> None:
-    out = bench("rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5", "--poll", "0.2")
-    assert row(out, "DPUs Ready").startswith("4 / 4")
-    assert row(out, "peak unavailable (DPUSet status)").split()[0] in ("1", "2")
-    assert row(out, "hardware minimum").startswith("1.0 s"), "ceil(4 / 2) x 0.5 s"
-    assert "reconcile passes, DPUProvisioner" in out
+    figures = bench_json(
+        "rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5", "--poll", "0.2"
+    )
+    assert figures["dpus"] == figures["dpus_ready"] == 4 and figures["dpus_failed"] == 0
+    assert figures["max_unavailable"] == 2 and 1 <= figures["peak_unavailable"] <= 2
+    assert figures["hardware_minimum_seconds"] == pytest.approx(1.0), "ceil(4 / 2) x 0.5 s"
+    assert figures["overhead_seconds"] == pytest.approx(figures["seconds_total"] - 1.0)
+    assert figures["reconcile_passes_per_dpu"]["DPUProvisioner"] > 0
+
+
+def test_bench_chaos_detects_and_sees_the_recovery_of_its_fault() -> None:
+    """Seed 4's one fault is a 6 s soft reset of the DPU's host: the DPU stays Healthy throughout."""
+    figures = bench_json("chaos", "--dpus", "1", "--duration", "1", "--rate", "0.01", "--seed", "4", "--settle", "60")
+    assert figures["faults_injected"] == 1 and figures["faults_by_kind"] == {"host-soft-reset": 1}
+    assert figures["faults_on_dpus"] == 0
+    assert figures["detection_seconds_p50"] is None, "nothing on the DPU to detect: null, not NaN"
+    for leftover in ("undetected", "misdiagnosed", "unrecovered", "unaccounted"):
+        assert figures[leftover] == []
+
+
+def test_a_bench_the_system_fails_is_one_error_line_and_exit_1() -> None:
+    """A database that cannot be opened, a real failure of the system under test, is no traceback."""
+    proc = run("api", "--objects", "1", "--watchers", "1", "--db", "postgresql://nobody@127.0.0.1:9/none", "--json")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: bench api failed: OperationalError") and "Traceback" not in proc.stderr
+
+
+def test_a_dropped_connection_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpufleet.bench.api
+
+    def dropped(**_kwargs: object) -> None:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    monkeypatch.setattr(dpufleet.bench.api, "run_api_bench", dropped)
+    result = CliRunner().invoke(app, ["bench", "api", "--json"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: bench api failed: RemoteProtocolError: Server disconnected without sending a response.\n"
+    )

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import httpx
 import orjson
-from rich.console import Console
 
 from ..store.store import Store, default_sqlite_url
-from .harness import RunningServer, percentile, result_table, server_process
+from .harness import RunningServer, bench_console, percentile, result_table, server_process
 from .rawhttp import RawConnection
 
 BASE = "/apis/dpufleet.io/v1alpha1"
@@ -48,7 +47,27 @@ class APIBenchResult:
     watch_p99_ms: float = 0.0
     watch_events: int = 0
     watch_missed: int = 0
+    backend: str = "sqlite"
     errors: list[str] = field(default_factory=list)
+
+    def figures(self) -> dict[str, object]:
+        """The result as `--json` prints it."""
+        return {
+            "bench": "api",
+            "objects": self.objects,
+            "watchers": self.watchers,
+            "backend": self.backend,
+            "store_creates_per_second": self.store_creates_per_s,
+            "api_creates_per_second": self.api_creates_per_s,
+            "api_overhead_ratio": self.store_creates_per_s / max(self.api_creates_per_s, 1e-9),
+            "list_seconds_p50": self.list_p50_s,
+            "list_seconds_max": self.list_max_s,
+            "watch_latency_ms_p50": self.watch_p50_ms,
+            "watch_latency_ms_p99": self.watch_p99_ms,
+            "watch_events_delivered": self.watch_events,
+            "watch_events_missed": self.watch_missed,
+            "errors": self.errors,
+        }
 
 
 def store_baseline(objects: int, db_url: str | None) -> float:
@@ -163,9 +182,10 @@ def run_api_bench(
     concurrency: int = 32,
     updates: int = 300,
     rate: float = 50.0,
+    as_json: bool = False,
 ) -> APIBenchResult:
-    console = Console()
-    result = APIBenchResult(objects=objects, watchers=watchers)
+    console = bench_console(as_json)
+    result = APIBenchResult(objects=objects, watchers=watchers, backend="postgresql" if db else "sqlite")
     console.print(
         f"[bold]bench api[/]: {objects} DPUs, {watchers} watchers, backend {'PostgreSQL' if db else 'SQLite'}"
     )

@@ -35,7 +35,7 @@ from rich.console import Console
 from ..sim.faults import FaultKind, injector_for
 from ..sim.runner import SimOptions, SimRunning, run_sim
 from .discovery import _peak_rss_mib
-from .harness import RunningServer, free_port, percentile, result_table, script_server
+from .harness import RunningServer, bench_console, free_port, percentile, result_table, script_server
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 TIME_SCALE = 0.05  # emulated hardware: a 40 s boot takes 2 s, the 30 s OS watchdog 1.5 s
@@ -155,6 +155,33 @@ class ChaosBenchResult:
     server_peak_rss_mib: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
     subscribed_bmcs: int = 0  # BMCs pushing their events to the API server (EventService subscriptions)
+
+    def figures(self) -> dict[str, object]:
+        """The result as `--json` prints it."""
+        return {
+            "bench": "chaos",
+            "dpus": self.dpus,
+            "duration_seconds": self.duration,
+            "faults_per_second": self.rate,
+            "seed": self.seed,
+            "faults_injected": len(self.injected),
+            "faults_on_dpus": sum(1 for f in self.injected if EXPECTED[f.kind] is not None),
+            "faults_by_kind": dict(sorted(self.by_kind.items())),
+            "detection_seconds_p50": self.detection_p50,
+            "detection_seconds_p99": self.detection_p99,
+            "detection_bound_seconds": DETECTION_BOUND,
+            "recovery_seconds_mean": self.mttr,
+            "undetected": self.undetected,
+            "over_before_bound": self.over_before_bound,
+            "misdiagnosed": self.misdiagnosed,
+            "unrecovered": self.unrecovered,
+            "unaccounted": self.unaccounted,
+            "quarantined": self.quarantined,
+            "settle_seconds": self.settle_seconds,
+            "setup_seconds": self.setup_seconds,
+            "subscribed_bmcs": self.subscribed_bmcs,
+            "server_peak_rss_mib": self.server_peak_rss_mib,
+        }
 
 
 def _healthy(dpu: dict[str, Any]) -> bool:
@@ -370,9 +397,14 @@ async def _run(dpus: int, duration: float, rate: float, seed: int, settle: float
 
 
 def run_chaos_bench(
-    dpus: int = 200, duration: float = 120.0, rate: float = 0.5, seed: int = 1, settle: float = 120.0
+    dpus: int = 200,
+    duration: float = 120.0,
+    rate: float = 0.5,
+    seed: int = 1,
+    settle: float = 120.0,
+    as_json: bool = False,
 ) -> ChaosBenchResult:
-    console = Console()
+    console = bench_console(as_json)
     logging.getLogger("dpufleet.agent").setLevel(logging.ERROR)  # partitioned agents' retries are expected
     console.print(
         f"[bold]bench chaos[/]: {dpus} emulated DPUs (time scale {TIME_SCALE:g}), a random fault every "

@@ -19,7 +19,7 @@ import httpx
 from rich.console import Console
 
 from ..sim.runner import SimOptions, SimRunning, register
-from .harness import result_table, server_process
+from .harness import bench_console, result_table, server_process
 
 PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
 
@@ -33,6 +33,19 @@ class DiscoveryBenchResult:
     bmcs_per_minute: float
     server_peak_rss_mib: float
     sim_peak_rss_mib: float
+
+    def figures(self) -> dict[str, object]:
+        """The result as `--json` prints it."""
+        return {
+            "bench": "discovery",
+            "bmcs": self.bmcs,
+            "latency_seconds": self.latency,
+            "bmcs_inventoried": self.inventoried,
+            "seconds_total": self.seconds,
+            "bmcs_per_minute": self.bmcs_per_minute,
+            "server_peak_rss_mib": self.server_peak_rss_mib,
+            "sim_peak_rss_mib": self.sim_peak_rss_mib,
+        }
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -91,8 +104,10 @@ async def _run(bmcs: int, latency: float, timeout: float, console: Console) -> D
     return DiscoveryBenchResult(bmcs, latency, elapsed, done, done / elapsed * 60, server_rss, sim_rss)
 
 
-def run_discovery_bench(bmcs: int = 500, latency: float = 0.3, timeout: float = 600.0) -> DiscoveryBenchResult:
-    console = Console()
+def run_discovery_bench(
+    bmcs: int = 500, latency: float = 0.3, timeout: float = 600.0, as_json: bool = False
+) -> DiscoveryBenchResult:
+    console = bench_console(as_json)
     console.print(f"[bold]bench discovery[/]: {bmcs} emulated BMCs, {latency:g}s per request, 4 request slots each")
     result = asyncio.run(_run(bmcs, latency, timeout, console))
     table = result_table("discovery")

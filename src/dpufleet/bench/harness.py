@@ -1,7 +1,13 @@
-"""Shared pieces for benchmarks: a real server subprocess, percentiles, result printing."""
+"""Shared pieces for benchmarks: a real server subprocess, percentiles, result printing.
+
+A bench prints its progress and its result table for people; with `--json` both go to stderr and
+stdout carries only one JSON object of named figures (units in the names), for scripts and CI.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -13,8 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from rich.console import Console
 from rich.table import Table
 
 
@@ -40,6 +48,28 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def bench_console(as_json: bool) -> Console:
+    """Where a bench's progress and table go: stdout for people, stderr when stdout is the JSON object."""
+    return Console(stderr=True) if as_json else Console()
+
+
+def _finite(value: Any) -> Any:
+    """The figures as JSON has them: a figure that could not be measured (nan, inf) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(figures: dict[str, Any]) -> None:
+    """The one JSON object a `--json` bench prints on stdout (on one line, then a newline)."""
+    sys.stdout.write(json.dumps(_finite(figures), allow_nan=False) + "\n")
+    sys.stdout.flush()
 
 
 def result_table(bench: str) -> Table:
@@ -95,9 +125,12 @@ def script_server(
 ) -> Iterator[RunningServer]:
     """Run `python -c script *args` (a script that serves the API on 127.0.0.1:port from data_dir),
     wait for /readyz, and stop it (SIGTERM, then SIGKILL) on exit."""
-    log_path = os.environ.get("DPUFLEET_BENCH_SERVER_LOG")  # where the server's stderr goes (default: nowhere)
-    stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 -- closed with the process
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], env={**os.environ, **(env or {})}, stderr=stderr)
+    log_path = os.environ.get("DPUFLEET_BENCH_SERVER_LOG")  # where the server's output goes (default: nowhere)
+    output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 -- closed with the process
+    # never the bench's stdout: with --json that is the JSON object alone
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], env={**os.environ, **(env or {})}, stdout=output, stderr=output
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:

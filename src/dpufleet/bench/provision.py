@@ -24,7 +24,7 @@ from rich.console import Console
 
 from ..sim.runner import SimOptions, SimRunning, register
 from .discovery import _peak_rss_mib
-from .harness import add_cost_rows, cpu_seconds, result_table, server_process
+from .harness import add_cost_rows, bench_console, cpu_seconds, result_table, server_process
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
@@ -47,6 +47,28 @@ class ProvisionBenchResult:
     server_peak_rss_mib: float = 0.0
     server_cpu_seconds: float = 0.0  # the control plane's CPU time over the timed part
     errors: list[str] = field(default_factory=list)
+
+    def figures(self) -> dict[str, object]:
+        """The result as `--json` prints it."""
+        per = max(1, self.dpus)
+        return {
+            "bench": "provision",
+            "dpus": self.dpus,
+            "dpus_ready": self.ready,
+            "dpus_failed": self.failed,
+            "seconds_total": self.seconds,
+            "dpus_per_second": self.dpus_per_second,
+            "discovery_seconds": self.discovery_seconds,
+            "simple_update_requests": self.simple_updates,
+            "phase_mean_ms": self.phase_mean_ms,
+            "server_peak_rss_mib": self.server_peak_rss_mib,
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "server_cpu_ms_per_dpu": 1000 * self.server_cpu_seconds / per,
+            "redfish_requests": self.redfish_requests,
+            "redfish_requests_per_dpu": self.redfish_requests / per,
+            "redfish_requests_top": {path: count for path, count in self.top_requests},
+            "errors": self.errors,
+        }
 
 
 def _requests_by_path(fleet: Any) -> Counter[str]:
@@ -268,8 +290,10 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
     return result
 
 
-def run_provision_bench(dpus: int = 1000, poll: float = 0.05, timeout: float = 600.0) -> ProvisionBenchResult:
-    console = Console()
+def run_provision_bench(
+    dpus: int = 1000, poll: float = 0.05, timeout: float = 600.0, as_json: bool = False
+) -> ProvisionBenchResult:
+    console = bench_console(as_json)
     console.print(
         f"[bold]bench provision[/]: {dpus} emulated DPUs, hardware delays zero (time_scale 0, latency 0), "
         f"the control plane polls every {poll:g}s"

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from ..sim.runner import SimRunning
 from .discovery import _peak_rss_mib
-from .harness import add_cost_rows, cpu_seconds, result_table, server_process
+from .harness import add_cost_rows, bench_console, cpu_seconds, percentile, result_table, server_process
 from .provision import PHASES, _phase_means, _requests_by_path, discover_fleet, publish_image, reconciles_by_controller
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
@@ -69,6 +69,38 @@ class RolloutBenchResult:
     @property
     def met(self) -> bool:
         return self.ready == self.dpus and self.seconds <= self.target_seconds
+
+    def figures(self) -> dict[str, object]:
+        """The result as `--json` prints it."""
+        per = max(1, self.dpus)
+        gaps = self.refill_seconds
+        return {
+            "bench": "rollout",
+            "dpus": self.dpus,
+            "max_unavailable": self.max_unavailable,
+            "update_seconds": self.update_seconds,
+            "dpus_ready": self.ready,
+            "dpus_failed": self.failed,
+            "peak_unavailable": self.peak_unavailable,
+            "seconds_total": self.seconds,
+            "hardware_minimum_seconds": self.minimum_seconds,
+            "overhead_seconds": self.overhead_seconds,
+            "target_seconds": self.target_seconds,
+            "target_met": self.met,
+            "discovery_seconds": self.discovery_seconds,
+            "first_start_seconds": self.first_start_seconds,
+            "refill_ms_mean": 1000 * sum(gaps) / len(gaps) if gaps else None,
+            "refill_ms_p90": 1000 * percentile(gaps, 90) if gaps else None,
+            "phase_mean_ms": self.phase_mean_ms,
+            "server_peak_rss_mib": self.server_peak_rss_mib,
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "server_cpu_ms_per_dpu": 1000 * self.server_cpu_seconds / per,
+            "fleet_cpu_seconds": self.fleet_cpu_seconds,
+            "redfish_requests": self.redfish_requests,
+            "redfish_requests_per_dpu": self.redfish_requests / per,
+            "reconcile_passes_per_dpu": {c: n / per for c, n in sorted(self.reconciles.items()) if n},
+            "errors": self.errors,
+        }
 
 
 def max_unavailable_of(value: str, dpus: int) -> int:
@@ -210,8 +242,9 @@ def run_rollout_bench(
     update_seconds: float = 2.0,
     poll: float = 0.05,
     timeout: float = 900.0,
+    as_json: bool = False,
 ) -> RolloutBenchResult:
-    console = Console()
+    console = bench_console(as_json)
     console.print(
         f"[bold]bench rollout[/]: {dpus} emulated DPUs, maxUnavailable {max_unavailable}, "
         f"install + reboot {update_seconds:g}s per DPU, the provisioner polls every {poll:g}s"
