@@ -444,3 +444,29 @@ def test_a_bmc_is_crawled_again_only_when_its_object_changes_or_its_period_is_up
     asyncio.run(reconciler.reconcile(Key("default", "refused")))
     assert bmc.requests_served > served, "a BMC whose crawl failed is tried again at its next visit"
     store.close()
+
+
+def test_a_dpu_declared_before_its_bmc_is_crawled_gets_the_identity_labels_a_dpuset_selects_by(
+    site: Site, tmp_path: Path
+) -> None:
+    """A DPU first made by a manifest or its host's agent carries no vendor/model labels; the crawl adds
+    them (a DPUSet selecting `dpufleet.io/vendor` must see it) and leaves a label the user set alone."""
+    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}", SecretBox.load_or_create(tmp_path))
+    store.migrate()
+    store.create({"kind": "Credential", "metadata": {"name": "site"}, "spec": {"username": USER, "password": PASSWORD}})
+    url, dpu = site.good(2)
+    name = f"dpu-{dpu.serial.lower()}"
+    store.create(
+        {
+            "kind": "DPU",
+            "metadata": {"name": name, "labels": {"pool": "general", "dpufleet.io/model": "mine"}},
+            "spec": {"serialNumber": dpu.serial},
+        }
+    )
+    store.create({"kind": "BMC", "metadata": {"name": "b"}, "spec": {"address": url, "credentialsRef": "site"}})
+    asyncio.run(BMCReconciler(store).reconcile(Key("default", "b")))
+    labels = store.get("DPU", name)["metadata"]["labels"]
+    assert labels["dpufleet.io/vendor"] not in ("", "unknown"), labels
+    assert labels["dpufleet.io/model"] == "mine", "a label the user set is not changed"
+    assert labels["pool"] == "general"
+    store.close()

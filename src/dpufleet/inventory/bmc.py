@@ -351,20 +351,31 @@ class BMCReconciler(Reconciler):
             existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
         except NotFound:
             existing = None
+        identity_labels = {
+            "dpufleet.io/vendor": _label(system.manufacturer),
+            "dpufleet.io/model": _label(profile.name if profile else system.model),
+        }
         if existing is not None:
             owner = (existing.get("status") or {}).get("bmc")
             if owner and owner != bmc_meta["name"] and await self._bmc_exists(owner, project):
                 return None
+            # a DPU made first by another source (its host's agent, a user's manifest) gets the labels a
+            # DPUSet selects by too; a label already there (a user's value) is never changed
+            missing = {k: v for k, v in identity_labels.items() if k not in (existing["metadata"].get("labels") or {})}
+            if missing:
+                try:
+                    existing = await asyncio.to_thread(
+                        self.store.patch, "DPU", name, {"metadata": {"labels": missing}}, project
+                    )
+                except Exception as exc:  # a concurrent writer: the next crawl adds them
+                    log.debug("label DPU %s: %s", name, exc)
         else:
             doc = {
                 "kind": "DPU",
                 "metadata": {
                     "name": name,
                     "project": project,
-                    "labels": {
-                        "dpufleet.io/vendor": _label(system.manufacturer),
-                        "dpufleet.io/model": _label(profile.name if profile else system.model),
-                    },
+                    "labels": identity_labels,
                 },
                 "spec": {"serialNumber": system.serialNumber},
             }
