@@ -493,7 +493,13 @@ class Client:
         except ClientError as exc:
             if exc.code != 404:
                 raise
-            return self.create(doc, project), "created"
+            try:
+                return self.create(doc, project), "created"
+            except ClientError as create_error:
+                if create_error.reason != "AlreadyExists":
+                    raise
+                # made meanwhile (a controller or an agent discovered it): apply to what is there
+                current = self.get(ref, name, project)
         body = dict(doc)
         meta = dict(doc["metadata"])
         meta.pop("resourceVersion", None)
