@@ -418,17 +418,32 @@ class Client:
         project: str | None = DEFAULT_PROJECT,
         selector: str | None = None,
         field_selector: str | None = None,
+        *,
+        page_size: int | None = None,
     ) -> ObjectList:
-        """Objects of a kind in one project, or in all projects when project is None.
+        """Objects of a kind in one project, or in all projects when project is None; the whole list,
+        fetched `page_size` objects at a time when given (following the server's continue tokens).
 
-        `field_selector` (`status.phase=Ready,spec.hostRef!=h1`) is sent as `fieldSelector`; a server
-        that predates field selectors ignores it, so callers that must be exact check it again.
-        """
+        The list's resourceVersion is the first page's: a watch from it replays whatever changed while
+        the later pages were read, so nothing is missed."""
         ref = self.resolve_kind(kind)
-        params = _selectors(selector, field_selector) or None
-        body = self._request("GET", self._collection(ref, project), params=params)
-        rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        return ObjectList(ref.kind, list(body.get("items") or []), rv)
+        params: dict[str, str] = {}
+        if selector:
+            params["labelSelector"] = selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if page_size is not None:
+            params["limit"] = str(page_size)
+        items: builtins.list[dict[str, Any]] = []
+        rv = ""
+        while True:
+            body = self._request("GET", self._collection(ref, project), params=params or None)
+            meta = body.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion") or "")
+            items.extend(body.get("items") or [])
+            if not meta.get("continue"):
+                return ObjectList(ref.kind, items, rv)
+            params["continue"] = str(meta["continue"])
 
     def create(self, doc: dict[str, Any], project: str | None = None, *, dry_run: bool = False) -> dict[str, Any]:
         """Create; with dry_run the server validates and answers what it would store, and writes nothing."""
@@ -591,7 +606,8 @@ class Client:
     ) -> Iterator[WatchEvent]:
         """Events for a kind, forever. Without resource_version, current objects come first as ADDED.
 
-        On a dropped connection it resumes from the last resourceVersion it saw, so nothing is
+        The server ends each watch stream after its timeout; the client then watches on from the
+        last resourceVersion it saw, as on a dropped connection. On a dropped connection it resumes from the last resourceVersion it saw, so nothing is
         missed or repeated. When the server answers 410 Expired (history compacted, or the watch
         fell behind) it re-lists and reports the difference against what it had seen — ADDED,
         MODIFIED and DELETED events — then watches on from the list's resourceVersion. Only a
@@ -632,12 +648,13 @@ class Client:
     def _watch_once(
         self, ref: KindRef, project: str | None, selector: str | None, rv: str | None, field_selector: str | None
     ) -> Iterator[WatchEvent]:
-        params = {"watch": "true", **_selectors(selector, field_selector)}
+        params = _selectors(selector, field_selector)
         if rv:
             params["resourceVersion"] = rv
         timeout = httpx.Timeout(10.0, read=WATCH_READ_TIMEOUT)
+        path = BASE + "/watch" + self._collection(ref, project).removeprefix(BASE)
         try:
-            with self._http.stream("GET", self._collection(ref, project), params=params, timeout=timeout) as response:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
                 if response.status_code >= 400:
                     raise self._error(response.status_code, response.read())
                 for line in response.iter_lines():

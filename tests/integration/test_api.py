@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from dpufleet.api.kinds import REGISTRY
+from dpufleet.client import Client
 from support.postgres import PostgresServer
 from support.server import BASE, RunningServer, threaded_server
 from support.watch import rv_of, watch
@@ -79,6 +81,9 @@ def coll(project: str, plural: str = "dpus") -> str:
     return f"{BASE}/projects/{project}/{plural}"
 
 
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
 def current_rv(api: RunningServer) -> int:
     assert api.server is not None
     return api.server.store.current_rv()
@@ -114,13 +119,41 @@ def test_bootstrap_token_file_is_private_and_only_its_hash_is_kept(api: RunningS
 def test_probes_and_openapi_need_no_token(api: RunningServer) -> None:
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").json() == {"status": "ready"}
+    assert httpx.get(api.url + "/openapi.json").status_code == 200
+
+
+def test_openapi_has_every_operation_and_schema_of_every_kind(api: RunningServer) -> None:
+    """A generated client sees each kind: its paths, its operations, its schemas with their descriptions."""
     spec = httpx.get(api.url + "/openapi.json").json()
-    item = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
-    assert {"get", "put", "patch", "delete"} <= set(spec["paths"][item])
-    assert {"get", "put", "patch"} <= set(spec["paths"][item + "/status"])
-    assert "post" in spec["paths"][f"{BASE}/projects/{{project}}/{{plural}}"]
-    documented = json.dumps(spec)
-    assert all(plural in documented for plural in MINIMAL), "every kind's plural is documented"
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    for info in REGISTRY.values():
+        coll_path = f"{BASE}/projects/{{project}}/{info.plural}"
+        assert {"get", "post"} <= set(paths[coll_path]), info.kind
+        assert "get" in paths[f"{BASE}/{info.plural}"], info.kind
+        assert {"get", "put", "patch", "delete"} <= set(paths[coll_path + "/{name}"]), info.kind
+        if info.has_status:
+            assert {"get", "put", "patch"} <= set(paths[coll_path + "/{name}/status"]), info.kind
+        else:
+            assert coll_path + "/{name}/status" not in paths
+        for watch_path in (f"{BASE}/watch/projects/{{project}}/{info.plural}", f"{BASE}/watch/{info.plural}"):
+            watch_op = paths[watch_path]["get"]
+            assert set(watch_op["responses"]["200"]["content"]) == {"application/x-ndjson"}, watch_path
+            timeout = next(p for p in watch_op["parameters"] if p["name"] == "timeoutSeconds")["schema"]
+            assert timeout["maximum"] >= timeout["default"] >= timeout["minimum"] >= 1
+        create = paths[coll_path]["post"]
+        assert create["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{info.kind}"
+        }
+        assert create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{info.kind}")
+        assert create["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/Status")
+        listed = paths[coll_path]["get"]
+        assert listed["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{info.kind}List")
+        assert {"labelSelector", "fieldSelector", "limit", "continue"} <= {p["name"] for p in listed["parameters"]}
+        assert "watch" not in {p["name"] for p in listed["parameters"]}, "watching is its own operation"
+        assert info.kind in schemas and f"{info.kind}List" in schemas
+    dpu = schemas["DPU"]
+    assert {"apiVersion", "kind", "metadata", "spec"} <= set(dpu["properties"])
+    assert "description" in json.dumps(schemas[dpu["properties"]["spec"]["$ref"].rsplit("/", 1)[1]])
 
 
 def test_discovery_lists_every_kind(client: httpx.Client) -> None:
@@ -376,7 +409,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_requests_and_record_latency(client: httpx.Client, project: str) -> None:
-    route = f"{BASE}/projects/{{project}}/{{plural}}/{{name}}"
+    route = f"{BASE}/projects/{{project}}/dpus/{{name}}"  # each kind has its own route templates
     before = client.get("/metrics").text
     for _ in range(3):
         assert client.get(f"{coll(project)}/ghost").status_code == 404
@@ -386,3 +419,134 @@ def test_metrics_count_requests_and_record_latency(client: httpx.Client, project
     assert _sample(after, "dpufleet_api_request_seconds_count", method="GET", route=route) >= 3
     assert _sample(after, "dpufleet_api_request_seconds_bucket", method="GET", route=route, le="+Inf") >= 3
     assert "dpufleet_api_watchers" in after
+
+
+# --- pagination, field selectors, bounded watch, dry run ------------------------------------------------
+
+
+def test_lists_come_in_pages_and_the_client_follows_them(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    for i in range(7):
+        assert client.post(coll(project), json=doc("dpus", f"d{i}")).status_code == 201
+    seen: list[str] = []
+    params: dict[str, str] = {"limit": "3"}
+    pages = 0
+    while True:
+        body = client.get(coll(project), params=params).json()
+        pages += 1
+        assert len(body["items"]) <= 3 and body["metadata"]["resourceVersion"]
+        seen += [item["metadata"]["name"] for item in body["items"]]
+        if "continue" not in body["metadata"]:
+            break
+        params["continue"] = body["metadata"]["continue"]
+    assert (seen, pages) == ([f"d{i}" for i in range(7)], 3)
+    with Client(api.url, api.token) as dpufleet:
+        listed = dpufleet.list("dpus", project, page_size=2)
+        assert [item["metadata"]["name"] for item in listed.items] == seen
+        assert int(listed.resource_version) > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"continue": "not-a-token"}, "continue"),
+        ({"fieldSelector": "status.phase"}, "fieldSelector"),
+        ({"fieldSelector": "status..phase=x"}, "fieldSelector"),
+        ({"labelSelector": "a in b"}, "labelSelector"),
+    ],
+)
+def test_a_bad_list_parameter_is_a_400_naming_it(
+    client: httpx.Client, project: str, params: dict[str, str], needle: str
+) -> None:
+    response = client.get(coll(project), params=params)
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["message"]
+
+
+def test_a_continue_token_of_another_listing_is_refused(client: httpx.Client, project: str) -> None:
+    for i in range(3):
+        client.post(coll(project), json=doc("dpus", f"d{i}"))
+    token = client.get(coll(project), params={"limit": "1"}).json()["metadata"]["continue"]
+    response = client.get(coll(project, "hosts"), params={"continue": token})
+    assert response.status_code == 400 and "continue" in response.json()["message"]
+
+
+def test_field_selectors_filter_lists_and_watches(api: RunningServer, client: httpx.Client, project: str) -> None:
+    for name, host in (("d1", "h1"), ("d2", "h2"), ("d3", "h1")):
+        client.post(coll(project), json={**doc("dpus", name), "spec": {"hostRef": host}})
+    client.patch(f"{coll(project)}/d3/status", json={"status": {"phase": "Ready"}}, headers=MERGE)
+    listed = client.get(coll(project), params={"fieldSelector": "spec.hostRef=h1,status.phase!=Ready"}).json()
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["d1"]
+    with Client(api.url, api.token) as dpufleet:
+        ready = dpufleet.list("dpus", None, field_selector=f"status.phase=Ready,metadata.project={project}")
+        assert [i["metadata"]["name"] for i in ready.items] == ["d3"]
+    watch_path = f"{BASE}/watch/projects/{project}/dpus"
+    with watch(client, watch_path, fieldSelector="spec.hostRef=h2", timeoutSeconds="5") as stream:
+        assert [e["object"]["metadata"]["name"] for e in stream.take(1)] == ["d2"]
+        client.patch(f"{coll(project)}/d1/status", json={"status": {"phase": "Ready"}}, headers=MERGE)
+        client.patch(f"{coll(project)}/d2/status", json={"status": {"phase": "Ready"}}, headers=MERGE)
+        event = stream.take(1)[0]
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("MODIFIED", "d2")
+
+
+def test_a_watch_ends_cleanly_at_its_timeout_with_where_to_resume(client: httpx.Client, project: str) -> None:
+    created = client.post(coll(project), json=doc("dpus", "d1")).json()
+    started = time.monotonic()
+    response = client.get(f"{BASE}/watch/projects/{project}/dpus", params={"timeoutSeconds": "1"}, timeout=10)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    events = [json.loads(line) for line in response.text.splitlines() if line]
+    assert events[0]["type"] == "ADDED" and events[0]["object"] == created
+    assert events[-1]["type"] == "BOOKMARK" and int(rv_of(events[-1])) >= int(created["metadata"]["resourceVersion"])
+    assert 0.9 <= elapsed < 5
+    too_long = client.get(f"{BASE}/watch/projects/{project}/dpus", params={"timeoutSeconds": "100000"})
+    assert too_long.status_code == 400 and "timeoutSeconds" in too_long.json()["message"]
+
+
+def test_dry_run_writes_nothing_and_answers_as_the_write_would(
+    api: RunningServer, client: httpx.Client, project: str
+) -> None:
+    dry = {"dryRun": "All"}
+
+    def audited() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in client.get("/audit/v1/records", params={"limit": "1000"}).json()["items"]
+            if r["project"] == project
+        ]
+
+    before = current_rv(api)
+    created = client.post(coll(project), json=doc("dpus", "d1", labels={"rack": "r1"}), params=dry)
+    assert created.status_code == 201, created.text
+    assert created.json()["metadata"]["name"] == "d1" and created.json()["metadata"]["uid"]
+    assert client.get(f"{coll(project)}/d1").status_code == 404
+    assert current_rv(api) == before
+    assert audited() == [], "a dry run leaves no audit record"
+    invalid = client.post(coll(project), json={**doc("dpus", "d2"), "spec": {"nonsense": 1}}, params=dry)
+    real_invalid = client.post(coll(project), json={**doc("dpus", "d2"), "spec": {"nonsense": 1}})
+    assert invalid.status_code == real_invalid.status_code == 422
+    assert invalid.json()["message"] == real_invalid.json()["message"]
+
+    stored = client.post(coll(project), json=doc("dpus", "d1")).json()
+    rv = current_rv(api)
+    patched = client.patch(f"{coll(project)}/d1", json={"spec": {"hostRef": "h9"}}, params=dry, headers=MERGE)
+    assert patched.status_code == 200 and patched.json()["spec"]["hostRef"] == "h9"
+    assert patched.json()["metadata"]["generation"] == 2
+    replaced = client.put(f"{coll(project)}/d1", json={**stored, "spec": {"hostRef": "h8"}}, params=dry)
+    assert replaced.status_code == 200 and replaced.json()["spec"]["hostRef"] == "h8"
+    status = client.patch(f"{coll(project)}/d1/status", json={"status": {"phase": "Ready"}}, params=dry, headers=MERGE)
+    assert status.status_code == 200 and status.json()["status"]["phase"] == "Ready"
+    duplicate = client.post(coll(project), json=doc("dpus", "d1"), params=dry)
+    assert duplicate.status_code == 409
+    stale = client.put(
+        f"{coll(project)}/d1", json={**stored, "metadata": {**stored["metadata"], "resourceVersion": "999999999"}}, params=dry
+    )
+    assert stale.status_code == 409
+    deleted = client.delete(f"{coll(project)}/d1", params=dry)
+    assert deleted.status_code == 200
+    assert client.get(f"{coll(project)}/d1").json() == stored
+    assert current_rv(api) == rv, "no dry run moved the resourceVersion"
+    assert client.post(coll(project), json=doc("dpus", "d3"), params={"dryRun": "yes"}).status_code == 400

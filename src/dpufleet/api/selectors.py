@@ -1,9 +1,12 @@
-"""Label selectors: matchLabels + matchExpressions, and the kubectl string form (`a=b,c in (x,y),!d`)."""
+"""Label selectors: matchLabels + matchExpressions, and the kubectl string form (`a=b,c in (x,y),!d`);
+field selectors over the document (`status.phase=Ready,spec.hostRef!=h1`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -141,3 +144,89 @@ def _first_error(exc: ValueError) -> str:
         if items:
             return str(items[0].get("msg", exc)).removeprefix("Value error, ")
     return str(exc)
+
+
+# --- field selectors ------------------------------------------------------------------------------------
+
+# Field paths name the project as Kubernetes names the namespace, so a kubectl habit works.
+FIELD_ALIASES = {"metadata.namespace": "metadata.project"}
+_FIELD_PATH = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_FIELD_TERM = re.compile(r"^\s*(?P<path>[^\s=!]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^,]*?)\s*$")
+
+
+class FieldRequirement(BaseModel):
+    """`path op value`: the value at a dotted path of the document compared, as text, with `value`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: tuple[str, ...]
+    equal: bool
+    value: str
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        return (field_text(doc, self.path) == self.value) == self.equal
+
+
+class FieldSelector(BaseModel):
+    """Requirements that must all hold (`status.phase=Ready,spec.hostRef!=h1`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requirements: tuple[FieldRequirement, ...] = ()
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        return all(req.matches(doc) for req in self.requirements)
+
+    def is_empty(self) -> bool:
+        return not self.requirements
+
+    def to_string(self) -> str:
+        return ",".join(f"{r.dotted}{'=' if r.equal else '!='}{r.value}" for r in self.requirements)
+
+
+def field_text(doc: Any, path: tuple[str, ...]) -> str | None:
+    """The value at `path` as a field selector compares it: a string as is, true/false, a number as
+    JSON writes it, "" for a missing field or null (as Kubernetes treats unset fields); None for an
+    object or a list, which equals no value."""
+    here = doc
+    for part in path:
+        if not isinstance(here, dict) or part not in here:
+            return ""
+        here = here[part]
+    if here is None:
+        return ""
+    if isinstance(here, bool):
+        return "true" if here else "false"
+    if isinstance(here, str):
+        return here
+    if isinstance(here, int | float):
+        return json.dumps(here)
+    return None
+
+
+def parse_field_selector(text: str | None) -> FieldSelector:
+    """Parse `path=value`, `path==value` and `path!=value` terms joined by commas.
+
+    Paths are dotted keys into the document (`status.phase`, `spec.hostRef`, `metadata.name`;
+    `metadata.namespace` means `metadata.project`). Values run to the next comma.
+    """
+    if not text or not text.strip():
+        return FieldSelector()
+    terms: list[FieldRequirement] = []
+    for raw in text.split(","):
+        m = _FIELD_TERM.match(raw)
+        if m is None:
+            raise SelectorError(
+                f"field selector {text!r}: cannot parse {raw.strip()!r}; write path=value, path==value or path!=value"
+            )
+        path = FIELD_ALIASES.get(m.group("path"), m.group("path"))
+        if not _FIELD_PATH.fullmatch(path):
+            raise SelectorError(
+                f"field selector {text!r}: {m.group('path')!r} is not a dotted field path (like status.phase)"
+            )
+        terms.append(FieldRequirement(path=tuple(path.split(".")), equal=m.group("op") != "!=", value=m.group("value")))
+    return FieldSelector(requirements=tuple(terms))

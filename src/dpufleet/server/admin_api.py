@@ -25,6 +25,7 @@ from ..security.identity import Grant, GrantError, Identity
 from ..security.policy import SUBACTION_RULES, SubAction
 from ..security.tokens import TokenRecord
 from .access import Access
+from .common import read_json, respond
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -53,8 +54,6 @@ def _manages(identity: Identity, grants: tuple[Grant, ...], action: SubAction) -
 
 
 def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
-    from .app import _doc, _read_json
-
     router = APIRouter(dependencies=dependencies, tags=["auth"])
 
     def access(request: Request) -> Access:
@@ -64,7 +63,7 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
     @router.get("/auth/v1/whoami", summary="The caller's identity and grants")
     async def whoami(request: Request) -> Response:
         who = access(request).identity
-        return _doc(
+        return respond(
             {
                 "subject": who.name,
                 "token": who.token,
@@ -77,7 +76,7 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
     @router.post("/auth/v1/tokens", status_code=201, summary="Create an API token (its plaintext is returned once)")
     async def create_token(request: Request) -> Response:
         acc = access(request)
-        body = await _read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise BadRequest("body must be an object with name and grants")
         name = str(body.get("name") or "")
@@ -103,7 +102,7 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
             await state.write(acc.audit.record, _failure(acc, "token-create", name, exc))
             raise
         await state.write(lambda: acc.record("token-create", "Token", name, "", detail=",".join(map(str, grants))))
-        return _doc({"token": token, **record.as_dict()}, 201)
+        return respond({"token": token, **record.as_dict()}, 201)
 
     @router.get("/auth/v1/tokens", summary="List API tokens (never their secrets)")
     async def list_tokens(request: Request) -> Response:
@@ -114,7 +113,7 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
             if not any(g.project is not None and g.role in allowed for g in acc.identity.grants):
                 acc.require(SubAction.TOKEN_ADMIN)  # administers no project's tokens either: 403
             records = [r for r in records if _manages(acc.identity, r.grants, SubAction.TOKEN_ADMIN)]
-        return _doc({"items": [r.as_dict() for r in records]})
+        return respond({"items": [r.as_dict() for r in records]})
 
     @router.delete("/auth/v1/tokens/{name}", summary="Revoke an API token")
     async def revoke_token(name: str, request: Request) -> Response:
@@ -129,7 +128,7 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
             raise
         state.auth.forget(name)
         await state.write(acc.record, "token-revoke", "Token", name, "")
-        return _doc(record.as_dict())
+        return respond(record.as_dict())
 
     @router.get("/audit/v1/records", summary="The newest audit records, oldest first")
     async def audit_records(
@@ -141,14 +140,14 @@ def admin_router(state: Any, dependencies: list[Any]) -> APIRouter:
         acc.require(SubAction.AUDIT_READ)
         limit = max(1, min(limit, 10_000))
         records = await state.read(acc.audit.list, limit, after)
-        return _doc({"items": [r.as_dict() for r in records]})
+        return respond({"items": [r.as_dict() for r in records]})
 
     @router.get("/audit/v1/verify", summary="Verify the audit log's hash chain")
     async def audit_verify(request: Request) -> Response:
         acc = access(request)
         acc.require(SubAction.AUDIT_READ)
         result = await state.read(acc.audit.verify)
-        return _doc(result.as_dict())
+        return respond(result.as_dict())
 
     _ = (whoami, create_token, list_tokens, revoke_token, audit_records, audit_verify)
     return router

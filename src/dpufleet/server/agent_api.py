@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ..api.errors import Invalid
 from ..api.validation import describe_errors
 from ..inventory.reports import AgentReport, ReportHandler
-from .app import ServerState, _doc, _read_json
+from .common import ServerState, read_json, respond
 
 AGENT_PREFIX = "/agent/v1"
 
@@ -26,7 +26,7 @@ def agent_router(state: ServerState, handler: ReportHandler, dependencies: list[
 
     @router.post("/report", summary="An agent's inventory or heartbeat")
     async def report(request: Request) -> Response:
-        body = await _read_json(request)
+        body = await read_json(request)
         try:
             parsed = AgentReport.model_validate(body)
         except ValidationError as exc:
@@ -35,7 +35,7 @@ def agent_router(state: ServerState, handler: ReportHandler, dependencies: list[
         reply = handler.reply_without_write(parsed)  # a heartbeat not due to be stored: no queue behind the writer
         if reply is None:
             reply = await state.write(handler.handle, parsed)
-        return _doc(reply.model_dump())
+        return respond(reply.model_dump())
 
     _ = report
     return router

@@ -37,7 +37,9 @@ from ..controllers.runtime.status import mutate_status_sync
 from ..drivers.agent.orders import HOST_CHANNEL, STATUS_FIELD, order_of
 from ..images.repository import ImageContentError, repository_for
 from ..security.pki import AgentIdentity
-from .app import ServerState, _doc, _read_json
+from .common import ServerState
+from .common import read_json as _read_json
+from .common import respond as _doc
 
 INSTALL_PATH = "/agent/v1/install"
 URL_TTL = 3600.0

@@ -52,7 +52,7 @@ from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequ
 from ..security.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from .agent_install import add_install_routes
 from .agent_updates import add_update_routes
-from .app import ServerState, _doc, _read_json
+from .common import ServerState, read_json, respond
 
 log = logging.getLogger(__name__)
 AGENT_PREFIX = "/agent/v1"
@@ -162,21 +162,21 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
 
     @app.post(AGENT_PREFIX + "/enroll")
     async def enroll(request: Request) -> Response:
-        body = parse(EnrollRequest, await _read_json(request), "enrollment request")
+        body = parse(EnrollRequest, await read_json(request), "enrollment request")
         reply = await state.write(authority.enroll, body, _source(request))
-        return _doc(reply.model_dump())
+        return respond(reply.model_dump())
 
     @app.post(AGENT_PREFIX + "/renew")
     async def renew(request: Request) -> Response:
         identity = peer_identity(request, ca)
-        body = parse(RenewRequest, await _read_json(request), "renewal request")
+        body = parse(RenewRequest, await read_json(request), "renewal request")
         reply = await state.write(authority.renew, identity, body, _source(request))
-        return _doc(reply.model_dump())
+        return respond(reply.model_dump())
 
     @app.post(AGENT_PREFIX + "/report")
     async def report(request: Request) -> Response:
         identity = peer_identity(request, ca)
-        parsed: AgentReport = parse(AgentReport, await _read_json(request), "agent report")
+        parsed: AgentReport = parse(AgentReport, await read_json(request), "agent report")
         if (parsed.role, parsed.serial) != (identity.role, identity.serial):
             log.warning(
                 "agent report from %s refused: the certificate names %s but the report speaks for %s/%s",
@@ -189,7 +189,7 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
         reply = handler.reply_without_write(parsed)  # a heartbeat not due to be stored: no queue behind the writer
         if reply is None:
             reply = await state.write(handler.handle, parsed)
-        return _doc(reply.model_dump())
+        return respond(reply.model_dump())
 
     _ = (ca_certificate, enroll, renew, report)
     add_install_routes(app, state, lambda request: peer_identity(request, ca))

@@ -29,7 +29,9 @@ from ..controllers.naming import dpu_name
 from ..lifecycle.planner import compare
 from ..security.pki import AgentIdentity
 from ..store.store import Store
-from .app import ServerState, _doc, _read_json
+from .common import ServerState
+from .common import read_json as _read_json
+from .common import respond as _doc
 
 APPROVED = "dpufleet.io/approved"
 PROJECT = "default"  # agents belong to the default project (as their reports do)

@@ -51,7 +51,9 @@ from ..security.onboarding import (
     public_b64,
 )
 from ..security.pki import AgentIdentity, PKIError
-from .app import ServerState, _doc, _read_json
+from .common import ServerState
+from .common import read_json as _read_json
+from .common import respond as _doc
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_PREFIX = "/bootstrap/v1"

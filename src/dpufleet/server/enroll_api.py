@@ -23,7 +23,7 @@ from ..api.validation import describe_errors
 from ..security.enroll import EnrollmentAuthority
 from ..security.pki import AgentIdentity, PKIError, Role, cert_pem, fingerprint
 from ..security.policy import SUBACTION_RULES, SubAction
-from .app import ServerState, _doc, _read_json
+from .common import ServerState, read_json, respond
 
 ENROLL_PREFIX = "/enroll/v1"
 
@@ -85,11 +85,11 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
 
     @router.get("/info", summary="Where agents enroll and which CA they pin")
     async def get_info(_who: str = Depends(operator)) -> Response:
-        return _doc(info())
+        return respond(info())
 
     @router.post("/tokens", status_code=201, summary="Create a one-time enrollment token for one device")
     async def create_token(request: Request, who: str = Depends(operator)) -> Response:
-        body: TokenCreate = _parse(TokenCreate, await _read_json(request))
+        body: TokenCreate = _parse(TokenCreate, await read_json(request))
         identity = _identity(body.serial, body.role)
         token = await state.write(authority.tokens.create, identity, dt.timedelta(seconds=body.expiresSeconds), who)
         authority.audit(
@@ -102,7 +102,7 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
             roles="operator",
             code=201,
         )
-        return _doc(
+        return respond(
             {
                 "token": token.token,
                 "tokenId": token.token_id,
@@ -116,11 +116,11 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
     @router.get("/tokens", summary="List enrollment tokens (never their secrets)")
     async def list_tokens(_who: str = Depends(operator)) -> Response:
         tokens = await state.read(authority.tokens.list)
-        return _doc({"items": [t.__dict__ for t in tokens]})
+        return respond({"items": [t.__dict__ for t in tokens]})
 
     @router.post("/vendor-cas", status_code=201, summary="Trust a vendor CA for IDevID enrollment")
     async def trust_vendor(request: Request, who: str = Depends(operator)) -> Response:
-        body: VendorCA = _parse(VendorCA, await _read_json(request))
+        body: VendorCA = _parse(VendorCA, await read_json(request))
         try:
             cert = await state.write(authority.vendors.add, body.certificate.encode())
         except PKIError as exc:
@@ -136,12 +136,12 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
             roles="operator",
             code=201,
         )
-        return _doc({"subject": subject, "fingerprint": fingerprint(cert)}, 201)
+        return respond({"subject": subject, "fingerprint": fingerprint(cert)}, 201)
 
     @router.get("/vendor-cas", summary="List the trusted vendor CAs")
     async def list_vendors(_who: str = Depends(operator)) -> Response:
         roots = await state.read(authority.vendors.roots)
-        return _doc(
+        return respond(
             {
                 "items": [
                     {
@@ -156,10 +156,10 @@ def enroll_router(state: ServerState, authority: EnrollmentAuthority, agent_url:
 
     @router.post("/revocations", status_code=201, summary="Revoke a device's certificates (decommission)")
     async def revoke(request: Request, who: str = Depends(operator)) -> Response:
-        body: Revocation = _parse(Revocation, await _read_json(request))
+        body: Revocation = _parse(Revocation, await read_json(request))
         identity = _identity(body.serial, body.role)
         when = await state.write(authority.revoke, identity, who, _source(request))
-        return _doc({"identity": identity.uri, "revokedAt": when.isoformat()}, 201)
+        return respond({"identity": identity.uri, "revokedAt": when.isoformat()}, 201)
 
     _ = (get_info, create_token, list_tokens, trust_vendor, list_vendors, revoke, cert_pem)
     return router

@@ -29,14 +29,13 @@ from ..health.subscriptions import RECEIVER_PATH, event_context
 from ..security.policy import SubAction
 from ..store.store import MODIFIED, Change
 from .access import Access
+from .common import respond
 from .metrics import APIMetrics
 
 MAX_EVENT_BYTES = 256 * 1024  # one Event array; real BMCs send one to a few records per POST
 
 
 def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
-    from .app import _doc
-
     actions.register_metrics(state.registry)
     router = APIRouter(dependencies=dependencies, tags=["health"])
 
@@ -65,7 +64,7 @@ def health_router(state: Any, dependencies: list[Any]) -> APIRouter:
             except RedfishError as exc:
                 result["error"] = str(exc)
         await state.write(acc.record, "health-bmc-logs", "DPU", name, project)
-        return _doc(result)
+        return respond(result)
 
     _ = bmc_logs
     return router

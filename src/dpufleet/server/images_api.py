@@ -26,7 +26,7 @@ from ..controllers.runtime.status import mutate_status_sync
 from ..images.guard import protect_images
 from ..images.repository import ImageContentError, ImageRepository, check_digest, repository_for
 from ..provisioning.metrics import register_metrics
-from .app import ServerState
+from .common import ServerState
 
 MAX_UPLOAD = 64 * 1024**3  # 64 GiB: BlueField bundles exceed 1 GiB; the limit stops a runaway stream
 

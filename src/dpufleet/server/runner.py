@@ -27,9 +27,10 @@ from ..security.secrets import SecretBox
 from ..store.store import Store, default_sqlite_url
 from ..tuning import tune_gc
 from .agent_listener import AgentListener, agent_app
-from .app import ServerState, build_state, create_app
+from .app import create_app
 from .auth import TokenAuthenticator
 from .bootstrap_api import bootstrap_router
+from .common import ServerState, build_state
 from .enroll_api import enroll_router
 
 log = logging.getLogger(__name__)

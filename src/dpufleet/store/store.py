@@ -33,7 +33,9 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -45,7 +47,7 @@ from ..api.errors import AlreadyExists, APIError, BadRequest, Conflict, Gone, In
 from ..api.kinds import KindInfo, UnknownKind, lookup
 from ..api.meta import DEFAULT_PROJECT, isotime, now
 from ..api.patch import merge_patch
-from ..api.selectors import LabelSelector
+from ..api.selectors import FieldRequirement, FieldSelector, LabelSelector
 from ..api.validation import validate_document, validate_status
 from ..security.secrets import SecretBox
 from .groupcommit import GroupCommit
@@ -70,6 +72,7 @@ _EXISTING_NAMES = select(objects.c.name).where(
     objects.c.name.in_(bindparam("b_names", expanding=True)),
 )
 _ADVANCE_RV = update(counter).where(counter.c.id == 1).values(rv=counter.c.rv + bindparam("n")).returning(counter.c.rv)
+_PAGE_CHUNK = 500  # rows read at a time while a selector filters a page
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
 
 # Called inside a write's transaction with the object before and after the write (None before a
@@ -99,6 +102,16 @@ class Change:
             object.__setattr__(self, "_parsed", orjson.loads(self.data))
         assert self._parsed is not None
         return self._parsed
+
+
+@dataclass(frozen=True)
+class Page:
+    """Documents as stored (JSON text), the resourceVersion they were read at, and the key after
+    which the next page starts (None: this was the last page)."""
+
+    items: list[str]
+    resource_version: int
+    next_key: tuple[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -310,17 +323,100 @@ class Store:
         selector: LabelSelector | None = None,
     ) -> tuple[list[str], int]:
         """Documents as JSON text (no re-serialisation), and the resourceVersion the list is consistent at."""
+        page = self.list_page(kind, project, selector)
+        return page.items, page.resource_version
+
+    def list_page(
+        self,
+        kind: str | KindInfo,
+        project: str | None = None,
+        selector: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
+        *,
+        limit: int | None = None,
+        after: tuple[str, str] | None = None,
+    ) -> Page:
+        """One page of documents as JSON text, in (project, name) order, from one read transaction.
+
+        Keyset pagination: the page starts after the key `after` (the last key of the previous page)
+        and holds at most `limit` documents; `Page.next_key` is set when more may follow. Each page is
+        one indexed range scan, so an object that exists during a whole listing is returned exactly
+        once, whatever is created or deleted meanwhile (an offset would skip or repeat objects).
+        Field requirements are narrowed in the database (json_extract / jsonb) and then checked
+        exactly on each document; label selectors are checked on the stored labels."""
         info = _kind(kind)
-        query = select(objects.c.data, objects.c.labels).where(objects.c.kind == info.kind)
+        query = select(objects.c.project, objects.c.name, objects.c.data, objects.c.labels).where(
+            objects.c.kind == info.kind
+        )
         if project is not None:
             query = query.where(objects.c.project == project)
-        query = query.order_by(objects.c.project, objects.c.name)
+        if fields is not None and not fields.is_empty():
+            query = query.where(*(self._field_clause(req) for req in fields.requirements))
+        else:
+            fields = None
+        if selector is not None and selector.is_empty():
+            selector = None
+        filtered = selector is not None or fields is not None
+        want = None if limit is None else limit + 1  # one more than asked: tells whether a next page exists
+        chunk = want if want is None or not filtered else max(want, _PAGE_CHUNK)
+        items: builtins.list[str] = []
+        keys: builtins.list[tuple[str, str]] = []
+        key = after
         with self._engine.connect() as conn, conn.begin():
             rv = int(conn.execute(select(counter.c.rv).where(counter.c.id == 1)).scalar_one())
-            rows = conn.execute(query).all()
-        if selector is None or selector.is_empty():
-            return [row[0] for row in rows], rv
-        return [row[0] for row in rows if selector.matches(orjson.loads(row[1]))], rv
+            while True:
+                page = query
+                if key is not None:
+                    page = page.where(
+                        tuple_(objects.c.project, objects.c.name) > tuple_(literal(key[0]), literal(key[1]))
+                    )
+                page = page.order_by(objects.c.project, objects.c.name)
+                if chunk is not None:
+                    page = page.limit(chunk)
+                rows = conn.execute(page).all()
+                for row_project, name, data, labels in rows:
+                    if selector is not None and not selector.matches(orjson.loads(labels)):
+                        continue
+                    if fields is not None and not fields.matches(orjson.loads(data)):
+                        continue
+                    items.append(data)
+                    keys.append((row_project, name))
+                    if want is not None and len(items) == want:
+                        break
+                if chunk is None or len(rows) < chunk or (want is not None and len(items) >= want):
+                    break
+                key = (rows[-1][0], rows[-1][1])
+        if limit is not None and len(items) > limit:
+            return Page(items[:limit], rv, keys[limit - 1])
+        return Page(items, rv, None)
+
+    def _field_clause(self, req: FieldRequirement) -> ColumnElement[bool]:
+        """A condition the database checks for a field requirement: exact for the project and name
+        columns; for a path inside the document, one that keeps every row that may match (the exact
+        text comparison of FieldRequirement.matches follows on the document)."""
+        columns: dict[tuple[str, ...], ColumnElement[str]] = {
+            ("metadata", "name"): objects.c.name,
+            ("metadata", "project"): objects.c.project,
+        }
+        column = columns.get(req.path)
+        if column is not None:
+            return column == req.value if req.equal else column != req.value
+        if self._engine.dialect.name == "sqlite":
+            path = literal(_sqlite_path(req.path))
+            value: ColumnElement[Any] = func.json_extract(objects.c.data, path)
+            json_type: ColumnElement[Any] = func.coalesce(func.json_type(objects.c.data, path), "")
+            scalar_types: tuple[str, ...] = ("true", "false", "integer", "real")
+            text_type = "text"
+        else:
+            body = cast(objects.c.data, JSONB)[req.path]
+            value = body.astext
+            json_type = func.coalesce(func.jsonb_typeof(body), "")
+            scalar_types, text_type = ("number",), "string"
+        if not req.equal:  # only a string equal to the value is surely excluded
+            return or_(json_type != text_type, value != req.value)
+        if req.value == "":  # also matches a missing field or null
+            return or_(json_type.in_(("", "null")), value == "")
+        return or_(value == req.value, json_type.in_(scalar_types))
 
     def list(
         self,
