@@ -216,6 +216,25 @@ class _Known:
             self.objects[self.key(event.object)] = event.object
 
 
+def _selectors(selector: str | None, field_selector: str | None) -> dict[str, str]:
+    params = {}
+    if selector:
+        params["labelSelector"] = selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
+    return params
+
+
+STORE_ASSIGNED = ("resourceVersion", "generation", "uid", "creationTimestamp")
+
+
+def comparable(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without its status and the metadata the store assigns on every write (what a user changes)."""
+    body = {k: v for k, v in obj.items() if k != "status"}
+    body["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in STORE_ASSIGNED}
+    return body
+
+
 # --- the client -------------------------------------------------------------------------------------------
 
 
@@ -234,6 +253,8 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, transport=transport)
         self._discovered: list[KindRef] | None = None
+        self._openapi: dict[str, Any] | None = None
+        self._dry_run_supported: bool | None = None
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kwargs: Any) -> Client:
@@ -424,16 +445,21 @@ class Client:
                 return ObjectList(ref.kind, items, rv)
             params["continue"] = str(meta["continue"])
 
-    def create(self, doc: dict[str, Any], project: str | None = None) -> dict[str, Any]:
+    def create(self, doc: dict[str, Any], project: str | None = None, *, dry_run: bool = False) -> dict[str, Any]:
+        """Create; with dry_run the server validates and answers what it would store, and writes nothing."""
         ref, project = self._doc_target(doc, project)
-        result: dict[str, Any] = self._request("POST", self._collection(ref, project), body=doc)
+        result: dict[str, Any] = self._request(
+            "POST", self._collection(ref, project), params=self._dry_run(dry_run), body=doc
+        )
         return result
 
-    def update(self, doc: dict[str, Any], project: str | None = None) -> dict[str, Any]:
+    def update(self, doc: dict[str, Any], project: str | None = None, *, dry_run: bool = False) -> dict[str, Any]:
         """Replace spec and user metadata; a metadata.resourceVersion in doc makes it conditional."""
         ref, project = self._doc_target(doc, project)
         name = str(doc["metadata"]["name"])
-        result: dict[str, Any] = self._request("PUT", self._item(ref, name, project), body=doc)
+        result: dict[str, Any] = self._request(
+            "PUT", self._item(ref, name, project), params=self._dry_run(dry_run), body=doc
+        )
         return result
 
     def patch(
@@ -444,10 +470,13 @@ class Client:
         project: str = DEFAULT_PROJECT,
         *,
         status: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """JSON merge patch (RFC 7386) of the object, or of its status subresource."""
         path = self._item(self.resolve_kind(kind), name, project) + ("/status" if status else "")
-        result: dict[str, Any] = self._request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+        result: dict[str, Any] = self._request(
+            "PATCH", path, params=self._dry_run(dry_run), body=patch, content_type="application/merge-patch+json"
+        )
         return result
 
     def status(self, kind: str | KindRef, name: str, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
@@ -479,12 +508,15 @@ class Client:
         )
         return result
 
-    def apply(self, doc: dict[str, Any], project: str | None = None) -> tuple[dict[str, Any], str]:
+    def apply(
+        self, doc: dict[str, Any], project: str | None = None, *, dry_run: bool = False
+    ) -> tuple[dict[str, Any], str]:
         """Create the object, or replace its spec and the metadata the document names.
 
         Returns the stored object and "created", "configured" or "unchanged". Metadata fields the
         document leaves out (labels, annotations, finalizers, ownerReferences) keep their current
-        values, so applying a file never strips a controller's finalizer.
+        values, so applying a file never strips a controller's finalizer. With dry_run the object
+        returned is what the server would store; nothing is written.
         """
         ref, project = self._doc_target(doc, project)
         name = str(doc["metadata"]["name"])
@@ -494,7 +526,7 @@ class Client:
             if exc.code != 404:
                 raise
             try:
-                return self.create(doc, project), "created"
+                return self.create(doc, project, dry_run=dry_run), "created"
             except ClientError as create_error:
                 if create_error.reason != "AlreadyExists":
                     raise
@@ -508,10 +540,50 @@ class Client:
                 meta[key] = current["metadata"][key]
         body["metadata"] = meta
         body.pop("status", None)
-        result = self.update(body, project)
-        before = current["metadata"].get("resourceVersion")
-        changed = result["metadata"].get("resourceVersion") != before
+        result = self.update(body, project, dry_run=dry_run)
+        if dry_run:  # a dry run need not move the resourceVersion: compare what would be stored
+            changed = comparable(result) != comparable(current)
+        else:
+            changed = result["metadata"].get("resourceVersion") != current["metadata"].get("resourceVersion")
         return result, "configured" if changed else "unchanged"
+
+    # --- server-side dry run ----------------------------------------------------------------------------
+
+    def openapi(self) -> dict[str, Any]:
+        """The server's OpenAPI document (cached for the life of the client)."""
+        if self._openapi is None:
+            body = self._request("GET", "/openapi.json")
+            self._openapi = body if isinstance(body, dict) else {}
+        return self._openapi
+
+    def supports_dry_run(self) -> bool:
+        """Whether the server's OpenAPI document declares the `dryRun` query parameter.
+
+        A server that predates dry run ignores an unknown query parameter and *writes*: asking first
+        is what keeps `dry_run=True` from ever changing anything on such a server.
+        """
+        if self._dry_run_supported is None:
+            self._dry_run_supported = any(
+                param.get("name") == "dryRun" and param.get("in") == "query"
+                for item in (self.openapi().get("paths") or {}).values()
+                for operation in (item.values() if isinstance(item, dict) else ())
+                if isinstance(operation, dict)
+                for param in operation.get("parameters") or ()
+                if isinstance(param, dict)
+            )
+        return self._dry_run_supported
+
+    def _dry_run(self, dry_run: bool) -> dict[str, str] | None:
+        if not dry_run:
+            return None
+        if not self.supports_dry_run():
+            raise ClientError(
+                0,
+                "DryRunUnsupported",
+                f"the server at {self.server} does not support server-side dry run (no dryRun parameter in its "
+                "OpenAPI document); nothing was sent",
+            )
+        return {"dryRun": "All"}
 
     def _doc_target(self, doc: dict[str, Any], project: str | None) -> tuple[KindRef, str]:
         if not isinstance(doc, dict):
@@ -534,6 +606,7 @@ class Client:
         selector: str | None = None,
         resource_version: str | None = None,
         *,
+        field_selector: str | None = None,
         bookmarks: bool = False,
         max_retry_delay: float = 5.0,
     ) -> Iterator[WatchEvent]:
@@ -553,7 +626,7 @@ class Client:
         delay = 0.2
         while True:
             try:
-                for event in self._watch_once(ref, project, selector, rv):
+                for event in self._watch_once(ref, project, selector, rv, field_selector):
                     connected_once = True
                     delay = 0.2
                     if event.type == "ERROR":
@@ -566,7 +639,7 @@ class Client:
                         yield event
             except ClientError as exc:
                 if exc.code == 410:
-                    events, rv = self._relist(ref, project, selector, known)
+                    events, rv = self._relist(ref, project, selector, known, field_selector)
                     yield from events
                     continue
                 if not (isinstance(exc, Unreachable) and connected_once):
@@ -579,11 +652,9 @@ class Client:
             delay = min(delay * 2, max_retry_delay)
 
     def _watch_once(
-        self, ref: KindRef, project: str | None, selector: str | None, rv: str | None
+        self, ref: KindRef, project: str | None, selector: str | None, rv: str | None, field_selector: str | None
     ) -> Iterator[WatchEvent]:
-        params: dict[str, str] = {}
-        if selector:
-            params["labelSelector"] = selector
+        params = _selectors(selector, field_selector)
         if rv:
             params["resourceVersion"] = rv
         timeout = httpx.Timeout(10.0, read=WATCH_READ_TIMEOUT)
@@ -600,9 +671,9 @@ class Client:
             raise self._unreachable(exc) from None
 
     def _relist(
-        self, ref: KindRef, project: str | None, selector: str | None, known: _Known
+        self, ref: KindRef, project: str | None, selector: str | None, known: _Known, field_selector: str | None
     ) -> tuple[builtins.list[WatchEvent], str]:
-        listed = self.list(ref, project, selector)
+        listed = self.list(ref, project, selector, field_selector)
         events: builtins.list[WatchEvent] = []
         seen: set[tuple[str, str]] = set()
         for obj in listed.items:

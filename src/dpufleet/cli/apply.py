@@ -10,8 +10,12 @@ from typing import Any
 import typer
 import yaml
 
+from .. import API_VERSION
+from ..api.errors import APIError
+from ..api.validation import validate_document
 from ..client import Client, ClientError
 from .common import UserError, note, options
+from .output import print_document
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -87,17 +91,58 @@ def load(paths: list[str]) -> list[Manifest]:
     return manifests
 
 
-def apply_all(client: Client, manifests: list[Manifest], project: str | None) -> None:
-    """Apply in order; stop at the first document the server refuses (those before it stay applied)."""
+DRY_RUN_MODES = ("none", "server", "client")
+
+
+def apply_all(
+    client: Client, manifests: list[Manifest], project: str | None, *, dry_run: bool = False, output: str | None = None
+) -> None:
+    """Apply in order; stop at the first document the server refuses (those before it stay applied).
+
+    With dry_run the server answers what it would store and writes nothing (so nothing stays
+    applied). With output (yaml or json) the stored objects are printed instead of one line each.
+    """
+    results = []
     for done, manifest in enumerate(manifests):
         try:
-            obj, outcome = client.apply(manifest.doc, project)
+            obj, outcome = client.apply(manifest.doc, project, dry_run=dry_run)
         except ClientError as exc:
-            if done:
+            if done and not dry_run:
                 note(f"note: the {done} document(s) before this one were applied")
             raise UserError(f"{manifest.label}: {exc.message}") from None
-        ref = client.resolve_kind(obj["kind"])
-        print(f"{ref.singular}/{obj['metadata']['name']} {outcome}", flush=True)
+        results.append(obj)
+        if output is None:
+            ref = client.resolve_kind(obj["kind"])
+            suffix = " (server dry run)" if dry_run else ""
+            print(f"{ref.singular}/{obj['metadata']['name']} {outcome}{suffix}", flush=True)
+    _print_objects(results, output)
+
+
+def check_locally(manifests: list[Manifest], project: str, output: str | None) -> None:
+    """--dry-run=client: each document validated against this client's kind registry; nothing is sent."""
+    results = []
+    for manifest in manifests:
+        doc = dict(manifest.doc)
+        meta = doc.get("metadata")
+        if isinstance(meta, dict) and not meta.get("project"):
+            doc["metadata"] = {**meta, "project": project}
+        try:
+            info, obj = validate_document(doc)
+        except APIError as exc:
+            raise UserError(f"{manifest.label}: {exc.message}") from None
+        results.append(obj)
+        if output is None:
+            print(f"{info.singular}/{obj['metadata']['name']} valid (client dry run)", flush=True)
+    _print_objects(results, output)
+
+
+def _print_objects(objects: list[dict[str, Any]], output: str | None) -> None:
+    if output is None:
+        return
+    if len(objects) == 1:
+        print_document(objects[0], output)
+    else:
+        print_document({"apiVersion": API_VERSION, "kind": "List", "metadata": {}, "items": objects}, output)
 
 
 def apply(
@@ -108,12 +153,26 @@ def apply(
     project: str | None = typer.Option(
         None, "-p", "--project", help="project for documents that name none [default: from config]"
     ),
+    dry_run: str = typer.Option(
+        "none",
+        "--dry-run",
+        help="server: the server checks everything and answers what it would store, writing nothing; "
+        "client: check the documents here only, sending nothing",
+    ),
+    output: str | None = typer.Option(None, "-o", "--output", help="yaml or json: print the (would-be) stored objects"),
 ) -> None:
     """Create or update objects from manifests (multi-document YAML or JSON)."""
+    if dry_run not in DRY_RUN_MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(DRY_RUN_MODES)}", param_hint="'--dry-run'")
+    if output not in (None, "yaml", "json"):
+        raise typer.BadParameter("must be yaml or json", param_hint="'-o' / '--output'")
     manifests = load(filename)
     if not manifests:
         raise UserError(f"{', '.join(filename)}: no documents to apply")
     opts = options(ctx)
     config = opts.config(project)
+    if dry_run == "client":
+        check_locally(manifests, config.project, output)
+        return
     with Client.from_config(config) as client:
-        apply_all(client, manifests, config.project)
+        apply_all(client, manifests, config.project, dry_run=dry_run == "server", output=output)

@@ -12,7 +12,14 @@ from ..client import Client, ClientConfig, resolve_config
 
 
 class UserError(Exception):
-    """A mistake the user can fix (missing file, bad YAML, bad flag value): printed as one line, exit 1."""
+    """A mistake the user can fix (missing file, bad YAML, bad flag value): printed as one line, exit 1.
+
+    `exit_code` is for the commands whose statuses say something else (diff: 1 means "differs").
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass

@@ -27,9 +27,13 @@ from . import apply as apply_cmd
 from . import resources
 from . import security as security_cmd
 from .common import GlobalOptions, UserError, error_line, note, options
+from .diff import diff
 from .dpu import dpu_app
+from .edit import edit
 from .enroll import enroll_app
+from .explain import explain
 from .health import debug_bundle, health_app
+from .labels import annotate, label
 from .reset import reset_app
 from .rollout import rollout_app
 from .signing import image_app, publisher_app
@@ -72,7 +76,7 @@ class DpufleetGroup(TyperGroup):
         except ClientError as exc:
             return self._fail(exc.message, EXIT_ERROR, standalone_mode)
         except UserError as exc:
-            return self._fail(str(exc), EXIT_ERROR, standalone_mode)
+            return self._fail(str(exc), exc.exit_code, standalone_mode)
         except KeyboardInterrupt:
             return self._fail("interrupted", 130, standalone_mode)
         code = result if isinstance(result, int) else 0
@@ -93,7 +97,7 @@ app = typer.Typer(
     cls=DpufleetGroup,
     help="dpufleet: an open, vendor-neutral control plane for DPU/IPU fleets.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -120,6 +124,8 @@ app.command("get")(resources.get)
 app.command("describe")(resources.describe)
 app.command("delete")(resources.delete)
 app.command("watch")(resources.watch)
+for _command in (explain, edit, label, annotate, diff):
+    app.command()(_command)
 app.add_typer(security_cmd.token_app, name="token")
 app.add_typer(security_cmd.audit_app, name="audit")
 app.command("whoami")(security_cmd.whoami)

@@ -35,17 +35,25 @@ def print_table(table: Table) -> None:
     sys.stdout.flush()
 
 
+def resource_headers(ref: KindRef, *, wide: bool, with_project: bool) -> list[str]:
+    columns = [c.header for c in ref.columns if wide or not c.wide_only]
+    return (["PROJECT"] if with_project else []) + ["NAME", *columns, "AGE"]
+
+
+def resource_row(ref: KindRef, obj: dict[str, Any], *, wide: bool, with_project: bool) -> list[str]:
+    """One object's cells under `resource_headers`: the kind's registry columns between NAME and AGE."""
+    meta = obj.get("metadata") or {}
+    row = [str(meta.get("project", ""))] if with_project else []
+    row.append(str(meta.get("name", "")))
+    row.extend(column_cell(obj, c.path) for c in ref.columns if wide or not c.wide_only)
+    row.append(age(meta.get("creationTimestamp")))
+    return row
+
+
 def resource_table(ref: KindRef, items: list[dict[str, Any]], *, wide: bool, with_project: bool) -> Table:
-    columns = [c for c in ref.columns if wide or not c.wide_only]
-    headers = (["PROJECT"] if with_project else []) + ["NAME"] + [c.header for c in columns] + ["AGE"]
-    table = plain_table(headers)
+    table = plain_table(resource_headers(ref, wide=wide, with_project=with_project))
     for obj in items:
-        meta = obj.get("metadata") or {}
-        row = [str(meta.get("project", ""))] if with_project else []
-        row.append(str(meta.get("name", "")))
-        row.extend(column_cell(obj, c.path) for c in columns)
-        row.append(age(meta.get("creationTimestamp")))
-        table.add_row(*(Text(v) for v in row))
+        table.add_row(*(Text(v) for v in resource_row(ref, obj, wide=wide, with_project=with_project)))
     return table
 
 

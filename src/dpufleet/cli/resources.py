@@ -11,55 +11,102 @@ import yaml
 from ..client import Client, ClientError, KindRef
 from .columns import NONE, age, cell, evaluate
 from .common import note, options
+from .completion import complete_kind, complete_name
 from .describe_dpu import SHOWN as DPU_SHOWN
 from .describe_dpu import dpu_sections
-from .output import FORMATS, plain_table, print_document, print_table, resource_table
+from .fieldselect import FieldSelector, FieldSelectorError, parse_field_selector
+from .output import plain_table
+from .printers import FORMAT_HELP, Printer, parse_output
 
 _PROJECT_HELP = "project to work in [default: $DPUFLEET_PROJECT, the login config, or 'default']"
 
 
-def _check_format(output: str) -> str:
-    if output not in FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="'-o' / '--output'")
-    return output
+def _field_selector(text: str | None) -> FieldSelector | None:
+    if text is None:
+        return None
+    try:
+        return parse_field_selector(text)
+    except FieldSelectorError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--field-selector'") from None
 
 
 def get(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="kind, plural or short name: dpu, dpus, host, flavor, ..."),
-    names: list[str] | None = typer.Argument(None, help="names to show; all when omitted"),
+    kind: str = typer.Argument(
+        ..., help="kind, plural or short name: dpu, dpus, host, flavor, ...", autocompletion=complete_kind
+    ),
+    names: list[str] | None = typer.Argument(
+        None, help="names to show; all when omitted", autocompletion=complete_name
+    ),
     selector: str | None = typer.Option(None, "-l", "--selector", help="label selector, e.g. 'rack=r1,tier!=edge'"),
+    field_selector: str | None = typer.Option(
+        None, "--field-selector", help="field selector, e.g. 'status.phase=Ready,spec.hostRef!=h1' (=, ==, !=)"
+    ),
     project: str | None = typer.Option(None, "-p", "--project", help=_PROJECT_HELP),
     all_projects: bool = typer.Option(False, "-A", "--all-projects", help="list across every project"),
-    output: str = typer.Option("table", "-o", "--output", help="table, wide, yaml or json"),
+    output: str = typer.Option("table", "-o", "--output", help=FORMAT_HELP),
+    watch_changes: bool = typer.Option(False, "-w", "--watch", help="after the list, print each change until Ctrl-C"),
 ) -> None:
-    """List objects of a kind, or show named ones."""
-    _check_format(output)
+    """List objects of a kind, or show named ones; with --watch, keep printing them as they change."""
+    fmt = parse_output(output)
+    fields = _field_selector(field_selector)
     if all_projects and project:
         raise typer.BadParameter("use either --project or --all-projects", param_hint="'-A'")
     if all_projects and names:
         raise typer.BadParameter("names need one project; drop --all-projects", param_hint="'-A'")
+    if names and (selector or field_selector):
+        raise typer.BadParameter("names and selectors do not go together", param_hint="'-l' / '--field-selector'")
     config = options(ctx).config(project)
+    in_project = None if all_projects else config.project
     with Client.from_config(config) as client:
         ref = client.resolve_kind(kind)
+        printer = Printer(fmt, ref, with_project=all_projects)
         if names:
-            items = [client.get(ref, name, config.project) for name in names]
+            items, rv = [client.get(ref, name, config.project) for name in names], ""
         else:
-            items = client.list(ref, None if all_projects else config.project, selector).items
-    if output in ("yaml", "json"):
-        if names and len(names) == 1:
-            print_document(items[0], output)
-        else:
-            print_document(
-                {"apiVersion": "dpufleet.io/v1alpha1", "kind": f"{ref.kind}List", "metadata": {}, "items": items},
-                output,
-            )
-        return
-    if not items:
+            listed = client.list(ref, in_project, selector, field_selector)
+            items = [obj for obj in listed.items if fields is None or fields.matches(obj)]
+            rv = listed.resource_version
+        if watch_changes:
+            _watch_after(client, printer, items, rv, in_project, selector, field_selector, names or [])
+            return
+    if not items and fmt.kind in ("table", "wide", "custom-columns", "name"):
         where = "any project" if all_projects else f"project {config.project!r}"
         note(f"No {ref.plural} found in {where}.")
         return
-    print_table(resource_table(ref, items, wide=output == "wide", with_project=all_projects))
+    printer.print_list(items, single=names is not None and len(names) == 1)
+
+
+def _watch_after(
+    client: Client,
+    printer: Printer,
+    items: list[dict[str, Any]],
+    rv: str,
+    project: str | None,
+    selector: str | None,
+    field_selector: str | None,
+    names: list[str],
+) -> None:
+    """`get -w`: the objects first, then every change to them, until Ctrl-C (exit 0)."""
+    fields = _field_selector(field_selector)
+    if names:  # watching named objects: the newest resourceVersion of them is where changes start
+        rv = max((str(obj["metadata"].get("resourceVersion") or "") for obj in items), key=_rv_key, default="")
+    try:
+        printer.start_stream(items)
+        stream = client.watch(printer.ref, project, selector, rv or None, field_selector=field_selector)
+        for event in stream:
+            meta = event.object.get("metadata") or {}
+            if names and meta.get("name") not in names:
+                continue
+            if fields is not None and not fields.matches(event.object):
+                continue
+            printer.print_object(event.object)
+    except KeyboardInterrupt:
+        return
+
+
+def _rv_key(rv: str) -> int:
+    return int(rv) if rv.isdigit() else -1
 
 
 def _block(title: str, value: Any) -> list[str]:
@@ -171,8 +218,8 @@ def _render(table: Any) -> list[str]:
 
 def describe(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="kind, plural or short name"),
-    name: str = typer.Argument(..., help="object name"),
+    kind: str = typer.Argument(..., help="kind, plural or short name", autocompletion=complete_kind),
+    name: str = typer.Argument(..., help="object name", autocompletion=complete_name),
     project: str | None = typer.Option(None, "-p", "--project", help=_PROJECT_HELP),
 ) -> None:
     """Show one object in detail: metadata, spec, status, conditions and recent events."""
@@ -185,8 +232,8 @@ def describe(
 
 def delete(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="kind, plural or short name"),
-    names: list[str] = typer.Argument(..., help="names of the objects to delete"),
+    kind: str = typer.Argument(..., help="kind, plural or short name", autocompletion=complete_kind),
+    names: list[str] = typer.Argument(..., help="names of the objects to delete", autocompletion=complete_name),
     project: str | None = typer.Option(None, "-p", "--project", help=_PROJECT_HELP),
 ) -> None:
     """Delete objects. Objects with finalizers are marked and go once their finalizers are done."""
@@ -212,7 +259,7 @@ def _ready(obj: dict[str, Any]) -> str:
 
 def watch(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="kind, plural or short name"),
+    kind: str = typer.Argument(..., help="kind, plural or short name", autocompletion=complete_kind),
     selector: str | None = typer.Option(None, "-l", "--selector", help="label selector"),
     project: str | None = typer.Option(None, "-p", "--project", help=_PROJECT_HELP),
     all_projects: bool = typer.Option(False, "-A", "--all-projects", help="watch every project"),
