@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 
+from .reads import _driver
 from .schema import reservations
-from .store import Store, _driver
+from .store import Store
 
 
 @dataclass(frozen=True)
