@@ -99,8 +99,24 @@ class ServerProcess:
                 self.kill()
 
 
+class PortTaken(AssertionError):
+    """The free port picked was taken before the child bound it (its own agent listener's bind to
+    port 0 may be handed the same ephemeral port)."""
+
+
 def start_server_process(data_dir: Path, db_url: str | None = None, *, controllers: bool = True) -> ServerProcess:
-    """`serve()` in a child python process on a free loopback port, once /readyz answers."""
+    """`serve()` in a child python process on a free loopback port, once /readyz answers; a port taken
+    in the meantime is tried again on another one (three tries), said in the error if all fail."""
+    for attempt in range(3):
+        try:
+            return _start_server_process(data_dir, db_url, controllers=controllers)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server_process(data_dir: Path, db_url: str | None, *, controllers: bool) -> ServerProcess:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
@@ -123,7 +139,10 @@ def start_server_process(data_dir: Path, db_url: str | None = None, *, controlle
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            output = log_path.read_text()[-3000:]
+            if f"('127.0.0.1', {port}): address already in use" in output:
+                raise PortTaken(f"port {port} was taken before the server bound it: {output}")
+            raise AssertionError(f"server exited with {proc.returncode}: {output}")
         return _ready(url)
 
     try:
