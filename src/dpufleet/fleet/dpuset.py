@@ -21,7 +21,6 @@ resync and after a broken watch, and kept by the store's change feed in between)
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import math
 import time
@@ -168,7 +167,7 @@ class DPUSetReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            dpuset = await asyncio.to_thread(self.store.get, "DPUSet", key.name, key.project)
+            dpuset = await self.store.call(self.store.get, "DPUSet", key.name, key.project)
         except NotFound:
             self._sizes.pop(key, None)
             return DONE
@@ -179,7 +178,7 @@ class DPUSetReconciler(Reconciler):
         template = {k: v for k, v in (spec.get("template") or {}).items() if v is not None}
         selector = LabelSelector.model_validate(spec.get("selector") or {})
         dpus = await self._dpus.rows(key.project, selector, current=True)  # limits: counted as the store has it
-        claimed = await asyncio.to_thread(self._claimed_by_older_sets, dpuset)
+        claimed = await self.store.call(self._claimed_by_older_sets, dpuset)
         if claimed:
             overlap = [d["metadata"]["name"] for d in dpus if d["metadata"]["name"] in claimed]
             dpus = [d for d in dpus if d["metadata"]["name"] not in claimed]
@@ -283,7 +282,7 @@ class DPUSetReconciler(Reconciler):
                     busy_hosts[host] = busy_hosts.get(host, 0) + 1
             # one trip to a store thread for the whole wave (a hundred trips wait behind every other
             # controller's store calls); a DPU that changed meanwhile is left for the next pass
-            written = await asyncio.to_thread(self._update_all, chosen, template)
+            written = await self.store.call(self._update_all, chosen, template)
             for dpu in written:
                 self._dpus.put(dpu)  # counted as started by the next pass, whenever the feed brings the change
             started = [dpu["metadata"]["name"] for dpu in written]
@@ -393,12 +392,12 @@ class DPUSetReconciler(Reconciler):
             if phase in WORKING_PHASES or phase == Phase.AVAILABLE:
                 patch["metadata"]["annotations"] = {ABORT: now().isoformat()}  # provisioning stops before writing
             try:
-                await asyncio.to_thread(self.store.patch, "DPU", name, patch, d["metadata"]["project"])
+                await self.store.call(self.store.patch, "DPU", name, patch, d["metadata"]["project"])
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the next pass looks again
             reverted.append(name)
         if reverted:
-            await asyncio.to_thread(
+            await self.store.call(
                 self.events.record,
                 dpuset,
                 "Aborting",

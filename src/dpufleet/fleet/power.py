@@ -19,7 +19,6 @@ reset is an operator's request, and repeating it unasked would disturb the host 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -79,7 +78,7 @@ class PowerActionReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            action = await asyncio.to_thread(self.store.get, "PowerAction", key.name, key.project)
+            action = await self.store.call(self.store.get, "PowerAction", key.name, key.project)
         except NotFound:
             return DONE
         if action["metadata"].get("deletionTimestamp"):
@@ -181,7 +180,7 @@ class PowerActionReconciler(Reconciler):
         return sorted(found, key=lambda d: d["metadata"]["name"])
 
     async def _plan(self, action: dict[str, Any]) -> PowerActionStatus:
-        return await asyncio.to_thread(self._plan_sync, action)
+        return await self.store.call(self._plan_sync, action)
 
     def _plan_sync(self, action: dict[str, Any]) -> PowerActionStatus:
         spec, project = action["spec"], action["metadata"]["project"]
@@ -289,7 +288,7 @@ class PowerActionReconciler(Reconciler):
     async def _dpu_step(
         self, action: dict[str, Any], status: PowerActionStatus, step: PowerStep, reset_type: ResetType
     ) -> bool:
-        dpu = await asyncio.to_thread(self._find_dpu, action, step.target)
+        dpu = await self.store.call(self._find_dpu, action, step.target)
         try:
             client, system = await self._redfish(dpu)
             async with client:
@@ -318,7 +317,7 @@ class PowerActionReconciler(Reconciler):
         baseline = reset.baseline if reset else None
         if not (bool(getattr(step, "sawDown", False)) or boot.last_state_time != baseline):
             return False
-        return await asyncio.to_thread(self._ready_for_host, action, status, step, dpu, reset)
+        return await self.store.call(self._ready_for_host, action, status, step, dpu, reset)
 
     def _ready_for_host(
         self,
@@ -372,8 +371,8 @@ class PowerActionReconciler(Reconciler):
 
     async def _credential(self, ref: str, project: str) -> tuple[str, str]:
         try:
-            cred = await asyncio.to_thread(self.store.get, "Credential", ref, project)
-            password = await asyncio.to_thread(self.store.get_secret, "Credential", ref, "password", project)
+            cred = await self.store.call(self.store.get, "Credential", ref, project)
+            password = await self.store.call(self.store.get_secret, "Credential", ref, "password", project)
         except NotFound:
             raise ActionFailed("CredentialsMissing", f"credentials {ref!r} not found in project {project!r}") from None
         return str(cred["spec"]["username"]), password or ""
@@ -381,7 +380,7 @@ class PowerActionReconciler(Reconciler):
     async def _host_step(
         self, action: dict[str, Any], status: PowerActionStatus, step: PowerStep, reset_type: ResetType
     ) -> bool:
-        host = await asyncio.to_thread(self._find_host, action, step.target)
+        host = await self.store.call(self._find_host, action, step.target)
         spec = host.get("spec") or {}
         token = None
         if spec.get("powerCredentialsRef"):

@@ -22,7 +22,6 @@ never both take the last unit of a rollout's budget; every decision is evented a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -65,7 +64,7 @@ class UpdateRequestReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            request = await asyncio.to_thread(self.store.get, "UpdateRequest", key.name, key.project)
+            request = await self.store.call(self.store.get, "UpdateRequest", key.name, key.project)
         except NotFound:
             return DONE
         if request["metadata"].get("deletionTimestamp"):
@@ -75,11 +74,11 @@ class UpdateRequestReconciler(Reconciler):
             return DONE
         if phase == "Accepted":
             return await self._follow(request)
-        decision, accepted_generation = await asyncio.to_thread(self._decide, request)
+        decision, accepted_generation = await self.store.call(self._decide, request)
         await self._record(request, decision, generation=accepted_generation)
         if request["spec"].get("source") == UpdateSource.BMC and decision.phase in ("Accepted", "Refused"):
             # a change pushed through the BMC: adopted, or the DPU stays drifted (fleet/drift.py)
-            await asyncio.to_thread(self.drift.decided, request, decision.phase, decision.reason, decision.message)
+            await self.store.call(self.drift.decided, request, decision.phase, decision.reason, decision.message)
         if decision.phase == "Waiting":
             return Result(requeue_after=WAIT_SECONDS)
         if decision.phase == "Accepted":
@@ -174,7 +173,7 @@ class UpdateRequestReconciler(Reconciler):
         spec, project = request["spec"], request["metadata"]["project"]
         status = request.get("status") or {}
         try:
-            dpu = await asyncio.to_thread(self.store.get, "DPU", spec["dpu"], project)
+            dpu = await self.store.call(self.store.get, "DPU", spec["dpu"], project)
         except NotFound:
             await self._record(request, Decision("Failed", "DPUDeleted", f"dpu {spec['dpu']} was deleted"))
             return DONE
@@ -243,6 +242,6 @@ class UpdateRequestReconciler(Reconciler):
                 detail=f"dpu {request['spec']['dpu']} -> image {request['spec']['image']}: {decision.message}"[:500],
             )
             try:
-                await asyncio.to_thread(self.audit.record, entry)
+                await self.store.call(self.audit.record, entry)
             except Exception:
                 log.exception("could not audit update request %s", meta["name"])

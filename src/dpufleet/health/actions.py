@@ -7,7 +7,6 @@ cannot do this here).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -131,9 +130,9 @@ async def _execute(action: RemediationAction, ctx: ActionContext) -> tuple[str, 
         await ctx.client.post(ctx.reset_manager, {"ResetType": "GracefulRestart"})
         return "Succeeded", "Manager.Reset GracefulRestart"
     if action == A.REFLASH:
-        return await asyncio.to_thread(request_reinstall, ctx.store, ctx.dpu, "health")
+        return await ctx.store.call(request_reinstall, ctx.store, ctx.dpu, "health")
     if action == A.QUARANTINE:
-        message = await asyncio.to_thread(_quarantine, ctx.store, meta["project"], meta["name"])
+        message = await ctx.store.call(_quarantine, ctx.store, meta["project"], meta["name"])
         QUARANTINED.labels(meta["project"], meta["name"]).set(1)
         ALERTS.labels(meta["project"], meta["name"], str(ctx.diagnosis.failure_class)).set(1)
         return "Succeeded", message
@@ -151,12 +150,12 @@ async def _host_power_cycle(ctx: ActionContext) -> tuple[str, str]:
     before it is sent. A DPU whose host has no power driver configured is power-cycled on its own,
     which the result says.
     """
-    host = await asyncio.to_thread(_host_of, ctx.store, ctx.dpu)
+    host = await ctx.store.call(_host_of, ctx.store, ctx.dpu)
     if host is None or not (host.get("spec") or {}).get("powerURL"):
         why = "the DPU is in no known host" if host is None else f"host {host['metadata']['name']} has no spec.powerURL"
         result, message = await _power(ctx, "ForceOff", "On")
         return result, f"{message} (DPU side only: {why})"
-    name = await asyncio.to_thread(_create_power_action, ctx.store, ctx.dpu)
+    name = await ctx.store.call(_create_power_action, ctx.store, ctx.dpu)
     order = (host.get("spec") or {}).get("bootOrder") or "dpu-first"
     return (
         "Succeeded",

@@ -14,7 +14,6 @@ DPU already has as many unavailable DPUs as its maxUnavailable allows.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -147,7 +146,7 @@ class HealthReconciler(Reconciler):
         return dpu, policies, bmc
 
     async def reconcile(self, key: Key) -> Result:
-        dpu, policies, bmc = await asyncio.to_thread(self._read, key)
+        dpu, policies, bmc = await self.store.call(self._read, key)
         if dpu is None or dpu["metadata"].get("deletionTimestamp"):
             self._forget(key)
             return Result()
@@ -189,7 +188,7 @@ class HealthReconciler(Reconciler):
     async def _read_again(self, key: Key) -> dict[str, Any] | None:
         """The DPU as stored now; None (and forgotten) when it is gone."""
         try:
-            return await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            return await self.store.call(self.store.get, "DPU", key.name, key.project)
         except NotFound:
             self._forget(key)
             return None
@@ -315,7 +314,7 @@ class HealthReconciler(Reconciler):
         host_name = status.get("host") or (dpu.get("spec") or {}).get("hostRef")
         if host_name:
             try:
-                host_obj = await asyncio.to_thread(self.store.get, "Host", host_name, dpu["metadata"]["project"])
+                host_obj = await self.store.call(self.store.get, "Host", host_name, dpu["metadata"]["project"])
                 host = host_view(host_obj, dpu["metadata"]["name"], at, config.host_silent_seconds or silent_after)
             except NotFound:
                 host = None

@@ -7,7 +7,6 @@ DPU, one being provisioned, or one whose DPUSet is at its maxUnavailable (`Remed
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 from typing import Any
@@ -217,7 +216,7 @@ class Remediator:
         if phase in BUSY_PHASES:
             return f"the provisioner is working on the DPU (phase {phase}): remediation leaves it to it"
         if action in DISRUPTIVE:
-            full = await asyncio.to_thread(self._rollout_full, dpu)
+            full = await self.store.call(self._rollout_full, dpu)
             if full:
                 return full
         return None
@@ -321,6 +320,6 @@ class Remediator:
             detail=detail[:500],
         )
         try:
-            await asyncio.to_thread(self.audit.record, entry)
+            await self.store.call(self.audit.record, entry)
         except Exception:
             log.exception("could not audit %s on %s", action, meta["name"])

@@ -16,7 +16,6 @@ subscription from the BMC first (best effort: an unreachable BMC does not block 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Callable
@@ -96,7 +95,7 @@ class EventSubscriptionReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            bmc = await asyncio.to_thread(self.store.get, "BMC", key.name, key.project)
+            bmc = await self.store.call(self.store.get, "BMC", key.name, key.project)
         except NotFound:
             return DONE
         if bmc["metadata"].get("deletionTimestamp"):
@@ -149,7 +148,7 @@ class EventSubscriptionReconciler(Reconciler):
         for member in await client.members(subscriptions):
             if member.get("Destination") == dest and isinstance(member.get("@odata.id"), str):
                 found = member["@odata.id"]
-        context = await asyncio.to_thread(event_context, self.store, bmc)
+        context = await self.store.call(event_context, self.store, bmc)
         if found is None:
             await self._ensure_finalizer(bmc)  # before it exists: a deletion racing the POST still removes it
             _, body, headers = await client.post(
@@ -180,7 +179,7 @@ class EventSubscriptionReconciler(Reconciler):
             except (RedfishError, NotFound, BMCAccessError) as exc:
                 await self._event(bmc, "EventSubscriptionNotRemoved", f"{uri} stays on the BMC: {exc}", warning=True)
         self.inbox.forget(bmc["metadata"]["project"], bmc["metadata"]["name"])
-        await asyncio.to_thread(self._drop_finalizer, bmc["metadata"]["project"], bmc["metadata"]["name"])
+        await self.store.call(self._drop_finalizer, bmc["metadata"]["project"], bmc["metadata"]["name"])
 
     async def _record(self, bmc: dict[str, Any], value: dict[str, Any]) -> None:
         def mutate(status: dict[str, Any]) -> None:
@@ -193,7 +192,7 @@ class EventSubscriptionReconciler(Reconciler):
         if FINALIZER in (bmc["metadata"].get("finalizers") or []):
             return
         meta = bmc["metadata"]
-        await asyncio.to_thread(self._edit_finalizers, meta["project"], meta["name"], add=True)
+        await self.store.call(self._edit_finalizers, meta["project"], meta["name"], add=True)
         bmc["metadata"].setdefault("finalizers", []).append(FINALIZER)
 
     def _drop_finalizer(self, project: str, name: str) -> None:

@@ -11,7 +11,6 @@ credentials, a serial already owned by another BMC) stops the others.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from collections.abc import Callable, Iterable
@@ -151,7 +150,7 @@ class BMCReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            bmc = await asyncio.to_thread(self.store.get, "BMC", key.name, key.project)
+            bmc = await self.store.call(self.store.get, "BMC", key.name, key.project)
         except NotFound:
             self._crawled.pop(key, None)
             await self.sessions.forget(key.project, key.name)
@@ -166,7 +165,7 @@ class BMCReconciler(Reconciler):
         self._asked.discard(key)
         self._pushed.discard(key)
         remaining = max(0.0, self._refresh_after(bmc) - crawled_ago)
-        if not asked and pushed and await asyncio.to_thread(self._all_being_provisioned, bmc):
+        if not asked and pushed and await self.store.call(self._all_being_provisioned, bmc):
             return Result(requeue_after=remaining)
         if not asked and not pushed and self._crawled.get(key) == trigger and remaining > 0:
             # nothing asks for a crawl: not the BMC object (unchanged since its last crawl), not its
@@ -245,7 +244,7 @@ class BMCReconciler(Reconciler):
         if not discovery:
             return True, "added by hand"
         try:
-            disc = await asyncio.to_thread(self.store.get, "Discovery", discovery, bmc["metadata"]["project"])
+            disc = await self.store.call(self.store.get, "Discovery", discovery, bmc["metadata"]["project"])
         except NotFound:
             return True, "its discovery is gone"
         if disc["spec"].get("adoption", "All") != "Expected":
@@ -348,7 +347,7 @@ class BMCReconciler(Reconciler):
         profile = find_profile(part_number=part, vendor=system.manufacturer, model=system.model)
         stamp = isotime(now())
         try:
-            existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
+            existing = await self.store.call(self.store.get, "DPU", name, project)
         except NotFound:
             existing = None
         identity_labels = {
@@ -364,7 +363,7 @@ class BMCReconciler(Reconciler):
             missing = {k: v for k, v in identity_labels.items() if k not in (existing["metadata"].get("labels") or {})}
             if missing:
                 try:
-                    existing = await asyncio.to_thread(
+                    existing = await self.store.call(
                         self.store.patch, "DPU", name, {"metadata": {"labels": missing}}, project
                     )
                 except Exception as exc:  # a concurrent writer: the next crawl adds them
@@ -380,7 +379,7 @@ class BMCReconciler(Reconciler):
                 "spec": {"serialNumber": system.serialNumber},
             }
             try:
-                existing = await asyncio.to_thread(self.store.create, doc)
+                existing = await self.store.call(self.store.create, doc)
                 await self._event(
                     existing, "Discovered", f"found through BMC {bmc_meta['name']} ({bmc['spec']['address']})"
                 )
@@ -389,7 +388,7 @@ class BMCReconciler(Reconciler):
                 return None
             except Exception as exc:  # lost a race with another writer: use what is there
                 log.debug("create DPU %s: %s", name, exc)
-                existing = await asyncio.to_thread(self.store.get, "DPU", name, project)
+                existing = await self.store.call(self.store.get, "DPU", name, project)
         generation = existing["metadata"].get("generation")
 
         changes: list[dict[str, Any]] = []
@@ -411,12 +410,12 @@ class BMCReconciler(Reconciler):
                 warning=True,
             )
         for observe in self.firmware_observers:  # drift: adopted through the update policy, or reported
-            await asyncio.to_thread(observe, updated, bool(out_of_band))
+            await self.store.call(observe, updated, bool(out_of_band))
         return name
 
     async def _bmc_exists(self, name: str, project: str) -> bool:
         try:
-            await asyncio.to_thread(self.store.get, "BMC", name, project)
+            await self.store.call(self.store.get, "BMC", name, project)
         except NotFound:
             return False
         return True

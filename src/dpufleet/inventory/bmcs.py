@@ -21,7 +21,6 @@ stays a RedfishError of the client (BMCUnreachable names the address and the tim
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,13 +156,9 @@ class BMCSessions:
         them now); `timeout` and `retries`: the caller's, per request. Raises BMCAccessError."""
         age = self.max_age if max_age is None else max_age
         access = self._access.get((project, name))
-        fresh = (
-            access is not None
-            and time.monotonic() - access.read_at < age
-            and (bmc is None or access.matches(bmc))
-        )
+        fresh = access is not None and time.monotonic() - access.read_at < age and (bmc is None or access.matches(bmc))
         if access is None or not fresh:
-            access = await asyncio.to_thread(self._resolve, project, name, bmc)
+            access = await self.store.call(self._resolve, project, name, bmc)
             self._access[(project, name)] = access
         client = await self.pool.client(
             (self._token, project, name),

@@ -9,7 +9,6 @@ the serial numbers (which needs credentials, which the scan does not use).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import datetime
@@ -45,7 +44,7 @@ class DiscoveryReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         try:
-            disc = await asyncio.to_thread(self.store.get, "Discovery", key.name, key.project)
+            disc = await self.store.call(self.store.get, "Discovery", key.name, key.project)
         except NotFound:
             return Result()
         if disc["metadata"].get("deletionTimestamp"):
@@ -153,7 +152,7 @@ class DiscoveryReconciler(Reconciler):
             summarize_ready(status, ["Scanned"], generation)
 
         await mutate_status(self.store, "Discovery", name, finish, project)
-        await asyncio.to_thread(
+        await self.store.call(
             self.events.record,
             disc,
             "ScanFinished",
@@ -177,7 +176,7 @@ class DiscoveryReconciler(Reconciler):
         if spec.get("credentialsRef"):
             doc["spec"]["credentialsRef"] = spec["credentialsRef"]
         try:
-            await asyncio.to_thread(self.store.create, doc)
+            await self.store.call(self.store.create, doc)
         except AlreadyExists:
             return False
         return True

@@ -165,7 +165,7 @@ class DPUProvisioner(Reconciler):
             return
         async with self._start_lock:
             if not self._started:
-                cleared = await asyncio.to_thread(reservations.release_all, self.store, self.owner)
+                cleared = await self.store.call(reservations.release_all, self.store, self.owner)
                 if cleared:
                     log.info(
                         "cleared %d reservation(s) this controller (%s) held before it restarted", cleared, self.owner
@@ -177,17 +177,17 @@ class DPUProvisioner(Reconciler):
     async def reconcile(self, key: Key) -> Result:
         await self._startup()
         try:
-            dpu = await asyncio.to_thread(self.store.get, "DPU", key.name, key.project)
+            dpu = await self.store.call(self.store.get, "DPU", key.name, key.project)
         except NotFound:
             self._free_slot(key.project, key.name)
             for (project, _bmc), dpus in self._bmc_dpus.items():
                 if project == key.project:
                     dpus.discard(key.name)
-            await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
+            await self.store.call(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         if dpu["metadata"].get("deletionTimestamp"):
             self._free_slot(key.project, key.name)
-            await asyncio.to_thread(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
+            await self.store.call(reservations.release, self.store, "DPU", key.project, key.name, self.owner)
             return DONE
         session = _Pass()
         return await self._reconcile(dpu, session)  # its BMC client stays in the cache (_connect)
@@ -497,7 +497,7 @@ class DPUProvisioner(Reconciler):
         ttl = self.config.reservation_ttl
         if self._held.get(key, 0.0) - time.time() > ttl / 2:
             return True
-        other = await asyncio.to_thread(
+        other = await self.store.call(
             reservations.reserve, self.store, "DPU", ctx.project, ctx.name, self.owner, PURPOSE, ttl
         )
         if other is not None:
@@ -509,7 +509,7 @@ class DPUProvisioner(Reconciler):
 
     async def _release_reservation(self, ctx: StepContext) -> None:
         self._free_slot(ctx.project, ctx.name)
-        await asyncio.to_thread(reservations.release, self.store, "DPU", ctx.project, ctx.name, self.owner)
+        await self.store.call(reservations.release, self.store, "DPU", ctx.project, ctx.name, self.owner)
 
     def _free_slot(self, project: str, name: str) -> None:
         if self._held.pop((project, name), None) is not None:

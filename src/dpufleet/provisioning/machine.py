@@ -9,7 +9,6 @@ failed phases, conditions, events and metrics.
 from __future__ import annotations
 
 import abc
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -158,7 +157,7 @@ class StepContext:
         return dict(self.dpu.get("status") or {})
 
     async def get(self, kind: str, name: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.store.get, kind, name, self.project)
+        return await self.store.call(self.store.get, kind, name, self.project)
 
     def seconds_in_phase(self) -> float:
         return seconds_since(self.progress.phaseStartedAt)

@@ -57,7 +57,7 @@ class EventRecorder:
         try:
             while self._posted:
                 batch, self._posted = self._posted[: self.MAX_BATCH], self._posted[self.MAX_BATCH :]
-                await asyncio.to_thread(self._write_batch, batch)
+                await self.store.call(self._write_batch, batch)
         finally:
             self._writer = None
             left, self._posted = self._posted, []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from datetime import datetime
@@ -54,7 +53,7 @@ class EventReaper(Reconciler):
         if due is not None and due > time.monotonic():
             return Result(requeue_after=due - time.monotonic())  # the runtime's resync, or a repeat folded in
         try:  # due, or an Event from before a restart: what is stored decides
-            event = await asyncio.to_thread(self.store.get, "Event", key.name, key.project)
+            event = await self.store.call(self.store.get, "Event", key.name, key.project)
         except NotFound:
             self._due.pop(key, None)
             return DONE
@@ -62,7 +61,7 @@ class EventReaper(Reconciler):
         if left <= 0:
             self._due.pop(key, None)
             with contextlib.suppress(NotFound):
-                await asyncio.to_thread(self.store.delete, "Event", key.name, key.project)
+                await self.store.call(self.store.delete, "Event", key.name, key.project)
             return DONE
         self._due[key] = time.monotonic() + left
         return Result(requeue_after=left)

@@ -7,7 +7,6 @@ each changes only its part on the current status, and retries on a conflict.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -49,4 +48,4 @@ async def mutate_status(
     project: str = "default",
     current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return await asyncio.to_thread(mutate_status_sync, store, kind, name, mutate, project, 8, current)
+    return await store.call(mutate_status_sync, store, kind, name, mutate, project, 8, current)

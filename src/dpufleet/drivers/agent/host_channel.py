@@ -19,7 +19,6 @@ so an image is never pushed twice for one order.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ...api.errors import NotFound
@@ -43,7 +42,7 @@ class HostChannelInstall(OrderInstall):
         if not host_name:
             raise _unavailable("the DPU has not been seen in a host: the host-channel path needs its host's agent")
         try:
-            host = await asyncio.to_thread(self.store.get, "Host", host_name, self.project)
+            host = await self.store.call(self.store.get, "Host", host_name, self.project)
         except NotFound:
             raise _unavailable(f"the DPU's host {host_name!r} does not exist") from None
         serial = (host.get("status") or {}).get("serialNumber")

@@ -11,7 +11,6 @@ picked it up (`_waiting`), and what the stages it reports mean (`_read`).
 from __future__ import annotations
 
 import abc
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +93,7 @@ class OrderInstall(InstallInterface):
 
     async def _status(self) -> dict[str, Any]:
         try:
-            doc = await asyncio.to_thread(self.store.get, "DPU", self.dpu, self.project)
+            doc = await self.store.call(self.store.get, "DPU", self.dpu, self.project)
         except NotFound:
             raise RedfishError(f"DPU {self.dpu!r} no longer exists") from None
         return dict(doc.get("status") or {})

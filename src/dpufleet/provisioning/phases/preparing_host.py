@@ -11,7 +11,6 @@ Everything is undone when the DPU is Ready or provisioning is aborted (`release_
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -34,7 +33,7 @@ def host_of(dpu: dict[str, Any]) -> str | None:
 
 
 async def _annotate(ctx: StepContext, host: str, changes: dict[str, str | None]) -> None:
-    await asyncio.to_thread(ctx.store.patch, "Host", host, {"metadata": {"annotations": changes}}, ctx.project)
+    await ctx.store.call(ctx.store.patch, "Host", host, {"metadata": {"annotations": changes}}, ctx.project)
 
 
 class PrepareHost(PhaseHandler):

@@ -10,7 +10,6 @@ DPU) sends no reset here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import datetime
 from typing import Any
@@ -123,7 +122,7 @@ class Reboot(PhaseHandler):
                 "spec": {"target": {"kind": "DPU", "name": ctx.name}, "mode": "both", "resetType": "ForceRestart"},
             }
             with contextlib.suppress(AlreadyExists):
-                await asyncio.to_thread(ctx.store.create, doc)
+                await ctx.store.call(ctx.store.create, doc)
             await ctx.record("HostResetRequested", f"poweraction/{name}: {step.get('why', '')}", False)
             return Wait(ctx.config.poll_seconds, f"host reset requested (poweraction/{name})")
         status = action.get("status") or {}

@@ -9,7 +9,6 @@ The install path is then asked whether it can install each component here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from ...api.kinds import ImageSpec, Phase
@@ -33,7 +32,7 @@ class StageImage(PhaseHandler):
         image_doc = await ctx.get("Image", image_name)
         image = ImageSpec.model_validate(image_doc["spec"])
         try:  # the signed manifest: trusted publisher, allowed class, digests, compatibility, no rollback
-            manifest = await asyncio.to_thread(verify_image_manifest, image_doc, ctx.dpu, ctx.store)
+            manifest = await ctx.store.call(verify_image_manifest, image_doc, ctx.dpu, ctx.store)
         except ManifestRefused as refused:
             raise StepFailed(refused.reason.value, refused.message, retryable=False) from None
         ctx.progress.manifestSequence = manifest.sequence if manifest is not None else None
