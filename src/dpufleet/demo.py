@@ -28,7 +28,7 @@ from .cli.common import UserError
 from .cli.output import print_table, resource_table
 from .client import Client
 from .images.repository import advertise_repository
-from .server.runner import Server, parse_listen
+from .server.runner import Server, parse_listen, uvicorn_options
 from .sim.runner import SimOptions, sim_in_thread
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,12 @@ class EmbeddedServer:
         server = Server.build(data_dir, db_url, controllers=controllers)
         advertise_repository(server.services.repository, host, bound_port)  # BMCs fetch images from the API port, as with serve()
         config = uvicorn.Config(
-            server.app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on"
+            server.app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+            lifespan="on",
+            **uvicorn_options(),
         )
         userver = uvicorn.Server(config)
         thread = threading.Thread(target=userver.run, kwargs={"sockets": [sock]}, name="dpufleet-api", daemon=True)

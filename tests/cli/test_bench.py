@@ -58,10 +58,23 @@ def test_bench_discovery_inventories_every_bmc() -> None:
     assert figures["bmcs"] == figures["bmcs_inventoried"] == 2
     assert figures["seconds_total"] > 0 and figures["bmcs_per_minute"] > 0
     assert figures["server_peak_rss_mib"] > 0
+    assert figures["machine"]["cpus"] >= 1 and len(figures["machine"]["load_average_before"]) == 1
+
+
+def test_bench_runs_n_times_and_summarises_the_runs() -> None:
+    """`--runs 2 --json`: one object, the median, min, max and spread of every figure and each run's own."""
+    figures = bench_json("discovery", "--bmcs", "2", "--latency", "0", "--timeout", "120", "--runs", "2")
+    assert figures["runs"] == 2 and len(figures["each"]) == 2
+    assert all(run["bmcs_inventoried"] == 2 for run in figures["each"])
+    assert figures["median"]["bmcs_inventoried"] == 2 and figures["spread_pct"]["bmcs_inventoried"] == 0
+    low, mid, high = (figures[k]["seconds_total"] for k in ("min", "median", "max"))
+    assert 0 < low <= mid <= high
+    assert figures["machine"]["cpu_model"] and len(figures["machine"]["load_average_before"]) == 2
 
 
 def test_bench_provision_provisions_every_dpu_and_reports_its_cost() -> None:
     figures = bench_json("provision", "--dpus", "3", "--poll", "0.2", "--timeout", "120")
+    assert figures["poll_seconds"] == 0.2
     assert figures["dpus"] == figures["dpus_ready"] == 3 and figures["dpus_failed"] == 0
     assert figures["simple_update_requests"] == 3
     assert figures["dpus_per_second"] == pytest.approx(3 / figures["seconds_total"])
@@ -73,9 +86,8 @@ def test_bench_provision_provisions_every_dpu_and_reports_its_cost() -> None:
 
 
 def test_bench_rollout_completes_within_max_unavailable_and_reports_the_hardware_minimum() -> None:
-    figures = bench_json(
-        "rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5", "--poll", "0.2"
-    )
+    figures = bench_json("rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5")
+    assert figures["poll_seconds"] == 3.0, "without --poll: the controller's default, as users run it"
     assert figures["dpus"] == figures["dpus_ready"] == 4 and figures["dpus_failed"] == 0
     assert figures["max_unavailable"] == 2 and 1 <= figures["peak_unavailable"] <= 2
     assert figures["hardware_minimum_seconds"] == pytest.approx(1.0), "ceil(4 / 2) x 0.5 s"
@@ -112,6 +124,25 @@ def test_a_dropped_connection_is_one_error_line(monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(app, ["bench", "api", "--json"])
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr == (
-        "error: bench api failed: RemoteProtocolError: Server disconnected without sending a response.\n"
+    machine, error = result.stderr.splitlines()  # the machine's conditions before the run, then the one line
+    assert machine.startswith("machine: ")
+    assert error == "error: bench api failed: RemoteProtocolError: Server disconnected without sending a response."
+
+
+def test_a_connection_dropped_inside_an_exception_group_is_one_error_line_naming_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What asyncio.gather or a TaskGroup raises: the first real failure, the request it happened on."""
+    import dpufleet.bench.provision
+
+    url = "http://127.0.0.1:8740/apis/dpufleet.io/v1alpha1/projects/default/dpus/dpu-mt0001"
+
+    def dropped(*_args: object, **_kwargs: object) -> None:
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [httpx.ReadError("", request=httpx.Request("PATCH", url))])
+
+    monkeypatch.setattr(dpufleet.bench.provision, "run_provision_bench", dropped)
+    result = CliRunner().invoke(app, ["bench", "provision", "--json", "--runs", "2"])
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: bench provision failed in run 1 of 2: ReadError: the server closed the connection during PATCH {url}"
     )

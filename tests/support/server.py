@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 
 from dpufleet.images.repository import advertise_repository
+from dpufleet.server.common import uvicorn_options
 from dpufleet.server.runner import Server
 
 from .net import free_port, wait_until
@@ -49,7 +50,9 @@ def threaded_server(data_dir: Path, db_url: str | None = None, *, controllers: b
     built = Server.build(data_dir, db_url, controllers=controllers)
     port = free_port()
     advertise_repository(built.services.repository, "127.0.0.1", port)  # as serve() does, before any controller runs
-    config = uvicorn.Config(built.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        built.app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **uvicorn_options()
+    )
     userver = uvicorn.Server(config)
     thread = threading.Thread(target=userver.run, name="uvicorn", daemon=True)
     thread.start()

@@ -84,7 +84,9 @@ async def _run(bmcs: int, latency: float, timeout: float, console: Console) -> D
                 deadline = start + timeout
                 last_print = 0.0
                 while time.perf_counter() < deadline:
-                    items = (await http.get("/apis/dpufleet.io/v1alpha1/dpus")).json()["items"]
+                    listing = await http.get("/apis/dpufleet.io/v1alpha1/dpus")
+                    listing.raise_for_status()
+                    items = listing.json()["items"]
                     done = sum(
                         1
                         for d in items

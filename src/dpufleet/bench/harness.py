@@ -1,4 +1,4 @@
-"""Shared pieces for benchmarks: a real server subprocess, percentiles, result printing.
+"""Shared pieces for benchmarks: a real server subprocess, percentiles, result printing, the machine's conditions.
 
 A bench prints its progress and its result table for people; with `--json` both go to stderr and
 stdout carries only one JSON object of named figures (units in the names), for scripts and CI.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -40,6 +41,69 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+@dataclass(frozen=True)
+class MachineConditions:
+    """What the machine was like just before a bench run: its figures depend on it."""
+
+    cpu_model: str  # /proc/cpuinfo "model name" ("unknown" where it is not given)
+    cpus: int  # os.cpu_count(): the machine's
+    cpus_usable: int  # len(os.sched_getaffinity(0)): the ones this process may run on
+    memory_total_mib: float | None  # /proc/meminfo MemTotal
+    python: str
+    load_average: tuple[float, float, float]  # os.getloadavg(): 1, 5 and 15 minutes, read at that moment
+
+    def figures(self) -> dict[str, Any]:
+        """As the JSON object's "machine" has it (without the load average: that is one per run)."""
+        return {
+            "cpu_model": self.cpu_model,
+            "cpus": self.cpus,
+            "cpus_usable": self.cpus_usable,
+            "memory_total_mib": self.memory_total_mib,
+            "python": self.python,
+        }
+
+    def line(self) -> str:
+        memory = f"{self.memory_total_mib / 1024:,.1f} GiB" if self.memory_total_mib is not None else "memory unknown"
+        load = " ".join(f"{v:.2f}" for v in self.load_average)
+        return (
+            f"machine: {self.cpu_model}, {self.cpus} cores ({self.cpus_usable} usable), {memory}, "
+            f"Python {self.python}; load average (1/5/15 min) {load}"
+        )
+
+
+def machine_conditions(
+    cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/proc/meminfo")
+) -> MachineConditions:
+    """The machine now: CPU model, cores, memory, Python, and the load average at this moment."""
+    model = "unknown"
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name" and value.strip():
+                model = value.strip()
+                break
+    except OSError:
+        pass
+    memory: float | None = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) / 1024  # kB
+                break
+    except (OSError, IndexError, ValueError):
+        pass
+    cpus = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        usable = cpus
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        one = five = fifteen = float("nan")
+    return MachineConditions(model, cpus, usable, memory, platform.python_version(), (one, five, fifteen))
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -1,8 +1,9 @@
 """`dpufleet bench provision`: provision N emulated DPUs from Available to Ready, hardware delays at zero.
 
 The control plane (API server + controllers, SQLite) runs as its own process, polling the BMCs
-every `poll` seconds. This process serves N emulated BMCs (one DPU each) whose updates and boots
-take no time (time_scale 0) and answer at once (latency 0), so what is measured is the control
+every `poll` seconds (by default the controller's own interval, 3 s, as users run it: the BMCs push
+their events, which end the waits; the polls are the fallback). This process serves N emulated BMCs
+(one DPU each) whose updates and boots take no time (time_scale 0) and answer at once (latency 0), so what is measured is the control
 plane: it discovers and inventories the fleet (not timed), an image is uploaded, and then every
 DPU's spec.image is set through the API, as a user would. The clock runs from the first of those
 writes until every DPU is Ready. The time spent in each phase comes from the server's own
@@ -35,6 +36,7 @@ PAYLOAD = b"dpufleet bench provision: emulated OS image\n" * 256
 @dataclass
 class ProvisionBenchResult:
     dpus: int
+    poll_seconds: float = 0.0  # the provisioner's poll interval
     seconds: float = 0.0
     ready: int = 0
     failed: int = 0
@@ -54,6 +56,7 @@ class ProvisionBenchResult:
         return {
             "bench": "provision",
             "dpus": self.dpus,
+            "poll_seconds": self.poll_seconds,
             "dpus_ready": self.ready,
             "dpus_failed": self.failed,
             "seconds_total": self.seconds,
@@ -69,6 +72,31 @@ class ProvisionBenchResult:
             "redfish_requests_top": {path: count for path, count in self.top_requests},
             "errors": self.errors,
         }
+
+
+def controller_env(poll: float | None) -> dict[str, str]:
+    """The control plane's environment for a fleet bench: the provisioner's poll interval only when the
+    bench was given one (else the controller's default, ProvisioningConfig.poll_seconds, as users run it),
+    and a short first retry pause (0.5 s, not 10 s), which only a failed step waits."""
+    env = {"DPUFLEET_PROVISIONING_RETRY_SECONDS": "0.5"}
+    if poll is not None:
+        env["DPUFLEET_PROVISIONING_POLL_SECONDS"] = str(poll)
+    return env
+
+
+def effective_poll(poll: float | None) -> float:
+    """The provisioner's poll interval in the bench's server: the one given, else the controller's own
+    (ProvisioningConfig.from_env: the server inherits this process's environment)."""
+    from ..provisioning.machine import ProvisioningConfig
+
+    return poll if poll is not None else ProvisioningConfig.from_env().poll_seconds
+
+
+def poll_description(poll: float | None) -> str:
+    """How the bench header says the provisioner polls."""
+    if poll is not None:
+        return f"the provisioner polls every {poll:g}s"
+    return f"the provisioner polls every {effective_poll(None):g}s (the controller's default; BMC events end the waits)"
 
 
 def _requests_by_path(fleet: Any) -> Counter[str]:
@@ -204,13 +232,12 @@ async def publish_image(http: httpx.AsyncClient, name: str, version: str, payloa
     (await http.post(f"{BASE}/images", json=image)).raise_for_status()
 
 
-async def _run(dpus: int, poll: float, timeout: float, console: Console) -> ProvisionBenchResult:
+async def _run(dpus: int, poll: float | None, timeout: float, console: Console) -> ProvisionBenchResult:
     from ..sim.bmc import BmcLimits
     from ..sim.fleet import build_fleet, serve_fleet
 
-    result = ProvisionBenchResult(dpus)
-    env = {"DPUFLEET_PROVISIONING_POLL_SECONDS": str(poll), "DPUFLEET_PROVISIONING_RETRY_SECONDS": "0.5"}
-    with server_process(None, controllers=True, env=env, timeout=60) as server:
+    result = ProvisionBenchResult(dpus, effective_poll(poll))
+    with server_process(None, controllers=True, env=controller_env(poll), timeout=60) as server:
         password = "bench-" + str(time.time_ns())
         fleet = await asyncio.to_thread(
             build_fleet,
@@ -255,7 +282,9 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
                 while True:
                     # progress from the server's transition counters: listing every DPU each second would be
                     # a large part of the server's work at this scale
-                    moves = _transitions((await http.get("/metrics")).text)
+                    progress = await http.get("/metrics")
+                    progress.raise_for_status()
+                    moves = _transitions(progress.text)
                     ready = sum(n for (_, target), n in moves.items() if target == "Ready")
                     failed = sum(n for (_, target), n in moves.items() if target.endswith("Failed"))
                     elapsed = time.perf_counter() - start
@@ -291,12 +320,12 @@ async def _run(dpus: int, poll: float, timeout: float, console: Console) -> Prov
 
 
 def run_provision_bench(
-    dpus: int = 1000, poll: float = 0.05, timeout: float = 600.0, as_json: bool = False
+    dpus: int = 1000, poll: float | None = None, timeout: float = 600.0, as_json: bool = False
 ) -> ProvisionBenchResult:
     console = bench_console(as_json)
     console.print(
         f"[bold]bench provision[/]: {dpus} emulated DPUs, hardware delays zero (time_scale 0, latency 0), "
-        f"the control plane polls every {poll:g}s"
+        f"{poll_description(poll)}"
     )
     result = asyncio.run(_run(dpus, poll, timeout, console))
     table = result_table("provision")

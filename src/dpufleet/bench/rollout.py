@@ -27,7 +27,17 @@ from rich.console import Console
 from ..sim.runner import SimRunning
 from .discovery import _peak_rss_mib
 from .harness import add_cost_rows, bench_console, cpu_seconds, percentile, result_table, server_process
-from .provision import PHASES, _phase_means, _requests_by_path, discover_fleet, publish_image, reconciles_by_controller
+from .provision import (
+    PHASES,
+    _phase_means,
+    _requests_by_path,
+    controller_env,
+    discover_fleet,
+    effective_poll,
+    poll_description,
+    publish_image,
+    reconciles_by_controller,
+)
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILE = "nvidia-bluefield-3"
@@ -41,6 +51,7 @@ class RolloutBenchResult:
     dpus: int
     max_unavailable: int
     update_seconds: float
+    poll_seconds: float = 0.0  # the provisioner's poll interval
     seconds: float = 0.0
     minimum_seconds: float = 0.0
     ready: int = 0
@@ -79,6 +90,7 @@ class RolloutBenchResult:
             "dpus": self.dpus,
             "max_unavailable": self.max_unavailable,
             "update_seconds": self.update_seconds,
+            "poll_seconds": self.poll_seconds,
             "dpus_ready": self.ready,
             "dpus_failed": self.failed,
             "peak_unavailable": self.peak_unavailable,
@@ -115,16 +127,15 @@ def hardware_minimum(dpus: int, max_unavailable: int, update_seconds: float) -> 
 
 
 async def _run(
-    dpus: int, max_unavailable: str, update_seconds: float, poll: float, timeout: float, console: Console
+    dpus: int, max_unavailable: str, update_seconds: float, poll: float | None, timeout: float, console: Console
 ) -> RolloutBenchResult:
     from ..sim.bmc import BmcLimits
     from ..sim.fleet import build_fleet, serve_fleet
 
     limit = max_unavailable_of(max_unavailable, dpus)
-    result = RolloutBenchResult(dpus, limit, update_seconds)
+    result = RolloutBenchResult(dpus, limit, update_seconds, effective_poll(poll))
     result.minimum_seconds = hardware_minimum(dpus, limit, update_seconds)
-    env = {"DPUFLEET_PROVISIONING_POLL_SECONDS": str(poll), "DPUFLEET_PROVISIONING_RETRY_SECONDS": "0.5"}
-    with server_process(None, controllers=True, env=env, timeout=60) as server:
+    with server_process(None, controllers=True, env=controller_env(poll), timeout=60) as server:
         password = "bench-" + str(time.time_ns())
         fleet = await asyncio.to_thread(
             build_fleet,
@@ -161,7 +172,9 @@ async def _run(
                     },
                 }
                 cpu_before, fleet_cpu_before = cpu_seconds(server.process.pid), time.process_time()
-                passes_before = reconciles_by_controller((await http.get("/metrics")).text)
+                before = await http.get("/metrics")
+                before.raise_for_status()
+                passes_before = reconciles_by_controller(before.text)
                 paths_before = _requests_by_path(fleet)
                 start = time.perf_counter()
                 (await http.post(f"{BASE}/dpusets", json=dpuset)).raise_for_status()
@@ -240,14 +253,14 @@ def run_rollout_bench(
     dpus: int = 1000,
     max_unavailable: str = "10%",
     update_seconds: float = 2.0,
-    poll: float = 0.05,
+    poll: float | None = None,
     timeout: float = 900.0,
     as_json: bool = False,
 ) -> RolloutBenchResult:
     console = bench_console(as_json)
     console.print(
         f"[bold]bench rollout[/]: {dpus} emulated DPUs, maxUnavailable {max_unavailable}, "
-        f"install + reboot {update_seconds:g}s per DPU, the provisioner polls every {poll:g}s"
+        f"install + reboot {update_seconds:g}s per DPU, {poll_description(poll)}"
     )
     result = asyncio.run(_run(dpus, max_unavailable, update_seconds, poll, timeout, console))
     waves = math.ceil(result.dpus / result.max_unavailable)

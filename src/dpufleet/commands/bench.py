@@ -1,15 +1,24 @@
 """`dpufleet bench`: benchmarks. Each imports its module only when run, so the CLI starts fast.
 
 Every bench takes `--json`: its progress and table go to stderr and stdout carries one JSON object of
-named figures. A bench that fails on the way (the server it started stops answering, a connection
-drops, a database cannot be opened) is one `error:` line and exit status 1, never a traceback; one
-that finishes short of its goal prints its figures, then the `error:` line.
+named figures. Every bench takes `--runs N`: it runs N times in sequence, prints each run's table and
+then a summary (median, min, max and spread of every numeric figure); with `--json` the one object is
+the summary (`summary()`). Before each run it prints the machine's conditions (CPU model, cores,
+memory, Python, the load average at that moment), and the JSON object carries them under "machine".
+
+A bench that fails on the way (the server it started stops answering, a connection drops, a database
+cannot be opened) is one `error:` line naming the failure (and the request, where it was one) and exit
+status 1, never a traceback -- also when the failure arrives inside an exception group (asyncio.gather,
+a TaskGroup). One that finishes short of its goal prints its figures, then the `error:` line. No bench
+retries a request: a failure is reported, not hidden.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import math
+import statistics
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -20,6 +29,17 @@ from ..cli.common import UserError
 bench_app = typer.Typer(help="Measure dpufleet's performance.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="print one JSON object of named figures on stdout (progress: stderr)")
+RUNS_OPTION = typer.Option(
+    1,
+    "--runs",
+    min=1,
+    max=20,
+    help="run N times in sequence; print each run, then the median, min, max and spread of every figure",
+)
+POLL_HELP = (
+    "seconds between the provisioner's BMC polls [default: the controller's own, 3 s, as users run it: "
+    "pushed BMC events end the waits, the polls are the fallback]"
+)
 
 
 class Figures(Protocol):
@@ -27,6 +47,7 @@ class Figures(Protocol):
 
 
 R = TypeVar("R", bound=Figures)
+Verdict = Callable[[Mapping[str, float]], bool]
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -36,18 +57,149 @@ def _failures() -> tuple[type[BaseException], ...]:
     return (httpx.HTTPError, OSError, EOFError, TimeoutError, RuntimeError, SQLAlchemyError)
 
 
-def run_bench(name: str, run: Callable[[], R], as_json: bool) -> R:
-    """Run a bench; its failure as one line; with --json, print its figures."""
-    try:
-        result = run()
-    except _failures() as exc:
-        detail = " ".join(str(exc).split()) or "no detail"
-        raise UserError(f"bench {name} failed: {type(exc).__name__}: {detail}") from None
-    if as_json:
-        from ..bench.harness import print_json
+def failure_in(exc: BaseException) -> BaseException | None:
+    """The failure of the system under test that `exc` is or holds: itself, or the first one (depth first)
+    in an exception group (asyncio.gather, a TaskGroup); None when it holds none (a bug: a traceback)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = failure_in(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, _failures()) else None
 
-        print_json(result.figures())
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception's type and message, and the request it happened on where it was one."""
+    detail = " ".join(str(exc).split())
+    if not detail and isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+        detail = "the server closed the connection"
+    detail = detail or "no detail"
+    request: httpx.Request | None = None
+    if isinstance(exc, httpx.HTTPError):
+        try:
+            request = exc.request
+        except RuntimeError:  # raised without one
+            request = None
+    if request is not None and str(request.url) not in detail:
+        detail += f" during {request.method} {request.url}"
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _numbers(figures: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric figures (int or float, not bool, finite): the top-level ones, and those of a nested
+    object one level down under dotted names ("phase_mean_ms.Installing")."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    found: dict[str, float] = {}
+    for key, value in figures.items():
+        if number(value):
+            found[key] = value
+        elif isinstance(value, Mapping):
+            found.update({f"{key}.{sub}": v for sub, v in value.items() if number(v)})
+    return found
+
+
+def summary(
+    name: str, each: list[dict[str, Any]], machine: dict[str, Any], verdict: Verdict | None = None
+) -> dict[str, Any]:
+    """The JSON object of N runs: median, min, max and spread (max - min, in % of the median) of every
+    numeric figure present in every run; the verdict, where the bench has a target, from the medians."""
+    numbers = [_numbers(figures) for figures in each]
+    names = [key for key in numbers[0] if all(key in run for run in numbers[1:])]
+    median = {key: statistics.median(run[key] for run in numbers) for key in names}
+    low = {key: min(run[key] for run in numbers) for key in names}
+    high = {key: max(run[key] for run in numbers) for key in names}
+    spread: dict[str, float | None] = {}
+    for key in names:
+        width = high[key] - low[key]
+        spread[key] = 100 * width / abs(median[key]) if median[key] else (0.0 if width == 0 else None)
+    result: dict[str, Any] = {
+        "bench": name,
+        "runs": len(each),
+        "machine": machine,
+        "median": median,
+        "min": low,
+        "max": high,
+        "spread_pct": spread,
+    }
+    if verdict is not None:
+        result["target_met_median"] = verdict(median)
+    result["each"] = each
     return result
+
+
+def _value(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.3f}"
+
+
+def run_bench(name: str, run: Callable[[], R], as_json: bool, runs: int = 1, verdict: Verdict | None = None) -> list[R]:
+    """Run a bench `runs` times, each after printing the machine's conditions; a failure as one line;
+    with --json, print the figures (one run) or the summary of all runs (`summary`)."""
+    from rich.table import Table
+
+    from ..bench.harness import bench_console, machine_conditions, print_json
+
+    console = bench_console(as_json)
+    results: list[R] = []
+    loads: list[list[float]] = []
+    machine: dict[str, Any] = {}
+    for index in range(runs):
+        now = machine_conditions()
+        machine = machine or now.figures()
+        loads.append(list(now.load_average))
+        where = f" in run {index + 1} of {runs}" if runs > 1 else ""
+        console.print(
+            f"run {index + 1} of {runs}: {now.line()}" if runs > 1 else now.line(), markup=False, soft_wrap=True
+        )
+        try:
+            results.append(run())
+        except BaseException as exc:
+            failure = failure_in(exc)
+            if failure is None:
+                raise
+            raise UserError(f"bench {name} failed{where}: {describe_failure(failure)}") from None
+    machine["load_average_before"] = loads
+    if runs == 1:
+        if as_json:
+            print_json({**results[0].figures(), "machine": machine})
+        return results
+    summed = summary(name, [r.figures() for r in results], machine, verdict)
+    table = Table(title=f"dpufleet bench {name}: {runs} runs", box=None)
+    table.add_column("FIGURE")
+    for column in ("MEDIAN", "MIN", "MAX", "SPREAD"):
+        table.add_column(column, justify="right")
+    for key, median in summed["median"].items():
+        spread = summed["spread_pct"][key]
+        table.add_row(
+            key,
+            _value(median),
+            _value(summed["min"][key]),
+            _value(summed["max"][key]),
+            "-" if spread is None else f"{spread:.0f}%",
+        )
+    if "target_met_median" in summed:
+        table.add_row("target met, from the medians", "yes" if summed["target_met_median"] else "no", "", "", "")
+    console.print(table)
+    if as_json:
+        print_json(summed)
+    return results
+
+
+def check_each(results: list[R], problem: Callable[[R], str | None]) -> None:
+    """The goal of every run: its problem as the `error:` line (each run's, numbered, for --runs N)."""
+    problems = [(index, found) for index, r in enumerate(results) if (found := problem(r))]
+    if not problems:
+        return
+    if len(results) == 1:
+        raise UserError(problems[0][1])
+    raise UserError("; ".join(f"run {index + 1}: {found}" for index, found in problems))
 
 
 @bench_app.command("api")
@@ -56,6 +208,7 @@ def api(
     watchers: int = typer.Option(100, "--watchers", min=1, max=1000, help="concurrent watch streams"),
     db: str | None = typer.Option(None, "--db", help="database URL [default: a temporary SQLite file]"),
     as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
 ) -> None:
     """API throughput and watch latency against an embedded server."""
     try:
@@ -64,7 +217,9 @@ def api(
         if exc.name and exc.name.startswith("dpufleet.bench"):
             raise UserError("the API benchmark (dpufleet.bench.api) is not part of this installation") from None
         raise
-    run_bench("api", lambda: module.run_api_bench(objects=objects, watchers=watchers, db=db, as_json=as_json), as_json)
+    run_bench(
+        "api", lambda: module.run_api_bench(objects=objects, watchers=watchers, db=db, as_json=as_json), as_json, runs
+    )
 
 
 @bench_app.command("discovery")
@@ -73,28 +228,40 @@ def discovery(
     latency: float = typer.Option(0.3, "--latency", min=0.0, max=5.0, help="seconds per BMC request"),
     timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="give up after this many seconds"),
     as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
 ) -> None:
     """Discover and fully inventory N emulated BMCs; prints BMCs per minute and peak memory."""
     from ..bench.discovery import run_discovery_bench
 
-    result = run_bench("discovery", lambda: run_discovery_bench(bmcs, latency, timeout, as_json=as_json), as_json)
-    if result.inventoried < result.bmcs:
-        raise UserError(f"only {result.inventoried} of {result.bmcs} BMCs were inventoried within {timeout:g}s")
+    results = run_bench(
+        "discovery", lambda: run_discovery_bench(bmcs, latency, timeout, as_json=as_json), as_json, runs
+    )
+    check_each(
+        results,
+        lambda r: (
+            f"only {r.inventoried} of {r.bmcs} BMCs were inventoried within {timeout:g}s"
+            if r.inventoried < r.bmcs
+            else None
+        ),
+    )
 
 
 @bench_app.command("provision")
 def provision(
     dpus: int = typer.Option(1000, "--dpus", min=1, max=20000, help="emulated DPUs (one BMC each) to provision"),
-    poll: float = typer.Option(0.05, "--poll", min=0.0, max=10.0, help="seconds between the controller's BMC polls"),
+    poll: float | None = typer.Option(None, "--poll", min=0.0, max=10.0, help=POLL_HELP),
     timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="give up after this many seconds"),
     as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
 ) -> None:
     """Provision N emulated DPUs (hardware delays zero); prints DPUs per second and time per phase."""
     from ..bench.provision import run_provision_bench
 
-    result = run_bench("provision", lambda: run_provision_bench(dpus, poll, timeout, as_json=as_json), as_json)
-    if result.ready < result.dpus:
-        raise UserError(f"only {result.ready} of {result.dpus} DPUs reached Ready within {timeout:g}s")
+    results = run_bench("provision", lambda: run_provision_bench(dpus, poll, timeout, as_json=as_json), as_json, runs)
+    check_each(
+        results,
+        lambda r: f"only {r.ready} of {r.dpus} DPUs reached Ready within {timeout:g}s" if r.ready < r.dpus else None,
+    )
 
 
 @bench_app.command("rollout")
@@ -106,9 +273,10 @@ def rollout(
     update_seconds: float = typer.Option(
         2.0, "--update-seconds", min=0.01, max=600.0, help="emulated install + reboot time of one DPU"
     ),
-    poll: float = typer.Option(0.05, "--poll", min=0.0, max=10.0, help="seconds between the provisioner's BMC polls"),
+    poll: float | None = typer.Option(None, "--poll", min=0.0, max=10.0, help=POLL_HELP),
     timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="give up after this many seconds"),
     as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
 ) -> None:
     """Roll an image out to N emulated DPUs with a DPUSet; prints the total time next to the hardware minimum."""
     import re
@@ -119,13 +287,26 @@ def rollout(
         max_unavailable.endswith("%") and int(max_unavailable[:-1]) > 100
     ):
         raise UserError(f"--max-unavailable must be a count or a percentage (1%-100%), not {max_unavailable!r}")
-    result = run_bench(
+    results = run_bench(
         "rollout",
         lambda: run_rollout_bench(dpus, max_unavailable, update_seconds, poll, timeout, as_json=as_json),
         as_json,
+        runs,
+        verdict=rollout_target_met,
     )
-    if result.ready < result.dpus:
-        raise UserError(f"only {result.ready} of {result.dpus} DPUs were updated within {timeout:g}s")
+    check_each(
+        results,
+        lambda r: f"only {r.ready} of {r.dpus} DPUs were updated within {timeout:g}s" if r.ready < r.dpus else None,
+    )
+
+
+def rollout_target_met(median: Mapping[str, float]) -> bool:
+    """The rollout's target from the medians of N runs: every DPU Ready, and the median time within the
+    target (the hardware minimum + 5% + 5 s)."""
+    try:
+        return median["dpus_ready"] >= median["dpus"] and median["seconds_total"] <= median["target_seconds"]
+    except KeyError:  # a figure missing from some run: not met
+        return False
 
 
 @bench_app.command("chaos")
@@ -136,12 +317,18 @@ def chaos(
     seed: int = typer.Option(1, "--seed", help="random seed (which DPU, which fault, how long)"),
     settle: float = typer.Option(120.0, "--settle", min=0.0, max=3600.0, help="seconds to wait for recovery after"),
     as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
 ) -> None:
     """Inject random faults into an emulated fleet; prints detection latency, time to recovery, leftovers."""
-    from ..bench.chaos import run_chaos_bench
+    from ..bench.chaos import ChaosBenchResult, run_chaos_bench
 
-    result = run_bench("chaos", lambda: run_chaos_bench(dpus, duration, rate, seed, settle, as_json=as_json), as_json)
-    left = result.unrecovered + result.unaccounted + result.undetected + result.misdiagnosed
-    if left:
-        where = "the lists in the JSON object" if as_json else "the lists above"
-        raise UserError(f"{len(left)} fault(s) not handled: see {where}")
+    results = run_bench(
+        "chaos", lambda: run_chaos_bench(dpus, duration, rate, seed, settle, as_json=as_json), as_json, runs
+    )
+    where = ("the lists in the JSON object" + ("'s each" if runs > 1 else "")) if as_json else "the lists above"
+
+    def unhandled(r: ChaosBenchResult) -> str | None:
+        left = r.unrecovered + r.unaccounted + r.undetected + r.misdiagnosed
+        return f"{len(left)} fault(s) not handled: see {where}" if left else None
+
+    check_each(results, unhandled)

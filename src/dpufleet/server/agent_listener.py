@@ -55,7 +55,7 @@ from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
 from .agent_install import add_install_routes
 from .agent_updates import add_update_routes
-from .common import ServerState, read_json, respond
+from .common import ServerState, read_json, respond, uvicorn_options
 
 log = logging.getLogger(__name__)
 AGENT_PREFIX = "/agent/v1"
@@ -244,6 +244,7 @@ class AgentListener:
             access_log=False,
             timeout_graceful_shutdown=2,
             ssl_context_factory=lambda _config, _default: self.tls,
+            **uvicorn_options(),
         )
         server = _EmbeddedUvicorn(config)
         serving = asyncio.ensure_future(server.serve(sockets=[self.sock]))

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import orjson
 from fastapi import Request
@@ -26,6 +26,28 @@ from ..store.store import Store, WriteHook
 from .auth import TokenAuthenticator
 
 T = TypeVar("T")
+
+# How long the server keeps an idle kept-alive connection open. uvicorn's default, 5 s, is also httpx's
+# client-side keepalive_expiry: the server could close an idle connection just as a client sent its next
+# request on it, and that request failed (ReadError, RemoteProtocolError: "Server disconnected") under
+# load. Longer than any client's expiry (75 s, as nginx's keepalive_timeout), a client always retires an
+# idle connection first.
+KEEP_ALIVE_SECONDS = 75
+# Connections the kernel queues before they are accepted: a burst of clients (a bench's, a fleet's agents
+# reconnecting) waits in it instead of being refused (uvicorn's default; capped by net.core.somaxconn).
+BACKLOG = 2048
+
+
+class UvicornOptions(TypedDict):
+    timeout_keep_alive: int
+    backlog: int
+
+
+def uvicorn_options() -> UvicornOptions:
+    """What every uvicorn of the control plane is given: serve(), the agent listener, the demo, the tests'
+    threaded server."""
+    return {"timeout_keep_alive": KEEP_ALIVE_SECONDS, "backlog": BACKLOG}
+
 
 MAX_BODY = 1024 * 1024
 

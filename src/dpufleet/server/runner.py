@@ -32,7 +32,7 @@ from .agent_listener import AgentListener, agent_app
 from .app import create_app
 from .auth import TokenAuthenticator
 from .bootstrap_api import bootstrap_router
-from .common import ServerState, build_state
+from .common import ServerState, build_state, uvicorn_options
 from .enroll_api import enroll_router
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def serve(
     log.info("admin token: %s", server.state.auth.admin_token_path)
     tune_gc()
     try:
-        uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options())
     finally:
         server.agent_listener.close()
         server.store.close()
