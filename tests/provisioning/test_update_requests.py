@@ -51,8 +51,14 @@ def test_an_allowed_request_updates_the_dpu_and_is_followed_to_succeeded(
     assert bmc.dpu.firmware["DPU_OS"] == VERSION
     dpu = site.get("dpus", name)
     assert dpu is not None and dpu["spec"]["image"] == image and dpu["status"]["installedImage"] == image
-    reasons = [e["reason"] for e in site.events("UpdateRequest", "upd-0")]
-    assert "Accepted" in reasons and "Updated" in reasons
+    # Events are written in batches a moment after the status (runtime/events.py): wait for them
+    events = site.wait_for(
+        "the request's Events",
+        lambda: [e["reason"] for e in site.events("UpdateRequest", "upd-0")],
+        lambda reasons: "Accepted" in reasons and "Updated" in reasons,
+        timeout=5,
+    )
+    assert "Accepted" in events and "Updated" in events
     audit = site.http.get("/audit/v1/records", params={"limit": 2000})
     assert audit.status_code == 200, audit.text
     decided = [r for r in audit.json()["items"] if r["action"] == "update-request:accepted" and r["name"] == "upd-0"]

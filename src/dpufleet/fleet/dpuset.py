@@ -21,7 +21,6 @@ resync and after a broken watch, and kept by the store's change feed in between)
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 from ..api.errors import APIError, Conflict, NotFound
 from ..api.kinds import FAILED_PHASES, WORKING_PHASES, FailureClass, Phase
 from ..api.meta import Severity, now
+from ..api.patch import json_copy
 from ..api.selectors import LabelSelector
 from ..provisioning.controller import ABORT
 from ..runtime.conditions import set_condition
@@ -123,7 +123,8 @@ class DPUSetReconciler(Reconciler):
         self.poll_seconds = poll_seconds
         self.events = EventRecorder(store, "dpuset-controller")
         self._selector_cache: dict[str, tuple[float, list[tuple[Key, LabelSelector]]]] = {}
-        self._sizes: dict[Key, int] = {}  # how many DPUs each set counted last
+        self._sizes: dict[Key, int] = {}
+        self._listed_sets: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}  # how many DPUs each set counted last
         # the counted fields of every DPU, from the store and kept by its change feed: a set of 1,000 DPUs
         # is counted several times a second, and reading them from the store each time was a tenth of
         # the control plane's work in a rollout
@@ -282,7 +283,7 @@ class DPUSetReconciler(Reconciler):
                     busy_hosts[host] = busy_hosts.get(host, 0) + 1
             # one trip to a store thread for the whole wave (a hundred trips wait behind every other
             # controller's store calls); a DPU that changed meanwhile is left for the next pass
-            written = await self.store.call(self._update_all, chosen, template)
+            written = await self.store.call(self._update_all, chosen, template) if chosen else []
             for dpu in written:
                 self._dpus.put(dpu)  # counted as started by the next pass, whenever the feed brings the change
             started = [dpu["metadata"]["name"] for dpu in written]
@@ -341,7 +342,7 @@ class DPUSetReconciler(Reconciler):
             )
 
         before = (dpuset.get("status") or {}).get("phase")
-        trial = copy.deepcopy(dpuset.get("status") or {})
+        trial = json_copy(dpuset.get("status") or {})
         mutate(trial)
         if trial != (dpuset.get("status") or {}):  # most recounts change nothing: no write then
             await mutate_status(self.store, "DPUSet", key.name, mutate, key.project)
@@ -351,12 +352,23 @@ class DPUSetReconciler(Reconciler):
             self.events.post(dpuset, "Halted", message, "Warning")
         return Result(requeue_after=None if (total and done == total) else self.poll_seconds)
 
+    def _sets(self, project: str) -> list[dict[str, Any]]:
+        """The project's DPUSets, listed again only when one was made, changed or deleted (every pass
+        asks; listing them each time was a twentieth of a rollout's work)."""
+        fingerprint = self.store.fingerprint("DPUSet", project)
+        if fingerprint[0] <= 1:
+            return []  # one set (the one asking) or none: no older set to ask about, and nothing listed
+        cached = self._listed_sets.get(project)
+        if cached is None or cached[0] != fingerprint:
+            cached = self._listed_sets[project] = (fingerprint, self.store.list("DPUSet", project).items)
+        return cached[1]
+
     def _claimed_by_older_sets(self, dpuset: dict[str, Any]) -> dict[str, str]:
         """DPUs an older DPUSet of the same project also selects: the oldest set owns a DPU."""
         meta = dpuset["metadata"]
         mine = (meta.get("creationTimestamp") or "", meta["name"])
         claimed: dict[str, str] = {}
-        for other in self.store.list("DPUSet", meta["project"]).items:
+        for other in self._sets(meta["project"]):
             ometa = other["metadata"]
             if (ometa.get("creationTimestamp") or "", ometa["name"]) >= mine or ometa.get("deletionTimestamp"):
                 continue

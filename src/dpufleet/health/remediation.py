@@ -7,12 +7,12 @@ DPU, one being provisioned, or one whose DPUSet is at its maxUnavailable (`Remed
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 from ..api.kinds import WORKING_PHASES, FailureClass, Phase, RemediationAction
 from ..api.meta import ConditionStatus, Severity, isotime, now
+from ..api.patch import json_copy
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import RedfishClient
 from ..runtime.conditions import get_condition, set_condition
@@ -178,7 +178,7 @@ class Remediator:
                     generation=generation,
                 )
 
-        candidate = copy.deepcopy(status)
+        candidate = json_copy(status)
         mutate(candidate)
         checked = parse_time((status.get("diagnosis") or {}).get("checkedAt"))
         fresh = checked is not None and (now() - checked).total_seconds() < config.refresh_seconds

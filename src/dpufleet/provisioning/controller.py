@@ -13,7 +13,6 @@ A DPU without `spec.image` is left exactly as it is.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import socket
@@ -613,7 +612,7 @@ def _ready_steps(aborted_generation: Any) -> list[str]:
 def _ready_is_stale(status: dict[str, Any], steps: list[str]) -> bool:
     """Whether Ready, summarised from `steps`, would differ from the stored one (read on a copy of the
     conditions, all Ready is made of)."""
-    return summarize_ready({"conditions": copy.deepcopy(status.get("conditions") or [])}, steps)
+    return summarize_ready({"conditions": list(status.get("conditions") or [])}, steps)  # replaces, never edits, a condition
 
 
 def _phase(value: Any) -> Phase | None:

@@ -10,13 +10,13 @@ milliseconds; a process killed in between loses at most those, never a status or
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import logging
 from typing import Any, Literal
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.meta import isotime, now
+from ..api.patch import json_copy
 from ..store.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class EventRecorder:
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         try:
-            results = self.store.create_many([copy.deepcopy(fresh) for fresh in batch])
+            results = self.store.create_many([json_copy(fresh) for fresh in batch])
         except Exception:
             log.exception("could not record %d event(s)", len(batch))
             return
@@ -103,7 +103,7 @@ class EventRecorder:
         for _ in range(3):
             try:
                 try:  # most events are new: create first, fold into the existing one when it is a repeat
-                    return self.store.create_grouped(copy.deepcopy(fresh))  # with other threads' creates
+                    return self.store.create_grouped(json_copy(fresh))  # with other threads' creates
                 except AlreadyExists:
                     current = self.store.get("Event", name, project)
                 current["count"] = int(current.get("count", 1)) + 1

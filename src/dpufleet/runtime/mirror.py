@@ -58,7 +58,7 @@ class FieldMirror:
         """The project's objects (as `Store.list_fields` gives them), in name order; read-only. With
         `current`, as current as the store is now (see the module's text)."""
         if current and project in self._listed:
-            newest = await asyncio.to_thread(self.store.newest_rv, self.kind, project)
+            newest = await self.store.call(self.store.newest_rv, self.kind, project)
             deadline = time.monotonic() + CATCH_UP_SECONDS
             while self._newest.get(project, 0) < newest:
                 if time.monotonic() > deadline:

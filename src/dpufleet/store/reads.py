@@ -27,6 +27,7 @@ from .schema import changes, counter, objects
 _SINGLE = threading.local()  # set while this thread reads with one statement (Store._single_statement)
 _GET_SQL = "SELECT data FROM objects WHERE kind = ? AND project = ? AND name = ?"
 _NEWEST_SQL = "SELECT max(rv) FROM objects WHERE kind = ? AND project = ?"
+_FINGERPRINT_SQL = "SELECT count(*), max(rv) FROM objects WHERE kind = ? AND project = ?"
 _PAGE_CHUNK = 500  # rows read at a time while a selector filters a page
 _FORMAT_STYLE: dict[str, str] = {}
 
@@ -251,6 +252,15 @@ class StoreReads:
         with self._single_statement() as conn:
             row = _driver(conn, _NEWEST_SQL, (_kind(kind).kind, project)).fetchone()
         return int(row[0] or 0)
+
+    def fingerprint(self, kind: str | KindInfo, project: str) -> tuple[int, int]:
+        """How many objects of `kind` there are in `project` and the newest one's resourceVersion: equal
+        fingerprints mean the same objects in the same versions (resourceVersions only grow, so a create
+        or an update raises the second number and a delete lowers the first). What a cache of a small
+        kind compares before it lists again."""
+        with self._single_statement() as conn:
+            row = _driver(conn, _FINGERPRINT_SQL, (_kind(kind).kind, project)).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
 
     def current_rv(self) -> int:
         with self._engine.connect() as conn:
