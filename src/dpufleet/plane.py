@@ -20,11 +20,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from .crypto.secrets import SecretBox
 from .drivers.redfish.events import Inbox
@@ -34,6 +37,7 @@ from .fleet.dpuset import DPUSetReconciler
 from .fleet.drift import DriftReconciler
 from .fleet.power import PowerActionReconciler
 from .fleet.update_request import UpdateRequestReconciler
+from .health.actions import register_metrics as register_health_metrics
 from .health.controller import HealthReconciler
 from .health.subscriptions import EventSubscriptionReconciler
 from .images.repository import ImageRepository
@@ -42,7 +46,9 @@ from .inventory.bmcs import BMCSessions
 from .inventory.discovery import DiscoveryReconciler
 from .inventory.tenancy import protect_serials
 from .provisioning.controller import DPUProvisioner
+from .provisioning.metrics import register_metrics as register_provisioning_metrics
 from .runtime.controller import Controller, Reconciler
+from .runtime.metrics import register_metrics as register_runtime_metrics
 from .runtime.reaper import EventReaper
 from .store.feed import ChangeFeed
 from .store.store import Store, default_sqlite_url
@@ -142,15 +148,50 @@ def default_manager(services: Services, feed: ChangeFeed | None = None) -> Manag
     return Manager(services.store, [build(factory, services) for factory in DEFAULT_RECONCILERS], feed)
 
 
+def controller_registry() -> CollectorRegistry:
+    """The controllers' Prometheus metrics (runtime, provisioning, health) in a registry of their own."""
+    registry = CollectorRegistry()
+    register_runtime_metrics(registry)
+    register_provisioning_metrics(registry)
+    register_health_metrics(registry)
+    return registry
+
+
+async def serve_metrics(path: Path) -> asyncio.AbstractServer:
+    """Answer every connection to the Unix socket `path` (mode 0600) with this process's controller
+    metrics (Prometheus text), then close it: how the API server's /metrics includes them."""
+    registry = controller_registry()
+
+    async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(await asyncio.to_thread(generate_latest, registry))
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(answer, str(path))
+    os.chmod(path, 0o600)
+    return server
+
+
 def run_standalone(
-    data_dir: Path, db_url: str | None, *, public_url: str | None = None, events_from_stdin: bool = False
+    data_dir: Path,
+    db_url: str | None,
+    *,
+    public_url: str | None = None,
+    events_from_stdin: bool = False,
+    metrics_socket: Path | None = None,
 ) -> None:
     """`dpufleet controller`: the reconcilers as their own process against the same store.
 
     `public_url` is the API server's address as BMCs reach it (image downloads, event
     subscriptions; default $DPUFLEET_PUBLIC_URL). With `events_from_stdin` the process is the API
     server's child (server/controllers.py): it adds the pushed events the server relays on stdin to
-    its inbox, and stops when stdin closes or the server dies. SIGTERM stops it cleanly.
+    its inbox, and stops when stdin closes or the server dies; and it answers the server's /metrics
+    on `metrics_socket`. SIGTERM stops it cleanly.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
@@ -159,12 +200,12 @@ def run_standalone(
         _die_with_parent()
     tune_gc()
     try:
-        asyncio.run(_run_manager(services, events_from_stdin))
+        asyncio.run(_run_manager(services, events_from_stdin, metrics_socket))
     finally:
         store.close()
 
 
-async def _run_manager(services: Services, events_from_stdin: bool) -> None:
+async def _run_manager(services: Services, events_from_stdin: bool, metrics_socket: Path | None) -> None:
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
@@ -180,6 +221,12 @@ async def _run_manager(services: Services, events_from_stdin: bool) -> None:
             return added
 
         relay = asyncio.create_task(relayed(), name="event-relay")
+    metrics: asyncio.AbstractServer | None = None
+    if metrics_socket is not None:
+        try:
+            metrics = await serve_metrics(metrics_socket)
+        except OSError as exc:
+            log.warning("cannot serve the controller metrics on %s: %s", metrics_socket, exc)
     try:
         await default_manager(services).run()
     except asyncio.CancelledError:
@@ -187,6 +234,8 @@ async def _run_manager(services: Services, events_from_stdin: bool) -> None:
     finally:
         if relay is not None:
             relay.cancel()
+        if metrics is not None:
+            metrics.close()
 
 
 def _die_with_parent() -> None:

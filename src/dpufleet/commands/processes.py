@@ -90,13 +90,22 @@ def controller_cmd(
         hidden=True,
         help="started by 'dpufleet server': read the pushed events it relays on stdin; stop when it closes",
     ),
+    metrics_socket: Path | None = typer.Option(
+        None, "--metrics-socket", hidden=True, help="answer the controller metrics on this Unix socket"
+    ),
 ) -> None:
     """Run the controllers as their own process against the server's database."""
     from ..plane import run_standalone
 
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
-        run_standalone(_data_dir(data_dir), db, public_url=public_url, events_from_stdin=events_from_stdin)
+        run_standalone(
+            _data_dir(data_dir),
+            db,
+            public_url=public_url,
+            events_from_stdin=events_from_stdin,
+            metrics_socket=metrics_socket,
+        )
 
 
 def demo_cmd(

@@ -36,7 +36,7 @@ from .auth import Identity
 from .common import ServerState
 from .health_api import RedfishEventReceiver, health_router
 from .images_api import images_router
-from .metrics import APIMetrics, MetricsMiddleware
+from .metrics import APIMetrics, MetricsMiddleware, merge_expositions
 from .openapi import document_failures
 from .resources import BASE, resource_routes
 
@@ -119,7 +119,12 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/metrics", include_in_schema=False, dependencies=[require(SubAction.METRICS_READ)])
     async def prometheus() -> Response:
         metrics.watchers.set(state.feed.watchers)
-        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(state.registry)
+        if state.more_metrics is not None:  # the controller process's (server/controllers.py)
+            more = await state.more_metrics()
+            if more:
+                text = merge_expositions(text.decode(), more)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version", dependencies=[Depends(authenticate)])
     async def version() -> dict[str, str]:

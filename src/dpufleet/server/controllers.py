@@ -10,6 +10,8 @@ default `serve()` runs the controllers as `dpufleet controller` in a child proce
   event on its stdin (drivers/redfish/relay.py; best effort, never blocking the server);
 - the child is told the server's public URL (`--public-url`), so the image URLs it hands BMCs
   and the event subscriptions it makes point to this server;
+- its controller metrics (reconciles, provisioning, health) are part of the server's /metrics: the
+  server asks the child for them on a Unix socket at each scrape and adds them to its own;
 - supervised: a child that exits is started again after 1 s, doubling to 30 s while it keeps
   exiting (back to 1 s once it ran for a minute), with a log line each time; stopped with the
   server (SIGTERM, SIGKILL after 10 s). A server killed outright takes the child with it (the
@@ -24,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +82,10 @@ class ControllerProcess:
         inbox.forward(self.relay.send)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # a private directory (0700) for the socket the child answers its metrics on: the data dir's
+        # path may be longer than a Unix socket's 108 bytes
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="dpufleet-controllers-"))
+        self.metrics_socket = self._socket_dir / "metrics.sock"
 
     @property
     def pid(self) -> int | None:
@@ -90,7 +98,21 @@ class ControllerProcess:
         url = self.public_url()
         if url:
             cmd += ["--public-url", url]
-        return [*cmd, "--events-from-stdin"]
+        return [*cmd, "--metrics-socket", str(self.metrics_socket), "--events-from-stdin"]
+
+    async def metrics_text(self, timeout: float = 2.0) -> str:
+        """The child's controller metrics (Prometheus text); "" while it does not answer (restarting)."""
+        if self.process is None or self.process.poll() is not None:
+            return ""
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(str(self.metrics_socket))
+                try:
+                    return (await reader.read()).decode()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, UnicodeDecodeError):
+            return ""
 
     async def run(self) -> None:
         """Until cancelled (the server stopping): start the child, wait for it, start it again."""
@@ -122,7 +144,10 @@ class ControllerProcess:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
         finally:
-            await self.stop()
+            try:
+                await self.stop()
+            finally:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after `stop_timeout` seconds."""

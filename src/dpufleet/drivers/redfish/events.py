@@ -30,7 +30,6 @@ class LogEntry:
     source: str = "redfish-log"  # or redfish-event
 
 
-
 KEPT_PER_BMC = 100
 
 
