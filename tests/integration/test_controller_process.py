@@ -13,6 +13,8 @@ import hashlib
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,12 @@ def test_the_controller_child_provisions_and_is_restarted_after_sigkill(
             os.kill(first, signal.SIGKILL)
             second = controller_pid(server, other_than=first)
             assert second != first
+            op.wait_for(
+                "the restarted controller process running (/readyz)",
+                lambda: http.get("/readyz").json(),
+                lambda body: body == {"status": "ready", "controllers": "running"},
+                timeout=20,
+            )
 
             took = provision(op, names[1])
             assert took < 30, f"Ready after {took:.1f}s with the restarted controller process"
@@ -130,3 +138,27 @@ def test_the_controller_child_provisions_and_is_restarted_after_sigkill(
     assert not Path(f"/proc/{second}").exists() or "zombie" in Path(f"/proc/{second}/status").read_text(), (
         "the controller process outlived its server"
     )
+
+
+@pytest.mark.parametrize("args", [["--controllers", "in-process"], ["--no-controllers"]])  # the alias of "none"
+def test_the_single_process_modes_start_no_child(tmp_path: Path, args: list[str]) -> None:
+    server = start_cli_server(tmp_path / "data", *args)
+    try:
+        assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
+        time.sleep(0.5)
+        assert child_pids(server.proc.pid) == []
+        mode = "in this process" if "in-process" in args else "none"
+        assert f"controllers: {mode}" in server.log_path.read_text()
+    finally:
+        server.stop()
+
+
+def test_an_unknown_controllers_mode_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dpufleet.main", "server", "--data-dir", str(tmp_path), "--controllers", "threads"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "expected one of process, in-process, none" in result.stderr

@@ -233,4 +233,10 @@ def server_process(
         port = free_port()
         args = [str(data_dir), db_url or "", f"127.0.0.1:{port}", str(mode)]
         with script_server(SERVE, args, data_dir, port, timeout=timeout, env=env) as running:
+            if mode == "process":  # what is timed starts with the controllers running, as in one process
+                deadline = time.monotonic() + timeout
+                while httpx.get(running.url + "/readyz", timeout=5).json().get("controllers") != "running":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the server's controller process did not start in time")
+                    time.sleep(0.1)
             yield running

@@ -114,6 +114,8 @@ def create_app(state: ServerState) -> FastAPI:
             await state.read(state.store.current_rv)
         except Exception as exc:
             return JSONResponse({"status": "store unavailable", "error": type(exc).__name__}, status_code=503)
+        if state.controllers_status is not None:  # the API is ready whatever the controller process does
+            return JSONResponse({"status": "ready", "controllers": state.controllers_status()})
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False, dependencies=[require(SubAction.METRICS_READ)])

@@ -87,6 +87,12 @@ class ControllerProcess:
         self._socket_dir = Path(tempfile.mkdtemp(prefix="dpufleet-controllers-"))
         self.metrics_socket = self._socket_dir / "metrics.sock"
 
+    def status(self) -> str:
+        """For /readyz: "running" once the child serves (its metrics socket is there), else "starting"."""
+        proc = self.process
+        running = proc is not None and proc.poll() is None and self.metrics_socket.exists()
+        return "running" if running else "starting"
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
@@ -121,6 +127,7 @@ class ControllerProcess:
             while True:
                 # Popen, not asyncio's subprocess: the same on uvloop; its own process group, so a
                 # Ctrl-C at the terminal reaches the server only, which then stops the child
+                self.metrics_socket.unlink(missing_ok=True)  # made again by the child once it runs
                 proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, process_group=0)
                 self.process = proc
                 self.starts += 1
