@@ -77,7 +77,7 @@ def controller_cmd(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="the server's data dir (for the default SQLite database)"
     ),
-    db: str | None = typer.Option(None, "--db", help="database URL, the same the server uses"),
+    db: str | None = typer.Option(None, "--db", envvar="DPUFLEET_DB", help="database URL, the same the server uses"),
     public_url: str | None = typer.Option(
         None,
         "--public-url",

@@ -24,8 +24,8 @@ Its stdout and stderr are the server's. `--controllers in-process` keeps today's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -99,8 +99,6 @@ class ControllerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "dpufleet.main", "controller", "--data-dir", str(self.data_dir)]
-        if self.db_url:
-            cmd += ["--db", self.db_url]
         url = self.public_url()
         if url:
             cmd += ["--public-url", url]
@@ -120,34 +118,48 @@ class ControllerProcess:
         except (OSError, TimeoutError, UnicodeDecodeError):
             return ""
 
+    def environment(self) -> dict[str, str]:
+        """The server's environment; the database URL in it, not in the command line (`ps` shows that)."""
+        env = dict(os.environ)
+        env.pop("DPUFLEET_DB", None)
+        if self.db_url:
+            env["DPUFLEET_DB"] = self.db_url
+        return env
+
     async def run(self) -> None:
         """Until cancelled (the server stopping): start the child, wait for it, start it again."""
         backoff = self.first_backoff
         try:
             while True:
-                # Popen, not asyncio's subprocess: the same on uvloop; its own process group, so a
-                # Ctrl-C at the terminal reaches the server only, which then stops the child
                 self.metrics_socket.unlink(missing_ok=True)  # made again by the child once it runs
-                proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, process_group=0)
-                self.process = proc
-                self.starts += 1
                 started = time.monotonic()
-                log.info("controllers running in process %d", proc.pid)
-                assert proc.stdin is not None
                 try:
-                    await self.relay.attach(proc.stdin)
-                except OSError:
-                    log.exception("cannot relay events to the controller process %d", proc.pid)
-                code = await asyncio.to_thread(proc.wait)
-                self.relay.detach()
-                if time.monotonic() - started >= self.stable_seconds:
-                    backoff = self.first_backoff
-                log.warning(
-                    "the controller process %d exited (%s); starting it again in %.0f s",
-                    proc.pid,
-                    f"code {code}" if code >= 0 else f"signal {-code}",
-                    backoff,
-                )
+                    # Popen, not asyncio's subprocess: the same on uvloop; its own process group, so a
+                    # Ctrl-C at the terminal reaches the server only, which then stops the child
+                    proc = subprocess.Popen(
+                        self.command(), stdin=subprocess.PIPE, env=self.environment(), process_group=0
+                    )
+                except OSError as exc:
+                    log.error("cannot start the controller process: %s; trying again in %.0f s", exc, backoff)
+                else:
+                    self.process = proc
+                    self.starts += 1
+                    log.info("controllers running in process %d", proc.pid)
+                    assert proc.stdin is not None
+                    try:
+                        await self.relay.attach(proc.stdin)
+                    except OSError:
+                        log.exception("cannot relay events to the controller process %d", proc.pid)
+                    code = await self._exited(proc)
+                    self.relay.detach()
+                    if time.monotonic() - started >= self.stable_seconds:
+                        backoff = self.first_backoff
+                    log.warning(
+                        "the controller process %d exited (%s); starting it again in %.0f s",
+                        proc.pid,
+                        f"code {code}" if code >= 0 else f"signal {-code}",
+                        backoff,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
         finally:
@@ -156,6 +168,16 @@ class ControllerProcess:
             finally:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
 
+    @staticmethod
+    async def _exited(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+        """Its exit code once it exited (polled: no thread waits on it); TimeoutError after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := proc.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(0.1)
+        return code
+
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after `stop_timeout` seconds."""
         self.relay.detach()
@@ -163,14 +185,12 @@ class ControllerProcess:
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
-        waiting = asyncio.ensure_future(asyncio.to_thread(proc.wait))
         try:
-            await asyncio.wait_for(asyncio.shield(waiting), self.stop_timeout)
+            await self._exited(proc, self.stop_timeout)
         except TimeoutError:
             log.warning("the controller process %d did not stop in %.0f s: killing it", proc.pid, self.stop_timeout)
             proc.kill()
-            with contextlib.suppress(Exception):
-                await waiting
+            proc.wait()
         except asyncio.CancelledError:
             proc.kill()
             raise
