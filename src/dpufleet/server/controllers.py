@@ -82,15 +82,15 @@ class ControllerProcess:
         inbox.forward(self.relay.send)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        # a private directory (0700) for the socket the child answers its metrics on: the data dir's
-        # path may be longer than a Unix socket's 108 bytes
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="dpufleet-controllers-"))
-        self.metrics_socket = self._socket_dir / "metrics.sock"
+        # the socket the child answers its metrics on (`run`): in the data dir, or in a private
+        # temporary directory (0700) when the data dir's path is too long for a Unix socket
+        self.metrics_socket: Path | None = None
 
     def status(self) -> str:
         """For /readyz: "running" once the child serves (its metrics socket is there), else "starting"."""
         proc = self.process
-        running = proc is not None and proc.poll() is None and self.metrics_socket.exists()
+        socket = self.metrics_socket
+        running = proc is not None and proc.poll() is None and socket is not None and socket.exists()
         return "running" if running else "starting"
 
     @property
@@ -102,11 +102,13 @@ class ControllerProcess:
         url = self.public_url()
         if url:
             cmd += ["--public-url", url]
-        return [*cmd, "--metrics-socket", str(self.metrics_socket), "--events-from-stdin"]
+        if self.metrics_socket is not None:
+            cmd += ["--metrics-socket", str(self.metrics_socket)]
+        return [*cmd, "--events-from-stdin"]
 
     async def metrics_text(self, timeout: float = 2.0) -> str:
         """The child's controller metrics (Prometheus text); "" while it does not answer (restarting)."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None or self.metrics_socket is None:
             return ""
         try:
             async with asyncio.timeout(timeout):
@@ -129,9 +131,15 @@ class ControllerProcess:
     async def run(self) -> None:
         """Until cancelled (the server stopping): start the child, wait for it, start it again."""
         backoff = self.first_backoff
+        socket = self.data_dir / "controllers.sock"  # the data dir is 0700
+        socket_dir: Path | None = None
+        if len(str(socket).encode()) > 100:  # a Unix socket's path is at most 108 bytes
+            socket_dir = Path(tempfile.mkdtemp(prefix="dpufleet-controllers-"))
+            socket = socket_dir / "metrics.sock"
+        self.metrics_socket = socket
         try:
             while True:
-                self.metrics_socket.unlink(missing_ok=True)  # made again by the child once it runs
+                socket.unlink(missing_ok=True)  # made again by the child once it runs
                 started = time.monotonic()
                 try:
                     # Popen, not asyncio's subprocess: the same on uvloop; its own process group, so a
@@ -166,7 +174,9 @@ class ControllerProcess:
             try:
                 await self.stop()
             finally:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                socket.unlink(missing_ok=True)
+                if socket_dir is not None:
+                    shutil.rmtree(socket_dir, ignore_errors=True)
 
     @staticmethod
     async def _exited(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
