@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,34 +109,54 @@ class PortTaken(AssertionError):
 
 def start_server_process(data_dir: Path, db_url: str | None = None, *, controllers: bool = True) -> ServerProcess:
     """`serve()` in a child python process on a free loopback port, once /readyz answers; a port taken
-    in the meantime is tried again on another one (three tries), said in the error if all fail."""
+    in the meantime is tried again on another one (three tries), said in the error if all fail.
+    With controllers (the default of `serve()`), they run in a child process of that server."""
+
+    def command(port: int) -> list[str]:
+        listen = f"127.0.0.1:{port}"
+        return [sys.executable, "-c", SERVE_SCRIPT, str(data_dir), db_url or "", listen, "1" if controllers else "0"]
+
+    return _retrying(data_dir, command)
+
+
+def start_cli_server(data_dir: Path, *args: str) -> ServerProcess:
+    """`dpufleet server --data-dir DIR --listen 127.0.0.1:<free port> --agent-listen 127.0.0.1:0 *args`,
+    as a user runs it, once /readyz answers (a port taken meanwhile is tried again, as above)."""
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "dpufleet.main",
+            "server",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--agent-listen",
+            "127.0.0.1:0",
+            *args,
+        ]
+
+    return _retrying(data_dir, command)
+
+
+def _retrying(data_dir: Path, command: Callable[[int], list[str]]) -> ServerProcess:
     for attempt in range(3):
         try:
-            return _start_server_process(data_dir, db_url, controllers=controllers)
+            return _start_server_process(data_dir, command)
         except PortTaken:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_server_process(data_dir: Path, db_url: str | None, *, controllers: bool) -> ServerProcess:
+def _start_server_process(data_dir: Path, command: Callable[[int], list[str]]) -> ServerProcess:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SERVE_SCRIPT,
-                str(data_dir),
-                db_url or "",
-                f"127.0.0.1:{port}",
-                "1" if controllers else "0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess(proc, url, data_dir, log_path)
 

@@ -13,13 +13,12 @@ import asyncio
 import resource
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 from rich.console import Console
 
 from ..sim.runner import SimOptions, SimRunning, register
-from .harness import bench_console, result_table, server_process
+from .harness import bench_console, peak_rss_mib, result_table, server_process
 
 PROFILES = ["nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"]
 
@@ -49,13 +48,8 @@ class DiscoveryBenchResult:
 
 
 def _peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """The control plane's peak memory: the server's and its controller process's peaks, summed."""
+    return peak_rss_mib(pid)
 
 
 async def _run(bmcs: int, latency: float, timeout: float, console: Console) -> DiscoveryBenchResult:

@@ -6,6 +6,7 @@ stdout carries only one JSON object of named figures (units in the names), for s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,13 +35,61 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, from /proc; nan where it can't be read."""
+def _proc_stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of a process (of all its threads), from /proc; [] where it can't be read."""
+    children: list[int] = []
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the API server and its controller process)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += child_pids(current)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its descendants used so far, from /proc (the API server
+    and its controller process; a child that exited and was waited for counts in its parent's
+    cutime/cstime); nan where the process can't be read."""
+    try:
+        fields = _proc_stat(pid)
+        total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     except (OSError, IndexError, ValueError):
         return float("nan")
+    for child in process_tree(pid)[1:]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += sum(int(f) for f in _proc_stat(child)[11:13])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The sum of the peak resident memory (VmHWM) of a process and of its live descendants: the API
+    server's and its controller process's peaks (an upper bound of their peak together); nan where
+    the process can't be read."""
+    total = 0.0
+    for index, member in enumerate(process_tree(pid)):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            if index == 0:
+                return float("nan")
+    return total
 
 
 @dataclass(frozen=True)
@@ -225,7 +274,7 @@ import logging, sys
 from pathlib import Path
 from dpufleet.server.runner import serve
 logging.basicConfig(level=logging.WARNING)
-serve(Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3], controllers=sys.argv[4] == "1")
+serve(Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3], controllers=sys.argv[4])
 """
 
 
@@ -233,14 +282,25 @@ serve(Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3], controllers=sys.argv[
 def server_process(
     db_url: str | None = None,
     *,
-    controllers: bool = True,
+    controllers: bool | str = True,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
-    """A real `dpufleet server` in its own process on a free loopback port, stopped on exit."""
+    """A real `dpufleet server` in its own process on a free loopback port, stopped on exit.
+
+    `controllers`: True (or "process") runs them as `dpufleet server` does by default, in a child
+    process of the server (cpu_seconds and peak_rss_mib count both); "in-process" in the server's
+    process; False (or "none") not at all."""
+    mode = ("process" if controllers else "none") if isinstance(controllers, bool) else controllers
     with tempfile.TemporaryDirectory(prefix="dpufleet-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         port = free_port()
-        args = [str(data_dir), db_url or "", f"127.0.0.1:{port}", "1" if controllers else "0"]
+        args = [str(data_dir), db_url or "", f"127.0.0.1:{port}", str(mode)]
         with script_server(SERVE, args, data_dir, port, timeout=timeout, env=env) as running:
+            if mode == "process":  # what is timed starts with the controllers running, as in one process
+                deadline = time.monotonic() + timeout
+                while httpx.get(running.url + "/readyz", timeout=5).json().get("controllers") != "running":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the server's controller process did not start in time")
+                    time.sleep(0.1)
             yield running

@@ -33,9 +33,13 @@ def server_cmd(
         None, "--db", help="database URL (sqlite:///... or postgresql://...) [default: SQLite in the data dir]"
     ),
     listen: str = typer.Option("127.0.0.1:8740", "--listen", help="HOST:PORT to serve the API on"),
-    no_controllers: bool = typer.Option(
-        False, "--no-controllers", help="serve the API only; run 'dpufleet controller' separately"
+    controllers: str = typer.Option(
+        "process",
+        "--controllers",
+        help="process: the controllers in a child process (both cores); in-process: in this process; "
+        "none: the API only (run 'dpufleet controller' separately)",
     ),
+    no_controllers: bool = typer.Option(False, "--no-controllers", help="the same as --controllers none"),
     agent_listen: str = typer.Option(
         "127.0.0.1:8741", "--agent-listen", help="HOST:PORT of the agent listener (mTLS, fleet certificates)"
     ),
@@ -43,8 +47,14 @@ def server_cmd(
         None, "--agent-advertise", help="host name agents use to reach the agent listener (in its certificate)"
     ),
 ) -> None:
-    """Run the API server (with the controllers in-process unless --no-controllers) and the agent listener."""
+    """Run the API server and the agent listener, with the controllers in a child process it supervises."""
+    from ..server.controllers import CONTROLLER_MODES
     from ..server.runner import parse_listen, serve
+
+    if controllers not in CONTROLLER_MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(CONTROLLER_MODES)}", param_hint="'--controllers'")
+    if no_controllers:
+        controllers = "none"
 
     for flag, value in (("--listen", listen), ("--agent-listen", agent_listen)):
         try:
@@ -57,7 +67,7 @@ def server_cmd(
             _data_dir(data_dir),
             db,
             listen,
-            controllers=not no_controllers,
+            controllers=controllers,
             agent_listen=agent_listen,
             agent_advertise=agent_advertise,
         )
@@ -67,14 +77,35 @@ def controller_cmd(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="the server's data dir (for the default SQLite database)"
     ),
-    db: str | None = typer.Option(None, "--db", help="database URL, the same the server uses"),
+    db: str | None = typer.Option(None, "--db", envvar="DPUFLEET_DB", help="database URL, the same the server uses"),
+    public_url: str | None = typer.Option(
+        None,
+        "--public-url",
+        help="the API server's URL as BMCs reach it (image downloads, event subscriptions) "
+        "[default: $DPUFLEET_PUBLIC_URL; without either, no subscriptions and no staging from the repository]",
+    ),
+    events_from_stdin: bool = typer.Option(
+        False,
+        "--events-from-stdin",
+        hidden=True,
+        help="started by 'dpufleet server': read the pushed events it relays on stdin; stop when it closes",
+    ),
+    metrics_socket: Path | None = typer.Option(
+        None, "--metrics-socket", hidden=True, help="answer the controller metrics on this Unix socket"
+    ),
 ) -> None:
     """Run the controllers as their own process against the server's database."""
     from ..plane import run_standalone
 
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
-        run_standalone(_data_dir(data_dir), db)
+        run_standalone(
+            _data_dir(data_dir),
+            db,
+            public_url=public_url,
+            events_from_stdin=events_from_stdin,
+            metrics_socket=metrics_socket,
+        )
 
 
 def demo_cmd(

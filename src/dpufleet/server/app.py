@@ -36,7 +36,7 @@ from .auth import Identity
 from .common import ServerState
 from .health_api import RedfishEventReceiver, health_router
 from .images_api import images_router
-from .metrics import APIMetrics, MetricsMiddleware
+from .metrics import APIMetrics, MetricsMiddleware, merge_expositions
 from .openapi import document_failures
 from .resources import BASE, resource_routes
 
@@ -114,12 +114,19 @@ def create_app(state: ServerState) -> FastAPI:
             await state.read(state.store.current_rv)
         except Exception as exc:
             return JSONResponse({"status": "store unavailable", "error": type(exc).__name__}, status_code=503)
+        if state.controllers_status is not None:  # the API is ready whatever the controller process does
+            return JSONResponse({"status": "ready", "controllers": state.controllers_status()})
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False, dependencies=[require(SubAction.METRICS_READ)])
     async def prometheus() -> Response:
         metrics.watchers.set(state.feed.watchers)
-        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(state.registry)
+        if state.more_metrics is not None:  # the controller process's (server/controllers.py)
+            more = await state.more_metrics()
+            if more:
+                text = merge_expositions(text.decode(), more)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version", dependencies=[Depends(authenticate)])
     async def version() -> dict[str, str]:

@@ -62,6 +62,9 @@ class ServerState:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready: bool = False
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # the Prometheus text of the controller process, merged into /metrics ("" when it does not answer)
+    more_metrics: Callable[[], Coroutine[Any, Any, str]] | None = None
+    controllers_status: Callable[[], str] | None = None  # the controller process's, in /readyz
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.
     _writer: ThreadPoolExecutor | None = None

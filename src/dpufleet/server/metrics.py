@@ -1,11 +1,15 @@
-"""Prometheus metrics for the API: request counts and latencies per route template."""
+"""Prometheus metrics for the API: request counts and latencies per route template; and the merge of
+the controller process's metrics into the API's /metrics (`merge_expositions`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -63,3 +67,35 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             observe()
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def merge_expositions(*texts: str) -> bytes:
+    """Prometheus texts of several processes as one: a family in several has its samples of the same
+    labels added (counters, histograms, gauges counted on one side), `_created` the earliest."""
+    families: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            have = families.get(family.name)
+            if have is None:
+                families[family.name] = family
+                continue
+            index = {(sample.name, tuple(sorted(sample.labels.items()))): i for i, sample in enumerate(have.samples)}
+            for sample in family.samples:
+                at = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+                if at is None:
+                    have.samples.append(sample)
+                    continue
+                old = have.samples[at]
+                value = min(old.value, sample.value) if sample.name.endswith("_created") else old.value + sample.value
+                have.samples[at] = old._replace(value=value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)

@@ -1,4 +1,7 @@
-"""Starting the API server: data dir, store, bootstrap token, fleet CA, in-process controllers, uvicorn.
+"""Starting the API server: data dir, store, bootstrap token, fleet CA, the controllers, uvicorn.
+
+`dpufleet server` runs the controllers as a child process (server/controllers.py); `Server.build`
+(the demo, the tests) runs them in this process when asked (`controllers=True`).
 
 One process serves two listeners: the API (bearer tokens) and the agent listener
 (mTLS with fleet certificates). The agent listener is bound in `Server.build`, so
@@ -33,6 +36,7 @@ from .app import create_app
 from .auth import TokenAuthenticator
 from .bootstrap_api import bootstrap_router
 from .common import ServerState, build_state, uvicorn_options
+from .controllers import ControllerProcess, controller_mode
 from .enroll_api import enroll_router
 
 log = logging.getLogger(__name__)
@@ -119,18 +123,34 @@ def serve(
     db_url: str | None,
     listen: str,
     *,
-    controllers: bool = True,
+    controllers: bool | str = "process",
     agent_listen: str = "127.0.0.1:0",
     agent_advertise: str | None = None,
 ) -> None:
+    """`dpufleet server`. `controllers`: "process" (the default, and True) runs them as a supervised
+    child process (server/controllers.py), "in-process" in this process, "none" (and False) not at all."""
+    mode = controller_mode(controllers)
     host, port = parse_listen(listen)
     server = Server.build(
-        data_dir, db_url, controllers=controllers, agent_listen=agent_listen, agent_advertise=agent_advertise
+        data_dir,
+        db_url,
+        controllers=mode == "in-process",
+        agent_listen=agent_listen,
+        agent_advertise=agent_advertise,
     )
     log.info("dpufleet API on http://%s:%d (data dir %s)", host, port, data_dir)
-    advertise_repository(server.services.repository, host, port)
+    repository = server.services.repository
+    advertise_repository(repository, host, port)
+    if mode == "process":
+        child = ControllerProcess(
+            data_dir, db_url, server.services.inbox, lambda: repository.public_url if repository else None
+        )
+        server.state.background.append(child.run)
+        server.state.more_metrics = child.metrics_text
+        server.state.controllers_status = child.status
     log.info("agent listener (mTLS) on %s; fleet CA %s", server.agent_listener.url, server.ca.fingerprint)
     log.info("admin token: %s", server.state.auth.admin_token_path)
+    log.info("controllers: %s", {"process": "a child process", "in-process": "in this process", "none": "none"}[mode])
     tune_gc()
     try:
         uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False, **uvicorn_options())
