@@ -54,6 +54,15 @@ class Blob:
     path: Path
 
 
+REVERIFY_SECONDS = 600.0  # a verified blob is hashed again after this long, even if its file looks the same
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is written anew: inode, size, modification time."""
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def check_digest(value: str) -> str:
     value = value.lower().removeprefix("sha256:")
     if not DIGEST.match(value):
@@ -84,6 +93,11 @@ class ImageRepository:
         self.allow_private_mirrors = allow_private_mirrors
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
+        # Blobs hashed lately, by digest: the file's identity (inode, size, mtime) when it matched and when.
+        # A rollout stages one image on a thousand DPUs; hashing a multi-gigabyte image for each of them
+        # was the same answer a thousand times (issue 15). A changed file, or REVERIFY_SECONDS, hashes again.
+        self._verified: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._verifying: dict[str, asyncio.Task[Blob]] = {}
         self._key = self._load_key()
 
     # --- content ---------------------------------------------------------------------------------------
@@ -149,7 +163,32 @@ class ImageRepository:
         return blob
 
     async def verify(self, digest: str) -> Blob:
-        return await asyncio.to_thread(self.verify_sync, digest)
+        """`verify_sync` in a thread, at most once at a time per blob, and not again while the file is
+        the one that matched within REVERIFY_SECONDS (a blob written anew, or bit rot that changes its
+        size or time, is hashed again at once)."""
+        digest = check_digest(digest)
+        path = self.path(digest)
+        seen = self._verified.get(digest)
+        if seen is not None:
+            try:
+                same = seen[0] == _identity(path) and time.monotonic() - seen[1] < REVERIFY_SECONDS
+            except FileNotFoundError:
+                same = False
+            if same:
+                return Blob(digest, seen[0][1], path)
+            self._verified.pop(digest, None)
+        task = self._verifying.get(digest)
+        if task is None:
+            task = self._verifying[digest] = asyncio.ensure_future(asyncio.to_thread(self._verify_and_note, digest))
+            task.add_done_callback(lambda _: self._verifying.pop(digest, None))
+        return await asyncio.shield(task)
+
+    def _verify_and_note(self, digest: str) -> Blob:
+        identity = _identity(self.path(digest)) if self.path(digest).exists() else None
+        blob = self.verify_sync(digest)
+        if identity is not None and identity == _identity(blob.path):  # unchanged while it was hashed
+            self._verified[digest] = (identity, time.monotonic())
+        return blob
 
     async def mirror(self, url: str, expected: str, *, timeout: float = 30.0) -> Blob:
         """Copy an external URL into the repository, keeping it only if its digest matches."""
