@@ -42,6 +42,7 @@ class ChangeFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._reading = False
+        self._held: list[Change] = []  # committed here while the log was being read: dispatched after it
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -65,13 +66,29 @@ class ChangeFeed:
 
     def _push(self, logged: list[Change]) -> None:
         """Changes committed in this process are dispatched without reading them back,
-        when they follow on directly; any gap (a write by another process) is read from the log."""
-        if logged[0].rv == self.position + 1 and not self._reading:
+        when they follow on directly; any gap (a write by another process) is read from the log.
+        While the log is being read, they are held and dispatched after the read, if they follow
+        on from where it ended (reading them back was a twentieth of a controller process's work)."""
+        if self._reading:
+            self._held.extend(logged)
+        elif logged[0].rv == self.position + 1:
             for change in logged:
                 self._dispatch(change)
                 self.position = change.rv
         elif logged[-1].rv > self.position and self._wake is not None:
             self._wake.set()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for change in sorted(held, key=lambda c: c.rv):
+            if change.rv <= self.position:
+                continue  # the read brought it
+            if change.rv != self.position + 1:
+                if self._wake is not None:
+                    self._wake.set()  # a gap (another process's write): the rest comes from the log
+                return
+            self._dispatch(change)
+            self.position = change.rv
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -93,6 +110,7 @@ class ChangeFeed:
                 log.exception("change feed: reading the change log failed; retrying")
             finally:
                 self._reading = False
+                self._release_held()
 
     def _dispatch(self, change: Change) -> None:
         for sub in list(self._subs):
