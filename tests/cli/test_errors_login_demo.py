@@ -14,6 +14,7 @@ import yaml
 
 from dpufleet.client import Client
 from dpufleet.demo import EmbeddedServer
+from support.signals import ctrl_c_as_at_a_terminal
 
 from .conftest import CLI, Run
 
@@ -112,6 +113,7 @@ def test_watch_prints_changes_and_stops_cleanly_on_ctrl_c(cli: CLI, server: Embe
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=ctrl_c_as_at_a_terminal,
         )
         assert proc.stdout is not None
         try:

@@ -15,6 +15,7 @@ import pytest
 
 from dpufleet.client import Client
 from dpufleet.demo import EmbeddedServer
+from support.signals import ctrl_c_as_at_a_terminal
 
 from .conftest import CLI
 
@@ -189,6 +190,7 @@ def test_watch_prints_the_list_then_changes_and_ctrl_c_exits_0(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=ctrl_c_as_at_a_terminal,
         )
         try:
             lines = Lines(proc)
