@@ -43,6 +43,7 @@ BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
 PROFILE = "nvidia-bluefield-3"
 PAYLOAD = b"dpufleet bench rollout: emulated OS image\n" * 256
 EMULATED_UPDATE = 60.0  # seconds of SimpleUpdate, before scaling
+CPU_TARGET_MS_PER_DPU = 5.0  # issue 15: the control plane's CPU per DPU per rollout
 EMULATED_BOOT = 40.0  # seconds from ForceRestart to OSRunning, before scaling
 
 
@@ -75,7 +76,8 @@ class RolloutBenchResult:
 
     @property
     def target_seconds(self) -> float:
-        return self.minimum_seconds * 1.05 + 5.0
+        """Issue 15's target: within 1.1x the hardware minimum plus 2 s (issue 6 had 1.05x plus 5 s)."""
+        return self.minimum_seconds * 1.1 + 2.0
 
     @property
     def met(self) -> bool:
@@ -107,6 +109,7 @@ class RolloutBenchResult:
             "server_peak_rss_mib": self.server_peak_rss_mib,
             "server_cpu_seconds": self.server_cpu_seconds,
             "server_cpu_ms_per_dpu": 1000 * self.server_cpu_seconds / per,
+            "server_cpu_ms_per_dpu_target": CPU_TARGET_MS_PER_DPU,
             "fleet_cpu_seconds": self.fleet_cpu_seconds,
             "redfish_requests": self.redfish_requests,
             "redfish_requests_per_dpu": self.redfish_requests / per,
@@ -276,7 +279,7 @@ def run_rollout_bench(
     )
     table.add_row("total time, create to Complete", f"{result.seconds:.1f} s", f"<= {result.target_seconds:.1f} s")
     overhead_pct = 100 * result.overhead_seconds / result.minimum_seconds if result.minimum_seconds else 0.0
-    table.add_row("overhead", f"{result.overhead_seconds:.1f} s ({overhead_pct:.0f}%)", "<= 5% + 5 s")
+    table.add_row("overhead", f"{result.overhead_seconds:.1f} s ({overhead_pct:.0f}%)", "<= 10% + 2 s")
     table.add_row("target met", "yes" if result.met else "no", "yes")
     table.add_row("DPUSet create to the first DPU started", f"{1000 * result.first_start_seconds:,.0f} ms", "")
     if result.refill_seconds:
