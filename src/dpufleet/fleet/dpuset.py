@@ -123,8 +123,8 @@ class DPUSetReconciler(Reconciler):
         self.poll_seconds = poll_seconds
         self.events = EventRecorder(store, "dpuset-controller")
         self._selector_cache: dict[str, tuple[float, list[tuple[Key, LabelSelector]]]] = {}
-        self._sizes: dict[Key, int] = {}
-        self._listed_sets: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}  # how many DPUs each set counted last
+        self._sizes: dict[Key, int] = {}  # how many DPUs each set counted last
+        self._listed_sets: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}  # by project (_sets)
         # the counted fields of every DPU, from the store and kept by its change feed: a set of 1,000 DPUs
         # is counted several times a second, and reading them from the store each time was a tenth of
         # the control plane's work in a rollout
