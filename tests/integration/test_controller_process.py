@@ -24,6 +24,7 @@ import pytest
 
 from dpufleet.bench.harness import child_pids
 from dpufleet.sim.runner import SimOptions, sim_in_thread
+from provisioning.conftest import discover
 from support.operator import Operator
 from support.server import ServerProcess, start_cli_server
 
@@ -82,15 +83,7 @@ def test_the_controller_child_provisions_and_is_restarted_after_sigkill(
             ) as http,
         ):
             op = Operator(http)
-            op.credential("site-bmcs", fleet.username, fleet.password)
-            op.discovery("lab", endpoints=fleet.endpoints, credentialsRef="site-bmcs", intervalSeconds=600)
-            names = sorted(f"dpu-{d.serial.lower()}" for d in fleet.fleet.dpus)
-
-            def inventoried(dpus: list[dict[str, Any]]) -> bool:
-                found = {d["metadata"]["name"]: d for d in dpus}
-                return set(found) >= set(names) and all(found[n]["status"].get("firmware") for n in names)
-
-            op.wait_for("both DPUs inventoried by the child", lambda: op.items("dpus"), inventoried, timeout=40)
+            names = discover(op, fleet)  # both DPUs inventoried by the child
 
             def subscribed(bmcs: list[dict[str, Any]]) -> bool:
                 return len(bmcs) == 2 and all(
