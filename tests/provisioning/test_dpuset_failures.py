@@ -92,22 +92,31 @@ def test_a_failure_threshold_halts_the_rollout(
     assert len(names) == 4
     for name in names:  # every install fails: whichever DPUs the controller starts first fail
         bmc_of(fleet, name).fail_updates = True
-    # Two DPUs start at once (maxUnavailable 2, no per-host cap); the first failure halts the set. (The
-    # controller goes in name order but skips a DPU whose write conflicts, so which two is not fixed.)
+    # Up to two DPUs start at once (maxUnavailable 2, no per-host cap); the first failure halts the set. (The
+    # controller goes in name order but skips a DPU whose write conflicts and takes it on the next pass, so
+    # which DPUs start, and whether the second starts before the first fails, is not fixed.)
     site.create(
         "dpusets",
         dpuset("threshold", "threshold", {"maxUnavailable": 2, "maxUnavailablePerHost": None, "maxFailures": 1}),
     )
-    halted = site.wait_object(
-        "dpusets",
-        "threshold",
-        lambda s: s["status"].get("phase") == "Halted" and s["status"].get("failed") == 2,
-        timeout=60,
-    )
+
+    def started() -> list[str]:
+        return sorted(n for n in names if (site.get("dpus", n) or {})["spec"].get("image") == IMAGE)
+
+    def settled(s: dict[str, Any]) -> bool:  # halted, and every DPU it started has failed and been counted
+        failing = started()
+        return (
+            s["status"].get("phase") == "Halted"
+            and 1 <= len(failing) <= 2
+            and s["status"].get("failed") == len(failing)
+            and sorted(s["status"].get("failedDPUs") or []) == failing
+        )
+
+    halted = site.wait_object("dpusets", "threshold", settled, timeout=60)
     status = halted["status"]
-    failing = sorted(n for n in names if (site.get("dpus", n) or {})["spec"].get("image") == IMAGE)
+    failing = started()
     rest = [n for n in names if n not in failing]
-    assert len(failing) == 2 and sorted(status["failedDPUs"]) == failing
+    assert len(rest) >= 2
     rolled_out = next(c for c in status["conditions"] if c["type"] == "RolledOut")
     assert rolled_out["status"] == "False" and rolled_out["reason"] == "FailureThreshold"
     for name in failing:
