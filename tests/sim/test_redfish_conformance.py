@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dpufleet.sim.fleet import build_fleet, fleet_in_thread
+from dpufleet.sim.profiles import builtin_profiles
 from dpufleet.sim.redfish.schema import missing_namespaces
 from support.net import poll
 
@@ -45,7 +46,7 @@ def test_every_schema_version_served_exists_in_the_dmtf_csdl():
     assert missing_namespaces(CSDL) == []
 
 
-@pytest.mark.parametrize("profile", ["nvidia-bluefield-3", "marvell-octeon-10", "amd-pensando-dsc", "intel-ipu-e2100"])
+@pytest.mark.parametrize("profile", sorted(builtin_profiles()))  # every vendor profile the emulator ships
 def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: str):
     _need_csdl()
     fleet = build_fleet(
