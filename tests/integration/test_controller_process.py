@@ -108,6 +108,11 @@ def test_the_controller_child_provisions_and_is_restarted_after_sigkill(
             assert re.search(r'dpufleet_dpu_phase_transitions_total\{from_phase="\w+",to_phase="Ready"\} 1\.0', metrics)
             assert 'dpufleet_controller_reconciles_total{controller="DPUProvisioner"' in metrics
             assert metrics.count("# TYPE dpufleet_controller_reconciles_total counter") == 1
+            # the server's metrics of its child: the events it relayed, none dropped, no restart yet
+            relayed = re.search(r"^dpufleet_event_relay_sent_total (\S+)$", metrics, re.M)
+            assert relayed is not None and float(relayed.group(1)) > 0, metrics
+            assert re.search(r"^dpufleet_event_relay_dropped_total 0\.0$", metrics, re.M)
+            assert re.search(r"^dpufleet_controller_process_restarts_total 0\.0$", metrics, re.M)
 
             os.kill(first, signal.SIGKILL)
             second = controller_pid(server, other_than=first)
@@ -121,6 +126,7 @@ def test_the_controller_child_provisions_and_is_restarted_after_sigkill(
 
             took = provision(op, names[1])
             assert took < 30, f"Ready after {took:.1f}s with the restarted controller process"
+            assert re.search(r"^dpufleet_controller_process_restarts_total 1\.0$", http.get("/metrics").text, re.M)
         log = server.log_path.read_text()
         assert f"the controller process {first} exited (signal 9); starting it again in 1 s" in log
         assert f"controllers running in process {second}" in log

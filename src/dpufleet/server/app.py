@@ -121,11 +121,11 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/metrics", include_in_schema=False, dependencies=[require(SubAction.METRICS_READ)])
     async def prometheus() -> Response:
         metrics.watchers.set(state.feed.watchers)
+        # the controller process's first (server/controllers.py): this process's metrics of it say how it answered
+        more = await state.more_metrics() if state.more_metrics is not None else ""
         text = generate_latest(state.registry)
-        if state.more_metrics is not None:  # the controller process's (server/controllers.py)
-            more = await state.more_metrics()
-            if more:
-                text = merge_expositions(text.decode(), more)
+        if more:
+            text = merge_expositions(text.decode(), more)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version", dependencies=[Depends(authenticate)])

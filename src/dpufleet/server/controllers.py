@@ -11,7 +11,11 @@ default `serve()` runs the controllers as `dpufleet controller` in a child proce
 - the child is told the server's public URL (`--public-url`), so the image URLs it hands BMCs
   and the event subscriptions it makes point to this server;
 - its controller metrics (reconciles, provisioning, health) are part of the server's /metrics: the
-  server asks the child for them on a Unix socket at each scrape and adds them to its own;
+  server asks the child for them on a Unix socket at each scrape and adds them to its own; a child
+  too busy to answer within 2 s gets its last answer served again (for up to 5 minutes, its age in
+  `dpufleet_controller_metrics_age_seconds`) rather than a scrape without its families;
+- the server's own metrics of the child: its restarts and the relayed and dropped events
+  (`register_metrics`);
 - supervised: a child that exits is started again after 1 s, doubling to 30 s while it keeps
   exiting (back to 1 s once it ran for a minute), with a log line each time; stopped with the
   server (SIGTERM, SIGKILL after 10 s). A server killed outright takes the child with it (the
@@ -31,14 +35,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..drivers.redfish.events import Inbox
 from ..drivers.redfish.relay import EventRelay
 
 log = logging.getLogger(__name__)
+
+STALE_METRICS_SECONDS = 300.0  # how long a busy child's last metrics are served again
 
 ControllerMode = Literal["process", "in-process", "none"]
 CONTROLLER_MODES: tuple[ControllerMode, ...] = ("process", "in-process", "none")
@@ -85,6 +95,7 @@ class ControllerProcess:
         # the socket the child answers its metrics on (`run`): in the data dir, or in a private
         # temporary directory (0700) when the data dir's path is too long for a Unix socket
         self.metrics_socket: Path | None = None
+        self._last_metrics: tuple[float, str] | None = None  # (monotonic time, text) of the last answer
 
     def status(self) -> str:
         """For /readyz: "running" once the child serves (its metrics socket is there), else "starting"."""
@@ -107,18 +118,35 @@ class ControllerProcess:
         return [*cmd, "--events-from-stdin"]
 
     async def metrics_text(self, timeout: float = 2.0) -> str:
-        """The child's controller metrics (Prometheus text); "" while it does not answer (restarting)."""
+        """The child's controller metrics (Prometheus text). A child that does not answer in `timeout`
+        (busy) gets its last answer served again, up to STALE_METRICS_SECONDS old; "" when it is not
+        running (restarting) or has not answered for longer."""
         if self.process is None or self.process.poll() is not None or self.metrics_socket is None:
+            self._last_metrics = None
             return ""
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(str(self.metrics_socket))
                 try:
-                    return (await reader.read()).decode()
+                    text = (await reader.read()).decode()
                 finally:
                     writer.close()
         except (OSError, TimeoutError, UnicodeDecodeError):
+            last = self._last_metrics
+            if last is not None and time.monotonic() - last[0] <= STALE_METRICS_SECONDS:
+                return last[1]
             return ""
+        self._last_metrics = (time.monotonic(), text)
+        return text
+
+    def metrics_age(self) -> float | None:
+        """Seconds since the child last answered a scrape (None: not since it started)."""
+        last = self._last_metrics
+        return None if last is None else time.monotonic() - last[0]
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The server's metrics of its child: restarts, relayed and dropped events, metrics age."""
+        registry.register(_ChildCollector(self))
 
     def environment(self) -> dict[str, str]:
         """The server's environment; the database URL in it, not in the command line (`ps` shows that)."""
@@ -205,3 +233,35 @@ class ControllerProcess:
             proc.kill()
             raise
         log.info("controller process %d stopped", proc.pid)
+
+
+class _ChildCollector(Collector):
+    """Read at each scrape from the ControllerProcess (its counters are the source of truth)."""
+
+    def __init__(self, child: ControllerProcess) -> None:
+        self.child = child
+
+    def collect(self) -> Iterator[Metric]:
+        child = self.child
+        yield CounterMetricFamily(
+            "dpufleet_controller_process_restarts",
+            "Times the controller process was started again after it exited",
+            value=max(0, child.starts - 1),
+        )
+        yield CounterMetricFamily(
+            "dpufleet_event_relay_sent",
+            "Pushed Redfish events relayed to the controller process",
+            value=child.relay.sent,
+        )
+        yield CounterMetricFamily(
+            "dpufleet_event_relay_dropped",
+            "Pushed Redfish events dropped (the controller process was restarting or not reading)",
+            value=child.relay.dropped,
+        )
+        age = child.metrics_age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "dpufleet_controller_metrics_age_seconds",
+                "Age of the controller process's metrics in this scrape (about 0 when it answered)",
+                value=age,
+            )

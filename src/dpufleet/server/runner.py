@@ -147,6 +147,7 @@ def serve(
         )
         server.state.background.append(child.run)
         server.state.more_metrics = child.metrics_text
+        child.register_metrics(server.state.registry)
         server.state.controllers_status = child.status
     log.info("agent listener (mTLS) on %s; fleet CA %s", server.agent_listener.url, server.ca.fingerprint)
     log.info("admin token: %s", server.state.auth.admin_token_path)
