@@ -285,6 +285,24 @@ def test_watch_with_label_selector_only_sends_matching_objects(client: httpx.Cli
     assert event["object"]["metadata"]["name"] == "d-r1"
 
 
+def test_a_selector_watch_sees_objects_leave_and_enter_its_selection(client: httpx.Client, project: str) -> None:
+    client.post(coll(project), json=doc("dpus", "moving", labels={"rack": "r1"}))
+    with watch(client, coll(project), labelSelector="rack=r1") as stream:
+        assert [e["object"]["metadata"]["name"] for e in stream.take(1)] == ["moving"]
+        client.patch(f"{coll(project)}/moving", json={"metadata": {"labels": {"rack": "r2"}}}, headers=MERGE)
+        client.patch(f"{coll(project)}/moving", json={"spec": {"held": True}}, headers=MERGE)  # not in view
+        client.patch(f"{coll(project)}/moving", json={"metadata": {"labels": {"rack": "r1"}}}, headers=MERGE)
+        client.patch(f"{coll(project)}/moving", json={"spec": {"held": False}}, headers=MERGE)
+        client.delete(f"{coll(project)}/moving")
+        events = stream.take(4)
+    assert [(e["type"], e["object"]["metadata"]["labels"]["rack"]) for e in events] == [
+        ("DELETED", "r2"),  # it left the selection: the watcher drops it
+        ("ADDED", "r1"),  # it came back
+        ("MODIFIED", "r1"),
+        ("DELETED", "r1"),
+    ]
+
+
 def test_watcher_that_reconnects_with_its_last_resource_version_misses_nothing(
     api: RunningServer, client: httpx.Client, project: str
 ) -> None:
