@@ -4,6 +4,7 @@ backends. Names not derived from a serial stay per project."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -42,3 +43,41 @@ def test_names_that_are_not_a_serials_stay_per_project(store: Store) -> None:
     store.create(dpu("d1", "tenant-a"))
     store.create(dpu("d1", "tenant-b"))
     assert len(store.list("DPU").items) == 2
+
+
+def _race(stores: list[Store], name: str) -> list[str]:
+    """Both stores create DPU `name` at once, in two projects; what became of each create."""
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+
+    def create(s: Store, project: str) -> None:
+        barrier.wait()
+        try:
+            s.create(dpu(name, project))
+            outcomes.append("created")
+        except SerialConflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(s, f"tenant-{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return sorted(outcomes)
+
+
+def test_two_processes_racing_for_one_serial_leave_it_in_one_project(store_url: str) -> None:
+    """Two servers on one database (two Stores, two connection pools) create the same serial in two
+    projects at the same moment, round after round: each time exactly one create succeeds."""
+    stores = [Store.open(store_url), Store.open(store_url)]
+    try:
+        for s in stores:
+            protect_serials(s)
+        for round_ in range(25):
+            name = f"dpu-race{round_}"
+            assert _race(stores, name) == ["created", "refused"], f"round {round_}"
+            holders = [d["metadata"]["project"] for d in stores[0].list("DPU").items if d["metadata"]["name"] == name]
+            assert len(holders) == 1
+    finally:
+        for s in stores:
+            s.close()

@@ -66,6 +66,12 @@ _PROJECTS_OF_KIND = text(
 )
 _HOLDS = text("SELECT 1 FROM objects WHERE kind = :kind AND project = :project AND name = :name")
 _TX_PROJECTS = "dpufleet.tenancy.dpu-projects"
+# PostgreSQL: the guard's transaction-scoped advisory lock. Several API servers (or controller
+# processes) write to one database; without it, two transactions could each find the serial free
+# in the other's project and both commit. Held until commit, so serial-named DPU creates are
+# serialised across processes (SQLite has one writer already).
+_SERIAL_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+SERIAL_LOCK_KEY = 0x64707573657269  # "dpuseri": a constant key for "serial-named DPU creates"
 
 
 def projects_of_kind(conn: Connection, kind: str) -> set[str]:
@@ -87,7 +93,8 @@ def _refuse_second_dpu(conn: Connection, dpu: dict[str, Any], batch: list[dict[s
 
     The projects holding DPUs are read once per transaction (a group commit of a thousand creates
     reads them once): in a fleet of one project nothing more is read; else one index seek per other
-    project."""
+    project. On PostgreSQL the read comes after an advisory lock that other processes' serial-named
+    creates also take, so what it reads stays true until this transaction commits."""
     meta = dpu["metadata"]
     name, project = meta["name"], meta["project"]
     if not name.startswith(SERIAL_NAME_PREFIX):
@@ -95,6 +102,8 @@ def _refuse_second_dpu(conn: Connection, dpu: dict[str, Any], batch: list[dict[s
     tx = conn.get_transaction()
     cached = conn.info.get(_TX_PROJECTS)
     if cached is None or cached[0] is not tx:
+        if conn.dialect.name == "postgresql":  # before the read: it then sees what the last holder committed
+            conn.execute(_SERIAL_LOCK, {"key": SERIAL_LOCK_KEY})
         cached = conn.info[_TX_PROJECTS] = (tx, projects_of_kind(conn, "DPU"))
     others = projects_with(conn, "DPU", name, cached[1] - {project}) if cached[1] - {project} else []
     others += [
