@@ -25,7 +25,10 @@ from .schema import DpuModel
 
 MODELS_DIR = Path(__file__).with_name("models")
 
-MatchedBy = Literal["part-number", "vendor-model", "pci-id"]
+MatchedBy = Literal["part-number", "vendor-model", "pci-id", "firmware-inventory"]
+# How many of a model's own firmware component ids (its BMC's excluded: every BMC has one) a
+# firmware inventory must hold to name that model: one shared id is a coincidence, two are a card.
+FIRMWARE_IDS_TO_MATCH = 2
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,19 @@ class Catalog:
             if found is not None:
                 return Match(identity, found, "pci-id")
         return Match(identity)
+
+    def lookup_firmware(self, ids: Iterable[str]) -> Match:
+        """The model whose firmware components a BMC's FirmwareInventory holds (BlueField's DPU_OS,
+        DPU_NIC, ...): at least FIRMWARE_IDS_TO_MATCH of them, and more than any other model's."""
+        present = {i.strip().casefold() for i in ids}
+        scores: dict[str, int] = {}
+        for model in self:
+            own = {fw.id.casefold() for fw in model.firmware if fw.kind != "bmc"}
+            if len(own & present) >= FIRMWARE_IDS_TO_MATCH:
+                scores[model.name] = len(own & present)
+        best = max(scores.values(), default=0)
+        found = _only([m for m in self if scores.get(m.name) == best]) if best else None
+        return Match(Identity(), found, "firmware-inventory" if found else None)
 
     def _by_part_number(self, part_number: str) -> DpuModel | None:
         best: tuple[int, int] | None = None
