@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -86,3 +87,20 @@ def serve_routes(routes: dict[str, Route], fallback: Route | None = None) -> Tin
 
 def as_json(body: Any, status: int = 200) -> Route:
     return status, "application/json", json.dumps(body).encode()
+
+
+# --- Redfish trees captured or published elsewhere (tests/data/redfish/<tree>/...) ----------------------
+
+REDFISH_TREES = Path(__file__).resolve().parents[1] / "data" / "redfish"
+
+
+def tree_routes(tree: str) -> dict[str, Route]:
+    """A static Redfish tree (one `<path>/index.json` per resource, as DMTF's mockups are laid out)
+    as routes under /redfish/v1: a BMC that answers exactly what the tree holds, and 404 otherwise."""
+    root = REDFISH_TREES / tree
+    routes: dict[str, Route] = {}
+    for path in sorted(root.rglob("index.json")):
+        relative = path.parent.relative_to(root).as_posix()
+        url = "/redfish/v1" + ("" if relative == "." else "/" + relative)
+        routes[url] = (200, "application/json", path.read_bytes())
+    return routes
