@@ -110,12 +110,12 @@ def _rule(
                 _evidence(source, f"chassis-{match.matched_by}", value, f"{card.odataId} -> {match.model.name}")
             ]
     if len(inventory.systems) == 1:
-        match = catalog.lookup_firmware(f.id for f in inventory.firmware)
-        if match.model is not None:
-            own = {fw.id.casefold() for fw in match.model.firmware}
+        scores = catalog.with_firmware(f.id for f in inventory.firmware)
+        if scores:
+            own = {fw.id.casefold() for name in scores for fw in catalog.models[name].firmware if fw.kind != "bmc"}
             ids = sorted(f.id for f in inventory.firmware if f.id.casefold() in own)
             return "firmware-inventory", [
-                _evidence(source, "firmware-inventory", ",".join(ids), f"UpdateService -> {match.model.name}")
+                _evidence(source, "firmware-inventory", ",".join(ids), f"UpdateService -> {', '.join(sorted(scores))}")
             ]
     return None
 

@@ -119,17 +119,23 @@ class Catalog:
                 return Match(identity, found, "pci-id")
         return Match(identity)
 
-    def lookup_firmware(self, ids: Iterable[str]) -> Match:
-        """The model whose firmware components a BMC's FirmwareInventory holds (BlueField's DPU_OS,
-        DPU_NIC, ...): at least FIRMWARE_IDS_TO_MATCH of them, and more than any other model's."""
+    def with_firmware(self, ids: Iterable[str]) -> dict[str, int]:
+        """Models whose own firmware components (BlueField's DPU_OS, DPU_NIC, ...; the BMC's excluded:
+        every BMC has one) a FirmwareInventory holds, at least FIRMWARE_IDS_TO_MATCH of them: by
+        name, how many. Evidence of a DPU even when several models of a family share the ids."""
         present = {i.strip().casefold() for i in ids}
         scores: dict[str, int] = {}
         for model in self:
-            own = {fw.id.casefold() for fw in model.firmware if fw.kind != "bmc"}
-            if len(own & present) >= FIRMWARE_IDS_TO_MATCH:
-                scores[model.name] = len(own & present)
+            held = len({fw.id.casefold() for fw in model.firmware if fw.kind != "bmc"} & present)
+            if held >= FIRMWARE_IDS_TO_MATCH:
+                scores[model.name] = held
+        return scores
+
+    def lookup_firmware(self, ids: Iterable[str]) -> Match:
+        """The one model whose firmware components a FirmwareInventory holds most of; unknown on a tie."""
+        scores = self.with_firmware(ids)
         best = max(scores.values(), default=0)
-        found = _only([m for m in self if scores.get(m.name) == best]) if best else None
+        found = _only([m for m in self if best and scores.get(m.name) == best])
         return Match(Identity(), found, "firmware-inventory" if found else None)
 
     def _by_part_number(self, part_number: str) -> DpuModel | None:
