@@ -15,7 +15,16 @@ from dpufleet.drivers.registry import INSTALL_PATH_NAMES
 from dpufleet.inventory.catalog import find_profile
 from dpufleet.provisioning.machine import StepFailed
 from dpufleet.provisioning.plan import plan_components
-from dpufleet.vendors import INSTALL_PATHS, MODELS_DIR, Catalog, DataFileError, DpuModel, builtin_catalog, load_catalog
+from dpufleet.vendors import (
+    INSTALL_PATHS,
+    MODELS_DIR,
+    Catalog,
+    DataFileError,
+    DpuModel,
+    builtin_catalog,
+    load_catalog,
+    load_generic,
+)
 
 BUILTIN = {"nvidia-bluefield-2", "nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"}
 
@@ -239,3 +248,13 @@ def test_every_catalog_pci_id_is_the_one_pci_ids_names():
         for ids, description in described.items():
             if ids in names:
                 assert description == names[ids], f"{m.name}: {ids} is {names[ids]!r} in pci.ids"
+
+
+def test_the_generic_model_is_a_catalog_entry_with_no_capabilities_to_claim(tmp_path: Path):
+    generic = builtin_catalog().generic
+    assert (generic.name, list(generic.install_paths)) == ("generic", ["redfish-update"])
+    assert builtin_catalog().get("generic") is None  # never matched: what a card matching nothing becomes
+    bad = tmp_path / "generic.yaml"
+    bad.write_text("name: generic\ndescription: x\ninstall_paths: [carrier-pigeon]\n")
+    with pytest.raises(DataFileError, match="install_paths"):
+        load_generic(bad)

@@ -30,7 +30,6 @@ from ..drivers.redfish.inventory import BMCInventory, ChassisInfo, SystemInfo
 from ..vendors import Catalog, DpuModel
 
 Rule = Literal["system-type", "card-chassis", "firmware-inventory"]
-GENERIC_MODEL = "generic"
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,7 @@ class RecognizedDPU:
     evidence: list[dict[str, Any]]
     card: ChassisInfo | None = None
     model: DpuModel | None = None  # None: a model no catalog entry names (adopted as generic)
+    generic: str = "generic"  # the catalog's name for such a model (vendors/generic.yaml)
     matched_by: str | None = None
     host: SystemInfo | None = None  # the host server of the same BMC this DPU sits in
     host_evidence: list[dict[str, Any]] = field(default_factory=list)
@@ -50,7 +50,7 @@ class RecognizedDPU:
         """The DPU's `status.recognition`: the rule that matched, the evidence, what is unknown."""
         return {
             "rule": self.rule,
-            "model": self.model.name if self.model else GENERIC_MODEL,
+            "model": self.model.name if self.model else self.generic,
             "matchedBy": self.matched_by,
             "evidence": [*self.evidence, *self.host_evidence],
             "unknown": list(self.system.implausible),
@@ -169,5 +169,7 @@ def recognize(inventory: BMCInventory, catalog: Catalog, source: str) -> Recogni
         for manager in inventory.managers[:1]:
             shown = " ".join(v for v in (manager.model, manager.firmwareVersion) if v)
             evidence = [*evidence, _evidence(source, "manager", shown or manager.id, f"Managers/{manager.id}")]
-        dpus.append(RecognizedDPU(merged, rule, evidence, card, model, matched_by, host, host_evidence))
+        dpus.append(
+            RecognizedDPU(merged, rule, evidence, card, model, catalog.generic.name, matched_by, host, host_evidence)
+        )
     return Recognition(dpus, others)

@@ -21,9 +21,10 @@ from typing import Literal
 from pydantic import ValidationError
 
 from .files import DataFileError, invalid, read_mapping
-from .schema import DpuModel
+from .schema import DpuModel, GenericModel
 
 MODELS_DIR = Path(__file__).with_name("models")
+GENERIC_FILE = Path(__file__).with_name("generic.yaml")
 
 MatchedBy = Literal["part-number", "vendor-model", "pci-id", "firmware-inventory"]
 # How many of a model's own firmware component ids (its BMC's excluded: every BMC has one) a
@@ -78,6 +79,7 @@ class Catalog:
 
     models: Mapping[str, DpuModel]
     sources: Mapping[str, Path] = field(default_factory=dict)
+    generic: GenericModel = field(default_factory=lambda: load_generic())  # for a DPU no model names
 
     def __iter__(self) -> Iterator[DpuModel]:
         return iter(self.models.values())
@@ -165,6 +167,14 @@ def load_model(path: Path) -> DpuModel:
     return model
 
 
+def load_generic(path: Path = GENERIC_FILE) -> GenericModel:
+    """The generic DPU's file; DataFileError names the file and every field at fault."""
+    try:
+        return GenericModel.model_validate(read_mapping(path))
+    except ValidationError as exc:
+        raise invalid(path, exc) from None
+
+
 def load_catalog(directories: Iterable[Path] = ()) -> Catalog:
     """The built-in models plus any ``*.yaml`` in extra ``directories``.
 
@@ -180,7 +190,7 @@ def load_catalog(directories: Iterable[Path] = ()) -> Catalog:
             models[model.name] = model
             sources[model.name] = path
     _check_distinct(models, sources)
-    return Catalog(models, sources)
+    return Catalog(models, sources, load_generic())
 
 
 def _check_distinct(models: Mapping[str, DpuModel], sources: Mapping[str, Path]) -> None:
