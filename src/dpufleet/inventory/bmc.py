@@ -263,6 +263,11 @@ class BMCReconciler(Reconciler):
         name, project = meta["name"], meta["project"]
         generation = meta.get("generation")
         recognized = recognize(inventory, builtin_catalog(), f"bmc/{name}").dpus
+        inventory.warnings.extend(  # a DPU with no serial cannot be named: said, not silently dropped
+            f"system {d.system.odataId} is a DPU ({d.rule}) but reports no serial number; not adopted"
+            for d in recognized
+            if not d.system.serialNumber
+        )
         dpu_systems = [r.system for r in recognized]
         serials = [s.serialNumber for s in dpu_systems if s.serialNumber]
         adopted, why = await self._adoptable(bmc, serials)
@@ -350,7 +355,7 @@ class BMCReconciler(Reconciler):
         name = dpu_name(system.serialNumber)
         part = system.partNumber
         profile = dpu.model
-        host = await self._upsert_host(bmc, dpu.host, name) if dpu.host is not None else None
+        host = _host_object_name(dpu.host) if dpu.host is not None else None
         stamp = isotime(now())
         try:
             existing = await self.store.call(self.store.get, "DPU", name, project)
@@ -408,6 +413,8 @@ class BMCReconciler(Reconciler):
             )  # fmt: skip
 
         updated = await mutate_status(self.store, "DPU", name, mutate, project)
+        if dpu.host is not None:
+            await self._upsert_host(bmc, dpu.host, name)
         known = get_condition(updated.get("status") or {}, "ModelKnown") or {}
         if known.get("reason") == "GenericModel" and (was_known or {}).get("reason") != "GenericModel":
             await self._event(updated, "GenericModel", str(known.get("message", "")), warning=True)
@@ -428,7 +435,7 @@ class BMCReconciler(Reconciler):
         """The Host object of a host server this BMC manages with its DPU (DMTF's SmartNIC model):
         created with the BMC as its bmcRef, and the DPU added to its DPUs."""
         project, bmc_name = bmc["metadata"]["project"], bmc["metadata"]["name"]
-        name = host_name(system.hostName or system.serialNumber or system.id)
+        name = _host_object_name(system)
         try:
             await self.store.call(self.store.get, "Host", name, project)
         except NotFound:
@@ -456,6 +463,11 @@ class BMCReconciler(Reconciler):
         except NotFound:
             return False
         return True
+
+
+def _host_object_name(system: SystemInfo) -> str:
+    """A host server's Host object: named from its HostName, as its host agent names it, else its serial."""
+    return host_name(system.hostName or system.serialNumber or system.id)
 
 
 def _label(value: str | None) -> str:
