@@ -45,7 +45,7 @@ def test_every_schema_version_served_exists_in_the_dmtf_csdl():
     assert missing_namespaces(CSDL) == []
 
 
-@pytest.mark.parametrize("profile", ["nvidia-bluefield-3", "marvell-octeon-10"])
+@pytest.mark.parametrize("profile", ["nvidia-bluefield-3", "nvidia-bluefield-3-bf2310", "marvell-octeon-10"])
 def test_dmtf_service_validator_reports_zero_failures(tmp_path: Path, profile: str):
     _need_csdl()
     fleet = build_fleet(
