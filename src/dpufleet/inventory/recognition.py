@@ -16,8 +16,8 @@ sushy-tools' nodes) is never one. On a host's BMC that also manages its DPU (DMT
 model), the DPU's card chassis is ContainedBy the host's chassis, or the DPU system names its
 HostingComputerSystem: that pairs the two, and the links are evidence too.
 
-Identity is merged from the system, then its card chassis, then the service root, every string
-already trimmed by the crawl (drivers/redfish/inventory.py). This module only reads a crawl; the
+Identity is merged from the system, then its card chassis, then (on the card's own BMC) the
+service root, every string already trimmed by the crawl (drivers/redfish/inventory.py). This module only reads a crawl; the
 BMC controller (inventory/bmc.py) writes what it finds.
 """
 
@@ -81,14 +81,16 @@ def card_of(system: SystemInfo, inventory: BMCInventory) -> ChassisInfo | None:
 
 
 def _merged(system: SystemInfo, card: ChassisInfo | None, inventory: BMCInventory) -> SystemInfo:
-    """The system with its identity completed from its card chassis and the service root."""
+    """The system with its identity completed from its card chassis and, on a BMC of this one
+    system (the card's own BMC, not a host server's), the service root's Vendor."""
 
     def first(*values: str | None) -> str | None:
         return next((v for v in values if v), None)
 
+    own_bmc = inventory.service.vendor if len(inventory.systems) == 1 else None
     return system.model_copy(
         update={
-            "manufacturer": first(system.manufacturer, card.manufacturer if card else None, inventory.service.vendor),
+            "manufacturer": first(system.manufacturer, card.manufacturer if card else None, own_bmc),
             "model": first(system.model, card.model if card else None),
             "partNumber": first(system.partNumber, card.partNumber if card else None),
             "serialNumber": first(system.serialNumber, card.serialNumber if card else None),
