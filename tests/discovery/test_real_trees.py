@@ -21,13 +21,17 @@ from .conftest import Operator, TinyService, condition, is_true, serve_routes, t
 
 pytestmark = pytest.mark.timeout(60)
 
+USER, PASSWORD = "root", "Tree-Bmc-Pw-3"  # the trees' BMCs answer 401 to anything else
 BF3_SERIAL, BF3_PART = "MT2245X00123", "900-9D3B6-00CV-AA0"
 DMTF_DPU_SERIAL, DMTF_HOST_SERIAL = "637XR7568R4", "437XR1138R2"
 
 
 @pytest.fixture(scope="module")
 def trees() -> Iterator[dict[str, TinyService]]:
-    services = {tree: serve_routes(tree_routes(tree)) for tree in ("bluefield3-bf2310", "dmtf-public-smartnic")}
+    services = {
+        tree: serve_routes(tree_routes(tree), basic_auth=(USER, PASSWORD))
+        for tree in ("bluefield3-bf2310", "dmtf-public-smartnic")
+    }
     yield services
     for service in services.values():
         service.stop()
@@ -36,7 +40,7 @@ def trees() -> Iterator[dict[str, TinyService]]:
 @pytest.fixture(scope="module")
 def site(http: httpx.Client, trees: dict[str, TinyService]) -> Operator:
     op = Operator(http, "default")
-    op.credential("tree-bmcs", "root", "Tree-Bmc-Pw-3")
+    op.credential("tree-bmcs", USER, PASSWORD)
     op.discovery("trees", endpoints=[s.url for s in trees.values()], credentialsRef="tree-bmcs", intervalSeconds=600)
     op.wait_for(
         "both BMCs settled",
@@ -169,3 +173,10 @@ def test_an_unknown_dpu_model_is_adopted_as_generic_and_flagged(site: Operator) 
         lambda: [e["reason"] for e in site.events("DPU", obj["metadata"]["name"])],
         lambda reasons: "GenericModel" in reasons,
     )
+
+
+def test_the_trees_bmcs_refuse_a_request_without_the_credentials(trees: dict[str, TinyService]) -> None:
+    url = trees["bluefield3-bf2310"].url
+    assert httpx.get(f"{url}/redfish/v1").status_code == 200  # the service root is anonymous, as on a real BMC
+    assert httpx.get(f"{url}/redfish/v1/Systems").status_code == 401
+    assert httpx.get(f"{url}/redfish/v1/Systems", auth=(USER, PASSWORD)).status_code == 200
