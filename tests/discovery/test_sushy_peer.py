@@ -25,6 +25,8 @@ from dpufleet.drivers.discovery.scan import ProbeOutcome, probe
 from dpufleet.drivers.redfish.client import AuthenticationFailed, Credentials, RedfishClient
 from dpufleet.drivers.redfish.inventory import crawl
 from dpufleet.drivers.redfish.power import RedfishPower
+from dpufleet.inventory.recognition import recognize
+from dpufleet.vendors import builtin_catalog
 from support.net import free_port, wait_until
 
 from .conftest import IN_CI
@@ -133,6 +135,8 @@ def test_crawl_reads_every_system_with_its_power_state(sushy: Sushy) -> None:
             assert system.macAddresses == [nic["mac"] for nic in spec["nics"]]
             assert not system.is_dpu  # sushy's systems are plain servers
         assert inventory.service.redfishVersion
+        # and no evidence makes one of them a DPU: a host server is never taken for one
+        assert recognize(inventory, builtin_catalog(), "bmc/sushy").dpus == []
 
     asyncio.run(run())
 

@@ -134,3 +134,35 @@ def test_a_firmware_change_is_history_and_says_who_made_it() -> None:
     ours = crawl(status, bmc_fw="24.10")
     assert [c["source"] for c in ours] == ["provisioning"]
     assert [c["to"] for c in status["updateHistory"]] == ["24.07", "24.10"]
+
+
+def crawl_paired(status: dict[str, Any], host: str) -> None:
+    sys = system()
+    apply_crawl(
+        status, bmc="bmc-h", inventory=inventory(), system=sys, part_number=None, profile=None,
+        stamp="2030-01-01T00:00:00Z", generation=1, host=host,
+        host_evidence=[{"source": "bmc/bmc-h", "kind": "redfish-contained-by", "value": "/redfish/v1/Chassis/1U"}],
+    )  # fmt: skip
+
+
+def test_redfish_pairing_and_the_host_agents_merge_and_the_host_agent_has_the_last_word() -> None:
+    first_bmc: dict[str, Any] = {}
+    crawl_paired(first_bmc, "host-web483")
+    apply_host_pairing(first_bmc, host="host-web483", serial=SERIAL, slot="3", card=None)
+    assert first_bmc["host"] == "host-web483"
+    assert {"redfish-contained-by", "pci-vpd-serial"} <= {e["kind"] for e in first_bmc["evidence"]}
+    first_agent: dict[str, Any] = {}
+    apply_host_pairing(first_agent, host="host-a", serial=SERIAL, slot="3", card=None)
+    crawl_paired(first_agent, "host-web483")  # a crawl fills the host only while none is known
+    assert first_agent["host"] == "host-a"
+    assert {"redfish-contained-by", "pci-vpd-serial"} <= {e["kind"] for e in first_agent["evidence"]}
+
+
+def test_a_dpu_no_catalog_model_names_is_flagged_not_refused() -> None:
+    status: dict[str, Any] = {}
+    crawl_paired(status, "host-web483")
+    known = next(c for c in status["conditions"] if c["type"] == "ModelKnown")
+    assert (known["status"], known["reason"], known["severity"]) == ("False", "GenericModel", "Warning")
+    assert "Nvidia" in known["message"] and "BlueField-3" in known["message"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"

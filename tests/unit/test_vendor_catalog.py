@@ -3,6 +3,7 @@ by part number, then vendor and model, then PCI IDs; a card nothing matches is u
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,18 @@ from dpufleet.drivers.registry import INSTALL_PATH_NAMES
 from dpufleet.inventory.catalog import find_profile
 from dpufleet.provisioning.machine import StepFailed
 from dpufleet.provisioning.plan import plan_components
-from dpufleet.vendors import INSTALL_PATHS, MODELS_DIR, Catalog, DataFileError, DpuModel, builtin_catalog, load_catalog
+from dpufleet.vendors import (
+    INSTALL_PATHS,
+    MODELS_DIR,
+    Catalog,
+    DataFileError,
+    DpuModel,
+    builtin_catalog,
+    load_catalog,
+    load_generic,
+)
 
-BUILTIN = {"nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"}
+BUILTIN = {"nvidia-bluefield-2", "nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10"}
 
 
 def bf3_data(**changes: Any) -> dict[str, Any]:
@@ -39,7 +49,7 @@ def write(directory: Path, data: dict[str, Any], name: str | None = None) -> Pat
 # --- the packaged catalog ---------------------------------------------------------------------------
 
 
-def test_the_packaged_catalog_knows_four_models_each_recognisable():
+def test_the_packaged_catalog_knows_five_models_each_recognisable():
     catalog = builtin_catalog()
     assert {m.name for m in catalog} == BUILTIN
     for m in catalog:
@@ -197,3 +207,54 @@ def test_the_checker_lists_the_models_or_names_the_field_at_fault(tmp_path: Path
     write(tmp_path, data)
     assert main([str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"error: {path}: cpu.threads: unknown field\n"
+
+
+# --- PCI IDs against the pci.ids database Debian ships (apt: hwdata) -------------------------------------
+
+PCI_IDS = Path("/usr/share/misc/pci.ids")
+# IDs the catalog names that pci.ids (hwdata 0.368, April 2023) does not list yet: checked by hand
+# against the vendors' Linux drivers, to be replaced by pci.ids' word once it lists them.
+NOT_IN_PCI_IDS = {("8086", "1452"), ("8086", "145c"), ("177d", "b900"), ("177d", "b903")}
+
+
+def _pci_ids() -> dict[tuple[str, str], str]:
+    names: dict[tuple[str, str], str] = {}
+    vendor = ""
+    for line in PCI_IDS.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("C "):
+            break  # device classes follow the vendors
+        if not line.strip() or line.startswith("#") or line.startswith("\t\t"):
+            continue
+        if line.startswith("\t"):
+            names[(vendor, line[1:5])] = line[7:].strip()
+        else:
+            vendor = line[:4]
+    return names
+
+
+def test_every_catalog_pci_id_is_the_one_pci_ids_names():
+    if not PCI_IDS.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("pci.ids is missing (apt-get install hwdata)", pytrace=False)
+        pytest.skip("pci.ids is missing (apt-get install hwdata)")
+    names = _pci_ids()
+    for m in builtin_catalog():
+        for vendor_id, device_id, _role in m.pci_ids():
+            if (vendor_id, device_id) in NOT_IN_PCI_IDS:
+                assert (vendor_id, device_id) not in names, f"{m.name}: pci.ids now lists {vendor_id}:{device_id}"
+                continue
+            assert (vendor_id, device_id) in names, f"{m.name}: {vendor_id}:{device_id} is not in pci.ids"
+        described = {(f.vendor_id, f.device_id): f.description for f in m.host_pci}
+        for ids, description in described.items():
+            if ids in names:
+                assert description == names[ids], f"{m.name}: {ids} is {names[ids]!r} in pci.ids"
+
+
+def test_the_generic_model_is_a_catalog_entry_with_no_capabilities_to_claim(tmp_path: Path):
+    generic = builtin_catalog().generic
+    assert (generic.name, list(generic.install_paths)) == ("generic", ["redfish-update"])
+    assert builtin_catalog().get("generic") is None  # never matched: what a card matching nothing becomes
+    bad = tmp_path / "generic.yaml"
+    bad.write_text("name: generic\ndescription: x\ninstall_paths: [carrier-pigeon]\n")
+    with pytest.raises(DataFileError, match="install_paths"):
+        load_generic(bad)

@@ -23,6 +23,7 @@ SHOWN = (
     "host",
     "bmc",
     "evidence",
+    "recognition",
     "agent",
     "health",
     "powerState",
@@ -42,6 +43,26 @@ def _perf(acc: dict[str, Any]) -> str:
     if acc.get("opsPerSecond"):
         parts.append(f"{acc['opsPerSecond']:,} ops/s")
     return ", ".join(parts) or NONE
+
+
+def _recognition(recognition: dict[str, Any], render: Any) -> list[str]:
+    """Why this is taken for a DPU: the rule that matched, the catalog model, the evidence."""
+    if not recognition:
+        return []
+    matched = f" (by {recognition['matchedBy']})" if recognition.get("matchedBy") else ""
+    lines = [
+        "Recognition:",
+        f"  {'Rule:':<16}{recognition.get('rule') or NONE}",
+        f"  {'Model:':<16}{recognition.get('model') or NONE}{matched}",
+    ]
+    if recognition.get("unknown"):
+        lines.append(f"  {'Unknown:':<16}{', '.join(recognition['unknown'])} (reported, not taken as fact)")
+    t = plain_table(["SOURCE", "KIND", "VALUE", "DETAIL"])
+    for e in recognition.get("evidence") or []:
+        t.add_row(str(e.get("source", "")), str(e.get("kind", "")), str(e.get("value", "")), str(e.get("detail") or ""))
+    lines.append("  Evidence:")
+    lines.extend("    " + line for line in render(t))
+    return lines
 
 
 def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
@@ -112,6 +133,7 @@ def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
                 str(e.get("source", "")), str(e.get("kind", "")), str(e.get("value", "")), str(e.get("detail") or "")
             )
         table("Evidence", t)
+    lines.extend(_recognition(status.get("recognition") or {}, render))
     firmware = status.get("firmware") or []
     if firmware:
         t = plain_table(["COMPONENT", "NAME", "VERSION", "UPDATEABLE"])
@@ -119,7 +141,7 @@ def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
             t.add_row(
                 str(f.get("id", "")),
                 str(f.get("name", "")),
-                str(f.get("version", "")),
+                str(f.get("version", "")) + ("" if f.get("versionParsed", True) else " (not a version number)"),
                 "yes" if f.get("updateable") else "no",
             )
         table("Firmware", t)

@@ -3,8 +3,10 @@
 For every BMC object: open a session with it (inventory/bmcs.py: its credentials, a pooled
 client), fetch the service root (reachable?),
 crawl systems, managers, chassis and firmware inventory (authenticated?), then
-create or refresh one DPU object per DPU system it manages — unless adoption is
-restricted to expected serial numbers. Every outcome is a condition; every
+create or refresh one DPU object per system the evidence shows to be a DPU
+(inventory/recognition.py: SystemType DPU, a catalog card chassis, a catalog firmware
+inventory), and the Host object of a host server the same BMC shows it in — unless
+adoption is restricted to expected serial numbers. Every outcome is a condition; every
 change of state an Event; nothing a BMC does (timeouts, bad JSON, refused
 credentials, a serial already owned by another BMC) stops the others.
 """
@@ -19,7 +21,7 @@ from typing import Any
 from ..api.errors import NotFound
 from ..api.kinds import WORKING_PHASES
 from ..api.meta import Severity, isotime, now, seconds_since
-from ..api.naming import dpu_name
+from ..api.naming import dpu_name, host_name
 from ..api.selectors import LabelSelector
 from ..drivers.redfish.client import AuthenticationFailed, BMCUnreachable, NotRedfish, RedfishError
 from ..drivers.redfish.events import Inbox
@@ -29,8 +31,9 @@ from ..runtime.controller import Key, Mapper, Reconciler, Result, trigger_state
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status
 from ..store.store import Change, Store
+from ..vendors import builtin_catalog
 from .bmcs import BMCAccessError, BMCSession, BMCSessions
-from .catalog import find_profile
+from .recognition import RecognizedDPU, recognize
 from .status import apply_crawl
 from .tenancy import SerialConflict
 
@@ -259,18 +262,24 @@ class BMCReconciler(Reconciler):
         meta = bmc["metadata"]
         name, project = meta["name"], meta["project"]
         generation = meta.get("generation")
-        dpu_systems = inventory.dpu_systems()
+        recognized = recognize(inventory, builtin_catalog(), f"bmc/{name}").dpus
+        inventory.warnings.extend(  # a DPU with no serial cannot be named: said, not silently dropped
+            f"system {d.system.odataId} is a DPU ({d.rule}) but reports no serial number; not adopted"
+            for d in recognized
+            if not d.system.serialNumber
+        )
+        dpu_systems = [r.system for r in recognized]
         serials = [s.serialNumber for s in dpu_systems if s.serialNumber]
         adopted, why = await self._adoptable(bmc, serials)
         owned: list[str] = []
         duplicates: list[str] = []
         if adopted:
-            for system in dpu_systems:
-                if not system.serialNumber:
+            for dpu in recognized:
+                if not dpu.system.serialNumber:
                     continue
-                result = await self._upsert_dpu(bmc, inventory, system)
+                result = await self._upsert_dpu(bmc, inventory, dpu)
                 if result is None:
-                    duplicates.append(system.serialNumber)
+                    duplicates.append(dpu.system.serialNumber)
                 else:
                     owned.append(result)
         manager = inventory.managers[0] if inventory.managers else None
@@ -309,7 +318,8 @@ class BMCReconciler(Reconciler):
                     "Inventoried",
                     True,
                     "NoDPUSystems",
-                    "the BMC manages no system of SystemType DPU",
+                    "the BMC manages no system that the evidence shows to be a DPU (SystemType DPU, "
+                    "a Card chassis or a firmware inventory of a catalog model)",
                     generation=generation,
                 )
             else:
@@ -336,15 +346,16 @@ class BMCReconciler(Reconciler):
         for serial in duplicates:
             await self._event(bmc, "DuplicateSerial", f"serial {serial} is already managed through another BMC", True)
 
-    async def _upsert_dpu(self, bmc: dict[str, Any], inventory: BMCInventory, system: SystemInfo) -> str | None:
+    async def _upsert_dpu(self, bmc: dict[str, Any], inventory: BMCInventory, dpu: RecognizedDPU) -> str | None:
         """Create or refresh the DPU for one Redfish system; None if its serial belongs to another BMC."""
+        system = dpu.system
         assert system.serialNumber is not None
         bmc_meta = bmc["metadata"]
         project = bmc_meta["project"]
         name = dpu_name(system.serialNumber)
-        chassis = next((c for c in inventory.chassis if c.chassisType == "Card"), None)
-        part = system.partNumber or (chassis.partNumber if chassis else None)
-        profile = find_profile(part_number=part, vendor=system.manufacturer, model=system.model)
+        part = system.partNumber
+        profile = dpu.model
+        host = _host_object_name(dpu.host) if dpu.host is not None else None
         stamp = isotime(now())
         try:
             existing = await self.store.call(self.store.get, "DPU", name, project)
@@ -392,14 +403,21 @@ class BMCReconciler(Reconciler):
         generation = existing["metadata"].get("generation")
 
         changes: list[dict[str, Any]] = []
+        was_known = get_condition(existing.get("status") or {}, "ModelKnown")
 
         def mutate(status: dict[str, Any]) -> None:
             changes[:] = apply_crawl(
                 status, bmc=bmc_meta["name"], inventory=inventory, system=system, part_number=part,
-                profile=profile, stamp=stamp, generation=generation,
+                profile=profile, stamp=stamp, generation=generation, recognition=dpu.status(),
+                host=host, host_evidence=dpu.host_evidence,
             )  # fmt: skip
 
         updated = await mutate_status(self.store, "DPU", name, mutate, project)
+        if dpu.host is not None:
+            await self._upsert_host(bmc, dpu.host, name)
+        known = get_condition(updated.get("status") or {}, "ModelKnown") or {}
+        if known.get("reason") == "GenericModel" and (was_known or {}).get("reason") != "GenericModel":
+            await self._event(updated, "GenericModel", str(known.get("message", "")), warning=True)
         out_of_band = [c for c in changes if c["source"] == "out-of-band"]
         if out_of_band:
             await self._event(
@@ -413,12 +431,43 @@ class BMCReconciler(Reconciler):
             await self.store.call(observe, updated, bool(out_of_band))
         return name
 
+    async def _upsert_host(self, bmc: dict[str, Any], system: SystemInfo, dpu: str) -> str:
+        """The Host object of a host server this BMC manages with its DPU (DMTF's SmartNIC model):
+        created with the BMC as its bmcRef, and the DPU added to its DPUs."""
+        project, bmc_name = bmc["metadata"]["project"], bmc["metadata"]["name"]
+        name = _host_object_name(system)
+        try:
+            await self.store.call(self.store.get, "Host", name, project)
+        except NotFound:
+            spec: dict[str, Any] = {"bmcRef": bmc_name, **({"hostname": system.hostName} if system.hostName else {})}
+            try:
+                created = await self.store.call(
+                    self.store.create, {"kind": "Host", "metadata": {"name": name, "project": project}, "spec": spec}
+                )
+                await self._event(created, "Discovered", f"host server {system.odataId} of BMC {bmc_name}")
+            except Exception as exc:  # lost a race with another writer: the Host is there
+                log.debug("create Host %s: %s", name, exc)
+
+        def mutate(status: dict[str, Any]) -> None:
+            status["dpus"] = sorted({*(status.get("dpus") or []), dpu})
+            if system.serialNumber and not status.get("serialNumber"):
+                status["serialNumber"] = system.serialNumber
+            status.setdefault("phase", "Discovered")
+
+        await mutate_status(self.store, "Host", name, mutate, project)
+        return name
+
     async def _bmc_exists(self, name: str, project: str) -> bool:
         try:
             await self.store.call(self.store.get, "BMC", name, project)
         except NotFound:
             return False
         return True
+
+
+def _host_object_name(system: SystemInfo) -> str:
+    """A host server's Host object: named from its HostName, as its host agent names it, else its serial."""
+    return host_name(system.hostName or system.serialNumber or system.id)
 
 
 def _label(value: str | None) -> str:

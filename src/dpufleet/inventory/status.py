@@ -14,7 +14,8 @@ status (runtime/status.py). They share one merge rule so that none undoes anothe
 Who owns what:
 
     BMC (crawl)   bmc, vendor, model, partNumber, serialNumber, bmcSystem, firmware, updateHistory,
-                  health, powerState, bootProgress, lastSeen, remaining, Inventoried; capabilities
+                  health, powerState, bootProgress, lastSeen, remaining, recognition, Inventoried,
+                  ModelKnown; fills host (a host server on the same BMC, DMTF's SmartNIC model); capabilities
                   cpu and memoryGiB (when the BMC reports them) and accelerators (from the catalog);
                   the rest of the catalog's capabilities are filled
     DPU agent     agent, lastSeen, capabilities.os, AgentConnected; fills serialNumber and
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api.agent import HostDpu, Inventory
-from ..api.meta import isotime
+from ..api.meta import Severity, isotime
 from ..drivers.redfish.inventory import BMCInventory, SystemInfo
 from ..runtime.conditions import set_condition, summarize_ready
 from ..vendors import DpuModel
@@ -106,8 +107,14 @@ def apply_crawl(
     profile: DpuModel | None,
     stamp: str,
     generation: Any,
+    recognition: dict[str, Any] | None = None,
+    host: str | None = None,
+    host_evidence: Iterable[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """What one crawl of BMC `bmc` says about the DPU of `system`; returns its firmware changes."""
+    """What one crawl of BMC `bmc` says about the DPU of `system`; returns its firmware changes.
+
+    `recognition` is why the crawl takes the system for a DPU (inventory/recognition.py); `host`
+    the host server the same BMC shows it in, with the links that say so (`host_evidence`)."""
     changes = firmware_changes(status, inventory, stamp)
     if changes:
         status["updateHistory"] = [*(status.get("updateHistory") or []), *changes][-UPDATE_HISTORY_KEPT:]
@@ -134,7 +141,9 @@ def apply_crawl(
             "powerState": system.powerState,
             "bootProgress": system.bootProgress,
             "lastSeen": stamp,
+            **({"recognition": recognition} if recognition is not None else {}),
         },
+        filled={"host": host},
     )
     source = f"bmc/{bmc}"
     replace_evidence(
@@ -143,8 +152,10 @@ def apply_crawl(
         [
             {"source": source, "kind": "serial", "value": system.serialNumber},
             *({"source": source, "kind": "mac", "value": mac} for mac in system.macAddresses),
+            *host_evidence,
         ],
     )
+    set_model_known(status, profile, system, generation)
     reserved = status.get("allocated") or {}
     cores = (caps.get("cpu") or {}).get("cores") or 0
     status["remaining"] = {
@@ -157,6 +168,22 @@ def apply_crawl(
     if not status.get("provisioning"):  # once provisioning runs, it owns the Ready summary
         summarize_ready(status, DPU_IDENTITY_STEPS, generation)
     return changes
+
+
+def set_model_known(status: dict[str, Any], profile: DpuModel | None, system: SystemInfo, generation: Any) -> None:
+    """ModelKnown: the catalog names the DPU's model; False (GenericModel) flags a DPU adopted as a
+    generic one, inventoried from what it reports with its catalog capabilities unknown."""
+    if profile is not None:
+        set_condition(status, "ModelKnown", True, "CatalogModel", profile.name, generation=generation)
+        return
+    said = ", ".join(f"{k} {v!r}" for k, v in (("vendor", system.manufacturer), ("model", system.model),
+                     ("part number", system.partNumber)) if v) or "no vendor, model or part number"  # fmt: skip
+    set_condition(
+        status, "ModelKnown", False, "GenericModel",
+        f"no catalog model matches ({said}): adopted as a generic DPU, capabilities unknown; "
+        "add the model to the catalog (docs/guide/discovery.md)",
+        severity=Severity.WARNING, generation=generation,
+    )  # fmt: skip
 
 
 # --- the DPU's agent ----------------------------------------------------------------------------------------

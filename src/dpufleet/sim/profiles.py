@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -105,7 +105,14 @@ _EMULATOR_FIELDS = (
     "dmi",
     "bmc",
     "thermal",
+    "redfish_style",
 )
+
+# How an emulated BMC describes its DPU in Redfish. "standard": as DMTF's schema says (SystemType
+# DPU, identity on the system). "bf-23.10": as a BlueField-3 BMC of the BF-23.10 era does -- the Arm
+# system is "Physical" with no Manufacturer, Model, PartNumber or serial of its own, the identity is
+# only on the Card chassis and padded with spaces, and ProcessorSummary/MemorySummary report zeros.
+RedfishStyle = Literal["standard", "bf-23.10"]
 
 
 class VendorProfile(DpuModel):
@@ -124,6 +131,7 @@ class VendorProfile(DpuModel):
     dmi: DmiSpec
     bmc: BmcSpec
     thermal: ThermalSpec
+    redfish_style: RedfishStyle = "standard"
 
     @field_validator("mac_oui")
     @classmethod

@@ -7,7 +7,18 @@ builds its emulated cards on these same facts. This package depends on nothing o
 dpufleet but ``dpufleet.api``.
 """
 
-from .catalog import MODELS_DIR, Catalog, Identity, Match, MatchedBy, builtin_catalog, load_catalog, load_model
+from .catalog import (
+    GENERIC_FILE,
+    MODELS_DIR,
+    Catalog,
+    Identity,
+    Match,
+    MatchedBy,
+    builtin_catalog,
+    load_catalog,
+    load_generic,
+    load_model,
+)
 from .files import DataFileError
 from .schema import (
     INSTALL_PATHS,
@@ -16,6 +27,7 @@ from .schema import (
     DpuModel,
     FirmwareComponent,
     FirmwareParameterSpec,
+    GenericModel,
     HostPciSpec,
     InstallPath,
     MemorySpec,
@@ -26,6 +38,7 @@ from .schema import (
 )
 
 __all__ = [
+    "GENERIC_FILE",
     "INSTALL_PATHS",
     "MODELS_DIR",
     "AcceleratorSpec",
@@ -35,6 +48,7 @@ __all__ = [
     "DpuModel",
     "FirmwareComponent",
     "FirmwareParameterSpec",
+    "GenericModel",
     "HostPciSpec",
     "Identity",
     "InstallPath",
@@ -47,5 +61,6 @@ __all__ = [
     "VirtualFunctionSpec",
     "builtin_catalog",
     "load_catalog",
+    "load_generic",
     "load_model",
 ]

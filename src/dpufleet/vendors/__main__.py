@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
         source = catalog.sources.get(model.name)
         shown = "(built-in)" if source is None or source.parent == MODELS_DIR else str(source)
         rows.append((model.name, model.vendor, model.family, model.model, ",".join(model.part_numbers), shown))
+    generic = catalog.generic  # what a card no model names is adopted as
+    rows.insert(1, (generic.name, "-", "-", f"({generic.description})", "-", "(built-in)"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

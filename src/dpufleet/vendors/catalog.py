@@ -21,11 +21,15 @@ from typing import Literal
 from pydantic import ValidationError
 
 from .files import DataFileError, invalid, read_mapping
-from .schema import DpuModel
+from .schema import DpuModel, GenericModel
 
 MODELS_DIR = Path(__file__).with_name("models")
+GENERIC_FILE = Path(__file__).with_name("generic.yaml")
 
-MatchedBy = Literal["part-number", "vendor-model", "pci-id"]
+MatchedBy = Literal["part-number", "vendor-model", "pci-id", "firmware-inventory"]
+# How many of a model's own firmware component ids (its BMC's excluded: every BMC has one) a
+# firmware inventory must hold to name that model: one shared id is a coincidence, two are a card.
+FIRMWARE_IDS_TO_MATCH = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Catalog:
 
     models: Mapping[str, DpuModel]
     sources: Mapping[str, Path] = field(default_factory=dict)
+    generic: GenericModel = field(default_factory=lambda: load_generic())  # for a DPU no model names
 
     def __iter__(self) -> Iterator[DpuModel]:
         return iter(self.models.values())
@@ -116,6 +121,25 @@ class Catalog:
                 return Match(identity, found, "pci-id")
         return Match(identity)
 
+    def with_firmware(self, ids: Iterable[str]) -> dict[str, int]:
+        """Models whose own firmware components (BlueField's DPU_OS, DPU_NIC, ...; the BMC's excluded:
+        every BMC has one) a FirmwareInventory holds, at least FIRMWARE_IDS_TO_MATCH of them: by
+        name, how many. Evidence of a DPU even when several models of a family share the ids."""
+        present = {i.strip().casefold() for i in ids}
+        scores: dict[str, int] = {}
+        for model in self:
+            held = len({fw.id.casefold() for fw in model.firmware if fw.kind != "bmc"} & present)
+            if held >= FIRMWARE_IDS_TO_MATCH:
+                scores[model.name] = held
+        return scores
+
+    def lookup_firmware(self, ids: Iterable[str]) -> Match:
+        """The one model whose firmware components a FirmwareInventory holds most of; unknown on a tie."""
+        scores = self.with_firmware(ids)
+        best = max(scores.values(), default=0)
+        found = _only([m for m in self if best and scores.get(m.name) == best])
+        return Match(Identity(), found, "firmware-inventory" if found else None)
+
     def _by_part_number(self, part_number: str) -> DpuModel | None:
         best: tuple[int, int] | None = None
         candidates: list[DpuModel] = []
@@ -143,6 +167,14 @@ def load_model(path: Path) -> DpuModel:
     return model
 
 
+def load_generic(path: Path = GENERIC_FILE) -> GenericModel:
+    """The generic DPU's file; DataFileError names the file and every field at fault."""
+    try:
+        return GenericModel.model_validate(read_mapping(path))
+    except ValidationError as exc:
+        raise invalid(path, exc) from None
+
+
 def load_catalog(directories: Iterable[Path] = ()) -> Catalog:
     """The built-in models plus any ``*.yaml`` in extra ``directories``.
 
@@ -158,7 +190,7 @@ def load_catalog(directories: Iterable[Path] = ()) -> Catalog:
             models[model.name] = model
             sources[model.name] = path
     _check_distinct(models, sources)
-    return Catalog(models, sources)
+    return Catalog(models, sources, load_generic())
 
 
 def _check_distinct(models: Mapping[str, DpuModel], sources: Mapping[str, Path]) -> None:

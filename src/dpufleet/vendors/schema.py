@@ -200,3 +200,12 @@ class DpuModel(Strict):
         if self.virtual_function is not None:
             ids.append((self.virtual_function.vendor_id, self.virtual_function.device_id, "vf"))
         return ids
+
+
+class GenericModel(Strict):
+    """What the control plane assumes of a DPU no model names (``vendors/generic.yaml``): only
+    what the Redfish standard promises of any DPU. Its capabilities are unknown, not zero."""
+
+    name: Literal["generic"] = "generic"
+    description: str = Field(min_length=1)
+    install_paths: list[InstallPath] = Field(min_length=1)

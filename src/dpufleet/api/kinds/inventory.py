@@ -167,6 +167,19 @@ class Evidence(BaseModel):
     detail: str | None = None
 
 
+class Recognition(BaseModel):
+    """Why dpufleet takes this device for a DPU, and for which model (inventory/recognition.py)."""
+
+    model_config = ConfigDict(extra="allow")
+    rule: str = Field(description="the rule that matched: system-type, card-chassis, firmware-inventory")
+    model: str = Field(description="the catalog model, or generic for a model no catalog entry names")
+    matchedBy: str | None = Field(default=None, description="how the catalog model matched: part-number, ...")
+    evidence: list[Evidence] = Field(default_factory=list)
+    unknown: list[str] = Field(
+        default_factory=list, description="figures the device reported that are not facts (0 cores), read as unknown"
+    )
+
+
 class AgentStatus(BaseModel):
     model_config = ConfigDict(extra="allow")
     version: str | None = None
@@ -226,6 +239,7 @@ class DPUStatus(Status):
     host: str | None = None
     bmc: str | None = None
     evidence: list[Evidence] = Field(default_factory=list)
+    recognition: Recognition | None = None
     agent: AgentStatus | None = None
     powerState: str | None = None
     bootProgress: str | None = None

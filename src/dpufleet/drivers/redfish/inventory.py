@@ -2,17 +2,29 @@
 
 Requests are issued level by level, concurrently within a level, because a real
 BMC is slow per request but serves a few at once.
+
+What a device reports is read as it is, not as the standard says it should be: every string
+is trimmed (real BMCs pad serial numbers with spaces), a zero processor count or memory size
+is a disabled summary rather than a fact and is read as unknown (None, noted in the system's
+``implausible``), and a firmware version with no number in it is kept raw and flagged
+(``FirmwareInfo.versionParsed``) while the crawl goes on. The links that tie resources
+together (a system's chassis, a card chassis ContainedBy the host's, a DPU's offloaded network
+device functions) are kept, so recognition (inventory/recognition.py) can tell a DPU from its host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
 
 from .client import RedfishClient, RedfishError
+
+# A version string a person (or a version comparison) can read: at least one run of digits.
+_VERSION = re.compile(r"\d+")
 
 
 class ServiceInfo(BaseModel):
@@ -45,6 +57,15 @@ class SystemInfo(BaseModel):
     memoryGiB: float | None = None
     resetTypes: list[str] = Field(default_factory=list)
     macAddresses: list[str] = Field(default_factory=list)
+    hostName: str | None = None
+    chassisLinks: list[str] = Field(default_factory=list, description="Links.Chassis (@odata.id)")
+    hostingSystem: str | None = Field(default=None, description="Links.HostingComputerSystem of a DPU system")
+    offloadedFunctions: list[str] = Field(
+        default_factory=list, description="Links.OffloadedNetworkDeviceFunctions of a DPU system"
+    )
+    implausible: list[str] = Field(
+        default_factory=list, description="figures the device reported that are not facts (read as unknown)"
+    )
 
     @property
     def is_dpu(self) -> bool:
@@ -60,11 +81,14 @@ class ManagerInfo(BaseModel):
 
 class ChassisInfo(BaseModel):
     id: str
+    odataId: str = ""
     chassisType: str | None = None
     manufacturer: str | None = None
     model: str | None = None
     partNumber: str | None = None
     serialNumber: str | None = None
+    containedBy: str | None = Field(default=None, description="Links.ContainedBy (@odata.id)")
+    computerSystems: list[str] = Field(default_factory=list, description="Links.ComputerSystems (@odata.id)")
 
 
 class FirmwareInfo(BaseModel):
@@ -72,6 +96,7 @@ class FirmwareInfo(BaseModel):
     name: str | None = None
     version: str
     updateable: bool = False
+    versionParsed: bool = Field(default=True, description="false: the version holds no number; kept raw")
 
 
 class BMCInventory(BaseModel):
@@ -82,14 +107,60 @@ class BMCInventory(BaseModel):
     firmware: list[FirmwareInfo] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
-    def dpu_systems(self) -> list[SystemInfo]:
-        """Systems that are DPUs (SystemType DPU); a BMC of a DPU card with one plain system counts too."""
-        dpus = [s for s in self.systems if s.is_dpu]
-        return dpus
-
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A reported string, trimmed; None for a non-string or a blank one."""
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+def _link(value: Any) -> str | None:
+    """The @odata.id of a Redfish link object, trimmed of a trailing slash."""
+    target = _str(_obj(value).get("@odata.id"))
+    return target.rstrip("/") if target else None
+
+
+def _links(value: Any) -> list[str]:
+    return [t for t in (_link(v) for v in _list(value)) if t]
+
+
+def _count(value: Any, field: str, implausible: list[str]) -> int | None:
+    """A count the device reports; zero (a disabled summary, not a fact) and nonsense are unknown."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if value <= 0:
+        implausible.append(f"{field}={value}")
+        return None
+    return value
+
+
+def parse_firmware(body: dict[str, Any]) -> FirmwareInfo:
+    """One FirmwareInventory member; a version with no number in it is kept raw and flagged."""
+    raw = body.get("Version")
+    version = raw.strip() if isinstance(raw, str) else ("" if raw is None else str(raw))
+    return FirmwareInfo(
+        id=str(body.get("Id", "")).strip(),
+        name=_str(body.get("Name")),
+        version=version,
+        updateable=body.get("Updateable") is True,
+        versionParsed=isinstance(raw, str) and bool(_VERSION.search(version)),
+    )
+
+
+def parse_chassis(body: dict[str, Any]) -> ChassisInfo:
+    links = _obj(body.get("Links"))
+    return ChassisInfo(
+        id=str(body.get("Id", "")).strip(),
+        odataId=str(body.get("@odata.id", "")).rstrip("/"),
+        chassisType=_str(body.get("ChassisType")),
+        manufacturer=_str(body.get("Manufacturer")),
+        model=_str(body.get("Model")),
+        partNumber=_str(body.get("PartNumber")),
+        serialNumber=_str(body.get("SerialNumber")),
+        containedBy=_link(links.get("ContainedBy")),
+        computerSystems=_links(links.get("ComputerSystems")),
+    )
 
 
 def _health(resource: dict[str, Any]) -> str | None:
@@ -123,10 +194,15 @@ def parse_system(body: dict[str, Any]) -> SystemInfo:
         _obj(body.get("BootProgress")),
     )
     reset = _obj(_obj(body.get("Actions")).get("#ComputerSystem.Reset"))
+    links = _obj(body.get("Links"))
     gib = memory.get("TotalSystemMemoryGiB")
+    implausible: list[str] = []
+    if isinstance(gib, int | float) and not isinstance(gib, bool) and gib <= 0:
+        implausible.append(f"MemorySummary.TotalSystemMemoryGiB={gib}")
+        gib = None
     return SystemInfo(
-        id=str(body.get("Id", "")),
-        odataId=str(body.get("@odata.id", "")),
+        id=str(body.get("Id", "")).strip(),
+        odataId=str(body.get("@odata.id", "")).rstrip("/"),
         systemType=_str(body.get("SystemType")),
         manufacturer=_str(body.get("Manufacturer")),
         model=_str(body.get("Model")),
@@ -138,12 +214,17 @@ def parse_system(body: dict[str, Any]) -> SystemInfo:
         bootProgress=_str(boot.get("LastState")),
         health=_health(body),
         processors=ProcessorInfo(
-            count=summary.get("Count") if isinstance(summary.get("Count"), int) else None,
+            count=_count(summary.get("Count"), "ProcessorSummary.Count", implausible),
             model=_str(summary.get("Model")),
-            cores=summary.get("CoreCount") if isinstance(summary.get("CoreCount"), int) else None,
+            cores=_count(summary.get("CoreCount"), "ProcessorSummary.CoreCount", implausible),
         ),
-        memoryGiB=float(gib) if isinstance(gib, int | float) else None,
+        memoryGiB=float(gib) if isinstance(gib, int | float) and not isinstance(gib, bool) else None,
         resetTypes=[str(v) for v in _list(reset.get("ResetType@Redfish.AllowableValues"))],
+        hostName=_str(body.get("HostName")),
+        chassisLinks=_links(links.get("Chassis")),
+        hostingSystem=_link(links.get("HostingComputerSystem")),
+        offloadedFunctions=_links(links.get("OffloadedNetworkDeviceFunctions")),
+        implausible=implausible,
     )
 
 
@@ -192,17 +273,7 @@ async def crawl(client: RedfishClient, root: dict[str, Any] | None = None, *, ma
     async def chassis() -> list[ChassisInfo]:
         if not chassis_link:
             return []
-        return [
-            ChassisInfo(
-                id=str(c.get("Id", "")),
-                chassisType=_str(c.get("ChassisType")),
-                manufacturer=_str(c.get("Manufacturer")),
-                model=_str(c.get("Model")),
-                partNumber=_str(c.get("PartNumber")),
-                serialNumber=_str(c.get("SerialNumber")),
-            )
-            for c in await client.members(chassis_link)
-        ]
+        return [parse_chassis(c) for c in await client.members(chassis_link)]
 
     async def firmware() -> list[FirmwareInfo]:
         if not update_link:
@@ -211,15 +282,13 @@ async def crawl(client: RedfishClient, root: dict[str, Any] | None = None, *, ma
         inventory_link = client.link(service, "FirmwareInventory")
         if not inventory_link:
             return []
-        return [
-            FirmwareInfo(
-                id=str(f.get("Id", "")),
-                name=_str(f.get("Name")),
-                version=str(f.get("Version", "")),
-                updateable=bool(f.get("Updateable", False)),
-            )
-            for f in await client.members(inventory_link)
-        ]
+        found = [parse_firmware(f) for f in await client.members(inventory_link)]
+        warnings.extend(
+            f"firmware {f.id}: version {f.version!r} is not a version number; kept as reported"
+            for f in found
+            if not f.versionParsed
+        )
+        return found
 
     try:
         return await _crawl_parts(client, inv, systems, managers, chassis, firmware)

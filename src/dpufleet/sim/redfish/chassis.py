@@ -41,6 +41,10 @@ def _threshold(dpu: SimDPU, spec: _SensorSpec) -> float:
     return dpu.profile.thermal.max_watts
 
 
+def _padded(dpu: SimDPU, value: str, width: int) -> str:
+    return value.ljust(width) if dpu.profile.redfish_style == "bf-23.10" else value
+
+
 @ROUTER.add("GET", "/Chassis")
 def chassis_collection(ctx: Ctx, _: dict[str, str]) -> Json:
     return collection(ctx, "ChassisCollection", "Chassis Collection", ("Chassis",), [CHASSIS_ID])
@@ -58,8 +62,9 @@ def chassis(ctx: Ctx, params: dict[str, str]) -> Json:
         "ChassisType": "Card",
         "Manufacturer": dpu.profile.vendor,
         "Model": dpu.profile.model,
-        "PartNumber": dpu.profile.part_number,
-        "SerialNumber": dpu.serial,
+        # a BF-23.10-style BMC pads its card's identity strings to their field width
+        "PartNumber": _padded(dpu, dpu.profile.part_number, 24),
+        "SerialNumber": _padded(dpu, dpu.serial, 24),
         "PowerState": "On" if dpu.power_state != PowerState.OFF else "Off",
         "Status": status_ok(),
         "Sensors": ctx.link("Chassis", CHASSIS_ID, "Sensors"),

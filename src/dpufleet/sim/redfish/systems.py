@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dpufleet.sim.bmc import BOOT_ENABLED, BOOT_TARGETS, CHASSIS_ID, MANAGER_ID, RESET_TYPES, SYSTEM_ID
-from dpufleet.sim.devices import PowerState
+from dpufleet.sim.devices import PowerState, SimDPU
 from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, check_id, collection, reject_unknown, status_ok
 from dpufleet.sim.redfish.logs import entries as log_entries_body
@@ -35,11 +35,7 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
         "@odata.type": odata_type("ComputerSystem"),
         "Id": SYSTEM_ID,
         "Name": f"{profile.model} Arm system",
-        "SystemType": "DPU",
-        "Manufacturer": profile.vendor,
-        "Model": profile.model,
-        "PartNumber": profile.part_number,
-        "SerialNumber": dpu.serial,
+        **_identity(dpu),
         "UUID": dpu.uuid,
         "HostName": dpu.hostname,
         "BiosVersion": dpu.firmware[uefi.id] if uefi else None,
@@ -53,8 +49,7 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
             "BootSourceOverrideMode": dpu.boot_override_mode,
             "HttpBootUri": dpu.http_boot_uri,
         },
-        "ProcessorSummary": {"Count": 1, "CoreCount": profile.cpu.cores, "Model": profile.cpu.model},
-        "MemorySummary": {"TotalSystemMemoryGiB": round(profile.memory.total_mib / 1024, 2)},
+        **_summaries(dpu),
         "Processors": ctx.link(*base, "Processors"),
         "Memory": ctx.link(*base, "Memory"),
         "EthernetInterfaces": ctx.link(*base, "EthernetInterfaces"),
@@ -70,6 +65,31 @@ def system(ctx: Ctx, params: dict[str, str]) -> Json:
                 "ResetType@Redfish.AllowableValues": list(RESET_TYPES),
             }
         },
+    }
+
+
+def _identity(dpu: SimDPU) -> Json:
+    """Who the system says it is; a BF-23.10-style BMC says "Physical" and leaves the rest to its chassis."""
+    profile = dpu.profile
+    if profile.redfish_style == "bf-23.10":
+        return {"SystemType": "Physical", "SerialNumber": ""}
+    return {
+        "SystemType": "DPU",
+        "Manufacturer": profile.vendor,
+        "Model": profile.model,
+        "PartNumber": profile.part_number,
+        "SerialNumber": dpu.serial,
+    }
+
+
+def _summaries(dpu: SimDPU) -> Json:
+    """Processor and memory summaries; a BF-23.10-style BMC reports zeros while the DPU runs."""
+    profile = dpu.profile
+    if profile.redfish_style == "bf-23.10":
+        return {"ProcessorSummary": {"Count": 0, "CoreCount": 0}, "MemorySummary": {"TotalSystemMemoryGiB": 0}}
+    return {
+        "ProcessorSummary": {"Count": 1, "CoreCount": profile.cpu.cores, "Model": profile.cpu.model},
+        "MemorySummary": {"TotalSystemMemoryGiB": round(profile.memory.total_mib / 1024, 2)},
     }
 
 
