@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,7 +220,8 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if waiting is None and to_place:
         request = request_of(name, spec)
         start = zlib.crc32(name.encode()) % len(snapshot.nodes) if snapshot.nodes else 0
-        placed = place(snapshot.nodes, request, to_place, start)
+        hosts = Counter(snapshot.by_name[d].host for d in kept if d in snapshot.by_name)
+        placed = place(snapshot.nodes, request, to_place, start, hosts)
         for node in placed.nodes:
             if commit_placement(store, project, node, request):
                 committed.append(node)

@@ -241,12 +241,16 @@ def take(node: Node, request: Request) -> None:
     node.services.add(request.service)
 
 
-def place(nodes: list[Node], request: Request, wanted: int, start: int = 0) -> Placed:
+def place(
+    nodes: list[Node], request: Request, wanted: int, start: int = 0, host_counts: Counter[str | None] | None = None
+) -> Placed:
     """Choose up to `wanted` DPUs for new instances of the service and take their resources in the snapshot.
 
     EveryDPU and DPUs modes examine every DPU; Replicas stops once it has enough candidates, starting at
-    `start` (a rotating offset, so successive services do not all crowd the first DPUs)."""
-    host_counts = host_counts_of(nodes, request.service) if request.max_per_host or request.replicas else Counter()
+    `start` (a rotating offset, so successive services do not all crowd the first DPUs). `host_counts`:
+    the service's instances per host, when the caller knows them (else counted over every DPU)."""
+    if host_counts is None:
+        host_counts = host_counts_of(nodes, request.service) if request.max_per_host or request.replicas else Counter()
     flt = Filter(request, host_counts)
     report = FitReport()
     chosen: list[Node] = []
