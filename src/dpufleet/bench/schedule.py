@@ -20,6 +20,7 @@ import tracemalloc
 from collections import Counter
 from dataclasses import dataclass
 
+from ..api.selectors import LabelSelector
 from ..services.scheduling import Node, Request, Resources, Shape, place
 from .harness import bench_console, result_table
 
@@ -96,7 +97,7 @@ def build_services(services: int) -> list[tuple[Request, int]]:
                 Request(
                     name,
                     Resources(250, 256),
-                    selector=(lambda labels, rack=rack: labels.get("rack") == rack) if i % 7 == 0 else None,
+                    selector=LabelSelector(matchLabels={"rack": rack}).matches if i % 7 == 0 else None,
                     accelerators=("crypto",) if i % 5 == 0 else (),
                     replicas=replicas,
                     max_per_host=1 if i % 3 == 0 else None,

@@ -118,6 +118,19 @@ class Node:
     def free(self) -> Resources:
         return self.allocatable - self.allocated
 
+    def shortage(self, wanted: Resources) -> str | None:
+        """`free.shortage(wanted)` without building `free` (the filter's hottest line)."""
+        alloc, used = self.allocatable, self.allocated
+        if wanted.cpu_millicores > alloc.cpu_millicores - used.cpu_millicores:
+            return NO_CPU
+        if wanted.memory_mib > alloc.memory_mib - used.memory_mib:
+            return NO_MEMORY
+        if wanted.hugepages_mib > alloc.hugepages_mib - used.hugepages_mib:
+            return NO_HUGEPAGES
+        if wanted.storage_mib > alloc.storage_mib - used.storage_mib:
+            return NO_STORAGE
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -219,7 +232,7 @@ class Filter:
             return DEPENDENCY
         if req.max_per_host is not None and node.host is not None and self.host_counts[node.host] >= req.max_per_host:
             return HOST_SPREAD
-        return node.free.shortage(req.resources)
+        return node.shortage(req.resources)
 
 
 def score(node: Node, host_counts: Counter[str | None]) -> float:
