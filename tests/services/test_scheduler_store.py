@@ -159,3 +159,26 @@ def test_validation_names_the_field(fleet: Store) -> None:
         )
     with pytest.raises(Invalid, match="replicas"):
         add_service(fleet, "bad2", {"mode": "Replicas"})
+
+
+def test_an_instance_on_a_deleted_dpu_is_placed_again(fleet: Store) -> None:
+    add_service(fleet, "svc", {"replicas": 1})
+    schedule_service(fleet, P, "svc")
+    first = fleet.get("DPUService", "svc", P)["status"]["instances"][0]["dpu"]
+    fleet.delete("DPU", first, P)
+    schedule_service(fleet, P, "svc")
+    status = fleet.get("DPUService", "svc", P)["status"]
+    assert status["scheduled"] == 1 and status["instances"][0]["dpu"] != first
+
+
+def test_kernel_modules_and_privileged_services_are_the_admin_only_sub_action() -> None:
+    from dpufleet.security.policy import SUBACTION_RULES, Role, SubAction, Verb, sensitive_actions
+
+    plain = {"spec": {"artifact": {"image": {"reference": "r@sha256:" + SHA}}, "privileged": False}}
+    module = {"spec": {"artifact": {"kernelModule": {"name": "m", "url": "https://x/m.ko", "sha256": SHA}}}}
+    assert sensitive_actions("DPUService", Verb.CREATE, None, plain) == []
+    assert sensitive_actions("DPUService", Verb.CREATE, None, module) == [SubAction.PRIVILEGED_SERVICE]
+    assert sensitive_actions("DPUService", Verb.PATCH, plain, {"spec": {**plain["spec"], "privileged": True}}) == [
+        SubAction.PRIVILEGED_SERVICE
+    ]
+    assert SUBACTION_RULES[SubAction.PRIVILEGED_SERVICE] == {Role.ADMIN}

@@ -181,11 +181,11 @@ class Outcome:
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
     """How many new instances to place, and which DPUs' instances to release."""
     placement = spec.placement
+    gone = [d for d in existing if d not in snapshot.by_name]  # the DPU was deleted: place it again
     if placement.mode == "Replicas":
         replicas = placement.replicas or 0
-        extra = existing[replicas:] if len(existing) > replicas else []
-        return max(0, replicas - len(existing)), extra
-    gone = [d for d in existing if d not in snapshot.by_name]
+        live = [d for d in existing if d in snapshot.by_name]
+        return max(0, replicas - len(live)), [*gone, *live[replicas:]]
     if placement.mode == "DPUs":
         listed = set(placement.dpus)
         unlisted = [d for d in existing if d not in listed]
