@@ -52,8 +52,10 @@ def service(name: str, placement: dict[str, Any], **spec: Any) -> dict[str, Any]
     }
 
 
-def wait_for(http: httpx.Client, name: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
+def wait_for(
+    http: httpx.Client, name: str, done: Callable[[dict[str, Any]], bool], within: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
     while True:
         doc: dict[str, Any] = http.get(f"{BASE}/dpuservices/{name}").json()
         if done(doc.get("status") or {}):
@@ -103,6 +105,13 @@ def test_services_are_placed_and_why_pending_is_shown(api: RunningServer, tmp_pa
         assert "dns" in listing and "huge" in listing
         described = cli(api, "describe", "dpuservice", "huge")
         assert "0/4 DPUs fit: 3 insufficient memory, 1 unschedulable" in described
+
+        # a DPU made schedulable again wakes the scheduler (well before its 30 s resync)
+        every = service("agent", {"mode": "EveryDPU"}, resources={"memoryMiB": 64})
+        assert http.post(f"{BASE}/dpuservices", json=every).status_code == 201
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 3)
+        assert http.patch(f"{BASE}/dpus/dpu-3", json={"spec": {"unschedulable": False}}, headers=headers).is_success
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 4, within=10)
 
         # a cycle is refused at the API, naming it
         assert http.post(

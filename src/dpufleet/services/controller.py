@@ -35,8 +35,9 @@ from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.kinds import DPUFlavorSpec, DPUServiceSpec
 from ..api.meta import Severity
 from ..runtime.conditions import set_condition
-from ..runtime.controller import DONE, Key, Reconciler, Result
+from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
 from ..runtime.status import mutate_status_sync
+from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
 from .scheduling import Node, Placed, Request, find_cycle, place
@@ -176,6 +177,7 @@ def mirror_dpu_status(store: Store, project: str, node: Node) -> None:
 @dataclass
 class Outcome:
     requeue_after: float | None = None
+    dependencies: frozenset[str] | None = None  # None: the service is gone
 
 
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
@@ -204,6 +206,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
                 mirror_dpu_status(store, project, snapshot.by_name[dpu])
         return Outcome()
     spec = DPUServiceSpec.model_validate(doc["spec"])
+    deps = frozenset(d.service for d in spec.dependsOn)
     generation = doc["metadata"].get("generation")
     status: dict[str, Any] = dict(doc.get("status") or {})
     existing = [dpu for dpu, _ in instances_of(snapshot, name)]
@@ -235,8 +238,9 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     except NotFound:
         return Outcome()
     if waiting is not None:
-        return Outcome(WAITING_RETRY)
-    return Outcome(PENDING_RETRY if pending or len(committed) < len(placed.nodes if placed else []) else None)
+        return Outcome(WAITING_RETRY, deps)
+    retry = pending or len(committed) < len(placed.nodes if placed else [])
+    return Outcome(PENDING_RETRY if retry else None, deps)
 
 
 def _desired(spec: DPUServiceSpec, scheduled: int, placed: Placed | None) -> int:
@@ -325,15 +329,58 @@ def _shape_status(
 
 
 class DPUServiceReconciler(Reconciler):
-    """One per kind: DPUService. Allocations are per DPU (DPUAllocation), written only by this."""
+    """One per kind: DPUService. Allocations are per DPU (DPUAllocation), written only by this.
+
+    Woken by its services' spec changes, by a change of what scheduling reads of a DPU (phase,
+    unschedulable, labels, capabilities, flavor: not every heartbeat), and by a status change of a
+    service others depend on; `min_interval` folds a burst of DPU changes into one visit per service."""
 
     kind = "DPUService"
-    resync = 30.0  # new or changed DPUs are found at the next visit (no wake per DPU status write)
+    resync = 30.0
+    min_interval = 1.0
     workers = 2
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._services: dict[str, dict[str, frozenset[str]]] = {}  # project -> service -> its dependencies
+        self._dpus: dict[tuple[str, str], tuple[object, ...]] = {}
+
+    def watches(self) -> dict[str, Mapper]:
+        return {"DPU": self._on_dpu, "DPUService": self._dependents}
+
+    def relisted(self) -> None:
+        self._dpus.clear()
+
+    def _on_dpu(self, change: Change) -> list[Key]:
+        key = (change.project, change.name)
+        if change.type == "DELETED":
+            self._dpus.pop(key, None)
+            return self._all(change.project)
+        doc = change.object()
+        status, spec = doc.get("status") or {}, doc.get("spec") or {}
+        state = (
+            status.get("phase"),
+            bool(spec.get("unschedulable")),
+            tuple(sorted(((doc.get("metadata") or {}).get("labels") or {}).items())),
+            repr(status.get("capabilities")),
+            status.get("appliedFlavor") or spec.get("flavor"),
+        )
+        before = self._dpus.get(key)
+        self._dpus[key] = state
+        return self._all(change.project) if before != state and (before is not None or change.type == "ADDED") else []
+
+    def _dependents(self, change: Change) -> list[Key]:
+        services = self._services.get(change.project) or {}
+        return [Key(change.project, name) for name, deps in services.items() if change.name in deps]
+
+    def _all(self, project: str) -> list[Key]:
+        return [Key(project, name) for name in self._services.get(project) or {}]
 
     async def reconcile(self, key: Key) -> Result:
         outcome = await asyncio.to_thread(schedule_service, self.store, key.project, key.name)
+        known = self._services.setdefault(key.project, {})
+        if outcome.dependencies is None:
+            known.pop(key.name, None)
+        else:
+            known[key.name] = outcome.dependencies
         return DONE if outcome.requeue_after is None else Result(requeue_after=outcome.requeue_after)
