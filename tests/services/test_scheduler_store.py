@@ -182,3 +182,26 @@ def test_kernel_modules_and_privileged_services_are_the_admin_only_sub_action() 
         SubAction.PRIVILEGED_SERVICE
     ]
     assert SUBACTION_RULES[SubAction.PRIVILEGED_SERVICE] == {Role.ADMIN}
+
+
+def test_many_schedulers_racing_over_a_full_fleet_never_overcommit(fleet: Store) -> None:
+    names = [f"s{i}" for i in range(12)]
+    for name in names:  # 12 x 3 instances of 4 GiB wanted; 4 DPUs of 16 GiB hold 16
+        add_service(fleet, name, {"replicas": 3}, resources={"memoryMiB": 4096})
+    barrier = threading.Barrier(4)
+
+    def run(mine: list[str]) -> None:
+        barrier.wait()
+        for name in mine:
+            schedule_service(fleet, P, name)
+
+    threads = [threading.Thread(target=run, args=(names[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert allocated_memory(fleet, f"dpu-{i}") <= 16 * 1024
+    scheduled = sum(fleet.get("DPUService", n, P)["status"]["scheduled"] for n in names)
+    records = sum(len(r["spec"]["instances"]) for r in fleet.list("DPUAllocation", P).items)
+    assert scheduled == records <= 16
