@@ -40,7 +40,7 @@ from ..runtime.status import mutate_status_sync
 from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
-from .scheduling import Node, Placed, Request, find_cycle, place
+from .scheduling import Node, Placed, Request, Shape, find_cycle, place
 from .snapshot import allocation_sum, node_of, request_of, resources_dict
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,11 @@ def read_snapshot(store: Store, project: str) -> Snapshot:
     }
     allocations = {a["spec"]["dpu"]: a for a in store.list("DPUAllocation", project).items}
     nodes: list[Node] = []
+    shapes: dict[Shape, Shape] = {}
     for dpu in store.list("DPU", project).items:
         status, spec = dpu.get("status") or {}, dpu.get("spec") or {}
         flavor = flavors.get(status.get("appliedFlavor") or spec.get("flavor") or "")
-        nodes.append(node_of(dpu, allocations.get(dpu["metadata"]["name"]), flavor))
+        nodes.append(node_of(dpu, allocations.get(dpu["metadata"]["name"]), flavor, shapes))
     nodes.sort(key=lambda n: n.name)
     services = {s["metadata"]["name"]: s for s in store.list("DPUService", project).items}
     return Snapshot(nodes, {n.name: n for n in nodes}, allocations, services, flavors)

@@ -48,6 +48,8 @@ NO_MEMORY = "insufficient memory"
 NO_HUGEPAGES = "insufficient hugepages"
 NO_STORAGE = "insufficient storage"
 
+_UNDECIDED = "?"  # a shape the filter has not decided yet
+
 # Candidates a Replicas search gathers per replica wanted before it stops (and at least this many).
 CANDIDATES_PER_REPLICA = 4
 MIN_CANDIDATES = 64
@@ -201,7 +203,7 @@ class Filter:
     def __init__(self, request: Request, host_counts: Counter[str | None]) -> None:
         self.request = request
         self.host_counts = host_counts
-        self._shapes: dict[Shape, str | None] = {}
+        self._shapes: dict[int, str | None] = {}
 
     def reason(self, node: Node) -> str | None:
         """The first rule `node` fails for the service, or None when it is a candidate."""
@@ -210,11 +212,10 @@ class Filter:
             return NOT_READY
         if node.unschedulable:
             return UNSCHEDULABLE
-        shape = node.shape
-        if shape in self._shapes:
-            bad = self._shapes[shape]
-        else:
-            bad = self._shapes[shape] = incompatibility(shape, req)
+        shape = node.shape  # keyed by identity: a snapshot shares one Shape among the DPUs that have it
+        bad = self._shapes.get(id(shape), _UNDECIDED)
+        if bad is _UNDECIDED:
+            bad = self._shapes[id(shape)] = incompatibility(shape, req)
         if bad is not None:
             return bad
         if req.dpus is not None and node.name not in req.dpus:
@@ -237,10 +238,9 @@ class Filter:
 
 def score(node: Node, host_counts: Counter[str | None]) -> float:
     """Higher is better: the least allocated DPU, then the host holding fewest of the service's instances."""
-    alloc = node.allocatable
-    free = node.free
-    cpu = free.cpu_millicores / alloc.cpu_millicores if alloc.cpu_millicores else 0.0
-    memory = free.memory_mib / alloc.memory_mib if alloc.memory_mib else 0.0
+    alloc, used = node.allocatable, node.allocated
+    cpu = 1 - used.cpu_millicores / alloc.cpu_millicores if alloc.cpu_millicores else 0.0
+    memory = 1 - used.memory_mib / alloc.memory_mib if alloc.memory_mib else 0.0
     return cpu + memory - (host_counts[node.host] if node.host is not None else 0)
 
 

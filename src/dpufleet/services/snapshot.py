@@ -86,13 +86,22 @@ def request_resources(doc: Mapping[str, Any]) -> Resources:
     )
 
 
-def node_of(dpu: Mapping[str, Any], allocation: Mapping[str, Any] | None, flavor: DPUFlavorSpec | None) -> Node:
+def node_of(
+    dpu: Mapping[str, Any],
+    allocation: Mapping[str, Any] | None,
+    flavor: DPUFlavorSpec | None,
+    shapes: dict[Shape, Shape] | None = None,
+) -> Node:
+    """`shapes` interns the shapes of one snapshot, so the filter decides compatibility once per shape."""
     meta, spec, status = dpu["metadata"], dpu.get("spec") or {}, dpu.get("status") or {}
+    shape = shape_of(status)
+    if shapes is not None:
+        shape = shapes.setdefault(shape, shape)
     instances = list(((allocation or {}).get("spec") or {}).get("instances") or [])
     return Node(
         name=meta["name"],
         host=status.get("host") or spec.get("hostRef"),
-        shape=shape_of(status),
+        shape=shape,
         labels=meta.get("labels") or {},
         allocatable=allocatable_of(status, flavor),
         allocated=allocation_sum(instances),
