@@ -50,6 +50,8 @@ from .provisioning.metrics import register_metrics as register_provisioning_metr
 from .runtime.controller import Controller, Reconciler
 from .runtime.metrics import register_metrics as register_runtime_metrics
 from .runtime.reaper import EventReaper
+from .services.admission import refuse_dependency_cycles
+from .services.controller import DPUServiceReconciler
 from .store.feed import ChangeFeed
 from .store.store import Store, default_sqlite_url
 from .tuning import tune_gc
@@ -73,6 +75,7 @@ class Services:
         self.inbox = inbox or Inbox()  # Redfish events BMCs pushed to this process's API server
         self.sessions = sessions or BMCSessions(store)  # one read of a BMC's credentials, one pooled client
         protect_serials(store)  # serials are fleet-unique, whichever process creates the DPU
+        refuse_dependency_cycles(store)  # a DPUService closing a dependsOn cycle is refused at admission
 
 
 R = TypeVar("R", bound=Reconciler)
@@ -119,6 +122,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     EventSubscriptionReconciler,
     PowerActionReconciler,
     UpdateRequestReconciler,
+    DPUServiceReconciler,
 ]
 
 

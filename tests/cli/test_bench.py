@@ -61,6 +61,14 @@ def test_bench_discovery_inventories_every_bmc() -> None:
     assert figures["machine"]["cpus"] >= 1 and len(figures["machine"]["load_average_before"]) == 1
 
 
+def test_bench_schedule_places_every_instance_that_fits_and_reports_its_rate() -> None:
+    figures = bench_json("schedule", "--dpus", "300", "--services", "60")
+    assert figures["dpus"] == 300 and figures["services"] == 60
+    assert figures["placements"] == figures["every_dpu_placements"] + figures["replica_placements"] > 0
+    assert figures["placements_per_second"] > 0 and figures["peak_rss_mib"] > 0
+    assert isinstance(figures["target_met"], bool)
+
+
 def test_bench_runs_n_times_and_summarises_the_runs() -> None:
     """`--runs 2 --json`: one object, the median, min, max and spread of every figure and each run's own."""
     figures = bench_json("discovery", "--bmcs", "2", "--latency", "0", "--timeout", "120", "--runs", "2")

@@ -295,6 +295,13 @@ def _event(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     )
 
 
+def _dpuservice(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
+    stored_as_written(op, doc)
+    seen = op.wait_object("dpuservices", doc["metadata"]["name"], lambda s: bool(s["status"].get("conditions")), SETTLE)
+    assert seen["status"]["desired"] == doc["spec"]["placement"]["replicas"]
+    assert seen["status"]["running"] == 0, "placed, not run: there is no service runtime on the DPUs yet"
+
+
 CHECKS: dict[str, Check] = {
     "Host": _stored,
     "BMC": _bmc,
@@ -310,6 +317,8 @@ CHECKS: dict[str, Check] = {
     "RemediationPolicy": _stored,
     "PowerAction": _poweraction,
     "UpdateRequest": _updaterequest,
+    "DPUService": _dpuservice,
+    "DPUAllocation": _stored,
 }
 
 

@@ -45,6 +45,10 @@ DOCS: dict[str, dict[str, Any]] = {
     "RemediationPolicy": {"spec": {"rules": [{"failureClass": "OSHang", "actions": [{"action": "reboot"}]}]}},
     "PowerAction": {"spec": {"target": {"kind": "DPU", "name": "dpu-x"}, "mode": "dpu-only"}},
     "UpdateRequest": {"spec": {"dpu": "dpu-x", "image": "img-x"}},
+    "DPUService": {
+        "spec": {"artifact": {"image": {"reference": f"repo/svc@sha256:{SHA}"}}, "placement": {"replicas": 1}}
+    },
+    "DPUAllocation": {"spec": {"dpu": "dpu-x"}},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
 counter = itertools.count()
@@ -153,6 +157,9 @@ def sub_action_request(admin: httpx.Client, sub: SubAction) -> tuple[str, str, A
     if sub == SubAction.BMC_CREDENTIAL_CHANGE:
         name, _ = seed(admin, "BMC")
         return "PATCH", url("BMC", name), {"spec": {"credentialsRef": "other"}}, "BMC:patch"
+    if sub == SubAction.PRIVILEGED_SERVICE:
+        name, _ = seed(admin, "DPUService")
+        return "PATCH", url("DPUService", name), {"spec": {"privileged": True}}, "DPUService:patch"
     if sub == SubAction.TOKEN_ADMIN:
         return "GET", "/auth/v1/tokens", None, ""
     if sub == SubAction.ROLE_ADMIN:

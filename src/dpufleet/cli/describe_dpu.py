@@ -20,6 +20,7 @@ SHOWN = (
     "capabilities",
     "remaining",
     "allocated",
+    "allocatable",
     "host",
     "bmc",
     "evidence",
@@ -161,6 +162,14 @@ def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
         remaining = status.get("remaining") or {}
         if remaining:
             field("Remaining", f"{remaining.get('cores')} cores, {remaining.get('memoryGiB')} GiB")
+        for label, key in (("Allocatable", "allocatable"), ("Allocated", "allocated")):
+            if isinstance(status.get(key), dict) and "cpuMillicores" in status[key]:
+                res = status[key]
+                field(
+                    label,
+                    f"{res['cpuMillicores']}m CPU, {res.get('memoryMiB', 0)} MiB, "
+                    f"{res.get('hugepagesMiB', 0)} MiB hugepages (DPU services)",
+                )
         accelerators = caps.get("accelerators") or []
         if accelerators:
             t = plain_table(["KIND", "NAME", "ALGORITHMS", "PERFORMANCE"])

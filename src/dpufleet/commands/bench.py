@@ -222,6 +222,25 @@ def api(
     )
 
 
+@bench_app.command("schedule")
+def schedule(
+    dpus: int = typer.Option(10_000, "--dpus", min=1, max=200_000, help="DPUs in the fleet snapshot"),
+    services: int = typer.Option(1_000, "--services", min=1, max=100_000, help="DPUServices to place"),
+    as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
+) -> None:
+    """Place M services' instances on N DPUs with the scheduler's core; prints placements per second and peak memory."""
+    from ..bench.schedule import TARGET_PER_SECOND, run_schedule_bench
+
+    run_bench(
+        "schedule",
+        lambda: run_schedule_bench(dpus, services, as_json=as_json),
+        as_json,
+        runs,
+        verdict=lambda median: median.get("placements_per_second", 0) >= TARGET_PER_SECOND,
+    )
+
+
 @bench_app.command("discovery")
 def discovery(
     bmcs: int = typer.Option(500, "--bmcs", min=1, max=5000, help="emulated BMCs (one DPU each)"),

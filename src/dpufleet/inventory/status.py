@@ -158,9 +158,12 @@ def apply_crawl(
     set_model_known(status, profile, system, generation)
     reserved = status.get("allocated") or {}
     cores = (caps.get("cpu") or {}).get("cores") or 0
+    # allocated is what DPU services take (services/ writes it in millicores and MiB)
+    used_cores = float(reserved.get("cpuMillicores", 0)) / 1000
+    used_gib = float(reserved.get("memoryMiB", 0)) / 1024
     status["remaining"] = {
-        "cores": max(0, cores - int(reserved.get("cores", 0))),
-        "memoryGiB": max(0.0, float(caps.get("memoryGiB") or 0) - float(reserved.get("memoryGiB", 0))),
+        "cores": max(0, cores - int(used_cores + 0.999)),
+        "memoryGiB": max(0.0, float(caps.get("memoryGiB") or 0) - used_gib),
     }
     set_condition(status, "Inventoried", True, "RedfishCrawled", f"through BMC {bmc}", generation=generation)
     if not status.get("phase"):

@@ -61,6 +61,7 @@ class SubAction(StrEnum):
     METRICS_READ = "metrics-read"
     AGENT_REPORT = "agent-report"
     ENROLLMENT_ADMIN = "enrollment-admin"
+    PRIVILEGED_SERVICE = "privileged-service"
 
 
 SUBACTION_DOC: dict[SubAction, str] = {
@@ -88,6 +89,8 @@ SUBACTION_DOC: dict[SubAction, str] = {
     "agents report over mTLS on the agent listener, where a certificate can speak only for its own device)",
     SubAction.ENROLLMENT_ADMIN: "issuing enrollment tokens, trusting vendor CAs for IDevID enrollment, "
     "revoking a device's certificates (/enroll/v1/*)",
+    SubAction.PRIVILEGED_SERVICE: "deploying a kernel module or a privileged DPUService (spec.artifact.kernelModule, "
+    "spec.privileged): a tenant may run services on a DPU it uses, never reprogram it",
 }
 
 READ = (Verb.GET, Verb.LIST, Verb.WATCH)
@@ -96,7 +99,7 @@ ALL_VERBS = tuple(Verb)
 A, OP, T, V, G, C = Role.ADMIN, Role.OPERATOR, Role.TENANT, Role.VIEWER, Role.AGENT, Role.CLOUD_SERVICE
 
 # Kinds a tenant or the cloud integration uses (they see them, and may change harmless fields of them).
-_USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project", "PowerAction")
+_USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project", "PowerAction", "DPUService")
 
 
 # Kinds only admins write: projects (who owns what) and publishers (whose signed images are trusted).
@@ -117,7 +120,7 @@ def _kind_rules() -> dict[str, dict[Verb, frozenset[Role]]]:
         if kind in ("DPU", "Host"):
             for verb in (Verb.UPDATE, Verb.PATCH):
                 per[verb] |= {T, C}
-        if kind == "DPUSet":
+        if kind in ("DPUSet", "DPUService"):
             for verb in WRITE:
                 per[verb].add(T)
         if kind == "PowerAction":  # a reset is asked for (create) and cleaned up (delete), never edited
@@ -151,6 +154,7 @@ SUBACTION_RULES: dict[SubAction, frozenset[Role]] = {
     SubAction.METRICS_READ: frozenset({A, OP, V}),
     SubAction.AGENT_REPORT: frozenset({A}),
     SubAction.ENROLLMENT_ADMIN: frozenset({A, OP}),
+    SubAction.PRIVILEGED_SERVICE: frozenset({A}),
 }
 
 # The tenant rule, stated once and checked by the tests against the table above.
@@ -161,6 +165,7 @@ TENANT_NEVER: frozenset[SubAction] = frozenset(
         SubAction.FPGA_PROGRAM,
         SubAction.BMC_CREDENTIAL_CHANGE,
         SubAction.CONSOLE_ACCESS,
+        SubAction.PRIVILEGED_SERVICE,
     }
 )
 assert not any(Role.TENANT in SUBACTION_RULES[s] for s in TENANT_NEVER), "the tenant rule is broken"
@@ -211,6 +216,10 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
         FieldRule(("spec", "verifyTLS"), SubAction.BMC_CREDENTIAL_CHANGE),
     ),
     "Discovery": (FieldRule(("spec", "credentialsRef"), SubAction.BMC_CREDENTIAL_CHANGE),),
+    "DPUService": (
+        FieldRule(("spec", "artifact", "kernelModule"), SubAction.PRIVILEGED_SERVICE),
+        FieldRule(("spec", "privileged"), SubAction.PRIVILEGED_SERVICE),
+    ),
 }
 # Every write of these kinds is the sub-action, whatever it changes.
 SENSITIVE_KINDS: dict[str, SubAction] = {
@@ -244,7 +253,8 @@ def sensitive_actions(
     if kind in SENSITIVE_KINDS:
         found.append(SENSITIVE_KINDS[kind])
     for rule in SENSITIVE_FIELDS.get(kind, ()):
-        if _at(current, rule.path) != _at(new, rule.path) and rule.action not in found:
+        # an empty or false value is no value: a default `privileged: false` sets nothing
+        if (_at(current, rule.path) or None) != (_at(new, rule.path) or None) and rule.action not in found:
             found.append(rule.action)
     return found
 

@@ -77,6 +77,8 @@ DeleteGuard = Callable[[Connection, dict[str, Any]], None]
 # Called inside a create's transaction with the new object and the objects created before it in the
 # same transaction (a group commit's batch); refuses by raising (a second DPU for a serial).
 CreateGuard = Callable[[Connection, dict[str, Any], list[dict[str, Any]]], None]
+# Refuses a spec (on create and on every spec change) by raising; sees the transaction's connection.
+SpecGuard = Callable[[Connection, dict[str, Any]], None]
 
 
 def _spec_part(doc: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +104,7 @@ class Store(StoreReads):
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._delete_guards: dict[str, list[DeleteGuard]] = {}
         self._create_guards: dict[str, list[CreateGuard]] = {}
+        self._spec_guards: dict[str, list[SpecGuard]] = {}
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._writer: Connection | None = None  # SQLite: the one write connection, opened at the first write
         self._create_group: GroupCommit[dict[str, Any], dict[str, Any]] = GroupCommit(self.create_many)
@@ -163,9 +166,18 @@ class Store(StoreReads):
         if guard not in guards:
             guards.append(guard)
 
+    def add_spec_guard(self, kind: str, guard: SpecGuard) -> None:
+        """Refuse creates and spec changes of `kind` the guard raises for, inside the write's transaction
+        (a rule across objects, such as no dependency cycle among services; once per guard)."""
+        guards = self._spec_guards.setdefault(_kind(kind).kind, [])
+        if guard not in guards:
+            guards.append(guard)
+
     def _guard_create(self, conn: Connection, obj: dict[str, Any], batch: builtins.list[dict[str, Any]]) -> None:
         for guard in self._create_guards.get(obj["kind"], ()):
             guard(conn, obj, batch)
+        for spec_guard in self._spec_guards.get(obj["kind"], ()):
+            spec_guard(conn, obj)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store operation from a coroutine, the way this database wants it.
@@ -407,6 +419,15 @@ class Store(StoreReads):
             found.update((kind, project, row[0]) for row in rows)
         return found
 
+    @staticmethod
+    def objects_in(conn: Connection, kind: str | KindInfo, project: str) -> builtins.list[dict[str, Any]]:
+        """Every object of a kind in a project, read in the caller's transaction (for a guard)."""
+        info = _kind(kind)
+        rows = conn.execute(
+            select(objects.c.data).where(objects.c.kind == info.kind, objects.c.project == project)
+        ).all()
+        return [orjson.loads(row[0]) for row in rows]
+
     def create(
         self, doc: dict[str, Any], *, keep_status: bool = False, hook: WriteHook | None = None
     ) -> dict[str, Any]:
@@ -490,6 +511,8 @@ class Store(StoreReads):
                 raise Invalid(f"metadata.finalizers: cannot add {sorted(added)} while the object is deleting")
         if _spec_part(obj) != _spec_part(current):
             meta["generation"] = int(cur_meta.get("generation") or 1) + 1
+            for spec_guard in self._spec_guards.get(info.kind, ()):
+                spec_guard(conn, obj)
         if info.has_status:
             obj["status"] = current.get("status", {})
         if obj == current:

@@ -252,7 +252,10 @@ class DPUStatus(Status):
     )
     firmware: list[FirmwareComponent] = Field(default_factory=list)
     capabilities: dict[str, Any] = Field(default_factory=dict)
-    allocated: dict[str, Any] = Field(default_factory=dict)
+    allocatable: dict[str, Any] = Field(
+        default_factory=dict, description="capacity minus the flavor's reservation (the scheduler writes it)"
+    )
+    allocated: dict[str, Any] = Field(default_factory=dict, description="what placed service instances take")
     remaining: dict[str, Any] = Field(default_factory=dict)
     updateHistory: list[dict[str, Any]] = Field(
         default_factory=list, description="component version changes: time, component, from, to, source"

@@ -1,0 +1,290 @@
+"""Services on DPUs: DPUService (what to run, where, with what) and DPUAllocation (what a DPU holds).
+
+A DPUService names its artifact, its configuration apart from the artifact, the resources of one
+instance, which DPUs it is compatible with and how its instances are placed. The scheduler
+(`services/`) places instances onto DPUs and records each placement in the DPU's DPUAllocation (one
+per DPU, named after it): the record is written with its resourceVersion as precondition, so two
+schedulers never both take the last of a DPU's memory. An instance is *Scheduled* once its
+allocation is committed; nothing runs it yet (the DPU's service runtime is another piece of work),
+so no instance is reported Running.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..meta import Name, Status, Strict
+from ..selectors import LabelSelector
+from .base import Resource
+from .images import ConfigFile
+from .registry import Column, KindInfo, register
+
+_DIGEST = r"sha256:[0-9a-f]{64}"
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@" + _DIGEST + "$")
+_SHA256 = r"^[0-9a-f]{64}$"
+_URL = r"^(https?|oci)://\S+$"
+
+# --- artifact --------------------------------------------------------------------------------------------------
+
+
+class OCIImage(Strict):
+    """An OCI image in the image repository, named by digest (a tag could change under the service)."""
+
+    reference: str = Field(description="registry/repository@sha256:<64 hex>")
+
+    @field_validator("reference")
+    @classmethod
+    def _by_digest(cls, value: str) -> str:
+        if not _IMAGE_BY_DIGEST.match(value):
+            raise ValueError(f"{value!r} must name the image by digest: <repository>@sha256:<64 hex digits>")
+        return value
+
+
+class DigestedURL(Strict):
+    """An artifact fetched by URL (mirrored), checked against its sha256 before use."""
+
+    url: str = Field(pattern=_URL)
+    sha256: str = Field(pattern=_SHA256)
+
+
+class KernelModule(DigestedURL):
+    """A kernel module (admin-only: a tenant uses a DPU, it never reprograms it)."""
+
+    name: Name
+    needsReboot: bool = False
+
+
+class Artifact(Strict):
+    """Exactly one of: an OCI image by digest, an OCI archive, a native process bundle, a kernel module."""
+
+    image: OCIImage | None = None
+    ociArchive: DigestedURL | None = None
+    bundle: DigestedURL | None = None
+    kernelModule: KernelModule | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Artifact:
+        given = [name for name in ("image", "ociArchive", "bundle", "kernelModule") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"exactly one of image, ociArchive, bundle, kernelModule must be given (got {given or 'none'})"
+            )
+        return self
+
+
+class ServiceConfig(Strict):
+    """Configuration kept apart from the artifact: a config change does not change what is pulled."""
+
+    files: list[ConfigFile] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)
+
+
+# --- resources, compatibility, placement ------------------------------------------------------------------------
+
+
+class ServiceResources(Strict):
+    """What one instance takes from its DPU. Accelerators are named as in the DPU's capabilities."""
+
+    cpuMillicores: int = Field(default=100, ge=1, le=1_000_000)
+    memoryMiB: int = Field(default=64, ge=1)
+    hugepagesMiB: int = Field(default=0, ge=0)
+    storageMiB: int = Field(default=0, ge=0)
+    accelerators: list[str] = Field(default_factory=list, description="kinds or names, e.g. crypto, regex")
+
+
+class ServiceCompatibility(Strict):
+    """Which DPUs can run it. Patterns are shell-style (`MBF2H*`); an empty list allows any."""
+
+    vendors: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    partNumbers: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(
+        default_factory=list, description="capability keys the DPU must report (e.g. maxVFs, os)"
+    )
+
+
+PlacementMode = Literal["EveryDPU", "Replicas", "DPUs"]
+
+
+class Placement(Strict):
+    """EveryDPU: one instance on each matching DPU (a DaemonSet). Replicas: N instances on distinct DPUs,
+    spread across hosts (at most maxPerHost on one host). DPUs: one on each DPU listed."""
+
+    mode: PlacementMode = "Replicas"
+    replicas: int | None = Field(default=None, ge=0, le=100_000)
+    dpus: list[Name] = Field(default_factory=list)
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    maxPerHost: int | None = Field(default=None, ge=1, description="Replicas: at most this many on one host")
+    affinity: list[Name] = Field(default_factory=list, description="only on DPUs that hold these services")
+    antiAffinity: list[Name] = Field(default_factory=list, description="never on a DPU that holds these services")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Placement:
+        if self.mode == "Replicas" and self.replicas is None:
+            raise ValueError("replicas: required when mode is Replicas")
+        if self.mode != "Replicas" and self.replicas is not None:
+            raise ValueError(f"replicas: only with mode Replicas (mode is {self.mode})")
+        if self.mode == "DPUs" and not self.dpus:
+            raise ValueError("dpus: list the DPUs when mode is DPUs")
+        if self.mode != "DPUs" and self.dpus:
+            raise ValueError(f"dpus: only with mode DPUs (mode is {self.mode})")
+        return self
+
+
+class Dependency(Strict):
+    """A service that must be scheduled first: on the same DPU (SameDPU) or anywhere in the fleet."""
+
+    service: Name
+    scope: Literal["SameDPU", "Anywhere"] = "SameDPU"
+
+
+# --- probes (fields only: the DPU's runtime will run them) --------------------------------------------------
+
+
+class HTTPProbe(Strict):
+    path: str = Field(default="/", pattern=r"^/")
+    port: int = Field(ge=1, le=65535)
+
+
+class TCPProbe(Strict):
+    port: int = Field(ge=1, le=65535)
+
+
+class Probe(Strict):
+    exec: list[str] | None = Field(default=None, min_length=1)
+    http: HTTPProbe | None = None
+    tcp: TCPProbe | None = None
+    periodSeconds: int = Field(default=10, ge=1)
+    timeoutSeconds: int = Field(default=1, ge=1)
+    failureThreshold: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Probe:
+        given = [name for name in ("exec", "http", "tcp") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of exec, http, tcp must be given (got {given or 'none'})")
+        return self
+
+
+class Probes(Strict):
+    liveness: Probe | None = None
+    readiness: Probe | None = None
+
+
+# --- DPUService ---------------------------------------------------------------------------------------------
+
+
+class DPUServiceSpec(Strict):
+    artifact: Artifact
+    config: ServiceConfig = Field(default_factory=ServiceConfig)
+    resources: ServiceResources = Field(default_factory=ServiceResources)
+    compatibility: ServiceCompatibility = Field(default_factory=ServiceCompatibility)
+    placement: Placement
+    dependsOn: list[Dependency] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=0, le=1_000_000, description="higher is placed first")
+    restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
+    privileged: bool = Field(default=False, description="admin-only: host networking, all capabilities")
+    probes: Probes = Field(default_factory=Probes)
+
+    @field_validator("dependsOn")
+    @classmethod
+    def _distinct(cls, deps: list[Dependency]) -> list[Dependency]:
+        names = [d.service for d in deps]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once")
+        return deps
+
+
+class InstanceStatus(Strict):
+    """One instance as the scheduler sees it: where it is and why it is where it is (or nowhere)."""
+
+    name: str
+    dpu: Name | None = None
+    host: str | None = None
+    phase: Literal["Pending", "Scheduled"] = "Pending"
+
+
+class DPUServiceStatus(Status):
+    desired: int = 0
+    scheduled: int = 0
+    running: int = Field(default=0, description="always 0 until the DPU's service runtime runs instances")
+    ready: int = 0
+    instances: list[InstanceStatus] = Field(default_factory=list)
+    pendingReason: str | None = Field(
+        default=None, description="why instances are pending, in numbers: '0/1,000 DPUs fit: ...'"
+    )
+
+
+class DPUService(Resource):
+    kind: Literal["DPUService"] = "DPUService"
+    spec: DPUServiceSpec
+    status: DPUServiceStatus = Field(default_factory=DPUServiceStatus)
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> DPUService:
+        name = self.metadata.name
+        if any(d.service == name for d in self.spec.dependsOn):
+            raise ValueError(f"spec.dependsOn: service {name!r} cannot depend on itself")
+        return self
+
+
+register(
+    KindInfo(
+        "DPUService",
+        "dpuservices",
+        DPUService,
+        ("dpuservice", "dsvc", "svc"),
+        (
+            Column("MODE", "spec.placement.mode"),
+            Column("DESIRED", "status.desired"),
+            Column("SCHEDULED", "status.scheduled"),
+            Column("RUNNING", "status.running"),
+            Column("READY", "status.ready"),
+            Column("PENDING-REASON", "status.pendingReason", wide_only=True),
+        ),
+    )
+)
+
+
+# --- DPUAllocation -----------------------------------------------------------------------------------------
+
+
+class Allocation(Strict):
+    """One placed instance and what it takes from the DPU."""
+
+    service: Name
+    instance: str
+    cpuMillicores: int = Field(ge=0)
+    memoryMiB: int = Field(ge=0)
+    hugepagesMiB: int = Field(default=0, ge=0)
+    storageMiB: int = Field(default=0, ge=0)
+    accelerators: list[str] = Field(default_factory=list)
+
+
+class DPUAllocationSpec(Strict):
+    """The instances placed on one DPU; written only with its resourceVersion as precondition."""
+
+    dpu: Name
+    instances: list[Allocation] = Field(default_factory=list)
+
+
+class DPUAllocation(Resource):
+    kind: Literal["DPUAllocation"] = "DPUAllocation"
+    spec: DPUAllocationSpec
+    status: Status = Field(default_factory=Status)
+
+
+register(
+    KindInfo(
+        "DPUAllocation",
+        "dpuallocations",
+        DPUAllocation,
+        ("dpuallocation", "alloc"),
+        (Column("DPU", "spec.dpu"), Column("INSTANCES", "spec.instances[*].instance")),
+    )
+)

@@ -1,0 +1,387 @@
+"""DPUService controller: places a service's instances on DPUs and keeps its status.
+
+One visit of a service (`schedule_service`, blocking, run in a thread):
+
+1. read the project's DPUs, their DPUAllocations and flavors, and the other services (the snapshot,
+   `services/snapshot.py`);
+2. work out how many instances are missing (EveryDPU: every DPU that fits; Replicas: N; DPUs: the
+   listed ones) and release the ones no longer wanted (fewer replicas, a DPU no longer listed, the
+   service deleted);
+3. let the pure core (`services/scheduling.py`) choose DPUs, then commit each placement to the DPU's
+   DPUAllocation with that record's resourceVersion as precondition, checking the fit again against
+   the record as it is: a concurrent scheduler that took the DPU first makes the write fail
+   (Conflict) and the record is read and checked again, so a DPU is never overcommitted;
+4. mirror the DPU's `status.allocatable` and `status.allocated`, and write the service's status:
+   desired / scheduled / running / ready, the instances, and for pending ones the reason in numbers.
+
+Ordering: an instance that depends on a service on the same DPU goes only where that service is
+already scheduled; a dependency `Anywhere` must have a scheduled instance first. Services wait
+(requeued) until then. Priority orders a batch (the bench places higher priority first); a visit
+places one service, and nothing is preempted yet. Instances are *Scheduled*, never Running: no
+runtime on the DPU starts them yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.errors import AlreadyExists, Conflict, NotFound
+from ..api.kinds import DPUFlavorSpec, DPUServiceSpec
+from ..api.meta import Severity
+from ..runtime.conditions import set_condition
+from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
+from ..runtime.status import mutate_status_sync
+from ..store.reads import Change
+from ..store.store import Store
+from .admission import dependency_graph
+from .scheduling import Node, Placed, Request, Shape, find_cycle, place
+from .snapshot import allocation_sum, node_of, request_of, resources_dict
+
+log = logging.getLogger(__name__)
+PENDING_RETRY = 5.0  # a service with pending instances looks again this often
+WAITING_RETRY = 2.0  # one waiting for a dependency
+CAS_ATTEMPTS = 8
+
+
+@dataclass
+class Snapshot:
+    """A project's fleet as one visit sees it."""
+
+    nodes: list[Node]
+    by_name: dict[str, Node]
+    allocations: dict[str, dict[str, Any]]  # DPU name -> DPUAllocation document
+    services: dict[str, dict[str, Any]]
+    flavors: dict[str, DPUFlavorSpec] = field(default_factory=dict)
+
+
+def read_snapshot(store: Store, project: str) -> Snapshot:
+    flavors = {
+        f["metadata"]["name"]: DPUFlavorSpec.model_validate(f.get("spec") or {})
+        for f in store.list("DPUFlavor", project).items
+    }
+    allocations = {a["spec"]["dpu"]: a for a in store.list("DPUAllocation", project).items}
+    nodes: list[Node] = []
+    shapes: dict[Shape, Shape] = {}
+    for dpu in store.list("DPU", project).items:
+        status, spec = dpu.get("status") or {}, dpu.get("spec") or {}
+        flavor = flavors.get(status.get("appliedFlavor") or spec.get("flavor") or "")
+        nodes.append(node_of(dpu, allocations.get(dpu["metadata"]["name"]), flavor, shapes))
+    nodes.sort(key=lambda n: n.name)
+    services = {s["metadata"]["name"]: s for s in store.list("DPUService", project).items}
+    return Snapshot(nodes, {n.name: n for n in nodes}, allocations, services, flavors)
+
+
+def instances_of(snapshot: Snapshot, service: str) -> list[tuple[str, dict[str, Any]]]:
+    """(DPU, allocation) of every instance of the service, in DPU order."""
+    found = []
+    for dpu in sorted(snapshot.allocations):
+        for inst in snapshot.allocations[dpu]["spec"].get("instances") or []:
+            if inst["service"] == service:
+                found.append((dpu, inst))
+    return found
+
+
+# --- the DPU's allocation record, written by compare-and-swap --------------------------------------------------
+
+
+def _allocation_doc(project: str, dpu: str, instances: list[dict[str, Any]], rv: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": dpu, "project": project}
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    return {"kind": "DPUAllocation", "metadata": meta, "spec": {"dpu": dpu, "instances": instances}}
+
+
+def commit_placement(store: Store, project: str, node: Node, request: Request) -> bool:
+    """Add one instance to the DPU's allocation record unless the record, as stored, leaves no room.
+
+    The write carries the record's resourceVersion (or is a create): if another scheduler wrote it
+    since it was read, the write fails and the fit is checked again on the record as it now is."""
+    instance = {
+        "service": request.service,
+        "instance": f"{request.service}/{node.name}",
+        "cpuMillicores": request.resources.cpu_millicores,
+        "memoryMiB": request.resources.memory_mib,
+        "hugepagesMiB": request.resources.hugepages_mib,
+        "storageMiB": request.resources.storage_mib,
+        "accelerators": list(request.accelerators),
+    }
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            current = store.get("DPUAllocation", node.name, project)
+        except NotFound:
+            current = None
+        instances = list((current or {}).get("spec", {}).get("instances") or [])
+        if any(i["service"] == request.service for i in instances):
+            return False  # another scheduler placed this service here already
+        if (node.allocatable - allocation_sum(instances)).shortage(request.resources) is not None:
+            return False  # what the DPU has left no longer fits it
+        doc = _allocation_doc(
+            project,
+            node.name,
+            [*instances, instance],
+            None if current is None else current["metadata"]["resourceVersion"],
+        )
+        try:
+            if current is None:
+                store.create(doc)
+            else:
+                store.update(doc)
+        except (Conflict, AlreadyExists):
+            continue
+        return True
+    return False
+
+
+def release(store: Store, project: str, dpu: str, service: str) -> None:
+    """Remove the service's instance from the DPU's allocation record (compare-and-swap as well)."""
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            current = store.get("DPUAllocation", dpu, project)
+        except NotFound:
+            return
+        instances = [i for i in current["spec"].get("instances") or [] if i["service"] != service]
+        if len(instances) == len(current["spec"].get("instances") or []):
+            return
+        try:
+            store.update(_allocation_doc(project, dpu, instances, current["metadata"]["resourceVersion"]))
+        except Conflict:
+            continue
+        return
+    raise Conflict(f"dpuallocation {dpu!r} kept changing while releasing {service!r}")
+
+
+def mirror_dpu_status(store: Store, project: str, node: Node) -> None:
+    """DPU status.allocatable and status.allocated, from the record (what `dpufleet describe dpu` shows)."""
+    try:
+        record = store.get("DPUAllocation", node.name, project)
+        instances = record["spec"].get("instances") or []
+    except NotFound:
+        instances = []
+    allocatable, allocated = resources_dict(node.allocatable), resources_dict(allocation_sum(instances))
+
+    def mutate(status: dict[str, Any]) -> None:
+        status["allocatable"], status["allocated"] = allocatable, allocated
+
+    with contextlib.suppress(NotFound):  # the DPU was deleted meanwhile
+        mutate_status_sync(store, "DPU", node.name, mutate, project)
+
+
+# --- one visit ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    requeue_after: float | None = None
+    dependencies: frozenset[str] | None = None  # None: the service is gone
+
+
+def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
+    """How many new instances to place, and which DPUs' instances to release."""
+    placement = spec.placement
+    gone = [d for d in existing if d not in snapshot.by_name]  # the DPU was deleted: place it again
+    if placement.mode == "Replicas":
+        replicas = placement.replicas or 0
+        live = [d for d in existing if d in snapshot.by_name]
+        return max(0, replicas - len(live)), [*gone, *live[replicas:]]
+    if placement.mode == "DPUs":
+        listed = set(placement.dpus)
+        unlisted = [d for d in existing if d not in listed]
+        return len(listed - set(existing)), sorted({*gone, *unlisted})
+    return len(snapshot.nodes), gone  # EveryDPU: every DPU that fits
+
+
+def schedule_service(store: Store, project: str, name: str) -> Outcome:
+    """One visit of a service (see the module doc). Blocking: run it in a thread."""
+    snapshot = read_snapshot(store, project)
+    doc = snapshot.services.get(name)
+    if doc is None or doc["metadata"].get("deletionTimestamp"):
+        for dpu, _ in instances_of(snapshot, name):
+            release(store, project, dpu, name)
+            if dpu in snapshot.by_name:
+                mirror_dpu_status(store, project, snapshot.by_name[dpu])
+        return Outcome()
+    spec = DPUServiceSpec.model_validate(doc["spec"])
+    deps = frozenset(d.service for d in spec.dependsOn)
+    generation = doc["metadata"].get("generation")
+    status: dict[str, Any] = dict(doc.get("status") or {})
+    existing = [dpu for dpu, _ in instances_of(snapshot, name)]
+    to_place, to_release = _wanted(spec, snapshot, existing)
+    for dpu in to_release:
+        release(store, project, dpu, name)
+        if dpu in snapshot.by_name:
+            mirror_dpu_status(store, project, snapshot.by_name[dpu])
+    kept = [d for d in existing if d not in to_release]
+
+    waiting = _blocked(name, spec, snapshot)
+    placed: Placed | None = None
+    committed: list[Node] = []
+    if waiting is None and to_place:
+        request = request_of(name, spec)
+        start = zlib.crc32(name.encode()) % len(snapshot.nodes) if snapshot.nodes else 0
+        hosts = Counter(snapshot.by_name[d].host for d in kept if d in snapshot.by_name)
+        placed = place(snapshot.nodes, request, to_place, start, hosts)
+        for node in placed.nodes:
+            if commit_placement(store, project, node, request):
+                committed.append(node)
+                mirror_dpu_status(store, project, node)
+    scheduled = sorted([*kept, *(n.name for n in committed)])
+    desired = _desired(spec, len(scheduled), placed)
+    pending = max(0, desired - len(scheduled))
+    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation)
+    try:
+        store.update_status("DPUService", name, status, project)
+    except NotFound:
+        return Outcome()
+    if waiting is not None:
+        return Outcome(WAITING_RETRY, deps)
+    retry = pending or len(committed) < len(placed.nodes if placed else [])
+    return Outcome(PENDING_RETRY if retry else None, deps)
+
+
+def _desired(spec: DPUServiceSpec, scheduled: int, placed: Placed | None) -> int:
+    placement = spec.placement
+    if placement.mode == "Replicas":
+        return placement.replicas or 0
+    if placement.mode == "DPUs":
+        return len(placement.dpus)
+    return scheduled + (0 if placed is None else max(0, placed.fits - len(placed.nodes)))
+
+
+def _blocked(name: str, spec: DPUServiceSpec, snapshot: Snapshot) -> tuple[str, str] | None:
+    """(reason, message) when the service may not be placed yet: a cycle, or a dependency not scheduled."""
+    cycle = find_cycle(dependency_graph(list(snapshot.services.values())))
+    if cycle is not None and name in cycle:
+        return "DependencyCycle", f"dependency cycle {' -> '.join(cycle)}"
+    for dep in spec.dependsOn:
+        if dep.service not in snapshot.services:
+            return "WaitingForDependency", f"depends on service {dep.service!r}, which does not exist"
+        if dep.scope == "Anywhere" and not instances_of(snapshot, dep.service):
+            return "WaitingForDependency", f"depends on service {dep.service!r}, which has no scheduled instance"
+        if dep.scope == "SameDPU" and not instances_of(snapshot, dep.service):
+            return (
+                "WaitingForDependency",
+                f"depends on service {dep.service!r} on the same DPU; it is scheduled nowhere",
+            )
+    return None
+
+
+def _shape_status(
+    status: dict[str, Any],
+    snapshot: Snapshot,
+    name: str,
+    scheduled: list[str],
+    desired: int,
+    pending: int,
+    placed: Placed | None,
+    waiting: tuple[str, str] | None,
+    generation: int | None,
+) -> None:
+    instances = [
+        {
+            "name": f"{name}/{dpu}",
+            "dpu": dpu,
+            "host": snapshot.by_name[dpu].host if dpu in snapshot.by_name else None,
+            "phase": "Scheduled",
+        }
+        for dpu in scheduled
+    ]
+    instances += [{"name": f"{name}/pending-{i}", "phase": "Pending"} for i in range(pending)]
+    status.update(
+        desired=desired,
+        scheduled=len(scheduled),
+        running=0,
+        ready=0,
+        instances=instances,
+        observedGeneration=generation,
+    )
+    fleet = len(snapshot.nodes)
+    if waiting is not None:
+        reason, message = waiting
+        status["pendingReason"] = message
+        set_condition(status, "Scheduled", False, reason, message, severity=Severity.WARNING, generation=generation)
+    elif pending:
+        fits = placed.fits if placed is not None else 0
+        message = placed.report.message(fits, fleet) if placed is not None else f"0/{fleet:,} DPUs fit"
+        status["pendingReason"] = message
+        set_condition(
+            status, "Scheduled", False, "Unschedulable", message, severity=Severity.WARNING, generation=generation
+        )
+    else:
+        status["pendingReason"] = None
+        set_condition(
+            status, "Scheduled", True, "AllScheduled", f"{len(scheduled)} instance(s) scheduled", generation=generation
+        )
+    set_condition(
+        status,
+        "Running",
+        False,
+        "NoRuntime",
+        "instances are placed but not run: the DPU service runtime is not there yet",
+        severity=Severity.INFO,
+        generation=generation,
+    )
+    status["phase"] = "Pending" if pending or waiting else "Scheduled"
+
+
+class DPUServiceReconciler(Reconciler):
+    """One per kind: DPUService. Allocations are per DPU (DPUAllocation), written only by this.
+
+    Woken by its services' spec changes, by a change of what scheduling reads of a DPU (phase,
+    unschedulable, labels, capabilities, flavor: not every heartbeat), and by a status change of a
+    service others depend on; `min_interval` folds a burst of DPU changes into one visit per service."""
+
+    kind = "DPUService"
+    resync = 30.0
+    min_interval = 1.0
+    workers = 2
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._services: dict[str, dict[str, frozenset[str]]] = {}  # project -> service -> its dependencies
+        self._dpus: dict[tuple[str, str], tuple[object, ...]] = {}
+
+    def watches(self) -> dict[str, Mapper]:
+        return {"DPU": self._on_dpu, "DPUService": self._dependents}
+
+    def relisted(self) -> None:
+        self._dpus.clear()
+
+    def _on_dpu(self, change: Change) -> list[Key]:
+        key = (change.project, change.name)
+        if change.type == "DELETED":
+            self._dpus.pop(key, None)
+            return self._all(change.project)
+        doc = change.object()
+        status, spec = doc.get("status") or {}, doc.get("spec") or {}
+        state = (
+            status.get("phase"),
+            bool(spec.get("unschedulable")),
+            tuple(sorted(((doc.get("metadata") or {}).get("labels") or {}).items())),
+            repr(status.get("capabilities")),
+            status.get("appliedFlavor") or spec.get("flavor"),
+        )
+        before = self._dpus.get(key)
+        self._dpus[key] = state
+        return self._all(change.project) if before != state and (before is not None or change.type == "ADDED") else []
+
+    def _dependents(self, change: Change) -> list[Key]:
+        services = self._services.get(change.project) or {}
+        return [Key(change.project, name) for name, deps in services.items() if change.name in deps]
+
+    def _all(self, project: str) -> list[Key]:
+        return [Key(project, name) for name in self._services.get(project) or {}]
+
+    async def reconcile(self, key: Key) -> Result:
+        outcome = await asyncio.to_thread(schedule_service, self.store, key.project, key.name)
+        known = self._services.setdefault(key.project, {})
+        if outcome.dependencies is None:
+            known.pop(key.name, None)
+        else:
+            known[key.name] = outcome.dependencies
+        return DONE if outcome.requeue_after is None else Result(requeue_after=outcome.requeue_after)

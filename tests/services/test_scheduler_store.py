@@ -1,0 +1,207 @@
+"""The scheduler against the store: placements persisted per DPU, never an overcommit even with two
+schedulers at once, dependencies honoured, cycles refused at admission, deletes release."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from dpufleet.api.errors import Invalid
+from dpufleet.plane import Services
+from dpufleet.services.controller import schedule_service
+from dpufleet.store.store import Store
+
+P = "default"
+SHA = "a" * 64
+
+
+def add_dpu(store: Store, name: str, *, host: str, cores: int = 8, memory_gib: float = 16, **spec: Any) -> None:
+    store.create({"kind": "DPU", "metadata": {"name": name, "labels": {"rack": "r1"}}, "spec": spec})
+    store.update_status(
+        "DPU",
+        name,
+        {
+            "phase": "Ready",
+            "host": host,
+            "vendor": "NVIDIA",
+            "model": "BlueField-3",
+            "partNumber": "900-9D3B6-00CV-AA0",
+            "capabilities": {"cpu": {"cores": cores}, "memoryGiB": memory_gib},
+        },
+    )
+
+
+def add_service(store: Store, name: str, placement: dict[str, Any], **spec: Any) -> None:
+    store.create(
+        {
+            "kind": "DPUService",
+            "metadata": {"name": name},
+            "spec": {
+                "artifact": {"image": {"reference": f"repo/{name}@sha256:{SHA}"}},
+                "placement": placement,
+                **spec,
+            },
+        }
+    )
+
+
+def allocated_memory(store: Store, dpu: str) -> int:
+    record = store.get("DPUAllocation", dpu, P)
+    return sum(i["memoryMiB"] for i in record["spec"]["instances"])
+
+
+@pytest.fixture
+def fleet(store: Store) -> Store:
+    Services(store)  # the admission guards a control plane installs
+    for i in range(4):
+        add_dpu(store, f"dpu-{i}", host=f"host-{i // 2}")
+    return store
+
+
+def test_replicas_are_persisted_with_their_allocation_and_mirrored_on_the_dpu(fleet: Store) -> None:
+    add_service(fleet, "dns", {"replicas": 2, "maxPerHost": 1}, resources={"cpuMillicores": 500, "memoryMiB": 256})
+    schedule_service(fleet, P, "dns")
+    status = fleet.get("DPUService", "dns", P)["status"]
+    assert (status["desired"], status["scheduled"], status["running"]) == (2, 2, 0)
+    hosts = {i["host"] for i in status["instances"]}
+    assert hosts == {"host-0", "host-1"}  # spread across hosts
+    dpu = fleet.get("DPU", status["instances"][0]["dpu"], P)["status"]
+    assert dpu["allocated"]["memoryMiB"] == 256 and dpu["allocatable"]["cpuMillicores"] == 8000
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Scheduled": "True", "Running": "False"}
+
+
+def test_flavor_reservation_lowers_allocatable(fleet: Store) -> None:
+    fleet.create({"kind": "DPUFlavor", "metadata": {"name": "reserved"}, "spec": {"reservedResources": {"cpus": 6}}})
+    add_dpu(fleet, "dpu-f", host="host-f", flavor="reserved")
+    add_service(fleet, "big", {"mode": "DPUs", "dpus": ["dpu-f"]}, resources={"cpuMillicores": 3000})
+    schedule_service(fleet, P, "big")
+    status = fleet.get("DPUService", "big", P)["status"]
+    assert status["scheduled"] == 0
+    assert status["pendingReason"] == "0/5 DPUs fit: 4 not listed, 1 insufficient cpu"
+
+
+def test_pending_reason_in_numbers_and_unschedulable_dpus(fleet: Store) -> None:
+    for i in range(4):
+        fleet.patch("DPU", f"dpu-{i}", {"spec": {"unschedulable": True}}, P)
+    add_service(fleet, "svc", {"replicas": 1})
+    schedule_service(fleet, P, "svc")
+    status = fleet.get("DPUService", "svc", P)["status"]
+    assert status["pendingReason"] == "0/4 DPUs fit: 4 unschedulable"
+    assert status["instances"] == [{"name": "svc/pending-0", "phase": "Pending"}]
+
+
+def test_two_concurrent_schedulers_never_overcommit_a_dpu(store: Store) -> None:
+    Services(store)
+    add_dpu(store, "dpu-only", host="h", cores=8, memory_gib=1)  # room for one 600 MiB instance
+    for name in ("a", "b"):
+        add_service(store, name, {"replicas": 1}, resources={"memoryMiB": 600})
+    barrier = threading.Barrier(2)
+
+    def run(name: str) -> None:
+        barrier.wait()
+        schedule_service(store, P, name)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allocated_memory(store, "dpu-only") == 600
+    scheduled = [store.get("DPUService", n, P)["status"]["scheduled"] for n in ("a", "b")]
+    assert sorted(scheduled) == [0, 1]
+
+
+def test_same_dpu_dependency_waits_then_follows(fleet: Store) -> None:
+    add_service(fleet, "ovs", {"mode": "DPUs", "dpus": ["dpu-1"]})
+    add_service(fleet, "firewall", {"mode": "EveryDPU"}, dependsOn=[{"service": "ovs"}])
+    outcome = schedule_service(fleet, P, "firewall")
+    status = fleet.get("DPUService", "firewall", P)["status"]
+    assert outcome.requeue_after and status["scheduled"] == 0
+    assert "'ovs'" in status["pendingReason"]
+    schedule_service(fleet, P, "ovs")
+    schedule_service(fleet, P, "firewall")
+    status = fleet.get("DPUService", "firewall", P)["status"]
+    assert [i["dpu"] for i in status["instances"]] == ["dpu-1"]
+
+
+def test_a_dependency_cycle_is_refused_at_admission_naming_it(fleet: Store) -> None:
+    add_service(fleet, "a", {"replicas": 1}, dependsOn=[{"service": "b"}])
+    add_service(fleet, "b", {"replicas": 1}, dependsOn=[{"service": "c"}])
+    with pytest.raises(Invalid, match="dependency cycle a -> b -> c -> a"):
+        add_service(fleet, "c", {"replicas": 1}, dependsOn=[{"service": "a"}])
+    add_service(fleet, "c", {"replicas": 1})
+    with pytest.raises(Invalid, match="cycle"):
+        fleet.patch("DPUService", "c", {"spec": {"dependsOn": [{"service": "a"}]}}, P)
+
+
+def test_scale_down_and_delete_release_allocations(fleet: Store) -> None:
+    add_service(fleet, "svc", {"replicas": 3}, resources={"memoryMiB": 100})
+    schedule_service(fleet, P, "svc")
+    fleet.patch("DPUService", "svc", {"spec": {"placement": {"replicas": 1}}}, P)
+    schedule_service(fleet, P, "svc")
+    records = fleet.list("DPUAllocation", P).items
+    assert sum(len(r["spec"]["instances"]) for r in records) == 1
+    fleet.delete("DPUService", "svc", P)
+    schedule_service(fleet, P, "svc")
+    assert all(not r["spec"]["instances"] for r in fleet.list("DPUAllocation", P).items)
+
+
+def test_validation_names_the_field(fleet: Store) -> None:
+    with pytest.raises(Invalid, match="reference"):
+        fleet.create(
+            {
+                "kind": "DPUService",
+                "metadata": {"name": "bad"},
+                "spec": {"artifact": {"image": {"reference": "repo/x:latest"}}, "placement": {"replicas": 1}},
+            }
+        )
+    with pytest.raises(Invalid, match="replicas"):
+        add_service(fleet, "bad2", {"mode": "Replicas"})
+
+
+def test_an_instance_on_a_deleted_dpu_is_placed_again(fleet: Store) -> None:
+    add_service(fleet, "svc", {"replicas": 1})
+    schedule_service(fleet, P, "svc")
+    first = fleet.get("DPUService", "svc", P)["status"]["instances"][0]["dpu"]
+    fleet.delete("DPU", first, P)
+    schedule_service(fleet, P, "svc")
+    status = fleet.get("DPUService", "svc", P)["status"]
+    assert status["scheduled"] == 1 and status["instances"][0]["dpu"] != first
+
+
+def test_kernel_modules_and_privileged_services_are_the_admin_only_sub_action() -> None:
+    from dpufleet.security.policy import SUBACTION_RULES, Role, SubAction, Verb, sensitive_actions
+
+    plain = {"spec": {"artifact": {"image": {"reference": "r@sha256:" + SHA}}, "privileged": False}}
+    module = {"spec": {"artifact": {"kernelModule": {"name": "m", "url": "https://x/m.ko", "sha256": SHA}}}}
+    assert sensitive_actions("DPUService", Verb.CREATE, None, plain) == []
+    assert sensitive_actions("DPUService", Verb.CREATE, None, module) == [SubAction.PRIVILEGED_SERVICE]
+    assert sensitive_actions("DPUService", Verb.PATCH, plain, {"spec": {**plain["spec"], "privileged": True}}) == [
+        SubAction.PRIVILEGED_SERVICE
+    ]
+    assert SUBACTION_RULES[SubAction.PRIVILEGED_SERVICE] == {Role.ADMIN}
+
+
+def test_many_schedulers_racing_over_a_full_fleet_never_overcommit(fleet: Store) -> None:
+    names = [f"s{i}" for i in range(12)]
+    for name in names:  # 12 x 3 instances of 4 GiB wanted; 4 DPUs of 16 GiB hold 16
+        add_service(fleet, name, {"replicas": 3}, resources={"memoryMiB": 4096})
+    barrier = threading.Barrier(4)
+
+    def run(mine: list[str]) -> None:
+        barrier.wait()
+        for name in mine:
+            schedule_service(fleet, P, name)
+
+    threads = [threading.Thread(target=run, args=(names[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert allocated_memory(fleet, f"dpu-{i}") <= 16 * 1024
+    scheduled = sum(fleet.get("DPUService", n, P)["status"]["scheduled"] for n in names)
+    records = sum(len(r["spec"]["instances"]) for r in fleet.list("DPUAllocation", P).items)
+    assert scheduled == records <= 16

@@ -1,0 +1,128 @@
+"""The scheduler's rules, on the pure core: given a snapshot of DPUs, where does a service go, and
+when it goes nowhere, why (in numbers)."""
+
+from __future__ import annotations
+
+from dpufleet.services.scheduling import (
+    Node,
+    Request,
+    Resources,
+    Shape,
+    find_cycle,
+    place,
+)
+
+BF3 = Shape("NVIDIA", "BlueField-3", "900-9D3B6-00CV-AA0", frozenset({"cpu", "memoryGiB", "os"}), frozenset({"crypto"}))
+IPU = Shape("Intel", "IPU E2100", "E2100-CCQDA2", frozenset({"cpu", "memoryGiB"}), frozenset())
+BIG = Resources(16_000, 32_768)
+
+
+def node(name: str, shape: Shape = BF3, host: str | None = None, **kw: object) -> Node:
+    return Node(
+        name=name,
+        host=host or f"host-{name}",
+        shape=shape,
+        labels=kw.pop("labels", {}),
+        allocatable=kw.pop("allocatable", BIG),
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def req(service: str = "svc", cpu: int = 1000, mem: int = 1024, **kw: object) -> Request:
+    return Request(service=service, resources=Resources(cpu, mem), **kw)  # type: ignore[arg-type]
+
+
+def test_replicas_go_to_distinct_dpus_least_allocated_first() -> None:
+    nodes = [node("a", allocated=Resources(8000, 0)), node("b"), node("c")]
+    placed = place(nodes, req(replicas=2), 2)
+    assert sorted(n.name for n in placed.nodes) == ["b", "c"]
+    assert nodes[1].allocated == Resources(1000, 1024) and "svc" in nodes[1].services
+
+
+def test_resources_never_overcommit_and_the_reason_is_counted() -> None:
+    nodes = [node("a", allocatable=Resources(2000, 512)), node("b", allocatable=Resources(500, 8192))]
+    placed = place(nodes, req(replicas=2), 2)
+    assert placed.nodes == []
+    assert placed.report.message(0, 2) == "0/2 DPUs fit: 1 insufficient memory, 1 insufficient cpu"
+
+
+def test_compatibility_by_vendor_part_number_pattern_capability_and_accelerator() -> None:
+    nodes = [node("bf", BF3), node("ipu", IPU)]
+    assert [n.name for n in place(nodes, req("v", vendors=("NVIDIA",), every=True), 9).nodes] == ["bf"]
+    nodes = [node("bf", BF3), node("ipu", IPU)]
+    assert [n.name for n in place(nodes, req("p", part_numbers=("E2100-*",), every=True), 9).nodes] == ["ipu"]
+    nodes = [node("bf", BF3), node("ipu", IPU)]
+    placed = place(nodes, req("c", accelerators=("crypto",), capabilities=("os",), every=True), 9)
+    assert [n.name for n in placed.nodes] == ["bf"]
+    assert placed.report.reasons == {"missing capability": 1}
+
+
+def test_specific_dpus_only() -> None:
+    nodes = [node("a"), node("b"), node("c")]
+    placed = place(nodes, req(dpus=frozenset({"b"})), 1)
+    assert [n.name for n in placed.nodes] == ["b"]
+    assert placed.report.reasons == {"not listed": 2}
+
+
+def test_label_selector() -> None:
+    nodes = [node("a", labels={"zone": "z1"}), node("b", labels={"zone": "z2"})]
+    placed = place(nodes, req(selector=lambda labels: labels.get("zone") == "z2", every=True), 2)
+    assert [n.name for n in placed.nodes] == ["b"]
+
+
+def test_unschedulable_and_not_ready_dpus_get_nothing() -> None:
+    nodes = [node("a", unschedulable=True), node("b", ready=False), node("c")]
+    placed = place(nodes, req(every=True), 3)
+    assert [n.name for n in placed.nodes] == ["c"]
+    assert placed.report.reasons == {"unschedulable": 1, "not Ready": 1}
+
+
+def test_spread_across_hosts_with_max_per_host() -> None:
+    nodes = [node("a1", host="h1"), node("a2", host="h1"), node("b1", host="h2"), node("b2", host="h2")]
+    placed = place(nodes, req(replicas=2, max_per_host=1), 2)
+    assert sorted(n.host or "" for n in placed.nodes) == ["h1", "h2"]
+    third = place(nodes, req(replicas=3, max_per_host=1), 1)
+    assert third.nodes == [] and third.report.reasons["host spread"] == 2
+
+
+def test_spread_prefers_a_new_host_even_without_a_cap() -> None:
+    nodes = [node("a1", host="h1"), node("a2", host="h1"), node("b1", host="h2")]
+    placed = place(nodes, req(replicas=2), 2)
+    assert sorted(n.host or "" for n in placed.nodes) == ["h1", "h2"]
+
+
+def test_anti_affinity_and_affinity() -> None:
+    nodes = [node("a", services={"noisy"}), node("b")]
+    assert [n.name for n in place(nodes, req(anti_affinity=("noisy",), every=True), 2).nodes] == ["b"]
+    nodes = [node("a", services={"cache"}), node("b")]
+    placed = place(nodes, req(affinity=("cache",), every=True), 2)
+    assert [n.name for n in placed.nodes] == ["a"] and placed.report.reasons == {"affinity not met": 1}
+
+
+def test_same_dpu_dependency_goes_only_where_the_dependency_is_scheduled() -> None:
+    nodes = [node("a", services={"ovs"}), node("b")]
+    placed = place(nodes, req("firewall", same_dpu_dependencies=("ovs",), every=True), 2)
+    assert [n.name for n in placed.nodes] == ["a"]
+    assert placed.report.reasons == {"dependency not scheduled there": 1}
+
+
+def test_a_dpu_holds_one_instance_of_a_service() -> None:
+    nodes = [node("a", services={"svc"})]
+    assert place(nodes, req(replicas=1), 1).report.reasons == {"already holds the service": 1}
+
+
+def test_why_pending_in_numbers_over_a_thousand_dpus() -> None:
+    nodes = (
+        [node(f"ipu-{i}", IPU) for i in range(612)]
+        + [node(f"small-{i}", allocatable=Resources(16_000, 512)) for i in range(301)]
+        + [node(f"cordoned-{i}", unschedulable=True) for i in range(87)]
+    )
+    placed = place(nodes, req(part_numbers=("900-9D3B6-*",), replicas=1), 1)
+    assert placed.report.message(placed.fits, len(nodes)) == (
+        "0/1,000 DPUs fit: 612 incompatible part number, 301 insufficient memory, 87 unschedulable"
+    )
+
+
+def test_cycles_are_found_and_named() -> None:
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": ["b"], "b": [], "c": ["a"]}) is None

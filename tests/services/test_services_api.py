@@ -1,0 +1,121 @@
+"""Given the real API server with its controllers and four Ready DPUs on two hosts, when a user
+applies DPUServices, then the scheduler places them, `dpufleet get`/`describe` show where and why
+not, and a dependency cycle is refused at the API naming the cycle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dpufleet.main import app
+from support.server import RunningServer, threaded_server
+
+BASE = "/apis/dpufleet.io/v1alpha1/projects/default"
+SHA = "c" * 64
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[RunningServer]:
+    with threaded_server(tmp_path / "data") as running:
+        yield running
+
+
+def add_dpu(http: httpx.Client, name: str, host: str, memory_gib: float = 16) -> None:
+    assert http.post(f"{BASE}/dpus", json={"kind": "DPU", "metadata": {"name": name}}).status_code == 201
+    status = {
+        "status": {
+            "phase": "Ready",
+            "host": host,
+            "vendor": "NVIDIA",
+            "model": "BlueField-3",
+            "partNumber": "900-9D3B6-00CV-AA0",
+            "capabilities": {"cpu": {"cores": 16}, "memoryGiB": memory_gib},
+        }
+    }
+    headers = {"Content-Type": "application/merge-patch+json"}
+    assert http.patch(f"{BASE}/dpus/{name}/status", json=status, headers=headers).status_code == 200
+
+
+def service(name: str, placement: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "dpufleet.io/v1alpha1",
+        "kind": "DPUService",
+        "metadata": {"name": name},
+        "spec": {"artifact": {"image": {"reference": f"repo/{name}@sha256:{SHA}"}}, "placement": placement, **spec},
+    }
+
+
+def wait_for(
+    http: httpx.Client, name: str, done: Callable[[dict[str, Any]], bool], within: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        doc: dict[str, Any] = http.get(f"{BASE}/dpuservices/{name}").json()
+        if done(doc.get("status") or {}):
+            return doc
+        assert time.monotonic() < deadline, f"dpuservice {name} did not get there: {doc.get('status')}"
+        time.sleep(0.1)
+
+
+def cli(api: RunningServer, *args: str) -> str:
+    env = {"DPUFLEET_SERVER": api.url, "DPUFLEET_TOKEN": api.token, "DPUFLEET_PROJECT": "", "COLUMNS": "200"}
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_services_are_placed_and_why_pending_is_shown(api: RunningServer, tmp_path: Path) -> None:
+    with api.client() as http:
+        for i in range(4):
+            add_dpu(http, f"dpu-{i}", host=f"host-{i // 2}", memory_gib=16 if i else 0.5)
+        headers = {"Content-Type": "application/merge-patch+json"}
+        assert http.patch(f"{BASE}/dpus/dpu-3", json={"spec": {"unschedulable": True}}, headers=headers).is_success
+
+        manifest = tmp_path / "services.yaml"
+        manifest.write_text(
+            yaml.safe_dump_all(
+                [
+                    service("dns", {"replicas": 2, "maxPerHost": 1}, resources={"memoryMiB": 256}),
+                    service("huge", {"replicas": 1}, resources={"memoryMiB": 20_000}, priority=5),
+                ]
+            )
+        )
+        assert "dpuservice/dns created" in cli(api, "apply", "-f", str(manifest))
+
+        dns = wait_for(http, "dns", lambda s: s.get("scheduled") == 2)
+        placed = {i["dpu"]: i["host"] for i in dns["status"]["instances"]}
+        assert len(set(placed.values())) == 2, placed  # spread over both hosts
+        assert "dpu-3" not in placed  # unschedulable
+        record = http.get(f"{BASE}/dpuallocations/{next(iter(placed))}").json()
+        assert [i["service"] for i in record["spec"]["instances"]] == ["dns"]
+        dpu = http.get(f"{BASE}/dpus/{next(iter(placed))}").json()
+        assert dpu["status"]["allocated"]["memoryMiB"] == 256
+
+        huge = wait_for(http, "huge", lambda s: bool(s.get("pendingReason")))
+        assert huge["status"]["pendingReason"] == "0/4 DPUs fit: 3 insufficient memory, 1 unschedulable"
+        assert huge["status"]["instances"] == [{"name": "huge/pending-0", "phase": "Pending"}]
+        listing = cli(api, "get", "dpuservices")
+        assert "dns" in listing and "huge" in listing
+        described = cli(api, "describe", "dpuservice", "huge")
+        assert "0/4 DPUs fit: 3 insufficient memory, 1 unschedulable" in described
+
+        # a DPU made schedulable again wakes the scheduler (well before its 30 s resync)
+        every = service("agent", {"mode": "EveryDPU"}, resources={"memoryMiB": 64})
+        assert http.post(f"{BASE}/dpuservices", json=every).status_code == 201
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 3)
+        assert http.patch(f"{BASE}/dpus/dpu-3", json={"spec": {"unschedulable": False}}, headers=headers).is_success
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 4, within=10)
+
+        # a cycle is refused at the API, naming it
+        assert http.post(
+            f"{BASE}/dpuservices", json=service("a", {"replicas": 1}, dependsOn=[{"service": "b"}])
+        ).is_success
+        refused = http.post(f"{BASE}/dpuservices", json=service("b", {"replicas": 1}, dependsOn=[{"service": "a"}]))
+        assert refused.status_code == 422 and "dependency cycle a -> b -> a" in refused.json()["message"]
