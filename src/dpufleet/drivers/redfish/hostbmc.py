@@ -1,0 +1,107 @@
+"""A host's own BMC over Redfish: power, restarts, boot override and hardware info of its ComputerSystem.
+
+The Redfish implementation of drivers/hostpower.py's interface, so the power-action controller drives
+a real server through its BMC (Host.spec.bmcRef) the way it drives a DPU's. Redfish has no boot count,
+so a reset is seen as taken by the system leaving PowerState On (or BootProgress leaving OSRunning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..hostpower import HostPowerError, HostPowerInterface, HostPowerState
+from .client import RedfishClient, RedfishError
+from .power import RedfishPower
+
+BOOT_ENABLED = ("Once", "Continuous", "Disabled")
+
+
+@dataclass(frozen=True)
+class HostHardware:
+    """What the host's BMC reports of its hardware; None where it reports nothing (zero is not a fact)."""
+
+    serial_number: str | None
+    cpu_model: str | None
+    cpu_count: int | None
+    memory_gib: float | None
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def hardware_of(system: dict[str, Any]) -> HostHardware:
+    processors = system.get("ProcessorSummary") or {}
+    count = _positive(processors.get("Count"))
+    return HostHardware(
+        serial_number=_text(system.get("SerialNumber")),
+        cpu_model=_text(processors.get("Model")),
+        cpu_count=int(count) if count is not None else None,
+        memory_gib=_positive((system.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")),
+    )
+
+
+class RedfishHostPower(HostPowerInterface):
+    def __init__(self, client: RedfishClient, system: str) -> None:
+        self.client = client
+        self.system = system  # the host system's @odata.id
+        self._power = RedfishPower(client, system)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _get(self) -> dict[str, Any]:
+        try:
+            return await self.client.get(self.system)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def validate(self) -> None:
+        await self._get()
+
+    async def state(self) -> HostPowerState:
+        body = await self._get()
+        power = str(body.get("PowerState", "Unknown"))
+        progress = (body.get("BootProgress") or {}).get("LastState")
+        running = progress == "OSRunning" if progress else power == "On"
+        return HostPowerState(power_state=power, running=running, boot_count=0)
+
+    async def get_power_state(self) -> str:
+        return (await self.state()).power_state
+
+    async def reset(self, reset_type: str) -> None:
+        try:
+            await self._power.reset(reset_type)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def set_boot_override(self, target: str, enabled: str = "Once") -> None:
+        """Boot the host from `target` (Pxe, Hdd, Cd, UefiHttp...) once or until told otherwise."""
+        if enabled not in BOOT_ENABLED:
+            raise HostPowerError(f"BootSourceOverrideEnabled {enabled!r}: expected one of {', '.join(BOOT_ENABLED)}")
+        boot = (await self._get()).get("Boot") or {}
+        allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
+        if allowed and target not in allowed:
+            raise HostPowerError(f"boot target {target!r} is not supported here; the BMC allows {', '.join(allowed)}")
+        body = {"Boot": {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}}
+        try:
+            await self.client.patch(self.system, body)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def boot_override(self) -> tuple[str, str]:
+        boot = (await self._get()).get("Boot") or {}
+        return str(boot.get("BootSourceOverrideTarget", "None")), str(boot.get("BootSourceOverrideEnabled", "Disabled"))
+
+    async def hardware(self) -> HostHardware:
+        return hardware_of(await self._get())
