@@ -51,14 +51,30 @@ def hardware_of(system: dict[str, Any]) -> HostHardware:
     )
 
 
+async def find_host_system(client: RedfishClient) -> str:
+    """The @odata.id of the host's ComputerSystem: the first system that is not a DPU's."""
+    try:
+        root = await client.lasting("/redfish/v1")
+        link = client.link(root, "Systems")
+        systems = await client.members(link) if link else []
+    except RedfishError as exc:
+        raise HostPowerError(str(exc)) from None
+    for system in systems:
+        if str(system.get("SystemType", "")).upper() != "DPU":
+            return str(system["@odata.id"])
+    raise HostPowerError(f"{client.base_url}: the BMC lists no host system (only DPUs, or none)")
+
+
 class RedfishHostPower(HostPowerInterface):
-    def __init__(self, client: RedfishClient, system: str) -> None:
+    def __init__(self, client: RedfishClient, system: str, *, owns_client: bool = True) -> None:
         self.client = client
         self.system = system  # the host system's @odata.id
         self._power = RedfishPower(client, system)
+        self._owns_client = owns_client  # a pooled client (drivers/redfish/pool.py) is closed by its pool
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._owns_client:
+            await self.client.aclose()
 
     async def _get(self) -> dict[str, Any]:
         try:
