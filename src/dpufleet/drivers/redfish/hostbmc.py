@@ -8,6 +8,7 @@ so a reset is seen as taken by the system leaving PowerState On (or BootProgress
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..hostpower import HostPowerError, HostPowerInterface, HostPowerState
@@ -38,6 +39,14 @@ def _positive(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number > 0 else None
+
+
+def _boot_mark(progress: dict[str, Any]) -> int:
+    """Redfish has no boot count: the time of the last boot-progress change (ms), which grows with each boot."""
+    try:
+        return int(datetime.fromisoformat(str(progress.get("LastStateTime"))).timestamp() * 1000)
+    except ValueError:
+        return 0
 
 
 def hardware_of(system: dict[str, Any]) -> HostHardware:
@@ -88,9 +97,10 @@ class RedfishHostPower(HostPowerInterface):
     async def state(self) -> HostPowerState:
         body = await self._get()
         power = str(body.get("PowerState", "Unknown"))
-        progress = (body.get("BootProgress") or {}).get("LastState")
-        running = progress == "OSRunning" if progress else power == "On"
-        return HostPowerState(power_state=power, running=running, boot_count=0)
+        progress = body.get("BootProgress") or {}
+        last = progress.get("LastState")
+        running = last == "OSRunning" if last else power == "On"
+        return HostPowerState(power_state=power, running=running, boot_count=_boot_mark(progress))
 
     async def get_power_state(self) -> str:
         return (await self.state()).power_state
