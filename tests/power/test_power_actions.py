@@ -244,3 +244,12 @@ def test_host_whose_bmc_has_no_credential_fails_naming_the_field(http: httpx.Cli
     assert status["phase"] == "Failed"
     assert status["reason"] == "CredentialsMissing"
     assert "spec.credentialsRef" in status["message"]
+
+
+def test_host_still_pointing_at_sim_v1_is_told_to_use_its_bmc(http: httpx.Client, site: SimRunning) -> None:
+    spec = {"powerURL": f"{site.control_url}/sim/v1/hosts/{site.fleet.hosts[0].id}"}
+    assert create(http, "hosts", {"kind": "Host", "metadata": {"name": "old-host"}, "spec": spec}).status_code == 201
+    status = finished(http, reset(http, "Host", "old-host", "host-only"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "HostPowerMigrate"
+    assert "spec.bmcRef" in status["message"]

@@ -416,6 +416,13 @@ class PowerActionReconciler(Reconciler):
         url = spec.get("powerURL")
         if not url:
             raise ActionFailed("HostPowerNotConfigured", f"host power driver not configured: host {name!r}")
+        if "/sim/v1/" in url:
+            raise ActionFailed(
+                "HostPowerMigrate",
+                f"host {name!r} spec.powerURL points at the emulator's control API ({url}), which no longer "
+                "powers hosts: point spec.bmcRef at a BMC object for the host's BMC (the emulator serves one "
+                "per host at /hostbmc/<host-id>) and remove spec.powerURL",
+            )
         token = None
         if spec.get("powerCredentialsRef"):
             token = (await self._credential(spec["powerCredentialsRef"], project))[1]
