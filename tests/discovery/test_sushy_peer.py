@@ -22,7 +22,9 @@ import httpx
 import pytest
 
 from dpufleet.drivers.discovery.scan import ProbeOutcome, probe
+from dpufleet.drivers.hostpower import HostPowerError
 from dpufleet.drivers.redfish.client import AuthenticationFailed, Credentials, RedfishClient
+from dpufleet.drivers.redfish.hostbmc import RedfishHostPower
 from dpufleet.drivers.redfish.inventory import crawl
 from dpufleet.drivers.redfish.power import RedfishPower
 from dpufleet.inventory.recognition import recognize
@@ -169,5 +171,65 @@ def test_wrong_password_is_an_authentication_failure(sushy: Sushy) -> None:
             assert root["RedfishVersion"]
             with pytest.raises(AuthenticationFailed):
                 await crawl(rf, root)
+
+    asyncio.run(run())
+
+
+def host_bmc(rf: RedfishClient, index: int = 0) -> RedfishHostPower:
+    return RedfishHostPower(rf, f"/redfish/v1/Systems/{SYSTEMS[index]['uuid']}")
+
+
+def test_sushy_as_a_host_bmc_powers_the_host_off_and_on(sushy: Sushy) -> None:
+    async def wait_power(host: RedfishHostPower, state: str) -> None:
+        for _ in range(100):  # bounded: 100 reads, 0.05 s apart
+            if (await host.state()).power_state == state:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"PowerState never became {state}")
+
+    async def run() -> None:
+        async with client(sushy) as rf:
+            host = host_bmc(rf, 1)
+            await host.validate()
+            await host.reset("On")
+            await wait_power(host, "On")
+            assert (await host.state()).running
+            await host.reset("ForceRestart")
+            await wait_power(host, "On")
+            await host.reset("ForceOff")
+            await wait_power(host, "Off")
+            assert not (await host.state()).running
+
+    asyncio.run(run())
+
+
+def test_sushy_as_a_host_bmc_refuses_a_reset_type_it_does_not_allow(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with client(sushy) as rf:
+            with pytest.raises(HostPowerError, match="not supported here"):
+                await host_bmc(rf).reset("NoSuchReset")
+
+    asyncio.run(run())
+
+
+def test_sushy_as_a_host_bmc_takes_a_boot_override(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with client(sushy) as rf:
+            host = host_bmc(rf)
+            await host.set_boot_override("Pxe", "Once")
+            assert (await host.boot_override())[0] == "Pxe"
+            await host.set_boot_override("Hdd", "Continuous")
+            assert await host.boot_override() == ("Hdd", "Continuous")
+
+    asyncio.run(run())
+
+
+def test_sushy_as_a_host_bmc_reports_hardware_with_unknown_for_zero(sushy: Sushy) -> None:
+    async def run() -> None:
+        async with client(sushy) as rf:
+            hardware = await host_bmc(rf).hardware()
+        assert hardware.cpu_count is None or hardware.cpu_count > 0
+        assert hardware.memory_gib is None or hardware.memory_gib > 0
+        assert hardware.serial_number is None or hardware.serial_number == hardware.serial_number.strip()
 
     asyncio.run(run())

@@ -213,12 +213,12 @@ def test_a_pushed_event_reaches_the_health_controller_and_host_power_cycle_is_co
     sim = fleet.sim(3)
     name, host, bmc = f"dpu-{sim.serial.lower()}", fleet.host_name(sim), fleet.bmc_name(sim)
     _subscribed(fleet, bmc)
-    # the host's power driver: the emulator's host power endpoint, its bearer token in a Credential
-    fleet.op.credential("sim-host-power", "sim", fleet.running.control_token)
-    power = {
-        "powerURL": f"{fleet.running.control_url}/sim/v1/hosts/{sim.host_id}",
-        "powerCredentialsRef": "sim-host-power",
-    }
+    # the host's power driver: the host's own emulated BMC, over Redfish
+    fleet.op.credential("sim-host-bmc", fleet.running.username, fleet.running.password)
+    bmc_spec = {"address": fleet.running.host_bmcs[sim.host_id], "credentialsRef": "sim-host-bmc"}
+    bmc_doc = {"kind": "BMC", "metadata": {"name": f"{sim.host_id}-hostbmc"}, "spec": bmc_spec}
+    assert fleet.op.http.post(fleet.op.path("bmcs"), json=bmc_doc).status_code == 201
+    power = {"bmcRef": f"{sim.host_id}-hostbmc"}
     resp = fleet.op.http.patch(
         fleet.op.path("hosts", host), json={"spec": power}, headers={"Content-Type": "application/merge-patch+json"}
     )

@@ -77,13 +77,9 @@ def wait_for(what: str, fetch: Callable[[], Any], done: Callable[[Any], bool], t
 
 @pytest.fixture(scope="module")
 def site(http: httpx.Client, fleet: SimRunning) -> SimRunning:
-    """The fleet discovered; one Host object per emulated host, its power endpoint the sim's."""
+    """The fleet discovered; one Host object per emulated host, driven through its emulated host BMC."""
     cred = {"username": fleet.username, "password": fleet.password}
     assert create(http, "credentials", {"kind": "Credential", "metadata": {"name": "bmcs"}, "spec": cred}).is_success
-    token = {"username": "sim", "password": fleet.control_token}
-    assert create(
-        http, "credentials", {"kind": "Credential", "metadata": {"name": "host-power"}, "spec": token}
-    ).is_success
     disc = {"endpoints": fleet.endpoints, "credentialsRef": "bmcs", "schemes": ["http"], "probeTimeoutSeconds": 2.0}
     assert create(http, "discoveries", {"kind": "Discovery", "metadata": {"name": "lab"}, "spec": disc}).is_success
     names = {f"dpu-{d.serial.lower()}" for d in fleet.fleet.dpus}
@@ -93,8 +89,11 @@ def site(http: httpx.Client, fleet: SimRunning) -> SimRunning:
         return {d["metadata"]["name"] for d in items if (d.get("status") or {}).get("bmc")}
 
     wait_for("every DPU discovered", listed, lambda seen: seen >= names, timeout=30)
-    for host in fleet.fleet.hosts:
-        spec = {"powerURL": f"{fleet.control_url}/sim/v1/hosts/{host.id}", "powerCredentialsRef": "host-power"}
+    for host in fleet.fleet.hosts:  # each host through its own emulated BMC, over Redfish
+        bmc = {"address": fleet.host_bmcs[host.id], "credentialsRef": "bmcs"}
+        bmc_doc = {"kind": "BMC", "metadata": {"name": f"{host.id}-bmc"}, "spec": bmc}
+        assert create(http, "bmcs", bmc_doc).is_success
+        spec = {"bmcRef": f"{host.id}-bmc"}
         assert create(http, "hosts", {"kind": "Host", "metadata": {"name": host.id}, "spec": spec}).is_success
         for dpu in host.dpus:
             patch = {"spec": {"hostRef": host.id}}

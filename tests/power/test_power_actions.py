@@ -224,3 +224,32 @@ def test_a_host_that_waits_for_its_dpus_ready_starts_only_after_their_agents_rep
         headers={"Content-Type": "application/merge-patch+json"},
     )
     assert resp.status_code == 200
+
+
+def test_host_whose_bmc_ref_names_no_bmc_fails_naming_the_field(http: httpx.Client, site: SimRunning) -> None:
+    doc = {"kind": "Host", "metadata": {"name": "lost-bmc-host"}, "spec": {"bmcRef": "no-such-bmc"}}
+    assert create(http, "hosts", doc).status_code == 201
+    status = finished(http, reset(http, "Host", "lost-bmc-host", "host-only"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "NoBMC"
+    assert "spec.bmcRef" in status["message"] and "no-such-bmc" in status["message"]
+
+
+def test_host_whose_bmc_has_no_credential_fails_naming_the_field(http: httpx.Client, site: SimRunning) -> None:
+    bmc = {"kind": "BMC", "metadata": {"name": "anon-host-bmc"}, "spec": {"address": "http://127.0.0.1:9"}}
+    assert create(http, "bmcs", bmc).status_code == 201
+    doc = {"kind": "Host", "metadata": {"name": "anon-bmc-host"}, "spec": {"bmcRef": "anon-host-bmc"}}
+    assert create(http, "hosts", doc).status_code == 201
+    status = finished(http, reset(http, "Host", "anon-bmc-host", "host-only"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "CredentialsMissing"
+    assert "spec.credentialsRef" in status["message"]
+
+
+def test_host_still_pointing_at_sim_v1_is_told_to_use_its_bmc(http: httpx.Client, site: SimRunning) -> None:
+    spec = {"powerURL": f"{site.control_url}/sim/v1/hosts/{site.fleet.hosts[0].id}"}
+    assert create(http, "hosts", {"kind": "Host", "metadata": {"name": "old-host"}, "spec": spec}).status_code == 201
+    status = finished(http, reset(http, "Host", "old-host", "host-only"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "HostPowerMigrate"
+    assert "spec.bmcRef" in status["message"]

@@ -127,9 +127,12 @@ def test_a_component_that_needs_its_host_reset_resets_dpu_and_host_in_boot_order
 ) -> None:
     name, bmc = dpu_at(fleet, 3)
     host = next(h for h in fleet.fleet.hosts if any(d.serial == bmc.dpu.serial for d in h.dpus))
-    if site.get("credentials", "host-power") is None:
-        site.credential("host-power", "sim", fleet.control_token)
-    power = {"powerURL": f"{fleet.control_url}/sim/v1/hosts/{host.id}", "powerCredentialsRef": "host-power"}
+    if site.get("credentials", "host-bmc") is None:
+        site.credential("host-bmc", fleet.username, fleet.password)
+    if site.get("bmcs", f"{host.id}-hostbmc") is None:
+        host_bmc = {"address": fleet.host_bmcs[host.id], "credentialsRef": "host-bmc"}
+        site.create("bmcs", {"kind": "BMC", "metadata": {"name": f"{host.id}-hostbmc"}, "spec": host_bmc})
+    power = {"bmcRef": f"{host.id}-hostbmc"}
     if site.get("hosts", host.id) is None:
         site.create("hosts", {"kind": "Host", "metadata": {"name": host.id}, "spec": power})
     else:

@@ -1,9 +1,9 @@
-"""Host power: reset a server that carries DPUs, through a small HTTP power endpoint.
+"""Host power: reset a server that carries DPUs.
 
-A real site reaches a host through its own BMC (Redfish, IPMI) or a vendor tool; the emulated
-fleet has no host BMCs, so hosts expose a minimal endpoint instead (the sim's control server,
-``/sim/v1/hosts/{id}``). The interface is what the power-action controller needs: reset, and
-the state it waits on (is the host's OS running again, how many times has it booted).
+The interface is what the power-action controller needs: reset, and the state it waits on (is the
+host's OS running again, a mark that grows with each boot). Its Redfish implementation drives the
+host's own BMC (drivers/redfish/hostbmc.py, Host.spec.bmcRef); HttpHostPower below is a small HTTP
+power endpoint (Host.spec.powerURL) for hosts without one.
 
 - ``GET {url}`` -> ``{"powerState": "On", "osRunning": true, "bootCount": 3}``
 - ``POST {url}/reset`` ``{"resetType": "ForceRestart"}`` -> 202

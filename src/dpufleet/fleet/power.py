@@ -35,6 +35,7 @@ from ..api.kinds import (
 from ..api.meta import isotime, now
 from ..drivers.hostpower import HostPowerError, HostPowerInterface, HttpHostPower
 from ..drivers.redfish.client import RedfishClient, RedfishError
+from ..drivers.redfish.hostbmc import RedfishHostPower, find_host_system
 from ..drivers.redfish.install import read_boot
 from ..drivers.redfish.power import RedfishPower
 from ..inventory.bmcs import BMCAccessError, BMCSessions
@@ -216,11 +217,11 @@ class PowerActionReconciler(Reconciler):
                     self._permitted(dpu, project)
         host_spec = (host or {}).get("spec") or {}
         needs_host = mode in (PowerMode.HOST_ONLY, PowerMode.BOTH)
-        if needs_host and not host_spec.get("powerURL"):
+        if needs_host and not (host_spec.get("bmcRef") or host_spec.get("powerURL")):
             raise ActionFailed(
                 "HostPowerNotConfigured",
                 f"host power driver not configured: host {(host or {}).get('metadata', {}).get('name')!r} "
-                "has no spec.powerURL",
+                "has no spec.bmcRef (its BMC) nor spec.powerURL",
             )
 
         def dpu_steps(group: list[dict[str, Any]], parallel: bool) -> list[PowerStep]:
@@ -381,13 +382,7 @@ class PowerActionReconciler(Reconciler):
         self, action: dict[str, Any], status: PowerActionStatus, step: PowerStep, reset_type: ResetType
     ) -> bool:
         host = await self.store.call(self._find_host, action, step.target)
-        spec = host.get("spec") or {}
-        token = None
-        if spec.get("powerCredentialsRef"):
-            token = (await self._credential(spec["powerCredentialsRef"], host["metadata"]["project"]))[1]
-        if not spec.get("powerURL"):
-            raise ActionFailed("HostPowerNotConfigured", f"host power driver not configured: host {step.target!r}")
-        driver = self.host_power(spec["powerURL"], token)
+        driver = await self._host_driver(host)
         try:
             state = await driver.state()
             if step.action == "reset-host":
@@ -412,6 +407,41 @@ class PowerActionReconciler(Reconciler):
         reset = self._baseline(status, step)
         baseline = int(reset.baseline) if reset and reset.baseline else 0
         return state.running and state.boot_count > baseline
+
+    async def _host_driver(self, host: dict[str, Any]) -> HostPowerInterface:
+        """The host's power driver: its own BMC over Redfish (spec.bmcRef), else spec.powerURL."""
+        spec, project, name = host.get("spec") or {}, host["metadata"]["project"], host["metadata"]["name"]
+        if spec.get("bmcRef"):
+            return await self._host_bmc(spec["bmcRef"], project, name)
+        url = spec.get("powerURL")
+        if not url:
+            raise ActionFailed("HostPowerNotConfigured", f"host power driver not configured: host {name!r}")
+        if "/sim/v1/" in url:
+            raise ActionFailed(
+                "HostPowerMigrate",
+                f"host {name!r} spec.powerURL points at the emulator's control API ({url}), which no longer "
+                "powers hosts: point spec.bmcRef at a BMC object for the host's BMC (the emulator serves one "
+                "per host at /hostbmc/<host-id>) and remove spec.powerURL",
+            )
+        token = None
+        if spec.get("powerCredentialsRef"):
+            token = (await self._credential(spec["powerCredentialsRef"], project))[1]
+        return self.host_power(url, token)
+
+    async def _host_bmc(self, bmc: str, project: str, host: str) -> HostPowerInterface:
+        try:
+            session = await self.sessions.open(project, bmc, retries=1)
+        except BMCAccessError as exc:
+            raise ActionFailed(exc.reason, f"host {host!r} spec.bmcRef: {exc.message}") from None
+        if session.credentials is None:
+            raise ActionFailed(
+                "CredentialsMissing", f"host {host!r} spec.bmcRef: BMC {bmc!r} has no spec.credentialsRef"
+            )
+        try:
+            system = await find_host_system(session.client)
+        except HostPowerError as exc:
+            raise ActionFailed("HostPowerError", f"host {host!r} spec.bmcRef: {exc}") from None
+        return RedfishHostPower(session.client, system, owns_client=False)
 
     def _find_host(self, action: dict[str, Any], name: str) -> dict[str, Any]:
         try:

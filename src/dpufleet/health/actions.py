@@ -146,13 +146,18 @@ async def _host_power_cycle(ctx: ActionContext) -> tuple[str, str]:
     """The host and the DPU power-cycled together, in the host's boot order, by a PowerAction.
 
     The PowerAction controller (fleet/power.py) carries it out: the DPU through its BMC, the
-    host through its power driver (drivers/hostpower.py, Host.spec.powerURL), each step recorded
+    host through its own BMC (Host.spec.bmcRef; drivers/redfish/hostbmc.py), each step recorded
     before it is sent. A DPU whose host has no power driver configured is power-cycled on its own,
     which the result says.
     """
     host = await ctx.store.call(_host_of, ctx.store, ctx.dpu)
-    if host is None or not (host.get("spec") or {}).get("powerURL"):
-        why = "the DPU is in no known host" if host is None else f"host {host['metadata']['name']} has no spec.powerURL"
+    spec = (host or {}).get("spec") or {}
+    if host is None or not (spec.get("bmcRef") or spec.get("powerURL")):
+        why = (
+            "the DPU is in no known host"
+            if host is None
+            else f"host {host['metadata']['name']} has no spec.bmcRef nor spec.powerURL"
+        )
         result, message = await _power(ctx, "ForceOff", "On")
         return result, f"{message} (DPU side only: {why})"
     name = await ctx.store.call(_create_power_action, ctx.store, ctx.dpu)

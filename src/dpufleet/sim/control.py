@@ -10,8 +10,8 @@ operators, tests and ``dpufleet bench chaos`` do.
 - ``DELETE /sim/v1/faults?dpu=NAME[&kind=KIND]`` -> ``{"cleared": [...]}``
 - ``GET /sim/v1/devices`` -> the fleet's DPUs (id, serial, object name, host, state)
 - ``GET /sim/v1/hosts/{id}`` -> a host's power state: ``{"powerState", "osRunning", "bootCount"}``
-- ``POST /sim/v1/hosts/{id}/reset`` ``{"resetType": ...}`` -> 202: the host's power endpoint (the emulated
-  fleet has no host BMCs; ``dpufleet.drivers.hostpower`` drives this). ForceRestart and GracefulRestart
+- ``POST /sim/v1/hosts/{id}/reset`` ``{"resetType": ...}`` -> 202: a host reset injected as a fault (the
+  product drives hosts through their emulated Redfish BMCs instead, sim/hostbmc.py). ForceRestart and GracefulRestart
   are a host soft reset (the DPUs keep running), PowerCycle a host power cycle (its slots lose power too).
 """
 

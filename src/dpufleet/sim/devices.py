@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,7 @@ class SimHost:
     osroot: Path | None = None
     os_alive: bool = True  # the host OS runs and its agent can report
     boot_count: int = 0  # completed reboots (a reset or power cycle that came back up)
+    booted_at: float = field(default_factory=time.time)  # when its OS last came up (BootProgress.LastStateTime)
 
 
 class MacAllocator:

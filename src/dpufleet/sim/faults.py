@@ -344,6 +344,7 @@ class FaultInjector:
         ):
             if not host.os_alive:
                 host.boot_count += 1
+                host.booted_at = time.time()
             host.os_alive = True
 
     def _start_host_soft_reset(self, dpu: SimDPU, fault: ActiveFault) -> None:

@@ -41,6 +41,8 @@ from .control import ControlApp, write_control_file
 from .devices import PowerState, SimDPU, SimHost
 from .faults import injector_for
 from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet
+from .hostbmc import PREFIX as HOST_BMC_PREFIX
+from .hostbmc import HostBMCApp, SiteApp
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
 from .rshim import RshimBus
 
@@ -94,6 +96,12 @@ class SimRunning:
     @property
     def endpoints(self) -> list[str]:
         return list(self.servers.endpoints.values())
+
+    @property
+    def host_bmcs(self) -> dict[str, str]:
+        """Each emulated host's BMC (its Redfish service root's base), by host id."""
+        base = self.control_url or ""
+        return {h.id: f"{base}{HOST_BMC_PREFIX}{h.id}" for h in self.fleet.hosts}
 
 
 async def _put(http: httpx.AsyncClient, plural: str, doc: dict[str, Any]) -> None:
@@ -335,7 +343,8 @@ async def run_sim(
     running.rshim = RshimBus.of(fleet.hosts, fleet.bmcs)
     running.rshim.start()
     running.control_token = secrets.token_urlsafe(24)
-    running.control_url = await serve_control(servers, ControlApp(fleet, running.control_token), options.listen_host)
+    site = SiteApp(ControlApp(fleet, running.control_token), HostBMCApp(fleet, SITE_USERNAME, password))
+    running.control_url = await serve_control(servers, site, options.listen_host)
     if directory is not None:
         write_control_file(directory, running.control_url, running.control_token)
     await asyncio.to_thread(running.identities.provision, fleet, directory)

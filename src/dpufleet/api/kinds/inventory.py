@@ -34,7 +34,11 @@ class BootOrder(StrEnum):
 
 class HostSpec(Strict):
     hostname: str | None = None
-    bmcRef: Name | None = Field(default=None, description="BMC of the host server itself, if managed")
+    bmcRef: Name | None = Field(
+        default=None,
+        description="BMC object of the host server itself (Redfish, with its Credential): host power, "
+        "restarts, boot override and hardware info go through it",
+    )
     rack: str | None = None
     hostPolicy: HostPolicy = HostPolicy.NONE
     hookURL: str | None = Field(default=None, description="called before disruptive work when hostPolicy=hook")
@@ -50,8 +54,8 @@ class HostSpec(Strict):
     parallelDPUResets: bool = Field(default=False, description="reset all DPUs of the host together, not in turn")
     powerURL: str | None = Field(
         default=None,
-        description="the host power driver's endpoint (http/https), e.g. the emulator's "
-        "http://127.0.0.1:PORT/sim/v1/hosts/host-000; without it host resets fail 'not configured'",
+        description="a host power endpoint (http/https) for hosts without a Redfish BMC; spec.bmcRef wins. "
+        "The emulator's /sim/v1 URLs are refused (HostPowerMigrate): use spec.bmcRef",
     )
     powerCredentialsRef: Name | None = Field(
         default=None, description="Credential whose password is the power endpoint's bearer token"
@@ -401,15 +405,18 @@ class Discovery(Resource):
     status: DiscoveryStatus = Field(default_factory=DiscoveryStatus)
 
 
-register(KindInfo(
+register(
+    KindInfo(
         "Host",
         "hosts",
         Host,
         ("host",),
         (Column("HOSTNAME", "spec.hostname"), _PHASE, Column("DPUS", "status.dpus"), _REASON),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "BMC",
         "bmcs",
         BMC,
@@ -424,9 +431,11 @@ register(KindInfo(
             _READY,
             _REASON,
         ),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "DPU",
         "dpus",
         DPU,
@@ -450,9 +459,11 @@ register(KindInfo(
             Column("DRIFTED", "status.conditions[Drifted].status", wide_only=True),
             _REASON,
         ),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "Discovery",
         "discoveries",
         Discovery,
@@ -465,5 +476,5 @@ register(KindInfo(
             Column("LAST SCAN", "status.lastScanFinished"),
             _READY,
         ),
-    ))
-
+    )
+)

@@ -35,7 +35,7 @@ class RedfishApp:
     def __init__(self, bmcs: Mapping[str, SimBMC], default: SimBMC | None = None) -> None:
         self.bmcs = bmcs
         self.default = default
-        self.control: ASGIApp | None = None  # the sim control API (/sim/v1), when this app fronts a fleet
+        self.control: ASGIApp | None = None  # the sim control API (/sim/v1) and host BMCs, when fronting a fleet
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -49,7 +49,7 @@ class RedfishApp:
         if scope["type"] != "http":
             return
         path: str = scope.get("path", "")
-        if self.control is not None and path.startswith("/sim/"):
+        if self.control is not None and path.startswith(("/sim/", "/hostbmc/")):  # control API, host BMCs
             await self.control(scope, receive, send)
             return
         bmc, _, _ = self._locate(path)

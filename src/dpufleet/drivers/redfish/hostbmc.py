@@ -1,0 +1,133 @@
+"""A host's own BMC over Redfish: power, restarts, boot override and hardware info of its ComputerSystem.
+
+The Redfish implementation of drivers/hostpower.py's interface, so the power-action controller drives
+a real server through its BMC (Host.spec.bmcRef) the way it drives a DPU's. Redfish has no boot count,
+so a reset is seen as taken by the system leaving PowerState On (or BootProgress leaving OSRunning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..hostpower import HostPowerError, HostPowerInterface, HostPowerState
+from .client import RedfishClient, RedfishError
+from .power import RedfishPower
+
+BOOT_ENABLED = ("Once", "Continuous", "Disabled")
+
+
+@dataclass(frozen=True)
+class HostHardware:
+    """What the host's BMC reports of its hardware; None where it reports nothing (zero is not a fact)."""
+
+    serial_number: str | None
+    cpu_model: str | None
+    cpu_count: int | None
+    memory_gib: float | None
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _boot_mark(progress: dict[str, Any]) -> int:
+    """Redfish has no boot count: the time of the last boot-progress change (ms), which grows with each boot."""
+    try:
+        return int(datetime.fromisoformat(str(progress.get("LastStateTime"))).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def hardware_of(system: dict[str, Any]) -> HostHardware:
+    processors = system.get("ProcessorSummary") or {}
+    count = _positive(processors.get("Count"))
+    return HostHardware(
+        serial_number=_text(system.get("SerialNumber")),
+        cpu_model=_text(processors.get("Model")),
+        cpu_count=int(count) if count is not None else None,
+        memory_gib=_positive((system.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")),
+    )
+
+
+async def find_host_system(client: RedfishClient) -> str:
+    """The @odata.id of the host's ComputerSystem: the first system that is not a DPU's."""
+    try:
+        root = await client.lasting("/redfish/v1")
+        link = client.link(root, "Systems")
+        systems = await client.members(link) if link else []
+    except RedfishError as exc:
+        raise HostPowerError(str(exc)) from None
+    for system in systems:
+        if str(system.get("SystemType", "")).upper() != "DPU":
+            return str(system["@odata.id"])
+    raise HostPowerError(f"{client.base_url}: the BMC lists no host system (only DPUs, or none)")
+
+
+class RedfishHostPower(HostPowerInterface):
+    def __init__(self, client: RedfishClient, system: str, *, owns_client: bool = True) -> None:
+        self.client = client
+        self.system = system  # the host system's @odata.id
+        self._power = RedfishPower(client, system)
+        self._owns_client = owns_client  # a pooled client (drivers/redfish/pool.py) is closed by its pool
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def _get(self) -> dict[str, Any]:
+        try:
+            return await self.client.get(self.system)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def validate(self) -> None:
+        await self._get()
+
+    async def state(self) -> HostPowerState:
+        body = await self._get()
+        power = str(body.get("PowerState", "Unknown"))
+        progress = body.get("BootProgress") or {}
+        last = progress.get("LastState")
+        running = last == "OSRunning" if last else power == "On"
+        return HostPowerState(power_state=power, running=running, boot_count=_boot_mark(progress))
+
+    async def get_power_state(self) -> str:
+        return (await self.state()).power_state
+
+    async def reset(self, reset_type: str) -> None:
+        try:
+            await self._power.reset(reset_type)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def set_boot_override(self, target: str, enabled: str = "Once") -> None:
+        """Boot the host from `target` (Pxe, Hdd, Cd, UefiHttp...) once or until told otherwise."""
+        if enabled not in BOOT_ENABLED:
+            raise HostPowerError(f"BootSourceOverrideEnabled {enabled!r}: expected one of {', '.join(BOOT_ENABLED)}")
+        boot = (await self._get()).get("Boot") or {}
+        allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
+        if allowed and target not in allowed:
+            raise HostPowerError(f"boot target {target!r} is not supported here; the BMC allows {', '.join(allowed)}")
+        body = {"Boot": {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}}
+        try:
+            await self.client.patch(self.system, body)
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def boot_override(self) -> tuple[str, str]:
+        boot = (await self._get()).get("Boot") or {}
+        return str(boot.get("BootSourceOverrideTarget", "None")), str(boot.get("BootSourceOverrideEnabled", "Disabled"))
+
+    async def hardware(self) -> HostHardware:
+        return hardware_of(await self._get())

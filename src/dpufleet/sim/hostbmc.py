@@ -1,0 +1,196 @@
+"""Each emulated host's own BMC: a small Redfish service (ComputerSystem, Chassis, Manager).
+
+Served under ``/hostbmc/<host-id>/redfish/v1``. The product drives host power through it
+(drivers/redfish/hostbmc.py, Host.spec.bmcRef) as it would a real server's BMC; a reset changes the
+emulated host the way a host fault does (sim/faults.py), so the host's OS goes down and comes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dpufleet.sim.devices import SimHost
+from dpufleet.sim.faults import FaultKind, injector_for
+from dpufleet.sim.fleet import Fleet
+
+PREFIX = "/hostbmc/"
+RESETS = {
+    "ForceRestart": FaultKind.HOST_SOFT_RESET,
+    "GracefulRestart": FaultKind.HOST_SOFT_RESET,
+    "PowerCycle": FaultKind.HOST_POWER_CYCLE,
+}
+BOOT_TARGETS = ("None", "Pxe", "Hdd", "Cd", "UefiHttp", "BiosSetup")
+BOOT_ENABLED = ("Disabled", "Once", "Continuous")
+
+
+class HostBMCApp:
+    """ASGI app for every emulated host's BMC; HTTP Basic auth with the site's BMC account."""
+
+    def __init__(self, fleet: Fleet, username: str, password: str) -> None:
+        self.fleet = fleet
+        self.username, self.password = username, password
+        self.boot: dict[str, dict[str, str]] = {}  # host id -> its Boot override
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        response = await self._respond(Request(scope, receive))
+        await response(scope, receive, send)
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        try:
+            user, _, password = base64.b64decode(value.strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return (
+            scheme.lower() == "basic"
+            and secrets.compare_digest(user, self.username)
+            and secrets.compare_digest(password, self.password)
+        )
+
+    async def _respond(self, request: Request) -> Response:
+        host_id, _, rest = request.url.path.removeprefix(PREFIX).partition("/")
+        host = next((h for h in self.fleet.hosts if h.id == host_id), None)
+        if host is None:
+            return _error(404, f"no emulated host BMC is named {host_id!r}")
+        base = f"{PREFIX}{host_id}/redfish/v1"
+        path = "/" + rest.rstrip("/")
+        if path == "/redfish/v1":
+            return JSONResponse(_root(base))
+        if not self._authorized(request):
+            return _error(401, "authentication required")
+        docs = {
+            "/redfish/v1/Systems": _collection(f"{base}/Systems", [f"{base}/Systems/System"]),
+            "/redfish/v1/Chassis": _collection(f"{base}/Chassis", [f"{base}/Chassis/Chassis"]),
+            "/redfish/v1/Managers": _collection(f"{base}/Managers", [f"{base}/Managers/BMC"]),
+            "/redfish/v1/Chassis/Chassis": _chassis(base, host),
+            "/redfish/v1/Managers/BMC": _manager(base, host),
+        }
+        if request.method == "GET" and path in docs:
+            return JSONResponse(docs[path])
+        if path == "/redfish/v1/Systems/System":
+            if request.method == "PATCH":
+                return await self._patch_boot(request, host)
+            if request.method == "GET":
+                return JSONResponse(_system(base, host, self._boot(host)))
+        if path == "/redfish/v1/Systems/System/Actions/ComputerSystem.Reset" and request.method == "POST":
+            return await self._reset(request, host)
+        return _error(404, f"{request.url.path} is not a resource of this BMC")
+
+    def _boot(self, host: SimHost) -> dict[str, str]:
+        return self.boot.setdefault(
+            host.id, {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}
+        )
+
+    async def _patch_boot(self, request: Request, host: SimHost) -> Response:
+        boot = (await _body(request)).get("Boot")
+        if not isinstance(boot, dict):
+            return _error(400, "PATCH takes a Boot object")
+        target = boot.get("BootSourceOverrideTarget", self._boot(host)["BootSourceOverrideTarget"])
+        enabled = boot.get("BootSourceOverrideEnabled", self._boot(host)["BootSourceOverrideEnabled"])
+        if target not in BOOT_TARGETS or enabled not in BOOT_ENABLED:
+            return _error(400, f"BootSourceOverrideTarget {target!r} / Enabled {enabled!r} is not allowed")
+        self.boot[host.id] = {"BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": enabled}
+        return Response(status_code=204)
+
+    async def _reset(self, request: Request, host: SimHost) -> Response:
+        reset_type = str((await _body(request)).get("ResetType", ""))
+        if reset_type == "On":
+            return Response(status_code=204)  # an emulated host is always powered
+        kind = RESETS.get(reset_type)
+        if kind is None or not host.dpus:
+            return _error(400, f"ResetType {reset_type!r} is not allowed; allowed: {', '.join(['On', *RESETS])}")
+        injector_for(self.fleet).inject(host.dpus[0].id, kind, None)  # host faults are keyed by a DPU
+        if self._boot(host)["BootSourceOverrideEnabled"] == "Once":
+            self.boot[host.id] = {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}
+        return Response(status_code=204)
+
+
+class SiteApp:
+    """The sim's site services on one port: the control API (/sim/v1) and the host BMCs (/hostbmc/)."""
+
+    def __init__(self, control: ASGIApp, host_bmcs: HostBMCApp) -> None:
+        self.control, self.host_bmcs = control, host_bmcs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if str(scope.get("path", "")).startswith(PREFIX):
+            await self.host_bmcs(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+
+def _root(base: str) -> dict[str, Any]:
+    return {
+        "@odata.id": base, "@odata.type": "#ServiceRoot.v1_15_0.ServiceRoot", "Id": "RootService",
+        "Name": "Root Service", "RedfishVersion": "1.17.0",
+        "Systems": {"@odata.id": f"{base}/Systems"}, "Chassis": {"@odata.id": f"{base}/Chassis"},
+        "Managers": {"@odata.id": f"{base}/Managers"},
+    }  # fmt: skip
+
+
+def _collection(odata_id: str, members: list[str]) -> dict[str, Any]:
+    return {
+        "@odata.id": odata_id, "Name": odata_id.rsplit("/", 1)[-1],
+        "Members": [{"@odata.id": m} for m in members], "Members@odata.count": len(members),
+    }  # fmt: skip
+
+
+def _system(base: str, host: SimHost, boot: dict[str, str]) -> dict[str, Any]:
+    return {
+        "@odata.id": f"{base}/Systems/System", "@odata.type": "#ComputerSystem.v1_20_0.ComputerSystem",
+        "Id": "System", "Name": host.id, "SystemType": "Physical", "UUID": host.uuid,
+        "Manufacturer": host.model.vendor, "Model": host.model.product, "SerialNumber": host.serial,
+        "PowerState": "On",  # a soft reset keeps the host powered; the OS is what goes down
+        "BootProgress": {
+            "LastState": "OSRunning" if host.os_alive else "SystemHardwareInitializationComplete",
+            "LastStateTime": datetime.fromtimestamp(host.booted_at, UTC).isoformat(timespec="milliseconds"),
+        },
+        "ProcessorSummary": {"Model": host.model.cpu_model, "Count": host.model.cpu_count},
+        "MemorySummary": {"TotalSystemMemoryGiB": host.model.memory_mib / 1024},
+        "Boot": {**boot, "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS)},
+        "Actions": {"#ComputerSystem.Reset": {
+            "target": f"{base}/Systems/System/Actions/ComputerSystem.Reset",
+            "ResetType@Redfish.AllowableValues": ["On", *RESETS],
+        }},
+        "Links": {"Chassis": [{"@odata.id": f"{base}/Chassis/Chassis"}],
+                  "ManagedBy": [{"@odata.id": f"{base}/Managers/BMC"}]},
+    }  # fmt: skip
+
+
+def _chassis(base: str, host: SimHost) -> dict[str, Any]:
+    return {
+        "@odata.id": f"{base}/Chassis/Chassis", "@odata.type": "#Chassis.v1_23_0.Chassis", "Id": "Chassis",
+        "Name": host.id, "ChassisType": "RackMount", "Manufacturer": host.model.vendor,
+        "Model": host.model.product, "SerialNumber": host.serial,
+        "Links": {"ComputerSystems": [{"@odata.id": f"{base}/Systems/System"}]},
+    }  # fmt: skip
+
+
+def _manager(base: str, host: SimHost) -> dict[str, Any]:
+    return {
+        "@odata.id": f"{base}/Managers/BMC", "@odata.type": "#Manager.v1_18_0.Manager", "Id": "BMC",
+        "Name": f"{host.id} BMC", "ManagerType": "BMC",
+        "Links": {"ManagerForServers": [{"@odata.id": f"{base}/Systems/System"}]},
+    }  # fmt: skip
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": "Base.1.0.GeneralError", "message": message}}, status_code=status)
