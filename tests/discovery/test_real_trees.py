@@ -144,6 +144,12 @@ def test_a_host_bmc_that_manages_a_dpu_yields_a_paired_host_and_dpu(
     assert host["spec"]["bmcRef"] == bmc["metadata"]["name"]
     assert host["status"]["dpus"] == [obj["metadata"]["name"]]
     assert host["status"]["serialNumber"] == DMTF_HOST_SERIAL
+    hardware = site.wait_object("hosts", "host-web483", lambda h: bool(h["status"].get("hardware")))["status"][
+        "hardware"
+    ]
+    assert hardware["serialNumber"] == DMTF_HOST_SERIAL and hardware["system"] == "/redfish/v1/Systems/437XR1138R2"
+    assert (hardware["cpuCount"], hardware["memoryGiB"]) == (2, 96)
+    assert hardware["cpuModel"] == "Multi-Core Intel(R) Xeon(R) processor 7xxx Series"
     links = {(e["kind"], e["value"]) for e in status["evidence"]}
     assert ("redfish-contained-by", "/redfish/v1/Chassis/1U") in links
     assert {v for k, v in links if k == "redfish-offloaded-function"} == {

@@ -253,3 +253,19 @@ def test_host_still_pointing_at_sim_v1_is_told_to_use_its_bmc(http: httpx.Client
     assert status["phase"] == "Failed"
     assert status["reason"] == "HostPowerMigrate"
     assert "spec.bmcRef" in status["message"]
+
+
+def test_each_host_shows_the_hardware_its_own_bmc_reports(http: httpx.Client, site: SimRunning) -> None:
+    """A Host pointed at its BMC (spec.bmcRef) gets that BMC crawled, and its status the host's
+    hardware as the BMC reports it over Redfish: serial, CPU model and count, memory."""
+    for sim in site.fleet.hosts:
+        host = wait_for(
+            f"hosts/{sim.id} with its hardware",
+            lambda sim=sim: get(http, "hosts", sim.id),
+            lambda h: bool((h.get("status") or {}).get("hardware")),
+        )
+        hardware = host["status"]["hardware"]
+        assert hardware["serialNumber"] == sim.serial
+        assert (hardware["cpuModel"], hardware["cpuCount"]) == (sim.model.cpu_model, sim.model.cpu_count)
+        assert hardware["memoryGiB"] == sim.model.memory_mib / 1024
+        assert hardware["bmc"] == f"{sim.id}-bmc" and "/redfish/v1/Systems/" in hardware["system"]

@@ -77,6 +77,7 @@ class BMCReconciler(Reconciler):
         self._generations: dict[tuple[str, str, str], Any] = {}  # Credentials' and Discoveries' last seen
         self._crawled: dict[Key, tuple[object, ...]] = {}  # each BMC object's state at its last crawl
         self._asked: set[Key] = set()  # BMCs whose Credential or Discovery spec changed since their crawl
+        self._hosts_made: set[tuple[str, str]] = set()  # Hosts a crawl created (their ADDED is no reason to crawl)
 
     def started(self, wake: Callable[[Key], None]) -> None:
         """A pushed event that changes what the BMC inventories (an update applied, a part added or
@@ -111,8 +112,23 @@ class BMCReconciler(Reconciler):
         return bool(phases) and all(phase in WORKING_PHASES for phase in phases)
 
     def watches(self) -> dict[str, Mapper]:
-        """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once."""
-        return {"Credential": self._bmcs_using_credential, "Discovery": self._bmcs_of_discovery}
+        """A changed Credential or Discovery (adoption policy) is re-applied to its BMCs at once; a new
+        Host, or one pointed at another BMC, has its BMC crawled (its hardware is read for it)."""
+        return {
+            "Credential": self._bmcs_using_credential,
+            "Discovery": self._bmcs_of_discovery,
+            "Host": self._bmc_of_host,
+        }
+
+    def _bmc_of_host(self, change: Change) -> list[Key]:
+        changed = self._spec_changed(change)  # first: it records the generation seen
+        if change.type != "ADDED" and not changed:
+            return []
+        if change.type == "ADDED" and (change.project, change.name) in self._hosts_made:
+            self._hosts_made.discard((change.project, change.name))
+            return []  # made by a crawl of its BMC, which records its hardware too
+        ref = (change.object().get("spec") or {}).get("bmcRef")
+        return [Key(change.project, ref)] if ref else []
 
     def _spec_changed(self, change: Change) -> bool:
         """Whether the change is a new spec (generation) of an object already seen: status writes (a
@@ -282,6 +298,8 @@ class BMCReconciler(Reconciler):
                     duplicates.append(dpu.system.serialNumber)
                 else:
                     owned.append(result)
+        if adopted:
+            await self._record_host_hardware(bmc, inventory, {s.odataId for s in dpu_systems})
         manager = inventory.managers[0] if inventory.managers else None
         stamp = isotime(now())
         was_adopted = (bmc.get("status") or {}).get("adopted")
@@ -441,11 +459,13 @@ class BMCReconciler(Reconciler):
         except NotFound:
             spec: dict[str, Any] = {"bmcRef": bmc_name, **({"hostname": system.hostName} if system.hostName else {})}
             try:
+                self._hosts_made.add((project, name))
                 created = await self.store.call(
                     self.store.create, {"kind": "Host", "metadata": {"name": name, "project": project}, "spec": spec}
                 )
                 await self._event(created, "Discovered", f"host server {system.odataId} of BMC {bmc_name}")
             except Exception as exc:  # lost a race with another writer: the Host is there
+                self._hosts_made.discard((project, name))
                 log.debug("create Host %s: %s", name, exc)
 
         def mutate(status: dict[str, Any]) -> None:
@@ -456,6 +476,40 @@ class BMCReconciler(Reconciler):
 
         await mutate_status(self.store, "Host", name, mutate, project)
         return name
+
+    async def _record_host_hardware(self, bmc: dict[str, Any], inventory: BMCInventory, dpus: set[str]) -> None:
+        """The hardware of the host server this BMC manages (its one system that is not a DPU), in the
+        status of each Host whose spec.bmcRef names the BMC: serial, CPU model and count, memory."""
+        hosts = [s for s in inventory.systems if s.odataId not in dpus]
+        if len(hosts) != 1:
+            return  # none, or several: which is whose is not for a guess
+        system = hosts[0]
+        project, bmc_name = bmc["metadata"]["project"], bmc["metadata"]["name"]
+        owners = [
+            h["metadata"]["name"]
+            for h in await self.store.call(self.store.list_fields, "Host", [("spec", "bmcRef")], project)
+            if (h.get("spec") or {}).get("bmcRef") == bmc_name
+        ]
+        if not owners:
+            return
+        hardware = {
+            "serialNumber": system.serialNumber,
+            "cpuModel": system.processors.model,
+            "cpuCount": system.processors.count,
+            "memoryGiB": system.memoryGiB,
+            "system": system.odataId,
+            "bmc": bmc_name,
+        }
+
+        def mutate(status: dict[str, Any]) -> None:
+            if {k: v for k, v in (status.get("hardware") or {}).items() if k != "observedAt"} != hardware:
+                status["hardware"] = {**hardware, "observedAt": isotime(now())}  # written when it changes
+
+        for host in owners:
+            try:
+                await mutate_status(self.store, "Host", host, mutate, project)
+            except NotFound:
+                continue  # deleted meanwhile
 
     async def _bmc_exists(self, name: str, project: str) -> bool:
         try:

@@ -83,8 +83,22 @@ class PCIFunction(BaseModel):
     dpu: str | None = None
 
 
+class HostHardware(BaseModel):
+    """What the host's own BMC reports of its hardware (strings trimmed; None where it reports nothing or
+    only zero, which is not a fact)."""
+
+    serialNumber: str | None = None
+    cpuModel: str | None = None
+    cpuCount: int | None = None
+    memoryGiB: float | None = None
+    system: str | None = Field(default=None, description="the host's ComputerSystem on its BMC (@odata.id)")
+    bmc: str | None = Field(default=None, description="the BMC object it was read through")
+    observedAt: str | None = None
+
+
 class HostStatus(Status):
     dpus: list[str] = Field(default_factory=list)
+    hardware: HostHardware | None = Field(default=None, description="read through spec.bmcRef's Redfish service")
     pciFunctions: list[PCIFunction] = Field(default_factory=list)
     lastSeen: str | None = None
 
