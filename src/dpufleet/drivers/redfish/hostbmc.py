@@ -13,6 +13,7 @@ from typing import Any
 
 from ..hostpower import HostPowerError, HostPowerInterface, HostPowerState
 from .client import RedfishClient, RedfishError
+from .inventory import parse_system
 from .power import RedfishPower
 
 BOOT_ENABLED = ("Once", "Continuous", "Disabled")
@@ -28,19 +29,6 @@ class HostHardware:
     memory_gib: float | None
 
 
-def _text(value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
-
-
 def _boot_mark(progress: dict[str, Any]) -> int:
     """Redfish has no boot count: the time of the last boot-progress change (ms), which grows with each boot."""
     try:
@@ -50,13 +38,13 @@ def _boot_mark(progress: dict[str, Any]) -> int:
 
 
 def hardware_of(system: dict[str, Any]) -> HostHardware:
-    processors = system.get("ProcessorSummary") or {}
-    count = _positive(processors.get("Count"))
+    """The host's figures as the DPU crawl reads a system (parse_system: trimmed, zeros unknown)."""
+    info = parse_system(system)
     return HostHardware(
-        serial_number=_text(system.get("SerialNumber")),
-        cpu_model=_text(processors.get("Model")),
-        cpu_count=int(count) if count is not None else None,
-        memory_gib=_positive((system.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")),
+        serial_number=info.serialNumber,
+        cpu_model=info.processors.model,
+        cpu_count=info.processors.count,
+        memory_gib=info.memoryGiB,
     )
 
 
