@@ -64,7 +64,7 @@ def up_cmd(
         None, "--dir", help="where OS roots, credentials and the control file go [$DPUFLEET_SIM_DIR, else temporary]"
     ),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT for the BMCs (0: any free port)"),
-    per_bmc_ports: bool = typer.Option(False, "--per-bmc-ports", help="one port per BMC instead of /bmc/<id>"),
+    per_bmc_ports: bool = typer.Option(False, "--per-bmc-ports", help="one port per BMC (DPU and host BMCs) instead of /bmc/<id> and /hostbmc/<id>"),
     tls: bool = typer.Option(False, "--tls", help="serve Redfish over HTTPS with a self-signed certificate"),
     latency: float = typer.Option(0.0, "--latency", min=0.0, help="seconds added to every BMC request"),
     max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, help="request slots per BMC"),

@@ -295,18 +295,23 @@ async def _start_server(
     return server, task, int(bound)
 
 
+async def serve_on_own_port(running: FleetServer, app: Any, host: str, port: int = 0) -> str:
+    """Serve `app` on a port of its own beside the fleet (TLS as the fleet's), stopped with it; its URL."""
+    scheme = "https" if running.cert else "http"
+    server, task, bound = await _start_server(app, host, port, running.cert)
+    running.servers.append(server)
+    running.tasks.append(task)
+    return f"{scheme}://{host}:{bound}"
+
+
 async def serve_control(running: FleetServer, app: Any, host: str, port: int = 0) -> str:
     """Serve the sim control API: inside the one-port fleet app, else on a port of its own."""
-    scheme = "https" if running.cert else "http"
     if running.fleet_app is not None:
         running.fleet_app.control = app
         first = next(iter(running.endpoints.values()))
         running.control_url = first.split("/bmc/", 1)[0]
         return running.control_url
-    server, task, bound = await _start_server(app, host, port, running.cert)
-    running.servers.append(server)
-    running.tasks.append(task)
-    running.control_url = f"{scheme}://{host}:{bound}"
+    running.control_url = await serve_on_own_port(running, app, host, port)
     return running.control_url
 
 

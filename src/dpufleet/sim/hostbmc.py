@@ -58,21 +58,52 @@ class HostBMCApp:
             and secrets.compare_digest(password, self.password)
         )
 
+    def single(self, host_id: str) -> ASGIApp:
+        """One host's BMC alone, at the root of its own port (``/redfish/v1``), as a real server's BMC is."""
+        host = self._host(host_id)
+        if host is None:
+            raise KeyError(f"no emulated host is named {host_id!r}")
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            request = Request(scope, receive)
+            response = await self._respond_for(request, host, "/redfish/v1", request.url.path.rstrip("/"))
+            await response(scope, receive, send)
+
+        return app
+
+    def _host(self, host_id: str) -> SimHost | None:
+        return next((h for h in self.fleet.hosts if h.id == host_id), None)
+
     async def _respond(self, request: Request) -> Response:
         host_id, _, rest = request.url.path.removeprefix(PREFIX).partition("/")
-        host = next((h for h in self.fleet.hosts if h.id == host_id), None)
+        host = self._host(host_id)
         if host is None:
             return _error(404, f"no emulated host BMC is named {host_id!r}")
-        base = f"{PREFIX}{host_id}/redfish/v1"
-        path = "/" + rest.rstrip("/")
+        return await self._respond_for(request, host, f"{PREFIX}{host_id}/redfish/v1", "/" + rest.rstrip("/"))
+
+    async def _respond_for(self, request: Request, host: SimHost, base: str, path: str) -> Response:
+        """`path` is the request's path below the BMC's mount (starting with /redfish/v1); `base` the
+        mount's own /redfish/v1, which every @odata.id the BMC serves starts with."""
         if path == "/redfish/v1":
             return JSONResponse(_root(base))
         if not self._authorized(request):
             return _error(401, "authentication required")
         docs = {
-            "/redfish/v1/Systems": _collection(f"{base}/Systems", [f"{base}/Systems/System"]),
-            "/redfish/v1/Chassis": _collection(f"{base}/Chassis", [f"{base}/Chassis/Chassis"]),
-            "/redfish/v1/Managers": _collection(f"{base}/Managers", [f"{base}/Managers/BMC"]),
+            "/redfish/v1/Systems": _collection(
+                f"{base}/Systems", "#ComputerSystemCollection.ComputerSystemCollection", [f"{base}/Systems/System"]
+            ),
+            "/redfish/v1/Chassis": _collection(
+                f"{base}/Chassis", "#ChassisCollection.ChassisCollection", [f"{base}/Chassis/Chassis"]
+            ),
+            "/redfish/v1/Managers": _collection(
+                f"{base}/Managers", "#ManagerCollection.ManagerCollection", [f"{base}/Managers/BMC"]
+            ),
+            "/redfish/v1/SessionService": _session_service(base),
+            "/redfish/v1/SessionService/Sessions": _collection(
+                f"{base}/SessionService/Sessions", "#SessionCollection.SessionCollection", []
+            ),
             "/redfish/v1/Chassis/Chassis": _chassis(base, host),
             "/redfish/v1/Managers/BMC": _manager(base, host),
         }
@@ -135,12 +166,23 @@ def _root(base: str) -> dict[str, Any]:
         "Name": "Root Service", "RedfishVersion": "1.17.0",
         "Systems": {"@odata.id": f"{base}/Systems"}, "Chassis": {"@odata.id": f"{base}/Chassis"},
         "Managers": {"@odata.id": f"{base}/Managers"},
+        "SessionService": {"@odata.id": f"{base}/SessionService"},
+        "Links": {"Sessions": {"@odata.id": f"{base}/SessionService/Sessions"}},
     }  # fmt: skip
 
 
-def _collection(odata_id: str, members: list[str]) -> dict[str, Any]:
+def _session_service(base: str) -> dict[str, Any]:
+    """HTTP Basic only: no sessions are made (a session login is refused with 405)."""
     return {
-        "@odata.id": odata_id, "Name": odata_id.rsplit("/", 1)[-1],
+        "@odata.id": f"{base}/SessionService", "@odata.type": "#SessionService.v1_1_9.SessionService",
+        "Id": "SessionService", "Name": "Session Service", "ServiceEnabled": False, "SessionTimeout": 30,
+        "Sessions": {"@odata.id": f"{base}/SessionService/Sessions"},
+    }  # fmt: skip
+
+
+def _collection(odata_id: str, odata_type: str, members: list[str]) -> dict[str, Any]:
+    return {
+        "@odata.id": odata_id, "@odata.type": odata_type, "Name": odata_id.rsplit("/", 1)[-1],
         "Members": [{"@odata.id": m} for m in members], "Members@odata.count": len(members),
     }  # fmt: skip
 

@@ -40,7 +40,7 @@ from .bmc import BmcLimits
 from .control import ControlApp, write_control_file
 from .devices import PowerState, SimDPU, SimHost
 from .faults import injector_for
-from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet
+from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet, serve_on_own_port
 from .hostbmc import PREFIX as HOST_BMC_PREFIX
 from .hostbmc import HostBMCApp, SiteApp
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
@@ -92,6 +92,7 @@ class SimRunning:
     control_url: str | None = None  # the sim control API (/sim/v1/faults)
     control_token: str | None = None
     rshim: RshimBus | None = None  # the hosts' boot channels to their DPUs (BlueField rshim)
+    own_host_bmcs: dict[str, str] = field(default_factory=dict)  # per_bmc_ports: each host BMC's own port
 
     @property
     def endpoints(self) -> list[str]:
@@ -100,6 +101,8 @@ class SimRunning:
     @property
     def host_bmcs(self) -> dict[str, str]:
         """Each emulated host's BMC (its Redfish service root's base), by host id."""
+        if self.own_host_bmcs:
+            return dict(self.own_host_bmcs)
         base = self.control_url or ""
         return {h.id: f"{base}{HOST_BMC_PREFIX}{h.id}" for h in self.fleet.hosts}
 
@@ -343,8 +346,14 @@ async def run_sim(
     running.rshim = RshimBus.of(fleet.hosts, fleet.bmcs)
     running.rshim.start()
     running.control_token = secrets.token_urlsafe(24)
-    site = SiteApp(ControlApp(fleet, running.control_token), HostBMCApp(fleet, SITE_USERNAME, password))
+    host_bmcs = HostBMCApp(fleet, SITE_USERNAME, password)
+    site = SiteApp(ControlApp(fleet, running.control_token), host_bmcs)
     running.control_url = await serve_control(servers, site, options.listen_host)
+    if options.per_bmc_ports:  # as the DPU BMCs: each host's BMC at /redfish/v1 of a port of its own
+        for host in fleet.hosts:
+            running.own_host_bmcs[host.id] = await serve_on_own_port(
+                servers, host_bmcs.single(host.id), options.listen_host
+            )
     if directory is not None:
         write_control_file(directory, running.control_url, running.control_token)
     await asyncio.to_thread(running.identities.provision, fleet, directory)
