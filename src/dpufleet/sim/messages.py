@@ -63,6 +63,18 @@ MESSAGES: dict[str, MessageTemplate] = {
         "Warning",
         "Remove the property from the request body and " + _W_RESUBMIT,
     ),
+    "QueryNotSupported": MessageTemplate(
+        BASE_REGISTRY,
+        "Querying is not supported by the implementation.",
+        "Warning",
+        "Remove the query parameters and " + _W_RESUBMIT,
+    ),
+    "QueryParameterValueFormatError": MessageTemplate(
+        BASE_REGISTRY,
+        "The value '%1' for the parameter %2 is not a format that the parameter can accept.",
+        "Warning",
+        "Correct the value for the query parameter in the request and " + _W_RESUBMIT,
+    ),
     "MalformedJSON": MessageTemplate(
         BASE_REGISTRY,
         "The request body submitted was malformed JSON and could not be parsed by the receiving service.",

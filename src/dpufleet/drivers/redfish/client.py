@@ -105,6 +105,9 @@ class Transport:
         self.lasting: dict[str, tuple[dict[str, Any], float]] = {}  # path -> (document, monotonic read time)
         self.in_flight = 0
         self.retired = False
+        # the service root says the BMC expands a collection's members in place (Redfish $expand): one
+        # request for a collection instead of one per member
+        self.expand_members = False
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -131,6 +134,21 @@ class Transport:
         self.in_flight -= 1
         if self.retired and self.in_flight == 0:
             await self.close()
+
+
+EXPAND_MEMBERS = "$expand=.($levels=1)"  # DSP0266 7.3: subordinate resources (a collection's members), one level
+
+
+def expands_members(root: dict[str, Any]) -> bool:
+    """Whether a service root's ProtocolFeaturesSupported offers $expand of subordinate links, one level."""
+    features = root.get("ProtocolFeaturesSupported")
+    expand = features.get("ExpandQuery") if isinstance(features, dict) else None
+    if not isinstance(expand, dict):
+        return False
+    levels = expand.get("MaxLevels")
+    return (expand.get("NoLinks") is True or expand.get("ExpandAll") is True) and (
+        expand.get("Levels") is not True or not isinstance(levels, int) or levels >= 1
+    )
 
 
 class RedfishClient:
@@ -305,18 +323,49 @@ class RedfishClient:
         root = await self.get("/redfish/v1", anonymous=True)
         if "RedfishVersion" not in root and "@odata.id" not in root:
             raise NotRedfish(f"{self.url('/redfish/v1')}: JSON, but not a Redfish service root")
+        self.learn_features(root)
         return root
 
+    def learn_features(self, root: dict[str, Any]) -> None:
+        """What the service root says the BMC supports that saves requests."""
+        self.transport.expand_members = expands_members(root)
+
     async def members(self, collection: str) -> list[dict[str, Any]]:
-        """Every member of a collection, fetched concurrently (within the BMC's limit)."""
-        coll = await self.get(collection)
+        """Every member of a collection: expanded in the collection's own answer where the BMC offers
+        $expand, else (and for any member it left as a bare link) fetched concurrently, within the BMC's
+        limit."""
+        expand = self.transport.expand_members and "?" not in collection
+        coll: dict[str, Any] | None = None
+        if expand:
+            try:
+                coll = await self.get(f"{collection}?{EXPAND_MEMBERS}")
+            except RedfishError as exc:
+                if exc.status not in (400, 404, 405, 501):
+                    raise
+                # offered in the root but refused here (a mockup, a firmware that says more than it does):
+                # this BMC is read member by member from now on
+                self.transport.expand_members = expand = False
+        if coll is None:
+            coll = await self.get(collection)
         members = coll.get("Members")
         if members is not None and not isinstance(members, list):
             raise RedfishError(
                 f"{self.url(collection)}: malformed Redfish: Members is not a list", None, "MalformedRedfish"
             )
-        links = [m["@odata.id"] for m in members or [] if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
-        return list(await asyncio.gather(*(self.get(link) for link in links)))
+        found: list[dict[str, Any] | None] = []
+        links: list[tuple[int, str]] = []
+        for member in members or []:
+            if not (isinstance(member, dict) and isinstance(member.get("@odata.id"), str)):
+                continue
+            if expand and len(member) > 1 and "@odata.type" in member:
+                found.append(member)  # expanded in place
+            else:
+                links.append((len(found), member["@odata.id"]))
+                found.append(None)
+        fetched = await asyncio.gather(*(self.get(link) for _, link in links))
+        for (index, _), body in zip(links, fetched, strict=True):
+            found[index] = body
+        return [body for body in found if body is not None]
 
     @staticmethod
     def link(resource: dict[str, Any], name: str) -> str | None:

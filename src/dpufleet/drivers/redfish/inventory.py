@@ -242,7 +242,10 @@ async def crawl(client: RedfishClient, root: dict[str, Any] | None = None, *, ma
     Missing optional parts (a BMC without UpdateService, a broken member) become
     warnings; authentication and reachability failures raise.
     """
-    root = root or await client.service_root()
+    if root is None:
+        root = await client.service_root()
+    else:
+        client.learn_features(root)
     inv = BMCInventory(service=parse_service_root(root))
     warnings = inv.warnings
     systems_link, managers_link = client.link(root, "Systems"), client.link(root, "Managers")

@@ -24,6 +24,7 @@ from dpufleet.sim.bmc import ROLES, SimBMC
 from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish import chassis, events, managers, root, systems, update  # noqa: F401  (register routes)
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Reply
+from dpufleet.sim.redfish.root import offers_expand
 
 _ODATA_HEADERS = {"OData-Version": "4.0"}
 _MAX_BODY = 1 << 20
@@ -115,12 +116,41 @@ class RedfishApp:
             if method in ("POST", "PATCH", "PUT"):
                 ctx.body = await _read_json(request)
             result = route.handler(ctx, params)
+            expand = request.query_params.get("$expand")
+            if expand is not None and method == "GET":
+                result = _expanded(ctx, result, expand)
         except RedfishError as error:
             return _json_response(error)
         reply = result if isinstance(result, Reply) else Reply(body=result)
         if request.method == "HEAD":
             reply = Reply(reply.status, None, reply.headers, reply.media_type)
         return _json_response(reply)
+
+
+_EXPAND_SUBORDINATE = (".", ".($levels=1)")
+
+
+def _expanded(ctx: Ctx, result: Reply | dict[str, Any], expand: str) -> Reply | dict[str, Any]:
+    """A collection with its members in place, as `$expand=.` asks (DSP0266 7.3: subordinate resources,
+    which a collection's Members are; this BMC expands one level). A BMC that does not offer it refuses."""
+    if not offers_expand(ctx.bmc):
+        raise RedfishError(501, "QueryNotSupported")
+    if expand not in _EXPAND_SUBORDINATE:
+        raise RedfishError(400, "QueryParameterValueFormatError", expand, "$expand")
+    body = result.body if isinstance(result, Reply) else result
+    if not isinstance(body, dict) or not isinstance(body.get("Members"), list):
+        return result  # no subordinate collection here to expand
+    members = []
+    for member in body["Members"]:
+        path = str(member.get("@odata.id", "")).removeprefix(ctx.root)
+        try:
+            route, params = ROUTER.match("GET", path)
+            inner = route.handler(ctx, params)
+        except RedfishError:
+            members.append(member)  # left as a link, as a BMC does with a member it cannot read now
+            continue
+        members.append(inner.body if isinstance(inner, Reply) else inner)
+    return {**body, "Members": members}
 
 
 TRANSPORT_SCOPE_KEY = "dpufleet.transport"  # set by the fleet's HTTP protocol (see sim.fleet)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpufleet.sim.bmc import ROLES, SimAccount
+from dpufleet.sim.bmc import ROLES, SimAccount, SimBMC
 from dpufleet.sim.messages import RedfishError
 from dpufleet.sim.redfish.http import ROUTER, Ctx, Json, Reply, collection, reject_unknown, status_ok
 from dpufleet.sim.redfish.schema import metadata_xml, odata_type
@@ -22,6 +22,12 @@ _TOP_LEVEL = (
 )
 
 
+def offers_expand(bmc: SimBMC) -> bool:
+    """A standard-style BMC expands a collection's members in place ($expand=. one level, DSP0266 7.3);
+    one in the BF-23.10 style, as that era's bmcweb builds with its query parameters off, does not."""
+    return bmc.dpu.profile.redfish_style == "standard"
+
+
 @ROUTER.add("GET", "", privilege="NoAuth")
 def service_root(ctx: Ctx, _: dict[str, str]) -> Json:
     bmc = ctx.bmc
@@ -36,6 +42,11 @@ def service_root(ctx: Ctx, _: dict[str, str]) -> Json:
         "Product": bmc.dpu.profile.bmc.model,
         "Links": {"Sessions": ctx.link("SessionService", "Sessions")},
     }
+    if offers_expand(bmc):
+        body["ProtocolFeaturesSupported"] = {
+            "ExpandQuery": {"ExpandAll": False, "Levels": True, "MaxLevels": 1, "Links": False, "NoLinks": True},
+            "FilterQuery": False, "SelectQuery": False, "OnlyMemberQuery": False, "ExcerptQuery": False,
+        }  # fmt: skip
     for name in _TOP_LEVEL:
         body[_ROOT_PROPERTY.get(name, name)] = ctx.link(name)
     return body
