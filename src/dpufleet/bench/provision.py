@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 from rich.console import Console
 
 from ..sim.runner import SimOptions, SimRunning, register
@@ -152,13 +153,13 @@ def _phase_means(metrics_text: str) -> dict[str, float]:
 async def _dpu_phases(http: httpx.AsyncClient) -> dict[str, str]:
     resp = await http.get(f"{BASE}/dpus")
     resp.raise_for_status()
-    return {d["metadata"]["name"]: str((d.get("status") or {}).get("phase") or "") for d in resp.json()["items"]}
+    return {d["metadata"]["name"]: str((d.get("status") or {}).get("phase") or "") for d in orjson.loads(resp.content)["items"]}
 
 
 async def _inventoried(http: httpx.AsyncClient) -> list[str]:
     resp = await http.get(f"{BASE}/dpus")
     resp.raise_for_status()
-    return [d["metadata"]["name"] for d in resp.json()["items"] if (d.get("status") or {}).get("firmware")]
+    return [d["metadata"]["name"] for d in orjson.loads(resp.content)["items"] if (d.get("status") or {}).get("firmware")]
 
 
 async def discover_fleet(
@@ -194,14 +195,14 @@ async def _settled(http: httpx.AsyncClient, dpus: int, deadline: float, console:
         resp.raise_for_status()
         subscribed = sum(
             1
-            for b in resp.json()["items"]
+            for b in orjson.loads(resp.content)["items"]
             if ((b.get("status") or {}).get("eventSubscription") or {}).get("state") in ("Subscribed", "NotSupported")
         )
         resp = await http.get(f"{BASE}/dpus")
         resp.raise_for_status()
         looked_at = sum(  # the health controller's first look (links found, a diagnosis) is done
             1
-            for d in resp.json()["items"]
+            for d in orjson.loads(resp.content)["items"]
             if any(c.get("type") == "Healthy" for c in (d.get("status") or {}).get("conditions") or [])
         )
         if subscribed >= dpus and looked_at >= dpus:
