@@ -187,7 +187,12 @@ class Remediator:
         else:
             updated = await mutate_status(self.store, "DPU", meta["name"], mutate, meta["project"])
         if opened:
-            await self._event(updated, str(diagnosis.failure_class), diagnosis.message, warning=True)
+            # the evidence the episode opened on, kept in its Event: status.diagnosis moves on with each visit
+            # (a DPU booting back from the remediation shows PowerState On while the episode is still open)
+            opened_on = "; ".join(f"{e.source} {e.signal}: {e.value}" for e in diagnosis.evidence)
+            await self._event(
+                updated, str(diagnosis.failure_class), f"{diagnosis.message} [evidence: {opened_on}]", warning=True
+            )
             if str(diagnosis.failure_class) in actions.OUT_OF_SERVICE:
                 for error in await actions.run_evacuation_hooks(updated, diagnosis):
                     await self._event(updated, "EvacuationHookFailed", error, warning=True)
