@@ -269,3 +269,30 @@ def test_each_host_shows_the_hardware_its_own_bmc_reports(http: httpx.Client, si
         assert (hardware["cpuModel"], hardware["cpuCount"]) == (sim.model.cpu_model, sim.model.cpu_count)
         assert hardware["memoryGiB"] == sim.model.memory_mib / 1024
         assert hardware["bmc"] == f"{sim.id}-bmc" and "/redfish/v1/Systems/" in hardware["system"]
+
+
+def test_a_host_powered_off_through_its_bmc_stays_off_until_powered_on(http: httpx.Client, site: SimRunning) -> None:
+    """ForceOff through the host's own BMC (spec.bmcRef) powers the host off and cuts its slots' power (its
+    DPUs go off with it); it stays off until a PowerAction with resetType On, which boots host and DPUs."""
+    host = site.fleet.hosts[1]
+    boots = host.boot_count
+    off = finished(http, reset(http, "Host", host.id, "host-only", resetType="ForceOff"))["status"]
+    assert off["phase"] == "Succeeded", off
+    assert off["steps"][-1]["what"] == f"wait for host/{host.id} to power off"
+    assert not host.powered and not host.os_alive
+    assert all(str(d.power_state) == "Off" for d in host.dpus)
+    time.sleep(1.0)  # more than a host reboot (0.45 s here): an off host does not come back by itself
+    assert not host.powered and not host.os_alive and host.boot_count == boots
+
+    restart = finished(http, reset(http, "Host", host.id, "host-only", resetType="ForceRestart"))["status"]
+    assert restart["phase"] == "Failed" and "powered off" in restart["message"], restart  # the BMC's 409
+
+    on = finished(http, reset(http, "Host", host.id, "host-only", resetType="On"))["status"]
+    assert on["phase"] == "Succeeded", on
+    assert host.powered and host.os_alive and host.boot_count == boots + 1
+    wait_for(
+        f"the DPUs of {host.id} running again",
+        lambda: [d.boot_progress for d in host.dpus],
+        lambda progress: progress == ["OSRunning"] * len(host.dpus),
+        10.0,
+    )

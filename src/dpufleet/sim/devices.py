@@ -133,6 +133,7 @@ class SimHost:
     dpus: list[SimDPU] = field(default_factory=list)
     osroot: Path | None = None
     os_alive: bool = True  # the host OS runs and its agent can report
+    powered: bool = True  # off after its BMC's ForceOff/GracefulShutdown, until its BMC's On
     boot_count: int = 0  # completed reboots (a reset or power cycle that came back up)
     booted_at: float = field(default_factory=time.time)  # when its OS last came up (BootProgress.LastStateTime)
 

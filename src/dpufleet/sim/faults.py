@@ -97,6 +97,7 @@ class FaultInjector:
         self.fleet = fleet
         self.active: dict[tuple[str, FaultKind], ActiveFault] = {}
         self.history: list[dict[str, Any]] = []
+        self._host_boots: set[asyncio.Task[None]] = set()  # hosts booting after a power on (kept referenced)
         for bmc in fleet.bmcs.values():
             bmc.boot_hooks = self
 
@@ -337,7 +338,7 @@ class FaultInjector:
 
     def _host_up(self, dpu: SimDPU) -> None:
         host = self.host(dpu)
-        if host is not None and not any(
+        if host is not None and host.powered and not any(
             f.kind in (FaultKind.HOST_CRASH, FaultKind.HOST_SOFT_RESET, FaultKind.HOST_POWER_CYCLE)
             for d in host.dpus
             for f in self.faults_of(d)
@@ -370,6 +371,40 @@ class FaultInjector:
 
     def _stop_host_power_cycle(self, dpu: SimDPU, fault: ActiveFault, cured: bool) -> None:
         self._host_up(dpu)
+
+    # -- host power through the host's BMC (an operator's action, not a fault) ------------------------------
+
+    def power_off_host(self, host: SimHost) -> None:
+        """The host's BMC powers it off: its OS stops and every PCIe slot loses power until power_on_host."""
+        if not host.powered:
+            return
+        host.powered = False
+        host.os_alive = False
+        for card in host.dpus:
+            self._lose_power(card, "host PCIe slot power")
+
+    def power_on_host(self, host: SimHost) -> None:
+        """The host's BMC powers it on: the slots get power back (each DPU boots) and the host's OS boots,
+        which takes a host reboot's time."""
+        if host.powered:
+            return
+        host.powered = True
+        for card in host.dpus:
+            bmc = self.bmc(card)
+            bmc.log("LineInputPowerRestored", "host PCIe slot power", origin=f"Chassis/{_chassis_id()}")
+            bmc.reset_system("On")
+        if not host.dpus:
+            return
+        first, seconds = host.dpus[0], self.bmc(host.dpus[0]).timings.scaled(HOST_REBOOT_SECONDS)
+
+        async def boot() -> None:
+            await asyncio.sleep(seconds)
+            if host.powered:
+                self._host_up(first)
+
+        task = asyncio.get_running_loop().create_task(boot())
+        self._host_boots.add(task)
+        task.add_done_callback(self._host_boots.discard)
 
     def _start_host_crash(self, dpu: SimDPU, fault: ActiveFault) -> None:
         host = self.host(dpu)

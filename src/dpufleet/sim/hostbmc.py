@@ -28,6 +28,7 @@ RESETS = {
     "GracefulRestart": FaultKind.HOST_SOFT_RESET,
     "PowerCycle": FaultKind.HOST_POWER_CYCLE,
 }
+POWER_OFF = ("ForceOff", "GracefulShutdown")  # the host stays off (and its slots unpowered) until "On"
 BOOT_TARGETS = ("None", "Pxe", "Hdd", "Cd", "UefiHttp", "BiosSetup")
 BOOT_ENABLED = ("Disabled", "Once", "Continuous")
 
@@ -136,12 +137,26 @@ class HostBMCApp:
 
     async def _reset(self, request: Request, host: SimHost) -> Response:
         reset_type = str((await _body(request)).get("ResetType", ""))
+        injector = injector_for(self.fleet)
+        if reset_type in ("On", "PowerCycle") and not host.powered:
+            injector.power_on_host(host)  # a power cycle of a host that is off powers it on, as BMCs do
+            return self._spend_once_override(host)
         if reset_type == "On":
-            return Response(status_code=204)  # an emulated host is always powered
+            return Response(status_code=204)  # already on: nothing to do
+        if reset_type in POWER_OFF:
+            injector.power_off_host(host)
+            return Response(status_code=204)
         kind = RESETS.get(reset_type)
         if kind is None or not host.dpus:
-            return _error(400, f"ResetType {reset_type!r} is not allowed; allowed: {', '.join(['On', *RESETS])}")
-        injector_for(self.fleet).inject(host.dpus[0].id, kind, None)  # host faults are keyed by a DPU
+            allowed = ", ".join(["On", *POWER_OFF, *RESETS])
+            return _error(400, f"ResetType {reset_type!r} is not allowed; allowed: {allowed}")
+        if not host.powered:
+            return _error(409, f"ResetType {reset_type!r}: the host is powered off; power it on with ResetType On")
+        injector.inject(host.dpus[0].id, kind, None)  # host faults are keyed by a DPU
+        return self._spend_once_override(host)
+
+    def _spend_once_override(self, host: SimHost) -> Response:
+        """A boot spends a Once boot override."""
         if self._boot(host)["BootSourceOverrideEnabled"] == "Once":
             self.boot[host.id] = {"BootSourceOverrideTarget": "None", "BootSourceOverrideEnabled": "Disabled"}
         return Response(status_code=204)
@@ -192,9 +207,10 @@ def _system(base: str, host: SimHost, boot: dict[str, str]) -> dict[str, Any]:
         "@odata.id": f"{base}/Systems/System", "@odata.type": "#ComputerSystem.v1_20_0.ComputerSystem",
         "Id": "System", "Name": host.id, "SystemType": "Physical", "UUID": host.uuid,
         "Manufacturer": host.model.vendor, "Model": host.model.product, "SerialNumber": host.serial,
-        "PowerState": "On",  # a soft reset keeps the host powered; the OS is what goes down
+        "PowerState": "On" if host.powered else "Off",  # a soft reset keeps it powered; the OS goes down
         "BootProgress": {
-            "LastState": "OSRunning" if host.os_alive else "SystemHardwareInitializationComplete",
+            "LastState": "None" if not host.powered else "OSRunning" if host.os_alive
+            else "SystemHardwareInitializationComplete",
             "LastStateTime": datetime.fromtimestamp(host.booted_at, UTC).isoformat(timespec="milliseconds"),
         },
         "ProcessorSummary": {"Model": host.model.cpu_model, "Count": host.model.cpu_count},
@@ -202,7 +218,7 @@ def _system(base: str, host: SimHost, boot: dict[str, str]) -> dict[str, Any]:
         "Boot": {**boot, "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS)},
         "Actions": {"#ComputerSystem.Reset": {
             "target": f"{base}/Systems/System/Actions/ComputerSystem.Reset",
-            "ResetType@Redfish.AllowableValues": ["On", *RESETS],
+            "ResetType@Redfish.AllowableValues": ["On", *POWER_OFF, *RESETS],
         }},
         "Links": {"Chassis": [{"@odata.id": f"{base}/Chassis/Chassis"}],
                   "ManagedBy": [{"@odata.id": f"{base}/Managers/BMC"}]},
