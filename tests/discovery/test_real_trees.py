@@ -150,6 +150,12 @@ def test_a_host_bmc_that_manages_a_dpu_yields_a_paired_host_and_dpu(
     assert hardware["serialNumber"] == DMTF_HOST_SERIAL and hardware["system"] == "/redfish/v1/Systems/437XR1138R2"
     assert (hardware["cpuCount"], hardware["memoryGiB"]) == (2, 96)
     assert hardware["cpuModel"] == "Multi-Core Intel(R) Xeon(R) processor 7xxx Series"
+    # the consoles and virtual media of the manager that names the host in ManagerForServers
+    consoles = {c["kind"]: c for c in hardware["consoles"]}
+    assert consoles["serial"]["connectTypes"] == ["Telnet", "SSH", "IPMI"] and consoles["serial"]["enabled"]
+    assert consoles["graphical"]["connectTypes"] == ["KVMIP"]
+    assert consoles["shell"]["source"] == "/redfish/v1/Managers/BMC"
+    assert hardware["virtualMedia"] == "/redfish/v1/Managers/BMC/VirtualMedia"
     links = {(e["kind"], e["value"]) for e in status["evidence"]}
     assert ("redfish-contained-by", "/redfish/v1/Chassis/1U") in links
     assert {v for k, v in links if k == "redfish-offloaded-function"} == {

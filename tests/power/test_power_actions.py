@@ -269,6 +269,9 @@ def test_each_host_shows_the_hardware_its_own_bmc_reports(http: httpx.Client, si
         assert (hardware["cpuModel"], hardware["cpuCount"]) == (sim.model.cpu_model, sim.model.cpu_count)
         assert hardware["memoryGiB"] == sim.model.memory_mib / 1024
         assert hardware["bmc"] == f"{sim.id}-bmc" and "/redfish/v1/Systems/" in hardware["system"]
+        serial = next(c for c in hardware["consoles"] if c["source"] == hardware["system"])
+        assert serial["kind"] == "serial" and serial["ports"] == {"SSH": 2200, "IPMI": 623}
+        assert hardware["virtualMedia"].endswith("/Managers/BMC/VirtualMedia")
 
 
 def test_a_host_powered_off_through_its_bmc_stays_off_until_powered_on(http: httpx.Client, site: SimRunning) -> None:

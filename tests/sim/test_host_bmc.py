@@ -11,7 +11,8 @@ import pytest
 
 from dpufleet.drivers.hostpower import HostPowerError
 from dpufleet.drivers.redfish.client import Credentials, RedfishClient
-from dpufleet.drivers.redfish.hostbmc import RedfishHostPower, find_host_system
+from dpufleet.drivers.redfish.hostbmc import RedfishHostPower, RedfishVirtualMedia, find_host_system
+from dpufleet.drivers.redfish.inventory import crawl
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,3 +88,57 @@ def test_hardware_info_is_the_emulated_hosts(fleet: SimRunning) -> None:
     assert hardware.serial_number == sim.serial
     assert hardware.cpu_model == sim.model.cpu_model and hardware.cpu_count == sim.model.cpu_count
     assert hardware.memory_gib == sim.model.memory_mib / 1024
+
+
+def test_the_host_bmc_reports_its_consoles(fleet: SimRunning) -> None:
+    """The crawl reads the host system's SerialConsole (per protocol, with ports) and its manager's
+    serial and graphical consoles: where an operator's console session goes."""
+
+    async def run() -> None:
+        async with client(fleet) as rf:
+            inventory = await crawl(rf)
+        (system,) = inventory.systems
+        (serial,) = system.consoles
+        assert (serial.kind, serial.enabled, serial.connectTypes) == ("serial", True, ["SSH", "IPMI"])
+        assert serial.ports == {"SSH": 2200, "IPMI": 623}
+        (manager,) = inventory.managers
+        assert system.odataId in manager.managerForServers
+        assert {c.kind: c.connectTypes for c in manager.consoles} == {"serial": ["SSH", "IPMI"], "graphical": ["KVMIP"]}
+        assert manager.virtualMedia is not None and manager.virtualMedia.endswith("/Managers/BMC/VirtualMedia")
+
+    asyncio.run(run())
+
+
+def test_virtual_media_is_inserted_and_ejected_through_the_host_bmc(fleet: SimRunning) -> None:
+    image = "http://127.0.0.1:9/images/installer.iso"
+
+    async def run() -> None:
+        async with client(fleet) as rf:
+            media = RedfishVirtualMedia(rf, await find_host_system(rf))
+            (slot,) = await media.slots()
+            assert not slot.inserted and slot.image is None and "CD" in slot.media_types
+            inserted = await media.insert(image)
+            assert inserted.inserted and inserted.image == image
+            assert (await media.insert(image)).image == image  # the same image again: left as it is
+            other = await media.insert("http://127.0.0.1:9/images/other.iso")  # another: swapped
+            assert other.image is not None and other.image.endswith("other.iso")
+            with pytest.raises(HostPowerError, match="no virtual media slot takes 'Floppy'"):
+                await media.insert(image, "Floppy")
+            await media.eject()
+            (slot,) = await media.slots()
+            assert not slot.inserted and slot.image is None
+            await media.eject()  # nothing inserted: nothing to do
+
+    asyncio.run(run())
+
+
+def test_the_host_bmc_refuses_media_that_is_not_a_url(fleet: SimRunning) -> None:
+    async def run() -> None:
+        async with client(fleet) as rf:
+            media = RedfishVirtualMedia(rf, await find_host_system(rf))
+            with pytest.raises(HostPowerError, match="http:// or https:// URL"):
+                await media.insert("/tmp/installer.iso")
+            (slot,) = await media.slots()
+            assert not slot.inserted  # nothing changed
+
+    asyncio.run(run())

@@ -492,11 +492,18 @@ class BMCReconciler(Reconciler):
         ]
         if not owners:
             return
+        # its manager: the one that names it in ManagerForServers, else the BMC's only manager
+        managers = [m for m in inventory.managers if system.odataId in m.managerForServers]
+        if not managers and len(inventory.managers) == 1:
+            managers = list(inventory.managers)
+        consoles = [c.model_dump() for c in system.consoles] + [c.model_dump() for m in managers for c in m.consoles]
         hardware = {
             "serialNumber": system.serialNumber,
             "cpuModel": system.processors.model,
             "cpuCount": system.processors.count,
             "memoryGiB": system.memoryGiB,
+            "consoles": consoles,
+            "virtualMedia": next((m.virtualMedia for m in managers if m.virtualMedia), None),
             "system": system.odataId,
             "bmc": bmc_name,
         }

@@ -39,6 +39,7 @@ class HostBMCApp:
     def __init__(self, fleet: Fleet, username: str, password: str) -> None:
         self.fleet = fleet
         self.username, self.password = username, password
+        self.media: dict[str, dict[str, Any]] = {}  # host id -> its CD1's Image, Inserted, WriteProtected
         self.boot: dict[str, dict[str, str]] = {}  # host id -> its Boot override
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,6 +108,11 @@ class HostBMCApp:
             ),
             "/redfish/v1/Chassis/Chassis": _chassis(base, host),
             "/redfish/v1/Managers/BMC": _manager(base, host),
+            "/redfish/v1/Managers/BMC/VirtualMedia": _collection(
+                f"{base}/Managers/BMC/VirtualMedia", "#VirtualMediaCollection.VirtualMediaCollection",
+                [f"{base}/Managers/BMC/VirtualMedia/CD1"],
+            ),
+            "/redfish/v1/Managers/BMC/VirtualMedia/CD1": _virtual_media(base, self._media(host)),
         }
         if request.method == "GET" and path in docs:
             return JSONResponse(docs[path])
@@ -117,7 +123,29 @@ class HostBMCApp:
                 return JSONResponse(_system(base, host, self._boot(host)))
         if path == "/redfish/v1/Systems/System/Actions/ComputerSystem.Reset" and request.method == "POST":
             return await self._reset(request, host)
+        if path == f"{_CD}/Actions/VirtualMedia.InsertMedia" and request.method == "POST":
+            return await self._insert_media(request, host)
+        if path == f"{_CD}/Actions/VirtualMedia.EjectMedia" and request.method == "POST":
+            media = self._media(host)
+            if not media["Inserted"]:
+                return _error(400, "no media is inserted in CD1")
+            self.media[host.id] = {"Image": None, "Inserted": False, "WriteProtected": True}
+            return Response(status_code=204)
         return _error(404, f"{request.url.path} is not a resource of this BMC")
+
+    def _media(self, host: SimHost) -> dict[str, Any]:
+        return self.media.setdefault(host.id, {"Image": None, "Inserted": False, "WriteProtected": True})
+
+    async def _insert_media(self, request: Request, host: SimHost) -> Response:
+        body = await _body(request)
+        image = body.get("Image")
+        if not isinstance(image, str) or not image.startswith(("http://", "https://")):
+            return _error(400, "InsertMedia takes an Image: the http:// or https:// URL of the image")
+        if self._media(host)["Inserted"]:
+            return _error(409, "CD1 already holds media: eject it first (VirtualMedia.EjectMedia)")
+        protected = body.get("WriteProtected", True)
+        self.media[host.id] = {"Image": image, "Inserted": True, "WriteProtected": protected is not False}
+        return Response(status_code=204)
 
     def _boot(self, host: SimHost) -> dict[str, str]:
         return self.boot.setdefault(
@@ -216,6 +244,8 @@ def _system(base: str, host: SimHost, boot: dict[str, str]) -> dict[str, Any]:
         "ProcessorSummary": {"Model": host.model.cpu_model, "Count": host.model.cpu_count},
         "MemorySummary": {"TotalSystemMemoryGiB": host.model.memory_mib / 1024},
         "Boot": {**boot, "BootSourceOverrideTarget@Redfish.AllowableValues": list(BOOT_TARGETS)},
+        "SerialConsole": {"MaxConcurrentSessions": 1, "SSH": {"ServiceEnabled": True, "Port": 2200},
+                          "IPMI": {"ServiceEnabled": True, "Port": 623}},
         "Actions": {"#ComputerSystem.Reset": {
             "target": f"{base}/Systems/System/Actions/ComputerSystem.Reset",
             "ResetType@Redfish.AllowableValues": ["On", *POWER_OFF, *RESETS],
@@ -238,7 +268,28 @@ def _manager(base: str, host: SimHost) -> dict[str, Any]:
     return {
         "@odata.id": f"{base}/Managers/BMC", "@odata.type": "#Manager.v1_18_0.Manager", "Id": "BMC",
         "Name": f"{host.id} BMC", "ManagerType": "BMC",
+        "SerialConsole": {"ServiceEnabled": True, "MaxConcurrentSessions": 1, "ConnectTypesSupported": ["SSH", "IPMI"]},
+        "GraphicalConsole": {"ServiceEnabled": True, "MaxConcurrentSessions": 2, "ConnectTypesSupported": ["KVMIP"]},
+        "VirtualMedia": {"@odata.id": f"{base}/Managers/BMC/VirtualMedia"},
         "Links": {"ManagerForServers": [{"@odata.id": f"{base}/Systems/System"}]},
+    }  # fmt: skip
+
+
+_CD = "/redfish/v1/Managers/BMC/VirtualMedia/CD1"
+
+
+def _virtual_media(base: str, media: dict[str, Any]) -> dict[str, Any]:
+    cd = f"{base}/Managers/BMC/VirtualMedia/CD1"
+    return {
+        "@odata.id": cd, "@odata.type": "#VirtualMedia.v1_6_0.VirtualMedia", "Id": "CD1", "Name": "Virtual CD",
+        "MediaTypes": ["CD", "DVD"], "Image": media["Image"],
+        "ImageName": media["Image"].rsplit("/", 1)[-1] if media["Image"] else None,
+        "Inserted": media["Inserted"], "WriteProtected": media["WriteProtected"],
+        "ConnectedVia": "URI" if media["Inserted"] else "NotConnected",
+        "Actions": {
+            "#VirtualMedia.InsertMedia": {"target": f"{cd}/Actions/VirtualMedia.InsertMedia"},
+            "#VirtualMedia.EjectMedia": {"target": f"{cd}/Actions/VirtualMedia.EjectMedia"},
+        },
     }  # fmt: skip
 
 

@@ -83,6 +83,16 @@ class PCIFunction(BaseModel):
     dpu: str | None = None
 
 
+class HostConsole(BaseModel):
+    """A console the host's BMC offers: serial (SSH, IPMI SOL, Telnet), graphical (KVM) or a shell."""
+
+    kind: str
+    enabled: bool | None = None
+    connectTypes: list[str] = Field(default_factory=list)
+    ports: dict[str, int] = Field(default_factory=dict, description="port per protocol, where the BMC says")
+    source: str = Field(default="", description="the Redfish resource that reported it")
+
+
 class HostHardware(BaseModel):
     """What the host's own BMC reports of its hardware (strings trimmed; None where it reports nothing or
     only zero, which is not a fact)."""
@@ -91,6 +101,10 @@ class HostHardware(BaseModel):
     cpuModel: str | None = None
     cpuCount: int | None = None
     memoryGiB: float | None = None
+    consoles: list[HostConsole] = Field(
+        default_factory=list, description="the consoles its BMC offers (its ComputerSystem's and its manager's)"
+    )
+    virtualMedia: str | None = Field(default=None, description="its BMC's VirtualMedia collection (@odata.id)")
     system: str | None = Field(default=None, description="the host's ComputerSystem on its BMC (@odata.id)")
     bmc: str | None = Field(default=None, description="the BMC object it was read through")
     observedAt: str | None = None

@@ -119,3 +119,102 @@ class RedfishHostPower(HostPowerInterface):
 
     async def hardware(self) -> HostHardware:
         return hardware_of(await self._get())
+
+
+@dataclass(frozen=True)
+class MediaSlot:
+    """One virtual media device of the host's BMC (a virtual CD, a USB stick)."""
+
+    odata_id: str
+    media_types: tuple[str, ...]
+    image: str | None
+    inserted: bool
+    insert_target: str | None
+    eject_target: str | None
+
+
+def _media_slot(body: dict[str, Any]) -> MediaSlot:
+    actions = body.get("Actions") if isinstance(body.get("Actions"), dict) else {}
+    assert isinstance(actions, dict)
+
+    def target(name: str) -> str | None:
+        action = actions.get(name)
+        found = action.get("target") if isinstance(action, dict) else None
+        return str(found) if isinstance(found, str) and found else None
+
+    types = body.get("MediaTypes")
+    image = body.get("Image")
+    return MediaSlot(
+        odata_id=str(body.get("@odata.id", "")).rstrip("/"),
+        media_types=tuple(str(t) for t in types) if isinstance(types, list) else (),
+        image=image.strip() or None if isinstance(image, str) else None,
+        inserted=body.get("Inserted") is True,
+        insert_target=target("#VirtualMedia.InsertMedia"),
+        eject_target=target("#VirtualMedia.EjectMedia"),
+    )
+
+
+class RedfishVirtualMedia:
+    """The host BMC's virtual media: the slots of the manager that manages the host's system (DMTF's
+    Manager.VirtualMedia), an image inserted by URL and ejected through the slot's own actions."""
+
+    def __init__(self, client: RedfishClient, system: str) -> None:
+        self.client, self.system = client, system
+
+    async def slots(self) -> list[MediaSlot]:
+        try:
+            root = await self.client.lasting("/redfish/v1")
+            link = self.client.link(root, "Managers")
+            managers = await self.client.members(link) if link else []
+            mine = [m for m in managers if self.system in _ids((m.get("Links") or {}).get("ManagerForServers"))]
+            found: list[MediaSlot] = []
+            for manager in mine or managers[:1]:
+                media = self.client.link(manager, "VirtualMedia")
+                if media:
+                    found.extend(_media_slot(b) for b in await self.client.members(media))
+            return found
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+    async def _slot(self, media_type: str) -> MediaSlot:
+        slots = await self.slots()
+        if not slots:
+            raise HostPowerError(f"{self.client.base_url}: the host's BMC offers no virtual media")
+        for slot in slots:
+            if media_type in slot.media_types or not slot.media_types:
+                return slot
+        offered = sorted({t for s in slots for t in s.media_types})
+        raise HostPowerError(f"no virtual media slot takes {media_type!r}; the BMC offers {', '.join(offered)}")
+
+    async def insert(self, image: str, media_type: str = "CD") -> MediaSlot:
+        """Insert `image` (an http(s) URL the BMC fetches) into the first slot that takes `media_type`;
+        a slot already holding that image is left as it is."""
+        slot = await self._slot(media_type)
+        if slot.inserted and slot.image == image:
+            return slot
+        if slot.insert_target is None:
+            raise HostPowerError(f"{slot.odata_id}: the slot offers no VirtualMedia.InsertMedia action")
+        try:
+            if slot.inserted and slot.eject_target:
+                await self.client.post(slot.eject_target, {})
+            await self.client.post(slot.insert_target, {"Image": image, "Inserted": True, "WriteProtected": True})
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+        return await self._slot(media_type)
+
+    async def eject(self, media_type: str = "CD") -> None:
+        slot = await self._slot(media_type)
+        if not slot.inserted:
+            return
+        if slot.eject_target is None:
+            raise HostPowerError(f"{slot.odata_id}: the slot offers no VirtualMedia.EjectMedia action")
+        try:
+            await self.client.post(slot.eject_target, {})
+        except RedfishError as exc:
+            raise HostPowerError(str(exc)) from None
+
+
+def _ids(links: Any) -> list[str]:
+    if not isinstance(links, list):
+        return []
+    return [str(link["@odata.id"]).rstrip("/") for link in links if isinstance(link, dict) and "@odata.id" in link]

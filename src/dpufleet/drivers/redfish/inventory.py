@@ -63,6 +63,7 @@ class SystemInfo(BaseModel):
     offloadedFunctions: list[str] = Field(
         default_factory=list, description="Links.OffloadedNetworkDeviceFunctions of a DPU system"
     )
+    consoles: list[ConsoleInfo] = Field(default_factory=list, description="ComputerSystem.SerialConsole")
     implausible: list[str] = Field(
         default_factory=list, description="figures the device reported that are not facts (read as unknown)"
     )
@@ -72,11 +73,26 @@ class SystemInfo(BaseModel):
         return (self.systemType or "").upper() == "DPU"
 
 
+class ConsoleInfo(BaseModel):
+    """A console a BMC offers (Manager.SerialConsole/GraphicalConsole/CommandShell, or the newer
+    ComputerSystem.SerialConsole with one entry per protocol and its port)."""
+
+    kind: str = Field(description="serial, graphical or shell")
+    enabled: bool | None = None
+    connectTypes: list[str] = Field(default_factory=list, description="SSH, IPMI, Telnet, KVMIP, ...")
+    ports: dict[str, int] = Field(default_factory=dict, description="port per protocol, where the BMC says")
+    source: str = Field(default="", description="the resource that reported it (@odata.id)")
+
+
 class ManagerInfo(BaseModel):
     id: str
+    odataId: str = ""
     model: str | None = None
     firmwareVersion: str | None = None
     health: str | None = None
+    managerForServers: list[str] = Field(default_factory=list, description="Links.ManagerForServers (@odata.id)")
+    consoles: list[ConsoleInfo] = Field(default_factory=list)
+    virtualMedia: str | None = Field(default=None, description="its VirtualMedia collection (@odata.id)")
 
 
 class ChassisInfo(BaseModel):
@@ -187,6 +203,49 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+_CONSOLES = {"SerialConsole": "serial", "GraphicalConsole": "graphical", "CommandShell": "shell"}
+_SYSTEM_CONSOLE_PROTOCOLS = ("SSH", "IPMI", "Telnet", "WebSocket")
+
+
+def _enabled(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def parse_manager_consoles(body: dict[str, Any]) -> list[ConsoleInfo]:
+    """A Manager's consoles (SerialConsole, GraphicalConsole, CommandShell), where it reports them."""
+    source = str(body.get("@odata.id", "")).rstrip("/")
+    found: list[ConsoleInfo] = []
+    for prop, kind in _CONSOLES.items():
+        console = _obj(body.get(prop))
+        if not console:
+            continue
+        found.append(ConsoleInfo(
+            kind=kind, enabled=_enabled(console.get("ServiceEnabled")),
+            connectTypes=[t for t in (_str(v) for v in _list(console.get("ConnectTypesSupported"))) if t],
+            source=source,
+        ))  # fmt: skip
+    return found
+
+
+def parse_system_consoles(body: dict[str, Any]) -> list[ConsoleInfo]:
+    """ComputerSystem.SerialConsole (v1_13 on): one object per protocol, each with ServiceEnabled and Port."""
+    console = _obj(body.get("SerialConsole"))
+    entries = {p: _obj(console.get(p)) for p in _SYSTEM_CONSOLE_PROTOCOLS if _obj(console.get(p))}
+    if not entries:
+        return []
+    states = {p: _enabled(e.get("ServiceEnabled")) for p, e in entries.items()}
+    enabled = True if any(states.values()) else False if all(v is False for v in states.values()) else None
+    ports: dict[str, int] = {}
+    for protocol, entry in entries.items():
+        port = entry.get("Port")
+        if states[protocol] is not False and isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+            ports[protocol] = port  # 0 or out of range: not a port, not recorded
+    return [ConsoleInfo(
+        kind="serial", enabled=enabled, connectTypes=[p for p, v in states.items() if v is not False], ports=ports,
+        source=str(body.get("@odata.id", "")).rstrip("/"),
+    )]  # fmt: skip
+
+
 def parse_system(body: dict[str, Any]) -> SystemInfo:
     summary, memory, boot = (
         _obj(body.get("ProcessorSummary")),
@@ -224,6 +283,7 @@ def parse_system(body: dict[str, Any]) -> SystemInfo:
         chassisLinks=_links(links.get("Chassis")),
         hostingSystem=_link(links.get("HostingComputerSystem")),
         offloadedFunctions=_links(links.get("OffloadedNetworkDeviceFunctions")),
+        consoles=parse_system_consoles(body),
         implausible=implausible,
     )
 
@@ -266,9 +326,13 @@ async def crawl(client: RedfishClient, root: dict[str, Any] | None = None, *, ma
         return [
             ManagerInfo(
                 id=str(m.get("Id", "")),
+                odataId=str(m.get("@odata.id", "")).rstrip("/"),
                 model=_str(m.get("Model")),
                 firmwareVersion=_str(m.get("FirmwareVersion")),
                 health=_health(m),
+                managerForServers=_links(_obj(m.get("Links")).get("ManagerForServers")),
+                consoles=parse_manager_consoles(m),
+                virtualMedia=_link(m.get("VirtualMedia")),
             )
             for m in await client.members(managers_link)
         ]
