@@ -128,13 +128,15 @@ def _validate(url: str, user: str, password: str, logdir: Path) -> int:
     return passed
 
 
-def test_dmtf_service_validator_reports_zero_failures_on_the_emulated_host_bmc(tmp_path: Path):
+@pytest.mark.parametrize("manages_dpus", [False, True], ids=["host-only", "smartnic-model"])
+def test_dmtf_service_validator_reports_zero_failures_on_the_emulated_host_bmc(tmp_path: Path, manages_dpus: bool):
     """The host's own BMC, on a port of its own (`dpufleet sim --per-bmc-ports`), after a restart and a
-    boot override: what the product drives a host through is a Redfish service by DMTF's measure."""
+    boot override: what the product drives a host through is a Redfish service by DMTF's measure; with
+    `--host-bmcs-manage-dpus` it shows the host's DPUs too, as DMTF's SmartNIC model does."""
     _need_csdl()
     options = SimOptions(
-        hosts=1, dpus_per_host=1, profiles=["nvidia-bluefield-3"], seed=7, directory=tmp_path / "fleet",
-        time_scale=0.002, per_bmc_ports=True, register=False, agents=False,
+        hosts=1, dpus_per_host=2, profiles=["nvidia-bluefield-3"], seed=7, directory=tmp_path / "fleet",
+        time_scale=0.002, per_bmc_ports=True, register=False, agents=False, host_bmcs_manage_dpus=manages_dpus,
     )  # fmt: skip
     with sim_in_thread(options) as running:
         url = running.host_bmcs[running.fleet.hosts[0].id]
@@ -145,8 +147,10 @@ def test_dmtf_service_validator_reports_zero_failures_on_the_emulated_host_bmc(t
                                                                 "BootSourceOverrideEnabled": "Once"}})
         assert patched.status_code == 204
         assert httpx.get(system, auth=auth).json()["@odata.id"] == "/redfish/v1/Systems/System"
+        systems = httpx.get(url + "/redfish/v1/Systems", auth=auth).json()["Members"]
+        assert len(systems) == (3 if manages_dpus else 1)
         passed = _validate(url, running.username, running.password, tmp_path / "logs")
-    assert passed > 50
+    assert passed > (150 if manages_dpus else 50)
 
 
 def test_https_with_a_self_signed_certificate(tmp_path: Path):

@@ -65,6 +65,10 @@ def up_cmd(
     ),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT for the BMCs (0: any free port)"),
     per_bmc_ports: bool = typer.Option(False, "--per-bmc-ports", help="one port per BMC (DPU and host BMCs) instead of /bmc/<id> and /hostbmc/<id>"),
+    host_bmcs_manage_dpus: bool = typer.Option(
+        False, "--host-bmcs-manage-dpus",
+        help="each host's BMC also shows its DPUs as systems of their own (DMTF's SmartNIC model)",
+    ),
     tls: bool = typer.Option(False, "--tls", help="serve Redfish over HTTPS with a self-signed certificate"),
     latency: float = typer.Option(0.0, "--latency", min=0.0, help="seconds added to every BMC request"),
     max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, help="request slots per BMC"),
@@ -102,6 +106,7 @@ def up_cmd(
         listen_host=host,
         port=port,
         per_bmc_ports=per_bmc_ports,
+        host_bmcs_manage_dpus=host_bmcs_manage_dpus,
         tls=tls,
         latency=latency,
         max_concurrent=max_concurrent,

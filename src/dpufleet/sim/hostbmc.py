@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dpufleet.sim.devices import SimHost
+from dpufleet.sim.devices import SimDPU, SimHost
 from dpufleet.sim.faults import FaultKind, injector_for
 from dpufleet.sim.fleet import Fleet
 
@@ -36,9 +36,12 @@ BOOT_ENABLED = ("Disabled", "Once", "Continuous")
 class HostBMCApp:
     """ASGI app for every emulated host's BMC; HTTP Basic auth with the site's BMC account."""
 
-    def __init__(self, fleet: Fleet, username: str, password: str) -> None:
+    def __init__(self, fleet: Fleet, username: str, password: str, *, manages_dpus: bool = False) -> None:
         self.fleet = fleet
         self.username, self.password = username, password
+        # DMTF's SmartNIC model: the host's BMC also shows each DPU of the host as a system of its own
+        # (SystemType DPU) on a Card chassis ContainedBy the host's, with its network device functions
+        self.manages_dpus = manages_dpus
         self.media: dict[str, dict[str, Any]] = {}  # host id -> its CD1's Image, Inserted, WriteProtected
         self.boot: dict[str, dict[str, str]] = {}  # host id -> its Boot override
 
@@ -92,12 +95,15 @@ class HostBMCApp:
             return JSONResponse(_root(base))
         if not self._authorized(request):
             return _error(401, "authentication required")
+        cards = host.dpus if self.manages_dpus else []
         docs = {
             "/redfish/v1/Systems": _collection(
-                f"{base}/Systems", "#ComputerSystemCollection.ComputerSystemCollection", [f"{base}/Systems/System"]
+                f"{base}/Systems", "#ComputerSystemCollection.ComputerSystemCollection",
+                [f"{base}/Systems/System", *(f"{base}/Systems/{_dpu_system(d)}" for d in cards)],
             ),
             "/redfish/v1/Chassis": _collection(
-                f"{base}/Chassis", "#ChassisCollection.ChassisCollection", [f"{base}/Chassis/Chassis"]
+                f"{base}/Chassis", "#ChassisCollection.ChassisCollection",
+                [f"{base}/Chassis/Chassis", *(f"{base}/Chassis/{_card(d)}" for d in cards)],
             ),
             "/redfish/v1/Managers": _collection(
                 f"{base}/Managers", "#ManagerCollection.ManagerCollection", [f"{base}/Managers/BMC"]
@@ -106,14 +112,16 @@ class HostBMCApp:
             "/redfish/v1/SessionService/Sessions": _collection(
                 f"{base}/SessionService/Sessions", "#SessionCollection.SessionCollection", []
             ),
-            "/redfish/v1/Chassis/Chassis": _chassis(base, host),
-            "/redfish/v1/Managers/BMC": _manager(base, host),
+            "/redfish/v1/Chassis/Chassis": _chassis(base, host, cards),
+            "/redfish/v1/Managers/BMC": _manager(base, host, cards),
             "/redfish/v1/Managers/BMC/VirtualMedia": _collection(
                 f"{base}/Managers/BMC/VirtualMedia", "#VirtualMediaCollection.VirtualMediaCollection",
                 [f"{base}/Managers/BMC/VirtualMedia/CD1"],
             ),
             "/redfish/v1/Managers/BMC/VirtualMedia/CD1": _virtual_media(base, self._media(host)),
         }
+        for dpu in cards:
+            docs.update(_dpu_docs(base, dpu))
         if request.method == "GET" and path in docs:
             return JSONResponse(docs[path])
         if path == "/redfish/v1/Systems/System":
@@ -255,23 +263,91 @@ def _system(base: str, host: SimHost, boot: dict[str, str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _chassis(base: str, host: SimHost) -> dict[str, Any]:
+def _chassis(base: str, host: SimHost, cards: list[SimDPU]) -> dict[str, Any]:
+    links: dict[str, Any] = {"ComputerSystems": [{"@odata.id": f"{base}/Systems/System"}]}
+    if cards:
+        links["Contains"] = [{"@odata.id": f"{base}/Chassis/{_card(d)}"} for d in cards]
     return {
         "@odata.id": f"{base}/Chassis/Chassis", "@odata.type": "#Chassis.v1_23_0.Chassis", "Id": "Chassis",
         "Name": host.id, "ChassisType": "RackMount", "Manufacturer": host.model.vendor,
-        "Model": host.model.product, "SerialNumber": host.serial,
-        "Links": {"ComputerSystems": [{"@odata.id": f"{base}/Systems/System"}]},
+        "Model": host.model.product, "SerialNumber": host.serial, "Links": links,
     }  # fmt: skip
 
 
-def _manager(base: str, host: SimHost) -> dict[str, Any]:
+def _dpu_system(dpu: SimDPU) -> str:
+    return f"DPU{dpu.slot}"
+
+
+def _card(dpu: SimDPU) -> str:
+    return f"Card{dpu.slot}"
+
+
+def _dpu_docs(base: str, dpu: SimDPU) -> dict[str, dict[str, Any]]:
+    """A DPU as its host's BMC shows it in DMTF's SmartNIC model: its system, its Card chassis in the
+    host's, and a network adapter whose functions the DPU's system offloads (Links.OffloadSystem)."""
+    system, card = f"{base}/Systems/{_dpu_system(dpu)}", f"{base}/Chassis/{_card(dpu)}"
+    adapter = f"{card}/NetworkAdapters/NIC"
+    functions = [f"{adapter}/NetworkDeviceFunctions/{nic.name}" for nic in dpu.data_nics]
+    profile = dpu.profile
+    docs: dict[str, dict[str, Any]] = {
+        f"/redfish/v1/Systems/{_dpu_system(dpu)}": {
+            "@odata.id": system, "@odata.type": "#ComputerSystem.v1_20_0.ComputerSystem", "Id": _dpu_system(dpu),
+            "Name": f"{dpu.id} Arm system", "SystemType": "DPU", "UUID": dpu.uuid,
+            "Manufacturer": profile.vendor, "Model": profile.model, "PartNumber": profile.part_number,
+            "SerialNumber": dpu.serial, "PowerState": str(dpu.power_state),
+            "BootProgress": {"LastState": dpu.boot_progress},
+            "ProcessorSummary": {"Count": 1, "CoreCount": profile.cpu.cores, "Model": profile.cpu.model},
+            "MemorySummary": {"TotalSystemMemoryGiB": profile.memory.total_mib / 1024},
+            "Links": {
+                "Chassis": [{"@odata.id": card}], "ManagedBy": [{"@odata.id": f"{base}/Managers/BMC"}],
+                "OffloadedNetworkDeviceFunctions": [{"@odata.id": f} for f in functions],
+            },
+        },
+        f"/redfish/v1/Chassis/{_card(dpu)}": {
+            "@odata.id": card, "@odata.type": "#Chassis.v1_23_0.Chassis", "Id": _card(dpu),
+            "Name": f"{dpu.id} card", "ChassisType": "Card", "Manufacturer": profile.vendor,
+            "Model": profile.model, "PartNumber": profile.part_number, "SerialNumber": dpu.serial,
+            "NetworkAdapters": {"@odata.id": f"{card}/NetworkAdapters"},
+            "Links": {
+                "ComputerSystems": [{"@odata.id": system}], "ManagedBy": [{"@odata.id": f"{base}/Managers/BMC"}],
+                "ContainedBy": {"@odata.id": f"{base}/Chassis/Chassis"},
+            },
+        },
+        f"/redfish/v1/Chassis/{_card(dpu)}/NetworkAdapters": _collection(
+            f"{card}/NetworkAdapters", "#NetworkAdapterCollection.NetworkAdapterCollection", [adapter]
+        ),
+        f"/redfish/v1/Chassis/{_card(dpu)}/NetworkAdapters/NIC": {
+            "@odata.id": adapter, "@odata.type": "#NetworkAdapter.v1_9_0.NetworkAdapter", "Id": "NIC",
+            "Name": f"{profile.model} network adapter", "Manufacturer": profile.vendor, "Model": profile.model,
+            "PartNumber": profile.part_number, "SerialNumber": dpu.serial,
+            "NetworkDeviceFunctions": {"@odata.id": f"{adapter}/NetworkDeviceFunctions"},
+        },
+        f"/redfish/v1/Chassis/{_card(dpu)}/NetworkAdapters/NIC/NetworkDeviceFunctions": _collection(
+            f"{adapter}/NetworkDeviceFunctions",
+            "#NetworkDeviceFunctionCollection.NetworkDeviceFunctionCollection", functions,
+        ),
+    }  # fmt: skip
+    for nic, function in zip(dpu.data_nics, functions, strict=True):
+        docs["/redfish/v1" + function.removeprefix(base)] = {
+            "@odata.id": function, "@odata.type": "#NetworkDeviceFunction.v1_9_0.NetworkDeviceFunction",
+            "Id": nic.name, "Name": f"{dpu.id} {nic.name}", "NetDevFuncType": "Ethernet",
+            "Ethernet": {"MACAddress": nic.mac, "PermanentMACAddress": nic.mac, "MTUSize": nic.mtu},
+            "Links": {"OffloadSystem": {"@odata.id": system}},
+        }  # fmt: skip
+    return docs
+
+
+def _manager(base: str, host: SimHost, cards: list[SimDPU]) -> dict[str, Any]:
+    servers = [f"{base}/Systems/System", *(f"{base}/Systems/{_dpu_system(d)}" for d in cards)]
+    chassis = [f"{base}/Chassis/Chassis", *(f"{base}/Chassis/{_card(d)}" for d in cards)]
     return {
         "@odata.id": f"{base}/Managers/BMC", "@odata.type": "#Manager.v1_18_0.Manager", "Id": "BMC",
         "Name": f"{host.id} BMC", "ManagerType": "BMC",
         "SerialConsole": {"ServiceEnabled": True, "MaxConcurrentSessions": 1, "ConnectTypesSupported": ["SSH", "IPMI"]},
         "GraphicalConsole": {"ServiceEnabled": True, "MaxConcurrentSessions": 2, "ConnectTypesSupported": ["KVMIP"]},
         "VirtualMedia": {"@odata.id": f"{base}/Managers/BMC/VirtualMedia"},
-        "Links": {"ManagerForServers": [{"@odata.id": f"{base}/Systems/System"}]},
+        "Links": {"ManagerForServers": [{"@odata.id": i} for i in servers],
+                  "ManagerForChassis": [{"@odata.id": i} for i in chassis]},
     }  # fmt: skip
 
 

@@ -64,6 +64,7 @@ class SimOptions:
     listen_host: str = "127.0.0.1"
     port: int = 0
     per_bmc_ports: bool = False
+    host_bmcs_manage_dpus: bool = False  # DMTF's SmartNIC model: each host's BMC shows its DPUs too
     tls: bool = False
     latency: float = 0.0
     max_concurrent: int | None = None
@@ -346,7 +347,7 @@ async def run_sim(
     running.rshim = RshimBus.of(fleet.hosts, fleet.bmcs)
     running.rshim.start()
     running.control_token = secrets.token_urlsafe(24)
-    host_bmcs = HostBMCApp(fleet, SITE_USERNAME, password)
+    host_bmcs = HostBMCApp(fleet, SITE_USERNAME, password, manages_dpus=options.host_bmcs_manage_dpus)
     site = SiteApp(ControlApp(fleet, running.control_token), host_bmcs)
     running.control_url = await serve_control(servers, site, options.listen_host)
     if options.per_bmc_ports:  # as the DPU BMCs: each host's BMC at /redfish/v1 of a port of its own
