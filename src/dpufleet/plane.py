@@ -45,6 +45,7 @@ from .inventory.bmc import BMCReconciler
 from .inventory.bmcs import BMCSessions
 from .inventory.discovery import DiscoveryReconciler
 from .inventory.tenancy import protect_serials
+from .network.controller import DPUServiceChainReconciler, DPUServiceIPAMReconciler
 from .provisioning.controller import DPUProvisioner
 from .provisioning.metrics import register_metrics as register_provisioning_metrics
 from .runtime.controller import Controller, Reconciler
@@ -123,6 +124,8 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     PowerActionReconciler,
     UpdateRequestReconciler,
     DPUServiceReconciler,
+    DPUServiceIPAMReconciler,
+    DPUServiceChainReconciler,
 ]
 
 

@@ -32,6 +32,7 @@ from .credentials import AgentCredentials, EnrollmentOptions
 from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
 from .inventory import collect_inventory
+from .network import NetworkConfig, NetworkReconciler
 
 log = logging.getLogger(__name__)
 REPORT_PATH = "/agent/v1/report"
@@ -52,6 +53,7 @@ class AgentConfig:
     install_check_seconds: float | None = 10.0  # mTLS, a DPU with A/B slots or a host with rshim: how often to ask
     zero_touch: bool = False  # a DPU with no fleet certificate bootstraps from its DHCP lease (agent/bootstrap.py)
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")  # how zero-touch bootstrap boots the new slot
+    network: NetworkConfig | None = None  # mTLS, a DPU with Open vSwitch: program it (agent/network.py)
 
 
 def report_body(
@@ -95,6 +97,7 @@ class Agent:
         self.credentials: AgentCredentials | None = None
         self.installer: SlotInstaller | None = None
         self.zero_touch: ZeroTouch | None = None
+        self.network: NetworkReconciler | None = None
 
     async def aclose(self) -> None:
         if self._own:
@@ -210,6 +213,7 @@ class Agent:
         failures = 0
         sent: str | None = None  # fingerprint of the last inventory sent
         installer: asyncio.Task[None] | None = None
+        network: asyncio.Task[None] | None = None
         while not stop.is_set():
             try:
                 await self.secure(serial)
@@ -225,6 +229,8 @@ class Agent:
                 await self._bootstrap_done(inventory)
                 if installer is None:
                     installer = self._start_installer(stop)
+                if network is None:
+                    network = self._start_network(stop)
                 hb = float(reply.get("heartbeatSeconds", self.config.heartbeat_seconds))  # type: ignore[arg-type]
                 inv_every = float(reply.get("inventorySeconds", self.config.inventory_seconds))  # type: ignore[arg-type]
                 if due:
@@ -238,8 +244,15 @@ class Agent:
                 next_inventory = 0.0  # re-send the full inventory once the server is back
                 sent = None
             await self.pause(stop, wait)
-        if installer is not None:
-            await asyncio.gather(installer, return_exceptions=True)
+        await asyncio.gather(*(t for t in (installer, network) if t is not None), return_exceptions=True)
+
+    def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """On mTLS, a DPU agent told where its Open vSwitch is programs it from the desired network."""
+        config = self.config
+        if config.network is None or config.state_dir is None or config.role != "dpu":
+            return None
+        self.network = NetworkReconciler(config.network, config.server, lambda: self.http)
+        return asyncio.create_task(self.network.run(stop))
 
     def _start_installer(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent whose OS has A/B slots pulls its install orders (agent/installer.py); a host

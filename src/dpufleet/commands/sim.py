@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -77,6 +78,10 @@ def up_cmd(
         True, "--register/--no-register", help="create credential/sim-site and discovery/sim"
     ),
     agents: bool = typer.Option(True, "--agents/--no-agents", help="run the dpufleet agent on every DPU and host"),
+    network: bool = typer.Option(
+        False, "--network", help="give DPUs a real Open vSwitch in network namespaces of their own (root)"
+    ),
+    network_dpus: int = typer.Option(1, "--network-dpus", min=1, help="with --network: how many DPUs get one"),
 ) -> None:
     """Run an emulated fleet until Ctrl-C, reporting to the control plane (--server/DPUFLEET_SERVER)."""
     from ..server.runner import parse_listen
@@ -91,6 +96,14 @@ def up_cmd(
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if network:
+        missing = [tool for tool in ("ovs-vswitchd", "ovsdb-server", "ovs-ofctl", "ip") if shutil.which(tool) is None]
+        if missing:
+            raise UserError(
+                f"--network needs Open vSwitch and iproute2: {', '.join(missing)} not found (apt install openvswitch-switch iproute2)"
+            )
+        if os.geteuid() != 0:
+            raise UserError("--network creates network namespaces: run it as root")
     config = options(ctx).config()
     talk = register or agents
     if directory is None and os.environ.get("DPUFLEET_SIM_DIR"):
@@ -115,6 +128,8 @@ def up_cmd(
         token=config.token if talk else None,
         register=register,
         agents=agents,
+        network=network,
+        network_dpus=network_dpus,
     )
 
     async def main() -> None:

@@ -9,6 +9,9 @@ What an agent may do here, and with what proof:
     GET  /agent/v1/install, POST /agent/v1/install/status
                             a DPU's fleet certificate: its own install order; a host's: the
                             host-channel orders of its own DPUs (server/agent_install.py)
+    GET  /agent/v1/network, POST /agent/v1/network/status
+                            a DPU's fleet certificate: its own desired network, its report on it
+                            (server/agent_network.py)
 
 TLS requests a client certificate on every connection (CERT_OPTIONAL, so that
 enrollment works before a device has one); a certificate that is presented is
@@ -54,6 +57,7 @@ from ..crypto.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
 from .agent_install import add_install_routes
+from .agent_network import add_network_routes
 from .agent_updates import add_update_routes
 from .common import ServerState, read_json, respond, uvicorn_options
 
@@ -198,6 +202,7 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
     # one resolver for reports, installs and updates: a device is in the same project on every path
     add_install_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_update_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
+    add_network_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     return app
 
 

@@ -44,6 +44,7 @@ from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet, 
 from .hostbmc import PREFIX as HOST_BMC_PREFIX
 from .hostbmc import HostBMCApp, SiteApp
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
+from .network import DataPlane, data_plane_tag
 from .rshim import RshimBus
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,11 @@ class SimOptions:
     # server's /bootstrap/v1 unless `bootstrap_url`) and the onboarding key id, and its agent bootstraps.
     zero_touch: bool = False
     bootstrap_url: str | None = None
+    # Networking: the first `network_dpus` DPUs get a real Open vSwitch in namespaces of their own
+    # (sim/network.py), which their agents program. Off by default: the rest of the fleet stays cheap.
+    network: bool = False
+    network_dpus: int = 1
+    network_interval: float = 1.0  # how often a DPU agent converges its switch
 
 
 @dataclass
@@ -94,6 +100,7 @@ class SimRunning:
     control_token: str | None = None
     rshim: RshimBus | None = None  # the hosts' boot channels to their DPUs (BlueField rshim)
     own_host_bmcs: dict[str, str] = field(default_factory=dict)  # per_bmc_ports: each host BMC's own port
+    data_planes: dict[str, DataPlane] = field(default_factory=dict)  # DPU id -> its switch and namespaces
 
     @property
     def endpoints(self) -> list[str]:
@@ -366,6 +373,8 @@ async def run_sim(
     tasks: list[asyncio.Task[None]] = []
     http: httpx.AsyncClient | None = None
     try:
+        if options.network:
+            await asyncio.to_thread(_start_data_planes, running, options)
         if options.server:
             headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
             limits_http = httpx.Limits(max_connections=64)
@@ -391,6 +400,10 @@ async def run_sim(
                 if options.zero_touch and info is not None:
                     await emulated_dhcp(http, fleet, options)
                 for config, device in configs:
+                    plane = running.data_planes.get(device.id)
+                    if plane is not None and config.state_dir is not None:
+                        config.network = plane.agent_config()
+                        config.network.interval = options.network_interval
                     restart = _restart_of(fleet, device)
                     agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale, restart)
                     running.agents.append(agent)
@@ -407,6 +420,13 @@ async def run_sim(
             await http.aclose()
         await running.rshim.stop()
         await servers.stop()
+        for plane in running.data_planes.values():
+            await asyncio.to_thread(plane.stop)
+
+
+def _start_data_planes(running: SimRunning, options: SimOptions) -> None:
+    for index, dpu in enumerate(running.fleet.dpus[: max(0, options.network_dpus)]):
+        running.data_planes[dpu.id] = DataPlane(data_plane_tag(index)).start()
 
 
 @contextmanager
