@@ -263,6 +263,7 @@ def test_each_host_shows_the_hardware_its_own_bmc_reports(http: httpx.Client, si
             f"hosts/{sim.id} with its hardware",
             lambda sim=sim: get(http, "hosts", sim.id),
             lambda h: bool((h.get("status") or {}).get("hardware")),
+            60.0,  # a crawl that timed out on a busy machine is retried after its backoff
         )
         hardware = host["status"]["hardware"]
         assert hardware["serialNumber"] == sim.serial
