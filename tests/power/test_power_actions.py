@@ -300,3 +300,29 @@ def test_a_host_powered_off_through_its_bmc_stays_off_until_powered_on(http: htt
         lambda progress: progress == ["OSRunning"] * len(host.dpus),
         10.0,
     )
+
+
+def test_host_console_prints_how_to_reach_the_hosts_console(
+    api: RunningServer, http: httpx.Client, site: SimRunning, tmp_path: Any
+) -> None:
+    """`dpufleet host console NAME`: the commands for each console the host's BMC reports and has
+    enabled (serial over SSH on the system's own port, IPMI SOL), at the BMC's address."""
+    from typer.testing import CliRunner
+
+    from dpufleet.main import app
+
+    host = site.fleet.hosts[0]
+    wait_for(f"hosts/{host.id} with its consoles", lambda: get(http, "hosts", host.id),
+             lambda h: bool(((h.get("status") or {}).get("hardware") or {}).get("consoles")), 60.0)  # fmt: skip
+    env = {"DPUFLEET_SERVER": api.url, "DPUFLEET_TOKEN": api.token, "XDG_CONFIG_HOME": str(tmp_path)}
+    result = CliRunner().invoke(app, ["host", "console", host.id, "--user", "admin"], env=env)
+    assert result.exit_code == 0, result.output
+    address = httpx.URL(site.host_bmcs[host.id]).host
+    assert f"ssh -p 2200 admin@{address}" in result.output
+    assert f"ipmitool -I lanplus -H {address} -p 623 -U admin" in result.output
+    assert "graphical (KVMIP)" in result.output
+
+    create(http, "hosts", {"kind": "Host", "metadata": {"name": "no-bmc-host"}, "spec": {}})
+    missing = CliRunner().invoke(app, ["host", "console", "no-bmc-host"], env=env)
+    assert missing.exit_code != 0 and "spec.bmcRef is not set" in missing.output
+    assert "Traceback" not in missing.output

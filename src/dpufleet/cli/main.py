@@ -33,6 +33,7 @@ from .edit import edit
 from .enroll import enroll_app
 from .explain import explain
 from .health import debug_bundle, health_app
+from .host import host_app
 from .labels import annotate, label
 from .reset import reset_app
 from .rollout import rollout_app
@@ -130,6 +131,7 @@ app.add_typer(security_cmd.token_app, name="token")
 app.add_typer(security_cmd.audit_app, name="audit")
 app.command("whoami")(security_cmd.whoami)
 app.add_typer(dpu_app, name="dpu")
+app.add_typer(host_app, name="host")
 app.add_typer(update_app, name="update")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(enroll_app, name="enroll")
