@@ -205,3 +205,65 @@ def test_many_schedulers_racing_over_a_full_fleet_never_overcommit(fleet: Store)
     scheduled = sum(fleet.get("DPUService", n, P)["status"]["scheduled"] for n in names)
     records = sum(len(r["spec"]["instances"]) for r in fleet.list("DPUAllocation", P).items)
     assert scheduled == records <= 16
+
+
+# --- preemption ------------------------------------------------------------------------------------------
+
+
+def _events(store: Store, service: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in store.list("Event", P).items
+        if e["involvedObject"]["name"] == service and e["reason"] == reason
+    ]
+
+
+def test_a_higher_priority_service_preempts_the_lowest_and_the_preemption_is_an_event(fleet: Store) -> None:
+    # every DPU has 8 cores: a batch job takes 6 on each, a low one 1 on each
+    add_service(fleet, "batch", {"mode": "EveryDPU"}, resources={"cpuMillicores": 6000}, priority=1)
+    add_service(fleet, "low", {"mode": "EveryDPU"}, resources={"cpuMillicores": 1000})
+    schedule_service(fleet, P, "batch")
+    schedule_service(fleet, P, "low")
+    add_service(fleet, "firewall", {"replicas": 2, "maxPerHost": 1}, resources={"cpuMillicores": 1500}, priority=100)
+    outcome = schedule_service(fleet, P, "firewall")
+    status = fleet.get("DPUService", "firewall", P)["status"]
+    assert status["scheduled"] == 2 and status.get("pendingReason") is None
+    # on each chosen DPU the fewest, lowest-priority instances that make room: "low" (priority 0)
+    # frees 1 core (8 - 6 - 1 + 1 = 2 >= 1.5), so "batch" (priority 1) keeps its instance
+    assert outcome.preempted == ["low"]
+    for inst in status["instances"]:
+        services = {i["service"] for i in fleet.get("DPUAllocation", inst["dpu"], P)["spec"]["instances"]}
+        assert services == {"batch", "firewall"}
+    preempted = _events(fleet, "low", "Preempted")
+    assert len(preempted) == 2 and all("preempted by service 'firewall'" in e["message"] for e in preempted)
+    assert len(_events(fleet, "firewall", "Preempting")) == 2
+    schedule_service(fleet, P, "low")  # woken by the preemption: shown with what it lost
+    low = fleet.get("DPUService", "low", P)["status"]
+    assert low["scheduled"] == 2 and low["desired"] == 2
+
+
+def test_equal_or_lower_priority_never_preempts(fleet: Store) -> None:
+    add_service(fleet, "big", {"mode": "EveryDPU"}, resources={"cpuMillicores": 7000}, priority=5)
+    schedule_service(fleet, P, "big")
+    add_service(fleet, "peer", {"replicas": 1}, resources={"cpuMillicores": 2000}, priority=5)
+    outcome = schedule_service(fleet, P, "peer")
+    status = fleet.get("DPUService", "peer", P)["status"]
+    assert status["scheduled"] == 0 and outcome.preempted == []
+    assert "4 insufficient cpu" in status["pendingReason"]
+    assert all(len(fleet.get("DPUAllocation", f"dpu-{i}", P)["spec"]["instances"]) == 1 for i in range(4))
+
+
+def test_an_instance_another_depends_on_there_is_not_preempted(fleet: Store) -> None:
+    add_service(fleet, "base", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"cpuMillicores": 4000})
+    schedule_service(fleet, P, "base")
+    add_service(
+        fleet, "addon", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"cpuMillicores": 3000},
+        dependsOn=[{"service": "base", "scope": "SameDPU"}],
+    )  # fmt: skip
+    schedule_service(fleet, P, "addon")
+    add_service(fleet, "urgent", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"cpuMillicores": 4000}, priority=9)
+    outcome = schedule_service(fleet, P, "urgent")
+    # dpu-0 has 1 core free (base 4 + addon 3 of 8); evicting addon makes the 4 urgent needs
+    assert outcome.preempted == ["addon"]
+    services = {i["service"] for i in fleet.get("DPUAllocation", "dpu-0", P)["spec"]["instances"]}
+    assert services == {"base", "urgent"}  # "base", which addon depended on, was never a candidate

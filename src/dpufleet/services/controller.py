@@ -17,7 +17,10 @@ One visit of a service (`schedule_service`, blocking, run in a thread):
 Ordering: an instance that depends on a service on the same DPU goes only where that service is
 already scheduled; a dependency `Anywhere` must have a scheduled instance first. Services wait
 (requeued) until then. Priority orders a batch (the bench places higher priority first); a visit
-places one service, and nothing is preempted yet. Instances are *Scheduled*, never Running: no
+places one service. A service with priority above 0 whose instances find no room preempts: on a DPU
+where only resources are short, the fewest strictly lower-priority instances that make room are
+released (never one that another instance there depends on), each recorded as a `Preempted` Event on
+its service (which is woken to place it again elsewhere) and a `Preempting` Event on the preemptor. Instances are *Scheduled*, never Running: no
 runtime on the DPU starts them yet.
 """
 
@@ -28,6 +31,7 @@ import contextlib
 import logging
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +40,13 @@ from ..api.kinds import DPUFlavorSpec, DPUServiceSpec
 from ..api.meta import Severity
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
+from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
-from .scheduling import Node, Placed, Request, Shape, find_cycle, place
-from .snapshot import allocation_sum, node_of, request_of, resources_dict
+from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
+from .snapshot import allocation_sum, node_of, request_of, request_resources, resources_dict
 
 log = logging.getLogger(__name__)
 PENDING_RETRY = 5.0  # a service with pending instances looks again this often
@@ -110,6 +115,7 @@ def commit_placement(store: Store, project: str, node: Node, request: Request) -
         "hugepagesMiB": request.resources.hugepages_mib,
         "storageMiB": request.resources.storage_mib,
         "accelerators": list(request.accelerators),
+        "priority": request.priority,
     }
     for _ in range(CAS_ATTEMPTS):
         try:
@@ -179,6 +185,62 @@ def mirror_dpu_status(store: Store, project: str, node: Node) -> None:
 class Outcome:
     requeue_after: float | None = None
     dependencies: frozenset[str] | None = None  # None: the service is gone
+    preempted: list[str] = field(default_factory=list)  # services that lost an instance to this visit
+
+
+def _victims_on(snapshot: Snapshot, node: Node, service: str) -> list[Victim]:
+    """The instances on the DPU that may be preempted: not the service's own, and none that another
+    instance on the same DPU depends on."""
+    instances = ((snapshot.allocations.get(node.name) or {}).get("spec") or {}).get("instances") or []
+    needed: set[str] = set()
+    for inst in instances:
+        deps = ((snapshot.services.get(inst["service"]) or {}).get("spec") or {}).get("dependsOn") or []
+        needed.update(d["service"] for d in deps if d.get("scope", "SameDPU") == "SameDPU")
+    victims = []
+    for inst in instances:
+        name = inst["service"]
+        if name == service or name in needed:
+            continue
+        priority = inst.get("priority")
+        if priority is None:
+            priority = ((snapshot.services.get(name) or {}).get("spec") or {}).get("priority") or 0
+        victims.append(Victim(name, int(priority), request_resources(inst)))
+    return victims
+
+
+def _preempt(
+    store: Store, project: str, snapshot: Snapshot, request: Request, wanted: int, hosts: Counter[str | None]
+) -> tuple[list[Node], list[str]]:
+    """Make room for up to `wanted` instances by preempting lower-priority ones (see the module doc)."""
+    plan = preemption_plan(
+        snapshot.nodes, request, wanted, lambda node: _victims_on(snapshot, node, request.service), hosts
+    )
+    events = EventRecorder(store, "dpuservice-scheduler")
+    committed: list[Node] = []
+    preempted: list[str] = []
+    preemptor = snapshot.services.get(request.service)
+    for node, victims in plan:
+        for victim in victims:
+            release(store, project, node.name, victim.service)
+            node.allocated = node.allocated - victim.resources
+            node.services.discard(victim.service)
+            preempted.append(victim.service)
+            victim_doc = snapshot.services.get(victim.service)
+            if victim_doc is not None:
+                events.record(
+                    victim_doc, "Preempted",
+                    f"its instance on dpu/{node.name} was preempted by service {request.service!r} "
+                    f"(priority {request.priority} > {victim.priority})", "Warning",
+                )  # fmt: skip
+        if commit_placement(store, project, node, request):
+            committed.append(node)
+            node.allocated = node.allocated + request.resources
+            node.services.add(request.service)
+            if preemptor is not None:
+                names = ", ".join(sorted({v.service for v in victims}))
+                events.record(preemptor, "Preempting", f"placed on dpu/{node.name} by preempting {names}")
+        mirror_dpu_status(store, project, node)
+    return committed, preempted
 
 
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
@@ -219,6 +281,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     kept = [d for d in existing if d not in to_release]
 
     waiting = _blocked(name, spec, snapshot)
+    preempted: list[str] = []
     placed: Placed | None = None
     committed: list[Node] = []
     if waiting is None and to_place:
@@ -230,6 +293,12 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
             if commit_placement(store, project, node, request):
                 committed.append(node)
                 mirror_dpu_status(store, project, node)
+        short = to_place - len(committed)
+        if short > 0 and request.priority > 0 and len(committed) == len(placed.nodes):
+            for node in committed:
+                hosts[node.host] += 1
+            more, preempted = _preempt(store, project, snapshot, request, short, hosts)
+            committed += more
     scheduled = sorted([*kept, *(n.name for n in committed)])
     desired = _desired(spec, len(scheduled), placed)
     pending = max(0, desired - len(scheduled))
@@ -241,7 +310,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if waiting is not None:
         return Outcome(WAITING_RETRY, deps)
     retry = pending or len(committed) < len(placed.nodes if placed else [])
-    return Outcome(PENDING_RETRY if retry else None, deps)
+    return Outcome(PENDING_RETRY if retry else None, deps, sorted(set(preempted)))
 
 
 def _desired(spec: DPUServiceSpec, scheduled: int, placed: Placed | None) -> int:
@@ -343,11 +412,15 @@ class DPUServiceReconciler(Reconciler):
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._wake: Callable[[Key], None] | None = None
         self._services: dict[str, dict[str, frozenset[str]]] = {}  # project -> service -> its dependencies
         self._dpus: dict[tuple[str, str], tuple[object, ...]] = {}
 
     def watches(self) -> dict[str, Mapper]:
         return {"DPU": self._on_dpu, "DPUService": self._dependents}
+
+    def started(self, wake: Callable[[Key], None]) -> None:
+        self._wake = wake
 
     def relisted(self) -> None:
         self._dpus.clear()
@@ -379,6 +452,9 @@ class DPUServiceReconciler(Reconciler):
 
     async def reconcile(self, key: Key) -> Result:
         outcome = await asyncio.to_thread(schedule_service, self.store, key.project, key.name)
+        for victim in outcome.preempted:  # placed again elsewhere, or shown pending with the reason
+            if self._wake is not None:
+                self._wake(Key(key.project, victim))
         known = self._services.setdefault(key.project, {})
         if outcome.dependencies is None:
             known.pop(key.name, None)

@@ -310,6 +310,68 @@ def place(
     return Placed(chosen, report, fits)
 
 
+# --- preemption ------------------------------------------------------------------------------------------------
+
+RESOURCE_SHORTAGES = frozenset({NO_CPU, NO_MEMORY, NO_HUGEPAGES, NO_STORAGE})
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    """An instance on a DPU that a higher-priority service could preempt."""
+
+    service: str
+    priority: int
+    resources: Resources
+
+
+def preemption_plan(
+    nodes: list[Node],
+    request: Request,
+    wanted: int,
+    victims_on: Callable[[Node], list[Victim]],
+    host_counts: Counter[str | None] | None = None,
+) -> list[tuple[Node, list[Victim]]]:
+    """DPUs where evicting strictly lower-priority instances makes room for the service, with the fewest,
+    lowest-priority victims that do: up to `wanted` of them, cheapest first.
+
+    Only a DPU that fails the filter on resources alone is considered (every other rule holds there);
+    `victims_on` lists the instances that may go (the caller leaves out what others depend on there).
+    Nothing is changed: the caller releases the victims and commits the placement."""
+    if wanted <= 0 or request.priority <= 0:
+        return []
+    if host_counts is None:
+        host_counts = host_counts_of(nodes, request.service)
+    flt = Filter(request, host_counts)
+    found: list[tuple[tuple[int, int, str], Node, list[Victim]]] = []
+    for node in nodes:
+        if flt.reason(node) not in RESOURCE_SHORTAGES:
+            continue
+        chosen: list[Victim] = []
+        free = node.free
+        eligible = sorted(
+            (v for v in victims_on(node) if v.priority < request.priority),
+            key=lambda v: (v.priority, -v.resources.cpu_millicores - v.resources.memory_mib, v.service),
+        )
+        for victim in eligible:
+            if free.shortage(request.resources) is None:
+                break
+            chosen.append(victim)
+            free = free + victim.resources
+        if chosen and free.shortage(request.resources) is None:
+            found.append(((max(v.priority for v in chosen), len(chosen), node.name), node, chosen))
+    found.sort(key=lambda item: item[0])
+    plan: list[tuple[Node, list[Victim]]] = []
+    hosts: Counter[str | None] = Counter(host_counts)
+    for _cost, node, chosen in found:
+        if len(plan) >= wanted:
+            break
+        if request.max_per_host is not None and node.host is not None and hosts[node.host] >= request.max_per_host:
+            continue
+        hosts[node.host] += 1
+        plan.append((node, chosen))
+    return plan
+
+
 # --- dependency cycles ----------------------------------------------------------------------------------------
 
 

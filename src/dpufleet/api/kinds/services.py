@@ -264,6 +264,7 @@ class Allocation(Strict):
     hugepagesMiB: int = Field(default=0, ge=0)
     storageMiB: int = Field(default=0, ge=0)
     accelerators: list[str] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=0, description="the service's priority when placed (what preemption weighs)")
 
 
 class DPUAllocationSpec(Strict):
