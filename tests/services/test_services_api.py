@@ -119,3 +119,33 @@ def test_services_are_placed_and_why_pending_is_shown(api: RunningServer, tmp_pa
         ).is_success
         refused = http.post(f"{BASE}/dpuservices", json=service("b", {"replicas": 1}, dependsOn=[{"service": "a"}]))
         assert refused.status_code == 422 and "dependency cycle a -> b -> a" in refused.json()["message"]
+
+
+def test_a_drained_dpu_hands_its_replicas_elsewhere_first_and_stops_the_rest(api: RunningServer) -> None:
+    """`dpufleet dpu drain`: a replicated service's instance is placed on another DPU before it leaves
+    the drained one; an every-DPU service's instance there stops; `undrain` takes instances again."""
+    with api.client() as http:
+        for i in range(3):
+            add_dpu(http, f"dpu-{i}", host=f"host-{i}")
+        for doc in (service("dns", {"replicas": 2, "maxPerHost": 1}, resources={"memoryMiB": 256}),
+                    service("agent", {"mode": "EveryDPU"}, resources={"memoryMiB": 64})):  # fmt: skip
+            assert http.post(f"{BASE}/dpuservices", json=doc).status_code == 201
+        dns = wait_for(http, "dns", lambda s: s.get("scheduled") == 2)
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 3)
+        target = dns["status"]["instances"][0]["dpu"]
+
+        out = cli(api, "dpu", "drain", target, "--wait", "30")
+        assert f"dpu/{target}: drained" in out
+        dns = wait_for(http, "dns", lambda s: s.get("scheduled") == 2 and target not in {i["dpu"] for i in s["instances"]})
+        assert len({i["host"] for i in dns["status"]["instances"]}) == 2  # still spread, now without the drained DPU
+        agent = wait_for(http, "agent", lambda s: s.get("scheduled") == 2)
+        assert target not in {i["dpu"] for i in agent["status"]["instances"]}
+        record = http.get(f"{BASE}/dpuallocations/{target}").json()
+        assert record["spec"]["instances"] == []
+        dpu = http.get(f"{BASE}/dpus/{target}").json()
+        assert dpu["spec"]["unschedulable"] is True and dpu["status"]["allocated"]["memoryMiB"] == 0
+
+        assert f"dpu/{target}: schedulable again" in cli(api, "dpu", "undrain", target)
+        wait_for(http, "agent", lambda s: s.get("scheduled") == 3)  # an every-DPU service comes back
+        dpu = http.get(f"{BASE}/dpus/{target}").json()
+        assert dpu["spec"]["unschedulable"] is False and "dpufleet.io/drain" not in dpu["metadata"]["annotations"]

@@ -14,10 +14,10 @@ from typing import Any
 import typer
 
 from ..api.meta import isotime, now
-from ..client import Client
-from .common import note, options
+from ..client import Client, ClientError
+from .common import UserError, note, options
 
-dpu_app = typer.Typer(help="Act on a DPU's provisioning: retry, abort, hold, release.", no_args_is_help=True)
+dpu_app = typer.Typer(help="Act on a DPU: retry, abort, hold, release (provisioning); drain, undrain (services).", no_args_is_help=True)
 
 RETRY = "dpufleet.io/retry"
 ABORT = "dpufleet.io/abort"
@@ -79,3 +79,61 @@ def hold(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: fl
 def release(ctx: typer.Context, name: str, project: str | None = _PROJECT, wait: float = _WAIT) -> None:
     """End a hold: provisioning resumes where it stood."""
     _act(ctx, name, project, {"spec": {"held": False}}, "release", wait)
+
+
+DRAIN = "dpufleet.io/drain"
+
+
+def _instances(client: Client, name: str, project: str) -> list[str]:
+    """The service instances the DPU's allocation record still holds."""
+    try:
+        record = client.get("dpuallocation", name, project)
+    except ClientError as exc:
+        if exc.code == 404:
+            return []
+        raise
+    return sorted(str(i.get("instance") or i.get("service")) for i in (record.get("spec") or {}).get("instances") or [])
+
+
+@dpu_app.command("drain")
+def drain(
+    ctx: typer.Context,
+    name: str,
+    project: str | None = _PROJECT,
+    wait: float = typer.Option(120.0, "--wait", help="seconds to wait for its instances to leave (0: do not wait)"),
+) -> None:
+    """Before maintenance: no new service instances, and those it runs move elsewhere (replicated services
+    are placed elsewhere before they leave) or stop (every-DPU and listed services)."""
+    config = options(ctx).config(project)
+    with Client.from_config(config) as client:
+        client.patch("dpu", name, {"metadata": {"annotations": {DRAIN: _token()}}, "spec": {"unschedulable": True}},
+                     config.project)  # fmt: skip
+        left = _instances(client, name, config.project)
+        note(f"dpu/{name}: draining (unschedulable), {len(left)} service instance(s) on it")
+        deadline = time.monotonic() + wait
+        shown = left
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = _instances(client, name, config.project)
+            if left != shown:
+                note(f"dpu/{name}: {len(left)} left" + (f": {', '.join(left)}" if left else ""))
+                shown = left
+    if left:
+        if wait:
+            raise UserError(
+                f"dpu/{name}: still holds {', '.join(left)} after {wait:g}s (a replicated service with nowhere "
+                "else to go keeps its instance); it stays unschedulable: see `dpufleet describe dpuservice`"
+            )
+        print(f"dpu/{name}: draining, {len(left)} instance(s) left")
+        return
+    print(f"dpu/{name}: drained (no service instances; unschedulable until `dpufleet dpu undrain {name}`)")
+
+
+@dpu_app.command("undrain")
+def undrain(ctx: typer.Context, name: str, project: str | None = _PROJECT) -> None:
+    """After maintenance: the DPU takes service instances again."""
+    config = options(ctx).config(project)
+    with Client.from_config(config) as client:
+        client.patch("dpu", name, {"metadata": {"annotations": {DRAIN: None}}, "spec": {"unschedulable": False}},
+                     config.project)  # fmt: skip
+    print(f"dpu/{name}: schedulable again")

@@ -46,7 +46,7 @@ from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
 from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
-from .snapshot import allocation_sum, node_of, request_of, request_resources, resources_dict
+from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
 
 log = logging.getLogger(__name__)
 PENDING_RETRY = 5.0  # a service with pending instances looks again this often
@@ -243,19 +243,28 @@ def _preempt(
     return committed, preempted
 
 
+def _draining(snapshot: Snapshot, dpu: str) -> bool:
+    node = snapshot.by_name.get(dpu)
+    return node is not None and node.draining
+
+
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
-    """How many new instances to place, and which DPUs' instances to release."""
+    """How many new instances to place, and which DPUs' instances to release.
+
+    A Replicas instance on a draining DPU is replaced first and released once its replacement is
+    placed (`_release_drained`); an EveryDPU or DPUs instance there cannot move and is released."""
     placement = spec.placement
     gone = [d for d in existing if d not in snapshot.by_name]  # the DPU was deleted: place it again
     if placement.mode == "Replicas":
         replicas = placement.replicas or 0
-        live = [d for d in existing if d in snapshot.by_name]
+        live = [d for d in existing if d in snapshot.by_name and not _draining(snapshot, d)]
         return max(0, replicas - len(live)), [*gone, *live[replicas:]]
+    drained = [d for d in existing if _draining(snapshot, d)]
     if placement.mode == "DPUs":
         listed = set(placement.dpus)
         unlisted = [d for d in existing if d not in listed]
-        return len(listed - set(existing)), sorted({*gone, *unlisted})
-    return len(snapshot.nodes), gone  # EveryDPU: every DPU that fits
+        return len(listed - set(existing)), sorted({*gone, *unlisted, *drained})
+    return len(snapshot.nodes), sorted({*gone, *drained})  # EveryDPU: every DPU that fits
 
 
 def schedule_service(store: Store, project: str, name: str) -> Outcome:
@@ -299,6 +308,14 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
                 hosts[node.host] += 1
             more, preempted = _preempt(store, project, snapshot, request, short, hosts)
             committed += more
+    if spec.placement.mode == "Replicas":  # a drained DPU's instance goes once its replacement is placed
+        replicas = spec.placement.replicas or 0
+        draining = [d for d in kept if _draining(snapshot, d)]
+        surplus = len(kept) + len(committed) - replicas
+        for dpu in draining[: max(0, surplus)]:
+            release(store, project, dpu, name)
+            mirror_dpu_status(store, project, snapshot.by_name[dpu])
+            kept.remove(dpu)
     scheduled = sorted([*kept, *(n.name for n in committed)])
     desired = _desired(spec, len(scheduled), placed)
     pending = max(0, desired - len(scheduled))
@@ -435,6 +452,7 @@ class DPUServiceReconciler(Reconciler):
         state = (
             status.get("phase"),
             bool(spec.get("unschedulable")),
+            bool(((doc.get("metadata") or {}).get("annotations") or {}).get(DRAIN_ANNOTATION)),
             tuple(sorted(((doc.get("metadata") or {}).get("labels") or {}).items())),
             repr(status.get("capabilities")),
             status.get("appliedFlavor") or spec.get("flavor"),

@@ -115,6 +115,7 @@ class Node:
     services: set[str] = field(default_factory=set)
     ready: bool = True
     unschedulable: bool = False
+    draining: bool = False  # `dpufleet dpu drain`: its instances move elsewhere (Replicas) or stop
 
     @property
     def free(self) -> Resources:

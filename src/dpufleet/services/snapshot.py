@@ -86,6 +86,9 @@ def request_resources(doc: Mapping[str, Any]) -> Resources:
     )
 
 
+DRAIN_ANNOTATION = "dpufleet.io/drain"  # set with spec.unschedulable by `dpufleet dpu drain`
+
+
 def node_of(
     dpu: Mapping[str, Any],
     allocation: Mapping[str, Any] | None,
@@ -108,6 +111,7 @@ def node_of(
         services={str(i["service"]) for i in instances},
         ready=status.get("phase") == Phase.READY,
         unschedulable=bool(spec.get("unschedulable")),
+        draining=bool(spec.get("unschedulable")) and bool((meta.get("annotations") or {}).get(DRAIN_ANNOTATION)),
     )
 
 
