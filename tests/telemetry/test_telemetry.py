@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +20,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from tests.support.net import wait_until
+from tests.support.net import free_port, wait_until
 from tests.support.server import RunningServer, threaded_server
 
 from dpufleet.agent.credentials import EnrollmentOptions
@@ -87,7 +91,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
-    sim = build_fleet(1, 3, ["nvidia-bluefield-3"], 11, tmp_path_factory.mktemp("sim"))
+    sim = build_fleet(1, 4, ["nvidia-bluefield-3"], 11, tmp_path_factory.mktemp("sim"))
     out = []
     for dpu in sim.dpus:
         assert dpu.osroot is not None
@@ -308,3 +312,100 @@ def test_a_dpu_cut_off_buffers_trims_by_class_and_forwards_in_order_with_every_s
         items = http.get("/telemetry/v1/projects/default/accounting").json()["items"]
     mine = next(i for i in items if i["dpu"] == f"dpu-{serial.lower()}")
     assert mine["agent"]["dropped"]["buffer-full"]["load"] == series.accounting.dropped["buffer-full"]["load"]
+
+
+def _cli(plane: Plane, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DPUFLEET_SERVER": plane.api.url, "DPUFLEET_TOKEN": plane.api.token,
+           "DPUFLEET_CONFIG": str(plane.tmp / "no-config")}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpufleet.main", "telemetry", *args], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_telemetry_watch_streams_what_its_filters_let_through_and_refuses_a_bad_class(
+    plane: Plane, roots: list[tuple[str, Path]]
+) -> None:
+    serial, root = roots[3]
+    plane.dpu(serial, "load,usage")
+    bad = _cli(plane, "watch", "--class", "loads")
+    _, err = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "'--class'" in err and "loads" in err and "Traceback" not in err
+    proc = _cli(plane, "watch", "--class", "load", "--metric", "system.memory.usage", "--limit", "4", "-o", "json")
+    try:
+        wait_until(lambda: any(w.metrics == {"system.memory.usage"} for w in plane.telemetry.watchers), 30,
+                   what="the CLI's watch")  # fmt: skip
+
+        async def scenario() -> None:
+            agent = plane.agent(serial, root)
+            try:
+                _assign(agent, await _report(agent, serial), serial)
+                assert agent.telemetry is not None
+                agent.telemetry.collect_once()
+                await agent.telemetry.forward()
+            finally:
+                await agent.aclose()
+
+        asyncio.run(scenario())
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 4
+    assert {line["attributes"]["system.memory.state"] for line in lines} == {"used", "free", "buffers", "cached"}
+    assert all(line["unit"] == "By" and line["dpu"] == f"dpu-{serial.lower()}" for line in lines)
+
+
+def test_a_real_prometheus_scrapes_the_fleet_endpoint_and_answers_for_a_dpu(
+    plane: Plane, roots: list[tuple[str, Path]], tmp_path: Path
+) -> None:
+    serial, _ = roots[0]
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed (./run installs the Debian package prometheus)")
+    port = free_port()
+    target = plane.api.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: dpufleet-telemetry\n"
+        "    metrics_path: /telemetry/v1/federate\n"
+        "    honor_labels: true\n"
+        f"    authorization: {{credentials: {plane.api.token}}}\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"),  # noqa: SIM115
+    )  # fmt: skip
+    dpu = f"dpu-{serial.lower()}"
+    query = f'system_memory_usage_bytes{{dpu="{dpu}",system_memory_state="free"}}'
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as prom:
+
+            def answered() -> list[dict[str, Any]]:
+                try:
+                    return list(prom.get("/api/v1/query", params={"query": query}).json()["data"]["result"])
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return []
+
+            wait_until(lambda: bool(answered()), 40, interval=0.5, what="Prometheus to have scraped the fleet endpoint")
+            result = answered()
+            counted = prom.get(
+                "/api/v1/query", params={"query": f'dpufleet_telemetry_samples_produced_total{{dpu="{dpu}"}}'}
+            )
+            produced = {r["metric"]["class"] for r in counted.json()["data"]["result"]}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert result[0]["metric"]["project"] == "default"
+    series = plane.telemetry.series[serial]
+    free = next(v for (name, attrs), (v, _, _) in series.latest.items()
+                if name == "system.memory.usage" and ("system.memory.state", "free") in attrs)  # fmt: skip
+    assert float(result[0]["value"][1]) == free
+    assert "load" in produced
