@@ -144,7 +144,7 @@ class TelemetryPlane:
 
     async def run(self) -> None:
         if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.start)
+            self.embedded.start()  # on the loop's thread: the child dies with it (PR_SET_PDEATHSIG)
         try:
             url = self.embedded.aggregator_url if self.embedded is not None else self.external_url
             assert url is not None

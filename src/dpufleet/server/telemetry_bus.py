@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,15 @@ class BusCredentials:
             password=self.dpu_password(project, serial),
             subjectPrefix=f"{SUBJECT_ROOT}.{project}.{serial}",
         )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs nats-server when the thread that started it (the API
+    server's event loop) dies, so a SIGKILLed server leaves no bus behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -148,7 +159,7 @@ class EmbeddedBus:
         log_file = open(self.directory / "nats.log", "ab")  # noqa: SIM115 - the child's stderr for its life
         self.proc = subprocess.Popen(
             [binary, "-c", str(self.directory / "nats.conf")], stdout=log_file, stderr=log_file,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )  # fmt: skip
         log_file.close()
         log.info("telemetry bus (nats-server, pid %d) on %s", self.proc.pid, self.url)
