@@ -91,7 +91,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
-    sim = build_fleet(1, 4, ["nvidia-bluefield-3"], 11, tmp_path_factory.mktemp("sim"))
+    sim = build_fleet(1, 5, ["nvidia-bluefield-3"], 11, tmp_path_factory.mktemp("sim"))
     out = []
     for dpu in sim.dpus:
         assert dpu.osroot is not None
@@ -409,3 +409,31 @@ def test_a_real_prometheus_scrapes_the_fleet_endpoint_and_answers_for_a_dpu(
                 if name == "system.memory.usage" and ("system.memory.state", "free") in attrs)  # fmt: skip
     assert float(result[0]["value"][1]) == free
     assert "load" in produced
+
+
+def test_the_agent_loop_starts_telemetry_from_its_report_reply(plane: Plane, roots: list[tuple[str, Path]]) -> None:
+    serial, root = roots[4]
+    plane.dpu(serial, "load")
+
+    async def scenario() -> None:
+        agent = plane.agent(serial, root)
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while loop.time() < deadline:
+                series = plane.telemetry.series.get(serial)
+                if series is not None and series.received.get("load"):
+                    break
+                await asyncio.sleep(0.05)
+            assert agent.telemetry is not None and agent.telemetry.enabled == {TelemetryClass.LOAD}
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 20)
+            await agent.aclose()
+
+    asyncio.run(scenario())
+    series = plane.telemetry.series[serial]
+    assert set(series.received) == {"load"}
+    assert (plane.tmp / serial / "state" / "telemetry").is_dir()  # the spool lives in the agent's state dir
