@@ -670,6 +670,32 @@ class Client:
         except httpx.ConnectError as exc:
             raise self._unreachable(exc) from None
 
+    def telemetry_watch(self, project: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The live telemetry of a project's DPUs (GET /telemetry/v1/projects/{project}/watch), one sample or
+        event per item, until the server ends the stream; keep-alives are not yielded."""
+        path = f"/telemetry/v1/projects/{quote(project, safe='')}/watch"
+        timeout = httpx.Timeout(10.0, read=WATCH_READ_TIMEOUT)
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    raise self._error(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if line.strip():
+                        body: dict[str, Any] = orjson.loads(line)
+                        if body.get("type") == "KEEPALIVE":
+                            continue
+                        if body.get("type") == "ERROR":
+                            raise ClientError(0, "WatchCutOff", str(body.get("message")))
+                        yield body
+        except httpx.ConnectError as exc:
+            raise self._unreachable(exc) from None
+
+    def telemetry_accounting(self, project: str) -> builtins.list[dict[str, Any]]:
+        """Per DPU: the samples its agent produced, delivered, dropped and buffered, and what arrived."""
+        result: dict[str, Any] = self._request("GET", f"/telemetry/v1/projects/{quote(project, safe='')}/accounting")
+        items: builtins.list[dict[str, Any]] = result.get("items") or []
+        return items
+
     def _relist(
         self, ref: KindRef, project: str | None, selector: str | None, known: _Known, field_selector: str | None
     ) -> tuple[builtins.list[WatchEvent], str]:

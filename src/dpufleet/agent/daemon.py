@@ -25,6 +25,7 @@ import httpx
 
 from .. import __version__
 from ..api.agent import Inventory
+from ..api.telemetry import TelemetryAssignment
 from ..crypto.pki import AgentIdentity
 from . import slots
 from .bootstrap import ZeroTouch
@@ -33,6 +34,7 @@ from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
 from .inventory import collect_inventory
 from .network import NetworkConfig, NetworkReconciler
+from .telemetry.collector import DEFAULT_BUFFER_BYTES, Telemetry
 
 log = logging.getLogger(__name__)
 REPORT_PATH = "/agent/v1/report"
@@ -54,6 +56,8 @@ class AgentConfig:
     zero_touch: bool = False  # a DPU with no fleet certificate bootstraps from its DHCP lease (agent/bootstrap.py)
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")  # how zero-touch bootstrap boots the new slot
     network: NetworkConfig | None = None  # mTLS, a DPU with Open vSwitch: program it (agent/network.py)
+    telemetry_dir: Path | None = None  # the telemetry spool (default: <state_dir>/telemetry); None without a state dir
+    telemetry_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # the spool's cap while the bus is unreachable
 
 
 def report_body(
@@ -98,6 +102,7 @@ class Agent:
         self.installer: SlotInstaller | None = None
         self.zero_touch: ZeroTouch | None = None
         self.network: NetworkReconciler | None = None
+        self.telemetry: Telemetry | None = None
 
     async def aclose(self) -> None:
         if self._own:
@@ -158,6 +163,33 @@ class Agent:
         """Whether this machine's OS runs (the emulator's machines can be down while the agent object lives)."""
         return True
 
+    def uplink_up(self) -> bool:
+        """Whether this machine's network uplink works (the emulator cuts it; a real DPU's socket errors tell)."""
+        return True
+
+    def _telemetry(self, reply: dict[str, object], serial: str, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Apply the reply's telemetry assignment; the telemetry loop's task when this call started it."""
+        raw = reply.get("telemetry")
+        if raw is None:
+            return None
+        assignment = TelemetryAssignment.model_validate(raw)
+        started = None
+        if self.telemetry is None:
+            if not assignment.classes:
+                return None
+            directory = self.config.telemetry_dir or (
+                self.config.state_dir / "telemetry" if self.config.state_dir is not None else None
+            )
+            if directory is None:
+                log.warning("telemetry asked for, but this agent has no state dir to buffer it in (--state-dir)")
+                return None
+            self.telemetry = Telemetry(
+                self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up
+            )
+            started = asyncio.create_task(self.telemetry.run(stop))
+        self.telemetry.assign(assignment)
+        return started
+
     async def pause(self, stop: asyncio.Event, seconds: float) -> None:
         """Wait until the next report is due (or the agent stops)."""
         with contextlib.suppress(TimeoutError):
@@ -214,6 +246,7 @@ class Agent:
         sent: str | None = None  # fingerprint of the last inventory sent
         installer: asyncio.Task[None] | None = None
         network: asyncio.Task[None] | None = None
+        telemetry: asyncio.Task[None] | None = None
         while not stop.is_set():
             try:
                 await self.secure(serial)
@@ -231,6 +264,7 @@ class Agent:
                     installer = self._start_installer(stop)
                 if network is None:
                     network = self._start_network(stop)
+                telemetry = self._telemetry(reply, serial, stop) or telemetry
                 hb = float(reply.get("heartbeatSeconds", self.config.heartbeat_seconds))  # type: ignore[arg-type]
                 inv_every = float(reply.get("inventorySeconds", self.config.inventory_seconds))  # type: ignore[arg-type]
                 if due:
@@ -244,7 +278,7 @@ class Agent:
                 next_inventory = 0.0  # re-send the full inventory once the server is back
                 sent = None
             await self.pause(stop, wait)
-        await asyncio.gather(*(t for t in (installer, network) if t is not None), return_exceptions=True)
+        await asyncio.gather(*(t for t in (installer, network, telemetry) if t is not None), return_exceptions=True)
 
     def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent told where its Open vSwitch is programs it from the desired network."""

@@ -38,6 +38,7 @@ from .labels import annotate, label
 from .reset import reset_app
 from .rollout import rollout_app
 from .signing import image_app, publisher_app
+from .telemetry import telemetry_app
 from .update import update_app
 
 try:  # typer >= 0.20 carries its own copy of click; its exceptions are not click's
@@ -139,6 +140,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(publisher_app, name="publisher")
 app.add_typer(health_app, name="health")
 app.add_typer(reset_app, name="reset")
+app.add_typer(telemetry_app, name="telemetry")
 app.command("debug-bundle")(debug_bundle)
 
 

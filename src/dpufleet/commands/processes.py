@@ -46,6 +46,12 @@ def server_cmd(
     agent_advertise: str | None = typer.Option(
         None, "--agent-advertise", help="host name agents use to reach the agent listener (in its certificate)"
     ),
+    telemetry_bus: str = typer.Option(
+        "embedded",
+        "--telemetry-bus",
+        help="embedded: run nats-server as a child on 127.0.0.1; nats://[user:password@]host:port: your own "
+        "bus (the aggregator's credentials in the URL); none: no telemetry",
+    ),
 ) -> None:
     """Run the API server and the agent listener, with the controllers in a child process it supervises."""
     from ..server.controllers import CONTROLLER_MODES
@@ -61,6 +67,10 @@ def server_cmd(
             parse_listen(value)
         except ValueError as exc:
             raise typer.BadParameter(str(exc).removeprefix(f"--listen {value!r}: "), param_hint=f"'{flag}'") from None
+    if telemetry_bus not in ("embedded", "none") and not telemetry_bus.startswith(("nats://", "tls://")):
+        raise typer.BadParameter(
+            f"{telemetry_bus!r}: expected embedded, none or a nats:// URL", param_hint="'--telemetry-bus'"
+        )
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
         serve(
@@ -70,6 +80,7 @@ def server_cmd(
             controllers=controllers,
             agent_listen=agent_listen,
             agent_advertise=agent_advertise,
+            telemetry_bus=None if telemetry_bus == "none" else telemetry_bus,
         )
 
 

@@ -50,6 +50,11 @@ class AgentReply(BaseModel):
     heartbeatSeconds: float
     inventorySeconds: float
     object: str
+    telemetry: dict[str, Any] | None = None  # api/telemetry.TelemetryAssignment: what to collect, where to send it
+
+
+# (role, serial, project or None) -> the telemetry assignment for that device, from the control plane
+TelemetryFor = Callable[[str, str, str | None], dict[str, Any] | None]
 
 
 class ReportHandler:
@@ -60,8 +65,10 @@ class ReportHandler:
         inventory_seconds: float = 300.0,
         *,
         resolver: ProjectResolver | None = None,
+        telemetry: TelemetryFor | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry
         self.resolver = resolver or ProjectResolver(store)
         self.heartbeat_seconds = heartbeat_seconds
         self.inventory_seconds = inventory_seconds
@@ -82,7 +89,16 @@ class ReportHandler:
             # the cached project no longer holds the object: ask again at the next report
             (self.resolver.forget_host if report.role == "host" else self.resolver.forget_dpu)(report.serial)
             raise
-        return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
+        return self._reply(report, name)
+
+    def _reply(self, report: AgentReport, name: str) -> AgentReply:
+        telemetry = None
+        if self.telemetry is not None and report.role == "dpu":
+            telemetry = self.telemetry(report.role, report.serial, self.resolver.known_dpu(report.serial))
+        return AgentReply(
+            heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name,
+            telemetry=telemetry,
+        )  # fmt: skip
 
     def reply_without_write(self, report: AgentReport) -> AgentReply | None:
         """The reply to a heartbeat that is not due to be stored, or None when the report must be written.
@@ -103,7 +119,7 @@ class ReportHandler:
             last = self._last_write.get(key)
         if last is None or time.monotonic() - last >= HEARTBEAT_WRITE_EVERY:
             return None
-        return AgentReply(heartbeatSeconds=self.heartbeat_seconds, inventorySeconds=self.inventory_seconds, object=name)
+        return self._reply(report, name)
 
     def _due(self, key: str, has_inventory: bool) -> bool:
         """Heartbeats are written at most every 30 s per agent; inventories always."""

@@ -24,6 +24,7 @@ from ..security.audit import AuditLog
 from ..store.feed import ChangeFeed
 from ..store.store import Store, WriteHook
 from .auth import TokenAuthenticator
+from .telemetry import TelemetryPlane
 
 T = TypeVar("T")
 
@@ -65,6 +66,7 @@ class ServerState:
     # the Prometheus text of the controller process, merged into /metrics ("" when it does not answer)
     more_metrics: Callable[[], Coroutine[Any, Any, str]] | None = None
     controllers_status: Callable[[], str] | None = None  # the controller process's, in /readyz
+    telemetry: TelemetryPlane | None = None  # the fleet bus's aggregator (server/telemetry.py), when it runs
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.
     _writer: ThreadPoolExecutor | None = None

@@ -38,6 +38,7 @@ from .bootstrap_api import bootstrap_router
 from .common import ServerState, build_state, uvicorn_options
 from .controllers import ControllerProcess, controller_mode
 from .enroll_api import enroll_router
+from .telemetry import TelemetryPlane
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,11 @@ class Server:
         controllers: bool = True,
         agent_listen: str = "127.0.0.1:0",
         agent_advertise: str | None = None,
+        telemetry_bus: str | None = None,
     ) -> Server:
-        """`agent_listen` defaults to any free loopback port; `dpufleet server` passes 127.0.0.1:8741."""
+        """`agent_listen` defaults to any free loopback port; `dpufleet server` passes 127.0.0.1:8741.
+        `telemetry_bus`: "embedded" runs nats-server as this server's child, a nats:// URL reaches an
+        operator's bus, None (the tests' default) runs no telemetry."""
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
@@ -93,6 +97,11 @@ class Server:
         oidc_config = OIDCConfig.load(data_dir)
         auth = TokenAuthenticator(data_dir, store, OIDCVerifier(oidc_config) if oidc_config else None)
         state = build_state(store, auth, services)
+        if telemetry_bus is not None:
+            state.telemetry = TelemetryPlane(
+                store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus
+            )
+            state.background.append(state.telemetry.run)
         ca = FleetCA.load_or_create(data_dir)
         enrollment = EnrollmentAuthority(ca, audit=AuditLog(store))
         host, port = parse_listen(agent_listen)
@@ -100,7 +109,13 @@ class Server:
             host,
             port,
             agent_app(
-                state, ReportHandler(store, resolver=ProjectResolver(store, enrollment.tokens.project_of)), enrollment
+                state,
+                ReportHandler(
+                    store,
+                    resolver=ProjectResolver(store, enrollment.tokens.project_of),
+                    telemetry=state.telemetry.assignment if state.telemetry is not None else None,
+                ),
+                enrollment,
             ),
             ca,
             agent_advertise,
@@ -126,6 +141,7 @@ def serve(
     controllers: bool | str = "process",
     agent_listen: str = "127.0.0.1:0",
     agent_advertise: str | None = None,
+    telemetry_bus: str | None = "embedded",
 ) -> None:
     """`dpufleet server`. `controllers`: "process" (the default, and True) runs them as a supervised
     child process (server/controllers.py), "in-process" in this process, "none" (and False) not at all."""
@@ -137,6 +153,7 @@ def serve(
         controllers=mode == "in-process",
         agent_listen=agent_listen,
         agent_advertise=agent_advertise,
+        telemetry_bus=telemetry_bus,
     )
     log.info("dpufleet API on http://%s:%d (data dir %s)", host, port, data_dir)
     repository = server.services.repository

@@ -128,6 +128,9 @@ def _meminfo(total_mib: int) -> str:
 
 def _write_nic(root: Path, nic: SimNic) -> None:
     base = f"sys/class/net/{nic.name}"
+    for counter in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors", "rx_dropped",
+                    "tx_dropped"):  # fmt: skip
+        _write(root, f"{base}/statistics/{counter}", "0\n")
     _write(root, f"{base}/address", nic.mac + "\n")
     _write(root, f"{base}/speed", f"{nic.speed_mbps}\n")
     _write(root, f"{base}/operstate", nic.operstate + "\n")
@@ -306,6 +309,12 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
     )
     _write(root, "sys/devices/system/cpu/online", f"0-{profile.cpu.cores - 1}\n")
     _write(root, "sys/devices/system/cpu/possible", f"0-{profile.cpu.cores - 1}\n")
+    # what the OS telemetry plugin reads: CPU time per core (all idle at boot), load, one thermal zone
+    cores = "".join(f"cpu{i} 0 0 0 0 0 0 0 0 0 0\n" for i in range(profile.cpu.cores))
+    _write(root, "proc/stat", "cpu  0 0 0 0 0 0 0 0 0 0\n" + cores)
+    _write(root, "proc/loadavg", "0.00 0.00 0.00 1/100 1\n")
+    _write(root, "sys/class/thermal/thermal_zone0/type", "cpu-thermal\n")
+    _write(root, "sys/class/thermal/thermal_zone0/temp", "45000\n")
     for nic in dpu.nics:
         _write_nic(root, nic)
     _write(root, "sys/class/net/lo/address", "00:00:00:00:00:00\n")

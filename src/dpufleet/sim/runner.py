@@ -209,6 +209,11 @@ class SimAgent(Agent):
     def machine_alive(self) -> bool:
         return self.alive()
 
+    def uplink_up(self) -> bool:
+        """The emulated partition cuts telemetry as it cuts reports (and so does a machine that is down)."""
+        partitioned = isinstance(self.device, SimDPU) and self.device.network_partitioned
+        return self.alive() and not partitioned
+
     async def pause(self, stop: asyncio.Event, seconds: float) -> None:
         """As a real agent, which its machine starts afresh at boot: a reboot ends the wait for the next report."""
         boots = self.device.boot_count

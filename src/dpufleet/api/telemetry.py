@@ -1,0 +1,116 @@
+"""Telemetry on the wire: classes, samples, the batches agents publish on the fleet bus, and what the
+control plane asks each DPU to collect.
+
+Metric names and units follow the OpenTelemetry semantic conventions (system.* for the OS, hw.* for
+hardware); docs/guide/telemetry.md holds the table. A batch holds the samples of one class from one
+collection, so the agent can buffer, trim and forward whole batches by class.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUBJECT_ROOT = "dpufleet.tm"
+CLASSES_ANNOTATION = "telemetry.dpufleet.io/classes"  # on a DPU: the classes its agent collects, comma-separated
+INTERVAL_ANNOTATION = "telemetry.dpufleet.io/interval-seconds"
+
+
+class TelemetryClass(StrEnum):
+    LOGS = "logs"
+    ENVIRONMENTAL = "environmental"
+    LOAD = "load"
+    ERRORS = "errors"
+    USAGE = "usage"
+    EVENTS = "events"
+
+
+# Trimming drops the first of these first: events (and alerts) are the last to go, usage (billing) just before.
+DROP_ORDER: tuple[TelemetryClass, ...] = (
+    TelemetryClass.LOAD,
+    TelemetryClass.LOGS,
+    TelemetryClass.ENVIRONMENTAL,
+    TelemetryClass.ERRORS,
+    TelemetryClass.USAGE,
+    TelemetryClass.EVENTS,
+)
+
+SEVERITIES: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+
+
+def severity_rank(severity: str | None) -> int:
+    """Where a severity stands (a sample without one ranks as info)."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else 1
+
+
+def parse_classes(text: str) -> list[TelemetryClass]:
+    """A comma-separated list of classes, in their declared order; ValueError naming an unknown one."""
+    wanted: set[TelemetryClass] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            wanted.add(TelemetryClass(part))
+        except ValueError:
+            known = ", ".join(c.value for c in TelemetryClass)
+            raise ValueError(f"unknown telemetry class {part!r} (known: {known})") from None
+    return [c for c in TelemetryClass if c in wanted]
+
+
+def subject(project: str, serial: str, cls: TelemetryClass | str) -> str:
+    """The bus subject one DPU publishes a class under: dpufleet.tm.<project>.<serial>.<class>."""
+    return f"{SUBJECT_ROOT}.{project}.{serial}.{cls}"
+
+
+class Sample(BaseModel):
+    """One measurement or one event. ``time`` is when it was taken (Unix nanoseconds, the DPU's clock)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    unit: str = Field(default="", max_length=32)
+    value: float = 0.0
+    time: int
+    attributes: dict[str, str] = Field(default_factory=dict)
+    severity: str | None = None
+    body: str | None = Field(default=None, max_length=4096)
+
+
+class Batch(BaseModel):
+    """The samples of one class from one collection on one DPU; ``seq`` rises by one per batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str
+    seq: int = Field(ge=0)
+    cls: TelemetryClass = Field(alias="class")
+    samples: list[Sample]
+
+
+class Accounting(BaseModel):
+    """Every sample an agent produced, by class: delivered to the bus, dropped (by reason), or buffered."""
+
+    serial: str
+    produced: dict[str, int] = Field(default_factory=dict)
+    delivered: dict[str, int] = Field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = Field(default_factory=dict)  # reason -> class -> samples
+    buffered: dict[str, int] = Field(default_factory=dict)
+    bufferedBytes: int = 0
+
+
+class BusAccess(BaseModel):
+    """How an agent reaches the fleet bus: its URL and this DPU's own credentials."""
+
+    url: str
+    user: str
+    password: str
+    subjectPrefix: str  # dpufleet.tm.<project>.<serial>: the only subjects this DPU may publish under
+
+
+class TelemetryAssignment(BaseModel):
+    """What the control plane asks a DPU's agent to collect and where to send it (in the report reply)."""
+
+    classes: list[TelemetryClass] = Field(default_factory=list)
+    intervalSeconds: float = Field(default=10.0, gt=0)
+    bus: BusAccess | None = None

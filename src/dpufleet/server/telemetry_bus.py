@@ -1,0 +1,203 @@
+"""The fleet bus: a NATS server (Debian's nats-server) the API server runs as its child on 127.0.0.1, or an
+operator's own reached by URL.
+
+Authentication is per DPU: each DPU's user name and password are derived from its agent identity (its
+serial and project) with a secret kept in the data dir, and handed to the agent in its report reply over
+mTLS. Each DPU user may publish only under ``dpufleet.tm.<project>.<serial>.>`` and subscribe to nothing;
+the aggregator's own user may subscribe under ``dpufleet.tm.>`` and publish nothing. A DPU seen for the
+first time is added to the configuration, which nats-server re-reads on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..api.telemetry import SUBJECT_ROOT, BusAccess
+
+log = logging.getLogger(__name__)
+AGGREGATOR_USER = "dpufleet-aggregator"
+
+
+def _secret(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class BusCredentials:
+    """Per-DPU credentials derived from the agent identity (nothing per DPU is stored)."""
+
+    secret: bytes
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> BusCredentials:
+        return cls(_secret(directory / "bus-secret"))
+
+    def dpu_user(self, serial: str) -> str:
+        return f"dpu-{serial}"
+
+    def dpu_password(self, project: str, serial: str) -> str:
+        return hmac.new(self.secret, f"dpu/{project}/{serial}".encode(), hashlib.sha256).hexdigest()
+
+    def aggregator_password(self) -> str:
+        return hmac.new(self.secret, AGGREGATOR_USER.encode(), hashlib.sha256).hexdigest()
+
+    def access(self, url: str, project: str, serial: str) -> BusAccess:
+        return BusAccess(
+            url=url,
+            user=self.dpu_user(serial),
+            password=self.dpu_password(project, serial),
+            subjectPrefix=f"{SUBJECT_ROOT}.{project}.{serial}",
+        )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs nats-server when the thread that started it (the API
+    server's event loop) dies, so a SIGKILLed server leaves no bus behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedBus:
+    """nats-server as a child process, its configuration rewritten (and reloaded) as DPUs appear."""
+
+    directory: Path
+    credentials: BusCredentials
+    host: str = "127.0.0.1"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    _dpus: dict[str, str] = field(default_factory=dict)  # serial -> project
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def aggregator_url(self) -> str:
+        return f"nats://{AGGREGATOR_USER}:{self.credentials.aggregator_password()}@{self.host}:{self.port}"
+
+    def _config(self) -> str:
+        users: list[dict[str, object]] = [
+            {
+                "user": AGGREGATOR_USER,
+                "password": self.credentials.aggregator_password(),
+                "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{SUBJECT_ROOT}.>", "_INBOX.>"]}},
+            }
+        ]
+        for serial, project in sorted(self._dpus.items()):
+            users.append(
+                {
+                    "user": self.credentials.dpu_user(serial),
+                    "password": self.credentials.dpu_password(project, serial),
+                    "permissions": {
+                        "publish": {"allow": [f"{SUBJECT_ROOT}.{project}.{serial}.>"]},
+                        "subscribe": {"deny": [">"]},
+                    },
+                }
+            )
+        # nats-server's configuration format accepts JSON
+        body = {
+            "host": self.host,
+            "port": self.port,
+            "max_payload": 4 * 1024 * 1024,
+            "pid_file": str(self.directory / "nats.pid"),
+            "authorization": {"users": users},
+        }
+        return json.dumps(body, indent=1)
+
+    def _write(self) -> None:
+        path = self.directory / "nats.conf"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._config())
+        os.replace(tmp, path)
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server") or (
+            "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+        )
+        if binary is None:
+            raise RuntimeError(
+                "the telemetry bus needs nats-server (Debian package nats-server), or --telemetry-bus URL"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        if not self.port:
+            self.port = free_port(self.host)
+        self._write()
+        log_file = open(self.directory / "nats.log", "ab")  # noqa: SIM115 - the child's stderr for its life
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.directory / "nats.conf")], stdout=log_file, stderr=log_file,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        log_file.close()
+        log.info("telemetry bus (nats-server, pid %d) on %s", self.proc.pid, self.url)
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = (self.directory / "nats.log").read_text()[-500:]
+                raise RuntimeError(f"nats-server exited with status {self.proc.returncode}: {tail}")
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                return
+            except OSError:
+                if loop.time() > deadline:
+                    raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout:.0f} s") from None
+                await asyncio.sleep(0.05)
+
+    def allow(self, project: str, serial: str) -> None:
+        """Let this DPU publish under its own subjects (a reload when it is new or moved project)."""
+        with self._lock:
+            if self._dpus.get(serial) == project:
+                return
+            self._dpus[serial] = project
+            self._write()
+            if self.proc is not None and self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
