@@ -21,7 +21,7 @@ from dpufleet.api.validation import validate_document
 from dpufleet.cli.apply import Manifest
 from dpufleet.main import app
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
-from provisioning.conftest import Operator, is_true, provisioning_server, upload
+from provisioning.conftest import Operator, condition, is_true, provisioning_server, upload
 from support.net import free_port
 from support.server import RunningServer
 
@@ -302,6 +302,26 @@ def _dpuservice(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     assert seen["status"]["running"] == 0, "placed, not run: there is no service runtime on the DPUs yet"
 
 
+def _ipam(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
+    name = doc["metadata"]["name"]
+    seen = op.wait_object(
+        "dpuserviceipams", name, lambda i: is_true(i, "Ready") and i["status"]["allocated"] > 0, SETTLE
+    )
+    record = op.get("ipamallocations", name)
+    assert record is not None, "the allocator records the blocks it hands out"
+    blocks = [b["ipv4"] for b in record["spec"]["blocks"]]
+    assert len(blocks) == seen["status"]["allocated"] == len(set(blocks)), "a block per DPU, none shared"
+
+
+def _chain(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
+    seen = op.wait_object(
+        "dpuservicechains", doc["metadata"]["name"], lambda c: c["status"].get("selected", 0) > 0, SETTLE
+    )
+    ready = condition(seen, "Ready")
+    assert ready is not None and ready["status"] == "False", "no DPU of the example racks runs a switch (sim --network)"
+    assert seen["status"]["programmed"] == 0
+
+
 CHECKS: dict[str, Check] = {
     "Host": _stored,
     "BMC": _bmc,
@@ -319,6 +339,10 @@ CHECKS: dict[str, Check] = {
     "UpdateRequest": _updaterequest,
     "DPUService": _dpuservice,
     "DPUAllocation": _stored,
+    "DPUServiceIPAM": _ipam,
+    "IPAMAllocation": _stored,
+    "DPUServiceInterface": _stored,
+    "DPUServiceChain": _chain,
 }
 
 

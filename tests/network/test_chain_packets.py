@@ -11,12 +11,17 @@ namespaces of their own (each a Linux bridge between its two ports, counting wha
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from dpufleet.agent.network import NetworkReconciler
 from dpufleet.api.kinds import chain_cookie
 from dpufleet.sim.network import DataPlane, in_netns
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
@@ -240,3 +245,38 @@ def test_deleting_the_chain_stops_its_traffic_only(site: Operator, plane: DataPl
     assert ping(plane, "203.0.113.2", 5) == 5, "the storage chain still carries traffic"
     web = f"cookie={chain_cookie('default', 'web'):#x}"
     assert web not in sh("ovs-ofctl", "dump-flows", plane.agent_config().openflow), "none of its flows is left"
+
+
+def test_after_an_agent_restart_the_data_plane_is_rebuilt_from_desired_state_alone(
+    site: Operator, fleet: SimRunning, plane: DataPlane
+) -> None:
+    """The switch is wiped (ports and flows: a DPU whose OVS came back empty) while the agent is down;
+    a new agent, knowing nothing but its certificate, rebuilds it from what the control plane wants."""
+    (agent,) = [a for a in fleet.agents if a.network is not None]
+    running = agent.network
+    assert running is not None and agent.credentials is not None
+    interval = running.config.interval
+    running.config.interval = 3600.0  # the running agent sleeps: only the new one touches the switch
+    try:
+        time.sleep(interval * 3)
+        openflow = plane.agent_config().openflow
+        sh("ovs-ofctl", "del-flows", openflow)
+        for port in ("p1", "pf0vf0"):
+            sh("ovs-vsctl", f"--db=unix:{plane.db_socket}", "--timeout=10", "del-port", port)
+        assert ping(plane, "203.0.113.2", 2) == 0, "nothing forwards on an empty switch"
+
+        async def restarted() -> None:
+            async with httpx.AsyncClient(verify=agent.credentials.ssl_context(), timeout=15) as http:  # type: ignore[union-attr]
+                fresh = NetworkReconciler(dataclasses.replace(running.config), agent.config.server, lambda: http)
+                try:
+                    report = await fresh.once()
+                finally:
+                    await asyncio.to_thread(fresh.switch.close)
+            assert report is not None
+            assert [(c.name, c.programmed) for c in report.chains] == [("storage", True)]
+            assert report.repairs == [], "a fresh agent rebuilds; it has nothing to call drift"
+
+        asyncio.run(restarted())
+        assert ping(plane, "203.0.113.2", 5) == 5
+    finally:
+        running.config.interval = interval

@@ -49,6 +49,10 @@ DOCS: dict[str, dict[str, Any]] = {
         "spec": {"artifact": {"image": {"reference": f"repo/svc@sha256:{SHA}"}}, "placement": {"replicas": 1}}
     },
     "DPUAllocation": {"spec": {"dpu": "dpu-x"}},
+    "DPUServiceIPAM": {"spec": {"ipv4": {"cidr": "198.51.100.0/24", "blockPrefixLength": 28}}},
+    "IPAMAllocation": {"spec": {"pool": "pool-x"}},
+    "DPUServiceInterface": {"spec": {"type": "Physical", "port": "p0"}},
+    "DPUServiceChain": {"spec": {"hops": [{"interface": "a"}, {"interface": "b"}]}},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
 counter = itertools.count()

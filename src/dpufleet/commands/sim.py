@@ -155,6 +155,12 @@ def up_cmd(
                     pointer.parent.mkdir(parents=True, exist_ok=True)
                     pointer.write_text(str(sim_dir.resolve()) + "\n")
             print(f"fault injection: {running.control_url}/sim/v1/faults (`dpufleet sim fault --dir {sim_dir}`)")
+            for dpu_id, plane in running.data_planes.items():
+                print(
+                    f"data plane of {dpu_id}: Open vSwitch {plane.agent_config().bridge} in netns {plane.dpu_ns} "
+                    f"(p0, p1 to netns {plane.wire_ns}; pf0hpf, pf0vf0, pf0vf1 to netns {plane.host_ns}); "
+                    f"OVS_RUNDIR={plane.rundir}"
+                )
             if talk:
                 print(
                     f"reporting to {config.server}"

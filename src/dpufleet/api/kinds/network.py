@@ -102,7 +102,7 @@ register(
         "DPUServiceIPAM",
         "dpuserviceipams",
         DPUServiceIPAM,
-        ("dpuserviceipam", "ipam"),
+        ("dpuserviceipam", "ipam", "ipams"),
         (
             Column("IPV4", "spec.ipv4.cidr"),
             Column("IPV6", "spec.ipv6.cidr"),
@@ -222,7 +222,7 @@ register(
         "DPUServiceInterface",
         "dpuserviceinterfaces",
         DPUServiceInterface,
-        ("dpuserviceinterface", "dsi"),
+        ("dpuserviceinterface", "dsi", "interfaces"),
         (Column("TYPE", "spec.type"), Column("PORT", "spec.port"), Column("VLAN", "spec.vlan")),
     )
 )
@@ -336,9 +336,8 @@ register(
         "DPUServiceChain",
         "dpuservicechains",
         DPUServiceChain,
-        ("dpuservicechain", "chain"),
+        ("dpuservicechain", "chain", "chains"),
         (
-            Column("HOPS", "spec.hops[*].interface"),
             Column("SELECTED", "status.selected"),
             Column("PROGRAMMED", "status.programmed"),
             Column("READY", "status.conditions[Ready].status"),
