@@ -53,7 +53,9 @@ class Telemetry:
         self.produced: Counter[TelemetryClass] = Counter()
         self.delivered: Counter[TelemetryClass] = Counter()
         self.collections = 0
-        self._seq = self.spool.next_seq()
+        # seq rises by one per batch from the clock's microseconds at start: a restarted agent's batches stay above
+        # the ones the aggregator took before (it drops a seq not above the last as a repeat)
+        self._seq = max(self.spool.next_seq(), clock_ns() // 1000)
         for entry in self.spool.recovered:  # a previous run's buffer is forwarded, and counted in this run
             self.produced[entry.cls] += entry.samples
         self._nc: NATS | None = None
