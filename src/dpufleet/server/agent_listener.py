@@ -12,6 +12,9 @@ What an agent may do here, and with what proof:
     GET  /agent/v1/network, POST /agent/v1/network/status
                             a DPU's fleet certificate: its own desired network, its report on it
                             (server/agent_network.py)
+    GET  /agent/v1/services, POST /agent/v1/services/status
+                            a DPU's fleet certificate: the instances it should run, their phases
+                            and log tails (server/agent_services.py)
 
 TLS requests a client certificate on every connection (CERT_OPTIONAL, so that
 enrollment works before a device has one); a certificate that is presented is
@@ -58,6 +61,7 @@ from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
 from .agent_install import add_install_routes
 from .agent_network import add_network_routes
+from .agent_services import add_service_routes
 from .agent_updates import add_update_routes
 from .common import ServerState, read_json, respond, uvicorn_options
 
@@ -203,6 +207,7 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
     add_install_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_update_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_network_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
+    add_service_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     return app
 
 

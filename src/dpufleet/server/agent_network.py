@@ -31,20 +31,29 @@ from .common import ServerState, read_json, respond
 NETWORK_PATH = "/agent/v1/network"
 
 
+def dpu_of_agent(
+    identify: Callable[[Request], AgentIdentity], resolver: ProjectResolver, what: str
+) -> Callable[[Request], tuple[str, str]]:
+    """(project, DPU) of the DPU agent whose certificate the request carries; only DPU agents may `what`."""
+
+    def own_dpu(request: Request) -> tuple[str, str]:
+        identity = identify(request)
+        if identity.role != "dpu":
+            raise Forbidden(f"{identity} is not a DPU agent: only DPU agents {what}")
+        project = resolver.known_dpu(identity.serial)
+        if project is None:
+            raise NotFound(f"no DPU {dpu_name(identity.serial)}: the agent reports inventory first")
+        return project, dpu_name(identity.serial)
+
+    return own_dpu
+
+
 def add_network_routes(
     app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity], resolver: ProjectResolver
 ) -> None:
     store = state.store
     events = EventRecorder(store, "network-agent-api")
-
-    def own_dpu(request: Request) -> tuple[str, str]:
-        identity = identify(request)
-        if identity.role != "dpu":
-            raise Forbidden(f"{identity} is not a DPU agent: only DPU agents program a DPU's data plane")
-        project = resolver.known_dpu(identity.serial)
-        if project is None:
-            raise NotFound(f"no DPU {dpu_name(identity.serial)}: the agent reports inventory first")
-        return project, dpu_name(identity.serial)
+    own_dpu = dpu_of_agent(identify, resolver, "program a DPU's data plane")
 
     @app.get(NETWORK_PATH)
     async def network(request: Request) -> Response:

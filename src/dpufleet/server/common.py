@@ -67,6 +67,8 @@ class ServerState:
     more_metrics: Callable[[], Coroutine[Any, Any, str]] | None = None
     controllers_status: Callable[[], str] | None = None  # the controller process's, in /readyz
     telemetry: TelemetryPlane | None = None  # the fleet bus's aggregator (server/telemetry.py), when it runs
+    # (project, service, DPU) -> the instance's last log lines, as its DPU's runtime last sent them
+    service_logs: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.
     _writer: ThreadPoolExecutor | None = None

@@ -1,0 +1,833 @@
+"""The agent's service runtime: the instances the control plane placed on this DPU, run as OCI containers.
+
+Every `interval` seconds it asks the control plane what this DPU should run (`GET /agent/v1/services`),
+keeps that answer on disk (`<state>/services/desired.json`), and converges:
+
+- **pull**: an `ociArchive` artifact is downloaded once, checked against its sha256 (a mismatch is a
+  Failed instance naming both digests, never a start) and kept by digest;
+- **bundle**: the archive's OCI layout is unpacked with umoci into a runtime bundle per revision, whose
+  `config.json` is then made ours: the service's args and env, its memory and CPU limits as cgroup
+  limits (`cgroupsPath /dpufleet/<dpu>/<service>`), a read-only root with tmpfs /tmp and /run, no new
+  privileges, a minimal capability set, a seccomp filter refusing mount/reboot/module/ptrace/bpf/kexec
+  system calls, its own network namespace holding only loopback, and each config file bind-mounted
+  read-only at its path. A privileged service (admin-only) gets the host's network, all capabilities,
+  no seccomp filter and a writable root;
+- **run**: `runc run` in the foreground per instance (its exit status is the container's), stdout and
+  stderr appended to `<state>/services/logs/<service>.log` (cut when it passes LOG_LIMIT_BYTES);
+- **restart** per restartPolicy (Always / OnFailure / Never) with a backoff doubling from 1 s to 60 s,
+  reset once an instance stays up a minute; a liveness probe failing `failureThreshold` times in a row
+  kills the instance (a restart). Readiness: an instance with a readiness probe is ready while it
+  passes; one without is ready while it runs. Probes: exec (`runc exec`), tcp and http (from inside the
+  instance's network namespace, through nsenter);
+- **config only**: a change of the config files alone (configRevision) rewrites the mounted files in
+  place and sends the instance SIGHUP: no restart;
+- **report**: per instance phase (Pending, Pulling, Starting, Running, Failed, Succeeded), ready,
+  restarts, exit code, reason, memory use and limit, and the last lines of its log (`POST
+  /agent/v1/services/status`); an unchanged report is sent again every REPORT_EVERY seconds.
+
+After the agent restarts it adopts the containers still running at the revision it wants (`runc list`)
+and deletes the rest; after the DPU reboots (no containers) it starts every instance of the durable
+desired set at once, without waiting for the control plane. Artifact kinds other than `ociArchive`
+are reported Failed with the reason (this runtime does not pull from registries yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..api.agent_services import (
+    LOG_TAIL_BYTES,
+    LOG_TAIL_LINES,
+    DesiredInstance,
+    DesiredServices,
+    InstanceLogs,
+    InstanceReport,
+    ServiceReport,
+)
+from ..api.kinds.services import Probe
+
+log = logging.getLogger(__name__)
+SERVICES_PATH = "/agent/v1/services"
+REPORT_EVERY = 30.0
+LOG_LIMIT_BYTES = 4 * 1024 * 1024
+BACKOFF_MAX = 60.0
+STEADY_SECONDS = 60.0  # up this long: the next crash restarts after 1 s again
+CONTAINER_PREFIX = "dpufleet-"
+DEFAULT_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_NET_BIND_SERVICE",
+]
+ALL_CAPS = [
+    *DEFAULT_CAPS,
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_IPC_LOCK",
+    "CAP_SYS_PTRACE",
+    "CAP_MKNOD",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_TIME",
+    "CAP_NET_BROADCAST",
+]
+REFUSED_SYSCALLS = [
+    "mount",
+    "umount2",
+    "reboot",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "ptrace",
+    "bpf",
+    "swapon",
+    "swapoff",
+    "perf_event_open",
+    "open_by_handle_at",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "settimeofday",
+    "clock_settime",
+]
+_PROBE_SCRIPT = """
+import socket, sys, urllib.request
+kind, port, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+if kind == "tcp":
+    socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+else:
+    code = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout).status
+    sys.exit(0 if 200 <= code < 400 else 1)
+"""
+
+
+class RuntimeUnavailable(RuntimeError):
+    """runc or umoci is not installed on this DPU."""
+
+
+@dataclass
+class ServicesConfig:
+    """Where the runtime keeps its state, and the tools it runs."""
+
+    state_dir: Path  # <agent state>/services
+    dpu: str = "dpu"  # the cgroup parent's name (/dpufleet/<dpu>/...)
+    interval: float = 2.0
+    runc: str = "runc"
+    umoci: str = "umoci"
+    nsenter: str = "nsenter"
+    stop_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+
+
+# --- the bundle's config.json (pure) ----------------------------------------------------------------------------
+
+
+def container_id(service: str) -> str:
+    return CONTAINER_PREFIX + service
+
+
+def shape_config(
+    base: dict[str, Any], desired: DesiredInstance, dpu: str, files: list[tuple[Path, str]]
+) -> dict[str, Any]:
+    """The runtime spec of one instance: the image's config.json with the service's process, limits,
+    isolation and mounts. `files` are (host path, path in the container) of the config files."""
+    config = json.loads(json.dumps(base))
+    process = config.setdefault("process", {})
+    process["terminal"] = False
+    if desired.args:
+        process["args"] = list(desired.args)
+    if not process.get("args"):
+        raise ValueError("the image names no command and the service gives no args")
+    env = [e for e in process.get("env") or [] if e.split("=", 1)[0] not in desired.env]
+    process["env"] = [*env, *(f"{k}={v}" for k, v in sorted(desired.env.items()))]
+    process["noNewPrivileges"] = not desired.privileged
+    caps = ALL_CAPS if desired.privileged else DEFAULT_CAPS
+    process["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
+    process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+    config["hostname"] = desired.service
+    config["root"] = {"path": "rootfs", "readonly": not desired.privileged}
+    linux = config.setdefault("linux", {})
+    linux["cgroupsPath"] = f"/dpufleet/{dpu}/{desired.service}"
+    memory = desired.resources.memoryMiB * 1024 * 1024
+    linux["resources"] = {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "memory": {"limit": memory, "swap": memory},
+        "cpu": {"quota": max(1000, desired.resources.cpuMillicores * 100), "period": 100_000},
+        "pids": {"limit": 1024},
+    }
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if not desired.privileged:
+        namespaces.append({"type": "network"})
+        linux["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": list(REFUSED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        }
+    else:
+        linux.pop("seccomp", None)
+    linux["namespaces"] = namespaces
+    mounts = [m for m in config.get("mounts") or [] if m.get("destination") not in ("/tmp", "/run")]
+    for where in ("/tmp", "/run"):
+        mounts.append(
+            {"destination": where, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=16m"]}
+        )
+    for source, target in files:
+        mounts.append({"destination": target, "type": "bind", "source": str(source), "options": ["bind", "ro"]})
+    config["mounts"] = mounts
+    annotations = config.setdefault("annotations", {})
+    annotations["io.dpufleet.revision"] = desired.revision
+    annotations["io.dpufleet.instance"] = desired.instance
+    return config
+
+
+def next_backoff(previous: float) -> float:
+    return min(BACKOFF_MAX, max(1.0, previous * 2))
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_BYTES) -> list[str]:
+    """The last `lines` lines of a log, reading at most `limit` bytes from its end."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", "replace").splitlines()
+    if size > limit and text:
+        text = text[1:]  # the first line read is cut
+    return text[-lines:]
+
+
+# --- one instance --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """What the runtime knows of one instance: what it runs, and how that is going."""
+
+    desired: DesiredInstance
+    phase: str = "Pending"
+    ready: bool = False
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: str | None = None
+    pid: int | None = None
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+    config_revision: str = ""
+    probe_failures: dict[str, int] = field(default_factory=dict)
+    kill_reason: str | None = None
+    up_since: float = 0.0  # monotonic
+
+    def report(self, memory: tuple[int | None, int | None]) -> InstanceReport:
+        return InstanceReport(
+            service=self.desired.service,
+            instance=self.desired.instance,
+            revision=self.desired.revision,
+            phase=self.phase,  # type: ignore[arg-type]
+            ready=self.ready,
+            restarts=self.restarts,
+            exitCode=self.exit_code,
+            reason=self.reason,
+            startedAt=self.started_at,
+            memoryBytes=memory[0],
+            memoryLimitBytes=memory[1],
+        )
+
+
+class ServiceRuntime:
+    """Converges this DPU's containers to the desired services. Blocking work (runc, umoci, unpacking)
+    runs in threads; one asyncio task supervises each instance."""
+
+    def __init__(
+        self,
+        config: ServicesConfig,
+        server: str,
+        http: Callable[[], httpx.AsyncClient],
+        alive: Callable[[], bool] = lambda: True,
+        uplink: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.server = server.rstrip("/")
+        self.http = http
+        self.alive = alive
+        self.uplink = uplink
+        self.root = config.state_dir
+        self.instances: dict[str, Instance] = {}
+        self.desired: DesiredServices | None = None
+        self._last_sent: tuple[Any, float] | None = None
+        self._pulls: dict[str, asyncio.Lock] = {}
+        self._artifacts = httpx.AsyncClient(timeout=60, follow_redirects=True)
+
+    # paths
+    @property
+    def runc_root(self) -> Path:
+        return self.root / "runc"
+
+    def _log_path(self, service: str) -> Path:
+        return self.root / "logs" / f"{service}.log"
+
+    def _bundle(self, desired: DesiredInstance) -> Path:
+        return self.root / "bundles" / f"{desired.service}-{desired.revision}"
+
+    def _files_dir(self, service: str) -> Path:
+        return self.root / "files" / service
+
+    # --- tools -----------------------------------------------------------------------------------------------
+
+    def check_tools(self) -> None:
+        missing = [t for t in (self.config.runc, self.config.umoci) if shutil.which(t) is None]
+        if missing:
+            raise RuntimeUnavailable(f"{', '.join(missing)} not found: this DPU cannot run services (install them)")
+
+    def _runc(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.config.runc, "--root", str(self.runc_root), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """The containers runc knows under our root: id -> its state."""
+        if not self.runc_root.exists():
+            return {}
+        done = self._runc("list", "--format", "json")
+        if done.returncode != 0:
+            raise RuntimeError(f"runc list failed: {done.stderr.strip()[:300]}")
+        found = json.loads(done.stdout or "null") or []
+        return {c["id"]: c for c in found if str(c.get("id", "")).startswith(CONTAINER_PREFIX)}
+
+    def kill_all(self) -> None:
+        """Every container of ours gone (what a power loss does, and what `stop` with `--remove` does)."""
+        for cid in self.containers():
+            self._runc("delete", "--force", cid)
+
+    # --- desired state, kept on disk -------------------------------------------------------------------------
+
+    def load_desired(self) -> DesiredServices | None:
+        path = self.root / "desired.json"
+        try:
+            return DesiredServices.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("services: %s is unreadable (%s); waiting for the control plane", path, exc)
+            return None
+
+    def save_desired(self, desired: DesiredServices) -> None:
+        path = self.root / "desired.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = desired.model_dump_json()
+        if path.exists() and path.read_text() == text:
+            return
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    async def fetch(self) -> DesiredServices:
+        if not self.uplink():
+            raise httpx.ConnectError("network is unreachable")
+        resp = await self.http().get(self.server + SERVICES_PATH)
+        if resp.status_code >= 400:
+            raise RuntimeError(f"HTTP {resp.status_code} {resp.text[:300]}")
+        return DesiredServices.model_validate(resp.json())
+
+    # --- pull and unpack ----------------------------------------------------------------------------------
+
+    async def pull(self, desired: DesiredInstance) -> Path:
+        """The OCI layout of the instance's artifact, downloaded and checked once per digest."""
+        artifact = desired.artifact
+        if artifact.ociArchive is None:
+            kind = next(k for k in ("image", "bundle", "kernelModule") if getattr(artifact, k) is not None)
+            raise ValueError(f"artifact kind {kind} is not supported by this DPU's runtime yet: use ociArchive")
+        url, want = artifact.ociArchive.url, artifact.ociArchive.sha256
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"artifact URL {url}: only http(s) archives are fetched by this runtime")
+        layout = self.root / "artifacts" / want
+        lock = self._pulls.setdefault(want, asyncio.Lock())
+        async with lock:
+            if (layout / "index.json").exists():
+                return layout
+            layout.parent.mkdir(parents=True, exist_ok=True)
+            part = layout.parent / f"{want}.part"
+            digest = hashlib.sha256()
+            async with self._artifacts.stream("GET", url) as resp:
+                if resp.status_code >= 400:
+                    raise ValueError(f"downloading {url} failed: HTTP {resp.status_code}")
+                with part.open("wb") as out:
+                    async for chunk in resp.aiter_bytes(1 << 16):
+                        digest.update(chunk)
+                        out.write(chunk)
+            got = digest.hexdigest()
+            if got != want:
+                part.unlink(missing_ok=True)
+                raise ValueError(f"artifact {url} has sha256 {got}, the service names {want}: not run")
+            await asyncio.to_thread(_extract, part, layout)
+            part.unlink(missing_ok=True)
+            return layout
+
+    def prepare(self, desired: DesiredInstance, layout: Path) -> Path:
+        """The instance's runtime bundle (unpacked once per revision) with its config files written."""
+        bundle = self._bundle(desired)
+        if not (bundle / "rootfs").exists():
+            tmp = bundle.with_name(bundle.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(
+                [self.config.umoci, "unpack", "--image", f"{layout}:{_ref_name(layout)}", str(tmp)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if done.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ValueError(f"unpacking the OCI image failed: {done.stderr.strip()[:500]}")
+            (tmp / "image-config.json").write_text((tmp / "config.json").read_text())
+            shutil.rmtree(bundle, ignore_errors=True)
+            tmp.replace(bundle)
+        files = self.write_files(desired)
+        base = json.loads((bundle / "image-config.json").read_text())
+        config = shape_config(base, desired, self.config.dpu, files)
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        return bundle
+
+    def write_files(self, desired: DesiredInstance) -> list[tuple[Path, str]]:
+        """Write the config files where the bundle mounts them from, in place (a bind mount keeps the
+        inode: a file replaced by rename would not reach a running instance)."""
+        where = self._files_dir(desired.service)
+        where.mkdir(parents=True, exist_ok=True)
+        mounts = []
+        for index, spec in enumerate(desired.files):
+            path = where / f"{index}-{Path(spec.path).name}"
+            with path.open("a+") as f:
+                f.seek(0)
+                f.truncate()
+                f.write(spec.content)
+            path.chmod(int(spec.mode, 8))
+            mounts.append((path, spec.path))
+        return mounts
+
+    # --- supervision -----------------------------------------------------------------------------------------
+
+    async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
+        desired = inst.desired
+        cid = container_id(desired.service)
+        backoff = 0.0
+        while not inst.stopping:
+            try:
+                if adopted_pid is None:
+                    inst.phase, inst.reason = "Pulling", None
+                    layout = await self.pull(desired)
+                    inst.phase = "Starting"
+                    bundle = await asyncio.to_thread(self.prepare, desired, layout)
+                    inst.config_revision = desired.configRevision
+                    code = await self._run(inst, cid, bundle)
+                else:
+                    inst.phase, inst.pid, inst.config_revision = "Running", adopted_pid, desired.configRevision
+                    inst.started_at = inst.started_at or _now()
+                    code = await self._watch_adopted(inst, adopted_pid)
+                    adopted_pid = None
+            except (ValueError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
+                inst.phase, inst.ready, inst.reason = "Failed", False, str(exc)[:2000]
+                log.warning("service %s: %s", desired.service, exc)
+                backoff = next_backoff(backoff)
+                await self._sleep(inst, backoff)
+                continue
+            inst.pid, inst.ready = None, False
+            if inst.stopping:
+                break
+            uptime = time.monotonic() - inst.up_since
+            inst.exit_code = code
+            why = inst.kill_reason or (f"exited with status {code}" if code is not None else "exited")
+            inst.kill_reason = None
+            again = desired.restartPolicy == "Always" or (desired.restartPolicy == "OnFailure" and code != 0)
+            if not again:
+                inst.phase = "Succeeded" if code == 0 else "Failed"
+                inst.reason = why
+                return
+            inst.restarts += 1
+            inst.phase, inst.reason = "Starting", why
+            backoff = 0.0 if uptime >= STEADY_SECONDS else next_backoff(backoff)
+            await self._sleep(inst, backoff)
+
+    async def _sleep(self, inst: Instance, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not inst.stopping and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    async def _run(self, inst: Instance, cid: str, bundle: Path) -> int | None:
+        await asyncio.to_thread(self._runc, "delete", "--force", cid)  # a stopped one of the same name
+        log_path = self._log_path(inst.desired.service)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.runc_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.config.runc,
+                "--root",
+                str(self.runc_root),
+                "run",
+                "--bundle",
+                str(bundle),
+                cid,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,  # the agent's own signals (Ctrl-C) do not reach its instances
+            )
+        finally:
+            os.close(fd)
+        pid = await self._wait_pid(cid, proc)
+        if pid is None:
+            code = await proc.wait()
+            reason = " ".join(tail(log_path, 3)) or f"runc exited with status {code}"
+            raise ValueError(f"the container did not start: {reason}"[:2000])
+        inst.pid = pid
+        inst.phase, inst.started_at, inst.reason = "Running", _now(), None
+        inst.probe_failures, inst.up_since = {}, time.monotonic()
+        inst.ready = inst.desired.probes.readiness is None
+        probing = asyncio.create_task(self._probe_loop(inst, cid))
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:  # the agent stops: the instance runs on (a restarted agent adopts it)
+            probing.cancel()
+            raise
+        probing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probing
+        await asyncio.to_thread(self._runc, "delete", "--force", cid)
+        return code
+
+    async def _wait_pid(self, cid: str, proc: asyncio.subprocess.Process) -> int | None:
+        """The container's init pid once runc has started it; None if runc gave up first."""
+        for _ in range(300):
+            if proc.returncode is not None:
+                return None
+            done = await asyncio.to_thread(self._runc, "state", cid)
+            if done.returncode == 0:
+                state = json.loads(done.stdout)
+                if state.get("status") == "running" and state.get("pid"):
+                    return int(state["pid"])
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _watch_adopted(self, inst: Instance, pid: int) -> int | None:
+        """An instance started before the agent restarted: watched by its pid (its exit status is lost)."""
+        cid = container_id(inst.desired.service)
+        inst.ready = inst.desired.probes.readiness is None
+        inst.up_since = time.monotonic()
+        probing = asyncio.create_task(self._probe_loop(inst, cid))
+        try:
+            while not inst.stopping and _pid_alive(pid):
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            probing.cancel()
+            raise
+        probing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probing
+        if not inst.stopping:
+            await asyncio.to_thread(self._runc, "delete", "--force", cid)
+        return None
+
+    async def _probe_loop(self, inst: Instance, cid: str) -> None:
+        probes = inst.desired.probes
+        checks = [(n, p) for n, p in (("liveness", probes.liveness), ("readiness", probes.readiness)) if p]
+        if not checks:
+            return
+        period = min(p.periodSeconds for _, p in checks)
+        next_at = {name: 0.0 for name, _ in checks}
+        while True:
+            await asyncio.sleep(min(1.0, period))
+            now = time.monotonic()
+            for name, probe in checks:
+                if now < next_at[name]:
+                    continue
+                next_at[name] = now + probe.periodSeconds
+                ok, detail = await asyncio.to_thread(self.probe, inst, cid, probe)
+                if name == "readiness":
+                    inst.ready = ok
+                    continue
+                failures = 0 if ok else inst.probe_failures.get(name, 0) + 1
+                inst.probe_failures[name] = failures
+                if failures >= probe.failureThreshold and inst.pid is not None:
+                    inst.kill_reason = f"liveness probe failed {failures} times: {detail}"[:2000]
+                    log.warning("service %s: %s; killing it", inst.desired.service, inst.kill_reason)
+                    await asyncio.to_thread(self._runc, "kill", cid, "KILL")
+                    return
+
+    def probe(self, inst: Instance, cid: str, probe: Probe) -> tuple[bool, str]:
+        """Run one probe: (passed, what it said)."""
+        timeout = float(probe.timeoutSeconds)
+        if probe.exec is not None:
+            argv = [self.config.runc, "--root", str(self.runc_root), "exec", cid, *probe.exec]
+        else:
+            kind, port, path = ("tcp", probe.tcp.port, "/") if probe.tcp else ("http", probe.http.port, probe.http.path)  # type: ignore[union-attr]
+            argv = [sys.executable, "-c", _PROBE_SCRIPT, kind, str(port), path, str(timeout)]
+            if not inst.desired.privileged and inst.pid is not None:
+                argv = [self.config.nsenter, "-t", str(inst.pid), "-n", *argv]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {timeout:g}s"
+        said = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or [""])[-1][:300]
+        return done.returncode == 0, said or f"exit status {done.returncode}"
+
+    # --- converge --------------------------------------------------------------------------------------------
+
+    async def converge(self, desired: DesiredServices, adopt: dict[str, dict[str, Any]] | None = None) -> None:
+        """Start what is wanted and not running, stop what runs and is not wanted (or at another revision),
+        and apply config-only changes in place."""
+        wanted = {d.service: d for d in desired.instances}
+        for service in sorted(set(self.instances) - set(wanted)):
+            await self.stop_instance(service)
+        for service, want in wanted.items():
+            inst = self.instances.get(service)
+            if inst is not None and inst.desired.revision != want.revision:
+                await self.stop_instance(service)
+                inst = None
+            if inst is None:
+                pid = None
+                found = (adopt or {}).get(container_id(service))
+                if found and found.get("status") == "running" and _revision_of(found) == want.revision:
+                    pid = int(found["pid"])
+                inst = Instance(want)
+                self.instances[service] = inst
+                inst.task = asyncio.create_task(self._supervise(inst, pid))
+                continue
+            if want.configRevision != inst.desired.configRevision:
+                inst.desired = want
+                if inst.pid is not None:
+                    await asyncio.to_thread(self.write_files, want)
+                    await asyncio.to_thread(self._runc, "kill", container_id(service), "HUP")
+                    inst.config_revision = want.configRevision
+            inst.desired = want
+
+    async def stop_instance(self, service: str) -> None:
+        inst = self.instances.pop(service, None)
+        if inst is None:
+            return
+        inst.stopping = True
+        cid = container_id(service)
+        if inst.pid is not None:
+            await asyncio.to_thread(self._runc, "kill", cid, "TERM")
+            deadline = time.monotonic() + self.config.stop_grace
+            while inst.pid is not None and _pid_alive(inst.pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        await asyncio.to_thread(self._runc, "delete", "--force", cid)
+        if inst.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(inst.task, 15)
+        shutil.rmtree(self._bundle(inst.desired), ignore_errors=True)
+
+    def report(self) -> ServiceReport:
+        instances, logs = [], []
+        for service in sorted(self.instances):
+            inst = self.instances[service]
+            instances.append(inst.report(self._memory(service) if inst.pid else (None, None)))
+            logs.append(InstanceLogs(service=service, lines=tail(self._log_path(service))))
+        return ServiceReport(instances=instances, logs=logs)
+
+    def _memory(self, service: str) -> tuple[int | None, int | None]:
+        rel = f"dpufleet/{self.config.dpu}/{service}"
+        for usage, limit in (
+            (
+                f"/sys/fs/cgroup/memory/{rel}/memory.usage_in_bytes",
+                f"/sys/fs/cgroup/memory/{rel}/memory.limit_in_bytes",
+            ),
+            (f"/sys/fs/cgroup/{rel}/memory.current", f"/sys/fs/cgroup/{rel}/memory.max"),
+        ):
+            with contextlib.suppress(OSError, ValueError):
+                return int(Path(usage).read_text()), int(Path(limit).read_text())
+        return None, None
+
+    async def send(self, report: ServiceReport, now: float) -> None:
+        key = report.model_dump(exclude={"instances": {"__all__": {"memoryBytes"}}})
+        if self._last_sent is not None:
+            last, at = self._last_sent
+            if last == key and now - at < REPORT_EVERY:
+                return
+        if not self.uplink():
+            raise httpx.ConnectError("network is unreachable")
+        resp = await self.http().post(self.server + SERVICES_PATH + "/status", json=report.model_dump())
+        if resp.status_code >= 400:
+            raise RuntimeError(
+                f"the control plane refused the service status: HTTP {resp.status_code} {resp.text[:300]}"
+            )
+        self._last_sent = (key, now)
+
+    def _trim_logs(self) -> None:
+        for service in self.instances:
+            path = self._log_path(service)
+            with contextlib.suppress(OSError):
+                if path.stat().st_size > LOG_LIMIT_BYTES:
+                    keep = tail(path, LOG_TAIL_LINES, LOG_TAIL_BYTES)
+                    with path.open("r+") as f:  # the writers append (O_APPEND): they go on at the new end
+                        f.truncate(0)
+                        f.write("\n".join(["[dpufleet: log cut]", *keep]) + "\n")
+
+    async def once(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            desired = await self.fetch()
+            await asyncio.to_thread(self.save_desired, desired)
+            self.desired = desired
+        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+            log.debug("services: cannot read the desired services (%s); keeping the last ones", exc)
+        if self.desired is None:
+            return
+        await self.converge(self.desired)
+        await asyncio.to_thread(self._trim_logs)
+        try:
+            await self.send(self.report(), loop.time())
+        except (httpx.HTTPError, RuntimeError) as exc:
+            log.debug("services: cannot send the status (%s)", exc)
+            self._last_sent = None
+
+    async def restore(self) -> None:
+        """At start: the durable desired set, the containers still running at its revisions adopted, the
+        others removed, the missing ones started, all before the control plane is asked."""
+        self.desired = await asyncio.to_thread(self.load_desired)
+        found = await asyncio.to_thread(self.containers)
+        wanted = {container_id(d.service): d.revision for d in (self.desired.instances if self.desired else [])}
+        for cid, state in found.items():
+            if wanted.get(cid) != _revision_of(state) or state.get("status") != "running":
+                await asyncio.to_thread(self._runc, "delete", "--force", cid)
+        if self.desired is not None:
+            await self.converge(self.desired, adopt=found)
+
+    async def power_lost(self) -> None:
+        """The machine went down under us: every container is gone (as on a real reboot)."""
+        for inst in self.instances.values():
+            inst.stopping = True
+        await asyncio.to_thread(self.kill_all)
+        tasks = [i.task for i in self.instances.values() if i.task is not None]
+        self.instances.clear()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 15)
+        self._last_sent = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            self.check_tools()
+        except RuntimeUnavailable as exc:
+            log.error("services: %s", exc)
+            return
+        try:
+            await self.restore()
+            while not stop.is_set():
+                if not self.alive():
+                    await self.power_lost()
+                    while not self.alive() and not stop.is_set():
+                        await asyncio.sleep(0.05)
+                    if stop.is_set():
+                        break
+                    await self.restore()
+                try:
+                    await self.once()
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    log.warning("services: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.interval)
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """The agent stops: its instances keep running (a restarted agent adopts them)."""
+        for inst in self.instances.values():
+            inst.stopping = True
+            if inst.task is not None:
+                inst.task.cancel()
+        for inst in list(self.instances.values()):
+            if inst.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await inst.task
+        await self._artifacts.aclose()
+
+
+def _revision_of(state: dict[str, Any]) -> str | None:
+    annotations = state.get("annotations") or {}
+    return annotations.get("io.dpufleet.revision") if isinstance(annotations, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text()
+        if status.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _ref_name(layout: Path) -> str:
+    """The first tag the layout's index names (`latest` if none)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        index = json.loads((layout / "index.json").read_text())
+        name = index["manifests"][0].get("annotations", {}).get("org.opencontainers.image.ref.name")
+        if name:
+            return str(name)
+    return "latest"
+
+
+def _extract(archive: Path, into: Path) -> None:
+    """An OCI archive (a tar of an OCI layout) into a directory, refusing paths that leave it."""
+    tmp = into.with_name(into.name + ".unpack")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"the artifact is not a readable OCI archive: {exc}") from None
+    if not (tmp / "index.json").exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError("the artifact is not an OCI archive: it has no index.json at its top")
+    shutil.rmtree(into, ignore_errors=True)
+    tmp.replace(into)

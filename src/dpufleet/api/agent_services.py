@@ -1,0 +1,69 @@
+"""The agent protocol's service messages: what a DPU should run, and what its runtime made of it.
+
+GET  /agent/v1/services          -> DesiredServices (the DPU the client certificate names)
+POST /agent/v1/services/status   <- ServiceReport (one InstanceReport per instance, with its log tail)
+
+An instance's `revision` is a digest of everything that needs a new container when it changes (the
+artifact, args, env, resources, privilege); `configRevision` covers the config files alone, which the
+runtime rewrites in place and signals (SIGHUP) without restarting the instance.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .kinds.images import ConfigFile
+from .kinds.services import Artifact, Probes, ServiceResources
+
+InstancePhase = Literal["Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded"]
+PHASES: tuple[str, ...] = ("Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded")
+LOG_TAIL_LINES = 200
+LOG_TAIL_BYTES = 32 * 1024
+
+
+class DesiredInstance(BaseModel):
+    service: str
+    instance: str
+    revision: str
+    configRevision: str
+    artifact: Artifact
+    files: list[ConfigFile] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)
+    resources: ServiceResources = Field(default_factory=ServiceResources)
+    restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
+    privileged: bool = False
+    probes: Probes = Field(default_factory=Probes)
+
+
+class DesiredServices(BaseModel):
+    dpu: str
+    instances: list[DesiredInstance] = Field(default_factory=list)
+
+
+class InstanceReport(BaseModel):
+    service: str = Field(min_length=1, max_length=253)
+    instance: str = Field(min_length=1, max_length=600)
+    revision: str = Field(max_length=128)
+    phase: InstancePhase
+    ready: bool = False
+    restarts: int = Field(default=0, ge=0)
+    exitCode: int | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+    startedAt: str | None = Field(default=None, max_length=64)
+    memoryBytes: int | None = Field(default=None, ge=0)
+    memoryLimitBytes: int | None = Field(default=None, ge=0)
+
+
+class InstanceLogs(BaseModel):
+    """The last lines the instance wrote (stdout and stderr), at most LOG_TAIL_LINES / LOG_TAIL_BYTES."""
+
+    service: str = Field(min_length=1, max_length=253)
+    lines: list[str] = Field(default_factory=list, max_length=LOG_TAIL_LINES)
+
+
+class ServiceReport(BaseModel):
+    instances: list[InstanceReport] = Field(default_factory=list, max_length=10_000)
+    logs: list[InstanceLogs] = Field(default_factory=list, max_length=10_000)

@@ -1,0 +1,60 @@
+"""The agent listener's service endpoints: a DPU agent reads what it should run and reports what runs.
+
+    GET  /agent/v1/services          the DesiredServices of the DPU the client certificate names
+    POST /agent/v1/services/status   a ServiceReport: per instance phase / ready / restarts / reason
+                                     (into the DPU's DPUAllocation status), and each instance's log tail
+                                     (held in memory for `dpufleet service logs`, never in the store)
+
+The DPU is named after the certificate's serial, as on the network endpoints (server/agent_network.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from ..api.agent_services import ServiceReport
+from ..api.errors import Invalid
+from ..api.validation import describe_errors
+from ..crypto.pki import AgentIdentity
+from ..inventory.tenancy import ProjectResolver
+from ..runtime.events import EventRecorder
+from ..services.desired import desired_services
+from ..services.reports import record_service_report
+from .agent_network import dpu_of_agent
+from .common import ServerState, read_json, respond
+
+SERVICES_PATH = "/agent/v1/services"
+
+
+def add_service_routes(
+    app: FastAPI, state: ServerState, identify: Callable[[Request], AgentIdentity], resolver: ProjectResolver
+) -> None:
+    store = state.store
+    events = EventRecorder(store, "service-agent-api")
+    own_dpu = dpu_of_agent(identify, resolver, "run a DPU's services")
+
+    @app.get(SERVICES_PATH)
+    async def services(request: Request) -> Response:
+        project, dpu = await asyncio.to_thread(own_dpu, request)
+        desired = await state.read(desired_services, store, project, dpu)
+        return respond(desired.model_dump(mode="json"))
+
+    @app.post(SERVICES_PATH + "/status")
+    async def services_status(request: Request) -> Response:
+        project, dpu = await asyncio.to_thread(own_dpu, request)
+        try:
+            report = ServiceReport.model_validate(await read_json(request))
+        except ValidationError as exc:
+            summary, causes = describe_errors(exc)
+            raise Invalid(f"service status is invalid: {summary}", {"causes": causes}) from None
+        for tail in report.logs:
+            state.service_logs[(project, tail.service, dpu)] = tail.lines
+        await state.write(record_service_report, store, events, project, dpu, report)
+        return respond({"accepted": True})
+
+    _ = (services, services_status)
