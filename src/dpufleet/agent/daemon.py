@@ -25,6 +25,7 @@ import httpx
 
 from .. import __version__
 from ..api.agent import Inventory
+from ..api.naming import dpu_name
 from ..api.telemetry import TelemetryAssignment
 from ..crypto.pki import AgentIdentity
 from . import slots
@@ -34,6 +35,7 @@ from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
 from .inventory import collect_inventory
 from .network import NetworkConfig, NetworkReconciler
+from .services import ServiceRuntime, ServicesConfig
 from .telemetry.collector import DEFAULT_BUFFER_BYTES, Telemetry
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class AgentConfig:
     zero_touch: bool = False  # a DPU with no fleet certificate bootstraps from its DHCP lease (agent/bootstrap.py)
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")  # how zero-touch bootstrap boots the new slot
     network: NetworkConfig | None = None  # mTLS, a DPU with Open vSwitch: program it (agent/network.py)
+    services: ServicesConfig | None = None  # mTLS, a DPU with runc: run its services (agent/services.py)
     telemetry_dir: Path | None = None  # the telemetry spool (default: <state_dir>/telemetry); None without a state dir
     telemetry_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # the spool's cap while the bus is unreachable
 
@@ -102,6 +105,7 @@ class Agent:
         self.installer: SlotInstaller | None = None
         self.zero_touch: ZeroTouch | None = None
         self.network: NetworkReconciler | None = None
+        self.services: ServiceRuntime | None = None
         self.telemetry: Telemetry | None = None
 
     async def aclose(self) -> None:
@@ -246,6 +250,7 @@ class Agent:
         sent: str | None = None  # fingerprint of the last inventory sent
         installer: asyncio.Task[None] | None = None
         network: asyncio.Task[None] | None = None
+        services: asyncio.Task[None] | None = None
         telemetry: asyncio.Task[None] | None = None
         while not stop.is_set():
             try:
@@ -264,6 +269,8 @@ class Agent:
                     installer = self._start_installer(stop)
                 if network is None:
                     network = self._start_network(stop)
+                if services is None:
+                    services = self._start_services(stop, serial)
                 telemetry = self._telemetry(reply, serial, stop) or telemetry
                 hb = float(reply.get("heartbeatSeconds", self.config.heartbeat_seconds))  # type: ignore[arg-type]
                 inv_every = float(reply.get("inventorySeconds", self.config.inventory_seconds))  # type: ignore[arg-type]
@@ -278,7 +285,9 @@ class Agent:
                 next_inventory = 0.0  # re-send the full inventory once the server is back
                 sent = None
             await self.pause(stop, wait)
-        await asyncio.gather(*(t for t in (installer, network, telemetry) if t is not None), return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (installer, network, services, telemetry) if t is not None), return_exceptions=True
+        )
 
     def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent told where its Open vSwitch is programs it from the desired network."""
@@ -287,6 +296,18 @@ class Agent:
             return None
         self.network = NetworkReconciler(config.network, config.server, lambda: self.http)
         return asyncio.create_task(self.network.run(stop))
+
+    def _start_services(self, stop: asyncio.Event, serial: str) -> asyncio.Task[None] | None:
+        """On mTLS, a DPU agent given a services state dir runs the instances placed on its DPU."""
+        config = self.config
+        if config.services is None or config.state_dir is None or config.role != "dpu":
+            return None
+        if config.services.dpu == "dpu":
+            config.services.dpu = dpu_name(serial)
+        self.services = ServiceRuntime(
+            config.services, config.server, lambda: self.http, alive=self.machine_alive, uplink=self.uplink_up
+        )
+        return asyncio.create_task(self.services.run(stop))
 
     def _start_installer(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent whose OS has A/B slots pulls its install orders (agent/installer.py); a host

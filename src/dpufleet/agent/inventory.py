@@ -307,7 +307,9 @@ def _aer(reader: _Reader, base: str) -> AerCounters | None:
 
 # Filesystems worth reporting (not proc, sysfs, tmpfs, overlay layers...).
 _REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs", "zfs", "jfs", "reiserfs", "squashfs"}
-STATVFS_FILE = "run/dpufleet-sim/statvfs"  # an emulated root's stand-in for statvfs(2) (written by the emulator, sim/osroot.py)
+STATVFS_FILE = (
+    "run/dpufleet-sim/statvfs"  # an emulated root's stand-in for statvfs(2) (written by the emulator, sim/osroot.py)
+)
 
 
 def _filesystems(reader: _Reader) -> list[FilesystemInfo]:

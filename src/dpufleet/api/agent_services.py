@@ -15,10 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .kinds.images import ConfigFile
-from .kinds.services import Artifact, Probes, ServiceResources
+from .kinds.services import Artifact, InstanceReport, Probes, ServiceResources
 
-InstancePhase = Literal["Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded"]
-PHASES: tuple[str, ...] = ("Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded")
+__all__ = ["DesiredInstance", "DesiredServices", "InstanceLogs", "InstanceReport", "ServiceReport"]
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 32 * 1024
 
@@ -41,20 +40,6 @@ class DesiredInstance(BaseModel):
 class DesiredServices(BaseModel):
     dpu: str
     instances: list[DesiredInstance] = Field(default_factory=list)
-
-
-class InstanceReport(BaseModel):
-    service: str = Field(min_length=1, max_length=253)
-    instance: str = Field(min_length=1, max_length=600)
-    revision: str = Field(max_length=128)
-    phase: InstancePhase
-    ready: bool = False
-    restarts: int = Field(default=0, ge=0)
-    exitCode: int | None = None
-    reason: str | None = Field(default=None, max_length=2000)
-    startedAt: str | None = Field(default=None, max_length=64)
-    memoryBytes: int | None = Field(default=None, ge=0)
-    memoryLimitBytes: int | None = Field(default=None, ge=0)
 
 
 class InstanceLogs(BaseModel):

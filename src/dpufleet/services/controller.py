@@ -20,8 +20,12 @@ already scheduled; a dependency `Anywhere` must have a scheduled instance first.
 places one service. A service with priority above 0 whose instances find no room preempts: on a DPU
 where only resources are short, the fewest strictly lower-priority instances that make room are
 released (never one that another instance there depends on), each recorded as a `Preempted` Event on
-its service (which is woken to place it again elsewhere) and a `Preempting` Event on the preemptor. Instances are *Scheduled*, never Running: no
-runtime on the DPU starts them yet.
+its service (which is woken to place it again elsewhere) and a `Preempting` Event on the preemptor.
+
+What runs: each DPU's runtime (agent/services.py) reports its instances into the DPUAllocation's
+status (services/reports.py); a change there wakes the services it names, and the visit shows each
+instance's phase, readiness and restarts, counts running (at the service's current revision) and
+ready, and sets the Running condition (AllRunning, Starting, InstancesFailed with the first reason).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..runtime.status import mutate_status_sync
 from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
+from .desired import desired_instance
 from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
 
@@ -319,7 +324,8 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     scheduled = sorted([*kept, *(n.name for n in committed)])
     desired = _desired(spec, len(scheduled), placed)
     pending = max(0, desired - len(scheduled))
-    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation)
+    revision = desired_instance(name, name, spec).revision
+    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, revision)
     try:
         store.update_status("DPUService", name, status, project)
     except NotFound:
@@ -367,22 +373,39 @@ def _shape_status(
     placed: Placed | None,
     waiting: tuple[str, str] | None,
     generation: int | None,
+    revision: str,
 ) -> None:
-    instances = [
-        {
+    instances = []
+    running = ready = 0
+    failed: list[str] = []
+    for dpu in scheduled:
+        instance: dict[str, Any] = {
             "name": f"{name}/{dpu}",
             "dpu": dpu,
             "host": snapshot.by_name[dpu].host if dpu in snapshot.by_name else None,
             "phase": "Scheduled",
         }
-        for dpu in scheduled
-    ]
+        seen = runtime_entry(snapshot, dpu, name)
+        if seen is not None:
+            current = seen.get("revision") == revision
+            instance.update(
+                phase=seen.get("phase") or "Scheduled",
+                ready=bool(seen.get("ready")) and current,
+                restarts=int(seen.get("restarts") or 0),
+                revision=seen.get("revision"),
+                reason=seen.get("reason"),
+            )
+            running += instance["phase"] == "Running" and current
+            ready += instance["ready"]
+            if instance["phase"] == "Failed":
+                failed.append(f"{dpu}: {seen.get('reason') or 'failed'}")
+        instances.append(instance)
     instances += [{"name": f"{name}/pending-{i}", "phase": "Pending"} for i in range(pending)]
     status.update(
         desired=desired,
         scheduled=len(scheduled),
-        running=0,
-        ready=0,
+        running=running,
+        ready=ready,
         instances=instances,
         observedGeneration=generation,
     )
@@ -403,16 +426,38 @@ def _shape_status(
         set_condition(
             status, "Scheduled", True, "AllScheduled", f"{len(scheduled)} instance(s) scheduled", generation=generation
         )
-    set_condition(
-        status,
-        "Running",
-        False,
-        "NoRuntime",
-        "instances are placed but not run: the DPU service runtime is not there yet",
-        severity=Severity.INFO,
-        generation=generation,
-    )
-    status["phase"] = "Pending" if pending or waiting else "Scheduled"
+    if failed:
+        message = f"{running}/{desired} running; {len(failed)} failed: {failed[0]}"
+        set_condition(
+            status, "Running", False, "InstancesFailed", message, severity=Severity.WARNING, generation=generation
+        )
+    elif desired and running >= desired:
+        set_condition(status, "Running", True, "AllRunning", f"{running} instance(s) running", generation=generation)
+    else:
+        set_condition(
+            status,
+            "Running",
+            False,
+            "Starting",
+            f"{running}/{desired} running (the DPUs' runtimes report what they start)",
+            severity=Severity.INFO,
+            generation=generation,
+        )
+    if pending or waiting:
+        status["phase"] = "Pending"
+    elif failed:
+        status["phase"] = "Degraded"
+    else:
+        status["phase"] = "Running" if desired and running >= desired else "Scheduled"
+
+
+def runtime_entry(snapshot: Snapshot, dpu: str, service: str) -> dict[str, Any] | None:
+    """What the DPU's runtime last reported of the service's instance there (its DPUAllocation's status)."""
+    allocation = snapshot.allocations.get(dpu)
+    for entry in ((allocation or {}).get("status") or {}).get("instances") or []:
+        if entry.get("service") == service:
+            return dict(entry)
+    return None
 
 
 class DPUServiceReconciler(Reconciler):
@@ -432,15 +477,37 @@ class DPUServiceReconciler(Reconciler):
         self._wake: Callable[[Key], None] | None = None
         self._services: dict[str, dict[str, frozenset[str]]] = {}  # project -> service -> its dependencies
         self._dpus: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._runtime: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {}  # what each DPU's runtime said
 
     def watches(self) -> dict[str, Mapper]:
-        return {"DPU": self._on_dpu, "DPUService": self._dependents}
+        return {"DPU": self._on_dpu, "DPUService": self._dependents, "DPUAllocation": self._on_runtime}
 
     def started(self, wake: Callable[[Key], None]) -> None:
         self._wake = wake
 
     def relisted(self) -> None:
         self._dpus.clear()
+        self._runtime.clear()
+
+    def _on_runtime(self, change: Change) -> list[Key]:
+        """A DPU's runtime reported a change of phase, readiness, restarts or revision: those services."""
+        key = (change.project, change.name)
+        before = self._runtime.pop(key, {})
+        if change.type == "DELETED":
+            return [Key(change.project, s) for s in before]
+        now = {
+            str(e.get("service")): (
+                e.get("phase"),
+                e.get("ready"),
+                e.get("restarts"),
+                e.get("revision"),
+                e.get("reason"),
+            )
+            for e in (change.object().get("status") or {}).get("instances") or []
+        }
+        self._runtime[key] = now
+        changed = {s for s in set(before) | set(now) if before.get(s) != now.get(s)}
+        return [Key(change.project, s) for s in sorted(changed)]
 
     def _on_dpu(self, change: Change) -> list[Key]:
         key = (change.project, change.name)

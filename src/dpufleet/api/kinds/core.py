@@ -123,32 +123,39 @@ class ProjectResource(Resource):
         return self
 
 
-register(KindInfo(
+register(
+    KindInfo(
         "Credential",
         "credentials",
         Credential,
         ("credential", "cred", "creds"),
         (Column("USERNAME", "spec.username"), Column("PASSWORD-SET", "spec.passwordSet")),
         secret_fields=("password",),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "Project",
         "projects",
         ProjectResource,
         ("project", "proj"),
         (Column("DESCRIPTION", "spec.description"),),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "Publisher",
         "publishers",
         Publisher,
         ("publisher", "pub"),
         (Column("CLASS", "spec.publisherClass"),),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "Event",
         "events",
         Event,
@@ -172,5 +179,5 @@ register(KindInfo(
             "lastTimestamp",
             "source",
         ),
-    ))
-
+    )
+)

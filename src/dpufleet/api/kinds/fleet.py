@@ -190,21 +190,21 @@ class PowerAction(Resource):
     status: PowerActionStatus = Field(default_factory=PowerActionStatus)
 
 
-register(KindInfo(
-    "PowerAction",
-    "poweractions",
-    PowerAction,
-    ("poweraction", "pa"),
-    (
-        Column("TARGET", "spec.target.name"),
-        Column("MODE", "spec.mode"),
-        Column("TYPE", "spec.resetType"),
-        _PHASE,
-        Column("REASON", "status.reason", wide_only=True),
-    ),
-))
-
-
+register(
+    KindInfo(
+        "PowerAction",
+        "poweractions",
+        PowerAction,
+        ("poweraction", "pa"),
+        (
+            Column("TARGET", "spec.target.name"),
+            Column("MODE", "spec.mode"),
+            Column("TYPE", "spec.resetType"),
+            _PHASE,
+            Column("REASON", "status.reason", wide_only=True),
+        ),
+    )
+)
 
 
 # --- UpdateRequest ----------------------------------------------------------------------------------------
@@ -245,22 +245,25 @@ class UpdateRequest(Resource):
     status: UpdateRequestStatus = Field(default_factory=UpdateRequestStatus)
 
 
-register(KindInfo(
-    "UpdateRequest",
-    "updaterequests",
-    UpdateRequest,
-    ("updaterequest", "ur"),
-    (
-        Column("DPU", "spec.dpu"),
-        Column("IMAGE", "spec.image"),
-        Column("SOURCE", "spec.source"),
-        _PHASE,
-        Column("REASON", "status.reason"),
-    ),
-))
+register(
+    KindInfo(
+        "UpdateRequest",
+        "updaterequests",
+        UpdateRequest,
+        ("updaterequest", "ur"),
+        (
+            Column("DPU", "spec.dpu"),
+            Column("IMAGE", "spec.image"),
+            Column("SOURCE", "spec.source"),
+            _PHASE,
+            Column("REASON", "status.reason"),
+        ),
+    )
+)
 
 
-register(KindInfo(
+register(
+    KindInfo(
         "DPUSet",
         "dpusets",
         DPUSet,
@@ -272,5 +275,5 @@ register(KindInfo(
             Column("UPDATED", "status.updated"),
             Column("READY", "status.ready"),
         ),
-    ))
-
+    )
+)

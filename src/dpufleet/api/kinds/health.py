@@ -14,6 +14,7 @@ from .registry import Column, KindInfo, register
 
 # --- RemediationPolicy (health) ---------------------------------------------------------------------------
 
+
 class FailureClass(StrEnum):
     """The diagnoses of docs/faults.md; each is the `Healthy` condition's reason."""
 
@@ -115,13 +116,15 @@ class RemediationPolicy(Resource):
     status: Status = Field(default_factory=Status)
 
 
-register(KindInfo(
-    "RemediationPolicy",
-    "remediationpolicies",
-    RemediationPolicy,
-    ("remediationpolicy", "rempol"),
-    (Column("RULES", "spec.rules[*].failureClass"),),
-))
+register(
+    KindInfo(
+        "RemediationPolicy",
+        "remediationpolicies",
+        RemediationPolicy,
+        ("remediationpolicy", "rempol"),
+        (Column("RULES", "spec.rules[*].failureClass"),),
+    )
+)
 
 
 def _s(action: RemediationAction, after: float = 0.0, per_hour: int | None = None) -> RemediationStep:
@@ -138,17 +141,46 @@ DEFAULT_RULES: dict[str, list[RemediationStep]] = {
         _s(RemediationAction.QUARANTINE, 1800),
         _s(RemediationAction.ALERT, 0),
     ],
-    FailureClass.OS_HANG: [_s(RemediationAction.REBOOT, 0, 2), _s(RemediationAction.POWER_CYCLE, 120, 2), _s(RemediationAction.QUARANTINE, 300), _s(RemediationAction.ALERT, 0)],
-    FailureClass.NIC_FIRMWARE_CRASH: [_s(RemediationAction.REBOOT, 0, 2), _s(RemediationAction.POWER_CYCLE, 120, 2), _s(RemediationAction.QUARANTINE, 300)],
-    FailureClass.POWER_LOSS: [_s(RemediationAction.POWER_ON, 0, 3), _s(RemediationAction.HOST_POWER_CYCLE, 180, 1), _s(RemediationAction.QUARANTINE, 300)],
+    FailureClass.OS_HANG: [
+        _s(RemediationAction.REBOOT, 0, 2),
+        _s(RemediationAction.POWER_CYCLE, 120, 2),
+        _s(RemediationAction.QUARANTINE, 300),
+        _s(RemediationAction.ALERT, 0),
+    ],
+    FailureClass.NIC_FIRMWARE_CRASH: [
+        _s(RemediationAction.REBOOT, 0, 2),
+        _s(RemediationAction.POWER_CYCLE, 120, 2),
+        _s(RemediationAction.QUARANTINE, 300),
+    ],
+    FailureClass.POWER_LOSS: [
+        _s(RemediationAction.POWER_ON, 0, 3),
+        _s(RemediationAction.HOST_POWER_CYCLE, 180, 1),
+        _s(RemediationAction.QUARANTINE, 300),
+    ],
     FailureClass.HOST_RESET: [],
     FailureClass.HOST_POWER_CYCLE: [_s(RemediationAction.WAIT, 0), _s(RemediationAction.POWER_ON, 300, 2)],
     FailureClass.HOST_DOWN: [_s(RemediationAction.ALERT, 0)],
-    FailureClass.BMC_DOWN: [_s(RemediationAction.WAIT, 0), _s(RemediationAction.ALERT, 60), _s(RemediationAction.BMC_RESET, 60, 1)],
-    FailureClass.PCIE_ERROR: [_s(RemediationAction.HOST_POWER_CYCLE, 0, 1), _s(RemediationAction.QUARANTINE, 600), _s(RemediationAction.ALERT, 0)],
-    FailureClass.CORRUPTED_FLASH: [_s(RemediationAction.REFLASH, 0, 1), _s(RemediationAction.QUARANTINE, 1800), _s(RemediationAction.ALERT, 0)],
+    FailureClass.BMC_DOWN: [
+        _s(RemediationAction.WAIT, 0),
+        _s(RemediationAction.ALERT, 60),
+        _s(RemediationAction.BMC_RESET, 60, 1),
+    ],
+    FailureClass.PCIE_ERROR: [
+        _s(RemediationAction.HOST_POWER_CYCLE, 0, 1),
+        _s(RemediationAction.QUARANTINE, 600),
+        _s(RemediationAction.ALERT, 0),
+    ],
+    FailureClass.CORRUPTED_FLASH: [
+        _s(RemediationAction.REFLASH, 0, 1),
+        _s(RemediationAction.QUARANTINE, 1800),
+        _s(RemediationAction.ALERT, 0),
+    ],
     FailureClass.MEMORY_FAILURE: [_s(RemediationAction.QUARANTINE, 0), _s(RemediationAction.ALERT, 0)],
-    FailureClass.AGENT_UNREACHABLE: [_s(RemediationAction.WAIT, 0), _s(RemediationAction.RESTART_AGENT, 30, 2), _s(RemediationAction.ALERT, 60)],
+    FailureClass.AGENT_UNREACHABLE: [
+        _s(RemediationAction.WAIT, 0),
+        _s(RemediationAction.RESTART_AGENT, 30, 2),
+        _s(RemediationAction.ALERT, 60),
+    ],
     FailureClass.DISK_FULL: [_s(RemediationAction.ALERT, 0)],
     FailureClass.CLOCK_SKEW: [_s(RemediationAction.ALERT, 0)],
 }

@@ -136,19 +136,22 @@ class DPUFlavor(Resource):
     status: Status = Field(default_factory=Status)
 
 
-register(KindInfo(
+register(
+    KindInfo(
         "Image",
         "images",
         Image,
         ("image", "img"),
         (Column("VERSION", "spec.version"), Column("COMPONENTS", "spec.components[*].name"), _PHASE),
-    ))
+    )
+)
 
-register(KindInfo(
+register(
+    KindInfo(
         "DPUFlavor",
         "dpuflavors",
         DPUFlavor,
         ("dpuflavor", "flavor", "flavors"),
         (Column("HUGEPAGES", "spec.hugepages[*].count"), Column("KERNEL-PARAMS", "spec.kernelParameters")),
-    ))
-
+    )
+)

@@ -64,4 +64,3 @@ def lookup(name: str) -> KindInfo:
     if info is None:
         raise UnknownKind(name)
     return info
-

@@ -5,8 +5,9 @@ instance, which DPUs it is compatible with and how its instances are placed. The
 (`services/`) places instances onto DPUs and records each placement in the DPU's DPUAllocation (one
 per DPU, named after it): the record is written with its resourceVersion as precondition, so two
 schedulers never both take the last of a DPU's memory. An instance is *Scheduled* once its
-allocation is committed; nothing runs it yet (the DPU's service runtime is another piece of work),
-so no instance is reported Running.
+allocation is committed; the DPU's runtime (agent/services.py) then pulls and starts it and reports
+its phase into the DPUAllocation's status (Pulling, Starting, Running, Failed, Succeeded), which the
+service's status shows per instance.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Dependency(Strict):
     scope: Literal["SameDPU", "Anywhere"] = "SameDPU"
 
 
-# --- probes (fields only: the DPU's runtime will run them) --------------------------------------------------
+# --- probes (the DPU's runtime runs them: exec in the instance, tcp/http in its network namespace) ----------
 
 
 class HTTPProbe(Strict):
@@ -206,14 +207,18 @@ class InstanceStatus(Strict):
     name: str
     dpu: Name | None = None
     host: str | None = None
-    phase: Literal["Pending", "Scheduled"] = "Pending"
+    phase: Literal["Pending", "Scheduled", "Pulling", "Starting", "Running", "Failed", "Succeeded"] = "Pending"
+    ready: bool | None = None
+    restarts: int | None = None
+    revision: str | None = Field(default=None, description="what the DPU runs (the service's is its current one)")
+    reason: str | None = None
 
 
 class DPUServiceStatus(Status):
     desired: int = 0
     scheduled: int = 0
-    running: int = Field(default=0, description="always 0 until the DPU's service runtime runs instances")
-    ready: int = 0
+    running: int = Field(default=0, description="instances their DPUs run at the service's current revision")
+    ready: int = Field(default=0, description="running instances whose readiness probe passes (or that have none)")
     instances: list[InstanceStatus] = Field(default_factory=list)
     pendingReason: str | None = Field(
         default=None, description="why instances are pending, in numbers: '0/1,000 DPUs fit: ...'"
@@ -274,10 +279,36 @@ class DPUAllocationSpec(Strict):
     instances: list[Allocation] = Field(default_factory=list)
 
 
+class InstanceReport(Strict):
+    """One instance as a DPU's runtime reports it (agent/services.py), over the agent protocol."""
+
+    service: Name
+    instance: str = Field(min_length=1, max_length=600)
+    revision: str = Field(max_length=128)
+    phase: Literal["Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded"]
+    ready: bool = False
+    restarts: int = Field(default=0, ge=0)
+    exitCode: int | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+    startedAt: str | None = Field(default=None, max_length=64)
+    memoryBytes: int | None = Field(default=None, ge=0)
+    memoryLimitBytes: int | None = Field(default=None, ge=0)
+
+
+class RuntimeInstance(InstanceReport):
+    """The report as stored in the DPUAllocation's status (services/reports.py), with when it came."""
+
+    at: str | None = None
+
+
+class DPUAllocationStatus(Status):
+    instances: list[RuntimeInstance] = Field(default_factory=list, description="what the DPU's runtime runs")
+
+
 class DPUAllocation(Resource):
     kind: Literal["DPUAllocation"] = "DPUAllocation"
     spec: DPUAllocationSpec
-    status: Status = Field(default_factory=Status)
+    status: DPUAllocationStatus = Field(default_factory=DPUAllocationStatus)
 
 
 register(
