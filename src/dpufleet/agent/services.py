@@ -496,6 +496,8 @@ class ServiceRuntime:
         log_path = self._log_path(inst.desired.service)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.runc_root.mkdir(parents=True, exist_ok=True)
+        pid_file = self.runc_root / f"{cid}.pid"  # runc writes it once the container exists
+        pid_file.unlink(missing_ok=True)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -503,6 +505,8 @@ class ServiceRuntime:
                 "--root",
                 str(self.runc_root),
                 "run",
+                "--pid-file",
+                str(pid_file),
                 "--bundle",
                 str(bundle),
                 cid,
@@ -513,7 +517,7 @@ class ServiceRuntime:
             )
         finally:
             os.close(fd)
-        pid = await self._wait_pid(cid, proc)
+        pid = await self._wait_pid(pid_file, proc)
         if pid is None:
             code = await proc.wait()
             reason = " ".join(tail(log_path, 3)) or f"runc exited with status {code}"
@@ -534,17 +538,15 @@ class ServiceRuntime:
         await asyncio.to_thread(self._runc, "delete", "--force", cid)
         return code
 
-    async def _wait_pid(self, cid: str, proc: asyncio.subprocess.Process) -> int | None:
-        """The container's init pid once runc has started it; None if runc gave up first."""
-        for _ in range(300):
+    async def _wait_pid(self, pid_file: Path, proc: asyncio.subprocess.Process) -> int | None:
+        """The container's init pid once runc has created it (it may have exited already: its status is
+        runc's); None if runc gave up before creating it."""
+        for _ in range(1200):
+            with contextlib.suppress(OSError, ValueError):
+                return int(pid_file.read_text().strip())
             if proc.returncode is not None:
                 return None
-            done = await asyncio.to_thread(self._runc, "state", cid)
-            if done.returncode == 0:
-                state = json.loads(done.stdout)
-                if state.get("status") == "running" and state.get("pid"):
-                    return int(state["pid"])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.025)
         return None
 
     async def _watch_adopted(self, inst: Instance, pid: int) -> int | None:

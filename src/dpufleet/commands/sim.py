@@ -65,9 +65,12 @@ def up_cmd(
         None, "--dir", help="where OS roots, credentials and the control file go [$DPUFLEET_SIM_DIR, else temporary]"
     ),
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT for the BMCs (0: any free port)"),
-    per_bmc_ports: bool = typer.Option(False, "--per-bmc-ports", help="one port per BMC (DPU and host BMCs) instead of /bmc/<id> and /hostbmc/<id>"),
+    per_bmc_ports: bool = typer.Option(
+        False, "--per-bmc-ports", help="one port per BMC (DPU and host BMCs) instead of /bmc/<id> and /hostbmc/<id>"
+    ),
     host_bmcs_manage_dpus: bool = typer.Option(
-        False, "--host-bmcs-manage-dpus",
+        False,
+        "--host-bmcs-manage-dpus",
         help="each host's BMC also shows its DPUs as systems of their own (DMTF's SmartNIC model)",
     ),
     tls: bool = typer.Option(False, "--tls", help="serve Redfish over HTTPS with a self-signed certificate"),
@@ -82,6 +85,10 @@ def up_cmd(
         False, "--network", help="give DPUs a real Open vSwitch in network namespaces of their own (root)"
     ),
     network_dpus: int = typer.Option(1, "--network-dpus", min=1, help="with --network: how many DPUs get one"),
+    services: bool = typer.Option(
+        False, "--services", help="run the services placed on DPUs as real containers with runc (root)"
+    ),
+    services_dpus: int = typer.Option(1, "--services-dpus", min=1, help="with --services: how many DPUs run them"),
 ) -> None:
     """Run an emulated fleet until Ctrl-C, reporting to the control plane (--server/DPUFLEET_SERVER)."""
     from ..server.runner import parse_listen
@@ -104,6 +111,12 @@ def up_cmd(
             )
         if os.geteuid() != 0:
             raise UserError("--network creates network namespaces: run it as root")
+    if services:
+        missing = [tool for tool in ("runc", "umoci", "nsenter") if shutil.which(tool) is None]
+        if missing:
+            raise UserError(f"--services needs runc and umoci: {', '.join(missing)} not found (apt install runc umoci)")
+        if os.geteuid() != 0:
+            raise UserError("--services runs containers with cgroup limits: run it as root")
     config = options(ctx).config()
     talk = register or agents
     if directory is None and os.environ.get("DPUFLEET_SIM_DIR"):
@@ -130,6 +143,8 @@ def up_cmd(
         agents=agents,
         network=network,
         network_dpus=network_dpus,
+        services=services,
+        services_dpus=services_dpus,
     )
 
     async def main() -> None:

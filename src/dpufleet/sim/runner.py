@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from ..agent.bootstrap import write_lease
 from ..agent.credentials import EnrollmentOptions
 from ..agent.daemon import Agent, AgentConfig
+from ..agent.services import ServicesConfig
 from ..api.agent import Inventory
 from . import osroot
 from .bmc import BmcLimits
@@ -85,6 +86,11 @@ class SimOptions:
     network: bool = False
     network_dpus: int = 1
     network_interval: float = 1.0  # how often a DPU agent converges its switch
+    # Services: the first `services_dpus` DPUs run the instances placed on them as real containers
+    # (runc, agent/services.py) on this machine, each DPU with its own runc root and cgroup parent.
+    services: bool = False
+    services_dpus: int = 1
+    services_interval: float = 2.0
 
 
 @dataclass
@@ -404,11 +410,21 @@ async def run_sim(
                     ]
                 if options.zero_touch and info is not None:
                     await emulated_dhcp(http, fleet, options)
+                service_dpus = {d.id for d in fleet.dpus[: max(0, options.services_dpus)]}
                 for config, device in configs:
                     plane = running.data_planes.get(device.id)
                     if plane is not None and config.state_dir is not None:
                         config.network = plane.agent_config()
                         config.network.interval = options.network_interval
+                    if (
+                        options.services
+                        and config.state_dir is not None
+                        and isinstance(device, SimDPU)
+                        and device.id in service_dpus
+                    ):
+                        config.services = ServicesConfig(
+                            config.state_dir / "services", interval=options.services_interval, stop_grace=3.0
+                        )
                     restart = _restart_of(fleet, device)
                     agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale, restart)
                     running.agents.append(agent)
@@ -421,6 +437,8 @@ async def run_sim(
         await asyncio.gather(*tasks, return_exceptions=True)
         for started in running.agents:
             await started.aclose()
+            if started.services is not None:  # the emulated DPU is gone: so are its containers
+                await asyncio.to_thread(started.services.kill_all)
         if http is not None:
             await http.aclose()
         await running.rshim.stop()

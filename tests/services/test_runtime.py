@@ -1,0 +1,261 @@
+"""The DPU's service runtime on real runc: what an instance gets (limits, isolation, files), how it is
+kept running (restart policies, probes), and what survives an agent restart and a DPU power loss."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig
+from dpufleet.api.agent_services import DesiredServices
+from dpufleet.api.kinds import DPUServiceSpec
+from dpufleet.services.desired import desired_instance
+from support.oci import build_archive, tools_missing
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc with cgroup limits needs root"),
+    pytest.mark.skipif(bool(tools_missing()), reason=f"not installed: {', '.join(tools_missing())}"),
+]
+CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
+            "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A busybox OCI archive served over HTTP on loopback: {url, sha256}."""
+    where = tmp_path_factory.mktemp("image")
+    archive, sha = build_archive(where)
+    (where / "corrupt.tar").write_bytes(archive.read_bytes()[:-512] + b"\0" * 512)
+    handler = functools.partial(QuietHandler, directory=str(where))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    yield {"url": f"{base}/image.tar", "sha256": sha, "corrupt": f"{base}/corrupt.tar"}
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def spec(image: dict[str, str], script: str, **more: Any) -> DPUServiceSpec:
+    body: dict[str, Any] = {
+        "artifact": {"ociArchive": {"url": image["url"], "sha256": image["sha256"]}},
+        "placement": {"mode": "EveryDPU"},
+        "config": {"args": ["/bin/sh", "-c", script]},
+    }
+    for key, value in more.items():
+        if key == "files":
+            body["config"]["files"] = value
+        else:
+            body[key] = value
+    return DPUServiceSpec.model_validate(body)
+
+
+def runtime(tmp_path: Path, name: str = "dpu-test") -> ServiceRuntime:
+    config = ServicesConfig(tmp_path / "services", dpu=name, interval=0.2, stop_grace=1.0)
+    return ServiceRuntime(config, "http://127.0.0.1:9", lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def desired(*items: tuple[str, DPUServiceSpec]) -> DesiredServices:
+    return DesiredServices(dpu="dpu-test", instances=[desired_instance(n, f"{n}/dpu-test", s) for n, s in items])
+
+
+async def until(rt: ServiceRuntime, service: str, check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = rt.report()
+        inst = next((i for i in report.instances if i.service == service), None)
+        lines = next((x.lines for x in report.logs if x.service == service), [])
+        if inst is not None and check(inst, lines):
+            return inst, lines
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{service}: not reached in {timeout}s: {inst}, log {lines[-5:]}")
+        await asyncio.sleep(0.1)
+
+
+def test_an_instance_runs_within_its_limits_isolated_with_its_files(tmp_path: Path, image: dict[str, str]) -> None:
+    script = (
+        "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max);"
+        "echo links=$(ip -o link | wc -l); grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status;"
+        "touch /written 2>/dev/null && echo root=rw || echo root=ro; touch /tmp/ok && echo tmp=rw;"
+        "echo conf=$(cat /etc/app/app.conf); echo env=$GREETING; echo ready; sleep 3600"
+    )
+    web = spec(
+        image,
+        script,
+        resources={"memoryMiB": 48, "cpuMillicores": 250},
+        files=[{"path": "/etc/app/app.conf", "content": "level=1"}],
+    )
+    web.config.env["GREETING"] = "hello"
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("web", web)))
+        inst, lines = await until(rt, "web", lambda i, lines: i.phase == "Running" and "ready" in lines)
+        assert inst.ready and inst.restarts == 0
+        assert inst.memoryLimitBytes == 48 * 1024 * 1024
+        said = dict(line.replace(":\t", "=").split("=", 1) for line in lines if "=" in line or ":\t" in line)
+        assert said["mem"] == str(48 * 1024 * 1024)
+        assert said["links"] == "1"  # loopback only: its own network namespace
+        assert said["Seccomp"] == "2" and said["NoNewPrivs"] == "1"
+        assert int(said["CapEff"], 16) == sum(1 << CAP_BITS[c] for c in DEFAULT_CAPS)
+        assert said["root"] == "ro" and said["tmp"] == "rw"
+        assert said["conf"] == "level=1" and said["env"] == "hello"
+        cgroup = Path("/sys/fs/cgroup/cpu/dpufleet/dpu-test/web/cpu.cfs_quota_us")
+        if cgroup.exists():  # cgroup v1 (this machine); v2 puts both figures in cpu.max
+            assert cgroup.read_text().strip() == "25000"
+        await rt.stop_instance("web")
+        assert rt.containers() == {}
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_config_change_reaches_the_running_instance_without_a_restart(tmp_path: Path, image: dict[str, str]) -> None:
+    script = "trap 'echo reloaded $(cat /etc/app.conf)' HUP; echo up; while true; do sleep 1 & wait; done"
+    first = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v1"}])
+    second = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v2"}])
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("cfg", first)))
+        await until(rt, "cfg", lambda i, lines: i.phase == "Running" and "up" in lines)
+        pid = rt.instances["cfg"].pid
+        assert desired(("cfg", first)).instances[0].revision == desired(("cfg", second)).instances[0].revision
+        await rt.converge(desired(("cfg", second)))
+        await until(rt, "cfg", lambda i, lines: "reloaded v2" in lines)
+        assert rt.instances["cfg"].pid == pid and rt.report().instances[0].restarts == 0
+        await rt.stop_instance("cfg")
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_restart_policies_and_exit_codes(tmp_path: Path, image: dict[str, str]) -> None:
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(
+            desired(
+                ("crash", spec(image, "echo boom; exit 3")),
+                ("once", spec(image, "echo bye; exit 4", restartPolicy="Never")),
+                ("job", spec(image, "echo done; exit 0", restartPolicy="OnFailure")),
+            )
+        )
+        crash, _ = await until(rt, "crash", lambda i, _: i.restarts >= 2)
+        assert crash.reason == "exited with status 3" and crash.exitCode == 3
+        once, _ = await until(rt, "once", lambda i, _: i.phase == "Failed")
+        assert once.exitCode == 4 and once.restarts == 0
+        job, _ = await until(rt, "job", lambda i, _: i.phase == "Succeeded")
+        assert job.exitCode == 0 and job.restarts == 0
+        for name in ("crash", "once", "job"):
+            await rt.stop_instance(name)
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_probes_decide_ready_and_restart_a_dead_instance(tmp_path: Path, image: dict[str, str]) -> None:
+    slow_http = spec(
+        image,
+        "sleep 2; mkdir -p /tmp/www; echo ok > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www",
+        probes={"readiness": {"http": {"port": 8080, "path": "/index.html"}, "periodSeconds": 1}},
+    )
+    tcp = spec(
+        image,
+        "exec httpd -f -p 9000 -h /tmp",
+        probes={"readiness": {"tcp": {"port": 9000}, "periodSeconds": 1}},
+    )
+    hung = spec(
+        image,
+        "touch /tmp/alive; sleep 3; rm /tmp/alive; sleep 3600",
+        probes={"liveness": {"exec": ["cat", "/tmp/alive"], "periodSeconds": 1, "failureThreshold": 2}},
+    )
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("web", slow_http), ("tcp", tcp), ("hung", hung)))
+        web, _ = await until(rt, "web", lambda i, _: i.phase == "Running")
+        assert not web.ready  # httpd is not listening yet
+        await until(rt, "web", lambda i, _: i.ready)
+        await until(rt, "tcp", lambda i, _: i.ready)
+        hung_now, _ = await until(rt, "hung", lambda i, _: i.restarts >= 1, timeout=40)
+        assert hung_now.reason is not None and hung_now.reason.startswith("liveness probe failed 2 times")
+        for name in ("web", "tcp", "hung"):
+            await rt.stop_instance(name)
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_bad_artifact_is_reported_and_never_run(tmp_path: Path, image: dict[str, str]) -> None:
+    wrong = spec(image, "sleep 1")
+    wrong.artifact.ociArchive.sha256 = "0" * 64  # type: ignore[union-attr]
+    registry = DPUServiceSpec.model_validate(
+        {
+            "artifact": {"image": {"reference": "registry.example/app@sha256:" + "1" * 64}},
+            "placement": {"mode": "EveryDPU"},
+        }
+    )
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("wrong", wrong), ("registry", registry)))
+        bad, _ = await until(rt, "wrong", lambda i, _: i.phase == "Failed")
+        assert bad.reason is not None and image["sha256"] in bad.reason and "0" * 64 in bad.reason
+        other, _ = await until(rt, "registry", lambda i, _: i.phase == "Failed")
+        assert other.reason == "artifact kind image is not supported by this DPU's runtime yet: use ociArchive"
+        assert rt.containers() == {}
+        assert not (tmp_path / "services" / "artifacts" / ("0" * 64)).exists()
+        for name in ("wrong", "registry"):
+            await rt.stop_instance(name)
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_agent_restart_adopts_and_power_loss_restores_from_disk(tmp_path: Path, image: dict[str, str]) -> None:
+    app = spec(image, "echo started; sleep 3600")
+
+    async def go() -> None:
+        first = runtime(tmp_path)
+        want = desired(("app", app))
+        first.save_desired(want)
+        await first.restore()  # no control plane: what is on disk
+        await until(first, "app", lambda i, _: i.phase == "Running")
+        pid = first.instances["app"].pid
+        await first.shutdown()  # the agent stops; its instance does not
+        assert pid is not None and os.path.exists(f"/proc/{pid}")
+
+        second = runtime(tmp_path)
+        await second.restore()
+        adopted, _ = await until(second, "app", lambda i, _: i.phase == "Running")
+        assert second.instances["app"].pid == pid and adopted.restarts == 0
+
+        await second.power_lost()  # the DPU loses power: every container is gone
+        assert second.containers() == {}
+        assert not os.path.exists(f"/proc/{pid}/cmdline") or _zombie(pid)
+        await second.restore()  # it boots: the durable set is started again, no control plane needed
+        await until(second, "app", lambda i, _: i.phase == "Running")
+        assert second.instances["app"].pid != pid
+        await second.stop_instance("app")
+        await second.shutdown()
+
+    asyncio.run(go())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
