@@ -37,6 +37,7 @@ from .host import host_app
 from .labels import annotate, label
 from .reset import reset_app
 from .rollout import rollout_app
+from .service import service_app
 from .signing import image_app, publisher_app
 from .telemetry import telemetry_app
 from .update import update_app
@@ -132,6 +133,7 @@ app.add_typer(security_cmd.token_app, name="token")
 app.add_typer(security_cmd.audit_app, name="audit")
 app.command("whoami")(security_cmd.whoami)
 app.add_typer(dpu_app, name="dpu")
+app.add_typer(service_app, name="service")
 app.add_typer(host_app, name="host")
 app.add_typer(update_app, name="update")
 app.add_typer(rollout_app, name="rollout")

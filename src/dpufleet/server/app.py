@@ -39,6 +39,7 @@ from .images_api import images_router
 from .metrics import APIMetrics, MetricsMiddleware, merge_expositions
 from .openapi import document_failures
 from .resources import BASE, resource_routes
+from .services_api import services_router
 from .telemetry import telemetry_router
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(images_router(state, [Depends(authenticate)]))
     app.include_router(agent_router(state, ReportHandler(state.store), [require(SubAction.AGENT_REPORT)]))
     app.include_router(health_router(state, [Depends(authenticate)]))
+    app.include_router(services_router(state, [Depends(authenticate)]))
     if state.telemetry is not None:
         app.include_router(telemetry_router(state.telemetry, [Depends(authenticate)]))
     app.add_middleware(RedfishEventReceiver, state=state, metrics=metrics)  # outermost: before the routes
