@@ -211,11 +211,7 @@ def test_many_schedulers_racing_over_a_full_fleet_never_overcommit(fleet: Store)
 
 
 def _events(store: Store, service: str, reason: str) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in store.list("Event", P).items
-        if e["involvedObject"]["name"] == service and e["reason"] == reason
-    ]
+    return [e for e in store.list("Event", P).items if e["involvedObject"]["name"] == service and e["reason"] == reason]
 
 
 def test_a_higher_priority_service_preempts_the_lowest_and_the_preemption_is_an_event(fleet: Store) -> None:

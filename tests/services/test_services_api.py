@@ -136,7 +136,9 @@ def test_a_drained_dpu_hands_its_replicas_elsewhere_first_and_stops_the_rest(api
 
         out = cli(api, "dpu", "drain", target, "--wait", "30")
         assert f"dpu/{target}: drained" in out
-        dns = wait_for(http, "dns", lambda s: s.get("scheduled") == 2 and target not in {i["dpu"] for i in s["instances"]})
+        dns = wait_for(
+            http, "dns", lambda s: s.get("scheduled") == 2 and target not in {i["dpu"] for i in s["instances"]}
+        )
         assert len({i["host"] for i in dns["status"]["instances"]}) == 2  # still spread, now without the drained DPU
         agent = wait_for(http, "agent", lambda s: s.get("scheduled") == 2)
         assert target not in {i["dpu"] for i in agent["status"]["instances"]}

@@ -1,0 +1,179 @@
+"""A DPUService run for real on an emulated DPU: its agent enrolled over mTLS, its runtime on runc.
+
+- the service's status goes Scheduled -> Running, with the instance ready and the DPU's runtime
+  report (phase, revision, memory limit) in the DPU's DPUAllocation;
+- `dpufleet service logs` shows what the instance wrote;
+- a crash is a restart the service's status and Events show;
+- cut off from the control plane, the DPU loses power and comes back: its instance runs again from
+  what the DPU kept on disk, before the control plane is reachable.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
+from provisioning.conftest import Operator, discover, image_doc, provisioning_server, upload
+from support.net import wait_until
+from support.oci import build_archive, tools_missing
+from support.server import RunningServer
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc with cgroup limits needs root"),
+    pytest.mark.skipif(bool(tools_missing()), reason=f"not installed: {', '.join(tools_missing())}"),
+]
+
+
+PAYLOAD = b"emulated DPU OS image\n" * 500
+VERSION = "DOCA_2.11.0_BSP_4.11.0_Ubuntu_22.04-1.1"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    where = tmp_path_factory.mktemp("image")
+    _, sha = build_archive(where)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(where)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"url": f"http://127.0.0.1:{server.server_port}/image.tar", "sha256": sha}
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with provisioning_server(tmp_path_factory.mktemp("api")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
+    options = SimOptions(
+        hosts=1,
+        dpus_per_host=1,
+        seed=17,
+        directory=tmp_path_factory.mktemp("fleet"),
+        time_scale=0.005,
+        server=api.url,
+        token=api.token,
+        register=False,
+        heartbeat_seconds=1.0,
+        services=True,
+        services_dpus=1,
+        services_interval=0.3,
+    )
+    with sim_in_thread(options) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
+    with api.client() as http:
+        op = Operator(http, "default")
+        (dpu,) = discover(op, fleet)
+        assert upload(http, PAYLOAD).status_code == 201
+        op.create("images", image_doc("os", VERSION, PAYLOAD))
+        resp = http.patch(
+            op.path("dpus", dpu),
+            json={"spec": {"image": "os"}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert resp.status_code == 200, resp.text
+        op.wait_object("dpus", dpu, lambda s: s["status"].get("phase") == "Ready", timeout=90)
+        yield op
+
+
+def service(name: str, image: dict[str, str], script: str) -> dict[str, Any]:
+    return {
+        "kind": "DPUService",
+        "metadata": {"name": name},
+        "spec": {
+            "artifact": {"ociArchive": {"url": image["url"], "sha256": image["sha256"]}},
+            "config": {"args": ["/bin/sh", "-c", script]},
+            "resources": {"cpuMillicores": 200, "memoryMiB": 32},
+            "placement": {"mode": "EveryDPU"},
+        },
+    }
+
+
+def test_a_service_runs_on_the_dpu_and_shows_it(site: Operator, fleet: SimRunning, image: dict[str, str]) -> None:
+    dpu = f"dpu-{fleet.fleet.dpus[0].serial.lower()}"
+    site.create("dpuservices", service("hello", image, "echo hello from $(hostname); sleep 3600"))
+    status = site.wait_for(
+        "the service running and ready",
+        lambda: (site.get("dpuservices", "hello") or {}).get("status") or {},
+        lambda s: s.get("running") == 1 and s.get("ready") == 1,
+        timeout=60,
+    )
+    assert status["phase"] == "Running"
+    (inst,) = status["instances"]
+    assert inst["dpu"] == dpu and inst["phase"] == "Running" and inst["restarts"] == 0
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True" and running["reason"] == "AllRunning"
+    allocation = site.get("dpuallocations", dpu) or {}
+    (seen,) = allocation["status"]["instances"]
+    assert seen["memoryLimitBytes"] == 32 * 1024 * 1024 and seen["revision"] == inst["revision"]
+    logs = site.wait_for(
+        "the instance's log",
+        lambda: site.http.get("/services/v1/projects/default/dpuservices/hello/logs").json(),
+        lambda body: any("hello from hello" in line for i in body["instances"] for line in i["lines"]),
+    )
+    assert logs["instances"][0]["dpu"] == dpu
+    assert any(e["reason"] == "InstanceStarted" for e in site.events("DPUService", "hello"))
+
+
+def test_a_crash_is_a_restart_in_status_and_events(site: Operator, image: dict[str, str]) -> None:
+    site.create("dpuservices", service("flaky", image, "echo up; sleep 1; exit 7"))
+    status = site.wait_for(
+        "a restart",
+        lambda: (site.get("dpuservices", "flaky") or {}).get("status") or {},
+        lambda s: any((i.get("restarts") or 0) >= 1 for i in s.get("instances") or []),
+        timeout=60,
+    )
+    assert "exited with status 7" in (status["instances"][0].get("reason") or "")
+    wait_until(
+        lambda: any(e["reason"] == "InstanceRestarted" for e in site.events("DPUService", "flaky")),
+        timeout=20,
+        what="an InstanceRestarted event",
+    )
+    site.http.delete(site.path("dpuservices", "flaky"))
+
+
+def test_a_dpu_cut_off_restores_its_instance_after_power_loss(
+    site: Operator, fleet: SimRunning, image: dict[str, str]
+) -> None:
+    agent = next(a for a in fleet.agents if a.services is not None)
+    runtime = agent.services
+    assert runtime is not None
+    wait_until(lambda: "hello" in runtime.instances and runtime.instances["hello"].pid, timeout=60, what="hello")
+    pid = runtime.instances["hello"].pid
+    device = fleet.fleet.dpus[0]
+    device.network_partitioned = True
+    try:
+        device.os_alive = False  # the DPU loses power: its containers die with it
+        wait_until(lambda: runtime.containers() == {}, timeout=20, what="the containers gone")
+        device.os_alive = True  # it boots, still cut off from the control plane
+        wait_until(
+            lambda: (
+                "hello" in runtime.instances
+                and runtime.instances["hello"].phase == "Running"
+                and runtime.instances["hello"].pid not in (None, pid)
+            ),
+            timeout=30,
+            what="hello running again from the DPU's own record",
+        )
+        assert Path(runtime.root / "desired.json").exists()
+    finally:
+        device.network_partitioned = False
