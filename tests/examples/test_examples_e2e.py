@@ -299,7 +299,7 @@ def _dpuservice(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     stored_as_written(op, doc)
     seen = op.wait_object("dpuservices", doc["metadata"]["name"], lambda s: bool(s["status"].get("conditions")), SETTLE)
     assert seen["status"]["desired"] == doc["spec"]["placement"]["replicas"]
-    assert seen["status"]["running"] == 0, "placed, not run: there is no service runtime on the DPUs yet"
+    assert seen["status"]["running"] == 0, "placed, not run: the emulated rack's DPUs run no runtime (sim --services)"
 
 
 def _ipam(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
