@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -154,6 +155,11 @@ def agent_cmd(
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="key and certificate (0600) [default: <root>/var/lib/dpufleet/agent]"
     ),
+    services: bool = typer.Option(
+        False,
+        "--services",
+        help="a DPU on mTLS: run the services placed on it with runc (state in <state-dir>/services)",
+    ),
 ) -> None:
     """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
 
@@ -180,6 +186,14 @@ def agent_cmd(
         return
     config = options(ctx).config()
     states = state_dir or root / "var/lib/dpufleet/agent"
+    from ..agent.services import ServicesConfig
+
+    if services and role != "dpu":
+        raise UserError("--services: only a DPU's agent runs services (--role dpu)")
+    if services:
+        missing = [tool for tool in ("runc", "umoci") if shutil.which(tool) is None]
+        if missing:
+            raise UserError(f"--services needs runc and umoci: {', '.join(missing)} not found (apt install runc umoci)")
     mtls = (
         any(v is not None for v in (enroll_token, idevid_cert, ca_file, ca_hash, state_dir))
         or (states / "agent.crt").exists()
@@ -193,7 +207,12 @@ def agent_cmd(
         serial=serial,
         state_dir=states if mtls else None,
         enrollment=EnrollmentOptions(enroll_token, idevid_cert, idevid_key, ca_file, ca_hash) if mtls else None,
+        services=ServicesConfig(states / "services") if services and mtls else None,
     )
+    if services and not mtls:
+        raise UserError(
+            "--services speaks the agent protocol over mTLS: enroll first (--enroll-token or --idevid-cert)"
+        )
 
     async def run() -> None:
         agent = Agent(agent_config)
