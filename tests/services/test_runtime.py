@@ -4,10 +4,7 @@ kept running (restart policies, probes), and what survives an agent restart and 
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +16,7 @@ from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig
 from dpufleet.api.agent_services import DesiredServices
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.services.desired import desired_instance
-from support.oci import build_archive, tools_missing
+from support.oci import served_image, tools_missing
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runc with cgroup limits needs root"),
@@ -31,21 +28,8 @@ CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID"
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A busybox OCI archive served over HTTP on loopback: {url, sha256}."""
-    where = tmp_path_factory.mktemp("image")
-    archive, sha = build_archive(where)
-    (where / "corrupt.tar").write_bytes(archive.read_bytes()[:-512] + b"\0" * 512)
-    handler = functools.partial(QuietHandler, directory=str(where))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    yield {"url": f"{base}/image.tar", "sha256": sha, "corrupt": f"{base}/corrupt.tar"}
-    server.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    with served_image(tmp_path_factory.mktemp("image")) as served:
+        yield served
 
 
 def spec(image: dict[str, str], script: str, **more: Any) -> DPUServiceSpec:

@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ import pytest
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover, image_doc, provisioning_server, upload
 from support.net import wait_until
-from support.oci import build_archive, tools_missing
+from support.oci import served_image, tools_missing
 from support.server import RunningServer
 
 pytestmark = [
@@ -37,19 +34,10 @@ PAYLOAD = b"emulated DPU OS image\n" * 500
 VERSION = "DOCA_2.11.0_BSP_4.11.0_Ubuntu_22.04-1.1"
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    where = tmp_path_factory.mktemp("image")
-    _, sha = build_archive(where)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(where)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}/image.tar", "sha256": sha}
-    server.shutdown()
+    with served_image(tmp_path_factory.mktemp("image")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

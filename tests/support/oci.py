@@ -5,11 +5,17 @@ Needs umoci and a static busybox (Debian's busybox-static, which `./run` install
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import shutil
 import subprocess
 import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 APPLETS = ("sh", "sleep", "echo", "cat", "ls", "nc", "httpd", "ip", "touch", "mount", "grep", "kill", "true", "false")
 
@@ -46,3 +52,22 @@ def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Pat
         for item in sorted(layout.iterdir()):
             tar.add(item, arcname=item.name)
     return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def served_image(where: Path) -> Iterator[dict[str, str]]:
+    """A busybox OCI archive built in `where` and served over HTTP on loopback: {url, sha256, base}."""
+    archive, sha = build_archive(where)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(where)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield {"url": f"{base}/{archive.name}", "sha256": sha, "base": base}
+    finally:
+        server.shutdown()
+        server.server_close()
