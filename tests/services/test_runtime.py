@@ -46,9 +46,22 @@ def spec(image: dict[str, str], script: str, **more: Any) -> DPUServiceSpec:
     return DPUServiceSpec.model_validate(body)
 
 
+STARTED: list[ServiceRuntime] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """A failed test leaves no container running."""
+    yield
+    while STARTED:
+        STARTED.pop().kill_all()
+
+
 def runtime(tmp_path: Path, name: str = "dpu-test") -> ServiceRuntime:
     config = ServicesConfig(tmp_path / "services", dpu=name, interval=0.2, stop_grace=1.0)
-    return ServiceRuntime(config, "http://127.0.0.1:9", lambda: None)  # type: ignore[arg-type,return-value]
+    rt = ServiceRuntime(config, "http://127.0.0.1:9", lambda: None)  # type: ignore[arg-type,return-value]
+    STARTED.append(rt)
+    return rt
 
 
 def desired(*items: tuple[str, DPUServiceSpec]) -> DesiredServices:
