@@ -68,7 +68,9 @@ class EmbeddedServer:
             ) from None
         bound_port = sock.getsockname()[1]
         server = Server.build(data_dir, db_url, controllers=controllers)
-        advertise_repository(server.services.repository, host, bound_port)  # BMCs fetch images from the API port, as with serve()
+        advertise_repository(
+            server.services.repository, host, bound_port
+        )  # BMCs fetch images from the API port, as with serve()
         config = uvicorn.Config(
             server.app,
             log_level="warning",

@@ -195,6 +195,29 @@ def test_probes_decide_ready_and_restart_a_dead_instance(tmp_path: Path, image: 
     asyncio.run(go())
 
 
+def test_a_dependent_starts_once_what_it_needs_runs_on_the_dpu(tmp_path: Path, image: dict[str, str]) -> None:
+    base = spec(image, "echo base up; sleep 3600")
+    app = spec(image, "echo app up; sleep 3600", dependsOn=[{"service": "base"}])
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        want = desired(("app", app), ("base", base))
+        assert want.instances[0].after == ["base"]
+        await rt.converge(want)
+        report = {i.service: i for i in rt.report().instances}
+        assert report["app"].phase == "Pending"
+        assert report["app"].reason == "waiting for base to run on this DPU"
+        await until(rt, "base", lambda i, _: i.phase == "Running")
+        assert rt.instances["app"].task is None  # not started before the next pass
+        await rt.converge(want)
+        await until(rt, "app", lambda i, lines: i.phase == "Running" and "app up" in lines)
+        for name in ("app", "base"):
+            await rt.stop_instance(name)
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
 def test_a_bad_artifact_is_reported_and_never_run(tmp_path: Path, image: dict[str, str]) -> None:
     wrong = spec(image, "sleep 1")
     wrong.artifact.ociArchive.sha256 = "0" * 64  # type: ignore[union-attr]

@@ -14,6 +14,8 @@ keeps that answer on disk (`<state>/services/desired.json`), and converges:
   no seccomp filter and a writable root;
 - **run**: `runc run` in the foreground per instance (its exit status is the container's), stdout and
   stderr appended to `<state>/services/logs/<service>.log` (cut when it passes LOG_LIMIT_BYTES);
+- **order**: an instance whose service depends on another on the same DPU (`dependsOn`, scope
+  SameDPU) starts once that one runs here (Pending, "waiting for X to run on this DPU", until then);
 - **restart** per restartPolicy (Always / OnFailure / Never) with a backoff doubling from 1 s to 60 s,
   reset once an instance stays up a minute; a liveness probe failing `failureThreshold` times in a row
   kills the instance (a restart). Readiness: an instance with a readiness probe is ready while it
@@ -625,12 +627,17 @@ class ServiceRuntime:
                 await self.stop_instance(service)
                 inst = None
             if inst is None:
+                inst = Instance(want)
+                self.instances[service] = inst
+            if inst.task is None:
                 pid = None
                 found = (adopt or {}).get(container_id(service))
                 if found and found.get("status") == "running" and _revision_of(found) == want.revision:
                     pid = int(found["pid"])
-                inst = Instance(want)
-                self.instances[service] = inst
+                waiting = [a for a in want.after if not self._running(a)]
+                if waiting and pid is None:  # dependsOn SameDPU: what it needs here runs first
+                    inst.phase, inst.reason = "Pending", f"waiting for {', '.join(waiting)} to run on this DPU"
+                    continue
                 inst.task = asyncio.create_task(self._supervise(inst, pid))
                 continue
             if want.configRevision != inst.desired.configRevision:
@@ -640,6 +647,10 @@ class ServiceRuntime:
                     await asyncio.to_thread(self._runc, "kill", container_id(service), "HUP")
                     inst.config_revision = want.configRevision
             inst.desired = want
+
+    def _running(self, service: str) -> bool:
+        inst = self.instances.get(service)
+        return inst is not None and inst.phase == "Running"
 
     async def stop_instance(self, service: str) -> None:
         inst = self.instances.pop(service, None)

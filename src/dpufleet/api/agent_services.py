@@ -35,6 +35,7 @@ class DesiredInstance(BaseModel):
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
     privileged: bool = False
     probes: Probes = Field(default_factory=Probes)
+    after: list[str] = Field(default_factory=list, description="services of this DPU that must run first (SameDPU)")
 
 
 class DesiredServices(BaseModel):

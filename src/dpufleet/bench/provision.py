@@ -153,13 +153,18 @@ def _phase_means(metrics_text: str) -> dict[str, float]:
 async def _dpu_phases(http: httpx.AsyncClient) -> dict[str, str]:
     resp = await http.get(f"{BASE}/dpus")
     resp.raise_for_status()
-    return {d["metadata"]["name"]: str((d.get("status") or {}).get("phase") or "") for d in orjson.loads(resp.content)["items"]}
+    return {
+        d["metadata"]["name"]: str((d.get("status") or {}).get("phase") or "")
+        for d in orjson.loads(resp.content)["items"]
+    }
 
 
 async def _inventoried(http: httpx.AsyncClient) -> list[str]:
     resp = await http.get(f"{BASE}/dpus")
     resp.raise_for_status()
-    return [d["metadata"]["name"] for d in orjson.loads(resp.content)["items"] if (d.get("status") or {}).get("firmware")]
+    return [
+        d["metadata"]["name"] for d in orjson.loads(resp.content)["items"] if (d.get("status") or {}).get("firmware")
+    ]
 
 
 async def discover_fleet(

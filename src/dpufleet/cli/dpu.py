@@ -17,7 +17,9 @@ from ..api.meta import isotime, now
 from ..client import Client, ClientError
 from .common import UserError, note, options
 
-dpu_app = typer.Typer(help="Act on a DPU: retry, abort, hold, release (provisioning); drain, undrain (services).", no_args_is_help=True)
+dpu_app = typer.Typer(
+    help="Act on a DPU: retry, abort, hold, release (provisioning); drain, undrain (services).", no_args_is_help=True
+)
 
 RETRY = "dpufleet.io/retry"
 ABORT = "dpufleet.io/abort"

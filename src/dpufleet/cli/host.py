@@ -47,7 +47,9 @@ def console_lines(host: dict[str, Any], bmc: dict[str, Any] | None, user: str) -
         if protocol == "SSH":
             lines.append(f"  serial over SSH:  ssh -p {port} {user}@{address}")
         elif protocol == "IPMI":
-            lines.append(f"  serial over IPMI: ipmitool -I lanplus -H {address} -p {port} -U {user} -P ... sol activate")
+            lines.append(
+                f"  serial over IPMI: ipmitool -I lanplus -H {address} -p {port} -U {user} -P ... sol activate"
+            )
         elif protocol == "Telnet":
             lines.append(f"  serial over Telnet: telnet {address} {port}")
         else:

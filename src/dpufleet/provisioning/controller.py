@@ -612,7 +612,9 @@ def _ready_steps(aborted_generation: Any) -> list[str]:
 def _ready_is_stale(status: dict[str, Any], steps: list[str]) -> bool:
     """Whether Ready, summarised from `steps`, would differ from the stored one (read on a copy of the
     conditions, all Ready is made of)."""
-    return summarize_ready({"conditions": list(status.get("conditions") or [])}, steps)  # replaces, never edits, a condition
+    return summarize_ready(
+        {"conditions": list(status.get("conditions") or [])}, steps
+    )  # replaces, never edits, a condition
 
 
 def _phase(value: Any) -> Phase | None:

@@ -44,6 +44,7 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
         restartPolicy=spec.restartPolicy,
         privileged=spec.privileged,
         probes=spec.probes,
+        after=sorted(d.service for d in spec.dependsOn if d.scope == "SameDPU"),
     )
 
 

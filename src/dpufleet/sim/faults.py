@@ -338,10 +338,14 @@ class FaultInjector:
 
     def _host_up(self, dpu: SimDPU) -> None:
         host = self.host(dpu)
-        if host is not None and host.powered and not any(
-            f.kind in (FaultKind.HOST_CRASH, FaultKind.HOST_SOFT_RESET, FaultKind.HOST_POWER_CYCLE)
-            for d in host.dpus
-            for f in self.faults_of(d)
+        if (
+            host is not None
+            and host.powered
+            and not any(
+                f.kind in (FaultKind.HOST_CRASH, FaultKind.HOST_SOFT_RESET, FaultKind.HOST_POWER_CYCLE)
+                for d in host.dpus
+                for f in self.faults_of(d)
+            )
         ):
             if not host.os_alive:
                 host.boot_count += 1

@@ -98,11 +98,13 @@ class HostBMCApp:
         cards = host.dpus if self.manages_dpus else []
         docs = {
             "/redfish/v1/Systems": _collection(
-                f"{base}/Systems", "#ComputerSystemCollection.ComputerSystemCollection",
+                f"{base}/Systems",
+                "#ComputerSystemCollection.ComputerSystemCollection",
                 [f"{base}/Systems/System", *(f"{base}/Systems/{_dpu_system(d)}" for d in cards)],
             ),
             "/redfish/v1/Chassis": _collection(
-                f"{base}/Chassis", "#ChassisCollection.ChassisCollection",
+                f"{base}/Chassis",
+                "#ChassisCollection.ChassisCollection",
                 [f"{base}/Chassis/Chassis", *(f"{base}/Chassis/{_card(d)}" for d in cards)],
             ),
             "/redfish/v1/Managers": _collection(
@@ -115,7 +117,8 @@ class HostBMCApp:
             "/redfish/v1/Chassis/Chassis": _chassis(base, host, cards),
             "/redfish/v1/Managers/BMC": _manager(base, host, cards),
             "/redfish/v1/Managers/BMC/VirtualMedia": _collection(
-                f"{base}/Managers/BMC/VirtualMedia", "#VirtualMediaCollection.VirtualMediaCollection",
+                f"{base}/Managers/BMC/VirtualMedia",
+                "#VirtualMediaCollection.VirtualMediaCollection",
                 [f"{base}/Managers/BMC/VirtualMedia/CD1"],
             ),
             "/redfish/v1/Managers/BMC/VirtualMedia/CD1": _virtual_media(base, self._media(host)),

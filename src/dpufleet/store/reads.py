@@ -286,7 +286,6 @@ class StoreReads:
         return [Change(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
-
 def fields_row(
     kind: str,
     name: str,
@@ -322,5 +321,3 @@ def _driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
 def _sqlite_path(path: tuple[str, ...]) -> str:
     """A JSON path for SQLite's json_extract: $."a"."b" (quoted: keys with dots or dashes are safe)."""
     return "$" + "".join(f'."{part}"' for part in path)
-
-
