@@ -172,15 +172,24 @@ def mirror_dpu_status(store: Store, project: str, node: Node) -> None:
     try:
         record = store.get("DPUAllocation", node.name, project)
         instances = record["spec"].get("instances") or []
+        version: int | None = int(record["metadata"]["resourceVersion"])
     except NotFound:
-        instances = []
+        instances, version = [], None
     allocatable, allocated = resources_dict(node.allocatable), resources_dict(allocation_sum(instances))
 
     def mutate(status: dict[str, Any]) -> None:
+        # two visits of services on one DPU mirror concurrently: the one that read the newer record wins
+        if version is not None and int(status.get("allocationVersion") or 0) > version:
+            raise _Stale
         status["allocatable"], status["allocated"] = allocatable, allocated
+        status["allocationVersion"] = version
 
-    with contextlib.suppress(NotFound):  # the DPU was deleted meanwhile
+    with contextlib.suppress(NotFound, _Stale):  # the DPU was deleted meanwhile, or a newer mirror is there
         mutate_status_sync(store, "DPU", node.name, mutate, project)
+
+
+class _Stale(Exception):
+    """The DPU's status mirrors a newer allocation record than the one this visit read."""
 
 
 # --- one visit ---------------------------------------------------------------------------------------------

@@ -288,6 +288,9 @@ class DPUStatus(Status):
         default_factory=dict, description="capacity minus the flavor's reservation (the scheduler writes it)"
     )
     allocated: dict[str, Any] = Field(default_factory=dict, description="what placed service instances take")
+    allocationVersion: int | None = Field(
+        default=None, description="the resourceVersion of the DPUAllocation that allocated was read from"
+    )
     remaining: dict[str, Any] = Field(default_factory=dict)
     updateHistory: list[dict[str, Any]] = Field(
         default_factory=list, description="component version changes: time, component, from, to, source"
