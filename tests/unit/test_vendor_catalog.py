@@ -235,8 +235,8 @@ def _pci_ids() -> dict[tuple[str, str], str]:
 def test_every_catalog_pci_id_is_the_one_pci_ids_names():
     if not PCI_IDS.exists():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("pci.ids is missing (apt-get install hwdata)", pytrace=False)
-        pytest.skip("pci.ids is missing (apt-get install hwdata)")
+            pytest.fail("pci.ids is missing (apt-get install pci.ids)", pytrace=False)
+        pytest.skip("pci.ids is missing (apt-get install pci.ids)")
     names = _pci_ids()
     for m in builtin_catalog():
         for vendor_id, device_id, _role in m.pci_ids():

@@ -15,18 +15,16 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from ..api.agent_network import NetworkReport
-from ..api.errors import Forbidden, Invalid, NotFound
+from ..api.errors import Forbidden, NotFound
 from ..api.naming import dpu_name
-from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity
 from ..inventory.tenancy import ProjectResolver
 from ..network.desired import desired_network
 from ..network.reports import record_network_report
 from ..runtime.events import EventRecorder
-from .common import ServerState, read_json, respond
+from .common import ServerState, read_model, respond
 
 NETWORK_PATH = "/agent/v1/network"
 
@@ -64,11 +62,7 @@ def add_network_routes(
     @app.post(NETWORK_PATH + "/status")
     async def network_status(request: Request) -> Response:
         project, dpu = await asyncio.to_thread(own_dpu, request)
-        try:
-            report = NetworkReport.model_validate(await read_json(request))
-        except ValidationError as exc:
-            summary, causes = describe_errors(exc)
-            raise Invalid(f"network status is invalid: {summary}", {"causes": causes}) from None
+        report = await read_model(request, NetworkReport, "network status")
         await state.write(record_network_report, store, events, project, dpu, report)
         return respond({"accepted": True})
 

@@ -15,18 +15,15 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from ..api.agent_services import ServiceReport
-from ..api.errors import Invalid
-from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity
 from ..inventory.tenancy import ProjectResolver
 from ..runtime.events import EventRecorder
 from ..services.desired import desired_services
 from ..services.reports import record_service_report
 from .agent_network import dpu_of_agent
-from .common import ServerState, read_json, respond
+from .common import ServerState, read_model, respond
 
 SERVICES_PATH = "/agent/v1/services"
 
@@ -47,11 +44,7 @@ def add_service_routes(
     @app.post(SERVICES_PATH + "/status")
     async def services_status(request: Request) -> Response:
         project, dpu = await asyncio.to_thread(own_dpu, request)
-        try:
-            report = ServiceReport.model_validate(await read_json(request))
-        except ValidationError as exc:
-            summary, causes = describe_errors(exc)
-            raise Invalid(f"service status is invalid: {summary}", {"causes": causes}) from None
+        report = await read_model(request, ServiceReport, "service status")
         for tail in report.logs:
             state.service_logs[(project, tail.service, dpu)] = tail.lines
         await state.write(record_service_report, store, events, project, dpu, report)

@@ -17,8 +17,10 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ValidationError
 
-from ..api.errors import BadRequest, TooLarge, UnsupportedMediaType
+from ..api.errors import BadRequest, Invalid, TooLarge, UnsupportedMediaType
+from ..api.validation import describe_errors
 from ..plane import Services
 from ..security.audit import AuditLog
 from ..store.feed import ChangeFeed
@@ -27,6 +29,7 @@ from .auth import TokenAuthenticator
 from .telemetry import TelemetryPlane
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # How long the server keeps an idle kept-alive connection open. uvicorn's default, 5 s, is also httpx's
 # client-side keepalive_expiry: the server could close an idle connection just as a client sent its next
@@ -176,3 +179,12 @@ def build_state(store: Store, auth: TokenAuthenticator, services: Services | Non
     return ServerState(
         store=store, auth=auth, feed=ChangeFeed(store), audit=AuditLog(store), services=services or Services(store)
     )
+
+
+async def read_model(request: Request, model: type[M], what: str) -> M:
+    """The request body as `model`; a body that does not fit is 422 '<what> is invalid: field: problem'."""
+    try:
+        return model.model_validate(await read_json(request))
+    except ValidationError as exc:
+        summary, causes = describe_errors(exc)
+        raise Invalid(f"{what} is invalid: {summary}", {"causes": causes}) from None
