@@ -69,7 +69,11 @@ def test_replicas_are_persisted_with_their_allocation_and_mirrored_on_the_dpu(fl
     assert hosts == {"host-0", "host-1"}  # spread across hosts
     dpu = fleet.get("DPU", status["instances"][0]["dpu"], P)["status"]
     assert dpu["allocated"]["memoryMiB"] == 256 and dpu["allocatable"]["cpuMillicores"] == 8000
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Scheduled": "True", "Running": "False"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Scheduled": "True",
+        "Running": "False",
+        "Upgraded": "True",
+    }
 
 
 def test_flavor_reservation_lowers_allocatable(fleet: Store) -> None:

@@ -256,6 +256,7 @@ class Instance:
             service=self.desired.service,
             instance=self.desired.instance,
             revision=self.desired.revision,
+            configRevision=self.config_revision or None,
             phase=self.phase,  # type: ignore[arg-type]
             ready=self.ready,
             restarts=self.restarts,

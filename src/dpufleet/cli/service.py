@@ -1,7 +1,11 @@
-"""`dpufleet service logs NAME [--dpu DPU] [-f]`: what a service's instances wrote, DPU by DPU.
+"""`dpufleet service ...`: a service's instances' logs, and its rolling upgrades.
 
-The lines are the last ones each DPU's runtime sent (at most 200 per instance); `--follow` asks
-again every two seconds and prints only what is new.
+- `logs NAME [--dpu DPU] [-f]`: the last lines each DPU's runtime sent (at most 200 per instance);
+  `--follow` asks again every two seconds and prints only what is new.
+- `rollout NAME [-w]`: where the service's upgrade stands (services/upgrade.py); `--watch` follows it
+  until it completes, rolls back or halts (exit 1 for the last two).
+- `undo NAME`: put back what the service's instances ran before: during an upgrade (or after a
+  rollback) the current revision, after a completed one the previous revision (rolled like any change).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from typing import Any
 import typer
 
 from ..client import Client
-from .common import note, options
+from .common import UserError, note, options
 
-service_app = typer.Typer(help="Services on DPUs: their instances' logs.", no_args_is_help=True)
+service_app = typer.Typer(help="Services on DPUs: their instances' logs and upgrades.", no_args_is_help=True)
+_PROJECT = typer.Option(None, "-p", "--project", help="project of the service")
+_ENDED = ("Complete", "RolledBack", "Halted")
 
 
 def new_lines(before: list[str], now: list[str]) -> list[str]:
@@ -31,7 +37,7 @@ def logs(
     name: str = typer.Argument(..., help="the DPUService"),
     dpu: str | None = typer.Option(None, "--dpu", help="only the instance on this DPU"),
     follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines (Ctrl-C stops)"),
-    project: str | None = typer.Option(None, "-p", "--project", help="project of the service"),
+    project: str | None = _PROJECT,
 ) -> None:
     """Print the last lines each instance of the service wrote, prefixed by its DPU."""
     config = options(ctx).config(project)
@@ -54,3 +60,78 @@ def logs(
                 time.sleep(2.0)
             except KeyboardInterrupt:
                 return
+
+
+def _short(revision: str | None) -> str:
+    restart, _, config = (revision or "?").partition(".")
+    return f"{restart[:8]}.{config[:8]}" if config else restart[:8]
+
+
+def rollout_summary(doc: dict[str, Any]) -> str:
+    """One line: the upgrade's phase, revisions and counts, and its message."""
+    status = doc.get("status") or {}
+    upgrade = status.get("upgrade") or {}
+    name = doc["metadata"]["name"]
+    if not upgrade:
+        return f"dpuservice/{name}: no upgrade seen yet (the controller has not visited it)"
+    phase = upgrade.get("phase") or "Complete"
+    total = int(status.get("scheduled") or 0)
+    if phase == "Complete":
+        line = f"dpuservice/{name}: Complete - {total} instance(s) at revision {_short(upgrade.get('currentRevision'))}"
+    else:
+        line = (
+            f"dpuservice/{name}: {phase} - revision {_short(upgrade.get('currentRevision'))} -> "
+            f"{_short(upgrade.get('updateRevision'))}: {len(upgrade.get('updated') or [])}/{total} upgraded, "
+            f"{len(upgrade.get('inFlight') or {})} in flight, {len(upgrade.get('failed') or [])} failed"
+        )
+    return line + (f" - {upgrade['message']}" if upgrade.get("message") and phase != "Complete" else "")
+
+
+@service_app.command("rollout")
+def rollout(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the DPUService"),
+    watch: bool = typer.Option(False, "-w", "--watch", help="follow until it completes, rolls back or halts"),
+    timeout: float = typer.Option(3600.0, "--timeout", min=1.0, help="stop watching after this many seconds"),
+    project: str | None = _PROJECT,
+) -> None:
+    """Where the service's upgrade stands; with --watch, a line per change until it ends."""
+    config = options(ctx).config(project)
+    with options(ctx).client() as client:
+        doc = client.get("dpuservices", name, config.project)
+        line = rollout_summary(doc)
+        print(line)
+        deadline = time.monotonic() + timeout
+        while watch and ((doc.get("status") or {}).get("upgrade") or {}).get("phase") not in _ENDED:
+            if time.monotonic() > deadline:
+                raise UserError(f"dpuservice/{name}: still upgrading after {timeout:.0f}s")
+            try:
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                return
+            doc = client.get("dpuservices", name, config.project)
+            if rollout_summary(doc) != line:
+                line = rollout_summary(doc)
+                print(line)
+        if watch and ((doc.get("status") or {}).get("upgrade") or {}).get("phase") in ("RolledBack", "Halted"):
+            raise typer.Exit(1)
+
+
+@service_app.command("undo")
+def undo(
+    ctx: typer.Context, name: str = typer.Argument(..., help="the DPUService"), project: str | None = _PROJECT
+) -> None:
+    """Put back what the instances ran before (the current revision mid-upgrade, else the previous one)."""
+    config = options(ctx).config(project)
+    with options(ctx).client() as client:
+        doc = client.get("dpuservices", name, config.project)
+        upgrade = (doc.get("status") or {}).get("upgrade") or {}
+        if upgrade.get("phase") not in (None, "Complete") and upgrade.get("template"):
+            template, revision = upgrade["template"], upgrade.get("currentRevision")
+        elif upgrade.get("previousTemplate"):
+            template, revision = upgrade["previousTemplate"], upgrade.get("previousRevision")
+        else:
+            raise UserError(f"dpuservice/{name} has no earlier revision to return to")
+        updated = {"kind": "DPUService", "metadata": doc["metadata"], "spec": {**doc["spec"], **template}}
+        client.update(updated, config.project)
+    print(f"dpuservice/{name}: returning to revision {_short(revision)} (`dpufleet service rollout {name} -w`)")

@@ -21,7 +21,6 @@ resync and after a broken watch, and kept by the store's change feed in between)
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 
 from ..api.errors import APIError, Conflict, NotFound
 from ..api.kinds import FAILED_PHASES, WORKING_PHASES, FailureClass, Phase
+from ..api.kinds.fleet import resolve_limit
 from ..api.meta import Severity, now
 from ..api.patch import json_copy
 from ..api.selectors import LabelSelector
@@ -101,12 +101,8 @@ def _host(dpu: dict[str, Any]) -> str | None:
     return str(host) if host else None
 
 
-def _limit(value: int | str | None, total: int, minimum: int = 1) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    return max(minimum, math.floor(total * int(value[:-1]) / 100))
+def _limit(value: int | str | None, total: int) -> int | None:
+    return None if value is None else resolve_limit(value, total)
 
 
 class DPUSetReconciler(Reconciler):

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
-from ..api.kinds import DPUFlavorSpec, DPUServiceSpec
-from ..api.meta import Severity
+from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus
+from ..api.meta import Severity, now
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -49,13 +49,15 @@ from ..runtime.status import mutate_status_sync
 from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
-from .desired import desired_instance
+from .desired import revisions, template_of
 from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
+from .upgrade import Seen, Step, advance, expected_revision
 
 log = logging.getLogger(__name__)
 PENDING_RETRY = 5.0  # a service with pending instances looks again this often
 WAITING_RETRY = 2.0  # one waiting for a dependency
+UPGRADE_RETRY = 2.0  # one whose instances are being upgraded
 CAS_ATTEMPTS = 8
 
 
@@ -333,16 +335,65 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     scheduled = sorted([*kept, *(n.name for n in committed)])
     desired = _desired(spec, len(scheduled), placed)
     pending = max(0, desired - len(scheduled))
-    revision = desired_instance(name, name, spec).revision
-    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, revision)
+    step = _upgrade(status, spec, snapshot, name, scheduled)
+    status["upgrade"] = step.upgrade.model_dump(mode="json", exclude_none=True)
+    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade)
     try:
         store.update_status("DPUService", name, status, project)
     except NotFound:
         return Outcome()
+    if step.events:
+        recorder = EventRecorder(store, "dpuservice-upgrade")
+        for reason, message, kind in step.events:
+            recorder.record(doc, reason, message, kind)
     if waiting is not None:
         return Outcome(WAITING_RETRY, deps)
     retry = pending or len(committed) < len(placed.nodes if placed else [])
+    if step.rolling:
+        return Outcome(UPGRADE_RETRY, deps, sorted(set(preempted)))
     return Outcome(PENDING_RETRY if retry else None, deps, sorted(set(preempted)))
+
+
+def _upgrade(status: dict[str, Any], spec: DPUServiceSpec, snapshot: Snapshot, name: str, scheduled: list[str]) -> Step:
+    """The service's upgrade, one step on (services/upgrade.py): what each DPU runs, from its runtime's report."""
+    stored = status.get("upgrade")
+    upgrade = UpgradeStatus.model_validate(stored) if stored else None
+    seen: dict[str, Seen] = {}
+    for dpu in scheduled:
+        entry = runtime_entry(snapshot, dpu, name)
+        if entry is not None and entry.get("revision"):
+            seen[dpu] = Seen(
+                revision=str(entry["revision"]),
+                config_revision=entry.get("configRevision"),
+                phase=str(entry.get("phase") or ""),
+                ready=bool(entry.get("ready")),
+                restarts=int(entry.get("restarts") or 0),
+                reason=entry.get("reason"),
+            )
+    revision, config_revision = revisions(spec)
+    return advance(
+        upgrade,
+        f"{revision}.{config_revision}",
+        template_of(spec),
+        spec.upgrade,
+        scheduled,
+        seen,
+        now(),
+        _dependency_upgrading(spec, snapshot),
+    )
+
+
+def _dependency_upgrading(spec: DPUServiceSpec, snapshot: Snapshot) -> str | None:
+    """A service this one depends on that is upgrading (or whose change is not yet seen): wait for it."""
+    for dep in spec.dependsOn:
+        doc = snapshot.services.get(dep.service)
+        if doc is None:
+            continue
+        status = doc.get("status") or {}
+        phase = (status.get("upgrade") or {}).get("phase")
+        if phase in ("Progressing", "Waiting") or status.get("observedGeneration") != doc["metadata"].get("generation"):
+            return dep.service
+    return None
 
 
 def _desired(spec: DPUServiceSpec, scheduled: int, placed: Placed | None) -> int:
@@ -382,7 +433,7 @@ def _shape_status(
     placed: Placed | None,
     waiting: tuple[str, str] | None,
     generation: int | None,
-    revision: str,
+    upgrade: UpgradeStatus,
 ) -> None:
     instances = []
     running = ready = 0
@@ -396,7 +447,7 @@ def _shape_status(
         }
         seen = runtime_entry(snapshot, dpu, name)
         if seen is not None:
-            current = seen.get("revision") == revision
+            current = seen.get("revision") == expected_revision(upgrade, dpu).partition(".")[0]
             instance.update(
                 phase=seen.get("phase") or "Scheduled",
                 ready=bool(seen.get("ready")) and current,
@@ -452,12 +503,24 @@ def _shape_status(
             severity=Severity.INFO,
             generation=generation,
         )
+    _upgrade_condition(status, upgrade, generation)
     if pending or waiting:
         status["phase"] = "Pending"
     elif failed:
         status["phase"] = "Degraded"
     else:
         status["phase"] = "Running" if desired and running >= desired else "Scheduled"
+
+
+def _upgrade_condition(status: dict[str, Any], upgrade: UpgradeStatus, generation: int | None) -> None:
+    """Upgraded: True once every instance runs the spec's revision; else why not (Progressing, RolledBack...)."""
+    if upgrade.phase == "Complete":
+        set_condition(status, "Upgraded", True, "Complete", upgrade.message or "at the spec's revision",
+                      generation=generation)  # fmt: skip
+        return
+    severity = Severity.WARNING if upgrade.phase in ("RolledBack", "Halted") else Severity.INFO
+    set_condition(status, "Upgraded", False, upgrade.phase, upgrade.message or upgrade.phase,
+                  severity=severity, generation=generation)  # fmt: skip
 
 
 def runtime_entry(snapshot: Snapshot, dpu: str, service: str) -> dict[str, Any] | None:
@@ -510,6 +573,7 @@ class DPUServiceReconciler(Reconciler):
                 e.get("ready"),
                 e.get("restarts"),
                 e.get("revision"),
+                e.get("configRevision"),
                 e.get("reason"),
             )
             for e in (change.object().get("status") or {}).get("instances") or []

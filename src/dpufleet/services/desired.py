@@ -3,25 +3,33 @@
 The agent asks for this over the agent protocol (`GET /agent/v1/services`) and keeps the last answer on
 the DPU, so that after a reboot it starts the same instances before the control plane is reachable.
 An instance whose service is being deleted is left out (the runtime stops it).
+
+While a service upgrades (services/upgrade.py), a DPU it holds back, or whose upgrade failed, gets the
+service's current revision (`status.upgrade.template`) instead of what the spec now says.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from ..api.agent_services import DesiredInstance, DesiredServices
 from ..api.errors import NotFound
 from ..api.kinds import DPUServiceSpec
 from ..store.store import Store
 
+# What a revision covers: the spec's fields an instance runs with (placement, priority and the upgrade
+# strategy move no running instance).
+TEMPLATE_FIELDS = ("artifact", "config", "resources", "restartPolicy", "privileged", "probes")
+
 
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> DesiredInstance:
-    """One instance of a service as the runtime runs it, with the revisions that say when to restart it."""
+def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
+    """(revision, configRevision): what needs a new container when it changes, and the config files alone."""
     runs = {
         "artifact": spec.artifact.model_dump(mode="json"),
         "env": spec.config.env,
@@ -30,12 +38,28 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
         "privileged": spec.privileged,
         "probes": spec.probes.model_dump(mode="json"),
     }
-    files = [f.model_dump(mode="json") for f in spec.config.files]
+    return _digest(runs), _digest([f.model_dump(mode="json") for f in spec.config.files])
+
+
+def template_of(spec: DPUServiceSpec) -> dict[str, Any]:
+    """The part of the spec a revision runs, as stored in `status.upgrade.template`."""
+    dumped = spec.model_dump(mode="json", exclude_none=True)
+    return {name: dumped[name] for name in TEMPLATE_FIELDS if name in dumped}
+
+
+def held_spec(spec: DPUServiceSpec, template: dict[str, Any]) -> DPUServiceSpec:
+    """The spec as the current revision ran it: the spec with the template's fields put back."""
+    return DPUServiceSpec.model_validate({**spec.model_dump(mode="json"), **template})
+
+
+def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> DesiredInstance:
+    """One instance of a service as the runtime runs it, with the revisions that say when to restart it."""
+    revision, config_revision = revisions(spec)
     return DesiredInstance(
         service=service,
         instance=instance,
-        revision=_digest(runs),
-        configRevision=_digest(files),
+        revision=revision,
+        configRevision=config_revision,
         artifact=spec.artifact,
         files=spec.config.files,
         env=spec.config.env,
@@ -46,6 +70,14 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
         probes=spec.probes,
         after=sorted(d.service for d in spec.dependsOn if d.scope == "SameDPU"),
     )
+
+
+def runs_template(doc: dict[str, Any], dpu: str) -> dict[str, Any] | None:
+    """The current revision's template when the service's upgrade keeps this DPU on it, else None."""
+    upgrade = (doc.get("status") or {}).get("upgrade") or {}
+    if dpu in (upgrade.get("held") or []) or any(f.get("dpu") == dpu for f in upgrade.get("failed") or []):
+        return upgrade.get("template") or None
+    return None
 
 
 def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
@@ -62,5 +94,8 @@ def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
         if (doc.get("metadata") or {}).get("deletionTimestamp"):
             continue
         spec = DPUServiceSpec.model_validate(doc["spec"])
+        template = runs_template(doc, dpu)
+        if template is not None:
+            spec = held_spec(spec, template)
         instances.append(desired_instance(placed["service"], placed["instance"], spec))
     return DesiredServices(dpu=dpu, instances=sorted(instances, key=lambda i: i.service))

@@ -43,6 +43,8 @@ from .fleet import (
     UpdateRequestStatus,
     UpdateSource,
     Weekday,
+    count_or_percent,
+    resolve_limit,
 )
 from .health import (
     DEFAULT_POLICY_NAME,
@@ -142,6 +144,8 @@ from .services import (
     Placement,
     ServiceCompatibility,
     ServiceResources,
+    UpgradeStatus,
+    UpgradeStrategy,
 )
 
 __all__ = [
@@ -258,10 +262,14 @@ __all__ = [
     "UpdateRequestSpec",
     "UpdateRequestStatus",
     "UpdateSource",
+    "UpgradeStatus",
+    "UpgradeStrategy",
     "Weekday",
     "chain_cookie",
+    "count_or_percent",
     "default_spec",
     "lookup",
     "parse_seconds",
     "register",
+    "resolve_limit",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -21,7 +22,8 @@ class StrategyType(StrEnum):
     ON_DELETE = "OnDelete"
 
 
-def _count_or_percent(value: int | str, minimum: int) -> int | str:
+def count_or_percent(value: int | str, minimum: int) -> int | str:
+    """Validate a limit given as a count (at least `minimum`) or a percentage such as '25%'."""
     if isinstance(value, int):
         if value < minimum:
             raise ValueError(f"must be at least {minimum}")
@@ -29,6 +31,13 @@ def _count_or_percent(value: int | str, minimum: int) -> int | str:
     if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
         raise ValueError(f"{value!r} must be a count (>= {minimum}) or a percentage such as '25%'")
     return value
+
+
+def resolve_limit(value: int | str, total: int, minimum: int = 1) -> int:
+    """A count, or a percentage of `total` rounded down and at least `minimum`."""
+    if isinstance(value, int):
+        return value
+    return max(minimum, math.floor(total * int(value[:-1]) / 100))
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -60,18 +69,12 @@ class RolloutStrategy(Strict):
     @field_validator("maxFailures")
     @classmethod
     def _max_failures(cls, value: int | str | None) -> int | str | None:
-        return None if value is None else _count_or_percent(value, 1)
+        return None if value is None else count_or_percent(value, 1)
 
     @field_validator("maxUnavailable")
     @classmethod
     def _max_unavailable(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError("must be at least 1")
-            return value
-        if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
-            raise ValueError(f"{value!r} must be a count (>= 1) or a percentage such as '25%'")
-        return value
+        return count_or_percent(value, 1)
 
 
 class DPUTemplate(Strict):

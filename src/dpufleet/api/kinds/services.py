@@ -13,13 +13,14 @@ service's status shows per instance.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..meta import Name, Status, Strict
 from ..selectors import LabelSelector
 from .base import Resource
+from .fleet import count_or_percent
 from .images import ConfigFile
 from .registry import Column, KindInfo, register
 
@@ -176,6 +177,33 @@ class Probes(Strict):
     readiness: Probe | None = None
 
 
+# --- upgrades (services/upgrade.py rolls them) ----------------------------------------------------------------
+
+
+class UpgradeStrategy(Strict):
+    """How a change that restarts instances (artifact, args, env, resources, probes) or reloads them
+    (config files) reaches the DPUs: a few at a time, each gated on readiness, rolled back on failure."""
+
+    maxUnavailable: int | str = Field(
+        default="25%", description="instances upgrading at once: a count (>= 1) or a percentage (at least 1)"
+    )
+    maxFailures: int | str = Field(
+        default=1, description="failed instances (count or percentage) that stop the upgrade: rollback or halt"
+    )
+    minReadySeconds: int = Field(
+        default=5, ge=0, le=3600, description="an upgraded instance counts once Running and ready this long"
+    )
+    progressDeadlineSeconds: int = Field(
+        default=300, ge=1, le=86_400, description="an instance not ready this long after its upgrade began failed"
+    )
+    autoRollback: bool = Field(default=True, description="put every instance back on the previous revision")
+
+    @field_validator("maxUnavailable", "maxFailures")
+    @classmethod
+    def _limit(cls, value: int | str) -> int | str:
+        return count_or_percent(value, 1)
+
+
 # --- DPUService ---------------------------------------------------------------------------------------------
 
 
@@ -190,6 +218,7 @@ class DPUServiceSpec(Strict):
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
     privileged: bool = Field(default=False, description="admin-only: host networking, all capabilities")
     probes: Probes = Field(default_factory=Probes)
+    upgrade: UpgradeStrategy = Field(default_factory=UpgradeStrategy)
 
     @field_validator("dependsOn")
     @classmethod
@@ -214,6 +243,41 @@ class InstanceStatus(Strict):
     reason: str | None = None
 
 
+UpgradePhase = Literal["Complete", "Progressing", "Waiting", "RolledBack", "Halted"]
+
+
+class UpgradeInFlight(Strict):
+    startedAt: str
+    readySince: str | None = None
+
+
+class UpgradeFailure(Strict):
+    dpu: str
+    reason: str
+
+
+class UpgradeStatus(Strict):
+    """Where the service's instances are between its current revision and the one its spec asks for.
+
+    A revision is `<restart digest>.<config digest>` (services/desired.py). `template` is what the
+    current revision runs (the spec changes before the fleet does); the DPUs in `held`, and those that
+    `failed`, run it, the others run the spec."""
+
+    phase: UpgradePhase = "Complete"
+    currentRevision: str
+    updateRevision: str
+    template: dict[str, Any] = Field(default_factory=dict)
+    held: list[str] = Field(default_factory=list, description="DPUs still on the current revision")
+    inFlight: dict[str, UpgradeInFlight] = Field(default_factory=dict, description="DPUs being upgraded")
+    updated: list[str] = Field(default_factory=list, description="DPUs that run the update revision, ready")
+    failed: list[UpgradeFailure] = Field(default_factory=list, description="back on the current revision")
+    rolledBackRevision: str | None = None
+    previousRevision: str | None = Field(default=None, description="the revision before the last completed upgrade")
+    previousTemplate: dict[str, Any] | None = Field(default=None, description="what it ran: `dpufleet service undo`")
+    startedAt: str | None = None
+    message: str | None = None
+
+
 class DPUServiceStatus(Status):
     desired: int = 0
     scheduled: int = 0
@@ -223,6 +287,7 @@ class DPUServiceStatus(Status):
     pendingReason: str | None = Field(
         default=None, description="why instances are pending, in numbers: '0/1,000 DPUs fit: ...'"
     )
+    upgrade: UpgradeStatus | None = None
 
 
 class DPUService(Resource):
@@ -250,6 +315,7 @@ register(
             Column("SCHEDULED", "status.scheduled"),
             Column("RUNNING", "status.running"),
             Column("READY", "status.ready"),
+            Column("UPGRADE", "status.upgrade.phase", wide_only=True),
             Column("PENDING-REASON", "status.pendingReason", wide_only=True),
         ),
     )
@@ -285,6 +351,7 @@ class InstanceReport(Strict):
     service: Name
     instance: str = Field(min_length=1, max_length=600)
     revision: str = Field(max_length=128)
+    configRevision: str | None = Field(default=None, max_length=128, description="the config files it runs with")
     phase: Literal["Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded"]
     ready: bool = False
     restarts: int = Field(default=0, ge=0)
