@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
-from provisioning.conftest import Operator, discover, image_doc, provisioning_server, upload
+from dpufleet.sim.runner import SimRunning
+from provisioning.conftest import Operator, provisioning_server
+from services.fleet import provision, service, services_fleet
 from support.net import wait_until
 from support.oci import served_image, tools_missing
 from support.server import RunningServer
@@ -28,10 +28,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runc with cgroup limits needs root"),
     pytest.mark.skipif(bool(tools_missing()), reason=f"not installed: {', '.join(tools_missing())}"),
 ]
-
-
-PAYLOAD = b"emulated DPU OS image\n" * 500
-VERSION = "DOCA_2.11.0_BSP_4.11.0_Ubuntu_22.04-1.1"
 
 
 @pytest.fixture(scope="module")
@@ -48,52 +44,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
-    options = SimOptions(
-        hosts=1,
-        dpus_per_host=1,
-        seed=17,
-        directory=tmp_path_factory.mktemp("fleet"),
-        time_scale=0.005,
-        server=api.url,
-        token=api.token,
-        register=False,
-        heartbeat_seconds=1.0,
-        services=True,
-        services_dpus=1,
-        services_interval=0.3,
-    )
-    with sim_in_thread(options) as running:
+    with services_fleet(api, tmp_path_factory.mktemp("fleet")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
-    with api.client() as http:
-        op = Operator(http, "default")
-        (dpu,) = discover(op, fleet)
-        assert upload(http, PAYLOAD).status_code == 201
-        op.create("images", image_doc("os", VERSION, PAYLOAD))
-        resp = http.patch(
-            op.path("dpus", dpu),
-            json={"spec": {"image": "os"}},
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        assert resp.status_code == 200, resp.text
-        op.wait_object("dpus", dpu, lambda s: s["status"].get("phase") == "Ready", timeout=90)
-        yield op
-
-
-def service(name: str, image: dict[str, str], script: str) -> dict[str, Any]:
-    return {
-        "kind": "DPUService",
-        "metadata": {"name": name},
-        "spec": {
-            "artifact": {"ociArchive": {"url": image["url"], "sha256": image["sha256"]}},
-            "config": {"args": ["/bin/sh", "-c", script]},
-            "resources": {"cpuMillicores": 200, "memoryMiB": 32},
-            "placement": {"mode": "EveryDPU"},
-        },
-    }
+    yield from provision(api, fleet)
 
 
 def test_a_service_runs_on_the_dpu_and_shows_it(site: Operator, fleet: SimRunning, image: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from dpufleet.api.kinds import DPUServiceSpec, UpgradeStatus, UpgradeStrategy
-from dpufleet.services.desired import held_spec, revisions, template_of
+from dpufleet.services.desired import held_spec, revisions, runs_template, template_of
 from dpufleet.services.upgrade import Seen, Step, advance, expected_revision
 
 OLD, NEW, NEWER = "aaaa.cfg1", "bbbb.cfg1", "cccc.cfg1"
@@ -260,3 +260,17 @@ def test_a_completed_upgrade_keeps_what_ran_before_for_undo() -> None:
     fleet.tick()
     done = fleet.step(NEW).upgrade
     assert done.phase == "Complete" and done.previousRevision == OLD and done.previousTemplate == TEMPLATE_OLD
+
+
+def test_a_spec_just_written_reaches_no_dpu_before_the_controller_has_seen_it() -> None:
+    old = {"artifact": {"ociArchive": {"url": "http://127.0.0.1/a.tar", "sha256": "a" * 64}}}
+    upgrade = advance(None, OLD, old, strategy(), DPUS, {}, T0).upgrade
+    doc = {
+        "spec": {"artifact": {"bundle": {"url": "http://127.0.0.1/b.tar", "sha256": "b" * 64}}},
+        "status": {"upgrade": upgrade.model_dump(mode="json")},
+    }
+    assert runs_template(doc, "dpu-0") == old  # the controller has not visited since the spec changed
+    moving = advance(upgrade, NEW, TEMPLATE_NEW, strategy(maxUnavailable=1), DPUS, {}, T0).upgrade
+    doc["status"] = {"upgrade": moving.model_dump(mode="json")}
+    assert runs_template(doc, "dpu-0") == TEMPLATE_NEW and runs_template(doc, "dpu-1") == old
+    assert runs_template({"spec": {}, "status": {}}, "dpu-0") is None  # never visited: the spec

@@ -4,8 +4,10 @@ The agent asks for this over the agent protocol (`GET /agent/v1/services`) and k
 the DPU, so that after a reboot it starts the same instances before the control plane is reachable.
 An instance whose service is being deleted is left out (the runtime stops it).
 
-While a service upgrades (services/upgrade.py), a DPU it holds back, or whose upgrade failed, gets the
-service's current revision (`status.upgrade.template`) instead of what the spec now says.
+What an instance runs (artifact, config, resources, probes...) comes from the service's upgrade
+(services/upgrade.py): a DPU it holds back, or whose upgrade failed, gets the current revision
+(`status.upgrade.template`), the others the update revision (`updateTemplate`). A spec change reaches
+no DPU before the controller has seen it and chosen the DPUs that move first.
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
 
 
 def runs_template(doc: dict[str, Any], dpu: str) -> dict[str, Any] | None:
-    """The current revision's template when the service's upgrade keeps this DPU on it, else None."""
+    """What the service's upgrade says this DPU runs: the current revision's template while it holds the
+    DPU back (or its upgrade failed there), else the update revision's. None before the controller's first
+    visit (the spec, then). Never the spec as just written: the controller decides when a DPU moves."""
     upgrade = (doc.get("status") or {}).get("upgrade") or {}
     if dpu in (upgrade.get("held") or []) or any(f.get("dpu") == dpu for f in upgrade.get("failed") or []):
         return upgrade.get("template") or None
-    return None
+    return upgrade.get("updateTemplate") or None
 
 
 def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:

@@ -5,7 +5,8 @@ another revision than the one its instances run (`status.upgrade.currentRevision
 `advance` on every visit; it is pure (no store, no clock of its own), so the rules are tested alone:
 
 - every DPU the service holds starts *held*: the DPU keeps running the current revision (its desired
-  instance is built from `status.upgrade.template`, the fields the current revision ran with);
+  instance is built from `status.upgrade.template`, the fields the current revision ran with; the
+  others from `updateTemplate`: a DPU never runs a spec this function has not seen);
 - at most `maxUnavailable` DPUs are *in flight* at once: released from held, their runtime restarts the
   instance at the new revision (or, for a config-only change, rewrites the files and reloads it);
 - an in-flight instance is *updated* once its runtime reports it Running and ready at the new revision,
@@ -88,7 +89,9 @@ def advance(
     """The upgrade's next state for a service whose spec asks for revision `target` (see the module doc)."""
     stamp = isotime(now)
     if upgrade is None:
-        return Step(UpgradeStatus(currentRevision=target, updateRevision=target, template=template))
+        return Step(
+            UpgradeStatus(currentRevision=target, updateRevision=target, template=template, updateTemplate=template)
+        )
     u = upgrade.model_copy(deep=True)
     step = Step(u)
     dpus = set(scheduled)
@@ -119,6 +122,7 @@ def advance(
                 "Normal",
             )
         )
+    u.updateTemplate = template  # the spec's (a field no revision covers may have changed: restartPolicy)
     if u.phase == "Complete":
         u.template = template
         return step
@@ -217,7 +221,8 @@ def _stop(step: Step, strategy: UpgradeStrategy, total: int) -> None:
 
 
 def _complete(u: UpgradeStatus, target: str, template: dict[str, Any]) -> None:
-    u.phase, u.currentRevision, u.updateRevision, u.template = "Complete", target, target, template
+    u.phase, u.currentRevision, u.updateRevision = "Complete", target, target
+    u.template = u.updateTemplate = template
     u.held, u.inFlight, u.updated, u.failed, u.rolledBackRevision = [], {}, [], [], None
 
 

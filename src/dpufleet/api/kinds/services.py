@@ -260,13 +260,15 @@ class UpgradeStatus(Strict):
     """Where the service's instances are between its current revision and the one its spec asks for.
 
     A revision is `<restart digest>.<config digest>` (services/desired.py). `template` is what the
-    current revision runs (the spec changes before the fleet does); the DPUs in `held`, and those that
-    `failed`, run it, the others run the spec."""
+    current revision runs, `updateTemplate` what the update revision runs (the spec changes before the
+    controller has seen it, and before the fleet follows): the DPUs in `held`, and those that
+    `failed`, run the first, the others the second."""
 
     phase: UpgradePhase = "Complete"
     currentRevision: str
     updateRevision: str
-    template: dict[str, Any] = Field(default_factory=dict)
+    template: dict[str, Any] = Field(default_factory=dict, description="what the current revision runs")
+    updateTemplate: dict[str, Any] = Field(default_factory=dict, description="what the update revision runs")
     held: list[str] = Field(default_factory=list, description="DPUs still on the current revision")
     inFlight: dict[str, UpgradeInFlight] = Field(default_factory=dict, description="DPUs being upgraded")
     updated: list[str] = Field(default_factory=list, description="DPUs that run the update revision, ready")
