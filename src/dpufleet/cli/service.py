@@ -84,7 +84,8 @@ def rollout_summary(doc: dict[str, Any]) -> str:
             f"{_short(upgrade.get('updateRevision'))}: {len(upgrade.get('updated') or [])}/{total} upgraded, "
             f"{len(upgrade.get('inFlight') or {})} in flight, {len(upgrade.get('failed') or [])} failed"
         )
-    return line + (f" - {upgrade['message']}" if upgrade.get("message") and phase != "Complete" else "")
+    explained = phase in ("RolledBack", "Halted", "Waiting") and upgrade.get("message")
+    return line + (f" - {upgrade['message']}" if explained else "")
 
 
 @service_app.command("rollout")
