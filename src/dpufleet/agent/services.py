@@ -63,11 +63,21 @@ from ..api.agent_services import (
     ServiceReport,
 )
 from ..api.kinds.services import Probe
+from ..crypto.signing import (
+    Component,
+    ManifestRefused,
+    PublisherClass,
+    TrustPolicy,
+    load_public_key,
+    parse_signed_manifest,
+    verify_manifest,
+)
 
 log = logging.getLogger(__name__)
 SERVICES_PATH = "/agent/v1/services"
 REPORT_EVERY = 30.0
 LOG_LIMIT_BYTES = 4 * 1024 * 1024
+DPU_PROJECT = "dpu"  # the trust policy's one project on a DPU
 BACKOFF_MAX = 60.0
 STEADY_SECONDS = 60.0  # up this long: the next crash restarts after 1 s again
 CONTAINER_PREFIX = "dpufleet-"
@@ -147,6 +157,30 @@ class ServicesConfig:
     umoci: str = "umoci"
     nsenter: str = "nsenter"
     stop_grace: float = 10.0  # SIGTERM, then this long, then SIGKILL
+    # The publishers this DPU trusts (a JSON list of {name, class, publicKey}, placed on the DPU at
+    # provisioning): a signed artifact must verify under them before it runs; with require_signed an
+    # unsigned one never runs. None: the control plane's check alone (the digest is still checked).
+    trusted_publishers: Path | None = None
+    require_signed: bool = False
+
+
+def load_trust(path: Path) -> TrustPolicy:
+    """The DPU's own trust store: ValueError naming the file and the entry when it cannot be read."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON list of publishers: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{name, class, publicKey}}")
+    policy = TrustPolicy()
+    for i, entry in enumerate(entries):
+        try:
+            klass = PublisherClass(str(entry["class"]))
+            policy.trust(str(entry["name"]), klass, load_public_key(str(entry["publicKey"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: entry {i}: {exc}") from None
+    policy.allow(DPU_PROJECT, *PublisherClass)  # which classes a project runs is the control plane's rule
+    return policy
 
 
 # --- the bundle's config.json (pure) ----------------------------------------------------------------------------
@@ -291,6 +325,7 @@ class ServiceRuntime:
         self._last_sent: tuple[Any, float] | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._artifacts = httpx.AsyncClient(timeout=60, follow_redirects=True)
+        self.trust = load_trust(config.trusted_publishers) if config.trusted_publishers else None
 
     # paths
     @property
@@ -379,6 +414,7 @@ class ServiceRuntime:
             kind = next(k for k in ("image", "bundle", "kernelModule") if getattr(artifact, k) is not None)
             raise ValueError(f"artifact kind {kind} is not supported by this DPU's runtime yet: use ociArchive")
         url, want = artifact.ociArchive.url, artifact.ociArchive.sha256
+        signed = self.verify(desired)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"artifact URL {url}: only http(s) archives are fetched by this runtime")
         layout = self.root / "artifacts" / want
@@ -400,9 +436,35 @@ class ServiceRuntime:
             if got != want:
                 part.unlink(missing_ok=True)
                 raise ValueError(f"artifact {url} has sha256 {got}, the service names {want}: not run")
+            if signed is not None and part.stat().st_size != signed.size:
+                size = part.stat().st_size
+                part.unlink(missing_ok=True)
+                raise ValueError(f"artifact {url} is {size} bytes, its signed manifest says {signed.size}: not run")
             await asyncio.to_thread(_extract, part, layout)
             part.unlink(missing_ok=True)
             return layout
+
+    def verify(self, desired: DesiredInstance) -> Component | None:
+        """Check the artifact's signed manifest under this DPU's own trust store before anything is fetched:
+        the signed component, or None when unsigned and allowed. ValueError says why not."""
+        artifact = desired.artifact
+        if artifact.signedManifest is None:
+            if self.config.require_signed:
+                raise ValueError("artifact refused: Unsigned: this DPU runs only signed artifacts")
+            return None
+        try:
+            envelope = parse_signed_manifest(json.dumps(artifact.signedManifest))
+            if self.trust is not None:
+                verify_manifest(envelope, self.trust, DPU_PROJECT)
+            component = envelope.manifest.component("artifact")
+        except ManifestRefused as exc:
+            raise ValueError(f"artifact refused: {exc.reason}: {exc.message}") from None
+        if component.sha256 != artifact.sha256():
+            raise ValueError(
+                f"artifact refused: DigestMismatch: the artifact is {artifact.sha256()[:16]}..., "
+                f"its signed manifest says {component.sha256[:16]}..."
+            )
+        return component
 
     def prepare(self, desired: DesiredInstance, layout: Path) -> Path:
         """The instance's runtime bundle (unpacked once per revision) with its config files written."""

@@ -92,7 +92,11 @@ def sign(
     manifest_file: Path = typer.Argument(..., metavar="MANIFEST.yaml", help="name, version, sequence, components, ..."),
     key_file: Path = typer.Option(..., "--key", help="the publisher's private key (from `image keygen`)"),
     valid_for: int = typer.Option(365, "--valid-days", help="expiry when the manifest has none, in days"),
-    embed: Path | None = typer.Option(None, "--embed", help="an Image YAML: print it with spec.signedManifest set"),
+    embed: Path | None = typer.Option(
+        None,
+        "--embed",
+        help="an Image YAML (sets spec.signedManifest) or a DPUService YAML (sets spec.artifact.signedManifest)",
+    ),
     output: str = typer.Option("json", "--output", "-o", help="json or yaml"),
 ) -> None:
     """Sign a manifest; print the signed manifest (or the Image embedding it) to apply."""
@@ -111,11 +115,18 @@ def sign(
     signed = sign_manifest(manifest, _load_private(key_file))
     result: Any = json.loads(signed.to_json())
     if embed is not None:
-        image = _load_yaml(embed)
-        if not isinstance(image, dict) or image.get("kind") != "Image":
-            raise UserError(f"{embed}: not an Image document")
-        image.setdefault("spec", {})["signedManifest"] = result
-        result = image
+        target = _load_yaml(embed)
+        kind = target.get("kind") if isinstance(target, dict) else None
+        if kind == "Image":
+            target.setdefault("spec", {})["signedManifest"] = result
+        elif kind == "DPUService":
+            artifact = (target.get("spec") or {}).get("artifact")
+            if not isinstance(artifact, dict):
+                raise UserError(f"{embed}: spec.artifact: the service names no artifact to sign")
+            artifact["signedManifest"] = result
+        else:
+            raise UserError(f"{embed}: not an Image or DPUService document")
+        result = target
     if output == "yaml":
         print(yaml.safe_dump(result, sort_keys=False), end="")
     elif output == "json":

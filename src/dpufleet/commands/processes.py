@@ -160,6 +160,14 @@ def agent_cmd(
         "--services",
         help="a DPU on mTLS: run the services placed on it with runc (state in <state-dir>/services)",
     ),
+    trusted_publishers: Path | None = typer.Option(
+        None,
+        "--trusted-publishers",
+        help="--services: a JSON list of {name, class, publicKey}; a signed artifact must verify under it",
+    ),
+    require_signed_services: bool = typer.Option(
+        False, "--require-signed-services", help="--services: never run an unsigned artifact"
+    ),
 ) -> None:
     """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
 
@@ -190,6 +198,15 @@ def agent_cmd(
 
     if services and role != "dpu":
         raise UserError("--services: only a DPU's agent runs services (--role dpu)")
+    if (trusted_publishers is not None or require_signed_services) and not services:
+        raise UserError("--trusted-publishers and --require-signed-services go with --services")
+    if trusted_publishers is not None:
+        from ..agent.services import load_trust
+
+        try:
+            load_trust(trusted_publishers)
+        except ValueError as exc:
+            raise UserError(f"--trusted-publishers {exc}") from None
     if services:
         missing = [tool for tool in ("runc", "umoci") if shutil.which(tool) is None]
         if missing:
@@ -207,7 +224,11 @@ def agent_cmd(
         serial=serial,
         state_dir=states if mtls else None,
         enrollment=EnrollmentOptions(enroll_token, idevid_cert, idevid_key, ca_file, ca_hash) if mtls else None,
-        services=ServicesConfig(states / "services") if services and mtls else None,
+        services=ServicesConfig(
+            states / "services", trusted_publishers=trusted_publishers, require_signed=require_signed_services
+        )
+        if services and mtls
+        else None,
     )
     if services and not mtls:
         raise UserError(

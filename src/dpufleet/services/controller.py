@@ -42,6 +42,7 @@ from typing import Any
 from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus
 from ..api.meta import Severity, now
+from ..crypto.signing import ManifestRefused
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
 from ..runtime.events import EventRecorder
@@ -52,6 +53,7 @@ from .admission import dependency_graph
 from .desired import revisions, template_of
 from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
+from .trust import verify_service_artifact
 from .upgrade import Seen, Step, advance, expected_revision
 
 log = logging.getLogger(__name__)
@@ -306,6 +308,9 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     kept = [d for d in existing if d not in to_release]
 
     waiting = _blocked(name, spec, snapshot)
+    refused = _trusted(store, project, name, spec, status, generation)
+    if refused is not None and waiting is None and not status.get("upgrade"):
+        waiting = ("ArtifactRefused", refused)  # never placed: nothing runs it yet
     preempted: list[str] = []
     placed: Placed | None = None
     committed: list[Node] = []
@@ -335,7 +340,10 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     scheduled = sorted([*kept, *(n.name for n in committed)])
     desired = _desired(spec, len(scheduled), placed)
     pending = max(0, desired - len(scheduled))
-    step = _upgrade(status, spec, snapshot, name, scheduled)
+    if refused is not None and status.get("upgrade"):  # the instances keep what they run: no upgrade to it
+        step = Step(UpgradeStatus.model_validate(status["upgrade"]))
+    else:
+        step = _upgrade(status, spec, snapshot, name, scheduled)
     status["upgrade"] = step.upgrade.model_dump(mode="json", exclude_none=True)
     _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade)
     try:
@@ -352,6 +360,36 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if step.rolling:
         return Outcome(UPGRADE_RETRY, deps, sorted(set(preempted)))
     return Outcome(PENDING_RETRY if retry else None, deps, sorted(set(preempted)))
+
+
+def _trusted(
+    store: Store, project: str, name: str, spec: DPUServiceSpec, status: dict[str, Any], generation: int | None
+) -> str | None:
+    """The Trusted condition (services/trust.py); the refusal's message when the artifact is refused."""
+    was: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Trusted"), {})
+    try:
+        manifest = verify_service_artifact(store, project, name, spec)
+    except ManifestRefused as exc:
+        message = f"{exc.reason}: {exc.message}"
+        set_condition(status, "Trusted", False, str(exc.reason), message, severity=Severity.WARNING,
+                      generation=generation)  # fmt: skip
+        if was.get("status") != "False" or was.get("reason") != str(exc.reason):
+            with contextlib.suppress(NotFound):
+                EventRecorder(store, "dpuservice-trust").record(
+                    store.get("DPUService", name, project), "ArtifactRefused", message, "Warning"
+                )
+        return message
+    if manifest is None:
+        set_condition(status, "Trusted", True, "Unsigned", "unsigned artifact; the project accepts it",
+                      generation=generation)  # fmt: skip
+    else:
+        signer = manifest.publisher
+        set_condition(
+            status, "Trusted", True, "Signed",
+            f"{manifest.name} {manifest.version} signed by {signer.name} ({signer.publisherClass})",
+            generation=generation,
+        )  # fmt: skip
+    return None
 
 
 def _upgrade(status: dict[str, Any], spec: DPUServiceSpec, snapshot: Snapshot, name: str, scheduled: list[str]) -> Step:

@@ -33,7 +33,7 @@ def _digest(value: object) -> str:
 def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
     """(revision, configRevision): what needs a new container when it changes, and the config files alone."""
     runs = {
-        "artifact": spec.artifact.model_dump(mode="json"),
+        "artifact": spec.artifact.model_dump(mode="json", exclude={"signedManifest"}),  # re-signing restarts nothing
         "env": spec.config.env,
         "args": spec.config.args,
         "resources": spec.resources.model_dump(mode="json"),

@@ -91,6 +91,8 @@ class SimOptions:
     services: bool = False
     services_dpus: int = 1
     services_interval: float = 2.0
+    services_trusted_publishers: Path | None = None  # each runtime's trust store (agent --trusted-publishers)
+    services_require_signed: bool = False
 
 
 @dataclass
@@ -423,7 +425,11 @@ async def run_sim(
                         and device.id in service_dpus
                     ):
                         config.services = ServicesConfig(
-                            config.state_dir / "services", interval=options.services_interval, stop_grace=3.0
+                            config.state_dir / "services",
+                            interval=options.services_interval,
+                            stop_grace=3.0,
+                            trusted_publishers=options.services_trusted_publishers,
+                            require_signed=options.services_require_signed,
                         )
                     restart = _restart_of(fleet, device)
                     agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale, restart)

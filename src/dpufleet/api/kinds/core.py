@@ -74,6 +74,14 @@ class ProjectSpec(Strict):
         description="publisher classes whose signed images this project's DPUs may install",
     )
     requireSignedImages: bool = Field(default=False, description="refuse, at staging, images without a signed manifest")
+    requireSignedServices: bool = Field(
+        default=False, description="refuse, before placing them, services whose artifact carries no signed manifest"
+    )
+    privilegedServiceClasses: list[PublisherClass] = Field(
+        default_factory=lambda: [PublisherClass.VENDOR],
+        description="publisher classes whose signed services may run privileged or load a kernel module here "
+        "(unsigned ones never do)",
+    )
     driftPolicy: DriftPolicy = Field(
         default=DriftPolicy.REPORT,
         description="a DPU changed through its BMC to versions no accepted image runs: report it, or revert "

@@ -12,11 +12,13 @@ service's status shows per instance.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ...crypto.signing import ManifestRefused, parse_signed_manifest
 from ..meta import Name, Status, Strict
 from ..selectors import LabelSelector
 from .base import Resource
@@ -60,12 +62,34 @@ class KernelModule(DigestedURL):
 
 
 class Artifact(Strict):
-    """Exactly one of: an OCI image by digest, an OCI archive, a native process bundle, a kernel module."""
+    """Exactly one of: an OCI image by digest, an OCI archive, a native process bundle, a kernel module;
+    and, optionally, the publisher's signed manifest of it (`dpufleet image sign --embed service.yaml`:
+    one component named `artifact` with its sha256 and size), which services/trust.py checks before
+    the service is placed and the DPU's runtime checks again before it runs it."""
 
     image: OCIImage | None = None
     ociArchive: DigestedURL | None = None
     bundle: DigestedURL | None = None
     kernelModule: KernelModule | None = None
+    signedManifest: dict[str, Any] | None = Field(default=None, description="{manifest, signatures}")
+
+    @field_validator("signedManifest")
+    @classmethod
+    def _signed_manifest(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                parse_signed_manifest(json.dumps(value))
+            except ManifestRefused as exc:
+                raise ValueError(f"not a signed manifest: {exc.message}") from None
+        return value
+
+    def sha256(self) -> str:
+        """The digest the artifact is named by (hex)."""
+        if self.image is not None:
+            return self.image.reference.rpartition("@sha256:")[2]
+        named = self.ociArchive or self.bundle or self.kernelModule
+        assert named is not None
+        return named.sha256
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Artifact:
