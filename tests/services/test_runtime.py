@@ -39,8 +39,8 @@ def spec(image: dict[str, str], script: str, **more: Any) -> DPUServiceSpec:
         "config": {"args": ["/bin/sh", "-c", script]},
     }
     for key, value in more.items():
-        if key == "files":
-            body["config"]["files"] = value
+        if key in ("files", "reload"):
+            body["config"][key] = value
         else:
             body[key] = value
     return DPUServiceSpec.model_validate(body)
@@ -119,10 +119,62 @@ def test_an_instance_runs_within_its_limits_isolated_with_its_files(tmp_path: Pa
     asyncio.run(go())
 
 
-def test_a_config_change_reaches_the_running_instance_without_a_restart(tmp_path: Path, image: dict[str, str]) -> None:
-    script = "trap 'echo reloaded $(cat /etc/app.conf)' HUP; echo up; while true; do sleep 1 & wait; done"
+def test_a_config_change_without_a_declared_reload_restarts_the_instance(tmp_path: Path, image: dict[str, str]) -> None:
+    script = "echo conf=$(cat /etc/app.conf); sleep 3600"
     first = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v1"}])
     second = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v2"}])
+    assert desired(("cfg", first)).instances[0].revision != desired(("cfg", second)).instances[0].revision
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("cfg", first)))
+        await until(rt, "cfg", lambda i, lines: i.phase == "Running" and "conf=v1" in lines)
+        pid = rt.instances["cfg"].pid
+        await rt.converge(desired(("cfg", second)))
+        await until(rt, "cfg", lambda i, lines: "conf=v2" in lines)
+        assert rt.instances["cfg"].pid != pid  # a new container, with the new file
+        await rt.stop_instance("cfg")
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_config_change_reloads_by_http_and_a_failed_reload_restarts(tmp_path: Path, image: dict[str, str]) -> None:
+    # busybox httpd answers POST /cgi-bin/reload by running the script: it writes the new config to the log
+    cgi = "#!/bin/sh\necho Content-Type: text/plain; echo; echo ok; echo reloaded $(cat /etc/app.conf) > /proc/1/fd/1\n"
+    script = (
+        f"mkdir -p /tmp/www/cgi-bin; printf '{cgi}' > /tmp/www/cgi-bin/reload; chmod +x /tmp/www/cgi-bin/reload;"
+        "echo up $(cat /etc/app.conf); exec httpd -f -p 8080 -h /tmp/www"
+    )
+    http = {"http": {"port": 8080, "path": "/cgi-bin/reload"}}
+    first = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v1"}], reload=http)
+    second = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v2"}], reload=http)
+    broken = {"http": {"port": 8081, "path": "/cgi-bin/reload"}}  # nothing listens there
+    third = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v3"}], reload=broken)
+    assert desired(("web", first)).instances[0].revision == desired(("web", second)).instances[0].revision
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("web", first)))
+        await until(rt, "web", lambda i, lines: i.phase == "Running" and "up v1" in lines)
+        pid = rt.instances["web"].pid
+        await rt.converge(desired(("web", second)))
+        report, _ = await until(rt, "web", lambda i, lines: "reloaded v2" in lines)
+        assert rt.instances["web"].pid == pid and report.restarts == 0
+        assert report.configRevision == desired(("web", second)).instances[0].configRevision
+        await rt.converge(desired(("web", third)))
+        report, _ = await until(rt, "web", lambda i, lines: "up v3" in lines and i.restarts == 1)
+        assert report.exitCode in (137, 143)  # stopped by the runtime (its PID 1 ignores SIGTERM: then SIGKILL)
+        await rt.stop_instance("web")
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_config_change_reaches_the_running_instance_without_a_restart(tmp_path: Path, image: dict[str, str]) -> None:
+    script = "trap 'echo reloaded $(cat /etc/app.conf)' HUP; echo up; while true; do sleep 1 & wait; done"
+    first = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v1"}], reload={"signal": "HUP"})
+    second = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v2"}], reload={"signal": "HUP"})
 
     async def go() -> None:
         rt = runtime(tmp_path)

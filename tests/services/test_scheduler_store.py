@@ -73,6 +73,7 @@ def test_replicas_are_persisted_with_their_allocation_and_mirrored_on_the_dpu(fl
         "Scheduled": "True",
         "Running": "False",
         "Upgraded": "True",
+        "Trusted": "True",
     }
 
 

@@ -17,7 +17,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APPLETS = ("sh", "sleep", "echo", "cat", "ls", "nc", "httpd", "ip", "touch", "mount", "grep", "kill", "true", "false")
+APPLETS = (
+    "sh",
+    "sleep",
+    "echo",
+    "cat",
+    "ls",
+    "nc",
+    "httpd",
+    "ip",
+    "touch",
+    "mount",
+    "grep",
+    "kill",
+    "true",
+    "false",
+    "mkdir",
+    "printf",
+    "chmod",
+)
 
 
 def tools_missing() -> list[str]:

@@ -21,8 +21,13 @@ keeps that answer on disk (`<state>/services/desired.json`), and converges:
   kills the instance (a restart). Readiness: an instance with a readiness probe is ready while it
   passes; one without is ready while it runs. Probes: exec (`runc exec`), tcp and http (from inside the
   instance's network namespace, through nsenter);
-- **config only**: a change of the config files alone (configRevision) rewrites the mounted files in
-  place and sends the instance SIGHUP: no restart;
+- **config only**: a change of the config files alone (configRevision; only for a service that
+  declares `config.reload`, otherwise the files are part of the revision) rewrites the mounted files
+  in place and reloads the instance as declared (a signal, or an HTTP POST from inside its network
+  namespace): no restart. A failed reload restarts it (SIGTERM, SIGKILL after the grace period);
+- **trust**: with a trust store of its own (`trusted_publishers`), a signed artifact is verified under
+  it (signature, publisher, expiry, the manifest's digest and size) before it is fetched; with
+  `require_signed` an unsigned one never runs;
 - **report**: per instance phase (Pending, Pulling, Starting, Running, Failed, Succeeded), ready,
   restarts, exit code, reason, memory use and limit, and the last lines of its log (`POST
   /agent/v1/services/status`); an unchanged report is sent again every REPORT_EVERY seconds.
@@ -137,7 +142,9 @@ kind, port, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sy
 if kind == "tcp":
     socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
 else:
-    code = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout).status
+    data, method = (b"", "POST") if kind == "post" else (None, "GET")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    code = urllib.request.urlopen(request, timeout=timeout).status
     sys.exit(0 if 200 <= code < 400 else 1)
 """
 
@@ -511,10 +518,10 @@ class ServiceRuntime:
     # --- supervision -----------------------------------------------------------------------------------------
 
     async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
-        desired = inst.desired
-        cid = container_id(desired.service)
+        cid = container_id(inst.desired.service)
         backoff = 0.0
         while not inst.stopping:
+            desired = inst.desired  # a config change meanwhile (same revision) starts with the new files
             try:
                 if adopted_pid is None:
                     inst.phase, inst.reason = "Pulling", None
@@ -659,6 +666,37 @@ class ServiceRuntime:
                     await asyncio.to_thread(self._runc, "kill", cid, "KILL")
                     return
 
+    async def _restart(self, inst: Instance, cid: str) -> None:
+        """SIGTERM, and SIGKILL after the grace period if the same process still runs (a container's
+        PID 1 ignores signals it has no handler for); its supervisor starts it again."""
+        pid = inst.pid
+        await asyncio.to_thread(self._runc, "kill", cid, "TERM")
+        deadline = time.monotonic() + self.config.stop_grace
+        while inst.pid == pid and pid is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if inst.pid == pid and pid is not None:
+            await asyncio.to_thread(self._runc, "kill", cid, "KILL")
+
+    def reload(self, inst: Instance, cid: str) -> tuple[bool, str]:
+        """Tell a running instance its config files changed, as its service declares: (done, what it said)."""
+        how = inst.desired.reload
+        if how is None:
+            return False, "the service declares no reload"
+        if how.signal is not None:
+            done = self._runc("kill", cid, how.signal, timeout=float(how.timeoutSeconds))
+            return done.returncode == 0, (done.stderr.strip() or f"SIG{how.signal} sent")[:300]
+        assert how.http is not None
+        timeout = float(how.timeoutSeconds)
+        argv = [sys.executable, "-c", _PROBE_SCRIPT, "post", str(how.http.port), how.http.path, str(timeout)]
+        if not inst.desired.privileged and inst.pid is not None:
+            argv = [self.config.nsenter, "-t", str(inst.pid), "-n", *argv]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"POST {how.http.path} timed out after {timeout:g}s"
+        said = (done.stderr.strip().splitlines() or [""])[-1][:300]
+        return done.returncode == 0, said or f"POST {how.http.path}: exit status {done.returncode}"
+
     def probe(self, inst: Instance, cid: str, probe: Probe) -> tuple[bool, str]:
         """Run one probe: (passed, what it said)."""
         timeout = float(probe.timeoutSeconds)
@@ -707,8 +745,13 @@ class ServiceRuntime:
                 inst.desired = want
                 if inst.pid is not None:
                     await asyncio.to_thread(self.write_files, want)
-                    await asyncio.to_thread(self._runc, "kill", container_id(service), "HUP")
-                    inst.config_revision = want.configRevision
+                    ok, said = await asyncio.to_thread(self.reload, inst, container_id(service))
+                    if ok:
+                        inst.config_revision = want.configRevision
+                    else:  # the new files come with a restart (counted: an upgrade sees it)
+                        inst.kill_reason = f"config reload failed: {said}"[:2000]
+                        log.warning("service %s: %s; restarting it", service, inst.kill_reason)
+                        await self._restart(inst, container_id(service))
             inst.desired = want
 
     def _running(self, service: str) -> bool:

@@ -4,8 +4,9 @@ GET  /agent/v1/services          -> DesiredServices (the DPU the client certific
 POST /agent/v1/services/status   <- ServiceReport (one InstanceReport per instance, with its log tail)
 
 An instance's `revision` is a digest of everything that needs a new container when it changes (the
-artifact, args, env, resources, privilege); `configRevision` covers the config files alone, which the
-runtime rewrites in place and signals (SIGHUP) without restarting the instance.
+artifact, args, env, resources, privilege, and the config files unless the service declares how it
+reloads them); `configRevision` covers the config files alone, which the runtime rewrites in place
+and reloads (the declared signal, or an HTTP POST) without restarting the instance.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .kinds.images import ConfigFile
-from .kinds.services import Artifact, InstanceReport, Probes, ServiceResources
+from .kinds.services import Artifact, ConfigReload, InstanceReport, Probes, ServiceResources
 
 __all__ = ["DesiredInstance", "DesiredServices", "InstanceLogs", "InstanceReport", "ServiceReport"]
 LOG_TAIL_LINES = 200
@@ -29,6 +30,7 @@ class DesiredInstance(BaseModel):
     configRevision: str
     artifact: Artifact
     files: list[ConfigFile] = Field(default_factory=list)
+    reload: ConfigReload | None = Field(default=None, description="absent: new files come with a restart")
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
     resources: ServiceResources = Field(default_factory=ServiceResources)

@@ -32,7 +32,7 @@ def _digest(value: object) -> str:
 
 def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
     """(revision, configRevision): what needs a new container when it changes, and the config files alone."""
-    runs = {
+    runs: dict[str, object] = {
         "artifact": spec.artifact.model_dump(mode="json", exclude={"signedManifest"}),  # re-signing restarts nothing
         "env": spec.config.env,
         "args": spec.config.args,
@@ -40,7 +40,10 @@ def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
         "privileged": spec.privileged,
         "probes": spec.probes.model_dump(mode="json"),
     }
-    return _digest(runs), _digest([f.model_dump(mode="json") for f in spec.config.files])
+    files = [f.model_dump(mode="json") for f in spec.config.files]
+    if spec.config.reload is None:
+        runs["files"] = files  # the service cannot reload them: new files are a new container
+    return _digest(runs), _digest(files)
 
 
 def template_of(spec: DPUServiceSpec) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
         configRevision=config_revision,
         artifact=spec.artifact,
         files=spec.config.files,
+        reload=spec.config.reload,
         env=spec.config.env,
         args=spec.config.args,
         resources=spec.resources,

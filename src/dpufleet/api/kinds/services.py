@@ -101,12 +101,38 @@ class Artifact(Strict):
         return self
 
 
+class ReloadHTTP(Strict):
+    port: int = Field(ge=1, le=65535)
+    path: str = Field(default="/-/reload", pattern=r"^/")
+
+
+class ConfigReload(Strict):
+    """How a running instance takes new config files without a restart: a signal, or an HTTP POST to it
+    from inside its network namespace (2xx/3xx: reloaded)."""
+
+    signal: Literal["HUP", "USR1", "USR2"] | None = None
+    http: ReloadHTTP | None = None
+    timeoutSeconds: int = Field(default=5, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ConfigReload:
+        given = [name for name in ("signal", "http") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of signal, http must be given (got {given or 'none'})")
+        return self
+
+
 class ServiceConfig(Strict):
     """Configuration kept apart from the artifact: a config change does not change what is pulled."""
 
     files: list[ConfigFile] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
+    reload: ConfigReload | None = Field(
+        default=None,
+        description="how new config files reach a running instance without a restart; absent: a change of "
+        "the files restarts it",
+    )
 
 
 # --- resources, compatibility, placement ------------------------------------------------------------------------
