@@ -102,6 +102,7 @@ def test_an_instance_runs_within_its_limits_isolated_with_its_files(tmp_path: Pa
         inst, lines = await until(rt, "web", lambda i, lines: i.phase == "Running" and "ready" in lines)
         assert inst.ready and inst.restarts == 0
         assert inst.memoryLimitBytes == 48 * 1024 * 1024
+        assert inst.cpuSeconds is not None and inst.cpuSeconds > 0  # read from its cgroup
         said = dict(line.replace(":\t", "=").split("=", 1) for line in lines if "=" in line or ":\t" in line)
         assert said["mem"] == str(48 * 1024 * 1024)
         assert said["links"] == "1"  # loopback only: its own network namespace

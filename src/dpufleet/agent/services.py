@@ -292,7 +292,7 @@ class Instance:
     kill_reason: str | None = None
     up_since: float = 0.0  # monotonic
 
-    def report(self, memory: tuple[int | None, int | None]) -> InstanceReport:
+    def report(self, memory: tuple[int | None, int | None], cpu_seconds: float | None = None) -> InstanceReport:
         return InstanceReport(
             service=self.desired.service,
             instance=self.desired.instance,
@@ -306,6 +306,7 @@ class Instance:
             startedAt=self.started_at,
             memoryBytes=memory[0],
             memoryLimitBytes=memory[1],
+            cpuSeconds=cpu_seconds,
         )
 
 
@@ -779,7 +780,10 @@ class ServiceRuntime:
         instances, logs = [], []
         for service in sorted(self.instances):
             inst = self.instances[service]
-            instances.append(inst.report(self._memory(service) if inst.pid else (None, None)))
+            running = inst.pid is not None
+            instances.append(
+                inst.report(self._memory(service) if running else (None, None), self._cpu(service) if running else None)
+            )
             logs.append(InstanceLogs(service=service, lines=tail(self._log_path(service))))
         return ServiceReport(instances=instances, logs=logs)
 
@@ -796,8 +800,18 @@ class ServiceRuntime:
                 return int(Path(usage).read_text()), int(Path(limit).read_text())
         return None, None
 
+    def _cpu(self, service: str) -> float | None:
+        """CPU time the instance's cgroup has used, in seconds (cgroup v1 cpuacct, or v2 cpu.stat)."""
+        rel = f"dpufleet/{self.config.dpu}/{service}"
+        with contextlib.suppress(OSError, ValueError):
+            return int(Path(f"/sys/fs/cgroup/cpuacct/{rel}/cpuacct.usage").read_text()) / 1e9
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            stat = Path(f"/sys/fs/cgroup/{rel}/cpu.stat").read_text().splitlines()
+            return int(next(line.split()[1] for line in stat if line.startswith("usage_usec "))) / 1e6
+        return None
+
     async def send(self, report: ServiceReport, now: float) -> None:
-        key = report.model_dump(exclude={"instances": {"__all__": {"memoryBytes"}}})
+        key = report.model_dump(exclude={"instances": {"__all__": {"memoryBytes", "cpuSeconds"}}})
         if self._last_sent is not None:
             last, at = self._last_sent
             if last == key and now - at < REPORT_EVERY:

@@ -19,7 +19,7 @@ from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..store.store import Store
 
-_VOLATILE = ("at", "memoryBytes")  # change every report: written only with something else
+_VOLATILE = ("at", "memoryBytes", "cpuSeconds")  # change every report: written only with something else
 
 
 def _entry(report: InstanceReport, at: str) -> dict[str, Any]:

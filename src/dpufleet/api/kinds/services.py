@@ -412,6 +412,7 @@ class InstanceReport(Strict):
     startedAt: str | None = Field(default=None, max_length=64)
     memoryBytes: int | None = Field(default=None, ge=0)
     memoryLimitBytes: int | None = Field(default=None, ge=0)
+    cpuSeconds: float | None = Field(default=None, ge=0, description="CPU time its cgroup has used")
 
 
 class RuntimeInstance(InstanceReport):
