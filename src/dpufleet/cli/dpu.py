@@ -124,7 +124,8 @@ def drain(
         if wait:
             raise UserError(
                 f"dpu/{name}: still holds {', '.join(left)} after {wait:g}s (a replicated service with nowhere "
-                "else to go keeps its instance); it stays unschedulable: see `dpufleet describe dpuservice`"
+                "else to go keeps its instance, and a service's disruption budget keeps it while others are "
+                "unavailable); it stays unschedulable: see `dpufleet describe dpuservice` (DisruptionAllowed)"
             )
         print(f"dpu/{name}: draining, {len(left)} instance(s) left")
         return

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
-from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus
+from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus, resolve_limit
 from ..api.meta import Severity, now
 from ..crypto.signing import ManifestRefused
 from ..runtime.conditions import set_condition
@@ -301,6 +301,9 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     status: dict[str, Any] = dict(doc.get("status") or {})
     existing = [dpu for dpu, _ in instances_of(snapshot, name)]
     to_place, to_release = _wanted(spec, snapshot, existing)
+    budget = _Budget.of(spec, snapshot, name, existing)
+    if budget is not None and spec.placement.mode != "Replicas":  # a drained DPU's instance cannot move
+        to_release = [d for d in to_release if not _draining(snapshot, d) or budget.may_release(d)]
     for dpu in to_release:
         release(store, project, dpu, name)
         if dpu in snapshot.by_name:
@@ -334,6 +337,8 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
         draining = [d for d in kept if _draining(snapshot, d)]
         surplus = len(kept) + len(committed) - replicas
         for dpu in draining[: max(0, surplus)]:
+            if budget is not None and not budget.may_release(dpu):
+                continue
             release(store, project, dpu, name)
             mirror_dpu_status(store, project, snapshot.by_name[dpu])
             kept.remove(dpu)
@@ -346,6 +351,8 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
         step = _upgrade(status, spec, snapshot, name, scheduled)
     status["upgrade"] = step.upgrade.model_dump(mode="json", exclude_none=True)
     _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade)
+    if budget is not None:
+        budget.condition(status, generation)
     try:
         store.update_status("DPUService", name, status, project)
     except NotFound:
@@ -356,7 +363,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
             recorder.record(doc, reason, message, kind)
     if waiting is not None:
         return Outcome(WAITING_RETRY, deps)
-    retry = pending or len(committed) < len(placed.nodes if placed else [])
+    retry = pending or len(committed) < len(placed.nodes if placed else []) or (budget and budget.blocked)
     if step.rolling:
         return Outcome(UPGRADE_RETRY, deps, sorted(set(preempted)))
     return Outcome(PENDING_RETRY if retry else None, deps, sorted(set(preempted)))
@@ -432,6 +439,54 @@ def _dependency_upgrading(spec: DPUServiceSpec, snapshot: Snapshot) -> str | Non
         if phase in ("Progressing", "Waiting") or status.get("observedGeneration") != doc["metadata"].get("generation"):
             return dep.service
     return None
+
+
+@dataclass
+class _Budget:
+    """The service's disruption budget for this visit: which drained DPUs' instances may go now.
+
+    Unavailable is what the service would miss: instances not Running and ready, and (Replicas) the
+    replicas no ready instance covers. Taking a ready instance away adds one; an unready one costs
+    nothing. A drained DPU's instance waits while taking it would exceed maxUnavailable."""
+
+    limit: int
+    unavailable: int
+    ready: dict[str, bool]
+    blocked: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, spec: DPUServiceSpec, snapshot: Snapshot, name: str, existing: list[str]) -> _Budget | None:
+        if spec.disruptionBudget is None:
+            return None
+        ready = {}
+        for dpu in existing:
+            entry = runtime_entry(snapshot, dpu, name) or {}
+            ready[dpu] = entry.get("phase") == "Running" and bool(entry.get("ready"))
+        total = spec.placement.replicas or 0 if spec.placement.mode == "Replicas" else len(existing)
+        limit = resolve_limit(spec.disruptionBudget.maxUnavailable, max(total, 1), minimum=0)
+        return cls(limit, total - sum(ready.values()), ready)  # below 0: ready instances to spare
+
+    def may_release(self, dpu: str) -> bool:
+        if not self.ready.get(dpu):
+            return True
+        if self.unavailable + 1 > self.limit:
+            self.blocked.append(dpu)
+            return False
+        self.unavailable += 1
+        return True
+
+    def condition(self, status: dict[str, Any], generation: int | None) -> None:
+        if self.blocked:
+            message = (
+                f"{len(self.blocked)} instance(s) on draining DPUs wait ({', '.join(self.blocked[:5])}): "
+                f"{max(0, self.unavailable)} unavailable, the disruption budget allows {self.limit}"
+            )
+            set_condition(status, "DisruptionAllowed", False, "BudgetExhausted", message,
+                          severity=Severity.INFO, generation=generation)  # fmt: skip
+        else:
+            set_condition(status, "DisruptionAllowed", True, "WithinBudget",
+                          f"{max(0, self.unavailable)} unavailable of at most {self.limit}",
+                          generation=generation)  # fmt: skip
 
 
 def _desired(spec: DPUServiceSpec, scheduled: int, placed: Placed | None) -> int:

@@ -254,6 +254,18 @@ class UpgradeStrategy(Strict):
         return count_or_percent(value, 1)
 
 
+class DisruptionBudget(Strict):
+    """How many of the service's instances may be unavailable (not Running and ready) when a drain would
+    take one away: a drain waits until the others are ready again. Upgrades have their own limit."""
+
+    maxUnavailable: int | str = Field(description="a count (>= 0) or a percentage of the service's instances")
+
+    @field_validator("maxUnavailable")
+    @classmethod
+    def _limit(cls, value: int | str) -> int | str:
+        return count_or_percent(value, 0)
+
+
 # --- DPUService ---------------------------------------------------------------------------------------------
 
 
@@ -269,6 +281,7 @@ class DPUServiceSpec(Strict):
     privileged: bool = Field(default=False, description="admin-only: host networking, all capabilities")
     probes: Probes = Field(default_factory=Probes)
     upgrade: UpgradeStrategy = Field(default_factory=UpgradeStrategy)
+    disruptionBudget: DisruptionBudget | None = Field(default=None, description="what a drain may take at once")
 
     @field_validator("dependsOn")
     @classmethod
