@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
 from provisioning.conftest import Operator, provisioning_server
 from services.fleet import provision, service, services_fleet
@@ -122,3 +124,40 @@ def test_a_dpu_cut_off_restores_its_instance_after_power_loss(
         assert Path(runtime.root / "desired.json").exists()
     finally:
         device.network_partitioned = False
+
+
+def test_an_image_from_the_control_planes_repository_runs(
+    site: Operator, api: RunningServer, image: dict[str, str], tmp_path: Path
+) -> None:
+    archive = Path(image["path"])
+    missing = {"image": {"reference": f"local/absent@sha256:{'0' * 64}"}}
+    doc = service("absent", image, "sleep 3600")
+    doc["spec"]["artifact"] = missing
+    site.create("dpuservices", doc)
+    status = site.wait_for(
+        "the missing image refused on the DPU",
+        lambda: (site.get("dpuservices", "absent") or {}).get("status") or {},
+        lambda s: any(i.get("phase") == "Failed" for i in s.get("instances") or []),
+        timeout=60,
+    )
+    assert "holds no content sha256:0000" in status["instances"][0]["reason"]
+    site.http.delete(site.path("dpuservices", "absent"))
+
+    code, out = cli(api, "image", "upload", str(archive))
+    assert code == 0 and f"sha256:{image['sha256']} (" in out, out
+    doc = service("stored", image, "echo from the repository; sleep 3600")
+    doc["spec"]["artifact"] = {"image": {"reference": f"local/busybox@sha256:{image['sha256']}"}}
+    site.create("dpuservices", doc)
+    site.wait_for(
+        "the stored image running",
+        lambda: (site.get("dpuservices", "stored") or {}).get("status") or {},
+        lambda s: s.get("running") == 1 and s.get("ready") == 1,
+        timeout=60,
+    )
+    site.http.delete(site.path("dpuservices", "stored"))
+
+
+def cli(api: RunningServer, *args: str) -> tuple[int, str]:
+    env = {"DPUFLEET_SERVER": api.url, "DPUFLEET_TOKEN": api.token, "DPUFLEET_PROJECT": "", "COLUMNS": "200"}
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.output

@@ -85,7 +85,7 @@ def served_image(where: Path) -> Iterator[dict[str, str]]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        yield {"url": f"{base}/{archive.name}", "sha256": sha, "base": base}
+        yield {"url": f"{base}/{archive.name}", "sha256": sha, "base": base, "path": str(archive)}
     finally:
         server.shutdown()
         server.server_close()

@@ -171,6 +171,11 @@ class ServicesConfig:
     require_signed: bool = False
 
 
+def _bare(url: str) -> str:
+    """A URL as said in a reason: without its query (a signed URL's signature stays out of statuses)."""
+    return url.partition("?")[0]
+
+
 def load_trust(path: Path) -> TrustPolicy:
     """The DPU's own trust store: ValueError naming the file and the entry when it cannot be read."""
     try:
@@ -418,10 +423,17 @@ class ServiceRuntime:
     async def pull(self, desired: DesiredInstance) -> Path:
         """The OCI layout of the instance's artifact, downloaded and checked once per digest."""
         artifact = desired.artifact
-        if artifact.ociArchive is None:
-            kind = next(k for k in ("image", "bundle", "kernelModule") if getattr(artifact, k) is not None)
-            raise ValueError(f"artifact kind {kind} is not supported by this DPU's runtime yet: use ociArchive")
-        url, want = artifact.ociArchive.url, artifact.ociArchive.sha256
+        if artifact.image is not None:  # the OCI archive of that digest, from the control plane's repository
+            if desired.artifactURL is None:
+                raise ValueError(desired.artifactError or f"image {artifact.image.reference}: no URL to fetch it from")
+            url, want = desired.artifactURL, artifact.sha256()
+        elif artifact.ociArchive is not None:
+            url, want = artifact.ociArchive.url, artifact.ociArchive.sha256
+        else:
+            kind = next(k for k in ("bundle", "kernelModule") if getattr(artifact, k) is not None)
+            raise ValueError(
+                f"artifact kind {kind} is not supported by this DPU's runtime yet: use ociArchive or image"
+            )
         signed = self.verify(desired)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"artifact URL {url}: only http(s) archives are fetched by this runtime")
@@ -435,7 +447,7 @@ class ServiceRuntime:
             digest = hashlib.sha256()
             async with self._artifacts.stream("GET", url) as resp:
                 if resp.status_code >= 400:
-                    raise ValueError(f"downloading {url} failed: HTTP {resp.status_code}")
+                    raise ValueError(f"downloading {_bare(url)} failed: HTTP {resp.status_code}")
                 with part.open("wb") as out:
                     async for chunk in resp.aiter_bytes(1 << 16):
                         digest.update(chunk)
@@ -443,11 +455,13 @@ class ServiceRuntime:
             got = digest.hexdigest()
             if got != want:
                 part.unlink(missing_ok=True)
-                raise ValueError(f"artifact {url} has sha256 {got}, the service names {want}: not run")
+                raise ValueError(f"artifact {_bare(url)} has sha256 {got}, the service names {want}: not run")
             if signed is not None and part.stat().st_size != signed.size:
                 size = part.stat().st_size
                 part.unlink(missing_ok=True)
-                raise ValueError(f"artifact {url} is {size} bytes, its signed manifest says {signed.size}: not run")
+                raise ValueError(
+                    f"artifact {_bare(url)} is {size} bytes, its signed manifest says {signed.size}: not run"
+                )
             await asyncio.to_thread(_extract, part, layout)
             part.unlink(missing_ok=True)
             return layout

@@ -38,6 +38,10 @@ class DesiredInstance(BaseModel):
     privileged: bool = False
     probes: Probes = Field(default_factory=Probes)
     after: list[str] = Field(default_factory=list, description="services of this DPU that must run first (SameDPU)")
+    artifactURL: str | None = Field(
+        default=None, description="an `image` artifact: where its OCI archive is, in the control plane's repository"
+    )
+    artifactError: str | None = Field(default=None, description="an `image` artifact the repository cannot offer")
 
 
 class DesiredServices(BaseModel):

@@ -1,4 +1,5 @@
-"""`dpufleet image keygen|sign` (offline, a publisher's tools) and `dpufleet publisher trust` (an admin's)."""
+"""`dpufleet image keygen|sign` (offline, a publisher's tools), `image upload|approve`, and `dpufleet
+publisher trust` (an admin's)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,28 @@ from ..crypto.signing import Manifest, PublisherClass, key_id, load_public_key, 
 from .common import UserError, note, options
 
 image_app = typer.Typer(
-    help="Images: make a publisher key, sign a manifest, approve an image for agents to pull.", no_args_is_help=True
+    help="Images: make a publisher key, sign a manifest, upload content, approve an image for agents to pull.",
+    no_args_is_help=True,
 )
 publisher_app = typer.Typer(help="Trusted image publishers (admins only).", no_args_is_help=True)
+
+
+@image_app.command("upload")
+def upload(
+    ctx: typer.Context,
+    file: Path = typer.Argument(
+        ..., help="an OS image, a firmware file, or a service's OCI archive (a tar of its layout)"
+    ),
+) -> None:
+    """Put a file into the control plane's image repository under its sha256; print the digest to name it by."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{file}: {exc.strerror}") from None
+    with options(ctx).client() as client:
+        blob = client.upload_blob(data)
+    print(f"sha256:{blob['sha256']} ({blob['size']} bytes)")
+    note(f"a DPUService runs it as artifact.image.reference: <name>@sha256:{blob['sha256']}")
 
 
 @image_app.command("keygen")

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from ..api.agent_services import ServiceReport
+from ..api.agent_services import DesiredServices, ServiceReport
 from ..crypto.pki import AgentIdentity
+from ..images.repository import ImageContentError, ImageRepository
 from ..inventory.tenancy import ProjectResolver
 from ..runtime.events import EventRecorder
 from ..services.desired import desired_services
@@ -26,6 +27,27 @@ from .agent_network import dpu_of_agent
 from .common import ServerState, read_model, respond
 
 SERVICES_PATH = "/agent/v1/services"
+ARTIFACT_URL_TTL = 3600.0  # an agent asks every few seconds: the URL it is given is always fresh
+
+
+def offer_images(desired: DesiredServices, repository: ImageRepository | None) -> None:
+    """An `image` artifact (`<repository>@sha256:<digest>`) is the OCI archive of that digest in this control
+    plane's image repository: each such instance gets a signed URL to it, or the reason it cannot."""
+    for instance in desired.instances:
+        image = instance.artifact.image
+        if image is None:
+            continue
+        digest = instance.artifact.sha256()
+        if repository is None or repository.stat(digest) is None:
+            instance.artifactError = (
+                f"image {image.reference}: the control plane's image repository holds no content "
+                f"sha256:{digest[:16]}...: upload the image's OCI archive (`dpufleet image upload FILE`)"
+            )
+            continue
+        try:
+            instance.artifactURL = repository.signed_url(digest, "image.tar", ARTIFACT_URL_TTL)
+        except ImageContentError as exc:
+            instance.artifactError = f"image {image.reference}: {exc}"
 
 
 def add_service_routes(
@@ -39,6 +61,7 @@ def add_service_routes(
     async def services(request: Request) -> Response:
         project, dpu = await asyncio.to_thread(own_dpu, request)
         desired = await state.read(desired_services, store, project, dpu)
+        await asyncio.to_thread(offer_images, desired, state.services.repository)
         return respond(desired.model_dump(mode="json"))
 
     @app.post(SERVICES_PATH + "/status")
