@@ -1,75 +1,18 @@
-"""Build a small OCI image for the runtime tests: a busybox root filesystem, packed with umoci, archived.
-
-Needs umoci and a static busybox (Debian's busybox-static, which `./run` installs as root).
-"""
+"""Serve the emulator's small OCI image (dpufleet.sim.oci) over HTTP on loopback, for the runtime tests."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
-import shutil
-import subprocess
-import tarfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APPLETS = (
-    "sh",
-    "sleep",
-    "echo",
-    "cat",
-    "ls",
-    "nc",
-    "httpd",
-    "ip",
-    "touch",
-    "mount",
-    "grep",
-    "kill",
-    "true",
-    "false",
-    "mkdir",
-    "printf",
-    "chmod",
-)
+from dpufleet.sim.oci import build_archive, tools_missing
 
-
-def tools_missing() -> list[str]:
-    return [t for t in ("runc", "umoci", "busybox") if shutil.which(t) is None]
-
-
-def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Path, str]:
-    """A busybox OCI image archived as a tar of its layout: (the archive, its sha256)."""
-    layout, bundle = where / "layout", where / "bundle"
-    for args in (
-        ["init", "--layout", str(layout)],
-        ["new", "--image", f"{layout}:latest"],
-        ["unpack", "--image", f"{layout}:latest", str(bundle)],
-    ):
-        subprocess.run(["umoci", *args], check=True, capture_output=True)
-    bin_dir = bundle / "rootfs" / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox is not None
-    shutil.copy(busybox, bin_dir / "busybox")
-    for applet in APPLETS:
-        (bin_dir / applet).symlink_to("busybox")
-    (bundle / "rootfs" / "etc").mkdir(exist_ok=True)
-    subprocess.run(["umoci", "repack", "--image", f"{layout}:latest", str(bundle)], check=True, capture_output=True)
-    config = ["umoci", "config", "--image", f"{layout}:latest"]
-    for i, arg in enumerate(entrypoint or ["/bin/sleep", "3600"]):
-        config += ["--config.entrypoint" if i == 0 else "--config.cmd", arg]
-    subprocess.run(config, check=True, capture_output=True)
-    subprocess.run(["umoci", "gc", "--layout", str(layout)], check=True, capture_output=True)
-    archive = where / "image.tar"
-    with tarfile.open(archive, "w") as tar:
-        for item in sorted(layout.iterdir()):
-            tar.add(item, arcname=item.name)
-    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+__all__ = ["build_archive", "served_image", "tools_missing"]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -283,6 +283,28 @@ def provision(
     )
 
 
+@bench_app.command("services")
+def services(
+    dpus: int = typer.Option(200, "--dpus", min=1, max=2000, help="emulated DPUs, each running one real container"),
+    timeout: float = typer.Option(900.0, "--timeout", min=1.0, help="give up after this many seconds"),
+    as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
+) -> None:
+    """Apply an every-DPU service to N emulated DPUs (real runc containers); time until every instance runs,
+    with each agent's CPU and memory (needs root, runc, umoci, busybox)."""
+    from ..bench.services import run_services_bench
+
+    results = run_bench("services", lambda: run_services_bench(dpus, timeout, as_json=as_json), as_json, runs)
+    check_each(
+        results,
+        lambda r: (
+            f"only {r.running} of {r.dpus} instances running within {timeout:g}s: {'; '.join(r.errors[:3])}"
+            if r.running < r.dpus
+            else None
+        ),
+    )
+
+
 @bench_app.command("rollout")
 def rollout(
     dpus: int = typer.Option(1000, "--dpus", min=1, max=20000, help="emulated DPUs (one per host) to update"),

@@ -198,10 +198,12 @@ class SimAgent(Agent):
         device: SimDPU | SimHost,
         time_scale: float,
         restart: Callable[[], None] | None = None,
+        retry_floor: float = POLL_SECONDS,
     ) -> None:
         super().__init__(config, http)
         self.device = device
         self.time_scale = time_scale
+        self.retry_floor = retry_floor  # the shortest pause after a failed report (see run_sim)
         self.restart = restart  # what `reboot` does to the emulated machine (its BMC-side reset sequence)
         self.silent_since: float | None = None
         self._stop: asyncio.Event | None = None
@@ -244,7 +246,7 @@ class SimAgent(Agent):
         return super().clock() + timedelta(seconds=offset)
 
     def retry_delay(self, failures: int) -> float:
-        return max(super().retry_delay(failures) * self.time_scale, self.POLL_SECONDS)
+        return max(super().retry_delay(failures) * self.time_scale, self.retry_floor)
 
     async def collect(self) -> Inventory:
         """The real collection, unless the emulator wrote nothing under this OS root since the last one.
@@ -413,6 +415,10 @@ async def run_sim(
                 if options.zero_touch and info is not None:
                     await emulated_dhcp(http, fleet, options)
                 service_dpus = {d.id for d in fleet.dpus[: max(0, options.services_dpus)]}
+                # A scaled-down backoff is what keeps a small emulated fleet fast; a large one's agents, all
+                # refused until discovery has made their objects, would retry thousands of times a second
+                # and starve the BMCs that discovery reads (one event loop): at most ~200 retries a second.
+                retry_floor = max(SimAgent.POLL_SECONDS, len(configs) / 200)
                 for config, device in configs:
                     plane = running.data_planes.get(device.id)
                     if plane is not None and config.state_dir is not None:
@@ -432,7 +438,9 @@ async def run_sim(
                             require_signed=options.services_require_signed,
                         )
                     restart = _restart_of(fleet, device)
-                    agent = SimAgent(config, None if config.state_dir else http, device, options.time_scale, restart)
+                    agent = SimAgent(
+                        config, None if config.state_dir else http, device, options.time_scale, restart, retry_floor
+                    )
                     running.agents.append(agent)
                     tasks.append(asyncio.create_task(agent.run(stop)))
         if on_ready is not None:
