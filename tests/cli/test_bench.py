@@ -93,6 +93,19 @@ def test_bench_provision_provisions_every_dpu_and_reports_its_cost() -> None:
     assert "Installing" in figures["phase_mean_ms"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="real containers need root")
+def test_bench_services_runs_every_instance_in_a_real_container() -> None:
+    from dpufleet.sim.oci import tools_missing
+
+    if tools_missing():
+        pytest.skip(f"not installed: {', '.join(tools_missing())}")
+    figures = bench_json("services", "--dpus", "2", "--timeout", "120")
+    assert figures["dpus"] == figures["instances_running"] == 2 and figures["instances_failed"] == 0
+    assert 0 < figures["seconds_to_first_running"] <= figures["seconds_to_all_running"]
+    assert figures["agent_cpu_ms_per_dpu"] > 0 and figures["instance_memory_mib_mean"] > 0
+    assert figures["errors"] == []
+
+
 def test_bench_rollout_completes_within_max_unavailable_and_reports_the_hardware_minimum() -> None:
     figures = bench_json("rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5")
     assert figures["poll_seconds"] == 3.0, "without --poll: the controller's default, as users run it"
