@@ -64,9 +64,12 @@ def wait_for(
         time.sleep(0.1)
 
 
+def cli_env(api: RunningServer) -> dict[str, str]:
+    return {"DPUFLEET_SERVER": api.url, "DPUFLEET_TOKEN": api.token, "DPUFLEET_PROJECT": "", "COLUMNS": "200"}
+
+
 def cli(api: RunningServer, *args: str) -> str:
-    env = {"DPUFLEET_SERVER": api.url, "DPUFLEET_TOKEN": api.token, "DPUFLEET_PROJECT": "", "COLUMNS": "200"}
-    result = CliRunner().invoke(app, list(args), env=env)
+    result = CliRunner().invoke(app, list(args), env=cli_env(api))
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -151,3 +154,29 @@ def test_a_drained_dpu_hands_its_replicas_elsewhere_first_and_stops_the_rest(api
         wait_for(http, "agent", lambda s: s.get("scheduled") == 3)  # an every-DPU service comes back
         dpu = http.get(f"{BASE}/dpus/{target}").json()
         assert dpu["spec"]["unschedulable"] is False and "dpufleet.io/drain" not in dpu["metadata"]["annotations"]
+
+
+def test_service_move_places_the_instance_on_the_dpu_asked_for_first(api: RunningServer) -> None:
+    """`dpufleet service move`: the instance leaves the DPU it names for the DPU asked for, which stays
+    excluded for the service; an every-DPU service's instances do not move (a clear error)."""
+    with api.client() as http:
+        for i in range(4):
+            add_dpu(http, f"dpu-{i}", host=f"host-{i}")
+        for doc in (service("dns", {"replicas": 2}), service("agent", {"mode": "EveryDPU"})):
+            assert http.post(f"{BASE}/dpuservices", json=doc).status_code == 201
+        dns = wait_for(http, "dns", lambda s: s.get("scheduled") == 2)
+        source = dns["status"]["instances"][0]["dpu"]
+        free = sorted({f"dpu-{i}" for i in range(4)} - {i["dpu"] for i in dns["status"]["instances"]})
+        target = free[-1]
+
+        out = cli(api, "service", "move", "dns", "--from", source, "--to", target, "--wait", "30")
+        assert "dpuservice/dns: moved; it runs on" in out and target in out
+        placed = {i["dpu"] for i in http.get(f"{BASE}/dpuservices/dns").json()["status"]["instances"]}
+        assert source not in placed and target in placed and len(placed) == 2
+        spec = http.get(f"{BASE}/dpuservices/dns").json()["spec"]["placement"]
+        assert spec["exclude"] == [source] and spec["prefer"] == [target]
+
+        result = CliRunner().invoke(app, ["service", "move", "agent", "--from", source], env=cli_env(api))
+        assert result.exit_code == 1 and "do not move (drain the DPU)" in result.output
+        result = CliRunner().invoke(app, ["service", "move", "dns", "--from", source], env=cli_env(api))
+        assert result.exit_code == 1 and f"has no instance on dpu/{source}" in result.output

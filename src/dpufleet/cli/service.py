@@ -6,6 +6,8 @@
   until it completes, rolls back or halts (exit 1 for the last two).
 - `undo NAME`: put back what the service's instances ran before: during an upgrade (or after a
   rollback) the current revision, after a completed one the previous revision (rolled like any change).
+- `move NAME --from DPU [--to DPU]`: a replicated service's instance moves off a DPU (placed
+  elsewhere first); the DPU stays in `spec.placement.exclude`.
 """
 
 from __future__ import annotations
@@ -136,3 +138,55 @@ def undo(
         updated = {"kind": "DPUService", "metadata": doc["metadata"], "spec": {**doc["spec"], **template}}
         client.update(updated, config.project)
     print(f"dpuservice/{name}: returning to revision {_short(revision)} (`dpufleet service rollout {name} -w`)")
+
+
+def _dpus_of(doc: dict[str, Any]) -> list[str]:
+    return sorted(str(i["dpu"]) for i in (doc.get("status") or {}).get("instances") or [] if i.get("dpu"))
+
+
+@service_app.command("move")
+def move(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the DPUService (placement mode Replicas)"),
+    source: str = typer.Option(..., "--from", help="the DPU its instance leaves"),
+    target: str | None = typer.Option(None, "--to", help="the DPU to place it on (else the scheduler chooses)"),
+    wait: float = typer.Option(120.0, "--wait", help="seconds to wait for the move (0: do not wait)"),
+    project: str | None = _PROJECT,
+) -> None:
+    """Move a replicated service's instance off a DPU: placed elsewhere first (on --to when it fits), the old
+    one released once the new one is placed (and ready, with a disruption budget). The DPU stays excluded
+    for this service (spec.placement.exclude) until you remove it."""
+    config = options(ctx).config(project)
+    with options(ctx).client() as client:
+        doc = client.get("dpuservices", name, config.project)
+        placement = doc["spec"].get("placement") or {}
+        mode = placement.get("mode", "Replicas")
+        if mode != "Replicas":
+            how = "drain the DPU" if mode == "EveryDPU" else "edit spec.placement.dpus"
+            raise UserError(f"dpuservice/{name} runs in mode {mode}: its instances do not move ({how})")
+        if source not in _dpus_of(doc):
+            raise UserError(
+                f"dpuservice/{name} has no instance on dpu/{source} (it runs on {', '.join(_dpus_of(doc)) or 'no DPU'})"
+            )
+        if target is not None:
+            client.get("dpus", target, config.project)  # a DPU that does not exist is a clear error here
+            if target in _dpus_of(doc):
+                raise UserError(f"dpuservice/{name} already runs on dpu/{target}")
+        exclude = sorted({*placement.get("exclude", []), source} - ({target} if target else set()))
+        change: dict[str, Any] = {"exclude": exclude}
+        if target is not None:
+            change["prefer"] = [target]
+        client.patch("dpuservices", name, {"spec": {"placement": change}}, config.project)
+        note(f"dpuservice/{name}: moving its instance off dpu/{source}" + (f" to dpu/{target}" if target else ""))
+        deadline = time.monotonic() + wait
+        while wait:
+            doc = client.get("dpuservices", name, config.project)
+            dpus = _dpus_of(doc)
+            if source not in dpus and (target is None or target in dpus):
+                print(f"dpuservice/{name}: moved; it runs on {', '.join(dpus)}")
+                return
+            if time.monotonic() > deadline:
+                reason = (doc.get("status") or {}).get("pendingReason") or "see `dpufleet describe dpuservice`"
+                raise UserError(f"dpuservice/{name}: not moved after {wait:g}s (on {', '.join(dpus)}): {reason}")
+            time.sleep(1.0)
+        print(f"dpuservice/{name}: moving (spec.placement.exclude: {', '.join(exclude)})")

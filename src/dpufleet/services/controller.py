@@ -261,9 +261,11 @@ def _preempt(
     return committed, preempted
 
 
-def _draining(snapshot: Snapshot, dpu: str) -> bool:
+def _leaving(spec: DPUServiceSpec, snapshot: Snapshot, dpu: str) -> bool:
+    """The service's instance must leave the DPU: the DPU is draining, or the service excludes it
+    (`dpufleet service move`). A Replicas instance is replaced first; others are released."""
     node = snapshot.by_name.get(dpu)
-    return node is not None and node.draining
+    return node is not None and (node.draining or dpu in spec.placement.exclude)
 
 
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
@@ -275,9 +277,9 @@ def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tu
     gone = [d for d in existing if d not in snapshot.by_name]  # the DPU was deleted: place it again
     if placement.mode == "Replicas":
         replicas = placement.replicas or 0
-        live = [d for d in existing if d in snapshot.by_name and not _draining(snapshot, d)]
+        live = [d for d in existing if d in snapshot.by_name and not _leaving(spec, snapshot, d)]
         return max(0, replicas - len(live)), [*gone, *live[replicas:]]
-    drained = [d for d in existing if _draining(snapshot, d)]
+    drained = [d for d in existing if _leaving(spec, snapshot, d)]
     if placement.mode == "DPUs":
         listed = set(placement.dpus)
         unlisted = [d for d in existing if d not in listed]
@@ -303,7 +305,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     to_place, to_release = _wanted(spec, snapshot, existing)
     budget = _Budget.of(spec, snapshot, name, existing)
     if budget is not None and spec.placement.mode != "Replicas":  # a drained DPU's instance cannot move
-        to_release = [d for d in to_release if not _draining(snapshot, d) or budget.may_release(d)]
+        to_release = [d for d in to_release if not _leaving(spec, snapshot, d) or budget.may_release(d)]
     for dpu in to_release:
         release(store, project, dpu, name)
         if dpu in snapshot.by_name:
@@ -334,7 +336,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
             committed += more
     if spec.placement.mode == "Replicas":  # a drained DPU's instance goes once its replacement is placed
         replicas = spec.placement.replicas or 0
-        draining = [d for d in kept if _draining(snapshot, d)]
+        draining = [d for d in kept if _leaving(spec, snapshot, d)]
         surplus = len(kept) + len(committed) - replicas
         for dpu in draining[: max(0, surplus)]:
             if budget is not None and not budget.may_release(dpu):

@@ -23,6 +23,7 @@ counts are exact.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ INCOMPATIBLE_PART = "incompatible part number"
 MISSING_CAPABILITY = "missing capability"
 MISSING_ACCELERATOR = "missing accelerator"
 NOT_LISTED = "not listed"
+EXCLUDED = "excluded by the service"
+PREFERRED = 1000.0  # a preferred DPU outscores any spread or load difference
 NOT_SELECTED = "not selected"
 ALREADY_THERE = "already holds the service"
 AFFINITY = "affinity not met"
@@ -155,6 +158,8 @@ class Request:
     anti_affinity: tuple[str, ...] = ()
     same_dpu_dependencies: tuple[str, ...] = ()
     priority: int = 0
+    exclude: frozenset[str] = frozenset()
+    prefer: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -221,6 +226,8 @@ class Filter:
             return bad
         if req.dpus is not None and node.name not in req.dpus:
             return NOT_LISTED
+        if req.exclude and node.name in req.exclude:
+            return EXCLUDED
         if req.selector is not None and not req.selector(node.labels):
             return NOT_SELECTED
         services = node.services
@@ -237,12 +244,14 @@ class Filter:
         return node.shortage(req.resources)
 
 
-def score(node: Node, host_counts: Counter[str | None]) -> float:
-    """Higher is better: the least allocated DPU, then the host holding fewest of the service's instances."""
+def score(node: Node, host_counts: Counter[str | None], prefer: frozenset[str] = frozenset()) -> float:
+    """Higher is better: a preferred DPU, then the least allocated one, then the host holding fewest of
+    the service's instances."""
     alloc, used = node.allocatable, node.allocated
     cpu = 1 - used.cpu_millicores / alloc.cpu_millicores if alloc.cpu_millicores else 0.0
     memory = 1 - used.memory_mib / alloc.memory_mib if alloc.memory_mib else 0.0
-    return cpu + memory - (host_counts[node.host] if node.host is not None else 0)
+    bonus = PREFERRED if node.name in prefer else 0.0
+    return bonus + cpu + memory - (host_counts[node.host] if node.host is not None else 0)
 
 
 def host_counts_of(nodes: Iterable[Node], service: str) -> Counter[str | None]:
@@ -277,8 +286,10 @@ def place(
     )
     candidates: list[Node] = []
     count = len(nodes)
-    for i in range(count):
-        node = nodes[(start + i) % count]
+    preferred = [n for n in nodes if n.name in request.prefer] if request.prefer else []
+    order = (nodes[(start + i) % count] for i in range(count))
+    seen_first = {id(n) for n in preferred}
+    for node in itertools.chain(preferred, (n for n in order if id(n) not in seen_first) if preferred else order):
         report.examined += 1
         why = flt.reason(node)
         if why is None:
@@ -295,11 +306,11 @@ def place(
         return Placed(chosen, report, fits)
     # Replicas: best score first. A placement lowers the score of its host's other DPUs, so a popped
     # candidate is scored again and pushed back if it dropped (scores only fall during a pass).
-    heap = [(-score(n, host_counts), k, n) for k, n in enumerate(candidates)]
+    heap = [(-score(n, host_counts, request.prefer), k, n) for k, n in enumerate(candidates)]
     heapq.heapify(heap)
     while heap and len(chosen) < wanted:
         negative, k, node = heapq.heappop(heap)
-        now = score(node, host_counts)
+        now = score(node, host_counts, request.prefer)
         if now < -negative:
             heapq.heappush(heap, (-now, k, node))
             continue

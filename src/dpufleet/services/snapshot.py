@@ -133,6 +133,8 @@ def request_of(name: str, spec: DPUServiceSpec) -> Request:
         max_per_host=placement.maxPerHost,
         affinity=tuple(placement.affinity),
         anti_affinity=tuple(placement.antiAffinity),
+        exclude=frozenset(placement.exclude),
+        prefer=frozenset(placement.prefer),
         same_dpu_dependencies=tuple(d.service for d in spec.dependsOn if d.scope == "SameDPU"),
         priority=spec.priority,
     )

@@ -173,6 +173,10 @@ class Placement(Strict):
     maxPerHost: int | None = Field(default=None, ge=1, description="Replicas: at most this many on one host")
     affinity: list[Name] = Field(default_factory=list, description="only on DPUs that hold these services")
     antiAffinity: list[Name] = Field(default_factory=list, description="never on a DPU that holds these services")
+    exclude: list[Name] = Field(
+        default_factory=list, description="never on these DPUs; an instance there moves (`dpufleet service move`)"
+    )
+    prefer: list[Name] = Field(default_factory=list, description="these DPUs first, when they fit")
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Placement:
