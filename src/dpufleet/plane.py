@@ -53,6 +53,7 @@ from .runtime.metrics import register_metrics as register_runtime_metrics
 from .runtime.reaper import EventReaper
 from .services.admission import refuse_dependency_cycles
 from .services.controller import DPUServiceReconciler
+from .services.deployment import DPUDeploymentReconciler
 from .store.feed import ChangeFeed
 from .store.store import Store, default_sqlite_url
 from .tuning import tune_gc
@@ -124,6 +125,7 @@ DEFAULT_RECONCILERS: list[ReconcilerFactory] = [
     PowerActionReconciler,
     UpdateRequestReconciler,
     DPUServiceReconciler,
+    DPUDeploymentReconciler,
     DPUServiceIPAMReconciler,
     DPUServiceChainReconciler,
 ]

@@ -180,3 +180,28 @@ def test_service_move_places_the_instance_on_the_dpu_asked_for_first(api: Runnin
         assert result.exit_code == 1 and "do not move (drain the DPU)" in result.output
         result = CliRunner().invoke(app, ["service", "move", "dns", "--from", source], env=cli_env(api))
         assert result.exit_code == 1 and f"has no instance on dpu/{source}" in result.output
+
+
+def test_a_dpudeployment_without_an_os_deploys_its_services_through_the_control_plane(api: RunningServer) -> None:
+    with api.client() as http:
+        for i in range(2):
+            add_dpu(http, f"dpu-{i}", host=f"host-{i}")
+        art = {"image": {"reference": f"repo/s@sha256:{SHA}"}}
+        doc = {
+            "kind": "DPUDeployment",
+            "metadata": {"name": "edge"},
+            "spec": {"services": {"storage": {"artifact": art}, "agent": {"artifact": art,
+                                                                          "dependsOn": [{"service": "storage"}]}}},
+        }  # fmt: skip
+        assert http.post(f"{BASE}/dpudeployments", json=doc).status_code == 201
+        agent = wait_for(http, "edge-agent", lambda s: isinstance(s, dict) and s.get("scheduled") == 2)
+        assert [d["service"] for d in agent["spec"]["dependsOn"]] == ["edge-storage"]
+        deadline = time.monotonic() + 30
+        while True:
+            status = http.get(f"{BASE}/dpudeployments/edge").json().get("status") or {}
+            if status.get("services", {}).get("agent", {}).get("desired") == 2:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status["phase"] == "Deploying" and status["servicesReady"] == "0/2"  # no DPU runs them here
+        assert "edge" in cli(api, "get", "dpudeployments")

@@ -220,6 +220,10 @@ SENSITIVE_FIELDS: dict[str, tuple[FieldRule, ...]] = {
         FieldRule(("spec", "artifact", "kernelModule"), SubAction.PRIVILEGED_SERVICE),
         FieldRule(("spec", "privileged"), SubAction.PRIVILEGED_SERVICE),
     ),
+    "DPUDeployment": (
+        FieldRule(("spec", "dpuSet", "template", "image"), SubAction.IMAGE_FLASH),
+        FieldRule(("spec", "dpuSet", "template", "flavor"), SubAction.IMAGE_FLASH),
+    ),
 }
 # Every write of these kinds is the sub-action, whatever it changes.
 SENSITIVE_KINDS: dict[str, SubAction] = {
@@ -256,6 +260,19 @@ def sensitive_actions(
         # an empty or false value is no value: a default `privileged: false` sets nothing
         if (_at(current, rule.path) or None) != (_at(new, rule.path) or None) and rule.action not in found:
             found.append(rule.action)
+    if kind == "DPUDeployment" and _privileged_bundle(current) != _privileged_bundle(new):
+        found.append(SubAction.PRIVILEGED_SERVICE)  # the services it writes carry the DPUService rule
+    return found
+
+
+def _privileged_bundle(doc: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+    """A DPUDeployment's services that are privileged or load a kernel module, with those fields."""
+    services = _at(doc, ("spec", "services"))
+    found: dict[str, tuple[Any, Any]] = {}
+    for name, spec in (services or {}).items() if isinstance(services, Mapping) else ():
+        privileged, module = _at(spec, ("privileged",)) or None, _at(spec, ("artifact", "kernelModule")) or None
+        if privileged or module:
+            found[str(name)] = (privileged, module)
     return found
 
 

@@ -22,7 +22,7 @@ from ...crypto.signing import ManifestRefused, parse_signed_manifest
 from ..meta import Name, Status, Strict
 from ..selectors import LabelSelector
 from .base import Resource
-from .fleet import count_or_percent
+from .fleet import DPUTemplate, RolloutStrategy, count_or_percent
 from .images import ConfigFile
 from .registry import Column, KindInfo, register
 
@@ -386,6 +386,75 @@ register(
             Column("READY", "status.ready"),
             Column("UPGRADE", "status.upgrade.phase", wide_only=True),
             Column("PENDING-REASON", "status.pendingReason", wide_only=True),
+        ),
+    )
+)
+
+
+# --- DPUDeployment -----------------------------------------------------------------------------------------
+
+DEPLOYMENT_LABEL = "dpufleet.io/deployment"
+
+
+class DeploymentDPUSet(Strict):
+    """The DPU OS image and flavor of the bundle, rolled out first (a DPUSet the deployment owns)."""
+
+    template: DPUTemplate
+    strategy: RolloutStrategy = Field(default_factory=RolloutStrategy)
+
+
+class DPUDeploymentSpec(Strict):
+    """A versioned bundle: the DPUs' OS/flavor and the services they run, deployed to the selected DPUs.
+
+    Each service is a DPUService spec without `placement`: it runs on every selected DPU (EveryDPU), as
+    DPUService `<deployment>-<service>`; `dependsOn` names other services of the bundle by their names
+    here. A change rolls the OS first (the DPUSet's rollout), then the services (their upgrades, in
+    dependency order)."""
+
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    dpuSet: DeploymentDPUSet | None = None
+    services: dict[Name, dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in services.items():
+            if not isinstance(spec, dict):
+                raise ValueError(f"{name}: a DPUService spec (artifact, config, resources, ...)")
+            if "placement" in spec:
+                raise ValueError(f"{name}.placement: a deployment's service runs on every selected DPU")
+            try:
+                DPUServiceSpec.model_validate({**spec, "placement": {"mode": "EveryDPU"}})
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            unknown = [d.get("service") for d in spec.get("dependsOn") or [] if d.get("service") == name]
+            if unknown:
+                raise ValueError(f"{name}.dependsOn: a service cannot depend on itself")
+        return services
+
+
+class DPUDeploymentStatus(Status):
+    dpuSet: dict[str, Any] = Field(default_factory=dict, description="the owned DPUSet's phase and counts")
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict, description="each service's counts")
+    servicesReady: str | None = Field(default=None, description="'2/3': services running on every selected DPU")
+
+
+class DPUDeployment(Resource):
+    kind: Literal["DPUDeployment"] = "DPUDeployment"
+    spec: DPUDeploymentSpec
+    status: DPUDeploymentStatus = Field(default_factory=DPUDeploymentStatus)
+
+
+register(
+    KindInfo(
+        "DPUDeployment",
+        "dpudeployments",
+        DPUDeployment,
+        ("dpudeployment", "dpudeploy"),
+        (
+            Column("PHASE", "status.phase"),
+            Column("OS", "status.dpuSet.phase"),
+            Column("SERVICES", "status.servicesReady"),
         ),
     )
 )
