@@ -109,3 +109,24 @@ def test_a_budget_is_a_count_or_a_percentage() -> None:
     assert DPUServiceSpec.model_validate({**base, "disruptionBudget": {"maxUnavailable": "10%"}})
     with pytest.raises(ValidationError, match=r"disruptionBudget\.maxUnavailable"):
         DPUServiceSpec.model_validate({**base, "disruptionBudget": {"maxUnavailable": -1}})
+
+
+def relabel(store: Store, dpu: str, **labels: str) -> None:
+    doc = store.get("DPU", dpu, P)
+    doc["metadata"]["labels"] = labels
+    store.update(doc)
+
+
+def test_an_instance_follows_its_selector_when_a_dpus_labels_change(fleet: Store) -> None:
+    add_service(fleet, "edge", {"mode": "EveryDPU", "selector": {"matchLabels": {"rack": "r1"}}})
+    add_service(fleet, "dns", {"replicas": 1, "selector": {"matchLabels": {"rack": "r1"}}})
+    schedule_service(fleet, P, "edge")
+    schedule_service(fleet, P, "dns")
+    (first,) = where(fleet, "dns")
+    relabel(fleet, first, rack="r2")
+    relabel(fleet, "dpu-3", rack="r2")
+    for service in ("edge", "dns"):
+        schedule_service(fleet, P, service)
+    assert first not in where(fleet, "edge") and "dpu-3" not in where(fleet, "edge")
+    (moved,) = where(fleet, "dns")
+    assert moved not in (first, "dpu-3")  # placed on a DPU that still matches, the old one released

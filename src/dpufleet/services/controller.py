@@ -262,10 +262,18 @@ def _preempt(
 
 
 def _leaving(spec: DPUServiceSpec, snapshot: Snapshot, dpu: str) -> bool:
-    """The service's instance must leave the DPU: the DPU is draining, or the service excludes it
-    (`dpufleet service move`). A Replicas instance is replaced first; others are released."""
+    """The service's instance must leave the DPU: the DPU is draining, the service excludes it
+    (`dpufleet service move`), or its labels no longer match the service's selector. A Replicas
+    instance is replaced first; others are released."""
     node = snapshot.by_name.get(dpu)
-    return node is not None and (node.draining or dpu in spec.placement.exclude)
+    if node is None:
+        return False
+    selector = spec.placement.selector
+    return (
+        node.draining
+        or dpu in spec.placement.exclude
+        or (not selector.is_empty() and not selector.matches(node.labels))
+    )
 
 
 def _wanted(spec: DPUServiceSpec, snapshot: Snapshot, existing: list[str]) -> tuple[int, list[str]]:
