@@ -16,6 +16,7 @@ from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig
 from dpufleet.api.agent_services import DesiredServices
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.services.desired import desired_instance
+from dpufleet.sim.oci import build_bundle
 from support.oci import served_image, tools_missing
 
 pytestmark = [
@@ -187,6 +188,36 @@ def test_a_config_change_reaches_the_running_instance_without_a_restart(tmp_path
         await until(rt, "cfg", lambda i, lines: "reloaded v2" in lines)
         assert rt.instances["cfg"].pid == pid and rt.report().instances[0].restarts == 0
         await rt.stop_instance("cfg")
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_native_bundle_runs_in_the_same_sandbox(tmp_path: Path, image: dict[str, str]) -> None:
+    archive, sha = build_bundle(Path(image["path"]).parent)  # served beside the image
+    native = DPUServiceSpec.model_validate(
+        {
+            "artifact": {"bundle": {"url": f"{image['base']}/{archive.name}", "sha256": sha}},
+            "placement": {"mode": "EveryDPU"},
+            "config": {"args": ["/bin/sh", "-c", "echo native links=$(ip -o link | wc -l); sleep 3600"]},
+            "resources": {"memoryMiB": 24},
+        }
+    )
+    tampered = native.model_copy(deep=True)
+    assert tampered.artifact.bundle is not None
+    tampered.artifact.bundle.sha256 = "0" * 64
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("native", native), ("tampered", tampered)))
+        inst, lines = await until(
+            rt, "native", lambda i, lines: i.phase == "Running" and any("native" in x for x in lines)
+        )
+        assert "native links=1" in lines and inst.memoryLimitBytes == 24 * 1024 * 1024
+        bad, _ = await until(rt, "tampered", lambda i, _: i.phase == "Failed")
+        assert "has sha256" in (bad.reason or "") and "not run" in (bad.reason or "")
+        for name in ("native", "tampered"):
+            await rt.stop_instance(name)
         await rt.shutdown()
 
     asyncio.run(go())

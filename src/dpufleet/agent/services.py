@@ -3,9 +3,12 @@
 Every `interval` seconds it asks the control plane what this DPU should run (`GET /agent/v1/services`),
 keeps that answer on disk (`<state>/services/desired.json`), and converges:
 
-- **pull**: an `ociArchive` artifact is downloaded once, checked against its sha256 (a mismatch is a
-  Failed instance naming both digests, never a start) and kept by digest;
-- **bundle**: the archive's OCI layout is unpacked with umoci into a runtime bundle per revision, whose
+- **pull**: an `ociArchive` artifact (or an `image`: the archive of that digest in the control plane's
+  repository, by a signed URL; or a native `bundle`: a tar of a root filesystem) is downloaded once,
+  checked against its sha256 (a mismatch is a Failed instance naming both digests, never a start) and
+  kept by digest;
+- **bundle**: the archive's OCI layout is unpacked with umoci (a native bundle's root filesystem is
+  copied, with `runc spec` as its base) into a runtime bundle per revision, whose
   `config.json` is then made ours: the service's args and env, its memory and CPU limits as cgroup
   limits (`cgroupsPath /dpufleet/<dpu>/<service>`), a read-only root with tmpfs /tmp and /run, no new
   privileges, a minimal capability set, a seccomp filter refusing mount/reboot/module/ptrace/bpf/kexec
@@ -421,7 +424,8 @@ class ServiceRuntime:
     # --- pull and unpack ----------------------------------------------------------------------------------
 
     async def pull(self, desired: DesiredInstance) -> Path:
-        """The OCI layout of the instance's artifact, downloaded and checked once per digest."""
+        """The OCI layout (or, for a native bundle, the root filesystem) of the instance's artifact, downloaded
+        and checked once per digest."""
         artifact = desired.artifact
         if artifact.image is not None:  # the OCI archive of that digest, from the control plane's repository
             if desired.artifactURL is None:
@@ -429,18 +433,20 @@ class ServiceRuntime:
             url, want = desired.artifactURL, artifact.sha256()
         elif artifact.ociArchive is not None:
             url, want = artifact.ociArchive.url, artifact.ociArchive.sha256
+        elif artifact.bundle is not None:  # a native process bundle: a tar of its root filesystem
+            url, want = artifact.bundle.url, artifact.bundle.sha256
         else:
-            kind = next(k for k in ("bundle", "kernelModule") if getattr(artifact, k) is not None)
             raise ValueError(
-                f"artifact kind {kind} is not supported by this DPU's runtime yet: use ociArchive or image"
+                "artifact kind kernelModule is not supported by this DPU's runtime yet: use ociArchive, image or bundle"
             )
+        native = artifact.bundle is not None
         signed = self.verify(desired)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"artifact URL {url}: only http(s) archives are fetched by this runtime")
         layout = self.root / "artifacts" / want
         lock = self._pulls.setdefault(want, asyncio.Lock())
         async with lock:
-            if (layout / "index.json").exists():
+            if (layout / ("rootfs" if native else "index.json")).exists():
                 return layout
             layout.parent.mkdir(parents=True, exist_ok=True)
             part = layout.parent / f"{want}.part"
@@ -462,7 +468,7 @@ class ServiceRuntime:
                 raise ValueError(
                     f"artifact {_bare(url)} is {size} bytes, its signed manifest says {signed.size}: not run"
                 )
-            await asyncio.to_thread(_extract, part, layout)
+            await asyncio.to_thread(_extract_rootfs if native else _extract, part, layout)
             part.unlink(missing_ok=True)
             return layout
 
@@ -495,16 +501,17 @@ class ServiceRuntime:
             tmp = bundle.with_name(bundle.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(
-                [self.config.umoci, "unpack", "--image", f"{layout}:{_ref_name(layout)}", str(tmp)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            if desired.artifact.bundle is not None:  # its root filesystem, and runc's default spec to shape
+                shutil.copytree(layout / "rootfs", tmp / "rootfs", symlinks=True)
+                command = [self.config.runc, "spec", "--bundle", str(tmp)]
+                what = "making the runtime spec of the bundle"
+            else:
+                command = [self.config.umoci, "unpack", "--image", f"{layout}:{_ref_name(layout)}", str(tmp)]
+                what = "unpacking the OCI image"
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
             if done.returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise ValueError(f"unpacking the OCI image failed: {done.stderr.strip()[:500]}")
+                raise ValueError(f"{what} failed: {done.stderr.strip()[:500]}")
             (tmp / "image-config.json").write_text((tmp / "config.json").read_text())
             shutil.rmtree(bundle, ignore_errors=True)
             tmp.replace(bundle)
@@ -960,6 +967,22 @@ def _ref_name(layout: Path) -> str:
         if name:
             return str(name)
     return "latest"
+
+
+def _extract_rootfs(archive: Path, into: Path) -> None:
+    """A native bundle (a tar, possibly compressed, of a root filesystem) into `into/rootfs`, refusing paths
+    that leave it."""
+    tmp = into.with_name(into.name + ".unpack")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "rootfs").mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp / "rootfs", filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"the artifact is not a readable bundle (a tar of a root filesystem): {exc}") from None
+    shutil.rmtree(into, ignore_errors=True)
+    tmp.replace(into)
 
 
 def _extract(archive: Path, into: Path) -> None:

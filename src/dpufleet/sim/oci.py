@@ -37,6 +37,29 @@ def tools_missing() -> list[str]:
     return [t for t in ("runc", "umoci", "busybox") if shutil.which(t) is None]
 
 
+def busybox_rootfs(rootfs: Path) -> None:
+    """A static busybox and its applets under `rootfs`/bin, and an empty /etc."""
+    bin_dir = rootfs / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    shutil.copy(busybox, bin_dir / "busybox")
+    for applet in APPLETS:
+        (bin_dir / applet).symlink_to("busybox")
+    (rootfs / "etc").mkdir(exist_ok=True)
+
+
+def build_bundle(where: Path) -> tuple[Path, str]:
+    """A native process bundle: a gzipped tar of a busybox root filesystem: (the archive, its sha256)."""
+    rootfs = where / "bundle-rootfs"
+    busybox_rootfs(rootfs)
+    archive = where / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(rootfs.iterdir()):
+            tar.add(item, arcname=item.name)
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
 def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Path, str]:
     """A busybox OCI image archived as a tar of its layout: (the archive, its sha256)."""
     layout, bundle = where / "layout", where / "bundle"
@@ -46,14 +69,7 @@ def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Pat
         ["unpack", "--image", f"{layout}:latest", str(bundle)],
     ):
         subprocess.run(["umoci", *args], check=True, capture_output=True)
-    bin_dir = bundle / "rootfs" / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox is not None
-    shutil.copy(busybox, bin_dir / "busybox")
-    for applet in APPLETS:
-        (bin_dir / applet).symlink_to("busybox")
-    (bundle / "rootfs" / "etc").mkdir(exist_ok=True)
+    busybox_rootfs(bundle / "rootfs")
     subprocess.run(["umoci", "repack", "--image", f"{layout}:latest", str(bundle)], check=True, capture_output=True)
     config = ["umoci", "config", "--image", f"{layout}:latest"]
     for i, arg in enumerate(entrypoint or ["/bin/sleep", "3600"]):
