@@ -322,6 +322,16 @@ def _chain(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
     assert seen["status"]["programmed"] == 0
 
 
+def _deployment(op: Operator, doc: dict[str, Any], _rack2: SimRunning) -> None:
+    stored_as_written(op, doc)
+    name = doc["metadata"]["name"]
+    seen = op.wait_object("dpudeployments", name, lambda d: d["status"].get("servicesReady") is not None, SETTLE)
+    assert seen["status"]["phase"] == "Deploying" and seen["status"]["servicesReady"] == "0/2", "no DPU runs them"
+    agent = op.get("dpuservices", f"{name}-agent")
+    assert agent is not None and [d["service"] for d in agent["spec"]["dependsOn"]] == [f"{name}-spdk"]
+    assert agent["spec"]["placement"]["selector"]["matchLabels"] == doc["spec"]["selector"]["matchLabels"]
+
+
 CHECKS: dict[str, Check] = {
     "Host": _stored,
     "BMC": _bmc,
@@ -338,6 +348,7 @@ CHECKS: dict[str, Check] = {
     "PowerAction": _poweraction,
     "UpdateRequest": _updaterequest,
     "DPUService": _dpuservice,
+    "DPUDeployment": _deployment,
     "DPUAllocation": _stored,
     "DPUServiceIPAM": _ipam,
     "IPAMAllocation": _stored,

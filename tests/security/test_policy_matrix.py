@@ -48,6 +48,7 @@ DOCS: dict[str, dict[str, Any]] = {
     "DPUService": {
         "spec": {"artifact": {"image": {"reference": f"repo/svc@sha256:{SHA}"}}, "placement": {"replicas": 1}}
     },
+    "DPUDeployment": {"spec": {"services": {"s": {"artifact": {"image": {"reference": f"repo/svc@sha256:{SHA}"}}}}}},
     "DPUAllocation": {"spec": {"dpu": "dpu-x"}},
     "DPUServiceIPAM": {"spec": {"ipv4": {"cidr": "198.51.100.0/24", "blockPrefixLength": 28}}},
     "IPAMAllocation": {"spec": {"pool": "pool-x"}},

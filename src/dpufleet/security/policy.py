@@ -90,7 +90,8 @@ SUBACTION_DOC: dict[SubAction, str] = {
     SubAction.ENROLLMENT_ADMIN: "issuing enrollment tokens, trusting vendor CAs for IDevID enrollment, "
     "revoking a device's certificates (/enroll/v1/*)",
     SubAction.PRIVILEGED_SERVICE: "deploying a kernel module or a privileged DPUService (spec.artifact.kernelModule, "
-    "spec.privileged): a tenant may run services on a DPU it uses, never reprogram it",
+    "spec.privileged), directly or in a DPUDeployment's services: a tenant may run services on a DPU it uses, "
+    "never reprogram it",
 }
 
 READ = (Verb.GET, Verb.LIST, Verb.WATCH)
@@ -99,7 +100,18 @@ ALL_VERBS = tuple(Verb)
 A, OP, T, V, G, C = Role.ADMIN, Role.OPERATOR, Role.TENANT, Role.VIEWER, Role.AGENT, Role.CLOUD_SERVICE
 
 # Kinds a tenant or the cloud integration uses (they see them, and may change harmless fields of them).
-_USED = ("DPU", "Host", "DPUSet", "Image", "DPUFlavor", "Event", "Project", "PowerAction", "DPUService")
+_USED = (
+    "DPU",
+    "Host",
+    "DPUSet",
+    "Image",
+    "DPUFlavor",
+    "Event",
+    "Project",
+    "PowerAction",
+    "DPUService",
+    "DPUDeployment",
+)
 
 
 # Kinds only admins write: projects (who owns what) and publishers (whose signed images are trusted).
@@ -120,7 +132,7 @@ def _kind_rules() -> dict[str, dict[Verb, frozenset[Role]]]:
         if kind in ("DPU", "Host"):
             for verb in (Verb.UPDATE, Verb.PATCH):
                 per[verb] |= {T, C}
-        if kind in ("DPUSet", "DPUService"):
+        if kind in ("DPUSet", "DPUService", "DPUDeployment"):  # a bundle of the two
             for verb in WRITE:
                 per[verb].add(T)
         if kind == "PowerAction":  # a reset is asked for (create) and cleaned up (delete), never edited
