@@ -708,33 +708,32 @@ class ServiceRuntime:
             done = self._runc("kill", cid, how.signal, timeout=float(how.timeoutSeconds))
             return done.returncode == 0, (done.stderr.strip() or f"SIG{how.signal} sent")[:300]
         assert how.http is not None
-        timeout = float(how.timeoutSeconds)
-        argv = [sys.executable, "-c", _PROBE_SCRIPT, "post", str(how.http.port), how.http.path, str(timeout)]
+        ok, said = self._connect(inst, "post", how.http.port, how.http.path, float(how.timeoutSeconds))
+        return ok, f"POST {how.http.path}: {said}"
+
+    def _connect(self, inst: Instance, kind: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
+        """A tcp connect, an HTTP GET or a POST to the instance, from inside its network namespace."""
+        argv = [sys.executable, "-c", _PROBE_SCRIPT, kind, str(port), path, str(timeout)]
         if not inst.desired.privileged and inst.pid is not None:
             argv = [self.config.nsenter, "-t", str(inst.pid), "-n", *argv]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, check=False)
-        except subprocess.TimeoutExpired:
-            return False, f"POST {how.http.path} timed out after {timeout:g}s"
-        said = (done.stderr.strip().splitlines() or [""])[-1][:300]
-        return done.returncode == 0, said or f"POST {how.http.path}: exit status {done.returncode}"
+        return self._run_check(argv, timeout)
 
-    def probe(self, inst: Instance, cid: str, probe: Probe) -> tuple[bool, str]:
-        """Run one probe: (passed, what it said)."""
-        timeout = float(probe.timeoutSeconds)
-        if probe.exec is not None:
-            argv = [self.config.runc, "--root", str(self.runc_root), "exec", cid, *probe.exec]
-        else:
-            kind, port, path = ("tcp", probe.tcp.port, "/") if probe.tcp else ("http", probe.http.port, probe.http.path)  # type: ignore[union-attr]
-            argv = [sys.executable, "-c", _PROBE_SCRIPT, kind, str(port), path, str(timeout)]
-            if not inst.desired.privileged and inst.pid is not None:
-                argv = [self.config.nsenter, "-t", str(inst.pid), "-n", *argv]
+    @staticmethod
+    def _run_check(argv: list[str], timeout: float) -> tuple[bool, str]:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 2, check=False)
         except subprocess.TimeoutExpired:
             return False, f"timed out after {timeout:g}s"
         said = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or [""])[-1][:300]
         return done.returncode == 0, said or f"exit status {done.returncode}"
+
+    def probe(self, inst: Instance, cid: str, probe: Probe) -> tuple[bool, str]:
+        """Run one probe: (passed, what it said)."""
+        timeout = float(probe.timeoutSeconds)
+        if probe.exec is not None:
+            return self._run_check([self.config.runc, "--root", str(self.runc_root), "exec", cid, *probe.exec], timeout)
+        kind, port, path = ("tcp", probe.tcp.port, "/") if probe.tcp else ("http", probe.http.port, probe.http.path)  # type: ignore[union-attr]
+        return self._connect(inst, kind, port, path, timeout)
 
     # --- converge --------------------------------------------------------------------------------------------
 

@@ -60,6 +60,16 @@ class Compatibility(Strict):
     partNumbers: list[str] = Field(default_factory=list)
 
 
+def signed_manifest(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A `signedManifest` field's check (images and services): the envelope parses, or ValueError says why."""
+    if value is not None:
+        try:
+            parse_signed_manifest(json.dumps(value))
+        except ManifestRefused as exc:
+            raise ValueError(f"not a signed manifest: {exc.message}") from None
+    return value
+
+
 class ImageSpec(Strict):
     version: str
     components: list[ImageComponent] = Field(min_length=1)
@@ -73,12 +83,7 @@ class ImageSpec(Strict):
     @field_validator("signedManifest")
     @classmethod
     def _signed_manifest(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            try:
-                parse_signed_manifest(json.dumps(value))
-            except ManifestRefused as exc:
-                raise ValueError(f"not a signed manifest: {exc.message}") from None
-        return value
+        return signed_manifest(value)
 
 
 class ImageComponentStatus(BaseModel):

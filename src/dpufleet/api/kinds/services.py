@@ -12,18 +12,16 @@ service's status shows per instance.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ...crypto.signing import ManifestRefused, parse_signed_manifest
 from ..meta import Name, Status, Strict
 from ..selectors import LabelSelector
 from .base import Resource
 from .fleet import DPUTemplate, RolloutStrategy, count_or_percent
-from .images import ConfigFile
+from .images import ConfigFile, signed_manifest
 from .registry import Column, KindInfo, register
 
 _DIGEST = r"sha256:[0-9a-f]{64}"
@@ -76,12 +74,7 @@ class Artifact(Strict):
     @field_validator("signedManifest")
     @classmethod
     def _signed_manifest(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            try:
-                parse_signed_manifest(json.dumps(value))
-            except ManifestRefused as exc:
-                raise ValueError(f"not a signed manifest: {exc.message}") from None
-        return value
+        return signed_manifest(value)
 
     def sha256(self) -> str:
         """The digest the artifact is named by (hex)."""
