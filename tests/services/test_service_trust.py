@@ -223,3 +223,14 @@ def test_a_bad_trust_store_names_the_entry(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"name": "x", "class": "nobody", "publicKey": pem(VENDOR_KEY)}]))
     with pytest.raises(ValueError, match="entry 0"):
         load_trust(path)
+
+
+def test_the_emulators_trust_store_flags_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dpufleet.main import app
+
+    result = CliRunner().invoke(app, ["sim", "up", "--trusted-publishers", str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and "go with --services" in result.output
+    result = CliRunner().invoke(app, ["agent", "--trusted-publishers", str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and "go with --services" in result.output

@@ -89,6 +89,15 @@ def up_cmd(
         False, "--services", help="run the services placed on DPUs as real containers with runc (root)"
     ),
     services_dpus: int = typer.Option(1, "--services-dpus", min=1, help="with --services: how many DPUs run them"),
+    trusted_publishers: Path | None = typer.Option(
+        None,
+        "--trusted-publishers",
+        help="with --services: each DPU's own trust store (JSON list of {name, class, publicKey}), as "
+        "`dpufleet agent --trusted-publishers`",
+    ),
+    require_signed_services: bool = typer.Option(
+        False, "--require-signed-services", help="with --services: the DPUs never run an unsigned artifact"
+    ),
 ) -> None:
     """Run an emulated fleet until Ctrl-C, reporting to the control plane (--server/DPUFLEET_SERVER)."""
     from ..server.runner import parse_listen
@@ -117,6 +126,15 @@ def up_cmd(
             raise UserError(f"--services needs runc and umoci: {', '.join(missing)} not found (apt install runc umoci)")
         if os.geteuid() != 0:
             raise UserError("--services runs containers with cgroup limits: run it as root")
+    if (trusted_publishers is not None or require_signed_services) and not services:
+        raise UserError("--trusted-publishers and --require-signed-services go with --services")
+    if trusted_publishers is not None:
+        from ..agent.services import load_trust
+
+        try:
+            load_trust(trusted_publishers)
+        except ValueError as exc:
+            raise UserError(f"--trusted-publishers {exc}") from None
     config = options(ctx).config()
     talk = register or agents
     if directory is None and os.environ.get("DPUFLEET_SIM_DIR"):
@@ -145,6 +163,8 @@ def up_cmd(
         network_dpus=network_dpus,
         services=services,
         services_dpus=services_dpus,
+        services_trusted_publishers=trusted_publishers,
+        services_require_signed=require_signed_services,
     )
 
     async def main() -> None:
