@@ -198,15 +198,7 @@ def agent_cmd(
 
     if services and role != "dpu":
         raise UserError("--services: only a DPU's agent runs services (--role dpu)")
-    if (trusted_publishers is not None or require_signed_services) and not services:
-        raise UserError("--trusted-publishers and --require-signed-services go with --services")
-    if trusted_publishers is not None:
-        from ..agent.services import load_trust
-
-        try:
-            load_trust(trusted_publishers)
-        except ValueError as exc:
-            raise UserError(f"--trusted-publishers {exc}") from None
+    check_trust_options(services, trusted_publishers, require_signed_services)
     if services:
         missing = [tool for tool in ("runc", "umoci") if shutil.which(tool) is None]
         if missing:
@@ -259,3 +251,17 @@ def agent_cmd(
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         return
+
+
+def check_trust_options(services: bool, trusted_publishers: Path | None, require_signed: bool) -> None:
+    """`--trusted-publishers FILE` and `--require-signed-services` (agent, sim up): with --services, and a
+    trust store that reads, before anything starts."""
+    if (trusted_publishers is not None or require_signed) and not services:
+        raise UserError("--trusted-publishers and --require-signed-services go with --services")
+    if trusted_publishers is not None:
+        from ..agent.services import load_trust
+
+        try:
+            load_trust(trusted_publishers)
+        except ValueError as exc:
+            raise UserError(f"--trusted-publishers {exc}") from None

@@ -126,15 +126,9 @@ def up_cmd(
             raise UserError(f"--services needs runc and umoci: {', '.join(missing)} not found (apt install runc umoci)")
         if os.geteuid() != 0:
             raise UserError("--services runs containers with cgroup limits: run it as root")
-    if (trusted_publishers is not None or require_signed_services) and not services:
-        raise UserError("--trusted-publishers and --require-signed-services go with --services")
-    if trusted_publishers is not None:
-        from ..agent.services import load_trust
+    from .processes import check_trust_options
 
-        try:
-            load_trust(trusted_publishers)
-        except ValueError as exc:
-            raise UserError(f"--trusted-publishers {exc}") from None
+    check_trust_options(services, trusted_publishers, require_signed_services)
     config = options(ctx).config()
     talk = register or agents
     if directory is None and os.environ.get("DPUFLEET_SIM_DIR"):

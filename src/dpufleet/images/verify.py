@@ -54,11 +54,17 @@ def trust_policy(store: Store, project: str) -> TrustPolicy:
     return policy
 
 
-def _project_spec(store: Store, project: str) -> tuple[list[PublisherClass], bool]:
+def project_spec(store: Store, project: str) -> dict[str, Any]:
+    """The project's spec as stored ({} when there is no Project object: the defaults apply)."""
     try:
-        spec = store.get("Project", project, project).get("spec") or {}
+        spec: dict[str, Any] = store.get("Project", project, project).get("spec") or {}
     except NotFound:
-        return list(DEFAULT_PUBLISHER_CLASSES), False
+        return {}
+    return spec
+
+
+def _project_spec(store: Store, project: str) -> tuple[list[PublisherClass], bool]:
+    spec = project_spec(store, project)
     classes = [PublisherClass(c) for c in spec.get("allowedPublisherClasses", DEFAULT_PUBLISHER_CLASSES)]
     return classes, bool(spec.get("requireSignedImages"))
 

@@ -23,7 +23,6 @@ counts are exact.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -264,6 +263,12 @@ def take(node: Node, request: Request) -> None:
     node.services.add(request.service)
 
 
+def _preferred_first(nodes: list[Node], start: int, prefer: frozenset[str]) -> list[Node]:
+    """The DPUs in the order a pass looks at them (from `start`), the preferred ones first."""
+    rotated = nodes[start:] + nodes[:start]
+    return [n for n in rotated if n.name in prefer] + [n for n in rotated if n.name not in prefer]
+
+
 def place(
     nodes: list[Node], request: Request, wanted: int, start: int = 0, host_counts: Counter[str | None] | None = None
 ) -> Placed:
@@ -286,10 +291,9 @@ def place(
     )
     candidates: list[Node] = []
     count = len(nodes)
-    preferred = [n for n in nodes if n.name in request.prefer] if request.prefer else []
-    order = (nodes[(start + i) % count] for i in range(count))
-    seen_first = {id(n) for n in preferred}
-    for node in itertools.chain(preferred, (n for n in order if id(n) not in seen_first) if preferred else order):
+    ordered = _preferred_first(nodes, start, request.prefer) if request.prefer else None
+    for i in range(count):
+        node = nodes[(start + i) % count] if ordered is None else ordered[i]
         report.examined += 1
         why = flt.reason(node)
         if why is None:

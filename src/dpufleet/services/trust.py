@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 
-from ..api.errors import NotFound
 from ..api.kinds import DPUServiceSpec
 from ..crypto.signing import (
     Manifest,
@@ -31,17 +30,14 @@ from ..crypto.signing import (
     parse_signed_manifest,
     verify_manifest,
 )
-from ..images.verify import trust_policy
+from ..images.verify import project_spec, trust_policy
 from ..store.store import Store
 
 ARTIFACT_COMPONENT = "artifact"
 
 
 def _project_rules(store: Store, project: str) -> tuple[bool, set[PublisherClass]]:
-    try:
-        spec = store.get("Project", project, project).get("spec") or {}
-    except NotFound:
-        spec = {}
+    spec = project_spec(store, project)
     privileged = spec.get("privilegedServiceClasses", [PublisherClass.VENDOR])
     return bool(spec.get("requireSignedServices")), {PublisherClass(c) for c in privileged}
 
