@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from ..api.agent_services import DesiredInstance, DesiredServices
@@ -78,14 +81,58 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
     )
 
 
+def _held_back(upgrade: dict[str, Any]) -> frozenset[str]:
+    """The DPUs the upgrade keeps on the current revision: held, or whose upgrade failed."""
+    return frozenset([*(upgrade.get("held") or []), *(f.get("dpu") for f in upgrade.get("failed") or [])])
+
+
 def runs_template(doc: dict[str, Any], dpu: str) -> dict[str, Any] | None:
     """What the service's upgrade says this DPU runs: the current revision's template while it holds the
     DPU back (or its upgrade failed there), else the update revision's. None before the controller's first
     visit (the spec, then). Never the spec as just written: the controller decides when a DPU moves."""
     upgrade = (doc.get("status") or {}).get("upgrade") or {}
-    if dpu in (upgrade.get("held") or []) or any(f.get("dpu") == dpu for f in upgrade.get("failed") or []):
+    if dpu in _held_back(upgrade):
         return upgrade.get("template") or None
     return upgrade.get("updateTemplate") or None
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """One version of a service (its resourceVersion), as every DPU that holds it is served it."""
+
+    back: frozenset[str]
+    current: DesiredInstance  # instance name left empty: each DPU's is filled in
+    update: DesiredInstance
+
+
+_RENDERED: OrderedDict[tuple[str, str, str], _Rendered] = OrderedDict()
+_RENDERED_MAX = 4096
+_LOCK = threading.Lock()
+
+
+def _render(project: str, doc: dict[str, Any]) -> _Rendered:
+    """Every DPU asks every few seconds; a service changes far less often: its two renderings are made once
+    per resourceVersion (any write makes a new one) and kept for the next DPUs that ask."""
+    meta = doc["metadata"]
+    key = (project, str(meta["name"]), str(meta.get("resourceVersion")))
+    with _LOCK:
+        found = _RENDERED.get(key)
+        if found is not None:
+            _RENDERED.move_to_end(key)
+            return found
+    spec = DPUServiceSpec.model_validate(doc["spec"])
+    upgrade = (doc.get("status") or {}).get("upgrade") or {}
+    current, update = (
+        held_spec(spec, t) if t else spec for t in (upgrade.get("template"), upgrade.get("updateTemplate"))
+    )
+    rendered = _Rendered(
+        _held_back(upgrade), desired_instance(key[1], "", current), desired_instance(key[1], "", update)
+    )
+    with _LOCK:
+        _RENDERED[key] = rendered
+        while len(_RENDERED) > _RENDERED_MAX:
+            _RENDERED.popitem(last=False)
+    return rendered
 
 
 def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
@@ -101,9 +148,7 @@ def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
             continue
         if (doc.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        spec = DPUServiceSpec.model_validate(doc["spec"])
-        template = runs_template(doc, dpu)
-        if template is not None:
-            spec = held_spec(spec, template)
-        instances.append(desired_instance(placed["service"], placed["instance"], spec))
+        rendered = _render(project, doc)
+        chosen = rendered.current if dpu in rendered.back else rendered.update
+        instances.append(chosen.model_copy(update={"service": placed["service"], "instance": placed["instance"]}))
     return DesiredServices(dpu=dpu, instances=sorted(instances, key=lambda i: i.service))
