@@ -199,12 +199,9 @@ def test_agent_status_and_last_seen_are_current(site: Operator, fleet: SimRunnin
 
 
 def test_a_changed_discovery_rescans_without_duplicating_anything(site: Operator, fleet: SimRunning) -> None:
-    before = site.get("discoveries", "lab")
-    assert before is not None
     bmcs_before = sorted(b["metadata"]["uid"] for b in site.objects("bmcs"))
     dpus_before = sorted(d["metadata"]["uid"] for d in site.objects("dpus"))
-    changed = {"kind": "Discovery", "metadata": before["metadata"], "spec": {**before["spec"], "concurrency": 8}}
-    generation = site.replace("discoveries", changed)["metadata"]["generation"]
+    generation = site.patch("discoveries", "lab", {"spec": {"concurrency": 8}})["metadata"]["generation"]
     after = site.wait_object("discoveries", "lab", lambda d: d["status"].get("observedGeneration") == generation)
     assert after["status"]["redfishFound"] == len(fleet.endpoints)
     assert sorted(b["metadata"]["uid"] for b in site.objects("bmcs")) == bmcs_before
@@ -238,8 +235,10 @@ def test_an_update_pushed_through_the_bmc_is_detected_and_recorded(site: Operato
     poll("the DPU to run DPU_NIC 32.99.1234", lambda: dpu.firmware["DPU_NIC"], lambda v: v == "32.99.1234", 15)
     bmc_obj = next(b for b in site.objects("bmcs") if name in b["status"].get("dpus", []))
     assert bmc_obj is not None
-    bmc_obj["metadata"].setdefault("annotations", {})["dpufleet.io/refresh"] = str(time.time())  # refresh now
-    site.replace("bmcs", bmc_obj)
+    # refresh now (a merge patch: the BMC reconciler may be writing its status at this moment)
+    site.patch(
+        "bmcs", bmc_obj["metadata"]["name"], {"metadata": {"annotations": {"dpufleet.io/refresh": str(time.time())}}}
+    )
     refreshed = site.wait_object(
         "dpus", name, lambda d: any(h["to"] == "32.99.1234" for h in d["status"].get("updateHistory") or [])
     )

@@ -55,8 +55,7 @@ def phase(op: Operator, name: str) -> str | None:
 
 
 def merge_patch(op: Operator, plural: str, name: str, doc: dict[str, Any]) -> None:
-    resp = op.http.patch(op.path(plural, name), json=doc, headers={"Content-Type": "application/merge-patch+json"})
-    assert resp.status_code == 200, resp.text
+    op.patch(plural, name, doc)
 
 
 def test_sigkill_at_every_phase_boundary_resumes_with_one_flash_each(

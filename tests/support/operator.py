@@ -49,6 +49,15 @@ class Operator:
         replaced: dict[str, Any] = resp.json()
         return replaced
 
+    def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch: no resourceVersion, so a controller writing status meanwhile is no conflict."""
+        resp = self.http.patch(
+            self.path(plural, name), json=body, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        assert resp.status_code == 200, f"patching {plural}/{name}: HTTP {resp.status_code}: {resp.text}"
+        patched: dict[str, Any] = resp.json()
+        return patched
+
     def get(self, plural: str, name: str) -> dict[str, Any] | None:
         resp = self.http.get(self.path(plural, name))
         if resp.status_code == 404:
