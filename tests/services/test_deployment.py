@@ -153,3 +153,75 @@ def test_a_privileged_service_in_a_bundle_is_the_admin_only_sub_action() -> None
     assert SubAction.PRIVILEGED_SERVICE in sensitive_actions("DPUDeployment", Verb.CREATE, None, privileged)
     assert SubAction.PRIVILEGED_SERVICE not in sensitive_actions("DPUDeployment", Verb.CREATE, None, plain)
     assert SubAction.IMAGE_FLASH in sensitive_actions("DPUDeployment", Verb.CREATE, None, plain)
+
+
+def test_each_change_is_a_revision_and_a_spec_seen_again_takes_the_next_number(store: Store) -> None:
+    store.create({"kind": "DPUDeployment", "metadata": {"name": "edge"}, "spec": bundle()})
+    visit(store, P, "edge")
+    visit(store, P, "edge")  # a visit that sees the same spec numbers nothing
+    assert status(store)["revision"] == 1 and len(status(store)["history"]) == 1
+    doc = store.get("DPUDeployment", "edge", P)
+    store.update({**doc, "spec": bundle(image="os-2")})
+    visit(store, P, "edge")
+    assert status(store)["revision"] == 2
+    assert [h["spec"]["dpuSet"]["template"]["image"] for h in status(store)["history"]] == ["os-1", "os-2"]
+
+    doc = store.get("DPUDeployment", "edge", P)  # what `dpufleet deployment undo` writes: revision 1's spec
+    store.update({**doc, "spec": status(store)["history"][0]["spec"]})
+    visit(store, P, "edge")
+    assert status(store)["revision"] == 3
+    assert [(h["revision"], h["spec"]["dpuSet"]["template"]["image"]) for h in status(store)["history"]] == [
+        (2, "os-2"),
+        (3, "os-1"),
+    ]
+    assert store.get("DPUSet", "edge", P)["spec"]["template"]["image"] == "os-1"
+
+
+def test_the_history_keeps_the_last_revisions(store: Store) -> None:
+    from dpufleet.services.deployment import HISTORY
+
+    store.create({"kind": "DPUDeployment", "metadata": {"name": "edge"}, "spec": bundle(image="os-0")})
+    visit(store, P, "edge")
+    for i in range(1, HISTORY + 3):
+        doc = store.get("DPUDeployment", "edge", P)
+        store.update({**doc, "spec": bundle(image=f"os-{i}")})
+        visit(store, P, "edge")
+    history = status(store)["history"]
+    assert len(history) == HISTORY and history[-1]["revision"] == HISTORY + 3
+    assert history[0]["revision"] == 4  # the oldest went
+
+
+def test_a_paused_bundle_holds_its_os_rollout_and_its_services_upgrades(store: Store) -> None:
+    store.create({"kind": "DPUDeployment", "metadata": {"name": "edge"}, "spec": bundle()})
+    visit(store, P, "edge")
+    os_rolled_out(store)
+    visit(store, P, "edge")
+    for name in ("edge-storage", "edge-agent"):
+        assert store.get("DPUService", name, P)["spec"]["upgrade"]["paused"] is False
+        running_everywhere(store, name)
+    visit(store, P, "edge")
+    assert status(store)["phase"] == "Ready"
+
+    doc = store.get("DPUDeployment", "edge", P)
+    store.update({**doc, "spec": {**bundle(image="os-2", sha="e" * 64), "paused": True}})
+    assert not visit(store, P, "edge")  # nothing to look again at: it waits for a resume
+    dpuset = store.get("DPUSet", "edge", P)
+    assert dpuset["spec"]["paused"] is True and dpuset["spec"]["template"]["image"] == "os-2"
+    assert status(store)["phase"] == "Paused" and status(store)["revision"] == 2
+    ready = next(c for c in status(store)["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "deployment resume edge" in ready["message"]
+
+    os_rolled_out(store)  # what was under way finished: the services get the new spec, paused
+    visit(store, P, "edge")
+    storage = store.get("DPUService", "edge-storage", P)
+    assert storage["spec"]["artifact"]["image"]["reference"].endswith("e" * 64)
+    assert storage["spec"]["upgrade"]["paused"] is True
+
+    doc = store.get("DPUDeployment", "edge", P)
+    store.update({**doc, "spec": {**doc["spec"], "paused": False}})
+    visit(store, P, "edge")
+    assert status(store)["revision"] == 2  # resuming is no new revision
+    assert store.get("DPUSet", "edge", P)["spec"]["paused"] is False
+    os_rolled_out(store)  # the DPUSet controller has seen its spec change (its generation moved)
+    visit(store, P, "edge")
+    assert store.get("DPUService", "edge-storage", P)["spec"]["upgrade"]["paused"] is False

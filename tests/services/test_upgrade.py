@@ -274,3 +274,48 @@ def test_a_spec_just_written_reaches_no_dpu_before_the_controller_has_seen_it() 
     doc["status"] = {"upgrade": moving.model_dump(mode="json")}
     assert runs_template(doc, "dpu-0") == TEMPLATE_NEW and runs_template(doc, "dpu-1") == old
     assert runs_template({"spec": {}, "status": {}}, "dpu-0") is None  # never visited: the spec
+
+
+def test_a_paused_upgrade_starts_no_one_else_lets_those_in_flight_finish_and_goes_on_when_resumed() -> None:
+    fleet = Fleet(DPUS, strategy(maxUnavailable=2))
+    fleet.step(NEW)  # dpu-0 and dpu-1 in flight
+    fleet.strategy = strategy(maxUnavailable=2, paused=True)
+    paused = fleet.step(NEW)
+    assert paused.upgrade.phase == "Paused" and sorted(paused.upgrade.inFlight) == ["dpu-0", "dpu-1"]
+    assert paused.rolling  # two still in flight: look again
+    assert [e[0] for e in paused.events] == ["UpgradePaused"]
+    for _ in range(5):
+        fleet.tick()
+        fleet.step(NEW)
+    assert fleet.upgrade.phase == "Paused" and sorted(fleet.upgrade.updated) == ["dpu-0", "dpu-1"]
+    assert not fleet.upgrade.inFlight and len(fleet.upgrade.held) == 6
+    assert not fleet.step(NEW).rolling  # nothing in flight: wait for the spec to change
+    assert [expected_revision(fleet.upgrade, d) for d in DPUS].count(NEW) == 2  # no one else moved
+    assert [e[0] for e in fleet.events].count("UpgradePaused") == 1  # one Event, not one per visit
+
+    fleet.strategy = strategy(maxUnavailable=2)
+    resumed = fleet.step(NEW)
+    assert resumed.upgrade.phase == "Progressing" and len(resumed.upgrade.inFlight) == 2
+    for _ in range(20):
+        fleet.tick()
+        if fleet.step(NEW).upgrade.phase == "Complete":
+            break
+    assert fleet.upgrade.phase == "Complete" and fleet.upgrade.currentRevision == NEW
+
+
+def test_a_paused_upgrade_still_counts_failures_and_rolls_back() -> None:
+    fleet = Fleet(DPUS, strategy(maxUnavailable=2, maxFailures=1))
+    fleet.broken.add(NEW)
+    fleet.step(NEW)
+    fleet.strategy = strategy(maxUnavailable=2, maxFailures=1, paused=True)
+    fleet.tick()
+    step = fleet.step(NEW)
+    assert step.upgrade.phase == "RolledBack"
+    assert all(expected_revision(fleet.upgrade, d) == OLD for d in DPUS)
+
+
+def test_pausing_changes_no_revision() -> None:
+    base = {"artifact": {"image": {"reference": "repo/x@sha256:" + "a" * 64}}, "placement": {"mode": "EveryDPU"}}
+    running_spec = DPUServiceSpec.model_validate(base)
+    paused_spec = DPUServiceSpec.model_validate({**base, "upgrade": {"paused": True}})
+    assert revisions(running_spec) == revisions(paused_spec)

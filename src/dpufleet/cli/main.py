@@ -27,6 +27,7 @@ from . import apply as apply_cmd
 from . import resources
 from . import security as security_cmd
 from .common import GlobalOptions, UserError, error_line, note, options
+from .deployment import deployment_app
 from .diff import diff
 from .dpu import dpu_app
 from .edit import edit
@@ -134,6 +135,7 @@ app.add_typer(security_cmd.audit_app, name="audit")
 app.command("whoami")(security_cmd.whoami)
 app.add_typer(dpu_app, name="dpu")
 app.add_typer(service_app, name="service")
+app.add_typer(deployment_app, name="deployment")
 app.add_typer(host_app, name="host")
 app.add_typer(update_app, name="update")
 app.add_typer(rollout_app, name="rollout")

@@ -6,6 +6,8 @@
   until it completes, rolls back or halts (exit 1 for the last two).
 - `undo NAME`: put back what the service's instances ran before: during an upgrade (or after a
   rollback) the current revision, after a completed one the previous revision (rolled like any change).
+- `pause NAME` / `resume NAME`: no more instances start the upgrade (those in flight finish), and on
+  again (`spec.upgrade.paused`); a DPUDeployment's service is paused with its bundle instead.
 - `move NAME --from DPU [--to DPU]`: a replicated service's instance moves off a DPU (placed
   elsewhere first); the DPU stays in `spec.placement.exclude`.
 """
@@ -22,7 +24,7 @@ from .common import UserError, note, options
 
 service_app = typer.Typer(help="Services on DPUs: their instances' logs and upgrades.", no_args_is_help=True)
 _PROJECT = typer.Option(None, "-p", "--project", help="project of the service")
-_ENDED = ("Complete", "RolledBack", "Halted")
+_ENDED = ("Complete", "Paused", "RolledBack", "Halted")
 
 
 def new_lines(before: list[str], now: list[str]) -> list[str]:
@@ -86,7 +88,7 @@ def rollout_summary(doc: dict[str, Any]) -> str:
             f"{_short(upgrade.get('updateRevision'))}: {len(upgrade.get('updated') or [])}/{total} upgraded, "
             f"{len(upgrade.get('inFlight') or {})} in flight, {len(upgrade.get('failed') or [])} failed"
         )
-    explained = phase in ("RolledBack", "Halted", "Waiting") and upgrade.get("message")
+    explained = phase in ("RolledBack", "Halted", "Waiting", "Paused") and upgrade.get("message")
     return line + (f" - {upgrade['message']}" if explained else "")
 
 
@@ -138,6 +140,37 @@ def undo(
         updated = {"kind": "DPUService", "metadata": doc["metadata"], "spec": {**doc["spec"], **template}}
         client.update(updated, config.project)
     print(f"dpuservice/{name}: returning to revision {_short(revision)} (`dpufleet service rollout {name} -w`)")
+
+
+def _set_paused(ctx: typer.Context, name: str, project: str | None, paused: bool) -> None:
+    config = options(ctx).config(project)
+    with options(ctx).client() as client:
+        doc = client.get("dpuservices", name, config.project)
+        owner = (doc["metadata"].get("labels") or {}).get("dpufleet.io/deployment")
+        if owner:
+            verb = "pause" if paused else "resume"
+            raise UserError(
+                f"dpuservice/{name} belongs to dpudeployment/{owner}, which writes its spec: "
+                f"`dpufleet deployment {verb} {owner}`"
+            )
+        client.patch("dpuservices", name, {"spec": {"upgrade": {"paused": paused}}}, config.project)
+    print(f"dpuservice/{name}: " + ("paused: no more instances start the upgrade" if paused else "resumed"))
+
+
+@service_app.command("pause")
+def pause(
+    ctx: typer.Context, name: str = typer.Argument(..., help="the DPUService"), project: str | None = _PROJECT
+) -> None:
+    """Start the upgrade on no more instances; those in flight finish (spec.upgrade.paused)."""
+    _set_paused(ctx, name, project, True)
+
+
+@service_app.command("resume")
+def resume(
+    ctx: typer.Context, name: str = typer.Argument(..., help="the DPUService"), project: str | None = _PROJECT
+) -> None:
+    """Go on with a paused upgrade."""
+    _set_paused(ctx, name, project, False)
 
 
 def _dpus_of(doc: dict[str, Any]) -> list[str]:

@@ -446,7 +446,7 @@ def _dependency_upgrading(spec: DPUServiceSpec, snapshot: Snapshot) -> str | Non
             continue
         status = doc.get("status") or {}
         phase = (status.get("upgrade") or {}).get("phase")
-        if phase in ("Progressing", "Waiting") or status.get("observedGeneration") != doc["metadata"].get("generation"):
+        if phase in ("Progressing", "Waiting", "Paused") or status.get("observedGeneration") != doc["metadata"].get("generation"):
             return dep.service
     return None
 

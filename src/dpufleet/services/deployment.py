@@ -12,7 +12,16 @@ One visit of a DPUDeployment:
    the services' machinery (services/upgrade.py) and follow the dependency graph there; a service
    dropped from the bundle is deleted;
 4. the status sums it up: the DPUSet's phase and counts, each service's running/desired and upgrade
-   phase, `servicesReady` ("2/3"), and the phase: RollingOS, Deploying, Ready.
+   phase, `servicesReady` ("2/3"), and the phase: RollingOS, Deploying, Paused, Ready.
+
+Each spec the controller sees (without `paused`) is a revision: `status.revision` numbers it and
+`status.history` keeps the last HISTORY of them, a spec seen again taking the next number (as
+Kubernetes' Deployments do). `dpufleet deployment undo [--to-revision N]` writes one of them back: an
+ordinary change, rolled OS first like any other, so a bundle is undone as one thing.
+
+`paused` holds the whole bundle: the DPUSet gets `paused` (no DPU starts an OS update) and each service
+`upgrade.paused` (no instance starts an upgrade); what is under way finishes. A change made while
+paused is written but does not start anywhere until the bundle is resumed.
 
 The services are written by this controller, so the API's rule that only admins may deploy a
 privileged service or a kernel module applies to the DPUDeployment itself (security/policy.py).
@@ -27,16 +36,18 @@ from typing import Any
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.kinds import lookup
-from ..api.kinds.services import DEPLOYMENT_LABEL, DPUDeploymentSpec
-from ..api.meta import Severity
+from ..api.kinds.services import DEPLOYMENT_LABEL, DeploymentRevision, DPUDeploymentSpec
+from ..api.meta import Severity, isotime, now
 from ..api.selectors import LabelSelector
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
 from ..store.reads import Change
 from ..store.store import Store
+from .desired import digest
 
 log = logging.getLogger(__name__)
 WAIT_RETRY = 2.0
+HISTORY = 10  # revisions kept in status.history
 
 
 def service_name(deployment: str, service: str) -> str:
@@ -60,6 +71,7 @@ def _owned(deployment: dict[str, Any], name: str, kind: str, spec: dict[str, Any
 
 def _service_spec(name: str, spec: DPUDeploymentSpec, service: str) -> dict[str, Any]:
     body = dict(spec.services[service])
+    body["upgrade"] = {**(body.get("upgrade") or {}), "paused": spec.paused}
     body["placement"] = {"mode": "EveryDPU", "selector": spec.selector.model_dump(mode="json", exclude_none=True)}
     body["dependsOn"] = [
         {
@@ -99,6 +111,26 @@ def _dpuset_done(dpuset: dict[str, Any]) -> bool:
     )
 
 
+def bundle_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a revision is: the spec without `paused` (pausing and resuming change no revision)."""
+    return {k: v for k, v in spec.items() if k != "paused"}
+
+
+def record_revision(status: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Number the spec's revision in `status` (revision, history); True when it is new or seen again."""
+    bundle = bundle_of(spec)
+    key = digest(bundle)
+    history = [DeploymentRevision.model_validate(h) for h in status.get("history") or []]
+    if history and history[-1].digest == key:
+        return False
+    number = max((h.revision for h in history), default=0) + 1
+    history = [h for h in history if h.digest != key]  # seen again (an undo): it moves to the top
+    history.append(DeploymentRevision(revision=number, digest=key, spec=bundle, seenAt=isotime(now())))
+    status["history"] = [h.model_dump(mode="json") for h in history[-HISTORY:]]
+    status["revision"] = number
+    return True
+
+
 def visit(store: Store, project: str, name: str) -> bool:
     """One visit (see the module doc). True while it waits for the OS rollout or the services."""
     try:
@@ -110,6 +142,7 @@ def visit(store: Store, project: str, name: str) -> bool:
     spec = DPUDeploymentSpec.model_validate(doc["spec"])
     generation = doc["metadata"].get("generation")
     status: dict[str, Any] = dict(doc.get("status") or {})
+    record_revision(status, doc["spec"])
     os_ready = True
     if spec.dpuSet is not None:
         dpuset = _apply(
@@ -119,6 +152,7 @@ def visit(store: Store, project: str, name: str) -> bool:
                 "selector": spec.selector.model_dump(mode="json", exclude_none=True),
                 "template": spec.dpuSet.template.model_dump(mode="json", exclude_none=True),
                 "strategy": spec.dpuSet.strategy.model_dump(mode="json", exclude_none=True),
+                "paused": spec.paused,
             }),
         )  # fmt: skip
         os_ready = _dpuset_done(dpuset)
@@ -158,7 +192,15 @@ def visit(store: Store, project: str, name: str) -> bool:
     status["services"] = summaries
     status["servicesReady"] = f"{settled}/{len(spec.services)}"
     status["observedGeneration"] = generation
-    if not os_ready:
+    if spec.paused and (not os_ready or settled < len(spec.services)):
+        phase, message = (
+            "Paused",
+            (
+                f"paused at revision {status['revision']}: nothing more starts (`dpufleet deployment resume {name}`); "
+                + ("the OS rollout holds" if not os_ready else f"{settled}/{len(spec.services)} service(s) settled")
+            ),
+        )
+    elif not os_ready:
         phase, message = "RollingOS", f"the DPUSet rolls the bundle's OS first ({status['dpuSet']['phase']})"
     elif settled < len(spec.services):
         phase, message = (
@@ -174,7 +216,7 @@ def visit(store: Store, project: str, name: str) -> bool:
         store.update_status("DPUDeployment", name, status, project)
     except (NotFound, Conflict):
         return True
-    return phase != "Ready"
+    return phase not in ("Ready", "Paused")
 
 
 class DPUDeploymentReconciler(Reconciler):

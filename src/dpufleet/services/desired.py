@@ -29,7 +29,8 @@ from ..store.store import Store
 TEMPLATE_FIELDS = ("artifact", "config", "resources", "restartPolicy", "privileged", "probes")
 
 
-def _digest(value: object) -> str:
+def digest(value: object) -> str:
+    """A short, stable digest of a JSON value (keys sorted): what names a revision."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -46,7 +47,7 @@ def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
     files = [f.model_dump(mode="json") for f in spec.config.files]
     if spec.config.reload is None:
         runs["files"] = files  # the service cannot reload them: new files are a new container
-    return _digest(runs), _digest(files)
+    return digest(runs), digest(files)
 
 
 def template_of(spec: DPUServiceSpec) -> dict[str, Any]:

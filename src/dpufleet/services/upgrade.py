@@ -18,6 +18,8 @@ another revision than the one its instances run (`status.upgrade.currentRevision
   it nothing more moves (Halted);
 - a service that depends on another (`dependsOn`) does not start new batches while that one upgrades
   (Waiting): cascades follow the dependency graph;
+- `paused` starts no new batch (Paused): the instances in flight finish and are checked as usual,
+  failures still count, and a change of revision still resets the upgrade; clearing it goes on;
 - the spec asking for the current revision again (an undo) ends the upgrade: held DPUs stay, the others
   go back. A new revision while one rolls starts over from the current one; DPUs already off it are in
   flight to the newest at once. An instance placed during an upgrade runs the new revision and is
@@ -64,7 +66,8 @@ class Step:
     @property
     def rolling(self) -> bool:
         """Still moving: look again soon."""
-        return self.upgrade.phase in ("Progressing", "Waiting")
+        u = self.upgrade
+        return u.phase in ("Progressing", "Waiting") or (u.phase == "Paused" and bool(u.inFlight))
 
 
 def short(revision: str) -> str:
@@ -143,6 +146,12 @@ def advance(
     if dependency_upgrading is not None:
         u.phase = "Waiting"
         u.message = f"waiting for service {dependency_upgrading!r} to finish its upgrade; {_progress(u, total)}"
+        return step
+    if strategy.paused and (u.held or u.inFlight):
+        if u.phase != "Paused":
+            step.events.append(("UpgradePaused", f"paused: {_progress(u, total)}", "Normal"))
+        u.phase = "Paused"
+        u.message = f"paused ({len(u.inFlight)} in flight finish, {len(u.held)} held): {_progress(u, total)}"
         return step
     u.phase = "Progressing"
     slots = resolve_limit(strategy.maxUnavailable, total) - len(u.inFlight)

@@ -244,6 +244,9 @@ class UpgradeStrategy(Strict):
         default=300, ge=1, le=86_400, description="an instance not ready this long after its upgrade began failed"
     )
     autoRollback: bool = Field(default=True, description="put every instance back on the previous revision")
+    paused: bool = Field(
+        default=False, description="start upgrading no more instances; those upgrading finish (Paused)"
+    )
 
     @field_validator("maxUnavailable", "maxFailures")
     @classmethod
@@ -303,7 +306,7 @@ class InstanceStatus(Strict):
     reason: str | None = None
 
 
-UpgradePhase = Literal["Complete", "Progressing", "Waiting", "RolledBack", "Halted"]
+UpgradePhase = Literal["Complete", "Progressing", "Waiting", "Paused", "RolledBack", "Halted"]
 
 
 class UpgradeInFlight(Strict):
@@ -402,11 +405,16 @@ class DPUDeploymentSpec(Strict):
     Each service is a DPUService spec without `placement`: it runs on every selected DPU (EveryDPU), as
     DPUService `<deployment>-<service>`; `dependsOn` names other services of the bundle by their names
     here. A change rolls the OS first (the DPUSet's rollout), then the services (their upgrades, in
-    dependency order)."""
+    dependency order). `paused` holds the whole bundle where it is; each change is a revision kept in
+    `status.history`, which `dpufleet deployment undo` writes back."""
 
     selector: LabelSelector = Field(default_factory=LabelSelector)
     dpuSet: DeploymentDPUSet | None = None
     services: dict[Name, dict[str, Any]] = Field(min_length=1)
+    paused: bool = Field(
+        default=False,
+        description="no DPU starts an OS update and no instance an upgrade; those under way finish",
+    )
 
     @field_validator("services")
     @classmethod
@@ -426,7 +434,20 @@ class DPUDeploymentSpec(Strict):
         return services
 
 
+class DeploymentRevision(Strict):
+    """One revision of a bundle: its spec (without `paused`) as first seen by the controller."""
+
+    revision: int = Field(ge=1)
+    digest: str
+    spec: dict[str, Any]
+    seenAt: str
+
+
 class DPUDeploymentStatus(Status):
+    revision: int | None = Field(default=None, description="the revision the spec is (status.history)")
+    history: list[DeploymentRevision] = Field(
+        default_factory=list, description="the last revisions, oldest first (`dpufleet deployment history`)"
+    )
     dpuSet: dict[str, Any] = Field(default_factory=dict, description="the owned DPUSet's phase and counts")
     services: dict[str, dict[str, Any]] = Field(default_factory=dict, description="each service's counts")
     servicesReady: str | None = Field(default=None, description="'2/3': services running on every selected DPU")
@@ -448,6 +469,7 @@ register(
             Column("PHASE", "status.phase"),
             Column("OS", "status.dpuSet.phase"),
             Column("SERVICES", "status.servicesReady"),
+            Column("REVISION", "status.revision"),
         ),
     )
 )
