@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig
-from dpufleet.api.agent_services import DesiredServices
+from dpufleet.api.agent_services import EXEC_OUTPUT_BYTES, DesiredServices, ExecRequest
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.services.desired import desired_instance
 from dpufleet.sim.oci import build_bundle
@@ -365,3 +365,36 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_exec_runs_in_the_container_cut_at_its_limits_and_stops_a_command_past_its_timeout(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("web", spec(image, "echo ready; sleep 3600"))))
+        await until(rt, "web", lambda i, lines: i.phase == "Running" and "ready" in lines)
+
+        done = await asyncio.to_thread(
+            rt.run_exec, ExecRequest(id="1", service="web", command=["cat", "/proc/sys/kernel/hostname"])
+        )
+        assert (done.exitCode, done.output, done.truncated, done.error) == (0, "web\n", False, None), done.output
+        big = ["/bin/sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo " + "x" * 49 + "; i=$((i+1)); done"]
+        done = await asyncio.to_thread(rt.run_exec, ExecRequest(id="2", service="web", command=big))
+        assert done.exitCode == 0 and done.truncated and len(done.output) == EXEC_OUTPUT_BYTES
+
+        slow = ExecRequest(id="3", service="web", command=["sleep", "31"], timeoutSeconds=0.5)
+        done = await asyncio.to_thread(rt.run_exec, slow)
+        assert done.exitCode is None and done.error is not None and "within 0.5s" in done.error
+        every = ["/bin/sh", "-c", "cat /proc/[0-9]*/cmdline"]
+        listed = await asyncio.to_thread(rt.run_exec, ExecRequest(id="4", service="web", command=every))
+        assert (
+            "sleep\x003600" in listed.output and "sleep\x0031" not in listed.output
+        )  # stopped, not left running in the container
+
+        absent = await asyncio.to_thread(rt.run_exec, ExecRequest(id="5", service="db", command=["true"]))
+        assert absent.error is not None and "no running instance" in absent.error
+        await rt.stop_instance("web")
+        await rt.shutdown()
+
+    asyncio.run(go())

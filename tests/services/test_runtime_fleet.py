@@ -81,6 +81,41 @@ def test_a_service_runs_on_the_dpu_and_shows_it(site: Operator, fleet: SimRunnin
     assert any(e["reason"] == "InstanceStarted" for e in site.events("DPUService", "hello"))
 
 
+def test_service_exec_runs_once_inside_the_instance_and_exits_with_its_status(
+    site: Operator, api: RunningServer, fleet: SimRunning
+) -> None:
+    dpu = f"dpu-{fleet.fleet.dpus[0].serial.lower()}"
+    site.wait_for(
+        "hello running",
+        lambda: (site.get("dpuservices", "hello") or {}).get("status") or {},
+        lambda s: s.get("running") == 1,
+        timeout=60,
+    )
+    code, out = cli(
+        api, "service", "exec", "hello", "--", "/bin/sh", "-c", "cat /proc/sys/kernel/hostname; echo $((6*7))"
+    )
+    assert code == 0, out
+    assert out.splitlines() == ["hello", "42"]  # the container's hostname: it ran inside the instance
+
+    code, out = cli(api, "service", "exec", "hello", "--dpu", dpu, "--", "/bin/sh", "-c", "echo bad >&2; exit 3")
+    assert code == 3 and "bad" in out
+
+    code, out = cli(api, "service", "exec", "hello", "--dpu", "dpu-nowhere", "--", "true")
+    assert code == 1 and "no instance on DPU 'dpu-nowhere'" in out and dpu in out
+
+    code, out = cli(api, "service", "exec", "hello", "--", "/no/such/program")
+    assert code != 0 and "no/such/program" in out  # runc's own complaint, shown as the command's output
+
+    records = site.http.get("/audit/v1/records", params={"limit": 50}).json()["items"]
+    execs = [r for r in records if r["action"] == "service-exec" and r["name"] == "hello"]
+    assert len(execs) == 3 and execs[0]["detail"] == f"dpu={dpu} program=/bin/sh"
+
+    resp = site.http.post(
+        "/services/v1/projects/default/dpuservices/hello/exec", json={"command": [], "timeoutSeconds": 1}
+    )
+    assert resp.status_code == 422 and "command" in resp.text
+
+
 def test_a_crash_is_a_restart_in_status_and_events(site: Operator, image: dict[str, str]) -> None:
     site.create("dpuservices", service("flaky", image, "echo up; sleep 1; exit 7"))
     status = site.wait_for(

@@ -205,3 +205,25 @@ def test_a_dpudeployment_without_an_os_deploys_its_services_through_the_control_
             time.sleep(0.2)
         assert status["phase"] == "Deploying" and status["servicesReady"] == "0/2"  # no DPU runs them here
         assert "edge" in cli(api, "get", "dpudeployments")
+
+
+def test_service_exec_names_the_instances_and_says_when_no_agent_took_the_command(api: RunningServer) -> None:
+    with api.client() as http:
+        for i in range(2):
+            add_dpu(http, f"dpu-{i}", host=f"host-{i}")
+        assert http.post(f"{BASE}/dpuservices", json=service("dns", {"replicas": 2})).status_code == 201
+        wait_for(http, "dns", lambda s: s.get("scheduled") == 2)
+        path = "/services/v1/projects/default/dpuservices/dns/exec"
+
+        several = http.post(path, json={"command": ["true"]})
+        assert several.status_code == 400 and "name one with --dpu (dpu-0, dpu-1)" in several.json()["message"]
+        missing = http.post("/services/v1/projects/default/dpuservices/nope/exec", json={"command": ["true"]})
+        assert missing.status_code == 404
+        too_long = http.post(path, json={"command": ["true"], "timeoutSeconds": 3600})
+        assert too_long.status_code == 422 and "timeoutSeconds" in too_long.text
+
+        # these DPUs have no agent: nobody asks for the command, which is then never handed out
+        waited = http.post(path, json={"dpu": "dpu-1", "command": ["true"], "timeoutSeconds": 0.5}, timeout=60)
+        assert waited.status_code == 504 and waited.json()["reason"] == "Timeout"
+        assert "did not ask for its services" in waited.json()["message"]
+        assert "the command did not run" in waited.json()["message"]

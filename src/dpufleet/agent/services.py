@@ -62,10 +62,13 @@ from typing import Any
 import httpx
 
 from ..api.agent_services import (
+    EXEC_OUTPUT_BYTES,
     LOG_TAIL_BYTES,
     LOG_TAIL_LINES,
     DesiredInstance,
     DesiredServices,
+    ExecRequest,
+    ExecResult,
     InstanceLogs,
     InstanceReport,
     ServiceReport,
@@ -340,6 +343,7 @@ class ServiceRuntime:
         self.desired: DesiredServices | None = None
         self._last_sent: tuple[Any, float] | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
+        self._execs: set[asyncio.Task[None]] = set()
         self._artifacts = httpx.AsyncClient(timeout=60, follow_redirects=True)
         self.trust = load_trust(config.trusted_publishers) if config.trusted_publishers else None
 
@@ -855,10 +859,68 @@ class ServiceRuntime:
                         f.truncate(0)
                         f.write("\n".join(["[dpufleet: log cut]", *keep]) + "\n")
 
+    # --- exec ---------------------------------------------------------------------------------------------
+
+    def run_exec(self, request: ExecRequest) -> ExecResult:
+        """Run one command inside the service's running container (`runc exec`: its namespaces, cgroup,
+        user, capabilities and seccomp profile), output cut at EXEC_OUTPUT_BYTES."""
+        inst = self.instances.get(request.service)
+        if inst is None or inst.phase != "Running" or inst.pid is None:
+            phase = inst.phase if inst is not None else "not placed here"
+            return ExecResult(error=f"service {request.service!r} has no running instance on this DPU ({phase})")
+        argv = [
+            self.config.runc,
+            "--root",
+            str(self.runc_root),
+            "exec",
+            "--env",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",  # runc exec sets none
+            container_id(request.service),
+            *request.command,
+        ]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            return ExecResult(error=f"cannot run {self.config.runc}: {exc}")
+        try:
+            stdout, stderr = proc.communicate(timeout=request.timeoutSeconds)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # runc passes the signal on to the command inside the container
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            return ExecResult(error=f"the command did not finish within {request.timeoutSeconds:g}s (sent SIGTERM)")
+        raw = stdout + stderr
+        output = raw[:EXEC_OUTPUT_BYTES].decode("utf-8", errors="replace")
+        return ExecResult(exitCode=proc.returncode, output=output, truncated=len(raw) > EXEC_OUTPUT_BYTES)
+
+    async def _exec(self, request: ExecRequest) -> None:
+        result = await asyncio.to_thread(self.run_exec, request)
+        try:
+            resp = await self.http().post(
+                self.server + SERVICES_PATH + "/exec/" + request.id, json=result.model_dump(mode="json")
+            )
+            if resp.status_code >= 400:
+                log.info("services: exec %s: the control plane took no answer (HTTP %s)", request.id, resp.status_code)
+        except httpx.HTTPError as exc:  # run once, never again: the caller sees its request time out
+            log.warning("services: exec %s: cannot send its result (%s)", request.id, exc)
+
+    def start_execs(self, requests: list[ExecRequest]) -> None:
+        """Each handed-out command runs once, beside the convergence (a slow pull does not hold it up)."""
+        for request in requests:
+            task = asyncio.create_task(self._exec(request))
+            self._execs.add(task)
+            task.add_done_callback(self._execs.discard)
+
     async def once(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             desired = await self.fetch()
+            if desired.execs:
+                self.start_execs(desired.execs)
+                desired = desired.model_copy(update={"execs": []})  # commands are run once, never kept
             await asyncio.to_thread(self.save_desired, desired)
             self.desired = desired
         except (httpx.HTTPError, RuntimeError, ValueError) as exc:
@@ -932,6 +994,8 @@ class ServiceRuntime:
             if inst.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await inst.task
+        for task in list(self._execs):  # an exec in flight: its caller sees a timeout
+            task.cancel()
         await self._artifacts.aclose()
 
 

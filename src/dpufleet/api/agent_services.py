@@ -2,6 +2,7 @@
 
 GET  /agent/v1/services          -> DesiredServices (the DPU the client certificate names)
 POST /agent/v1/services/status   <- ServiceReport (one InstanceReport per instance, with its log tail)
+POST /agent/v1/services/exec/ID  <- ExecResult (a command `DesiredServices.execs` asked for, run once)
 
 An instance's `revision` is a digest of everything that needs a new container when it changes (the
 artifact, args, env, resources, privilege, and the config files unless the service declares how it
@@ -18,9 +19,19 @@ from pydantic import BaseModel, Field
 from .kinds.images import ConfigFile
 from .kinds.services import Artifact, ConfigReload, InstanceReport, Probes, ServiceResources
 
-__all__ = ["DesiredInstance", "DesiredServices", "InstanceLogs", "InstanceReport", "ServiceReport"]
+__all__ = [
+    "DesiredInstance",
+    "DesiredServices",
+    "ExecRequest",
+    "ExecResult",
+    "InstanceLogs",
+    "InstanceReport",
+    "ServiceReport",
+]
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 32 * 1024
+EXEC_OUTPUT_BYTES = 64 * 1024  # what `dpufleet service exec` shows of a command's output, at most
+EXEC_TIMEOUT_MAX = 300
 
 
 class DesiredInstance(BaseModel):
@@ -44,9 +55,31 @@ class DesiredInstance(BaseModel):
     artifactError: str | None = Field(default=None, description="an `image` artifact the repository cannot offer")
 
 
+class ExecRequest(BaseModel):
+    """A command to run once inside a service's instance on this DPU (`dpufleet service exec`)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    service: str = Field(min_length=1, max_length=253)
+    command: list[str] = Field(min_length=1, max_length=64)
+    timeoutSeconds: float = Field(default=30.0, gt=0, le=EXEC_TIMEOUT_MAX)
+
+
+class ExecResult(BaseModel):
+    """What the command did: its exit status and output (stdout then stderr, cut at EXEC_OUTPUT_BYTES),
+    or why it did not run (no such instance here, timed out)."""
+
+    exitCode: int | None = None
+    output: str = Field(default="", max_length=2 * EXEC_OUTPUT_BYTES)
+    truncated: bool = False
+    error: str | None = Field(default=None, max_length=2000)
+
+
 class DesiredServices(BaseModel):
     dpu: str
     instances: list[DesiredInstance] = Field(default_factory=list)
+    execs: list[ExecRequest] = Field(
+        default_factory=list, description="commands to run once (never kept on the DPU's disk)"
+    )
 
 
 class InstanceLogs(BaseModel):

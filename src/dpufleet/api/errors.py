@@ -89,6 +89,13 @@ class UnsupportedMediaType(APIError):
     reason = "UnsupportedMediaType"
 
 
+class Timeout(APIError):
+    """The server waited for someone else (a DPU's agent) longer than the request allows."""
+
+    code = 504
+    reason = "Timeout"
+
+
 ERRORS_BY_REASON: dict[str, type[APIError]] = {
     cls.reason: cls
     for cls in (
@@ -102,5 +109,6 @@ ERRORS_BY_REASON: dict[str, type[APIError]] = {
         Gone,
         TooLarge,
         UnsupportedMediaType,
+        Timeout,
     )
 }

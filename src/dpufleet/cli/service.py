@@ -8,6 +8,8 @@
   rollback) the current revision, after a completed one the previous revision (rolled like any change).
 - `pause NAME` / `resume NAME`: no more instances start the upgrade (those in flight finish), and on
   again (`spec.upgrade.paused`); a DPUDeployment's service is paused with its bundle instead.
+- `exec NAME [--dpu DPU] [--timeout S] -- CMD...`: run a command once inside the instance's container
+  (its namespaces, limits and privileges), print its output and exit with its status.
 - `move NAME --from DPU [--to DPU]`: a replicated service's instance moves off a DPU (placed
   elsewhere first); the DPU stays in `spec.placement.exclude`.
 """
@@ -64,6 +66,36 @@ def logs(
                 time.sleep(2.0)
             except KeyboardInterrupt:
                 return
+
+
+@service_app.command("exec")
+def exec_command(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the DPUService"),
+    command: list[str] = typer.Argument(..., help="the command and its arguments (after --)"),
+    dpu: str | None = typer.Option(None, "--dpu", help="the instance on this DPU (needed when it has several)"),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, max=300.0, help="seconds the command may run"),
+    project: str | None = _PROJECT,
+) -> None:
+    """Run a command once inside one instance of the service, as the service runs (same namespaces, cgroup,
+    user and capabilities); print what it wrote and exit with its exit status. Needs the right to change the
+    service. The DPU's agent picks it up on its next poll (within about two seconds)."""
+    config = options(ctx).config(project)
+    body: dict[str, Any] = {"command": command, "timeoutSeconds": timeout}
+    if dpu:
+        body["dpu"] = dpu
+    with Client.from_config(config, timeout=timeout + 30.0) as client:
+        path = f"/services/v1/projects/{config.project}/dpuservices/{name}/exec"
+        result: dict[str, Any] = client._request("POST", path, body=body)
+    if result.get("error"):
+        raise UserError(f"dpuservice/{name} on dpu/{result.get('dpu')}: {result['error']}")
+    output = str(result.get("output") or "")
+    print(output, end="" if output.endswith("\n") or not output else "\n")
+    if result.get("truncated"):
+        note(f"dpuservice/{name}: output cut at 64 KiB")
+    code = int(result.get("exitCode") or 0)
+    if code:
+        raise typer.Exit(code)
 
 
 def _short(revision: str | None) -> str:

@@ -4,6 +4,7 @@
     POST /agent/v1/services/status   a ServiceReport: per instance phase / ready / restarts / reason
                                      (into the DPU's DPUAllocation status), and each instance's log tail
                                      (held in memory for `dpufleet service logs`, never in the store)
+    POST /agent/v1/services/exec/ID  an ExecResult: what a command handed out in `execs` did
 
 The DPU is named after the certificate's serial, as on the network endpoints (server/agent_network.py).
 """
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from ..api.agent_services import DesiredServices, ServiceReport
+from ..api.agent_services import DesiredServices, ExecResult, ServiceReport
+from ..api.errors import NotFound
 from ..crypto.pki import AgentIdentity
 from ..images.repository import ImageContentError, ImageRepository
 from ..inventory.tenancy import ProjectResolver
@@ -62,7 +64,9 @@ def add_service_routes(
         project, dpu = await asyncio.to_thread(own_dpu, request)
         desired = await state.read(desired_services, store, project, dpu)
         await asyncio.to_thread(offer_images, desired, state.services.repository)
-        return respond(desired.model_dump(mode="json"))
+        body = desired.model_dump(mode="json")
+        body["execs"] = [e.model_dump(mode="json") for e in state.execs.hand_out(project, dpu)]
+        return respond(body)
 
     @app.post(SERVICES_PATH + "/status")
     async def services_status(request: Request) -> Response:
@@ -73,4 +77,12 @@ def add_service_routes(
         await state.write(record_service_report, store, events, project, dpu, report)
         return respond({"accepted": True})
 
-    _ = (services, services_status)
+    @app.post(SERVICES_PATH + "/exec/{exec_id}")
+    async def exec_result(exec_id: str, request: Request) -> Response:
+        project, dpu = await asyncio.to_thread(own_dpu, request)
+        result = await read_model(request, ExecResult, "exec result")
+        if not state.execs.resolve(project, dpu, exec_id, result):
+            raise NotFound(f"no exec {exec_id!r} waits for DPU {dpu!r} (the command's caller gave up)")
+        return respond({"accepted": True})
+
+    _ = (services, services_status, exec_result)

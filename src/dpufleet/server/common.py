@@ -26,6 +26,7 @@ from ..security.audit import AuditLog
 from ..store.feed import ChangeFeed
 from ..store.store import Store, WriteHook
 from .auth import TokenAuthenticator
+from .execs import ExecBroker
 from .telemetry import TelemetryPlane
 
 T = TypeVar("T")
@@ -72,6 +73,7 @@ class ServerState:
     telemetry: TelemetryPlane | None = None  # the fleet bus's aggregator (server/telemetry.py), when it runs
     # (project, service, DPU) -> the instance's last log lines, as its DPU's runtime last sent them
     service_logs: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    execs: ExecBroker = field(default_factory=ExecBroker)  # `dpufleet service exec` (server/execs.py)
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.
     _writer: ThreadPoolExecutor | None = None
