@@ -11,6 +11,7 @@ import pytest
 
 from dpufleet.sim.runner import SimRunning
 from support.server import RunningServer
+from support.sushy import PASSWORD, SYSTEMS, USER, running_sushy
 
 from .conftest import create, get, path, wait_for
 
@@ -326,3 +327,33 @@ def test_host_console_prints_how_to_reach_the_hosts_console(
     missing = CliRunner().invoke(app, ["host", "console", "no-bmc-host"], env=env)
     assert missing.exit_code != 0 and "spec.bmcRef is not set" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_a_host_whose_bmc_is_sushy_tools_restarts_and_powers_off_and_on(
+    http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A BMC this project did not write (sushy-tools) as a host's spec.bmcRef: it reports no boot mark
+    (no BootProgress, no LastResetTime), so a restart is done once the host is On again; off and on follow
+    its PowerState."""
+    with running_sushy(tmp_path_factory.mktemp("sushy"), [SYSTEMS[0]]) as sushy:
+        cred = {"kind": "Credential", "metadata": {"name": "sushy"}, "spec": {"username": USER, "password": PASSWORD}}
+        assert create(http, "credentials", cred).is_success
+        bmc = {
+            "kind": "BMC",
+            "metadata": {"name": "sushy-bmc"},
+            "spec": {"address": sushy.url, "credentialsRef": "sushy"},
+        }
+        assert create(http, "bmcs", bmc).is_success
+        host = {"kind": "Host", "metadata": {"name": "sushy-host"}, "spec": {"bmcRef": "sushy-bmc"}}
+        assert create(http, "hosts", host).is_success
+        restarted = finished(http, reset(http, "Host", "sushy-host", "host-only"))["status"]
+        assert restarted["phase"] == "Succeeded", restarted
+        assert "no boot mark" in restarted["steps"][-1]["message"]
+        off = finished(http, reset(http, "Host", "sushy-host", "host-only", resetType="ForceOff"))["status"]
+        assert off["phase"] == "Succeeded", off
+        system = httpx.get(f"{sushy.url}/redfish/v1/Systems/{SYSTEMS[0]['uuid']}", auth=(USER, PASSWORD)).json()
+        assert system["PowerState"] == "Off"
+        on = finished(http, reset(http, "Host", "sushy-host", "host-only", resetType="On"))["status"]
+        assert on["phase"] == "Succeeded", on
+        system = httpx.get(f"{sushy.url}/redfish/v1/Systems/{SYSTEMS[0]['uuid']}", auth=(USER, PASSWORD)).json()
+        assert system["PowerState"] == "On"

@@ -29,6 +29,9 @@ class HostPowerState:
     power_state: str
     running: bool
     boot_count: int
+    # False when the host reports nothing that grows with each boot (a Redfish BMC with neither
+    # BootProgress.LastStateTime nor LastResetTime): a restart is then done once the host is On again.
+    boot_counted: bool = True
 
 
 class HostPowerInterface(PowerInterface):

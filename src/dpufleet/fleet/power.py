@@ -404,9 +404,19 @@ class PowerActionReconciler(Reconciler):
         step.message = f"{state.power_state}, OS {'running' if state.running else 'down'}, boot {state.boot_count}"
         if reset_type in _OFF_TYPES:
             return state.power_state == "Off"
+        if not state.running:
+            step.sawDown = True  # type: ignore[attr-defined]  # extra field, persisted with the step
+            return False
+        if not state.boot_counted:  # nothing marks a boot: back On is taken as restarted (Ironic does the same)
+            step.message = (
+                f"{state.power_state} again; the host's BMC reports no boot mark (BootProgress.LastStateTime, "
+                "LastResetTime), so the restart is taken as done"
+                + (" after it was seen down" if getattr(step, "sawDown", False) else "")
+            )
+            return True
         reset = self._baseline(status, step)
         baseline = int(reset.baseline) if reset and reset.baseline else 0
-        return state.running and state.boot_count > baseline
+        return bool(getattr(step, "sawDown", False)) or state.boot_count > baseline
 
     async def _host_driver(self, host: dict[str, Any]) -> HostPowerInterface:
         """The host's power driver: its own BMC over Redfish (spec.bmcRef), else spec.powerURL."""

@@ -2,7 +2,9 @@
 
 The Redfish implementation of drivers/hostpower.py's interface, so the power-action controller drives
 a real server through its BMC (Host.spec.bmcRef) the way it drives a DPU's. Redfish has no boot count,
-so a reset is seen as taken by the system leaving PowerState On (or BootProgress leaving OSRunning).
+so a boot is marked by the time of the last boot-progress change (BootProgress.LastStateTime), else by
+the system's LastResetTime. A BMC that reports neither (sushy-tools' fake driver, older firmware) gives
+no mark: a restart is then taken as done once the system is On again, as Ironic's Redfish driver does.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ class HostHardware:
     memory_gib: float | None
 
 
-def _boot_mark(progress: dict[str, Any]) -> int:
-    """Redfish has no boot count: the time of the last boot-progress change (ms), which grows with each boot."""
-    try:
-        return int(datetime.fromisoformat(str(progress.get("LastStateTime"))).timestamp() * 1000)
-    except ValueError:
-        return 0
+def _boot_mark(system: dict[str, Any]) -> int | None:
+    """Redfish has no boot count: the time (ms) of the last boot-progress change, else of the last reset,
+    which grows with each boot; None when the system reports neither."""
+    progress = system.get("BootProgress") or {}
+    for stamp in (progress.get("LastStateTime"), system.get("LastResetTime")):
+        if not stamp:
+            continue
+        try:
+            return int(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            continue
+    return None
 
 
 def hardware_of(system: dict[str, Any]) -> HostHardware:
@@ -88,7 +96,8 @@ class RedfishHostPower(HostPowerInterface):
         progress = body.get("BootProgress") or {}
         last = progress.get("LastState")
         running = last == "OSRunning" if last else power == "On"
-        return HostPowerState(power_state=power, running=running, boot_count=_boot_mark(progress))
+        mark = _boot_mark(body)
+        return HostPowerState(power_state=power, running=running, boot_count=mark or 0, boot_counted=mark is not None)
 
     async def get_power_state(self) -> str:
         return (await self.state()).power_state
