@@ -14,7 +14,7 @@ from dpufleet.api.kinds import ImageSpec
 from dpufleet.drivers.registry import INSTALL_PATH_NAMES
 from dpufleet.inventory.catalog import find_profile
 from dpufleet.provisioning.machine import StepFailed
-from dpufleet.provisioning.plan import plan_components
+from dpufleet.provisioning.plan import choose_install_path, plan_components
 from dpufleet.vendors import (
     INSTALL_PATHS,
     MODELS_DIR,
@@ -183,15 +183,30 @@ def test_a_card_nothing_matches_is_unknown_not_an_error():
     assert CATALOG.lookup().model is None
 
 
-def test_an_unknown_model_still_fails_provisioning_as_before():
-    """Callers keep their behaviour: provisioning refuses an unknown model for good (UnknownModel)."""
+def test_an_unknown_model_is_planned_onto_the_slots_its_bmc_reports():
+    """A generic DPU is never refused for its model: a component is planned onto the reported slot it names."""
     assert find_profile(part_number="NOPE-1", vendor="Nobody", model="Nothing") is None
     image = ImageSpec.model_validate(
-        {"version": "1", "components": [{"name": "DPU_OS", "type": "os", "version": "1", "sha256": "0" * 64}]}
+        {"version": "1", "components": [{"name": "X_OS", "type": "os", "version": "1", "sha256": "0" * 64}]}
     )
+    reported = [{"id": "X_OS", "name": "OS", "version": "0.9"}, {"id": "X_ROM", "version": "1", "updateable": False}]
+    planned = plan_components(image, find_profile(part_number="NOPE-1"), "img", reported)
+    assert [(p.component.name, p.target) for p in planned] == [("X_OS", "X_OS")]
+    assert choose_install_path({}, None) == "redfish-update"
+
+
+@pytest.mark.parametrize("slot", ["X_ROM", "DPU_OS"], ids=["not-updateable", "not-reported"])
+def test_a_generic_dpus_component_naming_no_updateable_reported_slot_is_refused_naming_them(slot: str):
+    image = ImageSpec.model_validate(
+        {"version": "1", "components": [{"name": slot, "type": "os", "version": "1", "sha256": "0" * 64}]}
+    )
+    reported = [{"id": "X_OS", "version": "0.9"}, {"id": "X_ROM", "version": "1", "updateable": False}]
     with pytest.raises(StepFailed) as caught:
-        plan_components(image, find_profile(part_number="NOPE-1"), "img")
-    assert caught.value.reason == "UnknownModel" and not caught.value.retryable
+        plan_components(image, None, "img", reported)
+    assert caught.value.reason == "NoInstallTarget" and not caught.value.retryable
+    assert "(X_OS)" in caught.value.message and repr(slot) in caught.value.message
+    with pytest.raises(StepFailed, match="not supported by a generic DPU"):
+        choose_install_path({"installPath": "rshim"}, None)
 
 
 def test_the_checker_lists_the_models_or_names_the_field_at_fault(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

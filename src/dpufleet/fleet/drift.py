@@ -74,7 +74,9 @@ def brings(image: dict[str, Any], status: dict[str, Any]) -> dict[str, str] | No
         if compat.get(allowed) and str(status.get(field) or "") not in compat[allowed]:
             return None
     try:
-        planned = plan_components(ImageSpec.model_validate(spec), profile_of(status), image["metadata"]["name"])
+        planned = plan_components(
+            ImageSpec.model_validate(spec), profile_of(status), image["metadata"]["name"], status.get("firmware")
+        )
     except (StepFailed, ValueError):
         return None
     return {p.target: p.component.version for p in planned}

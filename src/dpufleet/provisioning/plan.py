@@ -8,7 +8,7 @@ from typing import Any
 
 from ..api.kinds import ComponentType, ImageComponent, ImageSpec
 from ..lifecycle.planner import StepAction, Unsatisfiable, plan_update
-from ..vendors import DpuModel
+from ..vendors import DpuModel, builtin_catalog
 from .machine import StepFailed
 
 # Image component type -> the firmware kind of the catalog model's inventory it replaces.
@@ -32,9 +32,14 @@ class PlannedComponent:
         return f"{self.target}-{self.component.version}.bin"
 
 
-def plan_components(image: ImageSpec, profile: DpuModel | None, image_name: str) -> list[PlannedComponent]:
+def plan_components(
+    image: ImageSpec, profile: DpuModel | None, image_name: str, reported: list[dict[str, Any]] | None = None
+) -> list[PlannedComponent]:
+    """Each image component's firmware slot: by its type on the catalog model; on a generic DPU (no
+    model names it) by its name among the slots the DPU's own firmware inventory reports (`reported`,
+    status.firmware), which are all a generic DPU is known by."""
     if profile is None:
-        raise StepFailed("UnknownModel", "the DPU's model is not in the hardware catalog", retryable=False)
+        return _plan_generic(image, image_name, reported or [])
     planned = []
     for component in image.components:
         kind = _FIRMWARE_KIND.get(component.type)
@@ -50,13 +55,33 @@ def plan_components(image: ImageSpec, profile: DpuModel | None, image_name: str)
     return planned
 
 
+def _plan_generic(image: ImageSpec, image_name: str, reported: list[dict[str, Any]]) -> list[PlannedComponent]:
+    slots = {str(f.get("id") or f.get("name")): f for f in reported if f.get("id") or f.get("name")}
+    updateable = sorted(name for name, f in slots.items() if f.get("updateable", True) is not False)
+    planned = []
+    for component in image.components:
+        slot = slots.get(component.name)
+        if slot is None or slot.get("updateable", True) is False:
+            why = "is not updateable" if slot is not None else "is not in its firmware inventory"
+            raise StepFailed(
+                "NoInstallTarget",
+                f"image {image_name!r} component {component.name!r}: this DPU's model is not in the hardware "
+                f"catalog (generic), so a component must name one of the updateable firmware slots its BMC "
+                f"reports ({', '.join(updateable) or 'none'}); {component.name!r} {why}",
+                retryable=False,
+            )
+        planned.append(PlannedComponent(component, component.name))
+    return planned
+
+
 def choose_install_path(spec: dict[str, Any], profile: DpuModel | None) -> str:
-    supported = list(profile.install_paths) if profile else ["redfish-update"]
+    supported = list(profile.install_paths) if profile else list(builtin_catalog().generic.install_paths)
     wanted = spec.get("installPath")
     if wanted and wanted not in supported:
+        model = "this model" if profile else "a generic DPU (its model is not in the hardware catalog)"
         raise StepFailed(
             "InstallPathUnsupported",
-            f"spec.installPath {wanted!r} is not supported by this model; it supports {', '.join(supported)}",
+            f"spec.installPath {wanted!r} is not supported by {model}; it supports {', '.join(supported)}",
             retryable=False,
         )
     return str(wanted or supported[0])

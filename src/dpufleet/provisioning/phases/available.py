@@ -49,7 +49,7 @@ class Validate(PhaseHandler):
                 f"{status.get('partNumber')!r}",
                 retryable=False,
             )
-        planned = plan_components(image, profile, image_name)
+        planned = plan_components(image, profile, image_name, status.get("firmware"))
         # the order of the writes and the resets between them: fixed now, before the host is touched
         ctx.progress.plan = update_plan(planned, status)
         ctx.progress.planStep = 0

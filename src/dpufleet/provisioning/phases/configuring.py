@@ -27,7 +27,7 @@ class Configure(PhaseHandler):
     async def handle(self, ctx: StepContext) -> Outcome:
         image_name = ctx.image_name
         image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
-        planned = plan_components(image, profile_of(ctx.status), image_name)
+        planned = plan_components(image, profile_of(ctx.status), image_name, ctx.status.get("firmware"))
         driver = await ctx.install_driver(str(ctx.progress.installPath))
         try:
             seen = await driver.running_versions()

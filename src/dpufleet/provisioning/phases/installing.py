@@ -48,7 +48,7 @@ class Install(PhaseHandler):
                     raise StepFailed("BMCError", str(exc)) from None
                 return await self._finished(ctx, str(step.get("component")), progress.target, result)
         image = ImageSpec.model_validate((await ctx.get("Image", image_name))["spec"])
-        planned = plan_components(image, profile_of(ctx.status), image_name)
+        planned = plan_components(image, profile_of(ctx.status), image_name, ctx.status.get("firmware"))
         if progress.plan is None:  # a DPU that was staged before plans existed
             progress.plan = update_plan(planned, ctx.status)
             progress.planStep = 0

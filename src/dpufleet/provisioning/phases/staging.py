@@ -36,7 +36,7 @@ class StageImage(PhaseHandler):
         except ManifestRefused as refused:
             raise StepFailed(refused.reason.value, refused.message, retryable=False) from None
         ctx.progress.manifestSequence = manifest.sequence if manifest is not None else None
-        planned = plan_components(image, profile_of(ctx.status), image_name)
+        planned = plan_components(image, profile_of(ctx.status), image_name, ctx.status.get("firmware"))
         for item in planned:
             component = item.component
             try:
