@@ -31,6 +31,7 @@ from ..crypto.pki import AgentIdentity
 from . import slots
 from .bootstrap import ZeroTouch
 from .credentials import AgentCredentials, EnrollmentOptions
+from .flavor import FlavorConfig, FlavorReconciler
 from .host_channel import HostChannelInstaller, has_boot_channels
 from .installer import SlotInstaller
 from .inventory import collect_inventory
@@ -59,6 +60,8 @@ class AgentConfig:
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")  # how zero-touch bootstrap boots the new slot
     network: NetworkConfig | None = None  # mTLS, a DPU with Open vSwitch: program it (agent/network.py)
     services: ServicesConfig | None = None  # mTLS, a DPU with runc: run its services (agent/services.py)
+    flavor_seconds: float | None = 10.0  # mTLS, a DPU: check its flavor on the OS this often (agent/flavor.py)
+    flavor_refresh_seconds: float = 60.0  # ... and ask the control plane for it this often
     telemetry_dir: Path | None = None  # the telemetry spool (default: <state_dir>/telemetry); None without a state dir
     telemetry_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # the spool's cap while the bus is unreachable
 
@@ -105,6 +108,7 @@ class Agent:
         self.installer: SlotInstaller | None = None
         self.zero_touch: ZeroTouch | None = None
         self.network: NetworkReconciler | None = None
+        self.flavor: FlavorReconciler | None = None
         self.services: ServiceRuntime | None = None
         self.telemetry: Telemetry | None = None
 
@@ -251,6 +255,7 @@ class Agent:
         installer: asyncio.Task[None] | None = None
         network: asyncio.Task[None] | None = None
         services: asyncio.Task[None] | None = None
+        flavor: asyncio.Task[None] | None = None
         telemetry: asyncio.Task[None] | None = None
         while not stop.is_set():
             try:
@@ -271,6 +276,8 @@ class Agent:
                     network = self._start_network(stop)
                 if services is None:
                     services = self._start_services(stop, serial)
+                if flavor is None:
+                    flavor = self._start_flavor(stop)
                 telemetry = self._telemetry(reply, serial, stop) or telemetry
                 hb = float(reply.get("heartbeatSeconds", self.config.heartbeat_seconds))  # type: ignore[arg-type]
                 inv_every = float(reply.get("inventorySeconds", self.config.inventory_seconds))  # type: ignore[arg-type]
@@ -286,7 +293,7 @@ class Agent:
                 sent = None
             await self.pause(stop, wait)
         await asyncio.gather(
-            *(t for t in (installer, network, services, telemetry) if t is not None), return_exceptions=True
+            *(t for t in (installer, network, services, flavor, telemetry) if t is not None), return_exceptions=True
         )
 
     def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
@@ -296,6 +303,17 @@ class Agent:
             return None
         self.network = NetworkReconciler(config.network, config.server, lambda: self.http)
         return asyncio.create_task(self.network.run(stop))
+
+    def _start_flavor(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """On mTLS, a DPU agent applies its DPU's flavor to the OS under its root and keeps it applied."""
+        config = self.config
+        if config.flavor_seconds is None or config.state_dir is None or config.role != "dpu":
+            return None
+        flavor = FlavorConfig(
+            config.root, config.state_dir, interval=config.flavor_seconds, refresh=config.flavor_refresh_seconds
+        )
+        self.flavor = FlavorReconciler(flavor, config.server, lambda: self.http)
+        return asyncio.create_task(self.flavor.run(stop))
 
     def _start_services(self, stop: asyncio.Event, serial: str) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent given a services state dir runs the instances placed on its DPU."""

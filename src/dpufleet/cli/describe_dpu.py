@@ -66,6 +66,23 @@ def _recognition(recognition: dict[str, Any], render: Any) -> list[str]:
     return lines
 
 
+def _flavor(status: dict[str, Any]) -> list[str]:
+    """The flavor provisioning applied and what the DPU's agent finds of it on the OS."""
+    name, state = status.get("appliedFlavor"), status.get("flavorState") or {}
+    if not name and not state:
+        return []
+    lines = ["Flavor:", f"  {'Applied:':<16}{name or NONE}"]
+    if not state:
+        return [*lines, f"  {'On the OS:':<16}not reported yet (the DPU's agent applies it)"]
+    verdict = "holds" if state.get("applied") else "NOT applied"
+    lines.append(f"  {'On the OS:':<16}{verdict} (version {state.get('resourceVersion')}, {state.get('at')})")
+    for item in state.get("pendingReboot") or []:
+        lines.append(f"  {'Next boot:':<16}{item}")
+    for problem in state.get("problems") or []:
+        lines.append(f"  {'Problem:':<16}{problem}")
+    return lines
+
+
 def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
     """Readable sections for a DPU's status; `render` turns a rich Table into lines."""
     lines: list[str] = []
@@ -135,6 +152,7 @@ def dpu_sections(status: dict[str, Any], render: Any) -> list[str]:
             )
         table("Evidence", t)
     lines.extend(_recognition(status.get("recognition") or {}, render))
+    lines.extend(_flavor(status))
     firmware = status.get("firmware") or []
     if firmware:
         t = plain_table(["COMPONENT", "NAME", "VERSION", "UPDATEABLE"])

@@ -59,6 +59,7 @@ from ..api.validation import describe_errors
 from ..crypto.pki import AgentIdentity, FleetCA, PKIError, cert_pem
 from ..inventory.reports import AgentReport, ReportHandler
 from ..security.enroll import EnrollmentAuthority, EnrollmentRefused, EnrollRequest, RenewRequest
+from .agent_flavor import add_flavor_routes
 from .agent_install import add_install_routes
 from .agent_network import add_network_routes
 from .agent_services import add_service_routes
@@ -207,6 +208,7 @@ def agent_app(state: ServerState, handler: ReportHandler, authority: EnrollmentA
     add_install_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_update_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_network_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
+    add_flavor_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     add_service_routes(app, state, lambda request: peer_identity(request, ca), handler.resolver)
     return app
 

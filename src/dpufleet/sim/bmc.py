@@ -26,7 +26,7 @@ from dpufleet.sim.clock import BmcTimings, Deadlines, utcnow_iso
 from dpufleet.sim.devices import PowerState, SimDPU
 from dpufleet.sim.installer import SlotBoot, boot_slots, run_installer, version_from_image
 from dpufleet.sim.messages import RedfishError, message, message_id, render
-from dpufleet.sim.osroot import refresh_dpu_firmware_files, refresh_dpu_nic_files
+from dpufleet.sim.osroot import boot_kernel, refresh_dpu_firmware_files, refresh_dpu_nic_files
 
 SYSTEM_ID = "DPU"
 MANAGER_ID = "BMC"
@@ -397,6 +397,7 @@ class SimBMC:
         await self._boot_slot(boot)
         if self.boot_hooks is not None and not await self.boot_hooks.os_boot(self):
             return
+        boot_kernel(dpu)  # the kernel's command line, /proc/sys and hugepages as a boot leaves them
         dpu.power_state = PowerState.ON
         self.set_boot_progress("OSRunning")
         dpu.boot_count += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import uuid
 from pathlib import Path
 
@@ -335,7 +336,58 @@ def write_dpu_root(dpu: SimDPU, root: Path) -> Path:
     refresh_dpu_firmware_files(dpu)
     write_dpu_filesystems(dpu)
     init_slots(dpu)
+    boot_kernel(dpu)
     return root
+
+
+# Kernel tunables the emulated DPU kernel offers under /proc/sys, with their values at boot.
+SYSCTL_DEFAULTS = {
+    "net/ipv4/ip_forward": "0",
+    "net/ipv4/conf/all/rp_filter": "2",
+    "net/ipv6/conf/all/forwarding": "0",
+    "net/core/somaxconn": "4096",
+    "net/core/rmem_max": "212992",
+    "net/core/wmem_max": "212992",
+    "net/core/netdev_max_backlog": "1000",
+    "vm/swappiness": "60",
+    "vm/nr_hugepages": "0",
+    "kernel/pid_max": "4194304",
+    "kernel/panic": "0",
+}
+HUGEPAGE_SIZES_KB = (64, 2048, 32768, 1048576)  # an arm64 kernel with 4 KiB pages
+_GRUB_LINE = re.compile(r'^\s*GRUB_CMDLINE_LINUX="\$GRUB_CMDLINE_LINUX\s*([^"]*)"\s*$')
+_AFFINITY = re.compile(r"^\s*CPUAffinity=(\S+)\s*$")
+
+
+def boot_kernel(dpu: SimDPU) -> None:
+    """What a boot resets and what it reads, as the emulated DPU's OS comes up: the kernel command line
+    from the bootloader's configuration (each ``/etc/default/grub.d/*.cfg`` that appends to
+    GRUB_CMDLINE_LINUX), /proc/sys and the hugepage pools at their boot values, and PID 1's CPU affinity
+    from systemd's ``CPUAffinity=`` (``/etc/systemd/system.conf.d/*.conf``)."""
+    root = dpu.osroot
+    if root is None:
+        return
+    profile = dpu.profile
+    extra: list[str] = []
+    for cfg in sorted((root / "etc/default/grub.d").glob("*.cfg")):
+        for line in cfg.read_text(errors="replace").splitlines():
+            found = _GRUB_LINE.match(line)
+            if found:
+                extra.extend(found.group(1).split())
+    base = f"BOOT_IMAGE=/boot/vmlinuz-{profile.os.kernel_release} root=/dev/nvme0n1p2 ro console=hvc0 console=ttyAMA0"
+    _write(root, "proc/cmdline", " ".join([base, *extra]) + "\n")
+    for key, value in SYSCTL_DEFAULTS.items():
+        _write(root, f"proc/sys/{key}", value + "\n")
+    _write(root, "proc/sys/kernel/random/boot_id", str(uuid.uuid4()) + "\n")
+    for size in HUGEPAGE_SIZES_KB:
+        _write(root, f"sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages", "0\n")
+    affinity = f"0-{profile.cpu.cores - 1}"
+    for conf in sorted((root / "etc/systemd/system.conf.d").glob("*.conf")):
+        for line in conf.read_text(errors="replace").splitlines():
+            found = _AFFINITY.match(line)
+            if found:
+                affinity = found.group(1)
+    _write(root, "proc/1/status", f"Name:\tsystemd\nPid:\t1\nCpus_allowed_list:\t{affinity}\n")
 
 
 def init_slots(dpu: SimDPU) -> None:

@@ -77,6 +77,7 @@ class SimOptions:
     agents: bool = True
     heartbeat_seconds: float = 10.0
     install_check_seconds: float = 10.0  # how often DPU agents ask for an install order
+    flavor_seconds: float = 10.0  # how often DPU agents check their flavor on the OS (x6: ask for it)
     # Zero-touch: every DPU boots unconfigured; the emulated DHCP server gives it the bootstrap URL (the
     # server's /bootstrap/v1 unless `bootstrap_url`) and the onboarding key id, and its agent bootstraps.
     zero_touch: bool = False
@@ -312,6 +313,8 @@ def _agent_config(
         state_dir=root / AGENT_STATE_DIR,
         enrollment=EnrollmentOptions(idevid_cert=root / IDEVID_CERT, idevid_key=root / IDEVID_KEY, ca_file=ca_file),
         install_check_seconds=options.install_check_seconds,
+        flavor_seconds=options.flavor_seconds,
+        flavor_refresh_seconds=options.flavor_seconds * 6,
     )
 
 

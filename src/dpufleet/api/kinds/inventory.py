@@ -267,6 +267,18 @@ class ProvisioningStatus(BaseModel):
     )
 
 
+class FlavorState(BaseModel):
+    """What the DPU's agent reports of its flavor on the running OS (agent/flavor.py)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    resourceVersion: str | None = Field(default=None, description="the DPUFlavor's version the agent applied")
+    applied: bool = False
+    problems: list[str] = Field(default_factory=list)
+    pendingReboot: list[str] = Field(default_factory=list, description="written for the next boot")
+    at: str | None = None
+
+
 class DPUStatus(Status):
     host: str | None = None
     bmc: str | None = None
@@ -302,6 +314,9 @@ class DPUStatus(Status):
         default=None, description="the signed manifest sequence of the installed image (rollback protection)"
     )
     appliedFlavor: str | None = None
+    flavorState: FlavorState | None = Field(
+        default=None, description="the flavor as the DPU's agent finds it on its OS"
+    )
     provisioning: ProvisioningStatus | None = None
 
 
