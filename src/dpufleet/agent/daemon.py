@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +110,8 @@ class Agent:
         self.network: NetworkReconciler | None = None
         self.flavor: FlavorReconciler | None = None
         self.services: ServiceRuntime | None = None
+        self.host_services: dict[str, ServiceRuntime] = {}  # a host agent: DPU name -> its host-placed instances
+        self._host_service_tasks: list[asyncio.Task[None]] = []
         self.telemetry: Telemetry | None = None
 
     async def aclose(self) -> None:
@@ -276,6 +278,7 @@ class Agent:
                     network = self._start_network(stop)
                 if services is None:
                     services = self._start_services(stop, serial)
+                self._start_host_services(stop, inventory)
                 if flavor is None:
                     flavor = self._start_flavor(stop)
                 telemetry = self._telemetry(reply, serial, stop) or telemetry
@@ -293,7 +296,9 @@ class Agent:
                 sent = None
             await self.pause(stop, wait)
         await asyncio.gather(
-            *(t for t in (installer, network, services, flavor, telemetry) if t is not None), return_exceptions=True
+            *(t for t in (installer, network, services, flavor, telemetry) if t is not None),
+            *self._host_service_tasks,
+            return_exceptions=True,
         )
 
     def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
@@ -314,6 +319,31 @@ class Agent:
         )
         self.flavor = FlavorReconciler(flavor, config.server, lambda: self.http)
         return asyncio.create_task(self.flavor.run(stop))
+
+    def _start_host_services(self, stop: asyncio.Event, inventory: Inventory) -> None:
+        """On mTLS, a host agent given a services state dir runs, for each DPU its host carries, the instances
+        placed on the host instead (placement.runsOn Host): one runtime per DPU, each in its own state dir and
+        cgroup parent (/dpufleet/<dpu>-on-host/...), asking for that DPU (`?dpu=NAME`)."""
+        config = self.config
+        if config.services is None or config.state_dir is None or config.role != "host":
+            return
+        for card in inventory.dpus:
+            if not card.serial_number:
+                continue
+            name = dpu_name(card.serial_number)
+            if name in self.host_services:
+                continue
+            own = replace(
+                config.services,
+                state_dir=config.services.state_dir / name,
+                dpu=f"{name}-on-host",
+                query=f"?dpu={name}",
+            )
+            runtime = ServiceRuntime(
+                own, config.server, lambda: self.http, alive=self.machine_alive, uplink=self.uplink_up
+            )
+            self.host_services[name] = runtime
+            self._host_service_tasks.append(asyncio.create_task(runtime.run(stop)))
 
     def _start_services(self, stop: asyncio.Event, serial: str) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent given a services state dir runs the instances placed on its DPU."""

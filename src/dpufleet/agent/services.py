@@ -165,6 +165,7 @@ class ServicesConfig:
 
     state_dir: Path  # <agent state>/services
     dpu: str = "dpu"  # the cgroup parent's name (/dpufleet/<dpu>/...)
+    query: str = ""  # a host agent's runtime for one of its DPUs: "?dpu=NAME" on every request
     interval: float = 2.0
     runc: str = "runc"
     umoci: str = "umoci"
@@ -310,7 +311,7 @@ class Instance:
             revision=self.desired.revision,
             configRevision=self.config_revision or None,
             phase=self.phase,  # type: ignore[arg-type]
-            ready=self.ready,
+            ready=self.ready and not self.stopping,  # one being stopped serves no more
             restarts=self.restarts,
             exitCode=self.exit_code,
             reason=self.reason,
@@ -420,7 +421,7 @@ class ServiceRuntime:
     async def fetch(self) -> DesiredServices:
         if not self.uplink():
             raise httpx.ConnectError("network is unreachable")
-        resp = await self.http().get(self.server + SERVICES_PATH)
+        resp = await self.http().get(self.server + SERVICES_PATH + self.config.query)
         if resp.status_code >= 400:
             raise RuntimeError(f"HTTP {resp.status_code} {resp.text[:300]}")
         return DesiredServices.model_validate(resp.json())
@@ -842,7 +843,9 @@ class ServiceRuntime:
                 return
         if not self.uplink():
             raise httpx.ConnectError("network is unreachable")
-        resp = await self.http().post(self.server + SERVICES_PATH + "/status", json=report.model_dump())
+        resp = await self.http().post(
+            self.server + SERVICES_PATH + "/status" + self.config.query, json=report.model_dump()
+        )
         if resp.status_code >= 400:
             raise RuntimeError(
                 f"the control plane refused the service status: HTTP {resp.status_code} {resp.text[:300]}"
@@ -900,7 +903,8 @@ class ServiceRuntime:
         result = await asyncio.to_thread(self.run_exec, request)
         try:
             resp = await self.http().post(
-                self.server + SERVICES_PATH + "/exec/" + request.id, json=result.model_dump(mode="json")
+                self.server + SERVICES_PATH + "/exec/" + request.id + self.config.query,
+                json=result.model_dump(mode="json"),
             )
             if resp.status_code >= 400:
                 log.info("services: exec %s: the control plane took no answer (HTTP %s)", request.id, resp.status_code)

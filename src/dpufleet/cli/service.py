@@ -255,3 +255,40 @@ def move(
                 raise UserError(f"dpuservice/{name}: not moved after {wait:g}s (on {', '.join(dpus)}): {reason}")
             time.sleep(1.0)
         print(f"dpuservice/{name}: moving (spec.placement.exclude: {', '.join(exclude)})")
+
+
+@service_app.command("run-on")
+def run_on(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the DPUService"),
+    where: str = typer.Argument(..., help="host (the host agent of each DPU's host) or dpu"),
+    wait: float = typer.Option(120.0, "--wait", help="seconds to wait for every instance to move (0: do not wait)"),
+    project: str | None = _PROJECT,
+) -> None:
+    """Move a service's instances between their DPUs and the hosts that carry them (spec.placement.runsOn):
+    each starts at the new place and the old one stops once the new one is ready."""
+    target = {"host": "Host", "dpu": "DPU"}.get(where.lower())
+    if target is None:
+        raise UserError(f"where: {where!r} is neither host nor dpu")
+    config = options(ctx).config(project)
+    with options(ctx).client() as client:
+        doc = client.get("dpuservices", name, config.project)
+        if (doc["spec"].get("placement") or {}).get("runsOn", "DPU") == target:
+            print(f"dpuservice/{name}: already runs on the {where.lower()}")
+            return
+        client.patch("dpuservices", name, {"spec": {"placement": {"runsOn": target}}}, config.project)
+        note(f"dpuservice/{name}: moving its instances to the {where.lower()}")
+        deadline = time.monotonic() + wait
+        while wait:
+            status = client.get("dpuservices", name, config.project).get("status") or {}
+            instances = [i for i in status.get("instances") or [] if i.get("dpu")]
+            left = [i["dpu"] for i in instances if i.get("runsOn") != target or not i.get("ready")]
+            if instances and not left:
+                print(f"dpuservice/{name}: {len(instances)} instance(s) run on the {where.lower()}, ready")
+                return
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"dpuservice/{name}: not moved after {wait:g}s for DPU(s) {', '.join(left) or '(none placed)'}"
+                )
+            time.sleep(1.0)
+        print(f"dpuservice/{name}: moving (spec.placement.runsOn: {target})")

@@ -7,6 +7,8 @@
     POST /agent/v1/services/exec/ID  an ExecResult: what a command handed out in `execs` did
 
 The DPU is named after the certificate's serial, as on the network endpoints (server/agent_network.py).
+A host agent runs the instances placed on its host (placement.runsOn Host) for each DPU its host carries:
+it names the DPU (`?dpu=NAME`), which must be one whose status.host is the host its certificate names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from ..api.agent_services import DesiredServices, ExecResult, ServiceReport
-from ..api.errors import NotFound
+from ..api.errors import BadRequest, Forbidden, NotFound
 from ..crypto.pki import AgentIdentity
 from ..images.repository import ImageContentError, ImageRepository
 from ..inventory.tenancy import ProjectResolver
@@ -59,27 +61,51 @@ def add_service_routes(
     events = EventRecorder(store, "service-agent-api")
     own_dpu = dpu_of_agent(identify, resolver, "run a DPU's services")
 
+    def runtime_of(request: Request) -> tuple[str, str, str]:
+        """(project, DPU, where): a DPU agent for its own DPU, or a host agent for a DPU its host carries."""
+        wanted = request.query_params.get("dpu")
+        identity = identify(request)
+        if identity.role != "host":
+            if wanted:
+                raise BadRequest("dpu: only a host agent names the DPU it asks for (a DPU agent asks for its own)")
+            project, dpu = own_dpu(request)
+            return project, dpu, "DPU"
+        if not wanted:
+            raise BadRequest("dpu: a host agent names the DPU whose host-placed instances it asks for (?dpu=NAME)")
+        host = resolver.find_host(identity.serial)
+        if host is None:
+            raise NotFound(f"no Host with serial {identity.serial}: the host agent reports inventory first")
+        project = host["metadata"]["project"]
+        try:
+            dpu_doc = store.get("DPU", wanted, project)
+        except NotFound:
+            raise NotFound(f"no DPU {wanted!r} in project {project!r}") from None
+        if (dpu_doc.get("status") or {}).get("host") != host["metadata"]["name"]:
+            raise Forbidden(f"DPU {wanted!r} is not carried by host {host['metadata']['name']!r}")
+        return project, wanted, "Host"
+
     @app.get(SERVICES_PATH)
     async def services(request: Request) -> Response:
-        project, dpu = await asyncio.to_thread(own_dpu, request)
-        desired = await state.read(desired_services, store, project, dpu)
+        project, dpu, where = await asyncio.to_thread(runtime_of, request)
+        desired = await state.read(desired_services, store, project, dpu, where)
         await asyncio.to_thread(offer_images, desired, state.services.repository)
         body = desired.model_dump(mode="json")
-        body["execs"] = [e.model_dump(mode="json") for e in state.execs.hand_out(project, dpu)]
+        runs = {i.service for i in desired.instances}
+        body["execs"] = [e.model_dump(mode="json") for e in state.execs.hand_out(project, dpu, runs)]
         return respond(body)
 
     @app.post(SERVICES_PATH + "/status")
     async def services_status(request: Request) -> Response:
-        project, dpu = await asyncio.to_thread(own_dpu, request)
+        project, dpu, where = await asyncio.to_thread(runtime_of, request)
         report = await read_model(request, ServiceReport, "service status")
         for tail in report.logs:
             state.service_logs[(project, tail.service, dpu)] = tail.lines
-        await state.write(record_service_report, store, events, project, dpu, report)
+        await state.write(record_service_report, store, events, project, dpu, report, where)
         return respond({"accepted": True})
 
     @app.post(SERVICES_PATH + "/exec/{exec_id}")
     async def exec_result(exec_id: str, request: Request) -> Response:
-        project, dpu = await asyncio.to_thread(own_dpu, request)
+        project, dpu, _where = await asyncio.to_thread(runtime_of, request)
         result = await read_model(request, ExecResult, "exec result")
         if not state.execs.resolve(project, dpu, exec_id, result):
             raise NotFound(f"no exec {exec_id!r} waits for DPU {dpu!r} (the command's caller gave up)")

@@ -46,10 +46,17 @@ class ExecBroker:
             self._pending[exec_id] = pending
         return exec_id, pending.result
 
-    def hand_out(self, project: str, dpu: str) -> list[ExecRequest]:
-        """The execs waiting for this DPU's agent, each handed out once."""
+    def hand_out(self, project: str, dpu: str, services: set[str] | None = None) -> list[ExecRequest]:
+        """The execs waiting for this DPU's runtime, each handed out once; `services`: only those of the
+        services that runtime runs (a DPU's and its host agent's runtimes both ask for the DPU)."""
         with self._lock:
-            found = [p for p in self._pending.values() if not p.handed and (p.project, p.dpu) == (project, dpu)]
+            found = [
+                p
+                for p in self._pending.values()
+                if not p.handed
+                and (p.project, p.dpu) == (project, dpu)
+                and (services is None or p.request.service in services)
+            ]
             for p in found:
                 p.handed = True
         return [p.request for p in found]

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus, resolve_limit
-from ..api.meta import Severity, now
+from ..api.meta import Severity, isotime, now
 from ..crypto.signing import ManifestRefused
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
@@ -50,7 +50,7 @@ from ..runtime.status import mutate_status_sync
 from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
-from .desired import revisions, template_of
+from .desired import RUNTIME_FIELD, revisions, serving, template_of
 from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
 from .trust import verify_service_artifact
@@ -309,9 +309,12 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     deps = frozenset(d.service for d in spec.dependsOn)
     generation = doc["metadata"].get("generation")
     status: dict[str, Any] = dict(doc.get("status") or {})
+    if status.get("runsOn") != spec.placement.runsOn:  # a move begins (services/desired.py reads these)
+        status["runsOn"], status["runsOnSince"] = spec.placement.runsOn, isotime(now())
+    where = (str(status["runsOn"]), str(status.get("runsOnSince") or ""))
     existing = [dpu for dpu, _ in instances_of(snapshot, name)]
     to_place, to_release = _wanted(spec, snapshot, existing)
-    budget = _Budget.of(spec, snapshot, name, existing)
+    budget = _Budget.of(spec, snapshot, name, existing, where)
     if budget is not None and spec.placement.mode != "Replicas":  # a drained DPU's instance cannot move
         to_release = [d for d in to_release if not _leaving(spec, snapshot, d) or budget.may_release(d)]
     for dpu in to_release:
@@ -358,9 +361,11 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if refused is not None and status.get("upgrade"):  # the instances keep what they run: no upgrade to it
         step = Step(UpgradeStatus.model_validate(status["upgrade"]))
     else:
-        step = _upgrade(status, spec, snapshot, name, scheduled)
+        step = _upgrade(status, spec, snapshot, name, scheduled, where)
     status["upgrade"] = step.upgrade.model_dump(mode="json", exclude_none=True)
-    _shape_status(status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade)
+    _shape_status(
+        status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade, where,
+    )  # fmt: skip
     if budget is not None:
         budget.condition(status, generation)
     try:
@@ -409,13 +414,20 @@ def _trusted(
     return None
 
 
-def _upgrade(status: dict[str, Any], spec: DPUServiceSpec, snapshot: Snapshot, name: str, scheduled: list[str]) -> Step:
+def _upgrade(
+    status: dict[str, Any],
+    spec: DPUServiceSpec,
+    snapshot: Snapshot,
+    name: str,
+    scheduled: list[str],
+    where: tuple[str, str],
+) -> Step:
     """The service's upgrade, one step on (services/upgrade.py): what each DPU runs, from its runtime's report."""
     stored = status.get("upgrade")
     upgrade = UpgradeStatus.model_validate(stored) if stored else None
     seen: dict[str, Seen] = {}
     for dpu in scheduled:
-        entry = runtime_entry(snapshot, dpu, name)
+        entry = runtime_entry(snapshot, dpu, name, where)
         if entry is not None and entry.get("revision"):
             seen[dpu] = Seen(
                 revision=str(entry["revision"]),
@@ -446,7 +458,9 @@ def _dependency_upgrading(spec: DPUServiceSpec, snapshot: Snapshot) -> str | Non
             continue
         status = doc.get("status") or {}
         phase = (status.get("upgrade") or {}).get("phase")
-        if phase in ("Progressing", "Waiting", "Paused") or status.get("observedGeneration") != doc["metadata"].get("generation"):
+        if phase in ("Progressing", "Waiting", "Paused") or status.get("observedGeneration") != doc["metadata"].get(
+            "generation"
+        ):
             return dep.service
     return None
 
@@ -465,12 +479,14 @@ class _Budget:
     blocked: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, spec: DPUServiceSpec, snapshot: Snapshot, name: str, existing: list[str]) -> _Budget | None:
+    def of(
+        cls, spec: DPUServiceSpec, snapshot: Snapshot, name: str, existing: list[str], where: tuple[str, str]
+    ) -> _Budget | None:
         if spec.disruptionBudget is None:
             return None
         ready = {}
         for dpu in existing:
-            entry = runtime_entry(snapshot, dpu, name) or {}
+            entry = runtime_entry(snapshot, dpu, name, where) or {}
             ready[dpu] = entry.get("phase") == "Running" and bool(entry.get("ready"))
         total = spec.placement.replicas or 0 if spec.placement.mode == "Replicas" else len(existing)
         limit = resolve_limit(spec.disruptionBudget.maxUnavailable, max(total, 1), minimum=0)
@@ -537,6 +553,7 @@ def _shape_status(
     waiting: tuple[str, str] | None,
     generation: int | None,
     upgrade: UpgradeStatus,
+    where: tuple[str, str],
 ) -> None:
     instances = []
     running = ready = 0
@@ -548,10 +565,11 @@ def _shape_status(
             "host": snapshot.by_name[dpu].host if dpu in snapshot.by_name else None,
             "phase": "Scheduled",
         }
-        seen = runtime_entry(snapshot, dpu, name)
+        seen = runtime_entry(snapshot, dpu, name, where)
         if seen is not None:
             current = seen.get("revision") == expected_revision(upgrade, dpu).partition(".")[0]
             instance.update(
+                runsOn=seen.get("runsOn"),
                 phase=seen.get("phase") or "Scheduled",
                 ready=bool(seen.get("ready")) and current,
                 restarts=int(seen.get("restarts") or 0),
@@ -626,13 +644,25 @@ def _upgrade_condition(status: dict[str, Any], upgrade: UpgradeStatus, generatio
                   severity=severity, generation=generation)  # fmt: skip
 
 
-def runtime_entry(snapshot: Snapshot, dpu: str, service: str) -> dict[str, Any] | None:
-    """What the DPU's runtime last reported of the service's instance there (its DPUAllocation's status)."""
-    allocation = snapshot.allocations.get(dpu)
-    for entry in ((allocation or {}).get("status") or {}).get("instances") or []:
-        if entry.get("service") == service:
-            return dict(entry)
-    return None
+def runtime_entry(
+    snapshot: Snapshot, dpu: str, service: str, where: tuple[str, str] = ("DPU", "")
+) -> dict[str, Any] | None:
+    """What the runtime last reported of the service's instance for this DPU (its DPUAllocation's status).
+    `where`: (status.runsOn, status.runsOnSince). The runtime where the service runs, once it serves there
+    (a report since the move began), else, during a move, the one it still serves from (services/desired.py
+    keeps it there until then). The entry's `runsOn` says which."""
+    runs_on, since = where
+    status = (snapshot.allocations.get(dpu) or {}).get("status") or {}
+    other = "Host" if runs_on == "DPU" else "DPU"
+    found: dict[str, dict[str, Any]] = {}
+    for side in (runs_on, other):
+        for entry in status.get(RUNTIME_FIELD[side]) or []:
+            if entry.get("service") == service:
+                found[side] = {**entry, "runsOn": side}
+    target, old = found.get(runs_on), found.get(other)
+    if old is not None and serving(old) and (target is None or not serving(target, since)):
+        return old
+    return target or old
 
 
 class DPUServiceReconciler(Reconciler):
@@ -670,17 +700,20 @@ class DPUServiceReconciler(Reconciler):
         before = self._runtime.pop(key, {})
         if change.type == "DELETED":
             return [Key(change.project, s) for s in before]
-        now = {
-            str(e.get("service")): (
-                e.get("phase"),
-                e.get("ready"),
-                e.get("restarts"),
-                e.get("revision"),
-                e.get("configRevision"),
-                e.get("reason"),
-            )
-            for e in (change.object().get("status") or {}).get("instances") or []
-        }
+        status = change.object().get("status") or {}
+        now: dict[str, tuple[Any, ...]] = {}
+        for where, list_field in RUNTIME_FIELD.items():  # the DPU's runtime, and the host agent's for it
+            for e in status.get(list_field) or []:
+                now[str(e.get("service"))] = (
+                    *now.get(str(e.get("service")), ()),
+                    where,
+                    e.get("phase"),
+                    e.get("ready"),
+                    e.get("restarts"),
+                    e.get("revision"),
+                    e.get("configRevision"),
+                    e.get("reason"),
+                )
         self._runtime[key] = now
         changed = {s for s in set(before) | set(now) if before.get(s) != now.get(s)}
         return [Key(change.project, s) for s in sorted(changed)]

@@ -1,6 +1,7 @@
 """What one DPU should run: the instances its DPUAllocation holds, each with its service's artifact and config.
 
-The agent asks for this over the agent protocol (`GET /agent/v1/services`) and keeps the last answer on
+The agent asks for this over the agent protocol (`GET /agent/v1/services`; the host agent asks for each
+DPU its host carries, `?dpu=NAME`, for the instances placed on the host) and keeps the last answer on
 the DPU, so that after a reboot it starts the same instances before the control plane is reachable.
 An instance whose service is being deleted is left out (the runtime stops it).
 
@@ -104,6 +105,8 @@ class _Rendered:
     back: frozenset[str]
     current: DesiredInstance  # instance name left empty: each DPU's is filled in
     update: DesiredInstance
+    runs_on: str  # placement.runsOn as the controller has seen it (status.runsOn): DPU or Host
+    since: str  # when it became that (status.runsOnSince): reports older than that are of the last stint
 
 
 _RENDERED: OrderedDict[tuple[str, str, str], _Rendered] = OrderedDict()
@@ -127,7 +130,11 @@ def _render(project: str, doc: dict[str, Any]) -> _Rendered:
         held_spec(spec, t) if t else spec for t in (upgrade.get("template"), upgrade.get("updateTemplate"))
     )
     rendered = _Rendered(
-        _held_back(upgrade), desired_instance(key[1], "", current), desired_instance(key[1], "", update)
+        _held_back(upgrade),
+        desired_instance(key[1], "", current),
+        desired_instance(key[1], "", update),
+        str((doc.get("status") or {}).get("runsOn") or spec.placement.runsOn),
+        str((doc.get("status") or {}).get("runsOnSince") or ""),
     )
     with _LOCK:
         _RENDERED[key] = rendered
@@ -136,11 +143,27 @@ def _render(project: str, doc: dict[str, Any]) -> _Rendered:
     return rendered
 
 
-def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
+RUNTIME_FIELD = {"DPU": "instances", "Host": "hostInstances"}  # whose report, in the DPUAllocation's status
+
+
+def serving(entry: dict[str, Any], since: str = "") -> bool:
+    """A runtime's report of an instance says it serves: Running and ready, reported at `since` or later (a
+    report from before a move began is of the instance the last move stopped, not of the one it starts)."""
+    return entry.get("phase") == "Running" and bool(entry.get("ready")) and str(entry.get("at") or "") >= since
+
+
+def desired_services(store: Store, project: str, dpu: str, where: str = "DPU") -> DesiredServices:
+    """What the runtime at `where` runs for `dpu`: the DPU's own agent (DPU), or the host agent of the host
+    that carries it (Host), each the instances whose service's placement.runsOn names it. A move (runsOn
+    changed) starts an instance at the new place while the old keeps it, until the new reports it ready."""
     try:
         allocation = store.get("DPUAllocation", dpu, project)
     except NotFound:
         return DesiredServices(dpu=dpu)
+    status = allocation.get("status") or {}
+    other = "Host" if where == "DPU" else "DPU"
+    here = {str(e.get("service")) for e in status.get(RUNTIME_FIELD[where]) or []}
+    there = {str(e.get("service")): e for e in status.get(RUNTIME_FIELD[other]) or []}
     instances: list[DesiredInstance] = []
     for placed in (allocation.get("spec") or {}).get("instances") or []:
         try:
@@ -150,6 +173,10 @@ def desired_services(store: Store, project: str, dpu: str) -> DesiredServices:
         if (doc.get("metadata") or {}).get("deletionTimestamp"):
             continue
         rendered = _render(project, doc)
+        service = str(placed["service"])
+        moving_off = service in here and not serving(there.get(service) or {}, rendered.since)
+        if rendered.runs_on != where and not moving_off:
+            continue  # runs at the other place (or moves there, and serves there now)
         chosen = rendered.current if dpu in rendered.back else rendered.update
         instances.append(chosen.model_copy(update={"service": placed["service"], "instance": placed["instance"]}))
     return DesiredServices(dpu=dpu, instances=sorted(instances, key=lambda i: i.service))

@@ -18,6 +18,7 @@ from ..api.meta import isotime, now
 from ..runtime.events import EventRecorder
 from ..runtime.status import mutate_status_sync
 from ..store.store import Store
+from .desired import RUNTIME_FIELD
 
 _VOLATILE = ("at", "memoryBytes", "cpuSeconds")  # change every report: written only with something else
 
@@ -30,24 +31,29 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k not in _VOLATILE} == {k: v for k, v in b.items() if k not in _VOLATILE}
 
 
-def record_service_report(store: Store, events: EventRecorder, project: str, dpu: str, report: ServiceReport) -> None:
+def record_service_report(
+    store: Store, events: EventRecorder, project: str, dpu: str, report: ServiceReport, where: str = "DPU"
+) -> None:
+    """`where`: whose report it is, the DPU's runtime (status.instances) or its host agent's (hostInstances)."""
     at = isotime(now())
+    list_field = RUNTIME_FIELD[where]
     entries = sorted((_entry(r, at) for r in report.instances), key=lambda e: str(e["service"]))
     before: list[dict[str, Any]] = []
 
     def mutate(status: dict[str, Any]) -> None:
-        before[:] = list(status.get("instances") or [])
+        before[:] = list(status.get(list_field) or [])
         if len(before) == len(entries) and all(_same(a, b) for a, b in zip(before, entries, strict=True)):
             raise _Unchanged
-        status["instances"] = entries
+        status[list_field] = entries
 
     try:
         mutate_status_sync(store, "DPUAllocation", dpu, mutate, project)
     except (NotFound, _Unchanged):
         return
     old = {e["service"]: e for e in before}
+    place = dpu if where == "DPU" else f"{dpu}'s host"
     for entry in entries:
-        _event(store, events, project, dpu, old.get(entry["service"]), entry)
+        _event(store, events, project, place, old.get(entry["service"]), entry)
 
 
 def _event(

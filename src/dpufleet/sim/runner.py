@@ -427,12 +427,12 @@ async def run_sim(
                     if plane is not None and config.state_dir is not None:
                         config.network = plane.agent_config()
                         config.network.interval = options.network_interval
-                    if (
-                        options.services
-                        and config.state_dir is not None
-                        and isinstance(device, SimDPU)
-                        and device.id in service_dpus
-                    ):
+                    runs_services = (
+                        device.id in service_dpus
+                        if isinstance(device, SimDPU)
+                        else any(d.id in service_dpus for d in device.dpus)  # host agents run host-placed ones
+                    )
+                    if options.services and config.state_dir is not None and runs_services:
                         config.services = ServicesConfig(
                             config.state_dir / "services",
                             interval=options.services_interval,
@@ -454,8 +454,9 @@ async def run_sim(
         await asyncio.gather(*tasks, return_exceptions=True)
         for started in running.agents:
             await started.aclose()
-            if started.services is not None:  # the emulated DPU is gone: so are its containers
-                await asyncio.to_thread(started.services.kill_all)
+            for runtime in [started.services, *started.host_services.values()]:
+                if runtime is not None:  # the emulated DPU (or host) is gone: so are its containers
+                    await asyncio.to_thread(runtime.kill_all)
         if http is not None:
             await http.aclose()
         await running.rshim.stop()

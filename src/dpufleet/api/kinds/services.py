@@ -170,6 +170,11 @@ class Placement(Strict):
         default_factory=list, description="never on these DPUs; an instance there moves (`dpufleet service move`)"
     )
     prefer: list[Name] = Field(default_factory=list, description="these DPUs first, when they fit")
+    runsOn: Literal["DPU", "Host"] = Field(
+        default="DPU",
+        description="where each placed instance runs: on its DPU, or on the host that carries the DPU (its host "
+        "agent); changing it moves every instance, started at the new place before it stops at the old",
+    )
 
     @model_validator(mode="after")
     def _mode_fields(self) -> Placement:
@@ -299,6 +304,9 @@ class InstanceStatus(Strict):
     name: str
     dpu: Name | None = None
     host: str | None = None
+    runsOn: Literal["DPU", "Host"] | None = Field(
+        default=None, description="where it runs now (during a move: the old place until the new is ready)"
+    )
     phase: Literal["Pending", "Scheduled", "Pulling", "Starting", "Running", "Failed", "Succeeded"] = "Pending"
     ready: bool | None = None
     restarts: int | None = None
@@ -344,6 +352,8 @@ class UpgradeStatus(Strict):
 
 
 class DPUServiceStatus(Status):
+    runsOn: Literal["DPU", "Host"] | None = Field(default=None, description="placement.runsOn as the controller saw it")
+    runsOnSince: str | None = Field(default=None, description="when that began (a move: reports before it are old)")
     desired: int = 0
     scheduled: int = 0
     running: int = Field(default=0, description="instances their DPUs run at the service's current revision")
@@ -524,6 +534,9 @@ class RuntimeInstance(InstanceReport):
 
 class DPUAllocationStatus(Status):
     instances: list[RuntimeInstance] = Field(default_factory=list, description="what the DPU's runtime runs")
+    hostInstances: list[RuntimeInstance] = Field(
+        default_factory=list, description="what the host agent runs for this DPU (placement.runsOn Host)"
+    )
 
 
 class DPUAllocation(Resource):
