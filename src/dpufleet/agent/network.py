@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import subprocess
+import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +39,14 @@ from typing import Any
 import httpx
 
 from ..api.agent_network import ChainReport, DesiredChain, DesiredInterface, DesiredNetwork, NetworkReport, Repair
-from ..api.kinds import ChainMatch
+from ..api.kinds import ChainMatch, ConntrackRule
 
 log = logging.getLogger(__name__)
 NETWORK_PATH = "/agent/v1/network"
 OWNER_KEY = "dpufleet-interface"
 COOKIE_TAG = 0xDF  # the top byte of every chain cookie (api/kinds/network.chain_cookie)
+UNDERLAY_COOKIE = (0xDE << 56) | 1  # the underlay bridge's one flow (NORMAL)
+_METER = re.compile(r"meter=(\d+)\s+(.*?)\s*bands=\s*(.*?)(?=\s*meter=|\Z)", re.DOTALL)
 _COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
 REPORT_EVERY = 30.0  # an unchanged report is sent again this often
 
@@ -57,12 +62,16 @@ class NetworkConfig:
     ovsdb: str
     bridge: str
     rundir: Path
-    netns: str | None = None  # the namespace of the DPU's ports (the emulator's; informational)
+    netns: str | None = None  # the namespace of the DPU's ports and OVS (the emulator's); None: this one
     interval: float = 1.0
+    underlay_bridge: str = "br-underlay"  # where a tunnel's underlay port and the DPU's endpoint address go
 
     @property
     def openflow(self) -> str:
-        return f"unix:{self.rundir}/{self.bridge}.mgmt"
+        return self.openflow_of(self.bridge)
+
+    def openflow_of(self, bridge: str) -> str:
+        return f"unix:{self.rundir}/{bridge}.mgmt"
 
 
 # --- rendering (pure) ------------------------------------------------------------------------------------------
@@ -84,23 +93,175 @@ def _match_fields(match: ChainMatch, forward: bool) -> list[str]:
     return fields
 
 
-def render_chain(chain: DesiredChain, ofports: dict[str, int]) -> list[str]:
-    """The chain's flows (ovs-ofctl syntax, without the cookie): hop i's exit to hop i+1's entry, and back."""
-    spec = chain.spec
-    match = spec.match
-    priority = 100 + 10 * sum(x is not None for x in (match.vlan, match.prefix, match.protocol, match.port))
-    ip_level = match.prefix is not None or match.protocol is not None
-    flows: list[str] = []
-    for here, there in zip(spec.hops, spec.hops[1:], strict=False):
-        legs = [(ofports[here.exit], ofports[there.entry], True)]
-        if spec.bidirectional:
-            legs.append((ofports[there.entry], ofports[here.exit], False))
-        for src, dst, forward in legs:
-            fields = ",".join([f"priority={priority}", f"in_port={src}", *_match_fields(match, forward)])
-            flows.append(f"{fields},actions=output:{dst}")
-            if ip_level and (match.prefix is None or ":" not in match.prefix):
-                flows.append(f"priority={priority - 1},in_port={src},arp,actions=output:{dst}")  # neighbours resolve
-    return flows
+def ct_zone(interface: str) -> int:
+    """The conntrack zone of an interface's connections: stable, one per interface, never 0."""
+    return 1 + zlib.crc32(interface.encode()) % 65534
+
+
+def meter_ids(interfaces: list[DesiredInterface]) -> dict[str, tuple[int | None, int | None]]:
+    """Interface -> its (bits, packets) meter ids: stable per name (a hash, probed past collisions)."""
+    taken: set[int] = set()
+    ids: dict[str, tuple[int | None, int | None]] = {}
+    for iface in sorted((i for i in interfaces if i.qos is not None), key=lambda i: i.name):
+        base = 1 + 2 * (zlib.crc32(iface.name.encode()) % 131_000)
+        while base in taken:
+            base = 1 + (base + 1) % 262_000
+        taken.add(base)
+        assert iface.qos is not None
+        ids[iface.name] = (
+            base if iface.qos.maxRateBps is not None else None,
+            base + 1 if iface.qos.maxRatePps is not None else None,
+        )
+    return ids
+
+
+def render_meters(interfaces: list[DesiredInterface]) -> dict[int, str]:
+    """Meter id -> its ovs-ofctl description (`kbps|pktps burst band=...`), for every QoS interface."""
+    ids = meter_ids(interfaces)
+    meters: dict[int, str] = {}
+    for iface in interfaces:
+        if iface.qos is None:
+            continue
+        bits, packets = ids[iface.name]
+        q = iface.qos
+        if bits is not None and q.maxRateBps is not None:
+            kbps = max(1, round(q.maxRateBps / 1000))
+            burst = max(12, round((q.burstBits or q.maxRateBps // 10) / 1000))  # >= one 1500-byte frame
+            meters[bits] = f"kbps burst band=type=drop,rate={kbps},burst_size={burst}"
+        if packets is not None and q.maxRatePps is not None:
+            burst = q.burstPackets or max(1, q.maxRatePps // 10)
+            meters[packets] = f"pktps burst band=type=drop,rate={q.maxRatePps},burst_size={burst}"
+    return meters
+
+
+@dataclass(frozen=True)
+class _Leg:
+    src: str  # interface names
+    dst: str
+    forward: bool
+
+
+class _Renderer:
+    """One chain's flows, with the QoS meters of the interfaces traffic enters by and the conntrack
+    allow-lists of the interfaces it passes."""
+
+    def __init__(
+        self, chain: DesiredChain, ofports: dict[str, int], interfaces: dict[str, DesiredInterface] | None
+    ) -> None:
+        self.spec = chain.spec
+        self.ofports = ofports
+        self.interfaces = interfaces or {}
+        self.meters = meter_ids(list(self.interfaces.values()))
+        match = self.spec.match
+        self.priority = 100 + 10 * sum(x is not None for x in (match.vlan, match.prefix, match.protocol, match.port))
+
+    def flows(self) -> list[str]:
+        flows: list[str] = []
+        for here, there in zip(self.spec.hops, self.spec.hops[1:], strict=False):
+            legs = [_Leg(here.exit, there.entry, True)]
+            if self.spec.bidirectional:
+                legs.append(_Leg(there.entry, here.exit, False))
+            for leg in legs:
+                flows += self._leg(leg)
+        return flows
+
+    def _metered(self, src: str, priority: int, fields: list[str], actions: str) -> list[str]:
+        """A flow forwarding what entered at `src`: through its meters first, if it has any (two meters
+        take two tables: OpenFlow allows one meter per flow)."""
+        bits, packets = self.meters.get(src, (None, None))
+        meters = [m for m in (bits, packets) if m is not None]
+        head = ",".join([f"priority={priority}", *fields])
+        if not meters:
+            return [f"{head},actions={actions}"]
+        if len(meters) == 1:
+            return [f"{head},actions=meter:{meters[0]},{actions}"]
+        return [
+            f"{head},actions=meter:{meters[0]},goto_table:1",
+            f"table=1,{head},actions=meter:{meters[1]},{actions}",
+        ]
+
+    def _leg(self, leg: _Leg) -> list[str]:
+        match = self.spec.match
+        src, dst = self.ofports[leg.src], self.ofports[leg.dst]
+        out = f"output:{dst}"
+        p = self.priority
+        base = [f"in_port={src}", *_match_fields(match, leg.forward)]
+        ip_level = match.prefix is not None or match.protocol is not None
+        v6_prefix = match.prefix is not None and ":" in match.prefix
+        arp = [] if not ip_level or v6_prefix else self._metered(leg.src, p - 1, [f"in_port={src}", "arp"], out)
+        policy = self._conntrack(leg)
+        if policy is None:
+            return self._metered(leg.src, p, base, out) + arp  # neighbours resolve through the ARP flow
+        zone, rules, remote_is_dst = policy
+        families = ["ipv6"] if v6_prefix else ["ip"] if match.prefix is not None else ["ip", "ipv6"]
+        flows = [] if ip_level else self._metered(leg.src, p, base, out)  # what is not IP passes (ARP)
+        flows += arp
+        for family in families:
+            l3 = self._l3(family, match.protocol, base)
+            flows.append(f"priority={p + 4},{','.join([*l3, 'ct_state=-trk'])},actions=ct(zone={zone},table=0)")
+            for state in ("+trk+est", "+trk+rel"):
+                flows += self._metered(leg.src, p + 3, [*l3, f"ct_state={state}"], out)
+            for rule in rules:
+                fields = self._rule(family, l3, rule, remote_is_dst)
+                if fields is not None:
+                    flows += self._metered(
+                        leg.src, p + 2, [*fields, "ct_state=+trk+new"], f"ct(commit,zone={zone}),{out}"
+                    )
+            flows.append(f"priority={p + 1},{','.join([*l3, 'ct_state=+trk'])},actions=drop")
+        return flows
+
+    def _conntrack(self, leg: _Leg) -> tuple[int, list[ConntrackRule], bool] | None:
+        """The allow-list governing a leg: the sender's outbound rules, else the receiver's inbound ones
+        (zone, rules, whether the rules' far end is the packet's destination)."""
+        sender, receiver = self.interfaces.get(leg.src), self.interfaces.get(leg.dst)
+        if sender is not None and sender.conntrack is not None:
+            return ct_zone(sender.name), sender.conntrack.allowOutbound, True
+        if receiver is not None and receiver.conntrack is not None:
+            return ct_zone(receiver.name), receiver.conntrack.allowInbound, False
+        return None
+
+    @staticmethod
+    def _l3(family: str, protocol: str | None, base: list[str]) -> list[str]:
+        """`base` with its protocol token made the family's (ip/ipv6, tcp/tcp6, ...), added if absent."""
+        six = family == "ipv6"
+        token = (protocol + ("6" if six else "")) if protocol else family
+        kept = [f for f in base if f not in {"ip", "ipv6", "tcp", "tcp6", "udp", "udp6", "icmp", "icmp6"}]
+        return [*kept[:1], token, *kept[1:]]
+
+    def _rule(self, family: str, l3: list[str], rule: ConntrackRule, remote_is_dst: bool) -> list[str] | None:
+        """The chain leg's fields narrowed to one allow rule, or None when the two cannot both hold."""
+        match = self.spec.match
+        if match.protocol is not None and match.protocol != rule.protocol:
+            return None
+        six = family == "ipv6"
+        if rule.prefix is not None and (":" in rule.prefix) != six:
+            return None
+        fields = [f for f in l3 if f not in {"ip", "ipv6"}]
+        if match.protocol is None:
+            fields.append(rule.protocol + ("6" if six else ""))
+        keyed = dict(f.split("=", 1) for f in fields if "=" in f)
+        plain = [f for f in fields if "=" not in f]
+        extra: dict[str, str] = {}
+        if rule.prefix is not None:
+            key = f"{'ipv6' if six else 'nw'}_{'dst' if remote_is_dst else 'src'}"
+            extra[key] = rule.prefix
+        if rule.port is not None:
+            extra["tp_dst"] = str(rule.port)  # a new connection's first packet goes to the port connected to
+        for key, value in extra.items():
+            if key in keyed and keyed[key] != value:
+                return None
+            keyed[key] = value
+        return [*plain, *(f"{k}={v}" for k, v in keyed.items())]
+
+
+def render_chain(
+    chain: DesiredChain, ofports: dict[str, int], interfaces: dict[str, DesiredInterface] | None = None
+) -> list[str]:
+    """The chain's flows (ovs-ofctl syntax, without the cookie): hop i's exit to hop i+1's entry, and back.
+
+    `ofports`: interface name -> OpenFlow port; `interfaces`: the DPU's interfaces by name, for their
+    QoS meters and conntrack allow-lists."""
+    return _Renderer(chain, ofports, interfaces).flows()
 
 
 def _fingerprint(flows: list[str]) -> str:
@@ -124,7 +285,10 @@ class Switch:
 
             try:
                 idl = connection.OvsdbIdl.from_server(self.config.ovsdb, "Open_vSwitch")
-                self._api = impl_idl.OvsdbIdl(connection.Connection(idl=idl, timeout=10))
+                # ovsdbapp keeps the first connection made on its class (one OVSDB per process); a class
+                # of our own per switch keeps each its own (the emulator runs several DPUs' agents).
+                own = type("SwitchIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+                self._api = own(connection.Connection(idl=idl, timeout=10))
             except Exception as exc:
                 raise OVSError(f"cannot reach OVSDB at {self.config.ovsdb}: {exc}") from None
         return self._api
@@ -141,44 +305,112 @@ class Switch:
         except Exception as exc:
             raise OVSError(f"OVSDB: {exc}") from None
 
-    def our_ports(self) -> dict[str, str]:
-        """Port name -> the interface object it renders, for the ports this agent made."""
-        bridge = self.config.bridge
-        rows = self._do(self.api().db_find("Interface", columns=["name", "external_ids"]))
-        on_bridge = set(self._do(self.api().list_ports(bridge)))
+    def bridges(self) -> list[str]:
+        return [self.config.bridge, self.config.underlay_bridge]
+
+    def our_ports(self) -> dict[str, tuple[str, str]]:
+        """Port name -> (the interface object it renders, its bridge), for the ports this agent made."""
+        api = self.api()
+        rows = self._do(api.db_find("Interface", columns=["name", "external_ids"]))
+        bridge_of: dict[str, str] = {}
+        for bridge in self.bridges():
+            if self._do(api.br_exists(bridge)):
+                bridge_of.update({port: bridge for port in self._do(api.list_ports(bridge))})
         return {
-            r["name"]: r["external_ids"][OWNER_KEY]
+            r["name"]: (r["external_ids"][OWNER_KEY], bridge_of[r["name"]])
             for r in rows
-            if OWNER_KEY in r["external_ids"] and r["name"] in on_bridge
+            if OWNER_KEY in r["external_ids"] and r["name"] in bridge_of
         }
 
-    def ensure_port(self, iface: DesiredInterface) -> None:
-        api, bridge = self.api(), self.config.bridge
+    def ensure_underlay(self) -> None:
+        """The underlay bridge: its ports switched NORMAL, its own (internal) port the tunnel endpoint."""
+        api, bridge = self.api(), self.config.underlay_bridge
         with api.transaction(check_error=True) as txn:
+            txn.add(api.add_br(bridge, may_exist=True, datapath_type="netdev"))
+            txn.add(api.db_set("Bridge", bridge, ("fail_mode", "secure")))
+        openflow = self.config.openflow_of(bridge)
+        socket = self.config.rundir / f"{bridge}.mgmt"
+        deadline = time.monotonic() + 5.0
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # ovs-vswitchd makes the bridge (and its socket) once it reads the change
+        dump = self._ofctl("dump-flows", openflow, "--no-stats")
+        if f"cookie={UNDERLAY_COOKIE:#x}" not in dump:
+            self._ofctl("add-flow", openflow, f"cookie={UNDERLAY_COOKIE:#x},priority=0,actions=NORMAL")
+
+    def set_address(self, device: str, address: str) -> None:
+        """`address` (with its prefix length) the only address of `device`, which is up."""
+        shown = json.loads(self._ip("-j", "addr", "show", "dev", device) or "[]")
+        have = {f"{a['local']}/{a['prefixlen']}" for d in shown for a in d.get("addr_info", [])}
+        if have != {address}:
+            self._ip("addr", "flush", "dev", device)
+            self._ip("addr", "add", address, "dev", device)
+        if not shown or "UP" not in shown[0].get("flags", []):
+            self._ip("link", "set", "dev", device, "up")
+
+    def _ip(self, *args: str) -> str:
+        argv = ["ip", *(["-n", self.config.netns] if self.config.netns else []), *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OVSError(f"ip: {exc}") from None
+        if done.returncode != 0:
+            raise OVSError(f"{' '.join(argv)}: {done.stderr.strip()[:300]}")
+        return done.stdout
+
+    def ensure_port(self, iface: DesiredInterface, now_on: str | None = None) -> None:
+        api = self.api()
+        bridge = self.config.underlay_bridge if iface.underlay else self.config.bridge
+        with api.transaction(check_error=True) as txn:
+            if now_on is not None and now_on != bridge:
+                txn.add(api.del_port(iface.port, now_on, if_exists=True))  # moved between bridges
             txn.add(api.add_port(bridge, iface.port, may_exist=True))
-            columns: list[tuple[str, Any]] = [("external_ids", {OWNER_KEY: iface.name})]
+            external = {OWNER_KEY: iface.name}
+            if iface.mac is not None:
+                external["attached-mac"] = iface.mac
+            columns: list[tuple[str, Any]] = [("external_ids", external)]
             if iface.mtu is not None:
                 columns.append(("mtu_request", iface.mtu))
             if iface.type == "Patch" and iface.peerBridge:
                 columns += [("type", "patch"), ("options", {"peer": f"{iface.port}-peer"})]
-            if iface.mac is not None:
-                columns.append(("external_ids", {OWNER_KEY: iface.name, "attached-mac": iface.mac}))
+            if iface.tunnel is not None:
+                t = iface.tunnel
+                options = {"remote_ip": t.remote, "local_ip": t.local, "key": str(t.vni)}
+                columns += [("type", t.protocol.lower()), ("options", options)]
             txn.add(api.db_set("Interface", iface.port, *columns))
             txn.add(api.db_set("Port", iface.port, ("tag", iface.vlan if iface.vlan is not None else [])))
 
-    def delete_port(self, port: str) -> None:
-        self._do(self.api().del_port(port, self.config.bridge, if_exists=True))
+    def delete_port(self, port: str, bridge: str | None = None) -> None:
+        self._do(self.api().del_port(port, bridge or self.config.bridge, if_exists=True))
 
     def ofports(self) -> dict[str, int]:
-        rows = self._do(self.api().db_find("Interface", columns=["name", "ofport"]))
+        """Interface name -> OpenFlow port, on the chains' bridge (port numbers are per bridge)."""
+        api = self.api()
+        on_bridge = set(self._do(api.list_ifaces(self.config.bridge)))
+        rows = self._do(api.db_find("Interface", columns=["name", "ofport"]))
         found: dict[str, int] = {}
         for r in rows:
             ofport = r["ofport"]
             if isinstance(ofport, list):
                 ofport = ofport[0] if ofport else -1
-            if isinstance(ofport, int) and ofport > 0:
+            if isinstance(ofport, int) and ofport > 0 and r["name"] in on_bridge:
                 found[r["name"]] = ofport
         return found
+
+    def meters(self) -> dict[int, str]:
+        """Meter id -> its description as ovs-ofctl prints it back (normalised like render_meters)."""
+        found: dict[int, str] = {}
+        for m in _METER.finditer(self._ofctl("dump-meters", self.config.openflow)):
+            band = " ".join(m.group(3).split()).replace(" ", ",")
+            found[int(m.group(1))] = f"{' '.join(m.group(2).split())} band={band}"
+        return found
+
+    def set_meter(self, meter: int, description: str, exists: bool) -> None:
+        unit_flags, band = description.split(" band=")
+        spec = f"meter={meter},{unit_flags.replace(' ', ',')},band={band}"
+        self._ofctl("mod-meter" if exists else "add-meter", self.config.openflow, spec)
+
+    def delete_meter(self, meter: int) -> None:
+        self._ofctl("del-meter", self.config.openflow, f"meter={meter}")
 
     def _ofctl(self, *args: str, stdin: str | None = None) -> str:
         argv = ["ovs-ofctl", "-O", "OpenFlow14", *args]
@@ -228,6 +460,7 @@ class NetworkReconciler:
     desired: DesiredNetwork | None = None
     applied: dict[int, _Applied] = field(default_factory=dict)  # cookie -> what was programmed (this run)
     known_ports: set[str] = field(default_factory=set)  # ports this run made or saw (a missing one is drift)
+    meters_set: dict[int, str] = field(default_factory=dict)  # meters this run set (a missing one is drift)
     repairs_made: int = 0
     _last_sent: tuple[Any, float] | None = None
 
@@ -243,28 +476,43 @@ class NetworkReconciler:
         return DesiredNetwork.model_validate(resp.json())
 
     def converge(self, desired: DesiredNetwork) -> NetworkReport:
-        """Ports, then flows; what failed is in the report, never raised (but an unreachable OVSDB)."""
+        """Ports, meters, then flows; what failed is in the report, never raised (but an unreachable OVSDB)."""
         repairs: list[Repair] = []
-        port_errors: dict[str, str] = {}
+        port_errors: dict[str, str] = {
+            i.name: i.problem for i in desired.interfaces if i.problem is not None
+        }  # the control plane could not resolve them (a tunnel's remote, an underlay's address)
         ours = self.switch.our_ports()
-        wanted = {i.port: i for i in desired.interfaces}
+        wanted = {i.port: i for i in desired.interfaces if i.problem is None}
         for port in sorted(set(ours) - set(wanted)):
-            self.switch.delete_port(port)
+            self.switch.delete_port(port, ours[port][1])
             self.known_ports.discard(port)
+        if any(i.underlay for i in wanted.values()):
+            try:
+                self.switch.ensure_underlay()
+            except OVSError as exc:
+                for i in wanted.values():
+                    if i.underlay or i.tunnel is not None:
+                        port_errors[i.name] = f"the underlay bridge: {exc}"
         for port, iface in wanted.items():
+            if iface.name in port_errors:
+                continue
             if port in self.known_ports and port not in ours:
                 repairs.append(
                     Repair(
                         kind="DPUServiceInterface",
                         name=iface.name,
-                        message=f"port {port} was missing from {self.config.bridge}; added it back",
+                        message=f"port {port} was missing from "
+                        f"{self.config.underlay_bridge if iface.underlay else self.config.bridge}; added it back",
                     )
                 )
             try:
-                self.switch.ensure_port(iface)
+                self.switch.ensure_port(iface, ours.get(port, (None, None))[1])
+                if iface.underlay and iface.address is not None:
+                    self.switch.set_address(self.config.underlay_bridge, iface.address)
                 self.known_ports.add(port)
             except OVSError as exc:
                 port_errors[iface.name] = str(exc)
+        stale_meters = self._meters(desired, repairs, port_errors)
         ofports = self.switch.ofports()
         counts = self.switch.flow_counts()
         reports: list[ChainReport] = []
@@ -275,7 +523,45 @@ class NetworkReconciler:
         by_name = {i.name: i for i in desired.interfaces}
         for chain in desired.chains:
             reports.append(self._chain(chain, by_name, ofports, counts, port_errors, repairs))
+        for meter in stale_meters:  # after the flows that used them moved on (a meter's deletion takes its flows)
+            with contextlib.suppress(OVSError):
+                self.switch.delete_meter(meter)
         return NetworkReport(chains=reports, repairs=repairs)
+
+    def _meters(self, desired: DesiredNetwork, repairs: list[Repair], port_errors: dict[str, str]) -> list[int]:
+        """The QoS interfaces' meters made as wanted (a missing or changed one is drift); returns the
+        meters no longer wanted, deleted only once the chains are reprogrammed."""
+        wanted = render_meters(desired.interfaces)
+        if not wanted and not self.meters_set:
+            return []
+        try:
+            present = self.switch.meters()
+        except OVSError as exc:
+            for i in desired.interfaces:
+                if i.qos is not None:
+                    port_errors.setdefault(i.name, f"meters: {exc}")
+            return []
+        owners = {m: name for name, ids in meter_ids(desired.interfaces).items() for m in ids if m is not None}
+        for meter, description in wanted.items():
+            if present.get(meter) == description:
+                continue
+            if self.meters_set.get(meter) == description:
+                repairs.append(
+                    Repair(
+                        kind="DPUServiceInterface",
+                        name=owners[meter],
+                        message=f"its QoS meter {meter} was {'changed' if meter in present else 'missing'}; set it again",
+                    )
+                )
+            try:
+                self.switch.set_meter(meter, description, exists=meter in present)
+                self.meters_set[meter] = description
+            except OVSError as exc:
+                port_errors.setdefault(owners[meter], f"QoS meter {meter}: {exc}")
+        stale = sorted(set(present) - set(wanted))
+        for meter in stale:
+            self.meters_set.pop(meter, None)
+        return stale
 
     def _chain(
         self,
@@ -297,11 +583,16 @@ class NetworkReconciler:
         broken = [f"{n}: {port_errors[n]}" for n in chain.spec.interfaces() if n in port_errors]
         if broken:
             return failed("; ".join(broken))
+        underlays = [n for n in chain.spec.interfaces() if interfaces[n].underlay]
+        if underlays:
+            return failed(
+                f"{', '.join(underlays)}: a tunnel's underlay is on {self.config.underlay_bridge}, not in a chain"
+            )
         ports = {n: interfaces[n].port for n in chain.spec.interfaces()}
         absent = sorted(p for p in ports.values() if p not in ofports)
         if absent:
             return failed(f"no OpenFlow port yet for {', '.join(absent)} (is the netdev there?)")
-        flows = render_chain(chain, {n: ofports[p] for n, p in ports.items()})
+        flows = render_chain(chain, {n: ofports[p] for n, p in ports.items()}, interfaces)
         fingerprint = _fingerprint(flows)
         before = self.applied.get(chain.cookie)
         present = counts.get(chain.cookie, 0)

@@ -6,9 +6,20 @@ POST /agent/v1/network/status   <- NetworkReport (one ChainReport per chain, the
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from .kinds import DPUServiceChainSpec, InterfaceType
+from .kinds import DPUServiceChainSpec, InterfaceConntrack, InterfaceQoS, InterfaceType
+
+
+class DesiredTunnel(BaseModel):
+    """A tunnel port as the agent renders it: both endpoints resolved to addresses."""
+
+    protocol: Literal["Geneve", "VXLAN"]
+    vni: int
+    local: str  # this DPU's underlay address (no prefix length)
+    remote: str
 
 
 class DesiredInterface(BaseModel):
@@ -20,6 +31,11 @@ class DesiredInterface(BaseModel):
     mac: str | None = None
     address: str | None = None
     peerBridge: str | None = None
+    qos: InterfaceQoS | None = None
+    conntrack: InterfaceConntrack | None = None
+    tunnel: DesiredTunnel | None = None
+    underlay: bool = Field(default=False, description="a tunnel's underlay: on the underlay bridge, addressed")
+    problem: str | None = Field(default=None, description="why it cannot be rendered (the control plane's view)")
 
 
 class DesiredChain(BaseModel):

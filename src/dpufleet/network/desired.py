@@ -6,11 +6,12 @@ other copy, so after a restart it rebuilds the data plane from this alone.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
-from ..api.agent_network import DesiredChain, DesiredInterface, DesiredNetwork
+from ..api.agent_network import DesiredChain, DesiredInterface, DesiredNetwork, DesiredTunnel
 from ..api.errors import NotFound
-from ..api.kinds import DPUServiceChainSpec, DPUServiceInterfaceSpec, DPUServiceIPAMSpec, chain_cookie
+from ..api.kinds import DPUServiceChainSpec, DPUServiceInterfaceSpec, DPUServiceIPAMSpec, TunnelSpec, chain_cookie
 from ..store.store import Store
 from .ipam import PoolExhausted, address_in, allocate
 
@@ -20,18 +21,30 @@ def _labels(dpu: dict[str, Any]) -> dict[str, str]:
 
 
 def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
-    """The DPU's interfaces (addresses from their pools) and the chains whose interfaces it all has."""
+    """The DPU's interfaces (addresses from their pools, tunnels' endpoints resolved) and the chains
+    whose interfaces it all has."""
     labels = _labels(store.get("DPU", dpu, project))
-    interfaces: dict[str, DesiredInterface] = {}
+    specs: dict[str, DPUServiceInterfaceSpec] = {}
     for doc in store.list("DPUServiceInterface", project).items:
         spec = DPUServiceInterfaceSpec.model_validate(doc["spec"])
-        if not spec.dpuSelector.matches(labels):
-            continue
+        if spec.dpuSelector.matches(labels):
+            specs[doc["metadata"]["name"]] = spec
+    underlays = {s.tunnel.underlay for s in specs.values() if s.tunnel is not None}
+    interfaces: dict[str, DesiredInterface] = {}
+    for name, spec in specs.items():
         address: str | None = None
         if spec.ipam is not None:
-            address = _address(store, project, spec.ipam, dpu)
-        interfaces[doc["metadata"]["name"]] = DesiredInterface(
-            name=doc["metadata"]["name"],
+            address = _address(store, project, spec.ipam, dpu, on_pool_subnet=name in underlays)
+        tunnel, problem = (None, None)
+        if spec.tunnel is not None:
+            tunnel, problem = _tunnel(store, project, dpu, spec.tunnel, specs)
+        elif name in underlays:
+            if spec.type != "Physical":
+                problem = f"a tunnel's underlay must be a Physical interface (this one is {spec.type})"
+            elif address is None:
+                problem = f"no underlay address: give it an ipam pool (ipam: {spec.ipam or 'unset'})"
+        interfaces[name] = DesiredInterface(
+            name=name,
             type=spec.type,
             port=spec.port,
             vlan=spec.vlan,
@@ -39,6 +52,11 @@ def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
             mac=spec.mac,
             address=address,
             peerBridge=spec.patch.peerBridge if spec.patch else None,
+            qos=spec.qos,
+            conntrack=spec.conntrack,
+            tunnel=tunnel,
+            underlay=name in underlays,
+            problem=problem,
         )
     chains: list[DesiredChain] = []
     for doc in store.list("DPUServiceChain", project).items:
@@ -60,10 +78,45 @@ def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
     return DesiredNetwork(dpu=dpu, interfaces=sorted(interfaces.values(), key=lambda i: i.name), chains=chains)
 
 
-def _address(store: Store, project: str, pool: str, dpu: str) -> str | None:
+def _tunnel(
+    store: Store, project: str, dpu: str, tunnel: TunnelSpec, specs: dict[str, DPUServiceInterfaceSpec]
+) -> tuple[DesiredTunnel | None, str | None]:
+    """Both ends of a tunnel as addresses: this DPU's and the remote DPU's address on the underlay."""
+    underlay = specs.get(tunnel.underlay)
+    if underlay is None:
+        return None, f"tunnel.underlay: interface {tunnel.underlay} does not select this DPU"
+    if underlay.ipam is None:
+        return None, f"tunnel.underlay: interface {tunnel.underlay} has no ipam pool to address it"
+    local = _address(store, project, underlay.ipam, dpu, on_pool_subnet=True)
+    if local is None:
+        return None, f"tunnel.underlay: pool {underlay.ipam} gave this DPU no address (see its status)"
+    remote = tunnel.remoteAddress
+    if tunnel.remoteDPU is not None:
+        try:
+            store.get("DPU", tunnel.remoteDPU, project)
+        except NotFound:
+            return None, f"tunnel.remoteDPU: no DPU {tunnel.remoteDPU}"
+        found = _address(store, project, underlay.ipam, tunnel.remoteDPU, on_pool_subnet=True)
+        if found is None:
+            return None, f"tunnel.remoteDPU: pool {underlay.ipam} gave {tunnel.remoteDPU} no address"
+        remote = found.split("/")[0]
+    assert remote is not None  # the kind requires one of the two
+    return DesiredTunnel(protocol=tunnel.protocol, vni=tunnel.vni, local=local.split("/")[0], remote=remote), None
+
+
+def _address(store: Store, project: str, pool: str, dpu: str, on_pool_subnet: bool = False) -> str | None:
+    """The DPU's address from the pool: its block's first host address, with the block's prefix length,
+    or the pool's (`on_pool_subnet`: an underlay, where every DPU's endpoint shares one subnet)."""
     try:
         spec = DPUServiceIPAMSpec.model_validate(store.get("DPUServiceIPAM", pool, project)["spec"])
         block = allocate(store, project, pool, spec, dpu)
     except (NotFound, PoolExhausted):
         return None  # the IPAM's own status says why (its controller reports exhaustion)
-    return address_in(block.ipv4 or block.ipv6 or "")
+    cidr = block.ipv4 or block.ipv6 or ""
+    if not on_pool_subnet:
+        return address_in(cidr)
+    network = ipaddress.ip_network(cidr)
+    host = network.network_address + (1 if network.num_addresses > 2 else 0)
+    pool_spec = spec.ipv4 if block.ipv4 else spec.ipv6
+    assert pool_spec is not None
+    return f"{host}/{ipaddress.ip_network(pool_spec.cidr).prefixlen}"

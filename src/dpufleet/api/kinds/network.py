@@ -148,7 +148,7 @@ register(
 
 # --- DPUServiceInterface --------------------------------------------------------------------------------------
 
-InterfaceType = Literal["Physical", "PFRepresentor", "VFRepresentor", "Service", "Patch"]
+InterfaceType = Literal["Physical", "PFRepresentor", "VFRepresentor", "Service", "Patch", "Tunnel"]
 
 
 class ServiceAttachment(Strict):
@@ -162,6 +162,90 @@ class PatchAttachment(Strict):
     peerBridge: str = Field(pattern=_PORT_NAME)
 
 
+class InterfaceQoS(Strict):
+    """A rate limit on the traffic that enters the switch from this interface (OpenFlow meters: what
+    exceeds the rate after the burst is dropped)."""
+
+    maxRateBps: int | None = Field(default=None, ge=1000, description="bits per second (kept to whole kilobits)")
+    burstBits: int | None = Field(default=None, ge=1000, description="with maxRateBps: the bucket's depth")
+    maxRatePps: int | None = Field(default=None, ge=1, description="packets per second")
+    burstPackets: int | None = Field(default=None, ge=1, description="with maxRatePps: the bucket's depth")
+
+    @model_validator(mode="after")
+    def _rates(self) -> InterfaceQoS:
+        if self.maxRateBps is None and self.maxRatePps is None:
+            raise ValueError("maxRateBps, maxRatePps: give at least one rate")
+        if self.burstBits is not None and self.maxRateBps is None:
+            raise ValueError("burstBits: only with maxRateBps")
+        if self.burstPackets is not None and self.maxRatePps is None:
+            raise ValueError("burstPackets: only with maxRatePps")
+        return self
+
+
+class ConntrackRule(Strict):
+    """A kind of connection that may be opened: its protocol, the port connected to, the far end's prefix."""
+
+    protocol: Literal["tcp", "udp", "icmp"]
+    port: int | None = Field(default=None, ge=1, le=65535, description="the port connected to (tcp/udp)")
+    prefix: str | None = Field(default=None, description="the far end's IPv4/IPv6 prefix")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP prefix ({exc})") from None
+
+    @model_validator(mode="after")
+    def _port_needs_protocol(self) -> ConntrackRule:
+        if self.port is not None and self.protocol == "icmp":
+            raise ValueError("port: only with protocol tcp or udp")
+        return self
+
+
+class InterfaceConntrack(Strict):
+    """A stateful allow-list at this interface (IP traffic of the chains through it; ARP passes).
+
+    `allowOutbound`: connections the side behind the interface may open (its traffic entering the
+    switch); `allowInbound`: connections that may be opened towards it. Replies of an allowed
+    connection pass both ways; any other new connection is dropped."""
+
+    allowOutbound: list[ConntrackRule] = Field(default_factory=list, max_length=256)
+    allowInbound: list[ConntrackRule] = Field(default_factory=list, max_length=256)
+
+
+class TunnelSpec(Strict):
+    """An overlay port: traffic sent to it is encapsulated to the remote DPU's underlay address."""
+
+    protocol: Literal["Geneve", "VXLAN"]
+    vni: int = Field(ge=1, le=16_777_215, description="the virtual network's identifier")
+    underlay: Name = Field(
+        description="a Physical DPUServiceInterface with an ipam pool: its address on each DPU is that "
+        "DPU's tunnel endpoint, and its port moves to the underlay bridge"
+    )
+    remoteDPU: Name | None = Field(default=None, description="the DPU at the other end (its underlay address)")
+    remoteAddress: str | None = Field(default=None, description="or the other end's address, given")
+
+    @field_validator("remoteAddress")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address ({exc})") from None
+
+    @model_validator(mode="after")
+    def _one_remote(self) -> TunnelSpec:
+        if (self.remoteDPU is None) == (self.remoteAddress is None):
+            raise ValueError("remoteDPU, remoteAddress: give exactly one")
+        return self
+
+
 class DPUServiceInterfaceSpec(Strict):
     type: InterfaceType
     port: str = Field(pattern=_PORT_NAME, description="the OVS port (the netdev on the DPU), e.g. p0, pf0hpf")
@@ -169,6 +253,9 @@ class DPUServiceInterfaceSpec(Strict):
     vf: int | None = Field(default=None, ge=0, le=1023, description="VFRepresentor: the VF")
     service: ServiceAttachment | None = None
     patch: PatchAttachment | None = None
+    tunnel: TunnelSpec | None = None
+    qos: InterfaceQoS | None = None
+    conntrack: InterfaceConntrack | None = None
     vlan: int | None = Field(default=None, ge=1, le=4094, description="access VLAN tag of the port")
     mtu: int | None = Field(default=None, ge=68, le=9216)
     mac: str | None = None
@@ -194,8 +281,9 @@ class DPUServiceInterfaceSpec(Strict):
             "VFRepresentor": {"pf", "vf"},
             "Service": {"service"},
             "Patch": {"patch"},
+            "Tunnel": {"tunnel"},
         }[self.type]
-        for name in ("pf", "vf", "service", "patch"):
+        for name in ("pf", "vf", "service", "patch", "tunnel"):
             given = getattr(self, name) is not None
             if name in wants and not given:
                 raise ValueError(f"{name}: required when type is {self.type}")
@@ -204,7 +292,13 @@ class DPUServiceInterfaceSpec(Strict):
         return self
 
 
-_OWNERS = {"pf": "PFRepresentor or VFRepresentor", "vf": "VFRepresentor", "service": "Service", "patch": "Patch"}
+_OWNERS = {
+    "pf": "PFRepresentor or VFRepresentor",
+    "vf": "VFRepresentor",
+    "service": "Service",
+    "patch": "Patch",
+    "tunnel": "Tunnel",
+}
 
 
 class DPUServiceInterfaceStatus(Status):
