@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dpufleet.agent.network import ct_zone, meter_ids, render_chain, render_meters
+from dpufleet.agent.network import chain_neighbours, ct_zone, meter_ids, render_chain, render_meters, render_neighbours
 from dpufleet.api.agent_network import DesiredChain, DesiredInterface
 from dpufleet.api.kinds import DPUServiceChainSpec, DPUServiceInterfaceSpec
 
@@ -101,3 +101,19 @@ def test_a_rule_that_cannot_meet_the_chains_match_is_left_out() -> None:
     )
     assert not any("ct(commit" in f for f in flows), "udp is not tcp, and port 22 is not 443"
     assert any("ct_state=+trk+est" in f and "tp_dst=443" in f for f in flows)
+
+
+def test_chains_sharing_a_port_share_one_arp_flow_to_all_their_next_hops() -> None:
+    """Two chains taking different TCP ports from the wire: one ARP flow from it to both next hops (two
+    flows with one match would leave only the last, and each chain would see the other's as drift)."""
+    ports = {"wire": 1, "a": 2, "b": 3}
+    web = chain(["wire", "a"], match={"protocol": "tcp", "port": 80})
+    mail = chain(["wire", "b"], match={"protocol": "tcp", "port": 25})
+    assert not any("arp" in f for f in render_chain(web, ports)), "ARP is not in a chain's own flows"
+    legs = chain_neighbours(web, ports) + chain_neighbours(mail, ports)
+    assert render_neighbours(legs) == [
+        "priority=119,in_port=1,arp,actions=output:2,output:3",
+        "priority=119,in_port=2,arp,actions=output:1",
+        "priority=119,in_port=3,arp,actions=output:1",
+    ]
+    assert chain_neighbours(chain(["wire", "a"]), ports) == [], "a chain taking everything carries ARP itself"

@@ -46,6 +46,7 @@ NETWORK_PATH = "/agent/v1/network"
 OWNER_KEY = "dpufleet-interface"
 COOKIE_TAG = 0xDF  # the top byte of every chain cookie (api/kinds/network.chain_cookie)
 UNDERLAY_COOKIE = (0xDE << 56) | 1  # the underlay bridge's one flow (NORMAL)
+NEIGHBOUR_COOKIE = (0xDF << 56) | 0xFFFFFFFF00  # the ARP flows of every chain (no chain cookie ends in 00)
 _METER = re.compile(r"meter=(\d+)\s+(.*?)\s*bands=\s*(.*?)(?=\s*meter=|\Z)", re.DOTALL)
 _COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
 REPORT_EVERY = 30.0  # an unchanged report is sent again this often
@@ -152,6 +153,7 @@ class _Renderer:
         self.ofports = ofports
         self.interfaces = interfaces or {}
         self.meters = meter_ids(list(self.interfaces.values()))
+        self.neighbours: list[tuple[int, int, int]] = []  # (in port, out port, priority) ARP must pass
         match = self.spec.match
         self.priority = 100 + 10 * sum(x is not None for x in (match.vlan, match.prefix, match.protocol, match.port))
 
@@ -188,14 +190,14 @@ class _Renderer:
         base = [f"in_port={src}", *_match_fields(match, leg.forward)]
         ip_level = match.prefix is not None or match.protocol is not None
         v6_prefix = match.prefix is not None and ":" in match.prefix
-        arp = [] if not ip_level or v6_prefix else self._metered(leg.src, p - 1, [f"in_port={src}", "arp"], out)
+        if ip_level and not v6_prefix:
+            self.neighbours.append((src, dst, p - 1))  # ARP of the chain's legs: one shared flow per port
         policy = self._conntrack(leg)
         if policy is None:
-            return self._metered(leg.src, p, base, out) + arp  # neighbours resolve through the ARP flow
+            return self._metered(leg.src, p, base, out)
         zone, rules, remote_is_dst = policy
         families = ["ipv6"] if v6_prefix else ["ip"] if match.prefix is not None else ["ip", "ipv6"]
         flows = [] if ip_level else self._metered(leg.src, p, base, out)  # what is not IP passes (ARP)
-        flows += arp
         for family in families:
             l3 = self._l3(family, match.protocol, base)
             flows.append(f"priority={p + 4},{','.join([*l3, 'ct_state=-trk'])},actions=ct(zone={zone},table=0)")
@@ -260,8 +262,29 @@ def render_chain(
     """The chain's flows (ovs-ofctl syntax, without the cookie): hop i's exit to hop i+1's entry, and back.
 
     `ofports`: interface name -> OpenFlow port; `interfaces`: the DPU's interfaces by name, for their
-    QoS meters and conntrack allow-lists."""
+    QoS meters and conntrack allow-lists. A chain that takes only some IP traffic needs ARP to pass
+    its legs too: `chain_neighbours` gives those, and `render_neighbours` one flow per port for all."""
     return _Renderer(chain, ofports, interfaces).flows()
+
+
+def chain_neighbours(chain: DesiredChain, ofports: dict[str, int]) -> list[tuple[int, int, int]]:
+    """(in port, out port, priority) of the chain's legs that ARP must pass (its match is IP-level)."""
+    renderer = _Renderer(chain, ofports, None)
+    renderer.flows()
+    return renderer.neighbours
+
+
+def render_neighbours(legs: list[tuple[int, int, int]]) -> list[str]:
+    """One ARP flow per in port, to every chain's next hop from it (chains sharing a port would
+    otherwise write the same match twice, and OpenFlow keeps only the last)."""
+    by_port: dict[int, tuple[set[int], int]] = {}
+    for src, dst, priority in legs:
+        outs, best = by_port.get(src, (set(), 0))
+        by_port[src] = (outs | {dst}, max(best, priority))
+    return [
+        f"priority={priority},in_port={src},arp,actions={','.join(f'output:{d}' for d in sorted(outs))}"
+        for src, (outs, priority) in sorted(by_port.items())
+    ]
 
 
 def _fingerprint(flows: list[str]) -> str:
@@ -438,6 +461,13 @@ class Switch:
         lines = [f"delete cookie={cookie:#x}/-1", *(f"add cookie={cookie:#x},{flow}" for flow in flows)]
         self._ofctl("--bundle", "add-flows", self.config.openflow, "-", stdin="\n".join(lines) + "\n")
 
+    def replace_many(self, chains: list[tuple[int, list[str]]]) -> None:
+        """Several cookies' replacements in one bundle (atomic; cookies not named untouched)."""
+        lines: list[str] = []
+        for cookie, flows in chains:
+            lines += [f"delete cookie={cookie:#x}/-1", *(f"add cookie={cookie:#x},{flow}" for flow in flows)]
+        self._ofctl("--bundle", "add-flows", self.config.openflow, "-", stdin="\n".join(lines) + "\n")
+
     def delete_flows(self, cookie: int) -> None:
         self._ofctl("del-flows", self.config.openflow, f"cookie={cookie:#x}/-1")
 
@@ -516,13 +546,21 @@ class NetworkReconciler:
         ofports = self.switch.ofports()
         counts = self.switch.flow_counts()
         reports: list[ChainReport] = []
-        wanted_cookies = {c.cookie for c in desired.chains}
+        wanted_cookies = {c.cookie for c in desired.chains} | {NEIGHBOUR_COOKIE}
         for cookie in sorted((set(counts) | set(self.applied)) - wanted_cookies):
             self.switch.delete_flows(cookie)  # a chain deleted, or no longer for this DPU
             self.applied.pop(cookie, None)
         by_name = {i.name: i for i in desired.interfaces}
+        pending: list[tuple[int, DesiredChain, list[str]]] = []
+        neighbours: list[tuple[int, int, int]] = []
         for chain in desired.chains:
-            reports.append(self._chain(chain, by_name, ofports, counts, port_errors, repairs))
+            report = self._chain(chain, by_name, ofports, counts, port_errors, repairs, pending)
+            reports.append(report)
+            if report.programmed:
+                ports = {n: ofports[by_name[n].port] for n in chain.spec.interfaces()}
+                neighbours += chain_neighbours(chain, ports)
+        self._program(pending, reports)
+        self._neighbours(render_neighbours(neighbours), counts)
         for meter in stale_meters:  # after the flows that used them moved on (a meter's deletion takes its flows)
             with contextlib.suppress(OVSError):
                 self.switch.delete_meter(meter)
@@ -571,7 +609,10 @@ class NetworkReconciler:
         counts: dict[int, int],
         port_errors: dict[str, str],
         repairs: list[Repair],
+        pending: list[tuple[int, DesiredChain, list[str]]],
     ) -> ChainReport:
+        """The chain's report; flows to (re)write go to `pending` (one bundle for all, see _program)."""
+
         def failed(message: str) -> ChainReport:
             if counts.get(chain.cookie) or chain.cookie in self.applied:
                 self.switch.delete_flows(chain.cookie)  # half a chain must not carry traffic
@@ -607,13 +648,49 @@ class NetworkReconciler:
                     f"(cookie {chain.cookie:#x}); reprogrammed",
                 )
             )
-        try:
-            self.switch.replace_flows(chain.cookie, flows)
-        except OVSError as exc:
-            self.applied.pop(chain.cookie, None)
-            return ChainReport(name=chain.name, programmed=False, flows=0, lastError=str(exc))
-        self.applied[chain.cookie] = _Applied(fingerprint, len(flows))
+        pending.append((len(pending), chain, flows))
         return ChainReport(name=chain.name, programmed=True, flows=len(flows))
+
+    def _program(self, pending: list[tuple[int, DesiredChain, list[str]]], reports: list[ChainReport]) -> None:
+        """Write every changed chain in one atomic bundle (each its cookie's delete and adds; other
+        chains untouched); if the bundle is refused, chain by chain, so only the bad one fails."""
+        if not pending:
+            return
+        index = {r.name: i for i, r in enumerate(reports)}
+        try:
+            self.switch.replace_many([(chain.cookie, flows) for _, chain, flows in pending])
+        except OVSError:
+            for _, chain, flows in pending:
+                try:
+                    self.switch.replace_flows(chain.cookie, flows)
+                except OVSError as exc:
+                    self.applied.pop(chain.cookie, None)
+                    reports[index[chain.name]] = ChainReport(
+                        name=chain.name, programmed=False, flows=0, lastError=str(exc)
+                    )
+                    with contextlib.suppress(OVSError):
+                        self.switch.delete_flows(chain.cookie)
+                    continue
+                self.applied[chain.cookie] = _Applied(_fingerprint(flows), len(flows))
+            return
+        for _, chain, flows in pending:
+            self.applied[chain.cookie] = _Applied(_fingerprint(flows), len(flows))
+
+    def _neighbours(self, flows: list[str], counts: dict[int, int]) -> None:
+        """The shared ARP flows, rewritten when what they should be changes or some went missing."""
+        fingerprint = _fingerprint(flows)
+        before = self.applied.get(NEIGHBOUR_COOKIE)
+        if before is not None and before.fingerprint == fingerprint and counts.get(NEIGHBOUR_COOKIE, 0) == len(flows):
+            return
+        if before is None and not flows and not counts.get(NEIGHBOUR_COOKIE):
+            return
+        try:
+            self.switch.replace_flows(NEIGHBOUR_COOKIE, flows)
+        except OVSError as exc:
+            log.warning("network: cannot write the ARP flows: %s", exc)
+            self.applied.pop(NEIGHBOUR_COOKIE, None)
+            return
+        self.applied[NEIGHBOUR_COOKIE] = _Applied(fingerprint, len(flows))
 
     async def send(self, report: NetworkReport, now: float) -> None:
         key = report.model_dump(exclude={"repairs"})
