@@ -305,6 +305,22 @@ def services(
     )
 
 
+@bench_app.command("chains")
+def chains(
+    dpus: int = typer.Option(8, "--dpus", min=1, max=64, help="emulated DPUs, each with a real Open vSwitch"),
+    count: int = typer.Option(500, "--chains", min=1, max=60000, help="service chains (one TCP port each)"),
+    timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="give up after this many seconds"),
+    as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
+) -> None:
+    """Apply N service chains to D emulated DPUs (a real OVS each); time until every chain's flows are in
+    every switch, and how many flows per second one OVS takes (needs root and openvswitch-switch)."""
+    from ..bench.chains import run_chains_bench
+
+    results = run_bench("chains", lambda: run_chains_bench(dpus, count, timeout, as_json=as_json), as_json, runs)
+    check_each(results, lambda r: "; ".join(r.errors[:3]) if r.errors else None)
+
+
 @bench_app.command("rollout")
 def rollout(
     dpus: int = typer.Option(1000, "--dpus", min=1, max=20000, help="emulated DPUs (one per host) to update"),

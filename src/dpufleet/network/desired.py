@@ -7,13 +7,34 @@ other copy, so after a restart it rebuilds the data plane from this alone.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ..api.agent_network import DesiredChain, DesiredInterface, DesiredNetwork, DesiredTunnel
 from ..api.errors import NotFound
 from ..api.kinds import DPUServiceChainSpec, DPUServiceInterfaceSpec, DPUServiceIPAMSpec, TunnelSpec, chain_cookie
 from ..store.store import Store
 from .ipam import PoolExhausted, address_in, allocate
+
+T = TypeVar("T", bound=BaseModel)
+_SPECS: dict[tuple[str, str, str, str], Any] = {}  # (kind, project, uid, generation) -> its parsed spec
+_SPECS_MAX = 100_000
+
+
+def _spec(doc: dict[str, Any], model: type[T], project: str) -> T:
+    """The stored document's spec, parsed once per generation: every agent asks every second, and a
+    stored spec only changes with its generation (a status write leaves it)."""
+    meta = doc.get("metadata") or {}
+    if not meta.get("uid") or not meta.get("generation"):
+        return model.model_validate(doc["spec"])
+    key = (model.__name__, project, str(meta["uid"]), str(meta["generation"]))
+    found = _SPECS.get(key)
+    if found is None:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        found = _SPECS[key] = model.model_validate(doc["spec"])
+    return found
 
 
 def _labels(dpu: dict[str, Any]) -> dict[str, str]:
@@ -26,7 +47,7 @@ def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
     labels = _labels(store.get("DPU", dpu, project))
     specs: dict[str, DPUServiceInterfaceSpec] = {}
     for doc in store.list("DPUServiceInterface", project).items:
-        spec = DPUServiceInterfaceSpec.model_validate(doc["spec"])
+        spec = _spec(doc, DPUServiceInterfaceSpec, project)
         if spec.dpuSelector.matches(labels):
             specs[doc["metadata"]["name"]] = spec
     underlays = {s.tunnel.underlay for s in specs.values() if s.tunnel is not None}
@@ -62,7 +83,7 @@ def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
     for doc in store.list("DPUServiceChain", project).items:
         if (doc.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        chain = DPUServiceChainSpec.model_validate(doc["spec"])
+        chain = _spec(doc, DPUServiceChainSpec, project)
         if not chain.dpuSelector.matches(labels):
             continue
         name = doc["metadata"]["name"]
