@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dpufleet.api.errors import Invalid
 from dpufleet.api.kinds import DPUServiceIPAMSpec
 from dpufleet.network.controller import reconcile_ipam
-from dpufleet.network.ipam import PoolExhausted, allocate, read_blocks
+from dpufleet.network.ipam import PoolExhausted, allocate, read_blocks, release
 from dpufleet.store.store import Store, default_sqlite_url
 
 P = "default"
@@ -122,3 +124,60 @@ def test_bad_documents_are_refused_naming_the_field(store: Store, kind: str, spe
         store.create({"kind": kind, "metadata": {"name": "bad"}, "spec": spec})
     assert field in str(refused.value) + repr(getattr(refused.value, "details", ""))
     assert store.list(kind, P).items == []
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pool_prefix=st.integers(min_value=24, max_value=28),
+    block_extra=st.integers(min_value=1, max_value=4),
+    workers=st.integers(min_value=2, max_value=4),
+    plans=st.lists(
+        st.lists(st.tuples(st.booleans(), st.integers(0, 7)), min_size=1, max_size=6), min_size=4, max_size=4
+    ),
+)
+def test_property_concurrent_allocation_and_release_never_overlap_and_stay_in_the_pool(
+    tmp_path_factory: pytest.TempPathFactory,
+    pool_prefix: int,
+    block_extra: int,
+    workers: int,
+    plans: list[list[tuple[bool, int]]],
+) -> None:
+    """Any pool and block size, any interleaving of allocators and releasers: the recorded blocks are
+    inside the pool, pairwise disjoint, one per DPU, and a DPU asking twice gets the block it holds;
+    when the pool runs out it says so (PoolExhausted), never by handing out a taken block."""
+    store = Store.open(default_sqlite_url(tmp_path_factory.mktemp("prop")))
+    try:
+        cidr = f"198.51.100.0/{pool_prefix}"
+        spec = ipam(store, "pool", v4=cidr, prefix=min(30, pool_prefix + block_extra))
+        errors: list[BaseException] = []
+
+        def worker(plan: list[tuple[bool, int]], w: int) -> None:
+            try:
+                for take, n in plan:
+                    dpu = f"dpu-{w}-{n}"
+                    if take:
+                        try:
+                            block = allocate(store, P, "pool", spec, dpu)
+                        except PoolExhausted:
+                            continue
+                        assert allocate(store, P, "pool", spec, dpu).ipv4 == block.ipv4, "asking twice: the same"
+                    else:
+                        everyone = {f"dpu-{x}-{m}" for x in range(4) for m in range(8)}
+                        release(store, P, "pool", everyone - {dpu})
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(plans[w], w)) for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        blocks = read_blocks(store, P, "pool").by_dpu
+        nets = [ipaddress.ip_network(b.ipv4) for b in blocks.values() if b.ipv4]
+        pool = ipaddress.ip_network(cidr)
+        assert all(n.subnet_of(pool) for n in nets)
+        assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :]), blocks
+        assert spec.ipv4 is not None and len(nets) <= spec.ipv4.block_count()
+    finally:
+        store.close()
