@@ -16,8 +16,9 @@ VERSION = "DOCA_2.11.0_BSP_4.11.0_Ubuntu_22.04-1.1"
 
 
 @contextmanager
-def services_fleet(api: RunningServer, directory: Path, hosts: int = 1) -> Iterator[SimRunning]:
-    """`hosts` hosts with one DPU each, every DPU with a service runtime, reporting often."""
+def services_fleet(api: RunningServer, directory: Path, hosts: int = 1, network: bool = False) -> Iterator[SimRunning]:
+    """`hosts` hosts with one DPU each, every DPU with a service runtime, reporting often (and, with
+    `network`, a real Open vSwitch each)."""
     options = SimOptions(
         hosts=hosts,
         dpus_per_host=1,
@@ -31,6 +32,9 @@ def services_fleet(api: RunningServer, directory: Path, hosts: int = 1) -> Itera
         services=True,
         services_dpus=hosts,
         services_interval=0.3,
+        network=network,
+        network_dpus=hosts if network else 0,
+        network_interval=0.3,
     )
     with sim_in_thread(options) as running:
         yield running

@@ -306,7 +306,15 @@ class Agent:
         config = self.config
         if config.network is None or config.state_dir is None or config.role != "dpu":
             return None
-        self.network = NetworkReconciler(config.network, config.server, lambda: self.http)
+        self.network = NetworkReconciler(
+            config.network,
+            config.server,
+            lambda: self.http,
+            # with a service runtime here, a Service interface's veth is ours to make into its instance
+            service_pid=(lambda service: self.services.running_pid(service) if self.services else None)
+            if config.services is not None
+            else None,
+        )
         return asyncio.create_task(self.network.run(stop))
 
     def _start_flavor(self, stop: asyncio.Event) -> asyncio.Task[None] | None:

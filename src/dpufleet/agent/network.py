@@ -94,6 +94,13 @@ def _match_fields(match: ChainMatch, forward: bool) -> list[str]:
     return fields
 
 
+def service_mac(dpu: str, interface: str) -> str:
+    """A Service interface's MAC inside its instance when none is given: stable per DPU and interface,
+    locally administered, unicast."""
+    digest = hashlib.sha256(f"{dpu}/{interface}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def ct_zone(interface: str) -> int:
     """The conntrack zone of an interface's connections: stable, one per interface, never 0."""
     return 1 + zlib.crc32(interface.encode()) % 65534
@@ -370,6 +377,43 @@ class Switch:
         if not shown or "UP" not in shown[0].get("flags", []):
             self._ip("link", "set", "dev", device, "up")
 
+    def attach_service(self, port: str, inner: str, pid: int, address: str | None, mac: str) -> bool:
+        """A veth from the switch's namespace (`port`) into process `pid`'s network namespace (`inner`);
+        True when it was made now (the switch must open the new `port` afresh)."""
+        inside = ["nsenter", "-t", str(pid), "-n"]
+        present = self._run_checked([*inside, "ip", "-j", "link", "show", "dev", inner], quiet=True)
+        if present is None:
+            if self._link_exists(port):
+                self._ip("link", "del", "dev", port)  # the old pair's end
+            self._ip("link", "add", port, "type", "veth", "peer", "name", inner, "netns", str(pid))
+            # the userspace datapath does not fill in checksums a veth left to offload
+            self._run_checked([*inside, "ethtool", "-K", inner, "tx", "off"], quiet=True)
+            self._run_checked([*inside, "ip", "link", "set", "dev", inner, "address", mac])
+            if address is not None:
+                self._run_checked([*inside, "ip", "addr", "add", address, "dev", inner])
+            self._run_checked([*inside, "ip", "link", "set", "dev", inner, "up"])
+        self._ip("link", "set", "dev", port, "up")
+        return present is None
+
+    def _link_exists(self, device: str) -> bool:
+        try:
+            self._ip("link", "show", "dev", device)
+        except OVSError:
+            return False
+        return True
+
+    def _run_checked(self, argv: list[str], quiet: bool = False) -> str | None:
+        """Run; its output, or None when it failed and `quiet` (else OVSError naming the command)."""
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OVSError(f"{argv[0]}: {exc}") from None
+        if done.returncode != 0:
+            if quiet:
+                return None
+            raise OVSError(f"{' '.join(argv)}: {done.stderr.strip()[:300]}")
+        return done.stdout
+
     def _ip(self, *args: str) -> str:
         argv = ["ip", *(["-n", self.config.netns] if self.config.netns else []), *args]
         try:
@@ -491,6 +535,9 @@ class NetworkReconciler:
     applied: dict[int, _Applied] = field(default_factory=dict)  # cookie -> what was programmed (this run)
     known_ports: set[str] = field(default_factory=set)  # ports this run made or saw (a missing one is drift)
     meters_set: dict[int, str] = field(default_factory=dict)  # meters this run set (a missing one is drift)
+    # The service runtime beside it: a Service interface's veth goes into its running instance. None: the
+    # veth is someone else's to make (the port is expected to exist, as for a physical port).
+    service_pid: Callable[[str], int | None] | None = None
     repairs_made: int = 0
     _last_sent: tuple[Any, float] | None = None
 
@@ -526,6 +573,11 @@ class NetworkReconciler:
         for port, iface in wanted.items():
             if iface.name in port_errors:
                 continue
+            if iface.type == "Service" and self.service_pid is not None:
+                problem = self._attach(iface)
+                if problem is not None:
+                    port_errors[iface.name] = problem
+                    continue
             if port in self.known_ports and port not in ours:
                 repairs.append(
                     Repair(
@@ -565,6 +617,27 @@ class NetworkReconciler:
             with contextlib.suppress(OVSError):
                 self.switch.delete_meter(meter)
         return NetworkReport(chains=reports, repairs=repairs)
+
+    def _attach(self, iface: DesiredInterface) -> str | None:
+        """The Service interface's veth: `port` on the switch's side, `serviceInterface` inside the
+        service's running instance (up, with the interface's address); made again when the instance
+        restarted (a new namespace: the old pair went with the old one). None when in place."""
+        assert self.service_pid is not None and iface.service is not None
+        pid = self.service_pid(iface.service)
+        if pid is None:
+            return f"service {iface.service} has no running instance on this DPU (yet)"
+        inner = iface.serviceInterface or iface.port
+        # The same MAC in every instance of it: a restarted instance is not a new neighbour whose old
+        # MAC its peers keep sending to until their ARP entries age out.
+        dpu = self.desired.dpu if self.desired is not None else ""
+        mac = iface.mac or service_mac(dpu, iface.name)
+        try:
+            if self.switch.attach_service(iface.port, inner, pid, iface.address, mac):
+                # a port whose netdev vanished stays in error in OVS: open the new one as a new port
+                self.switch.delete_port(iface.port)
+        except OVSError as exc:
+            return f"the veth into {iface.service}: {exc}"
+        return None
 
     def _meters(self, desired: DesiredNetwork, repairs: list[Repair], port_errors: dict[str, str]) -> list[int]:
         """The QoS interfaces' meters made as wanted (a missing or changed one is drift); returns the

@@ -326,6 +326,13 @@ class ServiceRuntime:
     """Converges this DPU's containers to the desired services. Blocking work (runc, umoci, unpacking)
     runs in threads; one asyncio task supervises each instance."""
 
+    def running_pid(self, service: str) -> int | None:
+        """The pid of the service's instance while it runs here (its network namespace is /proc/PID/ns/net)."""
+        inst = self.instances.get(service)
+        if inst is None or inst.phase != "Running" or inst.stopping or inst.desired.privileged:
+            return None
+        return inst.pid
+
     def __init__(
         self,
         config: ServicesConfig,

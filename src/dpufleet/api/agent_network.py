@@ -34,6 +34,8 @@ class DesiredInterface(BaseModel):
     qos: InterfaceQoS | None = None
     conntrack: InterfaceConntrack | None = None
     tunnel: DesiredTunnel | None = None
+    service: str | None = Field(default=None, description="Service: the DPUService whose instance it enters")
+    serviceInterface: str | None = Field(default=None, description="Service: its name inside the instance")
     underlay: bool = Field(default=False, description="a tunnel's underlay: on the underlay bridge, addressed")
     problem: str | None = Field(default=None, description="why it cannot be rendered (the control plane's view)")
 

@@ -76,6 +76,8 @@ def desired_network(store: Store, project: str, dpu: str) -> DesiredNetwork:
             qos=spec.qos,
             conntrack=spec.conntrack,
             tunnel=tunnel,
+            service=spec.service.service if spec.service else None,
+            serviceInterface=spec.service.interface if spec.service else None,
             underlay=name in underlays,
             problem=problem,
         )
