@@ -26,7 +26,7 @@ from dpufleet.api.kinds import chain_cookie
 from dpufleet.sim.network import DataPlane, in_netns
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover
-from support.net import wait_until
+from support.net import netns_ping, wait_until
 from support.server import RunningServer, threaded_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,17 +148,7 @@ def forwarded(dp: DataPlane, s: str) -> int:
 
 def ping(dp: DataPlane, to: str, count: int = 3, interval: str = "0.05") -> int:
     """Replies received from the wire namespace's ping."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", dp.wire_ns, "ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", to],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    raise AssertionError(f"ping printed no summary: {done.stdout} {done.stderr}")
+    return netns_ping(dp.wire_ns, to, count, interval)
 
 
 def chain_on_dpu(op: Operator, name: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import pytest
 from dpufleet.sim.network import DataPlane, in_netns
 from dpufleet.sim.runner import SimOptions, SimRunning, sim_in_thread
 from provisioning.conftest import Operator, discover
-from support.net import wait_until
+from support.net import netns_ping, wait_until
 from support.server import RunningServer, threaded_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -120,17 +120,7 @@ def py_background(namespace: str, code: str, *args: str) -> subprocess.Popen[str
 
 
 def ping(namespace: str, to: str, count: int = 3) -> int:
-    done = subprocess.run(
-        ["ip", "netns", "exec", namespace, "ping", "-n", "-q", "-c", str(count), "-i", "0.1", "-W", "1", to],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    raise AssertionError(f"ping printed no summary: {done.stdout} {done.stderr}")
+    return netns_ping(namespace, to, count)
 
 
 def counter(namespace: str, device: str, name: str) -> int:

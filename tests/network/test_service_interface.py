@@ -24,7 +24,7 @@ from dpufleet.sim.network import DataPlane
 from dpufleet.sim.runner import SimRunning
 from provisioning.conftest import Operator, provisioning_server
 from services.fleet import provision, service, services_fleet
-from support.net import wait_until
+from support.net import netns_ping, wait_until
 from support.oci import served_image, tools_missing
 from support.server import RunningServer
 
@@ -60,17 +60,7 @@ def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
 
 
 def ping(plane: DataPlane, to: str, count: int = 3) -> int:
-    done = subprocess.run(
-        ["ip", "netns", "exec", plane.wire_ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.1", "-W", "1", to],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    raise AssertionError(f"ping printed no summary: {done.stdout} {done.stderr}")
+    return netns_ping(plane.wire_ns, to, count)
 
 
 def runtime(fleet: SimRunning) -> ServiceRuntime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -40,3 +41,18 @@ def poll(
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02, what: str = "condition") -> None:
     """Poll predicate until it is true; fail with `what` after timeout seconds."""
     poll(what, predicate, bool, timeout, interval=interval)
+
+
+def netns_ping(namespace: str, to: str, count: int = 3, interval: str = "0.1") -> int:
+    """Replies `ping` received, sent from inside a network namespace (one second's wait for each)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, "ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", to],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for line in done.stdout.splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    raise AssertionError(f"ping printed no summary: {done.stdout} {done.stderr}")

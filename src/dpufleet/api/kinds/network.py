@@ -30,6 +30,16 @@ from .registry import Column, KindInfo, register
 _PORT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
+def _ip_prefix(value: str | None) -> str | None:
+    """An IPv4/IPv6 prefix in its canonical form (host bits cleared); None stays None."""
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP prefix ({exc})") from None
+
+
 # --- DPUServiceIPAM ---------------------------------------------------------------------------------------------
 
 
@@ -192,12 +202,7 @@ class ConntrackRule(Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(ipaddress.ip_network(value, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not an IP prefix ({exc})") from None
+        return _ip_prefix(value)
 
     @model_validator(mode="after")
     def _port_needs_protocol(self) -> ConntrackRule:
@@ -363,12 +368,7 @@ class ChainMatch(Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(ipaddress.ip_network(value, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not an IP prefix ({exc})") from None
+        return _ip_prefix(value)
 
     @model_validator(mode="after")
     def _port_needs_protocol(self) -> ChainMatch:
