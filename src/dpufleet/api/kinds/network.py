@@ -322,7 +322,16 @@ register(
         "dpuserviceinterfaces",
         DPUServiceInterface,
         ("dpuserviceinterface", "dsi", "interfaces"),
-        (Column("TYPE", "spec.type"), Column("PORT", "spec.port"), Column("VLAN", "spec.vlan")),
+        (
+            Column("TYPE", "spec.type"),
+            Column("PORT", "spec.port"),
+            Column("VLAN", "spec.vlan"),
+            Column("IPAM", "spec.ipam", wide_only=True),
+            Column("QOS-BPS", "spec.qos.maxRateBps", wide_only=True),
+            Column("QOS-PPS", "spec.qos.maxRatePps", wide_only=True),
+            Column("TUNNEL", "spec.tunnel.protocol", wide_only=True),
+            Column("VNI", "spec.tunnel.vni", wide_only=True),
+        ),
     )
 )
 
