@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..api.errors import APIError, Conflict, NotFound
+from ..api.errors import APIError, Conflict, Gone, NotFound
 from ..api.kinds import FAILED_PHASES, WORKING_PHASES, FailureClass, Phase
 from ..api.kinds.fleet import resolve_limit
 from ..api.meta import Severity, now
@@ -41,6 +41,7 @@ from ..runtime.status import mutate_status
 from ..store.store import Change, Store
 
 ROLLOUT_POLL_SECONDS = 2.0
+NEWLY_BUSY_SCAN = 2000  # changes a wave's recheck reads at most; more and the wave waits for the next pass
 SELECTORS_TTL = 1.0
 # Diagnoses under which a DPU does not do its work: it counts as unavailable, so a rollout
 # never takes more DPUs down while the health controller is recovering others.
@@ -93,6 +94,25 @@ def in_window(windows: list[dict[str, Any]], moment: datetime) -> bool:
         elif (today in days and minute >= start) or (yesterday in days and minute < end):
             return True
     return False
+
+
+def _classify(d: dict[str, Any], template_items: list[tuple[str, Any]], image: str | None) -> tuple[bool, bool, bool]:
+    """(updated, converged, unavailable) of one DPU (a counted row or a whole document) for a template:
+    unavailable while working, failed or held, out of service by diagnosis, or updated and not yet
+    converged."""
+    status = d.get("status") or {}
+    phase = status.get("phase")
+    dpu_spec = d.get("spec") or {}
+    is_updated = all(dpu_spec.get(k) == v for k, v in template_items)
+    is_converged = is_updated and phase == Phase.READY and (image is None or status.get("installedImage") == image)
+    is_busy = (
+        phase in WORKING_PHASES
+        or phase in FAILED_PHASES
+        or phase == Phase.HELD
+        or (status.get("diagnosis") or {}).get("failureClass") in OUT_OF_SERVICE
+        or (is_updated and not is_converged)
+    )
+    return is_updated, is_converged, is_busy
 
 
 def _host(dpu: dict[str, Any]) -> str | None:
@@ -194,27 +214,14 @@ class DPUSetReconciler(Reconciler):
         busy_names: set[str] = set()
         for d in dpus:
             name = d["metadata"]["name"]
-            status = d.get("status") or {}
-            phase = status.get("phase")
-            dpu_spec = d.get("spec") or {}
-            is_updated = all(dpu_spec.get(k) == v for k, v in template_items)
-            is_converged = (
-                is_updated and phase == Phase.READY and (image is None or status.get("installedImage") == image)
-            )
-            is_failed = phase in FAILED_PHASES
+            is_updated, is_converged, is_busy = _classify(d, template_items, image)
             if is_updated:
                 updated_names.add(name)
                 if is_converged:
                     converged_names.add(name)
-                if is_failed:
+                if (d.get("status") or {}).get("phase") in FAILED_PHASES:
                     failures.append(name)
-            if (
-                phase in WORKING_PHASES
-                or is_failed
-                or phase == Phase.HELD
-                or (status.get("diagnosis") or {}).get("failureClass") in OUT_OF_SERVICE
-                or (is_updated and not is_converged)
-            ):
+            if is_busy:
                 busy.append(d)
                 busy_names.add(name)
 
@@ -279,7 +286,13 @@ class DPUSetReconciler(Reconciler):
                     busy_hosts[host] = busy_hosts.get(host, 0) + 1
             # one trip to a store thread for the whole wave (a hundred trips wait behind every other
             # controller's store calls); a DPU that changed meanwhile is left for the next pass
-            written = await self.store.call(self._update_all, chosen, template) if chosen else []
+            seen = self._dpus.seen(key.project)
+            members = {d["metadata"]["name"] for d in dpus}
+
+            def recheck() -> set[str]:
+                return self._newly_busy(key.project, seen, members, busy_names, chosen, template_items, image)
+
+            written = await self.store.call(self._update_all, chosen, template, recheck) if chosen else []
             for dpu in written:
                 self._dpus.put(dpu)  # counted as started by the next pass, whenever the feed brings the change
             started = [dpu["metadata"]["name"] for dpu in written]
@@ -417,12 +430,56 @@ class DPUSetReconciler(Reconciler):
             message += f"; {len(finishing)} DPU(s) finish writing (never interrupted): {', '.join(finishing[:10])}"
         return message
 
-    def _update_all(self, dpus: list[dict[str, Any]], template: dict[str, Any]) -> list[dict[str, Any]]:
+    def _update_all(
+        self, dpus: list[dict[str, Any]], template: dict[str, Any], recheck: Callable[[], set[str]]
+    ) -> list[dict[str, Any]]:
         """Write the template into each DPU's spec (its resourceVersion as precondition), all in one
-        transaction; the DPUs written (one that changed meanwhile is left for the next pass)."""
+        transaction; the DPUs written (one that changed meanwhile is left for the next pass, and so are
+        those `recheck` leaves out)."""
         patches = [
             (d["metadata"]["name"], d["metadata"]["project"],
              {"metadata": {"resourceVersion": d["metadata"]["resourceVersion"]}, "spec": template})
             for d in dpus
         ]  # fmt: skip
-        return [r for r in self.store.patch_many("DPU", patches) if not isinstance(r, APIError)]
+        results = self.store.patch_many("DPU", patches, recheck=recheck)
+        return [r for r in results if not isinstance(r, APIError)]
+
+    def _newly_busy(
+        self,
+        project: str,
+        seen: int,
+        members: set[str],
+        busy: set[str],
+        chosen: list[dict[str, Any]],
+        template_items: list[tuple[str, Any]],
+        image: str | None,
+    ) -> set[str]:
+        """Inside the wave's write transaction: the chosen DPUs to leave out because other DPUs of the
+        set became unavailable after the count was made (one hangs while the wave is being chosen). As
+        many as became unavailable, and every one on a host that did, are left for the next pass, which
+        the change feed brings; when the changes since cannot be read, the whole wave waits."""
+        names = [d["metadata"]["name"] for d in chosen]
+        if self.store.newest_rv("DPU", project) <= seen:
+            return set()  # nothing committed since the count: the usual case
+        try:
+            since = self.store.changes_since(seen, {"DPU"}, limit=NEWLY_BUSY_SCAN)
+        except Gone:
+            return set(names)
+        if len(since) >= NEWLY_BUSY_SCAN:
+            return set(names)
+        newly: dict[str, dict[str, Any]] = {}
+        for change in since:
+            if change.type == "DELETED" or change.project != project or change.name not in members:
+                continue
+            if change.name in busy or change.name in names:
+                continue
+            doc = change.object()
+            if _classify(doc, template_items, image)[2]:
+                newly[change.name] = doc
+        if not newly:
+            return set()
+        hosts = {h for h in (_host(d) for d in newly.values()) if h}
+        left_out = {d["metadata"]["name"] for d in chosen if _host(d) in hosts}
+        keep = [n for n in names if n not in left_out]
+        left_out.update(keep[max(0, len(names) - len(newly)) :])
+        return left_out

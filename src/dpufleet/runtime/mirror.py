@@ -54,6 +54,11 @@ class FieldMirror:
         it does not count as seen for `rows(current=True)`)."""
         self._merge(obj["metadata"]["project"], self.cut(obj), seen=False)
 
+    def seen(self, project: str) -> int:
+        """The newest resourceVersion of the project that the feed (or a list) has brought: what the
+        last `rows` was as current as."""
+        return self._newest.get(project, 0)
+
     async def rows(self, project: str, selector: LabelSelector | None = None, *, current: bool = False) -> list[Row]:
         """The project's objects (as `Store.list_fields` gives them), in name order; read-only. With
         `current`, as current as the store is now (see the module's text)."""

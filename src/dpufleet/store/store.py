@@ -463,14 +463,25 @@ class Store(StoreReads):
             return self._replace(conn, info, obj, current)
 
     def patch_many(
-        self, kind: str | KindInfo, patches: builtins.list[tuple[str, str, dict[str, Any]]]
+        self,
+        kind: str | KindInfo,
+        patches: builtins.list[tuple[str, str, dict[str, Any]]],
+        *,
+        recheck: Callable[[], set[str]] | None = None,
     ) -> builtins.list[dict[str, Any] | APIError]:
         """Merge patches (name, project, patch) of objects of one kind, in one transaction: a rollout
         writes a wave of DPU specs at once. A resourceVersion in a patch's metadata is its precondition;
-        each patch that fails (Conflict, NotFound, Invalid) fails alone, with its error as its result."""
+        each patch that fails (Conflict, NotFound, Invalid) fails alone, with its error as its result.
+
+        `recheck` runs inside the write transaction, before any patch, and names the patches to leave
+        out (each fails with Conflict): a decision made on a read can be checked against what other
+        writers committed since, with no write able to land between the check and the patches (on
+        SQLite; on PostgreSQL the window is the check itself)."""
         info = _kind(kind)
         results: builtins.list[dict[str, Any] | APIError] = []
         if info.secret_fields:  # secrets take the one-by-one path
+            if recheck is not None:
+                raise ValueError("patch_many: recheck is not supported for kinds with secret fields")
             for name, project, patch in patches:
                 try:
                     results.append(self.patch(info, name, patch, project))
@@ -478,7 +489,11 @@ class Store(StoreReads):
                     results.append(exc)
             return results
         with self._write() as conn:
+            left_out = recheck() if recheck is not None else set()
             for name, project, patch in patches:
+                if name in left_out:
+                    results.append(Conflict(f"{info.kind} {project}/{name}: left out on recheck"))
+                    continue
                 try:
                     current = self._load(conn, info, project, name, for_update=True)
                     wanted = (patch.get("metadata") or {}).get("resourceVersion")
