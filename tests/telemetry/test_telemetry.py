@@ -25,8 +25,10 @@ from tests.support.server import RunningServer, threaded_server
 
 from dpufleet.agent.credentials import EnrollmentOptions
 from dpufleet.agent.daemon import Agent, AgentConfig
-from dpufleet.api.telemetry import CLASSES_ANNOTATION, TelemetryAssignment, TelemetryClass
+from dpufleet.api.telemetry import CLASSES_ANNOTATION, LOG_SEVERITY_ANNOTATION, TelemetryAssignment, TelemetryClass
 from dpufleet.server.telemetry import TelemetryPlane
+from dpufleet.sim import osroot
+from dpufleet.sim.faults import FaultInjector
 from dpufleet.sim.fleet import build_fleet
 
 BASE = "/apis/dpufleet.io/v1alpha1/projects"
@@ -51,11 +53,11 @@ class Plane:
         assert resp.status_code == 201, resp.text
         return str(resp.json()["token"])
 
-    def dpu(self, serial: str, classes: str, project: str = "default") -> None:
+    def dpu(self, serial: str, classes: str, project: str = "default", **annotations: str) -> None:
         """The DPU object, created before its agent reports, asking for ``classes``."""
         doc = {
             "kind": "DPU",
-            "metadata": {"name": f"dpu-{serial.lower()}", "annotations": {CLASSES_ANNOTATION: classes}},
+            "metadata": {"name": f"dpu-{serial.lower()}", "annotations": {CLASSES_ANNOTATION: classes, **annotations}},
             "spec": {"serialNumber": serial},
         }
         with self.api.client() as http:
@@ -139,7 +141,7 @@ async def _report(agent: Agent, serial: str) -> dict[str, object]:
     return await agent.send(inventory, serial, inventory.hostname)
 
 
-def _assign(agent: Agent, reply: dict[str, object], serial: str) -> None:
+def _assign(agent: Agent, reply: dict[str, object], serial: str, service_logs: Path | None = None) -> None:
     """What Agent.run does with each reply, without starting the loop (the test drives collection)."""
     assignment = TelemetryAssignment.model_validate(reply["telemetry"])
     if agent.telemetry is None:
@@ -148,7 +150,7 @@ def _assign(agent: Agent, reply: dict[str, object], serial: str) -> None:
         assert agent.config.state_dir is not None
         agent.telemetry = Telemetry(
             agent.config.root, serial, agent.config.state_dir / "telemetry", agent.config.telemetry_buffer_bytes,
-            uplink=agent.uplink_up,
+            uplink=agent.uplink_up, service_logs=service_logs,
         )  # fmt: skip
     agent.telemetry.assign(assignment)
 
@@ -437,3 +439,57 @@ def test_the_agent_loop_starts_telemetry_from_its_report_reply(plane: Plane, roo
     series = plane.telemetry.series[serial]
     assert set(series.received) == {"load"}
     assert (plane.tmp / serial / "state" / "telemetry").is_dir()  # the spool lives in the agent's state dir
+
+
+def test_a_faults_kernel_line_and_a_service_error_reach_a_watcher_as_logs_and_quiet_lines_stay_on_the_dpu(
+    plane: Plane, tmp_path: Path
+) -> None:
+    sim = build_fleet(1, 1, ["nvidia-bluefield-3"], 12, tmp_path / "sim")
+    dpu = sim.dpus[0]
+    assert dpu.osroot is not None
+    osroot.boot_kernel(dpu)  # the emulated boot writes its kernel and systemd lines before the agent starts
+    plane.dpu(dpu.serial, "logs", **{LOG_SEVERITY_ANNOTATION: "warning,flow-logger=info"})
+    service_logs = tmp_path / "services" / "logs"
+    service_logs.mkdir(parents=True)
+    with plane.api.client() as http:
+        stream = Stream(http, "/telemetry/v1/projects/default/watch", {"class": "logs"})
+
+        async def scenario() -> None:
+            agent = plane.agent(dpu.serial, dpu.osroot)  # type: ignore[arg-type]
+            try:
+                reply = await _report(agent, dpu.serial)
+                assert reply["telemetry"]["logSeverity"] == {"*": "warning", "flow-logger": "info"}  # type: ignore[index]
+                _assign(agent, reply, dpu.serial, service_logs)
+                telemetry = agent.telemetry
+                assert telemetry is not None
+                assert telemetry.collect_once() == 0  # the boot's lines were there before: not replayed
+                osroot.syslog(dpu, "sshd[901]", "Accepted publickey for root from 198.51.100.7")  # info: stays
+                FaultInjector(sim).inject(dpu.id, "disk-full")
+                (service_logs / "flow-logger.log").write_text("flow table ready\n")
+                assert telemetry.collect_once() == 2
+                assert await telemetry.forward() == 2
+            finally:
+                await agent.aclose()
+
+        asyncio.run(scenario())
+        wait_until(lambda: len(stream.samples()) >= 2, 10, what="the two log lines")
+    by_name = {s["name"]: s for s in stream.samples()}
+    kernel = by_name["dpufleet.log.syslog"]
+    assert kernel["severity"] == "error" and "No space left on device" in kernel["body"]
+    assert kernel["attributes"]["syslog.app_name"] == "systemd-journald"
+    assert kernel["attributes"]["host.name"] == dpu.hostname
+    service = by_name["dpufleet.log.service"]
+    assert service["body"] == "flow table ready" and service["attributes"]["service.name"] == "flow-logger"
+    assert len(stream.samples()) == 2  # the info line of syslog was below its floor: never produced or sent
+
+
+def test_a_bad_telemetry_annotation_is_refused_with_the_annotation_named(plane: Plane) -> None:
+    with plane.api.client() as http:
+        resp = http.post(
+            f"{BASE}/default/dpus",
+            json={"kind": "DPU", "metadata": {"name": "dpu-badannotation",
+                  "annotations": {LOG_SEVERITY_ANNOTATION: "syslog=loud"}}},
+        )  # fmt: skip
+        assert resp.status_code == 422, resp.text
+        assert "telemetry.dpufleet.io/log-severity" in resp.text and "'loud' is not one of" in resp.text
+        assert http.get(f"{BASE}/default/dpus/dpu-badannotation").status_code == 404

@@ -193,9 +193,11 @@ class Agent:
             if directory is None:
                 log.warning("telemetry asked for, but this agent has no state dir to buffer it in (--state-dir)")
                 return None
+            services = self.config.services
             self.telemetry = Telemetry(
-                self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up
-            )
+                self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up,
+                service_logs=services.state_dir / "logs" if services is not None else None,
+            )  # fmt: skip
             started = asyncio.create_task(self.telemetry.run(stop))
         self.telemetry.assign(assignment)
         return started

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from .telemetry import check_annotations
+
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -96,12 +98,17 @@ class OwnerReference(Strict):
     blockOwnerDeletion: bool = False
 
 
+def _telemetry_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    check_annotations(annotations)
+    return annotations
+
+
 class ObjectMeta(Strict):
     name: Name
     project: Project = DEFAULT_PROJECT
     uid: str | None = None
     labels: Labels = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: Annotated[dict[str, str], AfterValidator(_telemetry_annotations)] = Field(default_factory=dict)
     resourceVersion: str | None = None
     generation: int | None = None
     creationTimestamp: str | None = None

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SUBJECT_ROOT = "dpufleet.tm"
 CLASSES_ANNOTATION = "telemetry.dpufleet.io/classes"  # on a DPU: the classes its agent collects, comma-separated
 INTERVAL_ANNOTATION = "telemetry.dpufleet.io/interval-seconds"
+# the least severity of log line sent, by source: "warning" (every source), "syslog=error,flow-logger=debug"
+LOG_SEVERITY_ANNOTATION = "telemetry.dpufleet.io/log-severity"
 
 
 class TelemetryClass(StrEnum):
@@ -56,6 +58,48 @@ def parse_classes(text: str) -> list[TelemetryClass]:
             known = ", ".join(c.value for c in TelemetryClass)
             raise ValueError(f"unknown telemetry class {part!r} (known: {known})") from None
     return [c for c in TelemetryClass if c in wanted]
+
+
+def parse_log_severity(text: str) -> dict[str, str]:
+    """``warning`` or ``syslog=error,my-service=debug`` (a bare severity is every source's, key ``*``);
+    ValueError naming the bad entry."""
+    found: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        source, sep, severity = part.rpartition("=")
+        source = source.strip() if sep else "*"
+        severity = severity.strip()
+        if severity not in SEVERITIES:
+            raise ValueError(f"log severity {part!r}: {severity!r} is not one of {', '.join(SEVERITIES)}")
+        if not source:
+            raise ValueError(f"log severity {part!r}: no source before '='")
+        found[source] = severity
+    return found
+
+
+def check_annotations(annotations: dict[str, str]) -> None:
+    """The telemetry annotations of an object, checked when it is written; ValueError naming the bad one."""
+    for key, parse in (
+        (CLASSES_ANNOTATION, parse_classes),
+        (LOG_SEVERITY_ANNOTATION, parse_log_severity),
+        (INTERVAL_ANNOTATION, _interval),
+    ):
+        if key in annotations:
+            try:
+                parse(annotations[key])
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= seconds <= 86400:
+        raise ValueError(f"{seconds:g} s is outside 0.1 to 86400 seconds")
+    return seconds
 
 
 def subject(project: str, serial: str, cls: TelemetryClass | str) -> str:
@@ -113,4 +157,5 @@ class TelemetryAssignment(BaseModel):
 
     classes: list[TelemetryClass] = Field(default_factory=list)
     intervalSeconds: float = Field(default=10.0, gt=0)
+    logSeverity: dict[str, str] = Field(default_factory=dict)  # source ("syslog", a service, "*") -> least sent
     bus: BusAccess | None = None

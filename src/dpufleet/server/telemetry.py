@@ -38,6 +38,7 @@ from ..api.selectors import LabelSelector, SelectorError, parse_selector
 from ..api.telemetry import (
     CLASSES_ANNOTATION,
     INTERVAL_ANNOTATION,
+    LOG_SEVERITY_ANNOTATION,
     SEVERITIES,
     SUBJECT_ROOT,
     Accounting,
@@ -45,6 +46,7 @@ from ..api.telemetry import (
     TelemetryAssignment,
     TelemetryClass,
     parse_classes,
+    parse_log_severity,
     severity_rank,
 )
 from ..security.policy import SubAction, Verb
@@ -128,7 +130,8 @@ class TelemetryPlane:
         try:
             classes = parse_classes(annotations.get(CLASSES_ANNOTATION, ""))
             interval = float(annotations.get(INTERVAL_ANNOTATION, "10"))
-            assignment = TelemetryAssignment(classes=classes, intervalSeconds=interval)
+            levels = parse_log_severity(annotations.get(LOG_SEVERITY_ANNOTATION, ""))
+            assignment = TelemetryAssignment(classes=classes, intervalSeconds=interval, logSeverity=levels)
         except (ValueError, ValidationError) as exc:
             log.warning("DPU %s: telemetry annotations ignored: %s", dpu_name(serial), exc)
             assignment = TelemetryAssignment()

@@ -48,6 +48,17 @@ class FaultKind(enum.StrEnum):
     CLOCK_SKEW = "clock-skew"
 
 
+# What the DPU's kernel writes to its system log as a fault strikes (the words a real kernel uses)
+SYSLOG_LINES: dict[FaultKind, tuple[str, str]] = {
+    FaultKind.KERNEL_CRASH: ("kernel", "Kernel panic - not syncing: Fatal exception in interrupt"),
+    FaultKind.OS_HANG: ("kernel", "watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [kworker/0:1:112]"),
+    FaultKind.NIC_CRASH: ("kernel", "0000:03:00.0: NIC firmware fatal error, device's health compromised"),
+    FaultKind.PCIE_AER: ("kernel", "pcieport 0000:00:00.0: AER: Corrected error received: 0000:03:00.0"),
+    FaultKind.DIMM_FAILURE: ("kernel", "EDAC MC0: 1 UE memory read error on DIMM_A0 (channel:0 slot:0)"),
+    FaultKind.DISK_FULL: ("systemd-journald[312]", "Failed to write entry, ignoring: No space left on device"),
+}
+
+
 class FaultError(ValueError):
     """A fault request that cannot be honoured (unknown DPU or kind)."""
 
@@ -141,6 +152,9 @@ class FaultInjector:
             self._end(existing, cured=False)
         fault = ActiveFault(dpu.id, kind, duration, datetime.now(UTC).isoformat(timespec="seconds"), time.monotonic())
         self.active[(dpu.id, kind)] = fault
+        line = SYSLOG_LINES.get(kind)
+        if line is not None and dpu.os_alive:  # what the DPU's own kernel logs as the fault strikes
+            osroot.syslog(dpu, *line)
         getattr(self, "_start_" + kind.name.lower())(dpu, fault)
         if duration is not None:
             fault.tasks.append(asyncio.get_running_loop().create_task(self._expire(fault, duration)))

@@ -13,6 +13,7 @@ import hashlib
 import random
 import re
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dpufleet.agent import slots
@@ -53,6 +54,19 @@ def _write(root: Path, relpath: str, content: str | bytes) -> None:
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
+
+
+def syslog(dpu: SimDPU, tag: str, message: str) -> None:
+    """One line of the emulated DPU's system log, as Debian 12's rsyslog writes ``/var/log/syslog``: an RFC 3339
+    time, the host name, the tag and the message; the file carries no severity (a reader infers it)."""
+    root = dpu.osroot
+    if root is None:
+        return
+    path = root / "var/log/syslog"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"{stamp} {dpu.hostname} {tag}: {message}\n")
 
 
 def _kv_lines(pairs: dict[str, str]) -> str:
@@ -388,6 +402,9 @@ def boot_kernel(dpu: SimDPU) -> None:
             if found:
                 affinity = found.group(1)
     _write(root, "proc/1/status", f"Name:\tsystemd\nPid:\t1\nCpus_allowed_list:\t{affinity}\n")
+    syslog(dpu, "kernel", f"Linux version {profile.os.kernel_release} (Debian) #1 SMP")
+    syslog(dpu, "kernel", "Command line: " + " ".join([base, *extra]))
+    syslog(dpu, "systemd[1]", "Reached target multi-user.target - Multi-User System.")
 
 
 def init_slots(dpu: SimDPU) -> None:

@@ -9,13 +9,24 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from ...api.telemetry import Sample, TelemetryClass
+from ...api.telemetry import Sample, TelemetryAssignment, TelemetryClass
 
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a plugin reads from: the device's OS root (``/`` on a DPU), the directory it may keep its own
+    small state in (a log's read offset), and the service runtime's log directory when services run here."""
+
+    root: Path
+    state: Path
+    service_logs: Path | None = None
 
 
 class TelemetryPlugin(abc.ABC):
@@ -24,9 +35,13 @@ class TelemetryPlugin(abc.ABC):
     name: str
     classes: frozenset[TelemetryClass]
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+        self.root = sources.root
 
     @abc.abstractmethod
     def collect(self, enabled: frozenset[TelemetryClass], at: int) -> Iterable[tuple[TelemetryClass, Sample]]:
         """The samples of the enabled classes this plugin produces, taken now (``at``: Unix ns)."""
+
+    def configure(self, assignment: TelemetryAssignment) -> None:  # noqa: B027 (most plugins have nothing to set)
+        """The control plane's latest assignment (a plugin takes the settings that are its own)."""

@@ -21,8 +21,8 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass
-from .base import TelemetryPlugin, now_ns
-from .os_plugin import PLUGINS
+from .base import Sources, TelemetryPlugin, now_ns
+from .plugins import DEFAULT_PLUGINS, PLUGINS
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,18 @@ class Telemetry:
         serial: str,
         spool_dir: Path,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        plugins: tuple[str, ...] = ("os",),
+        plugins: tuple[str, ...] = DEFAULT_PLUGINS,
         uplink: Callable[[], bool] = lambda: True,
         clock_ns: Callable[[], int] = now_ns,
+        service_logs: Path | None = None,
     ) -> None:
         unknown = [p for p in plugins if p not in PLUGINS]
         if unknown:
             raise ValueError(f"telemetry plugins: unknown {', '.join(unknown)} (known: {', '.join(PLUGINS)})")
         self.serial = serial
-        self.plugins: list[TelemetryPlugin] = [PLUGINS[p](root) for p in plugins]
         self.spool = Spool(spool_dir, buffer_bytes)
+        sources = Sources(root=root, state=spool_dir, service_logs=service_logs)
+        self.plugins: list[TelemetryPlugin] = [PLUGINS[p](sources) for p in plugins]
         self.uplink = uplink
         self.clock_ns = clock_ns
         self.assignment = TelemetryAssignment()
@@ -71,6 +73,8 @@ class Telemetry:
         if assignment != self.assignment:
             log.info("telemetry: collecting %s", ", ".join(assignment.classes) or "nothing")
             self.assignment = assignment
+            for plugin in self.plugins:
+                plugin.configure(assignment)
             self.wake.set()
 
     def collect_once(self) -> int:

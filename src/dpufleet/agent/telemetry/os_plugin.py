@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ...api.telemetry import Sample, TelemetryClass
-from .base import TelemetryPlugin
+from .base import Sources, TelemetryPlugin
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "interrupt", "softirq", "steal")
@@ -44,8 +44,8 @@ class OSPlugin(TelemetryPlugin):
     name = "os"
     classes = frozenset({LOAD, USAGE, ERRORS, ENV, EVENTS})
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, sources: Sources) -> None:
+        super().__init__(sources)
         self._operstate: dict[str, str] = {}
 
     def collect(self, enabled: frozenset[TelemetryClass], at: int) -> Iterable[tuple[TelemetryClass, Sample]]:
@@ -161,6 +161,3 @@ class OSPlugin(TelemetryPlugin):
                 name="hw.temperature", unit="Cel", value=millideg / 1000, time=at,
                 attributes={"hw.id": zone.name, "hw.name": kind, "hw.type": "temperature"},
             )  # fmt: skip
-
-
-PLUGINS: dict[str, type[TelemetryPlugin]] = {OSPlugin.name: OSPlugin}

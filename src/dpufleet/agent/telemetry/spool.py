@@ -40,6 +40,8 @@ class Spool:
     def _load(self) -> list[Spooled]:
         found: list[Spooled] = []
         for path in self.directory.iterdir():
+            if path.name.startswith("."):  # the plugins' own state (a log's offsets), not a batch
+                continue
             seq, _, rest = path.name.partition(".")
             cls, _, samples = rest.partition(".")
             try:
