@@ -46,10 +46,17 @@ class RunningServer:
 
 @contextmanager
 def threaded_server(
-    data_dir: Path, db_url: str | None = None, *, controllers: bool = True, telemetry_bus: str | None = None
+    data_dir: Path,
+    db_url: str | None = None,
+    *,
+    controllers: bool = True,
+    telemetry_bus: str | None = None,
+    otlp_endpoint: str | None = None,
 ) -> Iterator[RunningServer]:
     """Server.build + uvicorn on 127.0.0.1 in a background thread; stopped on exit."""
-    built = Server.build(data_dir, db_url, controllers=controllers, telemetry_bus=telemetry_bus)
+    built = Server.build(
+        data_dir, db_url, controllers=controllers, telemetry_bus=telemetry_bus, otlp_endpoint=otlp_endpoint
+    )
     port = free_port()
     advertise_repository(built.services.repository, "127.0.0.1", port)  # as serve() does, before any controller runs
     config = uvicorn.Config(

@@ -11,9 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,9 @@ import httpx
 import nats
 import pytest
 from tests.support.net import free_port, wait_until
-from tests.support.server import RunningServer, threaded_server
+from tests.support.telemetry import Plane, Stream, assign, report, telemetry_plane
 
-from dpufleet.agent.credentials import EnrollmentOptions
-from dpufleet.agent.daemon import Agent, AgentConfig
 from dpufleet.api.telemetry import CLASSES_ANNOTATION, LOG_SEVERITY_ANNOTATION, TelemetryAssignment, TelemetryClass
-from dpufleet.server.telemetry import TelemetryPlane
 from dpufleet.sim import osroot
 from dpufleet.sim.faults import FaultInjector
 from dpufleet.sim.fleet import build_fleet
@@ -34,60 +29,9 @@ from dpufleet.sim.fleet import build_fleet
 BASE = "/apis/dpufleet.io/v1alpha1/projects"
 
 
-@dataclass
-class Plane:
-    api: RunningServer
-    agent_url: str
-    ca_file: Path
-    tmp: Path
-
-    @property
-    def telemetry(self) -> TelemetryPlane:
-        assert self.api.server is not None and self.api.server.state.telemetry is not None
-        return self.api.server.state.telemetry
-
-    def token(self, serial: str, project: str = "default") -> str:
-        body = {"serial": serial, "role": "dpu", "expiresSeconds": 3600, "project": project}
-        with self.api.client() as http:
-            resp = http.post("/enroll/v1/tokens", json=body)
-        assert resp.status_code == 201, resp.text
-        return str(resp.json()["token"])
-
-    def dpu(self, serial: str, classes: str, project: str = "default", **annotations: str) -> None:
-        """The DPU object, created before its agent reports, asking for ``classes``."""
-        doc = {
-            "kind": "DPU",
-            "metadata": {"name": f"dpu-{serial.lower()}", "annotations": {CLASSES_ANNOTATION: classes, **annotations}},
-            "spec": {"serialNumber": serial},
-        }
-        with self.api.client() as http:
-            if project != "default":
-                http.post(
-                    "/apis/dpufleet.io/v1alpha1/projects", json={"kind": "Project", "metadata": {"name": project}}
-                )
-            resp = http.post(f"{BASE}/{project}/dpus", json=doc)
-        assert resp.status_code == 201, resp.text
-
-    def agent(self, serial: str, root: Path, buffer_bytes: int = 1 << 20, project: str = "default") -> Agent:
-        config = AgentConfig(
-            self.agent_url, None, root, "dpu", serial=serial, state_dir=self.tmp / serial / "state",
-            enrollment=EnrollmentOptions(ca_file=self.ca_file, token=self.token(serial, project)),
-            telemetry_buffer_bytes=buffer_bytes,
-        )  # fmt: skip
-        return Agent(config)
-
-
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
-    tmp = tmp_path_factory.mktemp("telemetry")
-    with threaded_server(tmp / "data", controllers=False, telemetry_bus="embedded") as api:
-        with api.client() as http:
-            info = http.get("/enroll/v1/info").json()
-        ca_file = tmp / "fleet-ca.crt"
-        ca_file.write_text(info["caCertificate"])
-        built = Plane(api, info["agentURL"], ca_file, tmp)
-        built.telemetry.assignment_ttl = 0.0  # an annotation's change reaches the next report
-        wait_until(built.telemetry.connected.is_set, timeout=15, what="the aggregator on the embedded nats-server")
+    with telemetry_plane(tmp_path_factory.mktemp("telemetry")) as built:
         yield built
 
 
@@ -99,60 +43,6 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path]]:
         assert dpu.osroot is not None
         out.append((dpu.serial, dpu.osroot))
     return out
-
-
-class Stream:
-    """A `watch` stream read in a thread, its lines kept."""
-
-    def __init__(self, http: httpx.Client, path: str, params: dict[str, Any]) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.status: int | None = None
-        self.body = ""
-        self._thread = threading.Thread(target=self._read, args=(http, path, params), daemon=True)
-        self._started = threading.Event()
-        self._thread.start()
-        self._started.wait(10)
-
-    def _read(self, http: httpx.Client, path: str, params: dict[str, Any]) -> None:
-        try:
-            with http.stream("GET", path, params=params, timeout=httpx.Timeout(10, read=30)) as resp:
-                self.status = resp.status_code
-                if resp.status_code != 200:
-                    self.body = resp.read().decode()
-                    self._started.set()
-                    return
-                for line in resp.iter_lines():
-                    doc = json.loads(line)
-                    self.lines.append(doc)
-                    if doc.get("type") == "WATCHING":
-                        self._started.set()
-        except httpx.HTTPError:
-            pass
-        finally:
-            self._started.set()
-
-    def samples(self) -> list[dict[str, Any]]:
-        return [line for line in self.lines if "name" in line]
-
-
-async def _report(agent: Agent, serial: str) -> dict[str, object]:
-    await agent.secure(serial)
-    inventory = await agent.collect()
-    return await agent.send(inventory, serial, inventory.hostname)
-
-
-def _assign(agent: Agent, reply: dict[str, object], serial: str, service_logs: Path | None = None) -> None:
-    """What Agent.run does with each reply, without starting the loop (the test drives collection)."""
-    assignment = TelemetryAssignment.model_validate(reply["telemetry"])
-    if agent.telemetry is None:
-        from dpufleet.agent.telemetry.collector import Telemetry
-
-        assert agent.config.state_dir is not None
-        agent.telemetry = Telemetry(
-            agent.config.root, serial, agent.config.state_dir / "telemetry", agent.config.telemetry_buffer_bytes,
-            uplink=agent.uplink_up, service_logs=service_logs,
-        )  # fmt: skip
-    agent.telemetry.assign(assignment)
 
 
 def test_a_dpu_collects_only_the_classes_asked_for_and_a_watcher_sees_them_live(
@@ -167,9 +57,9 @@ def test_a_dpu_collects_only_the_classes_asked_for_and_a_watcher_sees_them_live(
         async def scenario() -> None:
             agent = plane.agent(serial, root)
             try:
-                reply = await _report(agent, serial)
+                reply = await report(agent, serial)
                 assert reply["telemetry"]["classes"] == ["load", "usage"]  # type: ignore[index]
-                _assign(agent, reply, serial)
+                assign(agent, reply, serial)
                 telemetry = agent.telemetry
                 assert telemetry is not None
                 assert telemetry.collect_once() > 0
@@ -184,7 +74,7 @@ def test_a_dpu_collects_only_the_classes_asked_for_and_a_watcher_sees_them_live(
                         headers={"Content-Type": "application/merge-patch+json"},
                     )
                     assert resp.status_code == 200, resp.text
-                _assign(agent, await agent.send(None, serial, None), serial)
+                assign(agent, await agent.send(None, serial, None), serial)
                 usage_before = telemetry.produced[TelemetryClass.USAGE]
                 telemetry.collect_once()
                 await telemetry.forward()
@@ -220,7 +110,7 @@ def test_a_dpu_cannot_publish_as_another_and_a_tenant_cannot_watch_another_proje
     async def scenario() -> None:
         agent = plane.agent(serial, root)
         try:
-            reply = await _report(agent, serial)
+            reply = await report(agent, serial)
             bus = TelemetryAssignment.model_validate(reply["telemetry"]).bus
             assert bus is not None and bus.subjectPrefix == f"dpufleet.tm.default.{serial}"
 
@@ -269,7 +159,7 @@ def test_a_dpu_cut_off_buffers_trims_by_class_and_forwards_in_order_with_every_s
         agent = plane.agent(serial, root, buffer_bytes=24 * 1024)
         agent.uplink_up = lambda: link["up"]  # type: ignore[method-assign]
         try:
-            _assign(agent, await _report(agent, serial), serial)
+            assign(agent, await report(agent, serial), serial)
             telemetry = agent.telemetry
             assert telemetry is not None
             telemetry.collect_once()
@@ -341,7 +231,7 @@ def test_telemetry_watch_streams_what_its_filters_let_through_and_refuses_a_bad_
         async def scenario() -> None:
             agent = plane.agent(serial, root)
             try:
-                _assign(agent, await _report(agent, serial), serial)
+                assign(agent, await report(agent, serial), serial)
                 assert agent.telemetry is not None
                 agent.telemetry.collect_once()
                 await agent.telemetry.forward()
@@ -457,9 +347,9 @@ def test_a_faults_kernel_line_and_a_service_error_reach_a_watcher_as_logs_and_qu
         async def scenario() -> None:
             agent = plane.agent(dpu.serial, dpu.osroot)  # type: ignore[arg-type]
             try:
-                reply = await _report(agent, dpu.serial)
+                reply = await report(agent, dpu.serial)
                 assert reply["telemetry"]["logSeverity"] == {"*": "warning", "flow-logger": "info"}  # type: ignore[index]
-                _assign(agent, reply, dpu.serial, service_logs)
+                assign(agent, reply, dpu.serial, service_logs)
                 telemetry = agent.telemetry
                 assert telemetry is not None
                 assert telemetry.collect_once() == 0  # the boot's lines were there before: not replayed

@@ -38,6 +38,11 @@ DROP_ORDER: tuple[TelemetryClass, ...] = (
     TelemetryClass.EVENTS,
 )
 
+# Counters (monotonic, cumulative since boot); every other measurement is a gauge
+CUMULATIVE_METRICS = frozenset(
+    {"system.cpu.time", "system.network.io", "system.network.packets", "system.network.errors", "system.network.dropped"}
+)
+
 SEVERITIES: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 

@@ -53,6 +53,15 @@ def server_cmd(
         help="embedded: run nats-server as a child on 127.0.0.1; nats://[user:password@]host:port: your own "
         "bus (the aggregator's credentials in the URL); none: no telemetry",
     ),
+    otlp_endpoint: str | None = typer.Option(
+        None,
+        "--otlp-endpoint",
+        help="push the fleet's telemetry to this OTLP/HTTP collector (http://host:4318): metrics to /v1/metrics, "
+        "logs and events to /v1/logs",
+    ),
+    otlp_header: list[str] = typer.Option(
+        [], "--otlp-header", help="NAME=VALUE sent with each OTLP request (an API key); repeatable"
+    ),
 ) -> None:
     """Run the API server and the agent listener, with the controllers in a child process it supervises."""
     from ..server.controllers import CONTROLLER_MODES
@@ -72,6 +81,20 @@ def server_cmd(
         raise typer.BadParameter(
             f"{telemetry_bus!r}: expected embedded, none or a nats:// URL", param_hint="'--telemetry-bus'"
         )
+    from ..server.otlp import check_endpoint, parse_headers
+
+    headers: dict[str, str] = {}
+    if otlp_endpoint is not None:
+        if telemetry_bus == "none":
+            raise typer.BadParameter("needs a telemetry bus (not --telemetry-bus none)", param_hint="'--otlp-endpoint'")
+        try:
+            check_endpoint(otlp_endpoint)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--otlp-endpoint'") from None
+    try:
+        headers = parse_headers(otlp_header)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--otlp-header'") from None
     _log_to_stderr(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
         serve(
@@ -82,6 +105,8 @@ def server_cmd(
             agent_listen=agent_listen,
             agent_advertise=agent_advertise,
             telemetry_bus=None if telemetry_bus == "none" else telemetry_bus,
+            otlp_endpoint=otlp_endpoint,
+            otlp_headers=headers,
         )
 
 

@@ -38,6 +38,7 @@ from .bootstrap_api import bootstrap_router
 from .common import ServerState, build_state, uvicorn_options
 from .controllers import ControllerProcess, controller_mode
 from .enroll_api import enroll_router
+from .otlp import OTLPExporter
 from .telemetry import TelemetryPlane
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,13 @@ class Server:
         agent_listen: str = "127.0.0.1:0",
         agent_advertise: str | None = None,
         telemetry_bus: str | None = None,
+        otlp_endpoint: str | None = None,
+        otlp_headers: dict[str, str] | None = None,
     ) -> Server:
         """`agent_listen` defaults to any free loopback port; `dpufleet server` passes 127.0.0.1:8741.
         `telemetry_bus`: "embedded" runs nats-server as this server's child, a nats:// URL reaches an
-        operator's bus, None (the tests' default) runs no telemetry."""
+        operator's bus, None (the tests' default) runs no telemetry. `otlp_endpoint`: the aggregator also
+        pushes what it takes in to this OTLP/HTTP collector (with `otlp_headers` on each request)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         store = Store.open(db_url or default_sqlite_url(data_dir), SecretBox.load_or_create(data_dir))
@@ -98,8 +102,9 @@ class Server:
         auth = TokenAuthenticator(data_dir, store, OIDCVerifier(oidc_config) if oidc_config else None)
         state = build_state(store, auth, services)
         if telemetry_bus is not None:
+            exporter = OTLPExporter(otlp_endpoint, otlp_headers) if otlp_endpoint else None
             state.telemetry = TelemetryPlane(
-                store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus
+                store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus, exporter
             )
             state.background.append(state.telemetry.run)
         ca = FleetCA.load_or_create(data_dir)
@@ -142,6 +147,8 @@ def serve(
     agent_listen: str = "127.0.0.1:0",
     agent_advertise: str | None = None,
     telemetry_bus: str | None = "embedded",
+    otlp_endpoint: str | None = None,
+    otlp_headers: dict[str, str] | None = None,
 ) -> None:
     """`dpufleet server`. `controllers`: "process" (the default, and True) runs them as a supervised
     child process (server/controllers.py), "in-process" in this process, "none" (and False) not at all."""
@@ -154,6 +161,8 @@ def serve(
         agent_listen=agent_listen,
         agent_advertise=agent_advertise,
         telemetry_bus=telemetry_bus,
+        otlp_endpoint=otlp_endpoint,
+        otlp_headers=otlp_headers,
     )
     log.info("dpufleet API on http://%s:%d (data dir %s)", host, port, data_dir)
     repository = server.services.repository

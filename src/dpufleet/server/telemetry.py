@@ -52,6 +52,7 @@ from ..api.telemetry import (
 from ..security.policy import SubAction, Verb
 from ..store.store import Store
 from .access import Access
+from .otlp import OTLPExporter
 from .telemetry_bus import BusCredentials, EmbeddedBus
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,14 @@ def _label(value: str) -> str:
 
 
 class TelemetryPlane:
-    def __init__(self, store: Store, directory: Path, bus_url: str | None = None) -> None:
+    def __init__(
+        self, store: Store, directory: Path, bus_url: str | None = None, exporter: OTLPExporter | None = None
+    ) -> None:
         """``bus_url`` None: run the embedded nats-server; else the operator's bus, reached by that URL
-        (its URL may carry the aggregator's credentials: nats://user:password@host:port)."""
+        (its URL may carry the aggregator's credentials: nats://user:password@host:port). ``exporter``:
+        every batch taken in is also pushed to an OTLP/HTTP collector."""
         self.store = store
+        self.exporter = exporter
         self.credentials = BusCredentials.load_or_create(directory)
         self.embedded = EmbeddedBus(directory / "bus", self.credentials) if bus_url is None else None
         self.external_url = bus_url
@@ -157,6 +162,8 @@ class TelemetryPlane:
                                           reconnect_time_wait=0.5)  # fmt: skip
             await self._nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._receive)
             self.connected.set()
+            if self.exporter is not None:
+                await self.exporter.run()
             await asyncio.Event().wait()
         finally:
             if self._nc is not None:
@@ -194,6 +201,8 @@ class TelemetryPlane:
                 key = (sample.name, tuple(sorted(sample.attributes.items())))
                 series.latest[key] = (sample.value, sample.time // 1_000_000, sample.unit)
         self._fan_out(project, serial, batch)
+        if self.exporter is not None:
+            self.exporter.offer(project, serial, batch)
 
     def _series(self, project: str, serial: str) -> DPUSeries:
         series = self.series.get(serial)
@@ -247,6 +256,8 @@ class TelemetryPlane:
                         lines.append(
                             f'dpufleet_telemetry_samples_dropped_total{{{base},class="{cls}",reason="{reason}"}} {count}'
                         )
+        if self.exporter is not None and project is None:
+            lines.extend(self.exporter.exposition())
         return "\n".join(lines) + "\n"
 
 
