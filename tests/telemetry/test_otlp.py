@@ -21,7 +21,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from tests.support.net import wait_until
 from tests.support.telemetry import Plane, assign, report, telemetry_plane
 
-from dpufleet.api.telemetry import Batch, Sample, TelemetryClass
+from dpufleet.api.telemetry import Batch, BatchRecord, Sample, TelemetryClass, parse_batch
 from dpufleet.server import otlp
 from dpufleet.server.otlp import OTLPExporter, Queued, requests_for
 from dpufleet.sim import osroot
@@ -101,8 +101,10 @@ def collector() -> Iterator[Collector]:
     c.close()
 
 
-def _batch(cls: TelemetryClass, samples: list[Sample], serial: str = "MT2301X00042") -> Batch:
-    return Batch.model_validate({"serial": serial, "seq": 0, "class": cls, "samples": samples})
+def _batch(cls: TelemetryClass, samples: list[Sample], serial: str = "MT2301X00042") -> BatchRecord:
+    """The batch as an agent sends it, taken in as the aggregator takes it."""
+    sent = Batch.model_validate({"serial": serial, "seq": 0, "class": cls, "samples": samples})
+    return parse_batch(sent.model_dump_json(by_alias=True, exclude_none=True).encode())
 
 
 def test_measurements_map_to_sums_and_gauges_and_log_lines_to_records_one_resource_per_dpu() -> None:

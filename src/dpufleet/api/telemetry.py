@@ -9,8 +9,10 @@ collection, so the agent can buffer, trim and forward whole batches by class.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
+from typing_extensions import TypedDict
 
 SUBJECT_ROOT = "dpufleet.tm"
 CLASSES_ANNOTATION = "telemetry.dpufleet.io/classes"  # on a DPU: the classes its agent collects, comma-separated
@@ -40,7 +42,13 @@ DROP_ORDER: tuple[TelemetryClass, ...] = (
 
 # Counters (monotonic, cumulative since boot); every other measurement is a gauge
 CUMULATIVE_METRICS = frozenset(
-    {"system.cpu.time", "system.network.io", "system.network.packets", "system.network.errors", "system.network.dropped"}
+    {
+        "system.cpu.time",
+        "system.network.io",
+        "system.network.packets",
+        "system.network.errors",
+        "system.network.dropped",
+    }
 )
 
 SEVERITIES: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -135,6 +143,34 @@ class Batch(BaseModel):
     seq: int = Field(ge=0)
     cls: TelemetryClass = Field(alias="class")
     samples: list[Sample]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class SampleRecord(TypedDict):
+    """A sample as the aggregator takes it in: the same fields and limits as ``Sample``, validated into a plain
+    dict (no model object per sample: the aggregator takes in hundreds of thousands a second). Fields an
+    agent left out are absent; read them with their defaults (unit "", value 0.0, attributes {})."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    unit: NotRequired[Annotated[str, Field(max_length=32)]]
+    value: NotRequired[float]
+    time: int
+    attributes: NotRequired[dict[str, str]]
+    severity: NotRequired[str | None]
+    body: NotRequired[Annotated[str | None, Field(max_length=4096)]]
+
+
+BatchRecord = TypedDict(  # functional form: "class" is a keyword
+    "BatchRecord",
+    {"serial": str, "seq": Annotated[int, Field(ge=0)], "class": TelemetryClass, "samples": list[SampleRecord]},
+)
+BatchRecord.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+_BATCH = TypeAdapter(BatchRecord)
+
+
+def parse_batch(data: bytes) -> BatchRecord:
+    """One batch off the bus, validated as ``Batch`` is (pydantic.ValidationError if it is not one)."""
+    return _BATCH.validate_json(data)
 
 
 class Accounting(BaseModel):

@@ -37,7 +37,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .. import __version__
 from ..api.naming import dpu_name
-from ..api.telemetry import CUMULATIVE_METRICS, Batch, Sample
+from ..api.telemetry import CUMULATIVE_METRICS, BatchRecord, SampleRecord
 
 log = logging.getLogger(__name__)
 BATCH_SAMPLES = 20_000  # send as soon as this many wait
@@ -58,7 +58,7 @@ SEVERITY_NUMBER: dict[str, SeverityNumber.ValueType] = {
 class Queued:
     project: str
     serial: str
-    batch: Batch
+    batch: BatchRecord
 
 
 def _attrs(values: dict[str, str]) -> list[KeyValue]:
@@ -86,16 +86,17 @@ def check_endpoint(url: str) -> str:
 
 def requests_for(items: list[Queued]) -> tuple[ExportMetricsServiceRequest, ExportLogsServiceRequest, int, int]:
     """The two export requests for these batches, and how many samples each carries."""
-    metrics_by_dpu: dict[tuple[str, str], dict[tuple[str, str, str], list[tuple[Sample, str]]]] = {}
-    logs_by_dpu: dict[tuple[str, str], list[tuple[Sample, str]]] = {}
+    metrics_by_dpu: dict[tuple[str, str], dict[tuple[str, str, str], list[SampleRecord]]] = {}
+    logs_by_dpu: dict[tuple[str, str], list[tuple[SampleRecord, str]]] = {}
     for item in items:
         key = (item.project, item.serial)
-        for sample in item.batch.samples:
-            if sample.body is not None:
-                logs_by_dpu.setdefault(key, []).append((sample, item.batch.cls.value))
+        cls_name = item.batch["class"].value
+        for sample in item.batch["samples"]:
+            if sample.get("body") is not None:
+                logs_by_dpu.setdefault(key, []).append((sample, cls_name))
             else:
                 group = metrics_by_dpu.setdefault(key, {})
-                group.setdefault((sample.name, sample.unit, item.batch.cls.value), []).append((sample, ""))
+                group.setdefault((sample["name"], sample.get("unit", ""), cls_name), []).append(sample)
     scope = InstrumentationScope(name="dpufleet", version=__version__)
     metrics_request = ExportMetricsServiceRequest()
     n_metrics = n_logs = 0
@@ -104,11 +105,11 @@ def requests_for(items: list[Queued]) -> tuple[ExportMetricsServiceRequest, Expo
         for (name, unit, cls), samples in by_metric.items():
             points = [
                 NumberDataPoint(
-                    time_unix_nano=s.time,
-                    as_double=s.value,
-                    attributes=_attrs({**s.attributes, "dpufleet.telemetry.class": cls}),
+                    time_unix_nano=s["time"],
+                    as_double=s.get("value", 0.0),
+                    attributes=_attrs({**s.get("attributes", {}), "dpufleet.telemetry.class": cls}),
                 )
-                for s, _ in samples
+                for s in samples
             ]
             n_metrics += len(points)
             if name in CUMULATIVE_METRICS:
@@ -126,15 +127,15 @@ def requests_for(items: list[Queued]) -> tuple[ExportMetricsServiceRequest, Expo
     for (project, serial), records in logs_by_dpu.items():
         scoped_logs = ScopeLogs(scope=scope)
         for sample, cls in records:
-            severity = sample.severity or "info"
+            severity = sample.get("severity") or "info"
             scoped_logs.log_records.append(
                 LogRecord(
-                    time_unix_nano=sample.time,
+                    time_unix_nano=sample["time"],
                     severity_number=SEVERITY_NUMBER.get(severity, SeverityNumber.SEVERITY_NUMBER_INFO),
                     severity_text=severity.upper(),
-                    body=AnyValue(string_value=sample.body or ""),
-                    event_name=sample.name,
-                    attributes=_attrs({**sample.attributes, "dpufleet.telemetry.class": cls}),
+                    body=AnyValue(string_value=sample.get("body") or ""),
+                    event_name=sample["name"],
+                    attributes=_attrs({**sample.get("attributes", {}), "dpufleet.telemetry.class": cls}),
                 )
             )
         n_logs += len(records)
@@ -182,9 +183,9 @@ class OTLPExporter:
     def queued(self) -> int:
         return self._queued
 
-    def offer(self, project: str, serial: str, batch: Batch) -> None:
+    def offer(self, project: str, serial: str, batch: BatchRecord) -> None:
         """Queue one batch the aggregator took in (never blocks; a full queue drops it, counted)."""
-        n = len(batch.samples)
+        n = len(batch["samples"])
         self.offered += n
         if self._queued + n > self.queue_samples:
             self.dropped["queue-full"] += n
@@ -200,7 +201,7 @@ class OTLPExporter:
         while self._queue and taken < BATCH_SAMPLES:
             item = self._queue.popleft()
             items.append(item)
-            taken += len(item.batch.samples)
+            taken += len(item.batch["samples"])
         self._queued -= taken
         return items
 

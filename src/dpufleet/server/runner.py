@@ -104,8 +104,10 @@ class Server:
         if telemetry_bus is not None:
             exporter = OTLPExporter(otlp_endpoint, otlp_headers) if otlp_endpoint else None
             state.telemetry = TelemetryPlane(
-                store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus, exporter
-            )
+                store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus, exporter,
+                feed=state.feed,
+            )  # fmt: skip
+            state.telemetry.register_metrics(state.registry)
             state.background.append(state.telemetry.run)
         ca = FleetCA.load_or_create(data_dir)
         enrollment = EnrollmentAuthority(ca, audit=AuditLog(store))

@@ -14,11 +14,12 @@ last) are repeats of a forward that was cut, and are dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from pydantic import ValidationError
 
 from ..api.errors import BadRequest, Forbidden, NotFound
@@ -42,14 +47,16 @@ from ..api.telemetry import (
     SEVERITIES,
     SUBJECT_ROOT,
     Accounting,
-    Batch,
+    BatchRecord,
     TelemetryAssignment,
     TelemetryClass,
+    parse_batch,
     parse_classes,
     parse_log_severity,
     severity_rank,
 )
 from ..security.policy import SubAction, Verb
+from ..store.feed import ChangeFeed
 from ..store.store import Store
 from .access import Access
 from .otlp import OTLPExporter
@@ -57,6 +64,8 @@ from .telemetry_bus import BusCredentials, EmbeddedBus
 
 log = logging.getLogger(__name__)
 ASSIGNMENT_TTL = 5.0  # how long a DPU's annotations are trusted before they are read again
+PENDING_BATCHES = 100_000  # batches the aggregator's subscription holds while it is busy (the bus's default: 65,536)
+PENDING_BYTES = 256 * 1024 * 1024
 WATCH_QUEUE = 10_000  # samples a slow watcher may lag before it is cut off
 UNIT_SUFFIX = {"By": "_bytes", "s": "_seconds", "Cel": "_celsius", "1": "_ratio", "W": "_watts", "V": "_volts"}
 
@@ -81,6 +90,89 @@ class DPUSeries:
     accounting: Accounting | None = None
 
 
+LAG_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@dataclass
+class AggregatorStats:
+    """What the aggregator took in and refused, and how late batches arrived: the time from a batch's newest
+    sample being taken (the DPU's clock) to its arrival here, which is bus and queue delay for a DPU that is
+    connected and the time buffered for one that was cut off (a clock ahead of ours counts as 0)."""
+
+    batches: int = 0
+    samples: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # reason (invalid, foreign, repeat) -> batches
+    lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))  # per bucket, +Inf last
+    lag_sum: float = 0.0
+
+    def took(self, samples: int, lag: float) -> None:
+        self.batches += 1
+        self.samples += samples
+        lag = max(0.0, lag)
+        self.lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+        self.lag_sum += lag
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "samples": self.samples,
+            "refused": dict(self.refused),
+            "lagSeconds": {
+                "buckets": [*LAG_BUCKETS, "+Inf"],
+                "counts": list(self.lag_counts),
+                "sum": self.lag_sum,
+            },
+        }
+
+
+class _StatsCollector(Collector):
+    def __init__(self, plane: TelemetryPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.plane.stats
+        yield CounterMetricFamily(
+            "dpufleet_telemetry_batches_received", "Telemetry batches the aggregator took in", value=stats.batches
+        )
+        yield CounterMetricFamily(
+            "dpufleet_telemetry_aggregated_samples", "Telemetry samples the aggregator took in", value=stats.samples
+        )
+        refused = CounterMetricFamily(
+            "dpufleet_telemetry_batches_refused", "Telemetry batches refused, by reason", labels=["reason"]
+        )
+        for reason in ("invalid", "foreign", "repeat"):
+            refused.add_metric([reason], stats.refused[reason])
+        yield refused
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(floatToGoString, LAG_BUCKETS), "+Inf"], stats.lag_counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "dpufleet_telemetry_ingest_lag_seconds",
+            "From a batch's newest sample being taken on the DPU to its arrival at the aggregator",
+            buckets=buckets,
+            sum_value=stats.lag_sum,
+        )
+        yield GaugeMetricFamily(
+            "dpufleet_telemetry_bus_authorized_dpus",
+            "DPUs the embedded bus lets publish (under their own subjects)",
+            value=len(self.plane.embedded.authorized) if self.plane.embedded is not None else 0,
+        )
+
+
+def _telemetry_identity(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """(project, serial) of a DPU object that asks for some telemetry class; None for one that asks none."""
+    metadata = doc.get("metadata") or {}
+    try:
+        if not parse_classes((metadata.get("annotations") or {}).get(CLASSES_ANNOTATION, "")):
+            return None
+    except ValueError:
+        return None
+    serial = (doc.get("spec") or {}).get("serialNumber") or str(metadata.get("name", "")).removeprefix("dpu-")
+    project = metadata.get("project") or "default"
+    return (str(project), str(serial)) if serial else None
+
+
 def prom_name(name: str, unit: str) -> str:
     base = name.replace(".", "_").replace("-", "_")
     suffix = UNIT_SUFFIX.get(unit, "")
@@ -93,23 +185,34 @@ def _label(value: str) -> str:
 
 class TelemetryPlane:
     def __init__(
-        self, store: Store, directory: Path, bus_url: str | None = None, exporter: OTLPExporter | None = None
+        self,
+        store: Store,
+        directory: Path,
+        bus_url: str | None = None,
+        exporter: OTLPExporter | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         """``bus_url`` None: run the embedded nats-server; else the operator's bus, reached by that URL
         (its URL may carry the aggregator's credentials: nats://user:password@host:port). ``exporter``:
-        every batch taken in is also pushed to an OTLP/HTTP collector."""
+        every batch taken in is also pushed to an OTLP/HTTP collector. ``feed``: the embedded bus's
+        authorization follows the DPU objects (created, moved, deleted) as they change, not only as they report."""
         self.store = store
+        self.feed = feed
         self.exporter = exporter
         self.credentials = BusCredentials.load_or_create(directory)
         self.embedded = EmbeddedBus(directory / "bus", self.credentials) if bus_url is None else None
         self.external_url = bus_url
         self.series: dict[str, DPUSeries] = {}  # serial -> what arrived
         self.watchers: list[Watcher] = []
-        self.dropped_foreign = 0  # batches whose body named another serial than their subject
+        self.stats = AggregatorStats()
         self._assignments: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.assignment_ttl = ASSIGNMENT_TTL
         self._nc: NATS | None = None
         self.connected = asyncio.Event()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The aggregator's own figures (taken in, refused, ingest lag, DPUs authorized) on the server's /metrics."""
+        registry.register(_StatsCollector(self))
 
     @property
     def agent_url(self) -> str:
@@ -160,11 +263,19 @@ class TelemetryPlane:
                 await self.embedded.ready()
             self._nc = await nats.connect(url, name="dpufleet-aggregator", max_reconnect_attempts=-1,
                                           reconnect_time_wait=0.5)  # fmt: skip
-            await self._nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._receive)
-            self.connected.set()
-            if self.exporter is not None:
-                await self.exporter.run()
-            await asyncio.Event().wait()
+            await self._nc.subscribe(
+                f"{SUBJECT_ROOT}.>",
+                cb=self._receive,
+                pending_msgs_limit=PENDING_BATCHES,
+                pending_bytes_limit=PENDING_BYTES,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                if self.embedded is not None:
+                    tasks.create_task(self._follow_dpus(self.embedded))
+                self.connected.set()
+                if self.exporter is not None:
+                    tasks.create_task(self.exporter.run())
+                await asyncio.Event().wait()
         finally:
             if self._nc is not None:
                 with contextlib.suppress(Exception):
@@ -172,7 +283,38 @@ class TelemetryPlane:
             if self.embedded is not None:
                 await asyncio.to_thread(self.embedded.stop)
 
+    # --- the embedded bus's authorization, from the DPU objects -------------------------------------------
+
+    async def _follow_dpus(self, bus: EmbeddedBus) -> None:
+        """Every DPU that asks for telemetry may publish under its own subjects from the moment it exists (after a
+        restart too, before it reports again); a DPU moved to another project publishes only under the new one,
+        and a deleted one no more. Without a change feed, DPUs are authorized as they report."""
+        while True:
+            listed = await asyncio.to_thread(self.store.list, "DPU")
+            wanted = {}
+            for doc in listed.items:
+                found = _telemetry_identity(doc)
+                if found is not None:
+                    wanted[found[1]] = found[0]
+            await asyncio.to_thread(bus.authorize, wanted)
+            if self.feed is None:
+                return
+            try:
+                async for change in self.feed.changes(frozenset({"DPU"}), listed.resource_version):
+                    found = _telemetry_identity(change.object())
+                    if found is None:
+                        continue
+                    project, serial = found
+                    if change.type == "DELETED":
+                        await asyncio.to_thread(bus.revoke, serial)
+                    else:
+                        await asyncio.to_thread(bus.allow, project, serial)
+            except Exception as exc:  # fell behind the feed, or the log was compacted: list again
+                log.warning("telemetry bus authorization: %s; reading every DPU again", exc)
+                await asyncio.sleep(1)
+
     async def _receive(self, msg: Msg) -> None:
+        arrived = time.time_ns()
         parts = msg.subject.split(".")
         if len(parts) != 5:
             return
@@ -183,24 +325,35 @@ class TelemetryPlane:
                 if accounting.serial == serial:
                     self._series(project, serial).accounting = accounting
                 return
-            batch = Batch.model_validate_json(msg.data)
+            batch = parse_batch(msg.data)
         except ValidationError:
+            self.stats.refused["invalid"] += 1
             log.warning("telemetry from %s/%s refused: not a valid batch", project, serial)
             return
-        if batch.serial != serial or batch.cls.value != what:
-            self.dropped_foreign += 1
+        cls = batch["class"]
+        if batch["serial"] != serial or cls.value != what:
+            self.stats.refused["foreign"] += 1
             return
         series = self._series(project, serial)
-        if batch.seq <= series.last_seq:
+        if batch["seq"] <= series.last_seq:
             series.repeats += 1
+            self.stats.refused["repeat"] += 1
             return
-        series.last_seq = batch.seq
-        series.received[batch.cls.value] += len(batch.samples)
-        for sample in batch.samples:
-            if sample.body is None:
-                key = (sample.name, tuple(sorted(sample.attributes.items())))
-                series.latest[key] = (sample.value, sample.time // 1_000_000, sample.unit)
-        self._fan_out(project, serial, batch)
+        series.last_seq = batch["seq"]
+        samples = batch["samples"]
+        series.received[cls.value] += len(samples)
+        latest = series.latest
+        newest = 0
+        for sample in samples:
+            taken = sample["time"]
+            newest = max(newest, taken)
+            if sample.get("body") is None:
+                attributes = sample.get("attributes")
+                key = (sample["name"], tuple(sorted(attributes.items())) if attributes else ())
+                latest[key] = (sample.get("value", 0.0), taken // 1_000_000, sample.get("unit", ""))
+        self.stats.took(len(samples), (arrived - newest) / 1e9)
+        if self.watchers:
+            self._fan_out(project, serial, batch)
         if self.exporter is not None:
             self.exporter.offer(project, serial, batch)
 
@@ -210,18 +363,23 @@ class TelemetryPlane:
             series = self.series[serial] = DPUSeries(project)
         return series
 
-    def _fan_out(self, project: str, serial: str, batch: Batch) -> None:
+    def _fan_out(self, project: str, serial: str, batch: BatchRecord) -> None:
+        cls = batch["class"]
         for watcher in list(self.watchers):
             if watcher.project != project or (watcher.serials is not None and serial not in watcher.serials):
                 continue
-            if watcher.classes is not None and batch.cls not in watcher.classes:
+            if watcher.classes is not None and cls not in watcher.classes:
                 continue
-            for sample in batch.samples:
-                if watcher.metrics is not None and sample.name not in watcher.metrics:
+            for sample in batch["samples"]:
+                if watcher.metrics is not None and sample["name"] not in watcher.metrics:
                     continue
-                if severity_rank(sample.severity) < watcher.min_severity:
+                if severity_rank(sample.get("severity")) < watcher.min_severity:
                     continue
-                line = {"dpu": dpu_name(serial), "class": batch.cls.value, **sample.model_dump(exclude_none=True)}
+                line = {
+                    "dpu": dpu_name(serial),
+                    "class": cls.value,
+                    **{k: v for k, v in sample.items() if v is not None},
+                }
                 try:
                     watcher.queue.put_nowait(orjson.dumps(line) + b"\n")
                 except asyncio.QueueFull:
@@ -352,5 +510,20 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
         access.require(SubAction.METRICS_READ)
         return Response(plane.exposition(request.query_params.get("project")), media_type="text/plain; version=0.0.4")
 
-    _ = (watch, accounting, federate)
+    @router.get("/aggregator", summary="What the aggregator took in and refused, its ingest lag, the DPUs authorized")
+    async def aggregator(request: Request) -> Response:
+        access: Access = request.state.access
+        access.require(SubAction.METRICS_READ)
+        body = {
+            "bus": plane.agent_url,
+            "embeddedBus": plane.embedded is not None,
+            "connected": plane.connected.is_set(),
+            "authorizedDPUs": len(plane.embedded.authorized) if plane.embedded is not None else None,
+            "dpusSeen": len(plane.series),
+            "watchers": len(plane.watchers),
+            **plane.stats.figures(),
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    _ = (watch, accounting, federate, aggregator)
     return router

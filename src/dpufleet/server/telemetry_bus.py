@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +75,11 @@ class BusCredentials:
 
 def _die_with_parent() -> None:
     """In the child before exec: the kernel SIGKILLs nats-server when the thread that started it (the API
-    server's event loop) dies, so a SIGKILLed server leaves no bus behind."""
+    server's event loop) dies, so a SIGKILLed server leaves no bus behind; and it may hold as many open
+    files as the system lets it (a connection per DPU: the usual soft limit of 1,024 is not a fleet)."""
+    with contextlib.suppress(OSError, ValueError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
@@ -95,6 +101,7 @@ class EmbeddedBus:
     host: str = "127.0.0.1"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    reloads_sent: int = 0
     _dpus: dict[str, str] = field(default_factory=dict)  # serial -> project
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,15 +187,52 @@ class EmbeddedBus:
                     raise RuntimeError(f"nats-server did not listen on {self.url} within {timeout:.0f} s") from None
                 await asyncio.sleep(0.05)
 
+    @property
+    def authorized(self) -> dict[str, str]:
+        """serial -> the project whose subjects it may publish under (as last sent to nats-server: see
+        ``wait_applied``)."""
+        with self._lock:
+            return dict(self._dpus)
+
     def allow(self, project: str, serial: str) -> None:
         """Let this DPU publish under its own subjects (a reload when it is new or moved project)."""
+        self.authorize({serial: project})
+
+    def authorize(self, dpus: dict[str, str]) -> None:
+        """Let each of these DPUs (serial -> project) publish under its own subjects: one reload for them all."""
         with self._lock:
-            if self._dpus.get(serial) == project:
+            changed = {serial: project for serial, project in dpus.items() if self._dpus.get(serial) != project}
+            if not changed:
                 return
-            self._dpus[serial] = project
-            self._write()
-            if self.proc is not None and self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGHUP)
+            self._dpus.update(changed)
+            self._reload()
+
+    def revoke(self, serial: str) -> None:
+        """This DPU may publish no more (it was deleted); its open connection is closed by the reload."""
+        with self._lock:
+            if self._dpus.pop(serial, None) is not None:
+                self._reload()
+
+    def _reload(self) -> None:
+        self._write()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGHUP)
+            self.reloads_sent += 1
+
+    def reloads_applied(self) -> int:
+        """How many configuration reloads nats-server has reported done (its log says so once per reload)."""
+        try:
+            return (self.directory / "nats.log").read_bytes().count(b"Reloaded server configuration")
+        except OSError:
+            return 0
+
+    def wait_applied(self, timeout: float = 10.0) -> None:
+        """Until nats-server has applied every reload sent (it applies one asynchronously after SIGHUP)."""
+        deadline = time.monotonic() + timeout
+        while self.reloads_applied() < self.reloads_sent:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not apply its new authorization within {timeout:.0f} s")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

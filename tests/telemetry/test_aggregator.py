@@ -1,0 +1,154 @@
+"""The aggregator's side: what it takes in (the same as the agent's model), the bus's authorization following
+the DPU objects, and the aggregator's own figures (taken in, refused, ingest lag) on /metrics and its endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from pydantic import ValidationError
+
+from dpufleet.api.telemetry import Batch, parse_batch
+from support.net import wait_until
+from support.telemetry import BASE, Plane, telemetry_plane
+
+GOOD_SAMPLE = {"name": "system.memory.usage", "unit": "By", "value": 1.0, "time": 1, "attributes": {"a": "b"}}
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [GOOD_SAMPLE]},
+        {"serial": "S1", "seq": 3, "class": "logs", "samples": [{"name": "syslog", "time": 5, "body": "x"}]},
+        {"serial": "S1", "seq": -1, "class": "load", "samples": []},
+        {"serial": "S1", "seq": 0, "class": "weather", "samples": []},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{**GOOD_SAMPLE, "extra": 1}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{**GOOD_SAMPLE, "name": ""}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{**GOOD_SAMPLE, "name": "n" * 201}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{**GOOD_SAMPLE, "unit": "u" * 33}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{"name": "no-time"}]},
+        {"serial": "S1", "seq": 0, "class": "logs", "samples": [{"name": "l", "time": 1, "body": "b" * 4097}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [{**GOOD_SAMPLE, "attributes": {"a": 1}}]},
+        {"serial": "S1", "seq": 0, "class": "load", "samples": [], "more": True},
+        {"serial": "S1", "class": "load", "samples": []},
+    ],
+)
+def test_the_aggregator_takes_in_exactly_what_the_agents_model_allows(batch: dict[str, Any]) -> None:
+    data = json.dumps(batch).encode()
+    try:
+        Batch.model_validate_json(data)
+        model_takes = True
+    except ValidationError:
+        model_takes = False
+    try:
+        parse_batch(data)
+        aggregator_takes = True
+    except ValidationError:
+        aggregator_takes = False
+    assert aggregator_takes == model_takes
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    with telemetry_plane(tmp_path_factory.mktemp("aggregator")) as built:
+        yield built
+
+
+def _batch(serial: str, seq: int, taken_ns: int) -> bytes:
+    sample = {**GOOD_SAMPLE, "time": taken_ns}
+    return json.dumps({"serial": serial, "seq": seq, "class": "load", "samples": [sample]}).encode()
+
+
+async def _publish(url: str, user: str, password: str, messages: list[tuple[str, bytes]]) -> None:
+    nc = await nats.connect(url, user=user, password=password, allow_reconnect=False, max_reconnect_attempts=0)
+    try:
+        for subject, data in messages:
+            await nc.publish(subject, data)
+        await nc.flush(timeout=2)
+    finally:
+        await nc.close()
+
+
+def test_a_dpu_asking_for_telemetry_may_publish_before_it_reports_and_not_once_it_is_deleted(plane: Plane) -> None:
+    serial = "AGG0001"
+    bus = plane.telemetry.embedded
+    assert bus is not None
+    plane.dpu(serial, "load")  # no agent has reported: the DPU object alone authorizes it
+    wait_until(lambda: bus.authorized.get(serial) == "default", timeout=10, what="the DPU authorized on the bus")
+    bus.wait_applied()
+    access = plane.telemetry.credentials.access(plane.telemetry.agent_url, "default", serial)
+    subject = f"{access.subjectPrefix}.load"
+    asyncio.run(_publish(access.url, access.user, access.password, [(subject, _batch(serial, 1, time.time_ns()))]))
+    wait_until(lambda: serial in plane.telemetry.series, timeout=10, what="the batch at the aggregator")
+
+    with plane.api.client() as http:
+        resp = http.delete(f"{BASE}/default/dpus/dpu-{serial.lower()}")
+    assert resp.status_code in (200, 202), resp.text
+    wait_until(lambda: serial not in bus.authorized, timeout=10, what="the deleted DPU's authorization revoked")
+    bus.wait_applied()
+    # refused: the client sees the -ERR, or the connection reset, or its flush unanswered, as the race falls
+    with pytest.raises(Exception, match=r"(?i)authorization|connection lost|timeout"):
+        asyncio.run(_publish(access.url, access.user, access.password, [(subject, _batch(serial, 2, time.time_ns()))]))
+    time.sleep(0.3)
+    assert plane.telemetry.series[serial].last_seq == 1  # nothing of it reached the aggregator
+    assert f'authentication error - User "{access.user}"' in (bus.directory / "nats.log").read_text()
+
+
+def test_the_aggregator_counts_what_it_took_refused_and_how_late_it_arrived(plane: Plane) -> None:
+    serial = "AGG0002"
+    plane.dpu(serial, "load")
+    bus = plane.telemetry.embedded
+    assert bus is not None
+    wait_until(lambda: serial in bus.authorized, timeout=10, what="the DPU authorized on the bus")
+    bus.wait_applied()
+    access = plane.telemetry.credentials.access(plane.telemetry.agent_url, "default", serial)
+    subject = f"{access.subjectPrefix}.load"
+    with plane.api.client() as http:
+        before = http.get("/telemetry/v1/aggregator").json()
+    late = time.time_ns() - 3_000_000_000  # taken 3 s ago: buffered on the DPU, say
+    messages = [
+        (subject, _batch(serial, 10, late)),
+        (subject, _batch(serial, 10, late)),  # the same seq again: a repeat of a cut forward
+        (subject, b'{"serial": "AGG0002", "seq": 11}'),  # not a batch
+        (subject, _batch("SOMEONE-ELSE", 12, late)),  # names another DPU than its subject
+    ]
+    asyncio.run(_publish(access.url, access.user, access.password, messages))
+
+    def refused(figures: dict[str, Any], reason: str) -> int:
+        return int(figures["refused"].get(reason, 0))
+
+    with plane.api.client() as http:
+        wait_until(
+            lambda: refused(http.get("/telemetry/v1/aggregator").json(), "foreign") > refused(before, "foreign"),
+            timeout=10,
+            what="the aggregator's figures",
+        )
+        after = http.get("/telemetry/v1/aggregator").json()
+        metrics = http.get("/metrics").text
+    assert after["batches"] == before["batches"] + 1
+    assert after["samples"] == before["samples"] + 1
+    for reason in ("repeat", "invalid", "foreign"):
+        assert refused(after, reason) == refused(before, reason) + 1, reason
+    assert after["authorizedDPUs"] >= 1 and after["connected"] is True
+    lag = after["lagSeconds"]
+    grew = [i for i, (a, b) in enumerate(zip(lag["counts"], before["lagSeconds"]["counts"], strict=True)) if a != b]
+    assert len(grew) == 1
+    assert lag["buckets"][grew[0]] == 5  # 3 s late: in the (2.5, 5] bucket
+    assert after["lagSeconds"]["sum"] - before["lagSeconds"]["sum"] == pytest.approx(3, abs=1)
+    assert 'dpufleet_telemetry_batches_refused_total{reason="repeat"}' in metrics
+    assert 'dpufleet_telemetry_ingest_lag_seconds_bucket{le="5.0"}' in metrics
+    assert "dpufleet_telemetry_bus_authorized_dpus" in metrics
+
+
+def test_the_aggregator_endpoint_needs_the_metrics_permission(plane: Plane) -> None:
+    with plane.api.client() as http:
+        resp = http.post("/auth/v1/tokens", json={"name": "tenant-agg", "grants": ["viewer@other"]})
+    assert resp.status_code == 201, resp.text
+    with httpx.Client(base_url=plane.api.url, headers={"Authorization": f"Bearer {resp.json()['token']}"}) as tenant:
+        assert tenant.get("/telemetry/v1/aggregator").status_code == 403
