@@ -21,7 +21,13 @@ import pytest
 from tests.support.net import free_port, wait_until
 from tests.support.telemetry import Plane, Stream, assign, report, telemetry_plane
 
-from dpufleet.api.telemetry import CLASSES_ANNOTATION, LOG_SEVERITY_ANNOTATION, TelemetryAssignment, TelemetryClass
+from dpufleet.api.telemetry import (
+    CLASSES_ANNOTATION,
+    LOG_SEVERITY_ANNOTATION,
+    Accounting,
+    TelemetryAssignment,
+    TelemetryClass,
+)
 from dpufleet.sim import osroot
 from dpufleet.sim.faults import FaultInjector
 from dpufleet.sim.fleet import build_fleet
@@ -187,14 +193,18 @@ def test_a_dpu_cut_off_buffers_trims_by_class_and_forwards_in_order_with_every_s
                 assert produced == acc.delivered.get(cls, 0) + lost, (cls, acc)
             assert acc.buffered == {}
             return_seqs.extend(seqs)
+            final.append(acc)
         finally:
             await agent.aclose()
 
     return_seqs: list[int] = []
+    final: list[Accounting] = []
     asyncio.run(scenario())
     aggregator = plane.telemetry
-    wait_until(lambda: (s := aggregator.series.get(serial)) is not None and s.accounting is not None
-               and not s.accounting.buffered and s.last_seq >= max(return_seqs), 10, what="the forward")  # fmt: skip
+    # the agent's last accounting follows its last batch on the bus: once the aggregator holds it, it holds
+    # every batch before it (an earlier accounting, from before the cut, would also show nothing buffered)
+    wait_until(lambda: (s := aggregator.series.get(serial)) is not None and s.accounting == final[0]
+               and s.last_seq >= max(return_seqs), 10, what="the forward")  # fmt: skip
     series = aggregator.series[serial]
     assert series.accounting is not None
     # what the aggregator received is exactly what the agent counts as delivered, class by class
