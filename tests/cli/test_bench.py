@@ -106,6 +106,22 @@ def test_bench_services_runs_every_instance_in_a_real_container() -> None:
     assert figures["errors"] == []
 
 
+def test_bench_telemetry_ingests_every_sample_sent_and_measures_a_real_agent_loop() -> None:
+    import shutil
+
+    if not (shutil.which("nats-server") or os.path.exists("/usr/sbin/nats-server")):
+        pytest.skip("not installed: nats-server")
+    figures = bench_json(
+        "telemetry", "--dpus", "5", "--series", "10", "--rounds", "2", "--latency-seconds", "5", "--interval", "1"
+    )
+    assert figures["samples_sent"] == figures["samples_ingested"] == 5 * 10 * 2
+    assert figures["samples_per_second"] > 0 and figures["federate_series"] == 5 * 10
+    assert figures["latency_batches"] > 0 and 0 < figures["latency_p50_ms"] <= figures["latency_p99_ms"]
+    assert figures["agent_collections"] >= 2 and figures["agent_series"] > 0, "the agent's loop ran, every class"
+    assert 0 < figures["agent_cpu_share_pct"] < 100 and figures["agent_peak_rss_mib"] > 0
+    assert figures["errors"] == []
+
+
 def test_bench_rollout_completes_within_max_unavailable_and_reports_the_hardware_minimum() -> None:
     figures = bench_json("rollout", "--dpus", "4", "--max-unavailable", "50%", "--update-seconds", "0.5")
     assert figures["poll_seconds"] == 3.0, "without --poll: the controller's default, as users run it"

@@ -305,6 +305,32 @@ def services(
     )
 
 
+@bench_app.command("telemetry")
+def telemetry(
+    dpus: int = typer.Option(1000, "--dpus", min=1, max=10000, help="DPUs publishing, one bus connection each"),
+    series: int = typer.Option(200, "--series", min=1, max=5000, help="series (samples per batch) per DPU"),
+    rounds: int = typer.Option(25, "--rounds", min=1, max=1000, help="batches each DPU publishes in the ingest"),
+    interval: float = typer.Option(10.0, "--interval", min=1.0, max=60.0, help="seconds between a DPU's batches"),
+    latency_seconds: float = typer.Option(
+        60.0, "--latency-seconds", min=5.0, max=3600.0, help="how long the latency and agent measurement runs"
+    ),
+    as_json: bool = JSON_OPTION,
+    runs: int = RUNS_OPTION,
+) -> None:
+    """Samples per second from agents through the bus to the aggregator and its exposition, ingest latency
+    at the collection interval, and one real agent's CPU and memory at that interval (needs nats-server)."""
+    from ..bench.telemetry import run_telemetry_bench, targets_met
+
+    results = run_bench(
+        "telemetry",
+        lambda: run_telemetry_bench(dpus, series, rounds, interval, latency_seconds, as_json=as_json),
+        as_json,
+        runs,
+        verdict=targets_met,
+    )
+    check_each(results, lambda r: r.problem())
+
+
 @bench_app.command("chains")
 def chains(
     dpus: int = typer.Option(8, "--dpus", min=1, max=64, help="emulated DPUs, each with a real Open vSwitch"),

@@ -519,6 +519,8 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
             "embeddedBus": plane.embedded is not None,
             "connected": plane.connected.is_set(),
             "authorizedDPUs": len(plane.embedded.authorized) if plane.embedded is not None else None,
+            # a change of the bus's authorization not yet applied: false means every DPU authorized may connect
+            "busReloadPending": plane.embedded.reloads_pending if plane.embedded is not None else None,
             "dpusSeen": len(plane.series),
             "watchers": len(plane.watchers),
             **plane.stats.figures(),

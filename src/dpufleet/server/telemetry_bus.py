@@ -102,8 +102,20 @@ class EmbeddedBus:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     reloads_sent: int = 0
+    reload_timeout: float = 10.0
     _dpus: dict[str, str] = field(default_factory=dict)  # serial -> project
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # authorization generations: wanted grows with each change, applied follows once nats-server says so
+    _changed: threading.Condition = field(init=False)
+    _wanted: int = 0
+    _applied: int = 0
+    _reloader: threading.Thread | None = None
+    _stopping: bool = False
+    _log_offset: int = 0
+    _log_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition(self._lock)
 
     @property
     def url(self) -> str:
@@ -169,6 +181,11 @@ class EmbeddedBus:
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )  # fmt: skip
         log_file.close()
+        with self._lock:
+            self._applied = self._wanted  # the configuration it starts with holds every change so far
+            self._stopping = False
+        self._reloader = threading.Thread(target=self._reload_loop, name="telemetry-bus-reload", daemon=True)
+        self._reloader.start()
         log.info("telemetry bus (nats-server, pid %d) on %s", self.proc.pid, self.url)
 
     async def ready(self, timeout: float = 10.0) -> None:
@@ -205,36 +222,101 @@ class EmbeddedBus:
             if not changed:
                 return
             self._dpus.update(changed)
-            self._reload()
+            self._change()
 
     def revoke(self, serial: str) -> None:
         """This DPU may publish no more (it was deleted); its open connection is closed by the reload."""
         with self._lock:
             if self._dpus.pop(serial, None) is not None:
-                self._reload()
+                self._change()
 
-    def _reload(self) -> None:
-        self._write()
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGHUP)
+    def _change(self) -> None:
+        """Under the lock: the authorization changed. Before the server runs, the file is all there is; after,
+        the reloader writes and signals, one reload at a time."""
+        self._wanted += 1
+        if self._reloader is None:
+            self._write()
+            self._applied = self._wanted
+        self._changed.notify_all()
+
+    def _reload_loop(self) -> None:
+        """Reload nats-server one change set at a time: a SIGHUP sent while it is still reloading may be lost
+        (signals coalesce), so the next is sent only once it has logged the last as applied. Changes that
+        arrive meanwhile are written together in the next."""
+        while True:
+            with self._lock:
+                while not self._stopping and self._applied >= self._wanted:
+                    self._changed.wait()
+                if self._stopping:
+                    return
+                generation = self._wanted
+                self._write()
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                return
+            before = self._scan_log()
+            os.kill(proc.pid, signal.SIGHUP)
             self.reloads_sent += 1
+            deadline = time.monotonic() + self.reload_timeout
+            while self._scan_log() <= before:
+                if self._stopping or proc.poll() is not None:
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("nats-server did not apply its new authorization within %.0f s; sending it again",
+                                self.reload_timeout)  # fmt: skip
+                    break
+                time.sleep(0.01)
+            else:
+                with self._lock:
+                    self._applied = max(self._applied, generation)
+                    self._changed.notify_all()
 
-    def reloads_applied(self) -> int:
-        """How many configuration reloads nats-server has reported done (its log says so once per reload)."""
+    def _scan_log(self) -> int:
+        """How many reloads nats-server has logged as done so far (the log is read on from where it was)."""
+        marker = b"Reloaded server configuration"
         try:
-            return (self.directory / "nats.log").read_bytes().count(b"Reloaded server configuration")
+            with open(self.directory / "nats.log", "rb") as fh:
+                fh.seek(max(0, self._log_offset - len(marker)))
+                chunk = fh.read()
         except OSError:
-            return 0
+            return self._log_seen
+        start = max(0, self._log_offset - len(marker))
+        # count only markers that end past what was counted before
+        skip = self._log_offset - start
+        count = 0
+        at = chunk.find(marker)
+        while at >= 0:
+            if at + len(marker) > skip:
+                count += 1
+            at = chunk.find(marker, at + 1)
+        self._log_seen += count
+        self._log_offset = start + len(chunk)
+        return self._log_seen
+
+    @property
+    def reloads_pending(self) -> bool:
+        """Whether a change of authorization is still to be applied by nats-server."""
+        with self._lock:
+            return self._applied < self._wanted
 
     def wait_applied(self, timeout: float = 10.0) -> None:
-        """Until nats-server has applied every reload sent (it applies one asynchronously after SIGHUP)."""
+        """Until nats-server has applied every change of authorization made before this call."""
         deadline = time.monotonic() + timeout
-        while self.reloads_applied() < self.reloads_sent:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not apply its new authorization within {timeout:.0f} s")
-            time.sleep(0.02)
+        with self._lock:
+            target = self._wanted
+            while self._applied < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"nats-server did not apply its new authorization within {timeout:.0f} s")
+                self._changed.wait(left)
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._changed.notify_all()
+        reloader, self._reloader = self._reloader, None
+        if reloader is not None:
+            reloader.join(5)
         proc, self.proc = self.proc, None
         if proc is None:
             return
