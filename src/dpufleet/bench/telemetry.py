@@ -298,9 +298,18 @@ class _Bench:
                 missing = target - taken
                 raise RuntimeError(
                     f"the aggregator took in nothing for 30 s, {missing:,} samples short "
-                    f"({now - began:.0f} s into the ingest{', at the end' if final else ''})"
+                    f"({now - began:.0f} s into the ingest{', at the end' if final else ''}){self._bus_says()}"
                 )
             await asyncio.sleep(0.005)
+
+    def _bus_says(self) -> str:
+        """What nats-server logged of trouble (a slow consumer cut off, a refused client), for the error."""
+        try:
+            lines = (self.data_dir / "telemetry" / "bus" / "nats.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        trouble = [line for line in lines if "[ERR]" in line or "[WRN]" in line]
+        return f"; nats-server: {trouble[-1]} ({len(trouble)} such lines)" if trouble else ""
 
     async def federate(self, http: httpx.AsyncClient) -> None:
         r = self.result

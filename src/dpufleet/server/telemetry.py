@@ -30,6 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -104,6 +105,8 @@ class AggregatorStats:
     refused: Counter[str] = field(default_factory=Counter)  # reason (invalid, foreign, repeat) -> batches
     lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))  # per bucket, +Inf last
     lag_sum: float = 0.0
+    disconnects: int = 0  # times the aggregator lost the bus (a server-side slow consumer is cut off)
+    slow_consumer_drops: int = 0  # batches dropped on arrival because the subscription's queue was full
 
     def took(self, samples: int, lag: float) -> None:
         self.batches += 1
@@ -117,6 +120,8 @@ class AggregatorStats:
             "batches": self.batches,
             "samples": self.samples,
             "refused": dict(self.refused),
+            "busDisconnects": self.disconnects,
+            "slowConsumerDrops": self.slow_consumer_drops,
             "lagSeconds": {
                 "buckets": [*LAG_BUCKETS, "+Inf"],
                 "counts": list(self.lag_counts),
@@ -152,6 +157,16 @@ class _StatsCollector(Collector):
             "From a batch's newest sample being taken on the DPU to its arrival at the aggregator",
             buckets=buckets,
             sum_value=stats.lag_sum,
+        )
+        yield CounterMetricFamily(
+            "dpufleet_telemetry_bus_disconnects",
+            "Times the aggregator lost its bus connection (batches in flight then are lost)",
+            value=stats.disconnects,
+        )
+        yield CounterMetricFamily(
+            "dpufleet_telemetry_slow_consumer_drops",
+            "Batches dropped on arrival because the aggregator's subscription queue was full",
+            value=stats.slow_consumer_drops,
         )
         yield GaugeMetricFamily(
             "dpufleet_telemetry_bus_authorized_dpus",
@@ -262,7 +277,8 @@ class TelemetryPlane:
             if self.embedded is not None:
                 await self.embedded.ready()
             self._nc = await nats.connect(url, name="dpufleet-aggregator", max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.5)  # fmt: skip
+                                          reconnect_time_wait=0.5, error_cb=self._bus_error,
+                                          disconnected_cb=self._bus_lost)  # fmt: skip
             await self._nc.subscribe(
                 f"{SUBJECT_ROOT}.>",
                 cb=self._receive,
@@ -312,6 +328,19 @@ class TelemetryPlane:
             except Exception as exc:  # fell behind the feed, or the log was compacted: list again
                 log.warning("telemetry bus authorization: %s; reading every DPU again", exc)
                 await asyncio.sleep(1)
+
+    async def _bus_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self.stats.slow_consumer_drops += 1
+            if self.stats.slow_consumer_drops in (1, 10, 100, 1000) or self.stats.slow_consumer_drops % 10_000 == 0:
+                log.warning("telemetry: the aggregator's queue is full, %d batches dropped so far",
+                            self.stats.slow_consumer_drops)  # fmt: skip
+            return
+        log.warning("telemetry bus: %s", exc)
+
+    async def _bus_lost(self) -> None:
+        self.stats.disconnects += 1
+        log.warning("telemetry bus: the aggregator's connection was lost (reconnecting); batches in flight are lost")
 
     async def _receive(self, msg: Msg) -> None:
         arrived = time.time_ns()

@@ -149,6 +149,10 @@ class EmbeddedBus:
             "host": self.host,
             "port": self.port,
             "max_payload": 4 * 1024 * 1024,
+            # what nats-server holds for a client that reads slower than the fleet publishes before it cuts it
+            # off as a slow consumer (default 64 MiB): the aggregator's own queue holds as much again
+            "max_pending": 256 * 1024 * 1024,
+            "write_deadline": "10s",
             "pid_file": str(self.directory / "nats.pid"),
             "authorization": {"users": users},
         }
