@@ -398,3 +398,32 @@ def test_exec_runs_in_the_container_cut_at_its_limits_and_stops_a_command_past_i
         await rt.shutdown()
 
     asyncio.run(go())
+
+
+def test_the_telemetry_services_plugin_reads_each_running_container_and_sees_it_go(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    from dpufleet.agent.telemetry.base import Sources
+    from dpufleet.agent.telemetry.services_plugin import ServicesPlugin
+    from dpufleet.api.telemetry import TelemetryClass
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        plugin = ServicesPlugin(Sources(root=tmp_path, state=tmp_path, services=rt.instance_reports))
+        everything = frozenset(TelemetryClass)
+        assert list(plugin.collect(everything, 1)) == []  # nothing placed yet
+        web = spec(image, "echo ready; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 3600",
+                   resources={"memoryMiB": 32})  # fmt: skip
+        await rt.converge(desired(("web", web)))
+        await until(rt, "web", lambda i, lines: i.phase == "Running" and "ready" in lines)
+        samples = {(s.name, s.attributes.get("state", "")): s for _, s in plugin.collect(everything, 2)}
+        assert samples[("container.memory.usage", "")].value > 0  # the container's own cgroup
+        assert samples[("dpufleet.service.memory.limit", "")].value == 32 * 1024 * 1024
+        assert samples[("container.cpu.time", "")].value > 0
+        assert samples[("dpufleet.event.service", "new")].attributes["service.name"] == "web"
+        await rt.stop_instance("web")
+        gone = [s for _, s in plugin.collect(everything, 3)]
+        assert [(s.name, s.attributes["state"]) for s in gone] == [("dpufleet.event.service", "removed")]
+        await rt.shutdown()
+
+    asyncio.run(go())

@@ -197,6 +197,7 @@ class Agent:
             self.telemetry = Telemetry(
                 self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up,
                 service_logs=services.state_dir / "logs" if services is not None else None,
+                services=lambda: self.services.instance_reports() if self.services is not None else [],
             )  # fmt: skip
             started = asyncio.create_task(self.telemetry.run(stop))
         self.telemetry.assign(assignment)

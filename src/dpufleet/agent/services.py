@@ -809,15 +809,20 @@ class ServiceRuntime:
         shutil.rmtree(self._bundle(inst.desired), ignore_errors=True)
 
     def report(self) -> ServiceReport:
-        instances, logs = [], []
-        for service in sorted(self.instances):
-            inst = self.instances[service]
+        instances = self.instance_reports()
+        logs = [InstanceLogs(service=i.service, lines=tail(self._log_path(i.service))) for i in instances]
+        return ServiceReport(instances=instances, logs=logs)
+
+    def instance_reports(self) -> list[InstanceReport]:
+        """Each instance as it is now, memory and CPU read from its cgroup (the telemetry loop reads this from its
+        thread: the instances are taken in one step)."""
+        reports = []
+        for service, inst in sorted(list(self.instances.items())):
             running = inst.pid is not None
-            instances.append(
+            reports.append(
                 inst.report(self._memory(service) if running else (None, None), self._cpu(service) if running else None)
             )
-            logs.append(InstanceLogs(service=service, lines=tail(self._log_path(service))))
-        return ServiceReport(instances=instances, logs=logs)
+        return reports
 
     def _memory(self, service: str) -> tuple[int | None, int | None]:
         rel = f"dpufleet/{self.config.dpu}/{service}"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ...api.telemetry import Sample, TelemetryAssignment, TelemetryClass
 
@@ -19,14 +20,39 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+class InstanceStats(Protocol):
+    """What the plugin reads of one instance (the runtime's ``InstanceReport`` has these fields)."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def instance(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def memoryBytes(self) -> int | None: ...  # the wire model's field names
+    @property
+    def memoryLimitBytes(self) -> int | None: ...
+    @property
+    def cpuSeconds(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class Sources:
     """Where a plugin reads from: the device's OS root (``/`` on a DPU), the directory it may keep its own
-    small state in (a log's read offset), and the service runtime's log directory when services run here."""
+    small state in (a log's read offset), and, when services run here, the service runtime's log directory
+    and its instances as it last measured them."""
 
     root: Path
     state: Path
     service_logs: Path | None = None
+    services: Callable[[], Sequence[InstanceStats]] | None = None
 
 
 class TelemetryPlugin(abc.ABC):

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass
-from .base import Sources, TelemetryPlugin, now_ns
+from .base import InstanceStats, Sources, TelemetryPlugin, now_ns
 from .plugins import DEFAULT_PLUGINS, PLUGINS
 from .spool import Spool
 
@@ -41,13 +41,14 @@ class Telemetry:
         uplink: Callable[[], bool] = lambda: True,
         clock_ns: Callable[[], int] = now_ns,
         service_logs: Path | None = None,
+        services: Callable[[], Sequence[InstanceStats]] | None = None,
     ) -> None:
         unknown = [p for p in plugins if p not in PLUGINS]
         if unknown:
             raise ValueError(f"telemetry plugins: unknown {', '.join(unknown)} (known: {', '.join(PLUGINS)})")
         self.serial = serial
         self.spool = Spool(spool_dir, buffer_bytes)
-        sources = Sources(root=root, state=spool_dir, service_logs=service_logs)
+        sources = Sources(root=root, state=spool_dir, service_logs=service_logs, services=services)
         self.plugins: list[TelemetryPlugin] = [PLUGINS[p](sources) for p in plugins]
         self.uplink = uplink
         self.clock_ns = clock_ns

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import TelemetryPlugin
 from .logs_plugin import LogsPlugin
 from .os_plugin import OSPlugin
+from .services_plugin import ServicesPlugin
 
-PLUGINS: dict[str, type[TelemetryPlugin]] = {p.name: p for p in (OSPlugin, LogsPlugin)}
+PLUGINS: dict[str, type[TelemetryPlugin]] = {p.name: p for p in (OSPlugin, LogsPlugin, ServicesPlugin)}
 DEFAULT_PLUGINS: tuple[str, ...] = tuple(PLUGINS)
