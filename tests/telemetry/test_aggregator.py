@@ -152,3 +152,57 @@ def test_the_aggregator_endpoint_needs_the_metrics_permission(plane: Plane) -> N
     assert resp.status_code == 201, resp.text
     with httpx.Client(base_url=plane.api.url, headers={"Authorization": f"Bearer {resp.json()['token']}"}) as tenant:
         assert tenant.get("/telemetry/v1/aggregator").status_code == 403
+
+
+def test_the_controllers_events_join_the_event_stream_for_the_dpus_they_are_about(plane: Plane) -> None:
+    from dpufleet.runtime.events import EventRecorder
+    from support.telemetry import Stream
+
+    serial = "AGG0005"
+    name = f"dpu-{serial.lower()}"
+    with plane.api.client() as http:
+        doc = {"kind": "DPU", "metadata": {"name": name, "labels": {"rack": "r7"},
+                                           "annotations": {"telemetry.dpufleet.io/classes": "events"}},
+               "spec": {"serialNumber": serial}}  # fmt: skip
+        assert http.post(f"{BASE}/default/dpus", json=doc).status_code == 201
+    store = plane.telemetry.store
+    dpu = store.get("DPU", name, "default")
+    with plane.api.client() as http:
+        every = Stream(http, "/telemetry/v1/projects/default/watch", {"class": "events"})
+        warnings = Stream(http, "/telemetry/v1/projects/default/watch",
+                          {"class": "events", "minSeverity": "warning", "dpuSelector": "rack=r7"})  # fmt: skip
+        loads = Stream(http, "/telemetry/v1/projects/default/watch", {"class": "load"})
+        before = plane.telemetry.stats.controller_events
+        health = EventRecorder(store, "health")
+        health.record(dpu, "Remediating", "the BMC stopped answering: power-cycling the DPU", "Warning")
+        health.record(dpu, "Remediating", "the BMC stopped answering: power-cycling the DPU", "Warning")  # a repeat
+        health.record(dpu, "Recovered", "the DPU answers again")
+        EventRecorder(store, "rollout").record(
+            {"kind": "DPUSet", "metadata": {"name": "set-a", "project": "default", "uid": "u1"}}, "RolloutStarted"
+        )
+        wait_until(lambda: len(every.samples()) >= 4, timeout=10, what="the events on the watch")
+        time.sleep(0.3)
+    mine = [s for s in every.samples() if s.get("dpu") == name]
+    assert [(s["attributes"]["reason"], s["attributes"]["count"], s["severity"]) for s in mine] == [
+        ("Remediating", "1", "warning"), ("Remediating", "2", "warning"), ("Recovered", "1", "info")
+    ]  # fmt: skip
+    assert mine[0]["name"] == "dpufleet.event.controller" and mine[0]["class"] == "events"
+    assert mine[0]["body"] == "the BMC stopped answering: power-cycling the DPU"
+    assert mine[0]["attributes"]["source"] == "health" and mine[0]["attributes"]["object.kind"] == "DPU"
+    other = [s for s in every.samples() if "dpu" not in s]
+    assert [(s["attributes"]["object.kind"], s["attributes"]["reason"]) for s in other] == [
+        ("DPUSet", "RolloutStarted")
+    ]
+    # a watch of one DPU's warnings sees that DPU's warnings only; a watch of another class sees none
+    assert [s["attributes"]["reason"] for s in warnings.samples()] == ["Remediating", "Remediating"]
+    assert loads.samples() == []
+    assert plane.telemetry.stats.controller_events - before == 4
+
+
+def test_watch_prints_the_object_a_controller_event_is_about_when_it_is_no_dpu() -> None:
+    from dpufleet.cli.telemetry import _line
+
+    item = {"class": "events", "name": "dpufleet.event.controller", "time": 0, "severity": "info",
+            "body": "rollout started", "attributes": {"object.kind": "DPUSet", "object.name": "set-a"}}  # fmt: skip
+    assert _line(item).split(" ")[1] == "dpuset/set-a"
+    assert _line({**item, "dpu": "dpu-s1"}).split(" ")[1] == "dpu-s1"

@@ -22,7 +22,10 @@ def _line(item: dict[str, Any]) -> str:
     attrs = ",".join(f"{k}={v}" for k, v in sorted((item.get("attributes") or {}).items()))
     what = item.get("body") or f"{item.get('value')} {item.get('unit') or ''}".rstrip()
     severity = f" [{item['severity']}]" if item.get("severity") else ""
-    return f"{at} {item.get('dpu')} {item.get('class')} {item.get('name')}{{{attrs}}}{severity} {what}"
+    # a controller's event about an object other than a DPU names that object instead
+    about = item.get("attributes") or {}
+    who = item.get("dpu") or f"{str(about.get('object.kind', '')).lower()}/{about.get('object.name', '')}"
+    return f"{at} {who} {item.get('class')} {item.get('name')}{{{attrs}}}{severity} {what}"
 
 
 @telemetry_app.command("watch")

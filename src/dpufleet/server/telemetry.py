@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from ..api.telemetry import (
     SUBJECT_ROOT,
     Accounting,
     BatchRecord,
+    SampleRecord,
     TelemetryAssignment,
     TelemetryClass,
     parse_batch,
@@ -107,6 +109,7 @@ class AggregatorStats:
     lag_sum: float = 0.0
     disconnects: int = 0  # times the aggregator lost the bus (a server-side slow consumer is cut off)
     slow_consumer_drops: int = 0  # batches dropped on arrival because the subscription's queue was full
+    controller_events: int = 0  # the controllers' events (health, rollouts, services) joined to the stream
 
     def took(self, samples: int, lag: float) -> None:
         self.batches += 1
@@ -122,6 +125,7 @@ class AggregatorStats:
             "refused": dict(self.refused),
             "busDisconnects": self.disconnects,
             "slowConsumerDrops": self.slow_consumer_drops,
+            "controllerEvents": self.controller_events,
             "lagSeconds": {
                 "buckets": [*LAG_BUCKETS, "+Inf"],
                 "counts": list(self.lag_counts),
@@ -213,6 +217,7 @@ class TelemetryPlane:
         authorization follows the DPU objects (created, moved, deleted) as they change, not only as they report."""
         self.store = store
         self.feed = feed
+        self._serials: dict[tuple[str, str], str] = {}
         self.exporter = exporter
         self.credentials = BusCredentials.load_or_create(directory)
         self.embedded = EmbeddedBus(directory / "bus", self.credentials) if bus_url is None else None
@@ -288,6 +293,8 @@ class TelemetryPlane:
             async with asyncio.TaskGroup() as tasks:
                 if self.embedded is not None:
                     tasks.create_task(self._follow_dpus(self.embedded))
+                if self.feed is not None:
+                    tasks.create_task(self._follow_events(self.feed))
                 self.connected.set()
                 if self.exporter is not None:
                     tasks.create_task(self.exporter.run())
@@ -328,6 +335,65 @@ class TelemetryPlane:
             except Exception as exc:  # fell behind the feed, or the log was compacted: list again
                 log.warning("telemetry bus authorization: %s; reading every DPU again", exc)
                 await asyncio.sleep(1)
+
+    # --- the controllers' events, joined to the event stream ----------------------------------------------
+
+    async def _follow_events(self, feed: ChangeFeed) -> None:
+        """Each Event the controllers record or repeat (the health controller's faults, diagnoses and
+        remediations, rollouts, services) is one sample of class events, to watchers and the exporter, beside
+        what the DPUs themselves report. Events from before the server started are not replayed."""
+        since = await asyncio.to_thread(self.store.current_rv)
+        while True:
+            try:
+                async for change in feed.changes(frozenset({"Event"}), since):
+                    since = change.rv
+                    if change.type != "DELETED":
+                        await self._controller_event(change.object())
+            except Exception as exc:  # fell behind the feed, or the log was compacted: go on from now
+                log.warning("telemetry: controller events: %s; going on from the latest", exc)
+                await asyncio.sleep(1)
+                since = await asyncio.to_thread(self.store.current_rv)
+
+    async def _controller_event(self, event: dict[str, Any]) -> None:
+        involved = event.get("involvedObject") or {}
+        project = str(involved.get("project") or (event.get("metadata") or {}).get("project") or "default")
+        kind, name = str(involved.get("kind", "")), str(involved.get("name", ""))
+        serial = await self._serial_of(project, name) if kind == "DPU" else None
+        stamp = event.get("lastTimestamp") or event.get("firstTimestamp")
+        try:
+            taken = int(datetime.fromisoformat(str(stamp)).timestamp() * 1e9) if stamp else time.time_ns()
+        except ValueError:
+            taken = time.time_ns()
+        sample: SampleRecord = {
+            "name": "dpufleet.event.controller",
+            "time": taken,
+            "attributes": {
+                "reason": str(event.get("reason", "")),
+                "source": str(event.get("source", "")),
+                "object.kind": kind,
+                "object.name": name,
+                "count": str(event.get("count", 1)),
+            },
+            "severity": "warning" if event.get("type") == "Warning" else "info",
+            "body": str(event.get("message", ""))[:4096],
+        }
+        batch: BatchRecord = {"serial": serial or "", "seq": 0, "class": TelemetryClass.EVENTS, "samples": [sample]}
+        self.stats.controller_events += 1
+        if self.watchers:
+            self._fan_out(project, serial or "", batch, dpu=dpu_name(serial) if serial else None)
+        if self.exporter is not None and serial is not None:
+            self.exporter.offer(project, serial, batch)
+
+    async def _serial_of(self, project: str, name: str) -> str | None:
+        """The serial of a DPU named in an event (cached: a DPU's serial does not change)."""
+        key = (project, name)
+        if key not in self._serials:
+            try:
+                doc = await asyncio.to_thread(self.store.get, "DPU", name, project)
+            except NotFound:
+                return None
+            self._serials[key] = str((doc.get("spec") or {}).get("serialNumber") or name.removeprefix("dpu-"))
+        return self._serials[key]
 
     async def _bus_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
@@ -392,8 +458,11 @@ class TelemetryPlane:
             series = self.series[serial] = DPUSeries(project)
         return series
 
-    def _fan_out(self, project: str, serial: str, batch: BatchRecord) -> None:
+    def _fan_out(self, project: str, serial: str, batch: BatchRecord, dpu: str | None = "") -> None:
+        """To each watcher the batch's samples it asked for. ``dpu``: the name its lines carry (by default the
+        serial's DPU; None for a controller's event about no DPU, which reaches only watchers of every DPU)."""
         cls = batch["class"]
+        name = dpu_name(serial) if dpu == "" else dpu
         for watcher in list(self.watchers):
             if watcher.project != project or (watcher.serials is not None and serial not in watcher.serials):
                 continue
@@ -405,7 +474,7 @@ class TelemetryPlane:
                 if severity_rank(sample.get("severity")) < watcher.min_severity:
                     continue
                 line = {
-                    "dpu": dpu_name(serial),
+                    **({"dpu": name} if name is not None else {}),
                     "class": cls.value,
                     **{k: v for k, v in sample.items() if v is not None},
                 }
