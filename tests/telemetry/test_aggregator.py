@@ -206,3 +206,23 @@ def test_watch_prints_the_object_a_controller_event_is_about_when_it_is_no_dpu()
             "body": "rollout started", "attributes": {"object.kind": "DPUSet", "object.name": "set-a"}}  # fmt: skip
     assert _line(item).split(" ")[1] == "dpuset/set-a"
     assert _line({**item, "dpu": "dpu-s1"}).split(" ")[1] == "dpu-s1"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("nonsense", "'nonsense' is not HOST:PORT"),
+        ("127.0.0.1:http", "the port 'http' is not a number"),
+        ("127.0.0.1:99999", "the port must be 0-65535"),
+    ],
+)
+def test_a_bad_metrics_listen_is_refused_naming_the_option(tmp_path: Any, value: str, said: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpufleet.main", "agent", "--root", str(tmp_path), "--metrics-listen", value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: --metrics-listen {value!r}") and said in proc.stderr

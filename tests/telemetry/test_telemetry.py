@@ -270,6 +270,15 @@ def test_a_real_prometheus_scrapes_the_fleet_endpoint_and_answers_for_a_dpu(
         pytest.fail("prometheus is not installed (./run installs the Debian package prometheus)")
     port = free_port()
     target = plane.api.url.removeprefix("http://")
+    # one DPU's own endpoint too (dpufleet agent --metrics-listen), scraped directly
+    from dpufleet.agent.telemetry.collector import Telemetry
+    from dpufleet.agent.telemetry.exposition import serve
+
+    agent_tm = Telemetry(roots[1][1], roots[1][0], tmp_path / "agent-spool")
+    agent_tm.assign(TelemetryAssignment(classes=[TelemetryClass.LOAD]))
+    agent_tm.collect_once()
+    agent_server, _ = serve(agent_tm, "127.0.0.1", 0)
+    agent_port = agent_server.server_port
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\n"
@@ -279,6 +288,8 @@ def test_a_real_prometheus_scrapes_the_fleet_endpoint_and_answers_for_a_dpu(
         "    honor_labels: true\n"
         f"    authorization: {{credentials: {plane.api.token}}}\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n"
+        "  - job_name: dpufleet-agent\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{agent_port}']}}]\n"
     )
     proc = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -302,9 +313,18 @@ def test_a_real_prometheus_scrapes_the_fleet_endpoint_and_answers_for_a_dpu(
                 "/api/v1/query", params={"query": f'dpufleet_telemetry_samples_produced_total{{dpu="{dpu}"}}'}
             )
             produced = {r["metric"]["class"] for r in counted.json()["data"]["result"]}
+            own = 'system_memory_usage_bytes{job="dpufleet-agent",system_memory_state="free"}'
+            wait_until(lambda: bool(prom.get("/api/v1/query", params={"query": own}).json()["data"]["result"]), 40,
+                       interval=0.5, what="Prometheus to have scraped the agent's endpoint")  # fmt: skip
+            from_agent = prom.get("/api/v1/query", params={"query": own}).json()["data"]["result"]
     finally:
         proc.terminate()
         proc.wait(10)
+        agent_server.shutdown()
+        agent_server.server_close()
+    agent_free = next(v for (name, attrs), (v, _, _) in agent_tm.latest.items()
+                      if name == "system.memory.usage" and ("system.memory.state", "free") in attrs)  # fmt: skip
+    assert float(from_agent[0]["value"][1]) == agent_free
     assert result[0]["metric"]["project"] == "default"
     series = plane.telemetry.series[serial]
     free = next(v for (name, attrs), (v, _, _) in series.latest.items()
@@ -317,8 +337,11 @@ def test_the_agent_loop_starts_telemetry_from_its_report_reply(plane: Plane, roo
     serial, root = roots[4]
     plane.dpu(serial, "load")
 
+    scraped: list[str] = []
+
     async def scenario() -> None:
         agent = plane.agent(serial, root)
+        agent.config.metrics_listen = ("127.0.0.1", 0)  # its own Prometheus endpoint, on a free port
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
         try:
@@ -330,12 +353,22 @@ def test_the_agent_loop_starts_telemetry_from_its_report_reply(plane: Plane, roo
                     break
                 await asyncio.sleep(0.05)
             assert agent.telemetry is not None and agent.telemetry.enabled == {TelemetryClass.LOAD}
+            assert agent.metrics_port is not None
+            async with httpx.AsyncClient() as http:
+                scraped.append((await http.get(f"http://127.0.0.1:{agent.metrics_port}/metrics")).text)
         finally:
             stop.set()
             await asyncio.wait_for(running, 20)
             await agent.aclose()
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.TransportError):  # the endpoint stops with the agent: refused or reset
+                await http.get(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=2)
 
     asyncio.run(scenario())
+    body = scraped[0]
+    assert 'system_memory_usage_bytes{system_memory_state="free"}' in body
+    assert 'dpufleet_telemetry_samples_produced_total{class="load"}' in body
+    assert "system_network_io_bytes" not in body, "usage was not asked for: not collected, not served"
     series = plane.telemetry.series[serial]
     assert set(series.received) == {"load"}
     assert (plane.tmp / serial / "state" / "telemetry").is_dir()  # the spool lives in the agent's state dir

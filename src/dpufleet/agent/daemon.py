@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -38,6 +39,9 @@ from .inventory import collect_inventory
 from .network import NetworkConfig, NetworkReconciler
 from .services import ServiceRuntime, ServicesConfig
 from .telemetry.collector import DEFAULT_BUFFER_BYTES, Telemetry
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
 REPORT_PATH = "/agent/v1/report"
@@ -64,6 +68,7 @@ class AgentConfig:
     flavor_refresh_seconds: float = 60.0  # ... and ask the control plane for it this often
     telemetry_dir: Path | None = None  # the telemetry spool (default: <state_dir>/telemetry); None without a state dir
     telemetry_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # the spool's cap while the bus is unreachable
+    metrics_listen: tuple[str, int] | None = None  # (host, port) of this agent's own Prometheus endpoint
 
 
 def report_body(
@@ -113,8 +118,12 @@ class Agent:
         self.host_services: dict[str, ServiceRuntime] = {}  # a host agent: DPU name -> its host-placed instances
         self._host_service_tasks: list[asyncio.Task[None]] = []
         self.telemetry: Telemetry | None = None
+        self.metrics_port: int | None = None  # the agent's Prometheus endpoint, once it serves (--metrics-listen)
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._metrics_server: WSGIServer | None = None
 
     async def aclose(self) -> None:
+        await self._stop_metrics()
         if self._own:
             await self.http.aclose()
 
@@ -200,8 +209,37 @@ class Agent:
                 services=lambda: self.services.instance_reports() if self.services is not None else [],
             )  # fmt: skip
             started = asyncio.create_task(self.telemetry.run(stop))
+            if self.config.metrics_listen is not None:
+                self._serve_metrics(self.config.metrics_listen, stop)
         self.telemetry.assign(assignment)
         return started
+
+    def _serve_metrics(self, listen: tuple[str, int], stop: asyncio.Event) -> None:
+        """This DPU's telemetry at http://HOST:PORT/metrics until the agent stops; a port taken is logged, and
+        the agent goes on without it."""
+        from .telemetry.exposition import serve
+
+        assert self.telemetry is not None
+        try:
+            server, _ = serve(self.telemetry, *listen)
+        except OSError as exc:
+            log.error("--metrics-listen %s:%d: %s; this agent serves no metrics", listen[0], listen[1], exc)
+            return
+        self.metrics_port = server.server_port
+        self._metrics_server = server
+        log.info("telemetry for Prometheus at http://%s:%d/metrics", listen[0], server.server_port)
+
+        async def shutdown() -> None:
+            await stop.wait()
+            await self._stop_metrics()
+
+        self._metrics_task = asyncio.get_running_loop().create_task(shutdown())
+
+    async def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
 
     async def pause(self, stop: asyncio.Event, seconds: float) -> None:
         """Wait until the next report is due (or the agent stops)."""

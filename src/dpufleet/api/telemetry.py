@@ -40,6 +40,17 @@ DROP_ORDER: tuple[TelemetryClass, ...] = (
     TelemetryClass.EVENTS,
 )
 
+# Prometheus names: dots become underscores and the unit a suffix, as OpenTelemetry's Prometheus exporter does
+UNIT_SUFFIX = {"By": "_bytes", "s": "_seconds", "Cel": "_celsius", "1": "_ratio", "W": "_watts", "V": "_volts"}
+
+
+def prom_name(name: str, unit: str) -> str:
+    """The Prometheus name of a metric (the fleet endpoint and each agent's use the same)."""
+    base = name.replace(".", "_").replace("-", "_")
+    suffix = UNIT_SUFFIX.get(unit, "")
+    return base if not suffix or base.endswith(suffix) else base + suffix
+
+
 # Counters (monotonic, cumulative since boot); every other measurement is a gauge
 CUMULATIVE_METRICS = frozenset(
     {

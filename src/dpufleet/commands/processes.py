@@ -193,6 +193,11 @@ def agent_cmd(
     require_signed_services: bool = typer.Option(
         False, "--require-signed-services", help="--services: never run an unsigned artifact"
     ),
+    metrics_listen: str | None = typer.Option(
+        None,
+        "--metrics-listen",
+        help="serve this DPU's telemetry for Prometheus at http://HOST:PORT/metrics (what the control plane asked for)",
+    ),
 ) -> None:
     """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
 
@@ -224,6 +229,14 @@ def agent_cmd(
     if services and role != "dpu":
         raise UserError("--services: only a DPU's agent runs services (--role dpu)")
     check_trust_options(services, trusted_publishers, require_signed_services)
+    listen = None
+    if metrics_listen is not None:
+        from ..agent.telemetry.exposition import parse_listen
+
+        try:
+            listen = parse_listen(metrics_listen)
+        except ValueError as exc:
+            raise UserError(f"--metrics-listen {exc}") from None
     if services:
         missing = [tool for tool in ("runc", "umoci") if shutil.which(tool) is None]
         if missing:
@@ -246,6 +259,7 @@ def agent_cmd(
         )
         if services and mtls
         else None,
+        metrics_listen=listen,
     )
     if services and not mtls:
         raise UserError(

@@ -56,6 +56,7 @@ from ..api.telemetry import (
     parse_batch,
     parse_classes,
     parse_log_severity,
+    prom_name,
     severity_rank,
 )
 from ..security.policy import SubAction, Verb
@@ -70,7 +71,6 @@ ASSIGNMENT_TTL = 5.0  # how long a DPU's annotations are trusted before they are
 PENDING_BATCHES = 100_000  # batches the aggregator's subscription holds while it is busy (the bus's default: 65,536)
 PENDING_BYTES = 256 * 1024 * 1024
 WATCH_QUEUE = 10_000  # samples a slow watcher may lag before it is cut off
-UNIT_SUFFIX = {"By": "_bytes", "s": "_seconds", "Cel": "_celsius", "1": "_ratio", "W": "_watts", "V": "_volts"}
 
 
 @dataclass
@@ -192,12 +192,6 @@ def _telemetry_identity(doc: dict[str, Any]) -> tuple[str, str] | None:
     return (str(project), str(serial)) if serial else None
 
 
-def prom_name(name: str, unit: str) -> str:
-    base = name.replace(".", "_").replace("-", "_")
-    suffix = UNIT_SUFFIX.get(unit, "")
-    return base if not suffix or base.endswith(suffix) else base + suffix
-
-
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -218,6 +212,7 @@ class TelemetryPlane:
         self.store = store
         self.feed = feed
         self._serials: dict[tuple[str, str], str] = {}
+        self._closing = False
         self.exporter = exporter
         self.credentials = BusCredentials.load_or_create(directory)
         self.embedded = EmbeddedBus(directory / "bus", self.credentials) if bus_url is None else None
@@ -300,6 +295,7 @@ class TelemetryPlane:
                     tasks.create_task(self.exporter.run())
                 await asyncio.Event().wait()
         finally:
+            self._closing = True
             if self._nc is not None:
                 with contextlib.suppress(Exception):
                     await self._nc.close()
@@ -405,6 +401,8 @@ class TelemetryPlane:
         log.warning("telemetry bus: %s", exc)
 
     async def _bus_lost(self) -> None:
+        if self._closing:  # the server stopping closes it
+            return
         self.stats.disconnects += 1
         log.warning("telemetry bus: the aggregator's connection was lost (reconnecting); batches in flight are lost")
 

@@ -56,6 +56,9 @@ class Telemetry:
         self.produced: Counter[TelemetryClass] = Counter()
         self.delivered: Counter[TelemetryClass] = Counter()
         self.collections = 0
+        # the latest value of each series (a measurement, not an event or a log line), for the agent's own
+        # Prometheus endpoint: (name, attributes) -> (value, taken in ms, unit)
+        self.latest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, int, str]] = {}
         # seq rises by one per batch from the clock's microseconds at start: a restarted agent's batches stay above
         # the ones the aggregator took before (it drops a seq not above the last as a repeat)
         self._seq = max(self.spool.next_seq(), clock_ns() // 1000)
@@ -98,6 +101,10 @@ class Telemetry:
             samples = by_class.get(cls)
             if not samples or cls not in enabled:
                 continue
+            for sample in samples:
+                if sample.body is None:
+                    key = (sample.name, tuple(sorted(sample.attributes.items())))
+                    self.latest[key] = (sample.value, sample.time // 1_000_000, sample.unit)
             data = orjson.dumps(
                 {"serial": self.serial, "seq": self._seq, "class": cls.value,
                  "samples": [s.model_dump(exclude_none=True) for s in samples]}
