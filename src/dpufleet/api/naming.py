@@ -33,3 +33,19 @@ def bmc_name(address: str) -> str:
 
 def host_name(text: str) -> str:
     return dns_label(text if text.startswith("host") else f"host-{text}")
+
+
+def host_port(value: str, default_host: str | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9101`` for IPv6) -> (host, port). Without a host, ``default_host`` when given.
+    ValueError saying what is wrong (the caller names the option)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not (host or default_host):
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{value!r}: the port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r}: the port must be 0-65535")
+    return host or str(default_host), number

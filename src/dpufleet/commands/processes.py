@@ -231,10 +231,10 @@ def agent_cmd(
     check_trust_options(services, trusted_publishers, require_signed_services)
     listen = None
     if metrics_listen is not None:
-        from ..agent.telemetry.exposition import parse_listen
+        from ..api.naming import host_port
 
         try:
-            listen = parse_listen(metrics_listen)
+            listen = host_port(metrics_listen)
         except ValueError as exc:
             raise UserError(f"--metrics-listen {exc}") from None
     if services:

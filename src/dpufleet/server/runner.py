@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from ..api.naming import host_port
 from ..crypto.onboarding import OnboardingKey
 from ..crypto.pki import FleetCA
 from ..crypto.secrets import SecretBox
@@ -55,10 +56,10 @@ def default_data_dir() -> Path:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, for example 127.0.0.1:8740")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return host_port(listen, default_host="127.0.0.1")
+    except ValueError:
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, for example 127.0.0.1:8740") from None
 
 
 @dataclass

@@ -71,20 +71,6 @@ class TelemetryCollector(Collector):
         )
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9101`` for IPv6) -> (host, port); ValueError naming what is wrong."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{value!r}: the port {port!r} is not a number") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{value!r}: the port must be 0-65535")
-    return host.strip("[]"), number
-
-
 def serve(telemetry: Telemetry, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics on host:port until ``server.shutdown()``; the bound port is ``server.server_port``."""
     registry = CollectorRegistry(auto_describe=False)
