@@ -112,7 +112,7 @@ def _validate(url: str, user: str, password: str, logdir: Path) -> int:
     result = subprocess.run(
         [
             *_validator_command(),
-            "--rhost", url, "-u", user, "-p", password, "--authtype", "Basic",
+            f"--rhost={url}", f"--user={user}", f"--password={password}", "--authtype", "Basic",
             "--schema_directory", str(CSDL), "--skipschema", "--logdir", str(logdir),
         ],
         capture_output=True,
