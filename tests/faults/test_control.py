@@ -50,6 +50,30 @@ def test_cli_inject_list_clear(sim: Sim):
     assert result.exit_code != 0 and "unknown fault kind" in result.output
 
 
+def test_cli_load_moves_the_bmc_sensors_and_a_hang_heats_the_soc(sim: Sim):
+    runner = CliRunner()
+    dpu = sim.dpu(0)
+    args = ["--dir", str(sim.directory)]
+
+    def soc() -> float:  # what the BMC serves, over Redfish
+        with sim.redfish(0) as rf:
+            return float(rf.get("/Chassis/Card1/Sensors/SoC_Temp").json()["Reading"])
+
+    idle = soc()
+    result = runner.invoke(app, ["sim", "load", f"dpu-{dpu.serial.lower()}", "0.5", *args])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{dpu.id} (dpu-{dpu.serial.lower()}): load 0.5"
+    assert soc() > idle + 10
+    result = runner.invoke(app, ["sim", "load", dpu.id, "1.5", *args])
+    assert result.exit_code != 0 and "from 0 (idle) to 1" in result.output and dpu.load == 0.5
+    runner.invoke(app, ["sim", "load", dpu.id, "0", *args])
+    assert soc() == idle
+    inject(sim.fleet, dpu.id, "os-hang", 30)  # a locked-up core spins: the SoC heats without any load
+    assert soc() > idle + 20
+    runner.invoke(app, ["sim", "fault", "clear", dpu.id, *args])
+    assert soc() == idle
+
+
 def test_events_reach_a_subscriber(sim: Sim):
     with sim.redfish(0) as rf:
         sub = rf.post(

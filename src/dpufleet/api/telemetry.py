@@ -41,7 +41,10 @@ DROP_ORDER: tuple[TelemetryClass, ...] = (
 )
 
 # Prometheus names: dots become underscores and the unit a suffix, as OpenTelemetry's Prometheus exporter does
-UNIT_SUFFIX = {"By": "_bytes", "s": "_seconds", "Cel": "_celsius", "1": "_ratio", "W": "_watts", "V": "_volts"}
+UNIT_SUFFIX = {
+    "By": "_bytes", "s": "_seconds", "Cel": "_celsius", "1": "_ratio", "W": "_watts", "V": "_volts",
+    "A": "_amperes", "J": "_joules",
+}  # fmt: skip
 
 
 def prom_name(name: str, unit: str) -> str:

@@ -271,6 +271,19 @@ def _parse_duration(text: str | None) -> float | None:
     return value
 
 
+@sim_app.command("load")
+def load_cmd(
+    dpu: str = typer.Argument(..., help="sim id (host-000-dpu-0), serial, or object name (dpu-<serial>)"),
+    load: float = typer.Argument(..., help="the workload on its cores, 0 (idle) to 1 (flat out)"),
+    directory: Path | None = _DIR_OPTION,
+) -> None:
+    """Put a workload on an emulated DPU: its BMC's temperature and power sensors follow it."""
+    if not 0 <= load <= 1:
+        raise UserError(f"LOAD {load:g}: must be from 0 (idle) to 1 (flat out)")
+    device = _call(directory, "POST", f"/sim/v1/devices/{dpu}/load", json={"load": load})
+    print(f"{device['id']} ({device['name']}): load {device['load']:g}")
+
+
 @fault_app.command("inject")
 def fault_inject_cmd(
     dpu: str = typer.Argument(..., help="sim id (host-000-dpu-0), serial, or object name (dpu-<serial>)"),

@@ -106,7 +106,7 @@ class Server:
             exporter = OTLPExporter(otlp_endpoint, otlp_headers) if otlp_endpoint else None
             state.telemetry = TelemetryPlane(
                 store, data_dir / "telemetry", None if telemetry_bus == "embedded" else telemetry_bus, exporter,
-                feed=state.feed,
+                feed=state.feed, sessions=services.sessions, inbox=services.inbox,
             )  # fmt: skip
             state.telemetry.register_metrics(state.registry)
             state.background.append(state.telemetry.run)

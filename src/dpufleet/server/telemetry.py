@@ -59,11 +59,14 @@ from ..api.telemetry import (
     prom_name,
     severity_rank,
 )
+from ..drivers.redfish.events import Inbox, LogEntry
+from ..inventory.bmcs import BMCSessions
 from ..security.policy import SubAction, Verb
 from ..store.feed import ChangeFeed
 from ..store.store import Store
 from .access import Access
 from .otlp import OTLPExporter
+from .telemetry_bmc import BMCTelemetry
 from .telemetry_bus import BusCredentials, EmbeddedBus
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class DPUSeries:
     last_seq: int = -1
     repeats: int = 0
     accounting: Accounting | None = None
+    local: Counter[str] = field(default_factory=Counter)  # class -> samples the control plane read itself (BMC)
 
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -172,6 +176,14 @@ class _StatsCollector(Collector):
             "Batches dropped on arrival because the aggregator's subscription queue was full",
             value=stats.slow_consumer_drops,
         )
+        bmc = self.plane.bmc
+        if bmc is not None:
+            for name, value, help_text in (
+                ("polls", bmc.stats.polls, "Reads of a DPU's sensors from its BMC by the control plane"),
+                ("poll_failures", bmc.stats.failures, "Reads of a DPU's sensors that its BMC failed"),
+                ("samples", bmc.stats.samples, "Sensor samples read from BMCs"),
+            ):
+                yield CounterMetricFamily(f"dpufleet_telemetry_bmc_{name}", help_text, value=value)
         yield GaugeMetricFamily(
             "dpufleet_telemetry_bus_authorized_dpus",
             "DPUs the embedded bus lets publish (under their own subjects)",
@@ -192,6 +204,20 @@ def _telemetry_identity(doc: dict[str, Any]) -> tuple[str, str] | None:
     return (str(project), str(serial)) if serial else None
 
 
+def _keep_latest(series: DPUSeries, samples: list[SampleRecord]) -> int:
+    """The latest value per series of the measurements (not the events or log lines); the newest time."""
+    latest = series.latest
+    newest = 0
+    for sample in samples:
+        taken = sample["time"]
+        newest = max(newest, taken)
+        if sample.get("body") is None:
+            attributes = sample.get("attributes")
+            key = (sample["name"], tuple(sorted(attributes.items())) if attributes else ())
+            latest[key] = (sample.get("value", 0.0), taken // 1_000_000, sample.get("unit", ""))
+    return newest
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -204,11 +230,15 @@ class TelemetryPlane:
         bus_url: str | None = None,
         exporter: OTLPExporter | None = None,
         feed: ChangeFeed | None = None,
+        sessions: BMCSessions | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         """``bus_url`` None: run the embedded nats-server; else the operator's bus, reached by that URL
         (its URL may carry the aggregator's credentials: nats://user:password@host:port). ``exporter``:
         every batch taken in is also pushed to an OTLP/HTTP collector. ``feed``: the embedded bus's
-        authorization follows the DPU objects (created, moved, deleted) as they change, not only as they report."""
+        authorization follows the DPU objects (created, moved, deleted) as they change, not only as they report.
+        ``sessions``: the BMC plugin reads the sensors of DPUs asking for class environmental from their BMCs
+        (server/telemetry_bmc.py); ``inbox``: the events BMCs push join the DPUs' event stream."""
         self.store = store
         self.feed = feed
         self._serials: dict[tuple[str, str], str] = {}
@@ -224,6 +254,9 @@ class TelemetryPlane:
         self.assignment_ttl = ASSIGNMENT_TTL
         self._nc: NATS | None = None
         self.connected = asyncio.Event()
+        self.bmc = BMCTelemetry(sessions, self.take_local) if sessions is not None else None
+        self._inbox = inbox
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """The aggregator's own figures (taken in, refused, ingest lag, DPUs authorized) on the server's /metrics."""
@@ -285,9 +318,14 @@ class TelemetryPlane:
                 pending_msgs_limit=PENDING_BATCHES,
                 pending_bytes_limit=PENDING_BYTES,
             )
+            self._loop = asyncio.get_running_loop()
+            if self.bmc is not None and self._inbox is not None:
+                self._inbox.forward(self._pushed)
             async with asyncio.TaskGroup() as tasks:
-                if self.embedded is not None:
-                    tasks.create_task(self._follow_dpus(self.embedded))
+                if self.embedded is not None or self.bmc is not None:
+                    tasks.create_task(self._follow_dpus())
+                if self.bmc is not None:
+                    tasks.create_task(self.bmc.run())
                 if self.feed is not None:
                     tasks.create_task(self._follow_events(self.feed))
                 self.connected.set()
@@ -304,10 +342,12 @@ class TelemetryPlane:
 
     # --- the embedded bus's authorization, from the DPU objects -------------------------------------------
 
-    async def _follow_dpus(self, bus: EmbeddedBus) -> None:
+    async def _follow_dpus(self) -> None:
         """Every DPU that asks for telemetry may publish under its own subjects from the moment it exists (after a
         restart too, before it reports again); a DPU moved to another project publishes only under the new one,
-        and a deleted one no more. Without a change feed, DPUs are authorized as they report."""
+        and a deleted one no more. Without a change feed, DPUs are authorized as they report. The BMC plugin's
+        list of DPUs to poll follows the same objects (without a feed, read again every 30 s)."""
+        bus, bmc = self.embedded, self.bmc
         while True:
             listed = await asyncio.to_thread(self.store.list, "DPU")
             wanted = {}
@@ -315,13 +355,25 @@ class TelemetryPlane:
                 found = _telemetry_identity(doc)
                 if found is not None:
                     wanted[found[1]] = found[0]
-            await asyncio.to_thread(bus.authorize, wanted)
+            if bus is not None:
+                await asyncio.to_thread(bus.authorize, wanted)
+            if bmc is not None:
+                bmc.replace(listed.items)
             if self.feed is None:
-                return
+                if bmc is None:
+                    return
+                await asyncio.sleep(30)
+                continue
             try:
                 async for change in self.feed.changes(frozenset({"DPU"}), listed.resource_version):
-                    found = _telemetry_identity(change.object())
-                    if found is None:
+                    doc = change.object()
+                    if bmc is not None:
+                        if change.type == "DELETED":
+                            bmc.forget(bmc._key(doc))
+                        else:
+                            bmc.update(doc)
+                    found = _telemetry_identity(doc)
+                    if found is None or bus is None:
                         continue
                     project, serial = found
                     if change.type == "DELETED":
@@ -435,20 +487,29 @@ class TelemetryPlane:
         series.last_seq = batch["seq"]
         samples = batch["samples"]
         series.received[cls.value] += len(samples)
-        latest = series.latest
-        newest = 0
-        for sample in samples:
-            taken = sample["time"]
-            newest = max(newest, taken)
-            if sample.get("body") is None:
-                attributes = sample.get("attributes")
-                key = (sample["name"], tuple(sorted(attributes.items())) if attributes else ())
-                latest[key] = (sample.get("value", 0.0), taken // 1_000_000, sample.get("unit", ""))
+        newest = _keep_latest(series, samples)
         self.stats.took(len(samples), (arrived - newest) / 1e9)
         if self.watchers:
             self._fan_out(project, serial, batch)
         if self.exporter is not None:
             self.exporter.offer(project, serial, batch)
+
+    def take_local(self, project: str, serial: str, cls: TelemetryClass, samples: list[SampleRecord]) -> None:
+        """Samples the control plane read about a DPU itself (its BMC's sensors and events): kept, watched and
+        exported as the DPU's own, counted apart from what its agent sent."""
+        series = self._series(project, serial)
+        series.local[cls.value] += len(samples)
+        _keep_latest(series, samples)
+        batch: BatchRecord = {"serial": serial, "seq": 0, "class": cls, "samples": samples}
+        if self.watchers:
+            self._fan_out(project, serial, batch)
+        if self.exporter is not None:
+            self.exporter.offer(project, serial, batch)
+
+    def _pushed(self, project: str, bmc: str, entry: LogEntry) -> None:
+        """A BMC pushed an event (the inbox calls this in the receiving thread): handled on the loop's."""
+        if self._loop is not None and self.bmc is not None:
+            self._loop.call_soon_threadsafe(self.bmc.pushed, project, bmc, entry)
 
     def _series(self, project: str, serial: str) -> DPUSeries:
         series = self.series.get(serial)
@@ -496,6 +557,8 @@ class TelemetryPlane:
                 lines.append(f"{prom_name(name, unit)}{{{labels}}} {value!r} {millis}")
             for cls, count in sorted(series.received.items()):
                 lines.append(f'dpufleet_telemetry_samples_received_total{{{base},class="{cls}"}} {count}')
+            for cls, count in sorted(series.local.items()):
+                lines.append(f'dpufleet_telemetry_samples_read_by_control_plane_total{{{base},class="{cls}"}} {count}')
             acc = series.accounting
             if acc is not None:
                 for what, counts in (
@@ -595,6 +658,7 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
                     "dpu": dpu_name(serial),
                     "agent": series.accounting.model_dump() if series.accounting else None,
                     "received": dict(series.received),
+                    "readByControlPlane": dict(series.local),  # the BMC plugin's, not the agent's
                     "repeatsDropped": series.repeats,
                 }
             )
@@ -620,6 +684,7 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
             "dpusSeen": len(plane.series),
             "watchers": len(plane.watchers),
             **plane.stats.figures(),
+            **(plane.bmc.stats.figures() if plane.bmc is not None else {}),
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

@@ -75,6 +75,15 @@ class ControlApp:
                 return _error(405, f"{request.method} is not allowed on {path}")
             if path == "/sim/v1/devices" and request.method == "GET":
                 return JSONResponse({"dpus": [_device(self.fleet, d.id) for d in self.fleet.dpus]})
+            if path.startswith("/sim/v1/devices/") and path.endswith("/load"):
+                if request.method != "POST":
+                    return _error(405, f"{request.method} is not allowed on {path}")
+                device = injector.resolve(path.removeprefix("/sim/v1/devices/").removesuffix("/load"))
+                load = (await _json(request)).get("load")
+                if isinstance(load, bool) or not isinstance(load, int | float) or not 0 <= load <= 1:
+                    raise FaultError(f"load must be a number from 0 to 1, not {load!r}")
+                device.load = float(load)
+                return JSONResponse(_device(self.fleet, device.id))
             if path.startswith("/sim/v1/hosts/"):
                 return await self._host(request, path.removeprefix("/sim/v1/hosts/"))
         except FaultError as exc:
@@ -135,6 +144,7 @@ def _device(fleet: Fleet, dpu_id: str) -> dict[str, Any]:
         "health": dpu.health,
         "osAlive": dpu.os_alive,
         "bmcCrashed": bmc.crashed,
+        "load": dpu.load,
     }
 
 

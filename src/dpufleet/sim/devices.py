@@ -75,8 +75,10 @@ class SimDPU:
     virtual_media_image: str | None = None  # Managers/<id>/VirtualMedia/CD
     virtual_media_inserted: bool = False
     secure_boot_enabled: bool = True
-    temperature_celsius: float = 50.0
+    temperature_celsius: float = 50.0  # at rest: what power state and boot leave (the BMC's sensors add load)
     power_watts: float = 60.0
+    load: float = 0.0  # the workload on its cores and accelerators, 0 to 1 (`dpufleet sim load`)
+    cpu_stuck: bool = False  # a soft lockup spins a core at full power until the watchdog or a reset
     osroot: Path | None = None
     boot_count: int = 0
     # What faults change (dpufleet.sim.faults); every view renders from these.
@@ -87,6 +89,12 @@ class SimDPU:
     network_partitioned: bool = False  # the agent's reports do not reach the control plane
     clock_offset_seconds: float = 0.0  # the DPU OS clock minus true time
     post_codes: list[tuple[int, str, str]] = field(default_factory=list)  # (boot, code, description), newest last
+
+    def sensor_load(self) -> float:
+        """The load the BMC's sensors see: none while off, all of it while a core is stuck."""
+        if self.power_state == PowerState.OFF:
+            return 0.0
+        return 1.0 if self.cpu_stuck else self.load
 
     def host_functions(self) -> list[HostPciFunction]:
         """The PCI functions the host sees for this DPU (one bus per DPU slot)."""

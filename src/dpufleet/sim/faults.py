@@ -275,6 +275,7 @@ class FaultInjector:
     def _start_os_hang(self, dpu: SimDPU, fault: ActiveFault) -> None:
         bmc = self.bmc(dpu)
         dpu.os_alive = False
+        dpu.cpu_stuck = dpu.power_state == PowerState.ON  # the locked-up core spins: the SoC heats
 
         async def watchdog() -> None:
             await asyncio.sleep(bmc.timings.scaled(OS_WATCHDOG_SECONDS))
@@ -285,6 +286,7 @@ class FaultInjector:
         fault.tasks.append(asyncio.get_running_loop().create_task(watchdog()))
 
     def _stop_os_hang(self, dpu: SimDPU, fault: ActiveFault, cured: bool) -> None:
+        dpu.cpu_stuck = False
         if not cured and dpu.power_state == PowerState.ON and dpu.boot_progress == "OSRunning":
             dpu.os_alive = True
 

@@ -28,17 +28,27 @@ _SENSORS: tuple[_SensorSpec, ...] = (
 
 
 def _reading(dpu: SimDPU, spec: _SensorSpec) -> float:
+    """Temperatures climb with load toward 5 degrees under critical, power toward the card's maximum."""
+    thermal, load = dpu.profile.thermal, dpu.sensor_load()
+    heat = load * max(0.0, thermal.critical_celsius - 5.0 - thermal.idle_celsius)
     if spec.id == "SoC_Temp":
-        return round(dpu.temperature_celsius, 1)
+        return round(dpu.temperature_celsius + heat, 1)
     if spec.id == "NIC_Temp":
-        return round(dpu.temperature_celsius - 3.0, 1)
-    return round(dpu.power_watts, 1)
+        return round(dpu.temperature_celsius - 3.0 + heat * 0.8, 1)
+    return round(dpu.power_watts + load * max(0.0, thermal.max_watts - thermal.idle_watts), 1)
 
 
 def _threshold(dpu: SimDPU, spec: _SensorSpec) -> float:
     if spec.reading_type == "Temperature":
         return dpu.profile.thermal.critical_celsius
     return dpu.profile.thermal.max_watts
+
+
+CAUTION = 0.9  # a sensor warns from 90% of its critical threshold
+
+
+def _health(reading: float, critical: float) -> str:
+    return "Critical" if reading >= critical else "Warning" if reading >= critical * CAUTION else "OK"
 
 
 def _padded(dpu: SimDPU, value: str, width: int) -> str:
@@ -99,6 +109,6 @@ def sensor(ctx: Ctx, params: dict[str, str]) -> Json:
         "Reading": reading,
         "ReadingUnits": spec.units,
         "PhysicalContext": spec.context,
-        "Status": {"State": "Enabled", "Health": "Critical" if reading >= critical else "OK"},
-        "Thresholds": {"UpperCritical": {"Reading": critical}},
+        "Status": {"State": "Enabled", "Health": _health(reading, critical)},
+        "Thresholds": {"UpperCaution": {"Reading": critical * CAUTION}, "UpperCritical": {"Reading": critical}},
     }

@@ -1,0 +1,208 @@
+"""A BMC's environmental sensors: temperatures, power, fans, voltages, currents and energy, read from
+the Redfish Sensor model (Chassis/<id>/Sensors, Redfish 2018.3 onwards) or, where a chassis offers
+none, from the legacy Thermal and Power resources older firmware still serves.
+
+Real BMCs are loose here: a Sensor may omit ReadingType (the units then say what it measures), pad its
+strings, report a disabled or absent sensor with no reading, or a fan as a percentage of full speed.
+A reading that is not a number, or a sensor that is not enabled, is left out, never taken as zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .client import RedfishClient, RedfishError
+
+# ReadingType -> what is measured; and, for a Sensor without one, its ReadingUnits -> the same
+KIND_BY_TYPE = {
+    "Temperature": "temperature",
+    "Power": "power",
+    "Voltage": "voltage",
+    "Current": "current",
+    "Rotational": "fan",
+    "EnergyJoules": "energy",
+    "EnergykWh": "energy",
+    "EnergyWh": "energy",
+    "Frequency": "frequency",
+    "Humidity": "humidity",
+}
+KIND_BY_UNITS = {
+    "Cel": "temperature",
+    "W": "power",
+    "V": "voltage",
+    "A": "current",
+    "RPM": "fan",
+    "{rev}/min": "fan",
+    "J": "energy",
+    "kW.h": "energy",
+    "W.h": "energy",
+    "Hz": "frequency",
+}
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    """One sensor's reading as the BMC reported it. ``kind``: temperature, power, fan, voltage, current,
+    energy, frequency, humidity, or the ReadingType as given for anything else; ``unit``: ReadingUnits
+    (UCUM) as given, trimmed; ``health``: Status.Health ("" when the BMC says none)."""
+
+    id: str
+    name: str
+    kind: str
+    value: float
+    unit: str
+    context: str
+    health: str
+    chassis: str
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _enabled(resource: dict[str, Any]) -> bool:
+    state = _text((resource.get("Status") or {}).get("State")) if isinstance(resource.get("Status"), dict) else ""
+    return state in ("", "Enabled")  # Disabled, Absent, StandbyOffline...: no reading to believe
+
+
+def _health(resource: dict[str, Any]) -> str:
+    status = resource.get("Status")
+    return _text(status.get("Health")) if isinstance(status, dict) else ""
+
+
+def sensor_reading(sensor: dict[str, Any], chassis: str = "") -> SensorReading | None:
+    """A Sensor resource's reading; None for a sensor that is not enabled or reports no number."""
+    value = _number(sensor.get("Reading"))
+    if value is None or not _enabled(sensor):
+        return None
+    reading_type, unit = _text(sensor.get("ReadingType")), _text(sensor.get("ReadingUnits"))
+    kind = KIND_BY_TYPE.get(reading_type) or KIND_BY_UNITS.get(unit) or reading_type.lower() or "unknown"
+    name = _text(sensor.get("Name"))
+    if kind == "percent" and "fan" in (name + _text(sensor.get("Id"))).lower():
+        kind = "fan"  # a fan reported as a percentage of its full speed
+    return SensorReading(
+        id=_text(sensor.get("Id")) or _text(sensor.get("@odata.id")).rsplit("/", 1)[-1],
+        name=name,
+        kind=kind,
+        value=value,
+        unit=unit,
+        context=_text(sensor.get("PhysicalContext")),
+        health=_health(sensor),
+        chassis=chassis,
+    )
+
+
+def _member_id(entry: dict[str, Any], group: str, index: int) -> str:
+    return _text(entry.get("MemberId")) or _text(entry.get("Name")) or f"{group}{index}"
+
+
+def thermal_readings(thermal: dict[str, Any], chassis: str = "") -> Iterator[SensorReading]:
+    """Temperatures (ReadingCelsius) and fans (Reading in ReadingUnits, RPM or Percent) of a legacy Thermal."""
+    for index, entry in enumerate(thermal.get("Temperatures") or []):
+        if not isinstance(entry, dict) or not _enabled(entry):
+            continue
+        value = _number(entry.get("ReadingCelsius"))
+        if value is not None:
+            yield SensorReading(
+                f"Temperatures/{_member_id(entry, 'Temperature', index)}", _text(entry.get("Name")), "temperature",
+                value, "Cel", _text(entry.get("PhysicalContext")), _health(entry), chassis,
+            )  # fmt: skip
+    for index, entry in enumerate(thermal.get("Fans") or []):
+        if not isinstance(entry, dict) or not _enabled(entry):
+            continue
+        value = _number(entry.get("Reading"))
+        if value is not None:
+            unit = _text(entry.get("ReadingUnits")) or "RPM"
+            yield SensorReading(
+                f"Fans/{_member_id(entry, 'Fan', index)}", _text(entry.get("Name")) or _text(entry.get("FanName")),
+                "fan", value, "%" if unit == "Percent" else unit, _text(entry.get("PhysicalContext")),
+                _health(entry), chassis,
+            )  # fmt: skip
+
+
+def power_readings(power: dict[str, Any], chassis: str = "") -> Iterator[SensorReading]:
+    """Power consumed (PowerControl) and voltages (Voltages) of a legacy Power resource."""
+    for index, entry in enumerate(power.get("PowerControl") or []):
+        if not isinstance(entry, dict) or not _enabled(entry):
+            continue
+        value = _number(entry.get("PowerConsumedWatts"))
+        if value is not None:
+            yield SensorReading(
+                f"PowerControl/{_member_id(entry, 'PowerControl', index)}", _text(entry.get("Name")), "power",
+                value, "W", _text(entry.get("PhysicalContext")), _health(entry), chassis,
+            )  # fmt: skip
+    for index, entry in enumerate(power.get("Voltages") or []):
+        if not isinstance(entry, dict) or not _enabled(entry):
+            continue
+        value = _number(entry.get("ReadingVolts"))
+        if value is not None:
+            yield SensorReading(
+                f"Voltages/{_member_id(entry, 'Voltage', index)}", _text(entry.get("Name")), "voltage", value, "V",
+                _text(entry.get("PhysicalContext")), _health(entry), chassis,
+            )  # fmt: skip
+
+
+async def system_chassis(client: RedfishClient, system_path: str) -> list[str]:
+    """The chassis a system's Links name (the DPU's card); where it names none, the service's chassis of
+    type Card (a BMC of one DPU has one)."""
+    system = await client.get(system_path)
+    linked = [
+        str(c["@odata.id"])
+        for c in (system.get("Links") or {}).get("Chassis") or []
+        if isinstance(c, dict) and isinstance(c.get("@odata.id"), str)
+    ]
+    if linked:
+        return linked
+    root = await client.get("/redfish/v1", anonymous=True)
+    collection = client.link(root, "Chassis")
+    if collection is None:
+        return []
+    return [str(c["@odata.id"]) for c in await client.members(collection) if _text(c.get("ChassisType")) == "Card"]
+
+
+async def read_chassis(client: RedfishClient, chassis_path: str) -> list[SensorReading]:
+    """Every reading of one chassis: its Sensors, else its legacy Thermal and Power. A sensor the BMC
+    lists but fails to serve is left out (the others are still read); a chassis that is gone raises."""
+    chassis = await client.get(chassis_path)
+    name = _text(chassis.get("Id")) or chassis_path.rstrip("/").rsplit("/", 1)[-1]
+    sensors = client.link(chassis, "Sensors")
+    if sensors is not None:
+        readings = []
+        for sensor in await _members_tolerant(client, sensors):
+            reading = sensor_reading(sensor, name)
+            if reading is not None:
+                readings.append(reading)
+        return readings
+    found: list[SensorReading] = []
+    for link, parse in (("Thermal", thermal_readings), ("Power", power_readings)):
+        path = client.link(chassis, link)
+        if path is not None:
+            found.extend(parse(await client.get(path), name))
+    return found
+
+
+async def _members_tolerant(client: RedfishClient, collection: str) -> list[dict[str, Any]]:
+    try:
+        return await client.members(collection)
+    except RedfishError as exc:
+        if exc.status != 404:
+            raise
+    # one member missing fails the concurrent fetch: read them one at a time and skip what is not there
+    listing = await client.get(collection)
+    found = []
+    for member in listing.get("Members") or []:
+        if isinstance(member, dict) and isinstance(member.get("@odata.id"), str):
+            try:
+                found.append(await client.get(member["@odata.id"]))
+            except RedfishError as exc:
+                if exc.status != 404:
+                    raise
+    return found

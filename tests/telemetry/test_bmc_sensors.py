@@ -1,0 +1,211 @@
+"""The BMC plugin: environmental sensors read from Redfish that no one here wrote (DMTF's SmartNIC mockup, whose
+card temperature has no ReadingType and whose fan speed is a percentage; the legacy Thermal and Power of DMTF's
+rackmount mockup) and, end to end, from the emulated fleet's BMCs: only a DPU that asks is polled, its
+temperature follows the load put on it, a sensor turning Warning and an event its BMC pushes join its event
+stream, and a real Prometheus-format endpoint shows the readings."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from discovery.conftest import serve_routes, tree_routes
+from dpufleet.api.telemetry import CLASSES_ANNOTATION, INTERVAL_ANNOTATION
+from dpufleet.drivers.redfish.client import Credentials, RedfishClient
+from dpufleet.drivers.redfish.sensors import read_chassis, sensor_reading, system_chassis
+from dpufleet.server.telemetry import TelemetryPlane
+from dpufleet.server.telemetry_bmc import metric_of, samples_of
+from dpufleet.sim.runner import SimRunning, sim_in_thread
+from provisioning.conftest import Operator, discover, fleet_options
+from support.net import poll, wait_until
+from support.server import RunningServer, threaded_server
+from support.telemetry import Stream
+
+USER, PASSWORD = "mockup", "mockup-password"
+
+
+async def _read(url: str, system: str | None, chassis: str | None = None) -> list[Any]:
+    async with RedfishClient(url, Credentials(USER, PASSWORD)) as client:
+        paths = await system_chassis(client, system) if system else [chassis or ""]
+        found = []
+        for path in paths:
+            found.extend(await read_chassis(client, path))
+        return found
+
+
+def test_the_dmtf_smartnic_cards_sensors_are_read_as_the_common_metric_set() -> None:
+    service = serve_routes(tree_routes("dmtf-public-smartnic"), basic_auth=(USER, PASSWORD))
+    try:
+        readings = asyncio.run(_read(service.url, "/redfish/v1/Systems/Card1-SoC"))
+    finally:
+        service.stop()
+    by_id = {r.id: r for r in readings}
+    assert set(by_id) == {"CardTemp", "CPUFan1", "TotalPower"}
+    # CardTemp says no ReadingType: its units (Cel) say it is a temperature
+    assert (by_id["CardTemp"].kind, by_id["CardTemp"].value, by_id["CardTemp"].context) == (
+        "temperature", 37.0, "Accelerator",
+    )  # fmt: skip
+    samples = {s["attributes"]["hw.id"]: s for s in samples_of(readings, 1)}
+    assert samples["Card1/CardTemp"]["name"] == "hw.temperature" and samples["Card1/CardTemp"]["unit"] == "Cel"
+    # a fan given as a percentage of its full speed is a speed ratio, not revolutions per minute
+    fan = samples["Card1/CPUFan1"]
+    assert (fan["name"], fan["unit"], fan["value"]) == ("hw.fan.speed_ratio", "1", 0.8)
+    power = samples["Card1/TotalPower"]
+    assert (power["name"], power["unit"], power["value"]) == ("hw.power", "W", 374.0)
+    assert power["attributes"]["hw.sensor_location"] == "Accelerator" and power["attributes"]["source"] == "bmc"
+
+
+def test_the_legacy_thermal_and_power_of_a_dmtf_mockup_are_read_and_a_disabled_sensor_is_left_out() -> None:
+    routes = tree_routes("dmtf-public-rackmount1-legacy")
+    routes["/redfish/v1/Chassis/1U"] = (200, "application/json", json.dumps({
+        "@odata.id": "/redfish/v1/Chassis/1U", "Id": "1U", "ChassisType": "RackMount",
+        "Thermal": {"@odata.id": "/redfish/v1/Chassis/1U/Thermal"},
+        "Power": {"@odata.id": "/redfish/v1/Chassis/1U/Power"},
+    }).encode())  # fmt: skip
+    service = serve_routes(routes, basic_auth=(USER, PASSWORD))
+    try:
+        readings = asyncio.run(_read(service.url, None, "/redfish/v1/Chassis/1U"))
+    finally:
+        service.stop()
+    names = {(r.kind, r.name): r.value for r in readings}
+    assert names[("temperature", "CPU1 Temp")] == 41.0
+    assert ("temperature", "CPU2 Temp") not in names  # Status.State Disabled, no reading: not a zero
+    assert names[("fan", "BaseBoard System Fan")] == 2100.0
+    assert names[("power", "System Input Power")] == 344.0
+    assert names[("voltage", "VRM1 Voltage")] == 12.0
+    fan = next(r for r in readings if r.kind == "fan")
+    assert metric_of(fan)[:2] == ("hw.fan.speed", "rpm")
+
+
+@pytest.mark.parametrize(
+    "sensor",
+    [
+        {"Id": "T", "Reading": None, "ReadingUnits": "Cel"},  # no reading now
+        {"Id": "T", "Reading": "N/A", "ReadingUnits": "Cel"},
+        {"Id": "T", "Reading": True, "ReadingUnits": "Cel"},
+        {"Id": "T", "Reading": 0, "ReadingUnits": "Cel", "Status": {"State": "Absent"}},
+    ],
+)
+def test_a_sensor_without_a_believable_reading_is_left_out_not_taken_as_zero(sensor: dict[str, Any]) -> None:
+    assert sensor_reading(sensor) is None
+
+
+def test_padded_strings_are_trimmed_and_an_unknown_reading_type_is_kept_as_given() -> None:
+    reading = sensor_reading({"Id": "SoC_Temp  ", "Name": " SoC ", "Reading": 51, "ReadingType": "Temperature",
+                              "ReadingUnits": "Cel ", "Status": {"State": "Enabled", "Health": "OK  "}})  # fmt: skip
+    assert reading is not None and (reading.id, reading.name, reading.unit, reading.health) == (
+        "SoC_Temp", "SoC", "Cel", "OK",
+    )  # fmt: skip
+    odd = sensor_reading({"Id": "LiquidFlow", "Reading": 3.5, "ReadingType": "LiquidFlowLPM", "ReadingUnits": "L/min"})
+    assert odd is not None and metric_of(odd)[:2] == ("dpufleet.bmc.liquidflowlpm", "L/min")
+
+
+# --- end to end: the emulated fleet's BMCs ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Lab:
+    api: RunningServer
+    op: Operator
+    running: SimRunning
+    names: list[str]
+
+    @property
+    def plane(self) -> TelemetryPlane:
+        assert self.api.server is not None and self.api.server.state.telemetry is not None
+        return self.api.server.state.telemetry
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with (
+        threaded_server(tmp_path_factory.mktemp("api") / "data", telemetry_bus="embedded") as api,
+        api.client() as http,
+    ):
+        options = dataclasses.replace(fleet_options(api, tmp_path_factory.mktemp("fleet"), hosts=1), dpus_per_host=2)
+        with sim_in_thread(options) as running:
+            op = Operator(http)
+            names = discover(op, running)
+            built = Lab(api, op, running, names)
+            wait_until(built.plane.connected.is_set, timeout=15, what="the aggregator on the embedded nats-server")
+            assert built.plane.bmc is not None
+            built.plane.bmc.floor = 0.2  # the tests' DPUs are polled at their interval, not the 15 s floor
+            yield built
+
+
+def _annotate(lab: Lab, name: str, classes: str) -> None:
+    lab.op.patch("dpus", name, {"metadata": {"annotations": {CLASSES_ANNOTATION: classes, INTERVAL_ANNOTATION: "0.3"}}})
+
+
+def _sim_load(lab: Lab, dpu: str, body: Any) -> httpx.Response:
+    return httpx.post(
+        f"{lab.running.control_url}/sim/v1/devices/{dpu}/load", json=body,
+        headers={"Authorization": f"Bearer {lab.running.control_token}"}, verify=False,
+    )  # fmt: skip
+
+
+def test_only_a_dpu_that_asks_is_polled_and_its_temperature_follows_its_load(lab: Lab) -> None:
+    watched, quiet = lab.names
+    other = next(d.serial for d in lab.running.fleet.dpus if f"dpu-{d.serial.lower()}" == quiet)
+    stream = Stream(lab.op.http, "/telemetry/v1/projects/default/watch", {"class": "environmental,events"})
+    _annotate(lab, watched, "environmental,events")
+    _annotate(lab, quiet, "load")  # asks for no environmental class: its BMC is never read for it
+
+    def soc(minimum: float = 0.0) -> list[dict[str, Any]]:
+        return [s for s in stream.samples() if s["name"] == "hw.temperature" and s.get("dpu") == watched
+                and s["attributes"]["hw.id"].endswith("SoC_Temp") and s["value"] >= minimum]  # fmt: skip
+
+    idle = poll("the DPU's SoC temperature read from its BMC", soc, bool, 20)[-1]
+    assert idle["attributes"]["source"] == "bmc" and idle["unit"] == "Cel"
+    assert {s["name"] for s in stream.samples() if s.get("dpu") == watched} >= {"hw.temperature", "hw.power"}
+    assert lab.plane.bmc is not None and set(lab.plane.bmc.targets) == {("default", watched)}
+    assert not lab.plane.series.get(other) or not lab.plane.series[other].local
+
+    # a bad load is refused naming it, and changes nothing
+    refused = _sim_load(lab, watched, {"load": 3})
+    assert refused.status_code == 400 and "load" in refused.json()["error"]
+    # flat out: the SoC heats past its caution threshold; the sensor's Health turning Warning is an event
+    assert _sim_load(lab, watched, {"load": 1.0}).status_code == 200
+    hot = poll("the SoC temperature rising with load", lambda: soc(idle["value"] + 20), bool, 20)[-1]
+    assert hot["value"] > idle["value"] + 20
+
+    def warned() -> list[dict[str, Any]]:
+        return [s for s in stream.samples() if s["name"] == "dpufleet.event.bmc" and s.get("severity") == "warning"
+                and s["attributes"].get("source") == "bmc-sensor"]  # fmt: skip
+
+    event = poll("the sensor's Warning as an event", warned, bool, 20)[0]
+    assert event["dpu"] == watched and "OK -> Warning" in event["body"]
+    _sim_load(lab, watched, {"load": 0.0})
+
+    # an event the BMC pushes (as the Redfish event receiver adds it) joins the DPU's event stream
+    bmc_name = lab.op.get("dpus", watched)["status"]["bmc"]
+    assert lab.api.server is not None
+    lab.api.server.services.inbox.add("default", bmc_name, "Fan 2 failed", "EventLog.1.0.FanFailed", "Critical")
+
+    def pushed() -> list[dict[str, Any]]:
+        return [s for s in stream.samples() if s["name"] == "dpufleet.event.bmc" and s.get("body") == "Fan 2 failed"]
+
+    got = poll("the pushed BMC event on the watch", pushed, bool, 10)[0]
+    assert got["severity"] == "critical" and got["attributes"]["message.id"] == "EventLog.1.0.FanFailed"
+
+    # the fleet endpoint shows the readings, named as Prometheus names them
+    federate = lab.op.http.get("/telemetry/v1/federate").text
+    assert any(line.startswith("hw_temperature_celsius{") and f'dpu="{watched}"' in line and 'source="bmc"' in line
+               for line in federate.splitlines())  # fmt: skip
+    assert f'dpufleet_telemetry_samples_read_by_control_plane_total{{project="default",dpu="{watched}"' in federate
+    figures = lab.op.http.get("/telemetry/v1/aggregator").json()
+    assert figures["bmcPolls"] >= 2 and figures["bmcSamples"] >= 6 and figures["bmcPushedEvents"] >= 1
+
+    # asking no more stops the polling
+    _annotate(lab, watched, "load")
+    wait_until(lambda: not lab.plane.bmc.targets if lab.plane.bmc else True, timeout=10, what="the DPU unpolled")
+    polls = figures["bmcPolls"]
+    time.sleep(1.0)
+    assert lab.op.http.get("/telemetry/v1/aggregator").json()["bmcPolls"] <= polls + 1  # one in flight at most
