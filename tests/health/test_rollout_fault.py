@@ -149,8 +149,10 @@ def test_an_os_hang_during_a_rollout_keeps_max_unavailable(site: tuple[Operator,
         watcher.join(5)
         faults.clear(fleet, victim_sim.id)
     assert worst[0] <= 1, f"{worst[0]} DPUs unavailable at once (maxUnavailable 1): {samples[-1]}"
-    # at most the one update already under way when the hang was diagnosed may have been in flight
-    assert len(set(started_while_out)) == 0, f"updates started while the hung DPU was out: {started_while_out}"
+    # at most the one update already under way when the hang was diagnosed may have been in flight: the
+    # rollout may have chosen it from a read of the DPUs just before the diagnosis was written (CI saw this once);
+    # a rollout that ignored the hung DPU would go on starting one after another while it is out
+    assert len(set(started_while_out)) <= 1, f"updates started while the hung DPU was out: {started_while_out}"
     assert dpuset["status"]["ready"] == len(names)
     dpu = op.wait_object("dpus", victim, lambda d: healthy(d))
     assert ("reboot", "Succeeded") in history(dpu) and ("recovered", "Recovered") in history(dpu)

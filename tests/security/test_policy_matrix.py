@@ -54,6 +54,7 @@ DOCS: dict[str, dict[str, Any]] = {
     "IPAMAllocation": {"spec": {"pool": "pool-x"}},
     "DPUServiceInterface": {"spec": {"type": "Physical", "port": "p0"}},
     "DPUServiceChain": {"spec": {"hops": [{"interface": "a"}, {"interface": "b"}]}},
+    "AlertRule": {"spec": {"metric": "hw.temperature", "threshold": 90}},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
 counter = itertools.count()

@@ -27,6 +27,7 @@ from provisioning.conftest import Operator, discover, fleet_options
 from support.net import poll, wait_until
 from support.server import RunningServer, threaded_server
 from support.telemetry import Stream
+from support.webhook import Receiver
 
 USER, PASSWORD = "mockup", "mockup-password"
 
@@ -209,3 +210,43 @@ def test_only_a_dpu_that_asks_is_polled_and_its_temperature_follows_its_load(lab
     polls = figures["bmcPolls"]
     time.sleep(1.0)
     assert lab.op.http.get("/telemetry/v1/aggregator").json()["bmcPolls"] <= polls + 1  # one in flight at most
+
+
+def test_an_alert_rule_fires_on_a_hot_soc_notifies_its_webhook_and_resolves_when_it_cools(lab: Lab) -> None:
+    watched = lab.names[0]
+    receiver = Receiver()
+    try:
+        rule = {
+            "kind": "AlertRule",
+            "metadata": {"name": "soc-hot"},
+            "spec": {"metric": "hw.temperature", "match": {"hw.sensor_location": "CPU"}, "condition": "above",
+                     "threshold": 90, "forSeconds": 0.5, "groupWaitSeconds": 0.2, "severity": "critical",
+                     "webhook": {"url": receiver.url}, "description": "SoC hot"},
+        }  # fmt: skip
+        lab.op.create("alertrules", rule)
+        _annotate(lab, watched, "environmental,events")
+        assert _sim_load(lab, watched, {"load": 1.0}).status_code == 200
+        poll("the firing notification", lambda: [b for b in receiver.bodies if b["status"] == "firing"], bool, 30)
+        fired = next(b for b in receiver.bodies if b["status"] == "firing")
+        [alert] = fired["alerts"]
+        assert alert["labels"]["dpu"] == watched and alert["labels"]["severity"] == "critical"
+        assert float(alert["annotations"]["value"]) > 90
+        shown = poll("the rule's status", lambda: lab.op.get("alertrules", "soc-hot") or {},
+                     lambda d: (d.get("status") or {}).get("firing") == 1, 10)  # fmt: skip
+        assert shown["status"]["alerts"][0]["dpu"] == watched
+        # it cools: the alert resolves, and the receiver hears so
+        assert _sim_load(lab, watched, {"load": 0.0}).status_code == 200
+        poll("the resolved notification", lambda: [b for b in receiver.bodies if b["status"] == "resolved"], bool, 30)
+        resolved = next(b for b in receiver.bodies if b["status"] == "resolved")
+        assert resolved["alerts"][0]["status"] == "resolved" and resolved["alerts"][0]["labels"]["dpu"] == watched
+        figures = lab.op.http.get("/telemetry/v1/aggregator").json()
+        assert figures["alertsFired"] >= 1 and figures["alertsResolved"] >= 1 and figures["alertNotifications"] >= 2
+        # a rule that makes no sense is refused, naming the field
+        bad = lab.op.http.post(
+            "/apis/dpufleet.io/v1alpha1/projects/default/alertrules",
+            json={"kind": "AlertRule", "metadata": {"name": "bad"}, "spec": {"metric": "m"}},
+        )
+        assert bad.status_code == 422 and "threshold" in bad.text
+    finally:
+        receiver.stop()
+        _annotate(lab, watched, "load")

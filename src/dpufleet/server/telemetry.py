@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +66,7 @@ from ..store.feed import ChangeFeed
 from ..store.store import Store
 from .access import Access
 from .otlp import OTLPExporter
+from .telemetry_alerts import AlertEvaluator, Latest
 from .telemetry_bmc import BMCTelemetry
 from .telemetry_bus import BusCredentials, EmbeddedBus
 
@@ -204,6 +205,10 @@ def _telemetry_identity(doc: dict[str, Any]) -> tuple[str, str] | None:
     return (str(project), str(serial)) if serial else None
 
 
+Replace = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Changed = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
 def _keep_latest(series: DPUSeries, samples: list[SampleRecord]) -> int:
     """The latest value per series of the measurements (not the events or log lines); the newest time."""
     latest = series.latest
@@ -255,6 +260,7 @@ class TelemetryPlane:
         self._nc: NATS | None = None
         self.connected = asyncio.Event()
         self.bmc = BMCTelemetry(sessions, self.take_local) if sessions is not None else None
+        self.alerts = AlertEvaluator(store, self._latest_of, self.take_local)
         self._inbox = inbox
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -322,8 +328,9 @@ class TelemetryPlane:
             if self.bmc is not None and self._inbox is not None:
                 self._inbox.forward(self._pushed)
             async with asyncio.TaskGroup() as tasks:
-                if self.embedded is not None or self.bmc is not None:
-                    tasks.create_task(self._follow_dpus())
+                tasks.create_task(self._follow("DPU", self._dpu_observers(), repeat=self.bmc is not None))
+                tasks.create_task(self._follow("AlertRule", [(self.alerts.replace_rules, self.alerts.rule_changed)]))
+                tasks.create_task(self.alerts.run())
                 if self.bmc is not None:
                     tasks.create_task(self.bmc.run())
                 if self.feed is not None:
@@ -342,46 +349,59 @@ class TelemetryPlane:
 
     # --- the embedded bus's authorization, from the DPU objects -------------------------------------------
 
-    async def _follow_dpus(self) -> None:
-        """Every DPU that asks for telemetry may publish under its own subjects from the moment it exists (after a
-        restart too, before it reports again); a DPU moved to another project publishes only under the new one,
-        and a deleted one no more. Without a change feed, DPUs are authorized as they report. The BMC plugin's
-        list of DPUs to poll follows the same objects (without a feed, read again every 30 s)."""
-        bus, bmc = self.embedded, self.bmc
-        while True:
-            listed = await asyncio.to_thread(self.store.list, "DPU")
-            wanted = {}
-            for doc in listed.items:
-                found = _telemetry_identity(doc)
-                if found is not None:
-                    wanted[found[1]] = found[0]
-            if bus is not None:
+    def _dpu_observers(self) -> list[tuple[Replace, Changed]]:
+        """Who follows the DPU objects: the embedded bus's authorization, the BMC plugin's list of DPUs to poll,
+        the alert rules' DPUs (labels, hosts)."""
+        observers: list[tuple[Replace, Changed]] = []
+        bus = self.embedded
+        if bus is not None:
+
+            async def authorize(docs: list[dict[str, Any]]) -> None:
+                wanted = {}
+                for doc in docs:
+                    found = _telemetry_identity(doc)
+                    if found is not None:
+                        wanted[found[1]] = found[0]
                 await asyncio.to_thread(bus.authorize, wanted)
-            if bmc is not None:
-                bmc.replace(listed.items)
+
+            async def changed(change: str, doc: dict[str, Any]) -> None:
+                found = _telemetry_identity(doc)
+                if found is None:
+                    return
+                project, serial = found
+                if change == "DELETED":
+                    await asyncio.to_thread(bus.revoke, serial)
+                else:
+                    await asyncio.to_thread(bus.allow, project, serial)
+
+            observers.append((authorize, changed))
+        if self.bmc is not None:
+            observers.append((self.bmc.replace, self.bmc.changed))
+        observers.append((self.alerts.replace_dpus, self.alerts.dpu_changed))
+        return observers
+
+    async def _follow(self, kind: str, observers: list[tuple[Replace, Changed]], *, repeat: bool = True) -> None:
+        """Hand every object of ``kind`` to each observer, then each change as it happens (the change feed).
+        Every DPU that asks for telemetry may so publish under its own subjects from the moment it exists
+        (after a restart too, before it reports again); a DPU moved to another project publishes only under
+        the new one, and a deleted one no more. Without a change feed the objects are read again every 30 s
+        (``repeat``), or once."""
+        while True:
+            listed = await asyncio.to_thread(self.store.list, kind)
+            for replace, _ in observers:
+                await replace(listed.items)
             if self.feed is None:
-                if bmc is None:
+                if not repeat:
                     return
                 await asyncio.sleep(30)
                 continue
             try:
-                async for change in self.feed.changes(frozenset({"DPU"}), listed.resource_version):
+                async for change in self.feed.changes(frozenset({kind}), listed.resource_version):
                     doc = change.object()
-                    if bmc is not None:
-                        if change.type == "DELETED":
-                            bmc.forget(bmc._key(doc))
-                        else:
-                            bmc.update(doc)
-                    found = _telemetry_identity(doc)
-                    if found is None or bus is None:
-                        continue
-                    project, serial = found
-                    if change.type == "DELETED":
-                        await asyncio.to_thread(bus.revoke, serial)
-                    else:
-                        await asyncio.to_thread(bus.allow, project, serial)
+                    for _, changed in observers:
+                        await changed(change.type, doc)
             except Exception as exc:  # fell behind the feed, or the log was compacted: list again
-                log.warning("telemetry bus authorization: %s; reading every DPU again", exc)
+                log.warning("telemetry: following %s: %s; reading them all again", kind, exc)
                 await asyncio.sleep(1)
 
     # --- the controllers' events, joined to the event stream ----------------------------------------------
@@ -493,6 +513,10 @@ class TelemetryPlane:
             self._fan_out(project, serial, batch)
         if self.exporter is not None:
             self.exporter.offer(project, serial, batch)
+
+    def _latest_of(self, serial: str) -> tuple[str, Latest] | None:
+        series = self.series.get(serial)
+        return (series.project, series.latest) if series is not None else None
 
     def take_local(self, project: str, serial: str, cls: TelemetryClass, samples: list[SampleRecord]) -> None:
         """Samples the control plane read about a DPU itself (its BMC's sensors and events): kept, watched and
@@ -685,6 +709,7 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
             "watchers": len(plane.watchers),
             **plane.stats.figures(),
             **(plane.bmc.stats.figures() if plane.bmc is not None else {}),
+            **plane.alerts.stats.figures(),
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

@@ -137,7 +137,7 @@ class BMCTelemetry:
 
     # --- which DPUs: from the DPU objects (the aggregator's DPU follower calls these) -----------------------
 
-    def replace(self, docs: Iterable[dict[str, Any]]) -> None:
+    async def replace(self, docs: Iterable[dict[str, Any]]) -> None:
         seen: set[tuple[str, str]] = set()
         for doc in docs:
             seen.add(self._key(doc))
@@ -166,6 +166,12 @@ class BMCTelemetry:
         if dpu_bmc(target.doc) != bmc:
             target.chassis = None
         target.doc, target.interval = doc, wait
+
+    async def changed(self, change: str, doc: dict[str, Any]) -> None:
+        if change == "DELETED":
+            self.forget(self._key(doc))
+        else:
+            self.update(doc)
 
     def forget(self, key: tuple[str, str]) -> None:
         self.targets.pop(key, None)

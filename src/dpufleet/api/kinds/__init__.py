@@ -153,6 +153,13 @@ from .services import (
     UpgradeStatus,
     UpgradeStrategy,
 )
+from .telemetry import (
+    AlertCondition,
+    AlertGrouping,
+    AlertRule,
+    AlertRuleSpec,
+    Webhook,
+)
 
 __all__ = [
     "BMC",
@@ -173,6 +180,10 @@ __all__ = [
     "WORKING_PHASES",
     "AdoptionPolicy",
     "AgentStatus",
+    "AlertCondition",
+    "AlertGrouping",
+    "AlertRule",
+    "AlertRuleSpec",
     "Allocation",
     "Artifact",
     "BMCSpec",
@@ -276,6 +287,7 @@ __all__ = [
     "UpdateSource",
     "UpgradeStatus",
     "UpgradeStrategy",
+    "Webhook",
     "Weekday",
     "chain_cookie",
     "count_or_percent",

@@ -30,6 +30,7 @@ from .registry import Column, KindInfo, register
 _PORT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
+
 def _ip_prefix(value: str | None) -> str | None:
     """An IPv4/IPv6 prefix in its canonical form (host bits cleared); None stays None."""
     if value is None:
