@@ -207,6 +207,7 @@ class Agent:
                 self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up,
                 service_logs=services.state_dir / "logs" if services is not None else None,
                 services=lambda: self.services.instance_reports() if self.services is not None else [],
+                dataplane=lambda: self.network.dataplane_counters() if self.network is not None else None,
             )  # fmt: skip
             started = asyncio.create_task(self.telemetry.run(stop))
             if self.config.metrics_listen is not None:

@@ -40,6 +40,7 @@ import httpx
 
 from ..api.agent_network import ChainReport, DesiredChain, DesiredInterface, DesiredNetwork, NetworkReport, Repair
 from ..api.kinds import ChainMatch, ConntrackRule
+from .telemetry.base import ChainCounters, Dataplane, PortCounters
 
 log = logging.getLogger(__name__)
 NETWORK_PATH = "/agent/v1/network"
@@ -49,6 +50,7 @@ UNDERLAY_COOKIE = (0xDE << 56) | 1  # the underlay bridge's one flow (NORMAL)
 NEIGHBOUR_COOKIE = (0xDF << 56) | 0xFFFFFFFF00  # the ARP flows of every chain (no chain cookie ends in 00)
 _METER = re.compile(r"meter=(\d+)\s+(.*?)\s*bands=\s*(.*?)(?=\s*meter=|\Z)", re.DOTALL)
 _COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
+_FLOW_STATS = re.compile(r"cookie=(0x[0-9a-f]+).*?n_packets=(\d+), n_bytes=(\d+)")
 REPORT_EVERY = 30.0  # an unchanged report is sent again this often
 
 
@@ -500,6 +502,27 @@ class Switch:
                     counts[cookie] = counts.get(cookie, 0) + 1
         return counts
 
+    def flow_statistics(self) -> dict[int, tuple[int, int, int]]:
+        """Per chain cookie now in the switch: (flows, packets, bytes) they matched."""
+        found: dict[int, tuple[int, int, int]] = {}
+        for line in self._ofctl("dump-flows", self.config.openflow).splitlines():
+            match = _FLOW_STATS.search(line)
+            if match:
+                cookie = int(match.group(1), 16)
+                if cookie >> 56 == COOKIE_TAG:
+                    flows, packets, octets = found.get(cookie, (0, 0, 0))
+                    found[cookie] = (flows + 1, packets + int(match.group(2)), octets + int(match.group(3)))
+        return found
+
+    def port_statistics(self) -> dict[str, tuple[str, dict[str, int]]]:
+        """Port name -> (the interface object it renders, its OVSDB statistics), for the ports this agent made."""
+        rows = self._do(self.api().db_find("Interface", columns=["name", "external_ids", "statistics"]))
+        return {
+            r["name"]: (r["external_ids"][OWNER_KEY], {k: int(v) for k, v in (r["statistics"] or {}).items()})
+            for r in rows
+            if OWNER_KEY in r["external_ids"]
+        }
+
     def replace_flows(self, cookie: int, flows: list[str]) -> None:
         """One bundle: delete the cookie's flows, add these (atomic; other cookies untouched)."""
         lines = [f"delete cookie={cookie:#x}/-1", *(f"add cookie={cookie:#x},{flow}" for flow in flows)]
@@ -543,6 +566,23 @@ class NetworkReconciler:
 
     def __post_init__(self) -> None:
         self.switch = Switch(self.config)
+
+    def dataplane_counters(self) -> Dataplane | None:
+        """What the telemetry plugin reads (blocking): the ports this agent made and the chains it programmed,
+        by the names the control plane gave them; None before the first desired network."""
+        desired = self.desired
+        if desired is None:
+            return None
+        ports = [
+            PortCounters(port, interface, stats) for port, (interface, stats) in self.switch.port_statistics().items()
+        ]
+        by_cookie = self.switch.flow_statistics()
+        chains = [
+            ChainCounters(chain.name, *by_cookie.get(chain.cookie, (0, 0, 0)))
+            for chain in desired.chains
+            if chain.cookie in self.applied
+        ]
+        return ports, chains
 
     async def fetch(self) -> DesiredNetwork:
         resp = await self.http().get(self.server + NETWORK_PATH)

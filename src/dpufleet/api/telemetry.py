@@ -62,6 +62,14 @@ CUMULATIVE_METRICS = frozenset(
         "system.network.packets",
         "system.network.errors",
         "system.network.dropped",
+        "container.cpu.time",
+        "dpufleet.service.restarts",
+        "dpufleet.dataplane.port.io",
+        "dpufleet.dataplane.port.packets",
+        "dpufleet.dataplane.port.errors",
+        "dpufleet.dataplane.port.dropped",
+        "dpufleet.dataplane.chain.io",
+        "dpufleet.dataplane.chain.packets",
     }
 )
 

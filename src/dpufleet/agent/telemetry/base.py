@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,15 +44,39 @@ class InstanceStats(Protocol):
 
 
 @dataclass(frozen=True)
+class PortCounters:
+    """One port of the DPU's switch that the agent made: its OVSDB statistics (rx_bytes, tx_packets...)."""
+
+    port: str
+    interface: str  # the DPUServiceInterface it renders
+    counters: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class ChainCounters:
+    """One service chain's flows in the switch, summed: how many, and the packets and bytes they matched."""
+
+    chain: str
+    flows: int
+    packets: int
+    bytes: int
+
+
+Dataplane = tuple[Sequence[PortCounters], Sequence[ChainCounters]]
+
+
+@dataclass(frozen=True)
 class Sources:
     """Where a plugin reads from: the device's OS root (``/`` on a DPU), the directory it may keep its own
     small state in (a log's read offset), and, when services run here, the service runtime's log directory
-    and its instances as it last measured them."""
+    and its instances as it last measured them; where the agent programs an Open vSwitch, its counters
+    (blocking: a plugin runs in the collection thread)."""
 
     root: Path
     state: Path
     service_logs: Path | None = None
     services: Callable[[], Sequence[InstanceStats]] | None = None
+    dataplane: Callable[[], Dataplane | None] | None = None
 
 
 class TelemetryPlugin(abc.ABC):

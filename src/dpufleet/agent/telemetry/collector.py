@@ -21,7 +21,7 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass
-from .base import InstanceStats, Sources, TelemetryPlugin, now_ns
+from .base import Dataplane, InstanceStats, Sources, TelemetryPlugin, now_ns
 from .plugins import DEFAULT_PLUGINS, PLUGINS
 from .spool import Spool
 
@@ -42,13 +42,15 @@ class Telemetry:
         clock_ns: Callable[[], int] = now_ns,
         service_logs: Path | None = None,
         services: Callable[[], Sequence[InstanceStats]] | None = None,
+        dataplane: Callable[[], Dataplane | None] | None = None,
     ) -> None:
         unknown = [p for p in plugins if p not in PLUGINS]
         if unknown:
             raise ValueError(f"telemetry plugins: unknown {', '.join(unknown)} (known: {', '.join(PLUGINS)})")
         self.serial = serial
         self.spool = Spool(spool_dir, buffer_bytes)
-        sources = Sources(root=root, state=spool_dir, service_logs=service_logs, services=services)
+        sources = Sources(root=root, state=spool_dir, service_logs=service_logs, services=services,
+                          dataplane=dataplane)  # fmt: skip
         self.plugins: list[TelemetryPlugin] = [PLUGINS[p](sources) for p in plugins]
         self.uplink = uplink
         self.clock_ns = clock_ns
