@@ -2,8 +2,16 @@
 
 Each batch is one file in the spool directory, named ``<seq>.<class>.<samples>``, so the spool survives an
 agent restart and its content can be counted without reading it. When adding a batch would pass the byte
-cap, whole batches are trimmed by policy: the oldest batch of the lowest-priority class present goes first
-(``DROP_ORDER``: load first, events last), and every sample trimmed is counted by reason and class.
+cap, the spool makes room by policy, never touching a class of higher priority than the incoming batch's
+(``DROP_ORDER``: load first, events last):
+
+1. **downsample** the old metrics first: a metric class (not logs or events) holding at least
+   ``DOWNSAMPLE_MIN`` batches loses every other batch of its older half (one batch is one collection, so
+   the old part of the buffer keeps half the time resolution; each further round halves it again). For a
+   counter (CPU time, bytes) nothing of the total is lost: the next value kept includes what was dropped;
+2. then **drop** whole batches, the oldest batch of the lowest-priority class present first.
+
+Every sample trimmed is counted by reason (``downsampled``, ``buffer-full``) and class.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...api.telemetry import DROP_ORDER, TelemetryClass
+
+DOWNSAMPLE_MIN = 4  # a class with fewer batches buffered is not thinned (its older half would be one batch)
+NOT_DOWNSAMPLED = frozenset({TelemetryClass.LOGS, TelemetryClass.EVENTS})  # every line and event counts
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,12 @@ class Spool:
         self.size += len(data)
 
     def _make_room(self, need: int, incoming: TelemetryClass) -> bool:
-        """Drop oldest batches of the lowest-priority classes, never one of higher priority than ``incoming``."""
+        """Downsample, then drop oldest batches of the lowest-priority classes, never touching a class of higher
+        priority than ``incoming``."""
         rank = DROP_ORDER.index(incoming)
         while self.size + need > self.cap_bytes:
+            if self._downsample(DROP_ORDER[: rank + 1]):
+                continue
             victim_class = next((c for c in DROP_ORDER[: rank + 1] if self._by_class[c]), None)
             if victim_class is None:
                 return False
@@ -81,6 +95,24 @@ class Spool:
             self._remove(victim)
             self.dropped[("buffer-full", victim_class)] += victim.samples
         return True
+
+    def _downsample(self, classes: tuple[TelemetryClass, ...]) -> bool:
+        """Every other batch of the older half of the lowest-priority metric class that has enough; False if none."""
+        for cls in classes:
+            queue = self._by_class[cls]
+            if cls in NOT_DOWNSAMPLED or len(queue) < DOWNSAMPLE_MIN:
+                continue
+            half = len(queue) // 2
+            kept: deque[Spooled] = deque()
+            for index, entry in enumerate(queue):
+                if index < half and index % 2 == 1:
+                    self._remove(entry)
+                    self.dropped[("downsampled", cls)] += entry.samples
+                else:
+                    kept.append(entry)
+            self._by_class[cls] = kept
+            return True
+        return False
 
     def _remove(self, entry: Spooled) -> None:
         entry.path.unlink(missing_ok=True)
