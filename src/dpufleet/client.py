@@ -696,6 +696,14 @@ class Client:
         items: builtins.list[dict[str, Any]] = result.get("items") or []
         return items
 
+    def telemetry_rollup(self, project: str, metric: str, by: str, match: str | None = None) -> dict[str, Any]:
+        """One metric's latest values summed up per group (host, vendor, model, dpuset, label:<key>)."""
+        params = {"metric": metric, "by": by, **({"match": match} if match else {})}
+        result: dict[str, Any] = self._request(
+            "GET", f"/telemetry/v1/projects/{quote(project, safe='')}/rollup", params=params
+        )
+        return result
+
     def _relist(
         self, ref: KindRef, project: str | None, selector: str | None, known: _Known, field_selector: str | None
     ) -> tuple[builtins.list[WatchEvent], str]:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -250,3 +254,43 @@ def test_an_alert_rule_fires_on_a_hot_soc_notifies_its_webhook_and_resolves_when
     finally:
         receiver.stop()
         _annotate(lab, watched, "load")
+
+
+def test_a_rollup_sums_up_a_metric_per_host_and_per_vendor_and_refuses_a_bad_grouping(lab: Lab, tmp_path: Path) -> None:
+    host = lab.running.fleet.hosts[0].id
+    for name in lab.names:
+        lab.op.patch("dpus", name, {"spec": {"hostRef": host}})
+        _annotate(lab, name, "environmental")
+    vendors = {d["status"]["vendor"] for d in lab.op.items("dpus")}
+    try:
+
+        def power() -> dict[str, Any]:
+            return lab.op.http.get("/telemetry/v1/projects/default/rollup",
+                                   params={"metric": "hw.power", "by": "host"}).json()  # fmt: skip
+
+        body = poll("both DPUs' power in one host's group", power,
+                    lambda b: [g["dpus"] for g in b["groups"]] == [2], 20)  # fmt: skip
+        (group,) = body["groups"]
+        assert group["group"] == host and group["series"] == 2
+        assert group["sum"] == pytest.approx(group["mean"] * 2) and group["min"] <= group["max"]
+        by_vendor = lab.op.http.get("/telemetry/v1/projects/default/rollup",
+                                    params={"metric": "hw.temperature", "by": "vendor",
+                                            "match": "hw.sensor_location=CPU"}).json()  # fmt: skip
+        assert [g["group"] for g in by_vendor["groups"]] == sorted(vendors)
+        assert sum(g["series"] for g in by_vendor["groups"]) == 2  # one SoC sensor per DPU
+        bad = lab.op.http.get("/telemetry/v1/projects/default/rollup", params={"metric": "hw.power", "by": "rack"})
+        assert bad.status_code == 400 and "by:" in bad.json()["message"] and "label:<key>" in bad.json()["message"]
+        # the CLI prints the same as a table
+        env = {**os.environ, "DPUFLEET_SERVER": lab.api.url, "DPUFLEET_TOKEN": lab.api.token,
+               "DPUFLEET_CONFIG": str(tmp_path / "no-config")}  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "dpufleet.main", "telemetry", "rollup", "--metric", "hw.power"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        header, row = done.stdout.splitlines()
+        assert header.split() == ["GROUP", "DPUS", "SERIES", "SUM", "MIN", "MEAN", "MAX"] and row.split()[:2] == [
+            host,
+            "2",
+        ]
+    finally:
+        for name in lab.names:
+            _annotate(lab, name, "load")

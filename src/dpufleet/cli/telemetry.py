@@ -93,3 +93,30 @@ def accounting(ctx: typer.Context, project: str | None = _PROJECT) -> None:
                 f"{item['dpu']:<28} {cls:<14} {produced.get(cls, 0):>9} {(agent.get('delivered') or {}).get(cls, 0):>9} "
                 f"{dropped:>8} {(agent.get('buffered') or {}).get(cls, 0):>8} {(item.get('received') or {}).get(cls, 0):>8}"
             )
+
+
+@telemetry_app.command("rollup")
+def rollup(
+    ctx: typer.Context,
+    metric: str = typer.Option(..., "--metric", help="the metric to sum up, e.g. hw.power"),
+    by: str = typer.Option("host", "--by", help="host, vendor, model, dpuset or label:<key>"),
+    match: list[str] = typer.Option([], "--match", help="an attribute the series must carry, key=value (repeatable)"),
+    output: str = typer.Option("text", "-o", "--output", help="text (a table) or json"),
+    project: str | None = _PROJECT,
+) -> None:
+    """One metric's latest values per host, vendor, model, DPUSet or label: DPUs, series, sum, min, mean, max."""
+    config = options(ctx).config(project)
+    with Client.from_config(config) as client:
+        result = client.telemetry_rollup(config.project, metric, by, ",".join(match) or None)
+    if output == "json":
+        print(json.dumps(result, indent=2))
+        return
+    groups = result.get("groups") or []
+    if not groups:
+        print(f"no DPU of project {config.project} has a recent sample of {metric}")
+        return
+    width = max(len("GROUP"), *(len(str(g["group"])) for g in groups))
+    print(f"{'GROUP':<{width}} {'DPUS':>5} {'SERIES':>6} {'SUM':>12} {'MIN':>10} {'MEAN':>10} {'MAX':>10}")
+    for g in groups:
+        print(f"{g['group']:<{width}} {g['dpus']:>5} {g['series']:>6} {g['sum']:>12.6g} {g['min']:>10.6g} "
+              f"{g['mean']:>10.6g} {g['max']:>10.6g}")  # fmt: skip

@@ -69,6 +69,7 @@ from .otlp import OTLPExporter
 from .telemetry_alerts import AlertEvaluator, Latest
 from .telemetry_bmc import BMCTelemetry
 from .telemetry_bus import BusCredentials, EmbeddedBus
+from .telemetry_rollup import parse_by, parse_match, rollup
 
 log = logging.getLogger(__name__)
 ASSIGNMENT_TTL = 5.0  # how long a DPU's annotations are trusted before they are read again
@@ -260,7 +261,7 @@ class TelemetryPlane:
         self._nc: NATS | None = None
         self.connected = asyncio.Event()
         self.bmc = BMCTelemetry(sessions, self.take_local) if sessions is not None else None
-        self.alerts = AlertEvaluator(store, self._latest_of, self.take_local)
+        self.alerts = AlertEvaluator(store, self.latest_of, self.take_local)
         self._inbox = inbox
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -514,7 +515,7 @@ class TelemetryPlane:
         if self.exporter is not None:
             self.exporter.offer(project, serial, batch)
 
-    def _latest_of(self, serial: str) -> tuple[str, Latest] | None:
+    def latest_of(self, serial: str) -> tuple[str, Latest] | None:
         series = self.series.get(serial)
         return (series.project, series.latest) if series is not None else None
 
@@ -688,6 +689,33 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
             )
         return Response(orjson.dumps({"items": items}), media_type="application/json")
 
+    @router.get("/projects/{project}/rollup", summary="One metric summed up per host, vendor, model, DPUSet or label")
+    async def rollup_route(project: str, request: Request) -> Response:
+        access: Access = request.state.access
+        params = request.query_params
+        metric = (params.get("metric") or "").strip()
+        if not metric:
+            raise BadRequest("metric: name the metric to roll up (for example hw.power)")
+        try:
+            by = parse_by(params.get("by") or "host")
+        except ValueError as exc:
+            raise BadRequest(f"by: {exc}") from None
+        try:
+            match = parse_match(params.getlist("match"))
+        except ValueError as exc:
+            raise BadRequest(f"match: {exc}") from None
+        serials = serials_of(access, project, None)
+        dpus = [f for f in plane.alerts.dpus.values()
+                if f.project == project and (serials is None or f.serial in serials)]  # fmt: skip
+        dpusets: dict[str, LabelSelector] = {}
+        if by == "dpuset":
+            for doc in (await asyncio.to_thread(plane.store.list, "DPUSet", project)).items:
+                selector = LabelSelector.model_validate((doc.get("spec") or {}).get("selector") or {})
+                dpusets[str(doc["metadata"]["name"])] = selector
+        groups = rollup(dpus, plane.latest_of, metric, match, by, dpusets, time.time())
+        body = {"metric": metric, "by": by, "match": match, "groups": groups}
+        return Response(orjson.dumps(body), media_type="application/json")
+
     @router.get("/federate", summary="The fleet's latest telemetry in Prometheus text format")
     async def federate(request: Request) -> Response:
         access: Access = request.state.access
@@ -713,5 +741,5 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
-    _ = (watch, accounting, federate, aggregator)
+    _ = (watch, accounting, rollup_route, federate, aggregator)
     return router

@@ -65,6 +65,8 @@ class DPUFacts:
     serial: str
     labels: dict[str, str]
     host: str
+    vendor: str = ""
+    model: str = ""
 
 
 @dataclass
@@ -111,14 +113,15 @@ class AlertStats:
                 "alertNotificationFailures": self.notification_failures}  # fmt: skip
 
 
-def _facts(doc: dict[str, Any]) -> DPUFacts:
+def dpu_facts(doc: dict[str, Any]) -> DPUFacts:
     meta = doc.get("metadata") or {}
     spec, status = doc.get("spec") or {}, doc.get("status") or {}
     name = str(meta.get("name", ""))
     serial = str(status.get("serialNumber") or spec.get("serialNumber") or name.removeprefix("dpu-"))
     return DPUFacts(
         str(meta.get("project") or "default"), name, serial, dict(meta.get("labels") or {}),
-        str(status.get("host") or spec.get("hostRef") or ""),
+        str(status.get("host") or spec.get("hostRef") or ""), str(status.get("vendor") or ""),
+        str(status.get("model") or ""),
     )  # fmt: skip
 
 
@@ -150,10 +153,10 @@ class AlertEvaluator:
     # --- what to evaluate: the DPU objects and the AlertRule objects (TelemetryPlane follows both) ----------
 
     async def replace_dpus(self, docs: Iterable[dict[str, Any]]) -> None:
-        self.dpus = {(f.project, f.name): f for f in map(_facts, docs)}
+        self.dpus = {(f.project, f.name): f for f in map(dpu_facts, docs)}
 
     async def dpu_changed(self, change: str, doc: dict[str, Any]) -> None:
-        facts = _facts(doc)
+        facts = dpu_facts(doc)
         if change == "DELETED":
             self.dpus.pop((facts.project, facts.name), None)
         else:
