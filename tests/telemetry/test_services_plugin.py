@@ -11,7 +11,7 @@ from dpufleet.agent.telemetry.base import Sources
 from dpufleet.agent.telemetry.plugins import DEFAULT_PLUGINS
 from dpufleet.agent.telemetry.services_plugin import ServicesPlugin
 from dpufleet.api.kinds.services import InstanceReport
-from dpufleet.api.telemetry import Sample, TelemetryClass
+from dpufleet.api.telemetry import Sample, TelemetryAssignment, TelemetryClass
 
 ALL = frozenset(TelemetryClass)
 
@@ -90,3 +90,18 @@ def test_events_for_new_ready_restarted_down_and_removed_instances(tmp_path: Pat
 def test_without_services_on_the_dpu_the_plugin_says_nothing(tmp_path: Path) -> None:
     assert "services" in DEFAULT_PLUGINS
     assert list(ServicesPlugin(Sources(root=tmp_path, state=tmp_path)).collect(ALL, 1)) == []
+
+
+def test_a_service_reports_only_the_classes_its_dpuservice_asks_for(tmp_path: Path) -> None:
+    now = [inst("dns", restarts=1), inst("fw")]
+    quiet = plugin(tmp_path, now)
+    quiet.configure(TelemetryAssignment(classes=list(ALL), serviceClasses={"fw": [TelemetryClass.USAGE]}))
+    list(quiet.collect(ALL, 1))  # the first collection learns what runs
+    now.append(inst("new"))
+    now[1] = inst("fw", restarts=3)
+    out = list(quiet.collect(ALL, 2))
+    fw = {(c, s.name) for c, s in out if s.attributes.get("service.name") == "fw"}
+    assert fw == {(TelemetryClass.USAGE, "container.cpu.time")}  # billing only: no load, errors or events
+    dns = {c for c, s in out if s.attributes.get("service.name") == "dns"}
+    assert dns == {TelemetryClass.LOAD, TelemetryClass.USAGE, TelemetryClass.ERRORS}  # all the DPU asks
+    assert [s.attributes["state"] for c, s in out if c == TelemetryClass.EVENTS] == ["new"]  # fw's restart unsaid

@@ -429,3 +429,20 @@ def test_a_bad_telemetry_annotation_is_refused_with_the_annotation_named(plane: 
         assert resp.status_code == 422, resp.text
         assert "telemetry.dpufleet.io/log-severity" in resp.text and "'loud' is not one of" in resp.text
         assert http.get(f"{BASE}/default/dpus/dpu-badannotation").status_code == 404
+
+
+def test_a_dpuservice_narrows_the_classes_its_instances_are_reported_under(plane: Plane) -> None:
+    doc = {
+        "kind": "DPUService",
+        "metadata": {"name": "billing-only", "annotations": {CLASSES_ANNOTATION: "usage"}},
+        "spec": {"artifact": {"image": {"reference": f"repo/svc@sha256:{'b' * 64}"}}, "placement": {"replicas": 1}},
+    }
+    with plane.api.client() as http:
+        assert http.post(f"{BASE}/default/dpuservices", json=doc).status_code == 201
+        bad = {**doc, "metadata": {"name": "bad", "annotations": {CLASSES_ANNOTATION: "usage,cost"}}}
+        refused = http.post(f"{BASE}/default/dpuservices", json=bad)
+    assert refused.status_code == 422 and "unknown telemetry class 'cost'" in refused.text
+    serial = "MT9999X00001"
+    plane.dpu(serial, "load,usage")
+    answer = plane.telemetry.assignment("dpu", serial, "default")
+    assert answer is not None and answer["serviceClasses"] == {"billing-only": ["usage"]}

@@ -221,4 +221,7 @@ class TelemetryAssignment(BaseModel):
     classes: list[TelemetryClass] = Field(default_factory=list)
     intervalSeconds: float = Field(default=10.0, gt=0)
     logSeverity: dict[str, str] = Field(default_factory=dict)  # source ("syslog", a service, "*") -> least sent
+    # a service -> the classes its instances are reported under (its DPUService's classes annotation); a service
+    # not named here is reported under every class the DPU asks for
+    serviceClasses: dict[str, list[TelemetryClass]] = Field(default_factory=dict)
     bus: BusAccess | None = None

@@ -257,6 +257,7 @@ class TelemetryPlane:
         self.watchers: list[Watcher] = []
         self.stats = AggregatorStats()
         self._assignments: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._services: dict[str, tuple[float, dict[str, list[TelemetryClass]]]] = {}
         self.assignment_ttl = ASSIGNMENT_TTL
         self._nc: NATS | None = None
         self.connected = asyncio.Event()
@@ -294,7 +295,8 @@ class TelemetryPlane:
             classes = parse_classes(annotations.get(CLASSES_ANNOTATION, ""))
             interval = float(annotations.get(INTERVAL_ANNOTATION, "10"))
             levels = parse_log_severity(annotations.get(LOG_SEVERITY_ANNOTATION, ""))
-            assignment = TelemetryAssignment(classes=classes, intervalSeconds=interval, logSeverity=levels)
+            assignment = TelemetryAssignment(classes=classes, intervalSeconds=interval, logSeverity=levels,
+                                             serviceClasses=self._service_classes(project))  # fmt: skip
         except (ValueError, ValidationError) as exc:
             log.warning("DPU %s: telemetry annotations ignored: %s", dpu_name(serial), exc)
             assignment = TelemetryAssignment()
@@ -305,6 +307,23 @@ class TelemetryPlane:
         answer = assignment.model_dump(mode="json")
         self._assignments[serial] = (time.monotonic(), answer)
         return answer
+
+    def _service_classes(self, project: str) -> dict[str, list[TelemetryClass]]:
+        """The project's DPUServices that narrow what is reported of them (their classes annotation), read at
+        most every ASSIGNMENT_TTL per project."""
+        cached = self._services.get(project)
+        if cached is not None and time.monotonic() - cached[0] < self.assignment_ttl:
+            return cached[1]
+        found: dict[str, list[TelemetryClass]] = {}
+        for doc in self.store.list("DPUService", project).items:
+            annotations = (doc.get("metadata") or {}).get("annotations") or {}
+            if CLASSES_ANNOTATION in annotations:
+                try:
+                    found[str(doc["metadata"]["name"])] = parse_classes(annotations[CLASSES_ANNOTATION])
+                except ValueError:
+                    continue  # refused when written; an older server's document is reported in full
+        self._services[project] = (time.monotonic(), found)
+        return found
 
     # --- the aggregator -----------------------------------------------------------------------------------
 

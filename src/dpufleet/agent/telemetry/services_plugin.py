@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ...api.telemetry import Sample, TelemetryClass
+from ...api.telemetry import Sample, TelemetryAssignment, TelemetryClass
 from .base import InstanceStats, Sources, TelemetryPlugin
 
 LOAD, USAGE, ERRORS, EVENTS = TelemetryClass.LOAD, TelemetryClass.USAGE, TelemetryClass.ERRORS, TelemetryClass.EVENTS
@@ -37,12 +37,20 @@ class ServicesPlugin(TelemetryPlugin):
     def __init__(self, sources: Sources) -> None:
         super().__init__(sources)
         self._states: dict[str, tuple[str, int]] | None = None  # service -> (state, restarts); None: not yet seen
+        self._per_service: dict[str, frozenset[TelemetryClass]] = {}
+
+    def configure(self, assignment: TelemetryAssignment) -> None:
+        """Each service's own classes (its DPUService's annotation): what the DPU asks, narrowed per service."""
+        self._per_service = {name: frozenset(classes) for name, classes in assignment.serviceClasses.items()}
 
     def collect(self, enabled: frozenset[TelemetryClass], at: int) -> Iterable[tuple[TelemetryClass, Sample]]:
         if self.sources.services is None:
             return
         instances = list(self.sources.services())
+        asked = enabled
         for inst in instances:
+            own = self._per_service.get(inst.service)
+            enabled = asked & own if own is not None else asked
             attrs = {"service.name": inst.service, "service.instance.id": inst.instance}
             if LOAD in enabled:
                 yield from ((LOAD, s) for s in self._load(inst, attrs, at))
@@ -53,8 +61,9 @@ class ServicesPlugin(TelemetryPlugin):
             if ERRORS in enabled:
                 yield ERRORS, Sample(name="dpufleet.service.restarts", unit="{restart}", value=inst.restarts,
                                      time=at, attributes=attrs)  # fmt: skip
-        if EVENTS in enabled:
-            yield from ((EVENTS, s) for s in self._events(instances, at))
+        if EVENTS in asked:
+            quiet = {name for name, own in self._per_service.items() if EVENTS not in own}
+            yield from ((EVENTS, s) for s in self._events(instances, at) if s.attributes["service.name"] not in quiet)
 
     @staticmethod
     def _load(inst: InstanceStats, attrs: dict[str, str], at: int) -> Iterator[Sample]:
