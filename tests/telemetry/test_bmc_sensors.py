@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from discovery.conftest import serve_routes, tree_routes
 from dpufleet.api.telemetry import CLASSES_ANNOTATION, INTERVAL_ANNOTATION
@@ -27,6 +28,8 @@ from dpufleet.drivers.redfish.sensors import read_chassis, sensor_reading, syste
 from dpufleet.server.telemetry import TelemetryPlane
 from dpufleet.server.telemetry_bmc import metric_of, samples_of
 from dpufleet.sim.runner import SimRunning, sim_in_thread
+from dpufleet.vendors.catalog import MODELS_DIR, builtin_catalog, load_catalog
+from dpufleet.vendors.schema import SensorMapping
 from provisioning.conftest import Operator, discover, fleet_options
 from support.net import poll, wait_until
 from support.server import RunningServer, threaded_server
@@ -294,3 +297,47 @@ def test_a_rollup_sums_up_a_metric_per_host_and_per_vendor_and_refuses_a_bad_gro
     finally:
         for name in lab.names:
             _annotate(lab, name, "load")
+
+
+def test_the_vendor_catalog_tells_what_a_vendors_own_sensor_is() -> None:
+    """A BMC whose sensor says nothing usable (an OEM id, millidegrees, no location) mapped by the model's entry."""
+    odd = sensor_reading({"Id": "oem_asic_t", "Reading": 71500, "ReadingType": "OemTemp", "ReadingUnits": "mCel"})
+    plain = sensor_reading({"Id": "Card_Power", "Reading": 60, "ReadingType": "Power", "ReadingUnits": "W"})
+    assert odd is not None and plain is not None
+    mappings = [
+        SensorMapping(sensor="oem_*_t", metric="hw.temperature", unit="Cel", scale=0.001, location="nic", name="ASIC"),
+        SensorMapping(sensor="card_power", location="board"),  # matched without regard to case
+    ]
+    hot, power = samples_of([odd, plain], 1, mappings)
+    assert (hot["name"], hot["unit"], hot["value"]) == ("hw.temperature", "Cel", pytest.approx(71.5))
+    assert hot["attributes"]["hw.type"] == "temperature" and hot["attributes"]["hw.sensor_location"] == "nic"
+    assert hot["attributes"]["hw.name"] == "ASIC" and hot["attributes"]["hw.id"] == "oem_asic_t"
+    assert (power["name"], power["attributes"]["hw.sensor_location"]) == ("hw.power", "board")
+    # without the catalog's word the OEM sensor is kept as given, not guessed at
+    assert samples_of([odd], 1)[0]["name"] == "dpufleet.bmc.oemtemp"
+    with pytest.raises(ValueError, match="metric and unit go together"):
+        SensorMapping(sensor="x", metric="hw.power")
+
+
+def test_a_site_catalog_entry_maps_the_emulated_bmcs_sensors(lab: Lab, tmp_path: Path) -> None:
+    watched = lab.names[0]
+    model = (lab.op.get("dpus", watched) or {})["status"]["recognition"]["model"]
+    source = yaml.safe_load((MODELS_DIR / f"{model}.yaml").read_text())
+    source["sensors"] = [{"sensor": "NIC_*", "location": "nic", "name": "network ASIC"}]
+    (tmp_path / f"{model}.yaml").write_text(yaml.safe_dump(source))
+    assert lab.plane.bmc is not None
+    lab.plane.bmc.catalog = load_catalog([tmp_path])
+    stream = Stream(lab.op.http, "/telemetry/v1/projects/default/watch", {"class": "environmental"})
+    _annotate(lab, watched, "environmental")
+    try:
+
+        def nic() -> list[dict[str, Any]]:
+            return [
+                s for s in stream.samples() if s.get("dpu") == watched and s["attributes"]["hw.id"].endswith("NIC_Temp")
+            ]
+
+        (first, *_) = poll("the NIC sensor, mapped", nic, bool, 20)
+        assert first["attributes"]["hw.sensor_location"] == "nic" and first["attributes"]["hw.name"] == "network ASIC"
+    finally:
+        lab.plane.bmc.catalog = builtin_catalog()
+        _annotate(lab, watched, "load")

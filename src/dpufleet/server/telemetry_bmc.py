@@ -17,6 +17,7 @@ whose Status.Health changes, and each event a subscribed BMC pushes, is one samp
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +30,8 @@ from ..drivers.redfish.client import RedfishError
 from ..drivers.redfish.events import LogEntry
 from ..drivers.redfish.sensors import SensorReading, read_chassis, system_chassis
 from ..inventory.bmcs import BMCAccessError, BMCSessions, dpu_bmc, dpu_serial
+from ..vendors.catalog import Catalog, builtin_catalog
+from ..vendors.schema import SensorMapping
 
 log = logging.getLogger(__name__)
 FLOOR_SECONDS = 15.0
@@ -60,16 +63,42 @@ def metric_of(reading: SensorReading) -> tuple[str, str, float, str]:
     return f"dpufleet.bmc.{kind}", unit, value, "enclosure"
 
 
-def samples_of(readings: Iterable[SensorReading], at: int) -> list[SampleRecord]:
+_HW_TYPE = {
+    "hw.temperature": "temperature",
+    "hw.voltage": "voltage",
+    "hw.fan.speed": "fan",
+    "hw.fan.speed_ratio": "fan",
+}
+
+
+def _mapping(reading: SensorReading, mappings: Iterable[SensorMapping]) -> SensorMapping | None:
+    return next((m for m in mappings if fnmatch.fnmatchcase(reading.id.lower(), m.sensor.lower())), None)
+
+
+def samples_of(
+    readings: Iterable[SensorReading], at: int, mappings: Iterable[SensorMapping] = ()
+) -> list[SampleRecord]:
+    """The readings as samples of the common set; ``mappings``: the DPU model's, from the vendor catalog (a
+    vendor's sensor id told what it is, its units, scale, location), tried in order, the first that names the
+    sensor applying."""
     found: list[SampleRecord] = []
+    mappings = list(mappings)
     for reading in readings:
+        mapped = _mapping(reading, mappings) if mappings else None
         name, unit, value, hw_type = metric_of(reading)
+        if mapped is not None:
+            if mapped.metric is not None and mapped.unit is not None:
+                name, unit, value = mapped.metric, mapped.unit, reading.value
+                hw_type = _HW_TYPE.get(name, "enclosure")
+            value *= mapped.scale
         attributes = {"hw.id": f"{reading.chassis}/{reading.id}" if reading.chassis else reading.id,
                       "hw.type": hw_type, "source": "bmc"}  # fmt: skip
-        if reading.name:
-            attributes["hw.name"] = reading.name
-        if reading.context:
-            attributes["hw.sensor_location"] = reading.context
+        label = mapped.name if mapped is not None and mapped.name else reading.name
+        if label:
+            attributes["hw.name"] = label
+        location = mapped.location if mapped is not None and mapped.location else reading.context
+        if location:
+            attributes["hw.sensor_location"] = location
         found.append({"name": name, "unit": unit, "value": value, "time": at, "attributes": attributes})
     return found
 
@@ -127,6 +156,7 @@ class BMCTelemetry:
                  concurrency: int = CONCURRENCY) -> None:  # fmt: skip
         self.sessions = sessions
         self.emit = emit
+        self.catalog: Catalog = builtin_catalog()  # each model's sensor mappings
         self.floor = floor
         self.targets: dict[tuple[str, str], Target] = {}  # (project, DPU name) -> what to poll
         self.by_bmc: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (project, BMC) -> its DPUs asking for events
@@ -249,7 +279,7 @@ class BMCTelemetry:
             log.info("telemetry: the sensors of %s are read from its BMC again", name)
         target.failing = False
         at = time.time_ns()
-        samples = samples_of(readings, at)
+        samples = samples_of(readings, at, self._mappings(target.doc))
         self.stats.samples += len(samples)
         if samples:
             self.emit(target.project, target.serial, TelemetryClass.ENVIRONMENTAL, samples)
@@ -257,6 +287,12 @@ class BMCTelemetry:
         if events and TelemetryClass.EVENTS in _wants(target.doc)[0]:
             self.stats.events += len(events)
             self.emit(target.project, target.serial, TelemetryClass.EVENTS, events)
+
+    def _mappings(self, doc: dict[str, Any]) -> list[SensorMapping]:
+        """The DPU's catalog model's sensor mappings (none for a generic DPU or a model no entry names)."""
+        recognition = (doc.get("status") or {}).get("recognition") or {}
+        model = self.catalog.get(str(recognition.get("model") or "")) if isinstance(recognition, dict) else None
+        return list(model.sensors) if model is not None else []
 
     def _health_changes(self, target: Target, readings: list[SensorReading], at: int) -> list[SampleRecord]:
         events: list[SampleRecord] = []

@@ -127,6 +127,26 @@ class FirmwareComponent(Strict):
     updateable: bool = True
 
 
+class SensorMapping(Strict):
+    """How one of the card's BMC sensors maps onto the common metric set (OpenTelemetry's hw.*), where its
+    Redfish ReadingType, units or PhysicalContext do not say it: a vendor's own sensor ids, a reading in
+    other units (millidegrees), a location the BMC leaves out. Used by the BMC plugin
+    (server/telemetry_bmc.py); a sensor no mapping names is mapped by its ReadingType and units."""
+
+    sensor: str = Field(min_length=1, description="the sensor's Redfish Id, or a pattern with * and ?")
+    metric: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_.]*$", description="e.g. hw.temperature")
+    unit: str | None = Field(default=None, description="the metric's unit (UCUM), with metric")
+    scale: float = Field(default=1.0, gt=0, description="the reading times this is the metric's value")
+    location: str | None = Field(default=None, description="hw.sensor_location: soc, nic, board, port0...")
+    name: str | None = Field(default=None, description="hw.name, where the BMC's is unhelpful")
+
+    @model_validator(mode="after")
+    def _unit_with_metric(self) -> SensorMapping:
+        if (self.metric is None) != (self.unit is None):
+            raise ValueError("metric and unit go together: name both or neither")
+        return self
+
+
 class FirmwareParameterSpec(Strict):
     """A vendor firmware parameter a DPUFlavor may set (BlueField's mlxconfig NUM_OF_VFS, LINK_TYPE_P1, ...).
 
@@ -172,6 +192,7 @@ class DpuModel(Strict):
     firmware: list[FirmwareComponent] = Field(min_length=1)
     firmware_parameters: list[FirmwareParameterSpec] = Field(default_factory=list)
     install_paths: list[InstallPath] = Field(min_length=1, description="the first is used when a DPU names none")
+    sensors: list[SensorMapping] = Field(default_factory=list, description="BMC sensors the common set needs told")
 
     @field_validator("part_numbers")
     @classmethod
