@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
 import orjson
-from nats.aio.client import Client as NATS
 
 from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass
 from .base import Dataplane, InstanceStats, Sources, TelemetryPlugin, now_ns
+from .natsclient import NATS, WEBSOCKET_SCHEMES, nats
 from .plugins import DEFAULT_PLUGINS, PLUGINS
 from .spool import Spool
 
@@ -58,6 +57,7 @@ class Telemetry:
         self.produced: Counter[TelemetryClass] = Counter()
         self.delivered: Counter[TelemetryClass] = Counter()
         self.collections = 0
+        self._refused = ""  # the last bus URL refused (not one this agent can dial)
         # the latest value of each series (a measurement, not an event or a log line), for the agent's own
         # Prometheus endpoint: (name, attributes) -> (value, taken in ms, unit)
         self.latest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, int, str]] = {}
@@ -143,6 +143,8 @@ class Telemetry:
         async def _quiet(_exc: Exception) -> None:
             return None
 
+        if bus.url.startswith(WEBSOCKET_SCHEMES):
+            raise ValueError(f"the bus URL {bus.url}: the agent speaks nats:// or tls:// to the bus, not websockets")
         self._nc = await nats.connect(
             bus.url, user=bus.user, password=bus.password, allow_reconnect=False, connect_timeout=2,
             max_reconnect_attempts=0, error_cb=_quiet, name=f"dpufleet-agent {self.serial}",
@@ -160,6 +162,11 @@ class Telemetry:
         """Forward the spool to the bus, oldest first; the samples delivered (0 while the bus is away)."""
         try:
             nc = await self._connection()
+        except ValueError as exc:  # a bus this agent cannot speak to: said once per assignment, kept buffering
+            if self._refused != str(exc):
+                log.warning("telemetry: %s; samples stay buffered", exc)
+            self._refused = str(exc)
+            return 0
         except Exception as exc:
             log.debug("telemetry bus unreachable: %s", exc)
             await self._disconnect()
