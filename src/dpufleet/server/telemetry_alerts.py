@@ -154,11 +154,13 @@ class AlertEvaluator:
 
     async def replace_dpus(self, docs: Iterable[dict[str, Any]]) -> None:
         self.dpus = {(f.project, f.name): f for f in map(dpu_facts, docs)}
+        self._matches.clear()
 
     async def dpu_changed(self, change: str, doc: dict[str, Any]) -> None:
         facts = dpu_facts(doc)
         if change == "DELETED":
             self.dpus.pop((facts.project, facts.name), None)
+            self._matches = {k: v for k, v in self._matches.items() if k[0] != facts.serial}
         else:
             self.dpus[(facts.project, facts.name)] = facts
 

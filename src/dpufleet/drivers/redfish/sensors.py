@@ -100,54 +100,37 @@ def sensor_reading(sensor: dict[str, Any], chassis: str = "") -> SensorReading |
     )
 
 
-def _member_id(entry: dict[str, Any], group: str, index: int) -> str:
-    return _text(entry.get("MemberId")) or _text(entry.get("Name")) or f"{group}{index}"
+# a legacy array: (its property, the reading's property, what it measures, its unit; None: ReadingUnits)
+_LEGACY: dict[str, tuple[tuple[str, str, str, str | None], ...]] = {
+    "Thermal": (("Temperatures", "ReadingCelsius", "temperature", "Cel"), ("Fans", "Reading", "fan", None)),
+    "Power": (("PowerControl", "PowerConsumedWatts", "power", "W"), ("Voltages", "ReadingVolts", "voltage", "V")),
+}
+
+
+def _legacy_readings(resource: dict[str, Any], kind: str, chassis: str) -> Iterator[SensorReading]:
+    for array, field, measures, unit in _LEGACY[kind]:
+        for index, entry in enumerate(resource.get(array) or []):
+            if not isinstance(entry, dict) or not _enabled(entry):
+                continue
+            value = _number(entry.get(field))
+            if value is None:
+                continue
+            given = unit or _text(entry.get("ReadingUnits")) or "RPM"  # a fan says RPM or Percent
+            member = _text(entry.get("MemberId")) or _text(entry.get("Name")) or f"{array.rstrip('s')}{index}"
+            yield SensorReading(
+                f"{array}/{member}", _text(entry.get("Name")) or _text(entry.get("FanName")), measures, value,
+                "%" if given == "Percent" else given, _text(entry.get("PhysicalContext")), _health(entry), chassis,
+            )  # fmt: skip
 
 
 def thermal_readings(thermal: dict[str, Any], chassis: str = "") -> Iterator[SensorReading]:
     """Temperatures (ReadingCelsius) and fans (Reading in ReadingUnits, RPM or Percent) of a legacy Thermal."""
-    for index, entry in enumerate(thermal.get("Temperatures") or []):
-        if not isinstance(entry, dict) or not _enabled(entry):
-            continue
-        value = _number(entry.get("ReadingCelsius"))
-        if value is not None:
-            yield SensorReading(
-                f"Temperatures/{_member_id(entry, 'Temperature', index)}", _text(entry.get("Name")), "temperature",
-                value, "Cel", _text(entry.get("PhysicalContext")), _health(entry), chassis,
-            )  # fmt: skip
-    for index, entry in enumerate(thermal.get("Fans") or []):
-        if not isinstance(entry, dict) or not _enabled(entry):
-            continue
-        value = _number(entry.get("Reading"))
-        if value is not None:
-            unit = _text(entry.get("ReadingUnits")) or "RPM"
-            yield SensorReading(
-                f"Fans/{_member_id(entry, 'Fan', index)}", _text(entry.get("Name")) or _text(entry.get("FanName")),
-                "fan", value, "%" if unit == "Percent" else unit, _text(entry.get("PhysicalContext")),
-                _health(entry), chassis,
-            )  # fmt: skip
+    return _legacy_readings(thermal, "Thermal", chassis)
 
 
 def power_readings(power: dict[str, Any], chassis: str = "") -> Iterator[SensorReading]:
     """Power consumed (PowerControl) and voltages (Voltages) of a legacy Power resource."""
-    for index, entry in enumerate(power.get("PowerControl") or []):
-        if not isinstance(entry, dict) or not _enabled(entry):
-            continue
-        value = _number(entry.get("PowerConsumedWatts"))
-        if value is not None:
-            yield SensorReading(
-                f"PowerControl/{_member_id(entry, 'PowerControl', index)}", _text(entry.get("Name")), "power",
-                value, "W", _text(entry.get("PhysicalContext")), _health(entry), chassis,
-            )  # fmt: skip
-    for index, entry in enumerate(power.get("Voltages") or []):
-        if not isinstance(entry, dict) or not _enabled(entry):
-            continue
-        value = _number(entry.get("ReadingVolts"))
-        if value is not None:
-            yield SensorReading(
-                f"Voltages/{_member_id(entry, 'Voltage', index)}", _text(entry.get("Name")), "voltage", value, "V",
-                _text(entry.get("PhysicalContext")), _health(entry), chassis,
-            )  # fmt: skip
+    return _legacy_readings(power, "Power", chassis)
 
 
 async def system_chassis(client: RedfishClient, system_path: str) -> list[str]:
