@@ -21,9 +21,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def served_image(where: Path) -> Iterator[dict[str, str]]:
-    """A busybox OCI archive built in `where` and served over HTTP on loopback: {url, sha256, base}."""
-    archive, sha = build_archive(where)
+def served_image(where: Path, extra: dict[str, Path] | None = None) -> Iterator[dict[str, str]]:
+    """A busybox OCI archive (with `extra` files) built in `where` and served over HTTP on loopback:
+    {url, sha256, base}."""
+    archive, sha = build_archive(where, extra=extra)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(where)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"

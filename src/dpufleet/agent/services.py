@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -83,6 +84,16 @@ from ..crypto.signing import (
     parse_signed_manifest,
     verify_manifest,
 )
+from .sandbox import (
+    SandboxError,
+    close_all,
+    delete_netns,
+    ensure_netns,
+    listening_sockets,
+    netns_name,
+    netns_path,
+    take_sockets,
+)
 
 log = logging.getLogger(__name__)
 SERVICES_PATH = "/agent/v1/services"
@@ -92,6 +103,7 @@ DPU_PROJECT = "dpu"  # the trust policy's one project on a DPU
 BACKOFF_MAX = 60.0
 STEADY_SECONDS = 60.0  # up this long: the next crash restarts after 1 s again
 CONTAINER_PREFIX = "dpufleet-"
+HANDOFF_RETRY_SECONDS = 10.0  # a failed state handoff is tried again after this long (the old instance serves)
 DEFAULT_CAPS = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -209,11 +221,37 @@ def container_id(service: str) -> str:
     return CONTAINER_PREFIX + service
 
 
+def instance_ids(desired: DesiredInstance, dpu: str) -> tuple[str, str]:
+    """(container id, cgroup path) of an instance. A service upgraded by a state handoff runs two instances
+    for a moment, the old and the next: its ids carry the revision."""
+    name = desired.service if desired.handoff is None else f"{desired.service}.{desired.revision[:12]}"
+    return CONTAINER_PREFIX + name, f"dpufleet/{dpu}/{name}"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What a handoff service's instance joins: its network namespace, the held sockets (fds 3..), and the
+    directory of its own control socket and imported state (mounted at HANDOFF_MOUNT)."""
+
+    netns: Path
+    listen_fds: int
+    handoff_dir: Path
+    state_file: bool
+
+
+HANDOFF_MOUNT = "/run/dpufleet/handoff"
+
+
 def shape_config(
-    base: dict[str, Any], desired: DesiredInstance, dpu: str, files: list[tuple[Path, str]]
+    base: dict[str, Any],
+    desired: DesiredInstance,
+    dpu: str,
+    files: list[tuple[Path, str]],
+    sandbox: Sandbox | None = None,
 ) -> dict[str, Any]:
     """The runtime spec of one instance: the image's config.json with the service's process, limits,
-    isolation and mounts. `files` are (host path, path in the container) of the config files."""
+    isolation and mounts. `files` are (host path, path in the container) of the config files; `sandbox`,
+    for a handoff service, the namespace it joins and what it is handed."""
     config = json.loads(json.dumps(base))
     process = config.setdefault("process", {})
     process["terminal"] = False
@@ -221,8 +259,14 @@ def shape_config(
         process["args"] = list(desired.args)
     if not process.get("args"):
         raise ValueError("the image names no command and the service gives no args")
-    env = [e for e in process.get("env") or [] if e.split("=", 1)[0] not in desired.env]
-    process["env"] = [*env, *(f"{k}={v}" for k, v in sorted(desired.env.items()))]
+    ours = dict(desired.env)
+    if sandbox is not None:
+        ours["LISTEN_FDS"] = str(sandbox.listen_fds)
+        ours["DPUFLEET_HANDOFF_DIR"] = HANDOFF_MOUNT
+        if sandbox.state_file:
+            ours["DPUFLEET_STATE_FILE"] = f"{HANDOFF_MOUNT}/state"
+    env = [e for e in process.get("env") or [] if e.split("=", 1)[0] not in ours]
+    process["env"] = [*env, *(f"{k}={v}" for k, v in sorted(ours.items()))]
     process["noNewPrivileges"] = not desired.privileged
     caps = ALL_CAPS if desired.privileged else DEFAULT_CAPS
     process["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
@@ -230,7 +274,7 @@ def shape_config(
     config["hostname"] = desired.service
     config["root"] = {"path": "rootfs", "readonly": not desired.privileged}
     linux = config.setdefault("linux", {})
-    linux["cgroupsPath"] = f"/dpufleet/{dpu}/{desired.service}"
+    linux["cgroupsPath"] = "/" + instance_ids(desired, dpu)[1]
     memory = desired.resources.memoryMiB * 1024 * 1024
     linux["resources"] = {
         "devices": [{"allow": False, "access": "rwm"}],
@@ -239,8 +283,11 @@ def shape_config(
         "pids": {"limit": 1024},
     }
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if not desired.privileged:
+    if sandbox is not None:  # the service's own namespace, which outlives this container
+        namespaces.append({"type": "network", "path": str(sandbox.netns)})
+    elif not desired.privileged:
         namespaces.append({"type": "network"})
+    if not desired.privileged:
         linux["seccomp"] = {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": list(REFUSED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
@@ -255,10 +302,20 @@ def shape_config(
         )
     for source, target in files:
         mounts.append({"destination": target, "type": "bind", "source": str(source), "options": ["bind", "ro"]})
+    if sandbox is not None:
+        mounts.append(
+            {
+                "destination": HANDOFF_MOUNT,
+                "type": "bind",
+                "source": str(sandbox.handoff_dir),
+                "options": ["bind", "rw", "nosuid", "nodev", "noexec"],
+            }
+        )
     config["mounts"] = mounts
     annotations = config.setdefault("annotations", {})
     annotations["io.dpufleet.revision"] = desired.revision
     annotations["io.dpufleet.instance"] = desired.instance
+    annotations["io.dpufleet.service"] = desired.service
     return config
 
 
@@ -303,6 +360,9 @@ class Instance:
     probe_failures: dict[str, int] = field(default_factory=dict)
     kill_reason: str | None = None
     up_since: float = 0.0  # monotonic
+    cid: str = ""  # its container (instance_ids)
+    cgroup: str = ""  # its cgroup, under /sys/fs/cgroup[/<controller>]
+    state_file: bool = False  # started with the state its predecessor handed over
 
     def report(self, memory: tuple[int | None, int | None], cpu_seconds: float | None = None) -> InstanceReport:
         return InstanceReport(
@@ -352,6 +412,9 @@ class ServiceRuntime:
         self._last_sent: tuple[Any, float] | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._execs: set[asyncio.Task[None]] = set()
+        self._sockets: dict[str, dict[int, socket.socket]] = {}  # a handoff service's held sockets, by port
+        self._handoffs: dict[str, asyncio.Task[None]] = {}
+        self._handoff_retry: dict[str, float] = {}
         self._artifacts = httpx.AsyncClient(timeout=60, follow_redirects=True)
         self.trust = load_trust(config.trusted_publishers) if config.trusted_publishers else None
 
@@ -366,8 +429,15 @@ class ServiceRuntime:
     def _bundle(self, desired: DesiredInstance) -> Path:
         return self.root / "bundles" / f"{desired.service}-{desired.revision}"
 
-    def _files_dir(self, service: str) -> Path:
-        return self.root / "files" / service
+    def _files_dir(self, desired: DesiredInstance) -> Path:
+        return self.root / "files" / instance_ids(desired, self.config.dpu)[0].removeprefix(CONTAINER_PREFIX)
+
+    def _handoff_dir(self, cid: str) -> Path:
+        return self.root / "handoff" / cid
+
+    def _instance(self, desired: DesiredInstance) -> Instance:
+        cid, cgroup = instance_ids(desired, self.config.dpu)
+        return Instance(desired, cid=cid, cgroup=cgroup)
 
     # --- tools -----------------------------------------------------------------------------------------------
 
@@ -506,7 +576,7 @@ class ServiceRuntime:
             )
         return component
 
-    def prepare(self, desired: DesiredInstance, layout: Path) -> Path:
+    def prepare(self, desired: DesiredInstance, layout: Path, sandbox: Sandbox | None = None) -> Path:
         """The instance's runtime bundle (unpacked once per revision) with its config files written."""
         bundle = self._bundle(desired)
         if not (bundle / "rootfs").exists():
@@ -529,14 +599,14 @@ class ServiceRuntime:
             tmp.replace(bundle)
         files = self.write_files(desired)
         base = json.loads((bundle / "image-config.json").read_text())
-        config = shape_config(base, desired, self.config.dpu, files)
+        config = shape_config(base, desired, self.config.dpu, files, sandbox)
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         return bundle
 
     def write_files(self, desired: DesiredInstance) -> list[tuple[Path, str]]:
         """Write the config files where the bundle mounts them from, in place (a bind mount keeps the
         inode: a file replaced by rename would not reach a running instance)."""
-        where = self._files_dir(desired.service)
+        where = self._files_dir(desired)
         where.mkdir(parents=True, exist_ok=True)
         mounts = []
         for index, spec in enumerate(desired.files):
@@ -549,10 +619,127 @@ class ServiceRuntime:
             mounts.append((path, spec.path))
         return mounts
 
+    # --- a handoff service's sandbox (agent/sandbox.py) ---------------------------------------------------------
+
+    def _sandbox(self, inst: Instance) -> Sandbox:
+        """The namespace the instance joins and the sockets it is handed, made or taken back as needed."""
+        desired = inst.desired
+        assert desired.handoff is not None
+        service = desired.service
+        netns = ensure_netns(netns_name(self.config.dpu, service))
+        held = self._sockets.setdefault(service, {})
+        missing = [p for p in desired.handoff.listen if p not in held]
+        donor = self.instances.get(service)
+        if missing and donor is not None and donor is not inst and donor.pid is not None:
+            self._take_sockets(donor)
+            missing = [p for p in desired.handoff.listen if p not in held]
+        if missing:
+            held.update(listening_sockets(netns, missing))
+        where = self._handoff_dir(inst.cid)
+        where.mkdir(parents=True, exist_ok=True)
+        return Sandbox(netns, len(desired.handoff.listen), where, inst.state_file)
+
+    def _take_sockets(self, inst: Instance) -> None:
+        """After an agent restart: the sockets a running instance was handed (fds 3..), held again."""
+        handoff = inst.desired.handoff
+        if handoff is None or inst.pid is None or self._sockets.get(inst.desired.service):
+            return
+        try:
+            taken = take_sockets(inst.pid, list(range(3, 3 + len(handoff.listen))))
+        except (SandboxError, OSError) as exc:
+            log.warning("service %s: cannot take its listening sockets back: %s", inst.desired.service, exc)
+            return
+        self._sockets.setdefault(inst.desired.service, {}).update(taken)
+
+    def _held_fds(self, inst: Instance) -> list[int]:
+        handoff = inst.desired.handoff
+        if handoff is None:
+            return []
+        held = self._sockets.get(inst.desired.service) or {}
+        return [held[p].fileno() for p in handoff.listen if p in held]
+
+    def _drop_sandbox(self, service: str) -> None:
+        """The service no longer runs here: its sockets closed, its namespace gone."""
+        close_all(self._sockets.pop(service, {}))
+        delete_netns(netns_name(self.config.dpu, service))
+
+    async def _control(self, inst: Instance, method: str, path: str, timeout: float, limit: int = 1 << 20) -> bytes:
+        """One request to the instance's control socket (HTTP over `<handoff dir>/control.sock`): its body.
+        The socket is reached through /proc/self/fd (a Unix socket's path is at most 107 bytes)."""
+        where = os.open(self._handoff_dir(inst.cid), os.O_PATH | os.O_DIRECTORY)
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=f"/proc/self/fd/{where}/control.sock")
+            async with (
+                httpx.AsyncClient(transport=transport, timeout=timeout) as client,
+                client.stream(method, f"http://{inst.cid}{path}") as resp,
+            ):
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise ValueError(f"{method} {path}: more than {limit >> 20} MiB")
+                if resp.status_code >= 300:
+                    said = bytes(body[:200]).decode(errors="replace")
+                    raise ValueError(f"{method} {path}: HTTP {resp.status_code} {said}")
+                return bytes(body)
+        finally:
+            os.close(where)
+
+    async def _hand_over(self, old: Instance, want: DesiredInstance) -> None:
+        """Upgrade a stateful instance without a gap: pull the new artifact while the old serves, then drain
+        the old, export its state, start the new with it, and stop the old once the new is ready. A failed
+        step puts the old back to work and keeps it (reason on its report); the next pass tries again."""
+        service, handoff = want.service, want.handoff
+        assert handoff is not None
+        timeout = float(handoff.timeoutSeconds)
+        new = self._instance(want)
+        new.state_file = True
+        step = "pulling the new artifact"
+        drained = False
+        try:
+            old.reason = f"handing its state over to revision {want.revision}: {step}"
+            await self.pull(want)
+            step = "draining"
+            old.reason = f"handing its state over to revision {want.revision}: {step}"
+            await self._control(old, "POST", "/drain", timeout)
+            drained = True
+            step = "exporting the state"
+            state = await self._control(old, "GET", "/state", timeout, handoff.maxStateMiB << 20)
+            where = self._handoff_dir(new.cid)
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            (where / "state").write_bytes(state)
+            step = "starting the new instance"
+            new.task = asyncio.create_task(self._supervise(new, None))
+            deadline = time.monotonic() + timeout
+            while not (new.phase == "Running" and new.ready):
+                if new.phase == "Failed" or (new.restarts and new.phase != "Running"):
+                    raise ValueError(new.reason or "it failed")
+                if time.monotonic() > deadline:
+                    raise ValueError(f"not ready within {timeout:g}s")
+                await asyncio.sleep(0.05)
+        except (ValueError, OSError, httpx.HTTPError, SandboxError) as exc:
+            why = f"state handoff to revision {want.revision} failed {step}: {exc}"[:2000]
+            log.warning("service %s: %s", service, why)
+            if new.task is not None:
+                await self._stop(new)
+            if drained:
+                with contextlib.suppress(ValueError, OSError, httpx.HTTPError):
+                    await self._control(old, "POST", "/resume", timeout)
+            old.reason = why
+            self._handoff_retry[service] = time.monotonic() + HANDOFF_RETRY_SECONDS
+            return
+        log.info("service %s: state handed over to revision %s (%d bytes)", service, want.revision, len(state))
+        new.restarts, new.state_file = old.restarts, False  # the state is imported once: a restart starts anew
+        (self._handoff_dir(new.cid) / "state").unlink(missing_ok=True)
+        self._handoff_retry.pop(service, None)
+        self.instances[service] = new
+        await self._stop(old)
+
     # --- supervision -----------------------------------------------------------------------------------------
 
     async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
-        cid = container_id(inst.desired.service)
+        cid = inst.cid
         backoff = 0.0
         while not inst.stopping:
             desired = inst.desired  # a config change meanwhile (same revision) starts with the new files
@@ -561,15 +748,17 @@ class ServiceRuntime:
                     inst.phase, inst.reason = "Pulling", None
                     layout = await self.pull(desired)
                     inst.phase = "Starting"
-                    bundle = await asyncio.to_thread(self.prepare, desired, layout)
+                    box = await asyncio.to_thread(self._sandbox, inst) if desired.handoff else None
+                    bundle = await asyncio.to_thread(self.prepare, desired, layout, box)
                     inst.config_revision = desired.configRevision
                     code = await self._run(inst, cid, bundle)
                 else:
                     inst.phase, inst.pid, inst.config_revision = "Running", adopted_pid, desired.configRevision
+                    await asyncio.to_thread(self._take_sockets, inst)
                     inst.started_at = inst.started_at or _now()
                     code = await self._watch_adopted(inst, adopted_pid)
                     adopted_pid = None
-            except (ValueError, OSError, httpx.HTTPError, subprocess.SubprocessError) as exc:
+            except (ValueError, OSError, httpx.HTTPError, subprocess.SubprocessError, SandboxError) as exc:
                 inst.phase, inst.ready, inst.reason = "Failed", False, str(exc)[:2000]
                 log.warning("service %s: %s", desired.service, exc)
                 backoff = next_backoff(backoff)
@@ -604,6 +793,7 @@ class ServiceRuntime:
         self.runc_root.mkdir(parents=True, exist_ok=True)
         pid_file = self.runc_root / f"{cid}.pid"  # runc writes it once the container exists
         pid_file.unlink(missing_ok=True)
+        held = self._held_fds(inst)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -611,6 +801,8 @@ class ServiceRuntime:
                 "--root",
                 str(self.runc_root),
                 "run",
+                "--preserve-fds",
+                str(len(held)),
                 "--pid-file",
                 str(pid_file),
                 "--bundle",
@@ -620,6 +812,8 @@ class ServiceRuntime:
                 stdout=fd,
                 stderr=fd,
                 start_new_session=True,  # the agent's own signals (Ctrl-C) do not reach its instances
+                pass_fds=tuple(range(3, 3 + len(held))),
+                preexec_fn=(lambda: _place_fds(held)) if held else None,
             )
         finally:
             os.close(fd)
@@ -657,7 +851,7 @@ class ServiceRuntime:
 
     async def _watch_adopted(self, inst: Instance, pid: int) -> int | None:
         """An instance started before the agent restarted: watched by its pid (its exit status is lost)."""
-        cid = container_id(inst.desired.service)
+        cid = inst.cid
         inst.ready = inst.desired.probes.readiness is None
         inst.up_since = time.monotonic()
         probing = asyncio.create_task(self._probe_loop(inst, cid))
@@ -754,18 +948,25 @@ class ServiceRuntime:
         and apply config-only changes in place."""
         wanted = {d.service: d for d in desired.instances}
         for service in sorted(set(self.instances) - set(wanted)):
-            await self.stop_instance(service)
+            if service not in self._handoffs:
+                await self.stop_instance(service)
         for service, want in wanted.items():
+            if service in self._handoffs:
+                continue  # one handoff at a time; the next pass sees where it ended
             inst = self.instances.get(service)
             if inst is not None and inst.desired.revision != want.revision:
-                await self.stop_instance(service)
+                if self._can_hand_over(inst, want):
+                    if time.monotonic() >= self._handoff_retry.get(service, 0.0):
+                        self._start_handoff(inst, want)
+                    continue
+                await self.stop_instance(service, keep_sandbox=want.handoff is not None)
                 inst = None
             if inst is None:
-                inst = Instance(want)
+                inst = self._instance(want)
                 self.instances[service] = inst
             if inst.task is None:
                 pid = None
-                found = (adopt or {}).get(container_id(service))
+                found = (adopt or {}).get(inst.cid)
                 if found and found.get("status") == "running" and _revision_of(found) == want.revision:
                     pid = int(found["pid"])
                 waiting = [a for a in want.after if not self._running(a)]
@@ -778,25 +979,48 @@ class ServiceRuntime:
                 inst.desired = want
                 if inst.pid is not None:
                     await asyncio.to_thread(self.write_files, want)
-                    ok, said = await asyncio.to_thread(self.reload, inst, container_id(service))
+                    ok, said = await asyncio.to_thread(self.reload, inst, inst.cid)
                     if ok:
                         inst.config_revision = want.configRevision
                     else:  # the new files come with a restart (counted: an upgrade sees it)
                         inst.kill_reason = f"config reload failed: {said}"[:2000]
                         log.warning("service %s: %s; restarting it", service, inst.kill_reason)
-                        await self._restart(inst, container_id(service))
+                        await self._restart(inst, inst.cid)
             inst.desired = want
 
     def _running(self, service: str) -> bool:
         inst = self.instances.get(service)
         return inst is not None and inst.phase == "Running"
 
-    async def stop_instance(self, service: str) -> None:
+    def _can_hand_over(self, inst: Instance, want: DesiredInstance) -> bool:
+        """Both revisions declare a handoff and the old one serves: the state moves instead of a restart."""
+        return (
+            want.handoff is not None
+            and inst.desired.handoff is not None
+            and inst.phase == "Running"
+            and inst.pid is not None
+            and not inst.stopping
+        )
+
+    def _start_handoff(self, inst: Instance, want: DesiredInstance) -> None:
+        service = want.service
+        task = asyncio.create_task(self._hand_over(inst, want))
+        self._handoffs[service] = task
+        task.add_done_callback(lambda _t: self._handoffs.pop(service, None))
+
+    async def stop_instance(self, service: str, keep_sandbox: bool = False) -> None:
+        """Stop the service's instance here; unless `keep_sandbox` (its next instance follows), a handoff
+        service's namespace and sockets go with it."""
         inst = self.instances.pop(service, None)
-        if inst is None:
-            return
+        if inst is not None:
+            await self._stop(inst)
+        if not keep_sandbox and (service in self._sockets or netns_path(netns_name(self.config.dpu, service)).exists()):
+            await asyncio.to_thread(self._drop_sandbox, service)
+
+    async def _stop(self, inst: Instance) -> None:
+        """SIGTERM, SIGKILL after the grace period, the container and its bundle gone."""
         inst.stopping = True
-        cid = container_id(service)
+        cid = inst.cid
         if inst.pid is not None:
             await asyncio.to_thread(self._runc, "kill", cid, "TERM")
             deadline = time.monotonic() + self.config.stop_grace
@@ -807,6 +1031,9 @@ class ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(inst.task, 15)
         shutil.rmtree(self._bundle(inst.desired), ignore_errors=True)
+        if inst.desired.handoff is not None:
+            shutil.rmtree(self._handoff_dir(cid), ignore_errors=True)
+            shutil.rmtree(self._files_dir(inst.desired), ignore_errors=True)
 
     def report(self) -> ServiceReport:
         instances = self.instance_reports()
@@ -817,15 +1044,15 @@ class ServiceRuntime:
         """Each instance as it is now, memory and CPU read from its cgroup (the telemetry loop reads this from its
         thread: the instances are taken in one step)."""
         reports = []
-        for service, inst in sorted(list(self.instances.items())):
+        for _service, inst in sorted(list(self.instances.items())):
             running = inst.pid is not None
             reports.append(
-                inst.report(self._memory(service) if running else (None, None), self._cpu(service) if running else None)
+                inst.report(self._memory(inst) if running else (None, None), self._cpu(inst) if running else None)
             )
         return reports
 
-    def _memory(self, service: str) -> tuple[int | None, int | None]:
-        rel = f"dpufleet/{self.config.dpu}/{service}"
+    def _memory(self, inst: Instance) -> tuple[int | None, int | None]:
+        rel = inst.cgroup
         for usage, limit in (
             (
                 f"/sys/fs/cgroup/memory/{rel}/memory.usage_in_bytes",
@@ -837,9 +1064,9 @@ class ServiceRuntime:
                 return int(Path(usage).read_text()), int(Path(limit).read_text())
         return None, None
 
-    def _cpu(self, service: str) -> float | None:
+    def _cpu(self, inst: Instance) -> float | None:
         """CPU time the instance's cgroup has used, in seconds (cgroup v1 cpuacct, or v2 cpu.stat)."""
-        rel = f"dpufleet/{self.config.dpu}/{service}"
+        rel = inst.cgroup
         with contextlib.suppress(OSError, ValueError):
             return int(Path(f"/sys/fs/cgroup/cpuacct/{rel}/cpuacct.usage").read_text()) / 1e9
         with contextlib.suppress(OSError, ValueError, StopIteration):
@@ -890,7 +1117,7 @@ class ServiceRuntime:
             "exec",
             "--env",
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",  # runc exec sets none
-            container_id(request.service),
+            inst.cid,
             *request.command,
         ]
         try:
@@ -956,7 +1183,9 @@ class ServiceRuntime:
         others removed, the missing ones started, all before the control plane is asked."""
         self.desired = await asyncio.to_thread(self.load_desired)
         found = await asyncio.to_thread(self.containers)
-        wanted = {container_id(d.service): d.revision for d in (self.desired.instances if self.desired else [])}
+        wanted = {
+            instance_ids(d, self.config.dpu)[0]: d.revision for d in (self.desired.instances if self.desired else [])
+        }
         for cid, state in found.items():
             if wanted.get(cid) != _revision_of(state) or state.get("status") != "running":
                 await asyncio.to_thread(self._runc, "delete", "--force", cid)
@@ -969,6 +1198,8 @@ class ServiceRuntime:
             inst.stopping = True
         await asyncio.to_thread(self.kill_all)
         tasks = [i.task for i in self.instances.values() if i.task is not None]
+        for service in [*self._sockets, *(s for s, i in self.instances.items() if i.desired.handoff)]:
+            await asyncio.to_thread(self._drop_sandbox, service)  # a reboot takes namespaces and sockets with it
         self.instances.clear()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -1013,6 +1244,15 @@ class ServiceRuntime:
         for task in list(self._execs):  # an exec in flight: its caller sees a timeout
             task.cancel()
         await self._artifacts.aclose()
+
+
+def _place_fds(fds: list[int]) -> None:
+    """In the child before runc starts: the held sockets as fds 3.. (runc --preserve-fds passes those on).
+    Copied high first, so a socket already among 3.. is not overwritten before it is placed."""
+    high = [os.dup2(fd, 200 + i) for i, fd in enumerate(fds)]
+    for i, fd in enumerate(high):
+        os.dup2(fd, 3 + i)
+        os.close(fd)
 
 
 def _revision_of(state: dict[str, Any]) -> str | None:

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .kinds.images import ConfigFile
-from .kinds.services import Artifact, ConfigReload, InstanceReport, Probes, ServiceResources
+from .kinds.services import Artifact, ConfigReload, InstanceReport, Probes, ServiceResources, StateHandoff
 
 __all__ = [
     "DesiredInstance",
@@ -48,6 +48,7 @@ class DesiredInstance(BaseModel):
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
     privileged: bool = False
     probes: Probes = Field(default_factory=Probes)
+    handoff: StateHandoff | None = Field(default=None, description="upgraded by a state handoff (kinds/services.py)")
     after: list[str] = Field(default_factory=list, description="services of this DPU that must run first (SameDPU)")
     artifactURL: str | None = Field(
         default=None, description="an `image` artifact: where its OCI archive is, in the control plane's repository"

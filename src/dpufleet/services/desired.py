@@ -27,7 +27,7 @@ from ..store.store import Store
 
 # What a revision covers: the spec's fields an instance runs with (placement, priority and the upgrade
 # strategy move no running instance).
-TEMPLATE_FIELDS = ("artifact", "config", "resources", "restartPolicy", "privileged", "probes")
+TEMPLATE_FIELDS = ("artifact", "config", "resources", "restartPolicy", "privileged", "probes", "handoff")
 
 
 def digest(value: object) -> str:
@@ -45,6 +45,8 @@ def revisions(spec: DPUServiceSpec) -> tuple[str, str]:
         "privileged": spec.privileged,
         "probes": spec.probes.model_dump(mode="json"),
     }
+    if spec.handoff is not None:  # absent for every other service: their revisions stay what they were
+        runs["handoff"] = spec.handoff.model_dump(mode="json")
     files = [f.model_dump(mode="json") for f in spec.config.files]
     if spec.config.reload is None:
         runs["files"] = files  # the service cannot reload them: new files are a new container
@@ -79,6 +81,7 @@ def desired_instance(service: str, instance: str, spec: DPUServiceSpec) -> Desir
         restartPolicy=spec.restartPolicy,
         privileged=spec.privileged,
         probes=spec.probes,
+        handoff=spec.handoff,
         after=sorted(d.service for d in spec.dependsOn if d.scope == "SameDPU"),
     )
 

@@ -60,8 +60,11 @@ def build_bundle(where: Path) -> tuple[Path, str]:
     return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
-def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Path, str]:
-    """A busybox OCI image archived as a tar of its layout: (the archive, its sha256)."""
+def build_archive(
+    where: Path, entrypoint: list[str] | None = None, extra: dict[str, Path] | None = None
+) -> tuple[Path, str]:
+    """A busybox OCI image archived as a tar of its layout: (the archive, its sha256). `extra`: more files
+    for its root filesystem (path in the image -> file here), such as the tally service's binary."""
     layout, bundle = where / "layout", where / "bundle"
     for args in (
         ["init", "--layout", str(layout)],
@@ -70,6 +73,10 @@ def build_archive(where: Path, entrypoint: list[str] | None = None) -> tuple[Pat
     ):
         subprocess.run(["umoci", *args], check=True, capture_output=True)
     busybox_rootfs(bundle / "rootfs")
+    for inside, source in (extra or {}).items():
+        target = bundle / "rootfs" / inside.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
     subprocess.run(["umoci", "repack", "--image", f"{layout}:latest", str(bundle)], check=True, capture_output=True)
     config = ["umoci", "config", "--image", f"{layout}:latest"]
     for i, arg in enumerate(entrypoint or ["/bin/sleep", "3600"]):

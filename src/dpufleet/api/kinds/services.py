@@ -229,6 +229,36 @@ class Probes(Strict):
     readiness: Probe | None = None
 
 
+# --- state handoff (agent/services.py runs it) --------------------------------------------------------------
+
+
+class StateHandoff(Strict):
+    """A stateful service's upgrade without a gap: the DPU's runtime holds the service's listening sockets
+    (`listen`, passed to every instance as fds 3.. with LISTEN_FDS, systemd's socket activation), so a
+    connection waits in the socket's queue while one instance hands over to the next, never refused.
+
+    The sequence on a DPU (agent/services.py): `POST /drain` to the running instance (it stops taking
+    connections, finishes those it has), `GET /state` (its state, at most maxStateMiB), the new instance
+    started with that state in the file `$DPUFLEET_STATE_FILE`, ready, then the old one stopped. Both
+    requests go over the instance's own control socket, `$DPUFLEET_HANDOFF_DIR/control.sock` (HTTP over
+    a Unix socket). A step that fails puts the old instance back to work (`POST /resume`) and keeps it:
+    the upgrade sees no ready instance at the new revision and rolls back as it would for any failure."""
+
+    listen: list[int] = Field(min_length=1, max_length=8, description="TCP ports the runtime holds open")
+    maxStateMiB: int = Field(default=16, ge=1, le=1024)
+    timeoutSeconds: int = Field(default=30, ge=1, le=600, description="each step, and the new instance's start")
+
+    @field_validator("listen")
+    @classmethod
+    def _ports(cls, ports: list[int]) -> list[int]:
+        bad = [p for p in ports if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1..65535 (got {bad})")
+        if len(set(ports)) != len(ports):
+            raise ValueError("a port listed more than once")
+        return ports
+
+
 # --- upgrades (services/upgrade.py rolls them) ----------------------------------------------------------------
 
 
@@ -287,6 +317,15 @@ class DPUServiceSpec(Strict):
     probes: Probes = Field(default_factory=Probes)
     upgrade: UpgradeStrategy = Field(default_factory=UpgradeStrategy)
     disruptionBudget: DisruptionBudget | None = Field(default=None, description="what a drain may take at once")
+    handoff: StateHandoff | None = Field(
+        default=None, description="a stateful service: each upgrade hands the state over, on the same sockets"
+    )
+
+    @model_validator(mode="after")
+    def _handoff_own_network(self) -> DPUServiceSpec:
+        if self.handoff is not None and self.privileged:
+            raise ValueError("handoff: not for a privileged service (it has the host's network, not its own)")
+        return self
 
     @field_validator("dependsOn")
     @classmethod
