@@ -43,3 +43,20 @@ def test_a_handoff_is_part_of_the_revision_and_reaches_the_dpu() -> None:
     assert template_of(stateful)["handoff"]["listen"] == [8080]
     desired = desired_instance("tally", "tally/dpu-1", stateful)
     assert desired.handoff is not None and desired.handoff.listen == [8080] and desired.handoff.timeoutSeconds == 30
+
+
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [
+        ({"config": {"args": ["queues 8"]}}, "name=value"),
+        ({"config": {"env": {"A": "1"}}}, "config.env: not for a kernel module"),
+        ({"handoff": {"listen": [80]}}, "handoff: not for a kernel module"),
+        ({"probes": {"readiness": {"tcp": {"port": 80}}}}, "probes.readiness: not for a kernel module"),
+    ],
+)
+def test_a_kernel_module_takes_parameters_only(more: dict[str, Any], said: str) -> None:
+    module = {"kernelModule": {"url": "http://127.0.0.1:1/m.ko", "sha256": "b" * 64, "name": "m"}}
+    assert spec(artifact=module, config={"args": ["queues=8"]}).config.args == ["queues=8"]
+    with pytest.raises(ValidationError) as caught:
+        spec(artifact=module, **more)
+    assert said in str(caught.value)

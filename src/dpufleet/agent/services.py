@@ -37,8 +37,12 @@ keeps that answer on disk (`<state>/services/desired.json`), and converges:
 
 After the agent restarts it adopts the containers still running at the revision it wants (`runc list`)
 and deletes the rest; after the DPU reboots (no containers) it starts every instance of the durable
-desired set at once, without waiting for the control plane. Artifact kinds other than `ociArchive`
-are reported Failed with the reason (this runtime does not pull from registries yet).
+desired set at once, without waiting for the control plane.
+
+A `kernelModule` artifact is fetched and checked the same way and loaded with `insmod` (its args are
+the module's parameters), Running while /proc/modules lists it, loaded again per restartPolicy if it
+is unloaded behind the runtime's back, and unloaded (`rmmod`) when the service leaves the DPU. One that
+`needsReboot` is loaded on the first boot after it was placed (Pending until then).
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ DPU_PROJECT = "dpu"  # the trust policy's one project on a DPU
 BACKOFF_MAX = 60.0
 STEADY_SECONDS = 60.0  # up this long: the next crash restarts after 1 s again
 CONTAINER_PREFIX = "dpufleet-"
+MODULE_FILE = "module.ko"
+MODULE_WATCH_SECONDS = 2.0  # how often a loaded module is checked to be still loaded
 HANDOFF_RETRY_SECONDS = 10.0  # a failed state handoff is tried again after this long (the old instance serves)
 DEFAULT_CAPS = [
     "CAP_CHOWN",
@@ -188,6 +194,11 @@ class ServicesConfig:
     # unsigned one never runs. None: the control plane's check alone (the digest is still checked).
     trusted_publishers: Path | None = None
     require_signed: bool = False
+    # A kernelModule artifact: the tools that load and unload it, and the kernel's list of what is loaded
+    # (the emulated DPU gives its own, over its emulated OS root: dpufleet.sim.kernel).
+    insmod: list[str] = field(default_factory=lambda: ["insmod"])
+    rmmod: list[str] = field(default_factory=lambda: ["rmmod"])
+    os_root: Path = Path("/")  # proc/modules and proc/sys/kernel/random/boot_id are read under it
 
 
 def _bare(url: str) -> str:
@@ -518,17 +529,17 @@ class ServiceRuntime:
         elif artifact.bundle is not None:  # a native process bundle: a tar of its root filesystem
             url, want = artifact.bundle.url, artifact.bundle.sha256
         else:
-            raise ValueError(
-                "artifact kind kernelModule is not supported by this DPU's runtime yet: use ociArchive, image or bundle"
-            )
+            assert artifact.kernelModule is not None
+            url, want = artifact.kernelModule.url, artifact.kernelModule.sha256
         native = artifact.bundle is not None
+        module = artifact.kernelModule is not None
         signed = self.verify(desired)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"artifact URL {url}: only http(s) archives are fetched by this runtime")
         layout = self.root / "artifacts" / want
         lock = self._pulls.setdefault(want, asyncio.Lock())
         async with lock:
-            if (layout / ("rootfs" if native else "index.json")).exists():
+            if (layout / ("rootfs" if native else MODULE_FILE if module else "index.json")).exists():
                 return layout
             layout.parent.mkdir(parents=True, exist_ok=True)
             part = layout.parent / f"{want}.part"
@@ -550,6 +561,10 @@ class ServiceRuntime:
                 raise ValueError(
                     f"artifact {_bare(url)} is {size} bytes, its signed manifest says {signed.size}: not run"
                 )
+            if module:  # a module is loaded as it is
+                layout.mkdir(parents=True, exist_ok=True)
+                part.replace(layout / MODULE_FILE)
+                return layout
             await asyncio.to_thread(_extract_rootfs if native else _extract, part, layout)
             part.unlink(missing_ok=True)
             return layout
@@ -738,7 +753,100 @@ class ServiceRuntime:
 
     # --- supervision -----------------------------------------------------------------------------------------
 
+    # --- kernel modules ------------------------------------------------------------------------------------
+
+    def modules_loaded(self) -> set[str]:
+        try:
+            text = (self.config.os_root / "proc/modules").read_text()
+        except OSError:
+            return set()
+        return {line.split()[0] for line in text.splitlines() if line.strip()}
+
+    def _boot_id(self) -> str:
+        try:
+            return (self.config.os_root / "proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
+
+    def _module_tool(self, argv: list[str]) -> tuple[bool, str]:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"{argv[0]}: {exc}"
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return done.returncode == 0, (said[-1] if said else f"exit status {done.returncode}")[:500]
+
+    def _module_boot_file(self, service: str) -> Path:
+        return self.root / "modules" / f"{service}.boot"
+
+    async def _supervise_module(self, inst: Instance) -> None:
+        """A kernelModule instance: fetched and checked like any artifact, loaded with insmod (the service's
+        args are its parameters), Running while the kernel lists it, loaded again per restartPolicy if it goes
+        away. One that needsReboot is loaded only on a boot after it was placed: Pending until then."""
+        desired = inst.desired
+        module = desired.artifact.kernelModule
+        assert module is not None
+        backoff = 0.0
+        while not inst.stopping:
+            try:
+                inst.phase, inst.reason = "Pulling", None
+                layout = await self.pull(desired)
+                if module.name not in await asyncio.to_thread(self.modules_loaded):
+                    if module.needsReboot:
+                        marker = self._module_boot_file(desired.service)
+                        placed_in = marker.read_text() if marker.exists() else None
+                        if placed_in is None or placed_in == self._boot_id():
+                            if placed_in is None:
+                                marker.parent.mkdir(parents=True, exist_ok=True)
+                                marker.write_text(self._boot_id())
+                            inst.phase = "Pending"
+                            inst.reason = f"kernel module {module.name} loads on the DPU's next boot (dpufleet reset dpu)"
+                            await self._sleep(inst, MODULE_WATCH_SECONDS)
+                            continue
+                    inst.phase = "Starting"
+                    argv = [*self.config.insmod, str(layout / MODULE_FILE), *desired.args]
+                    ok, said = await asyncio.to_thread(self._module_tool, argv)
+                    if not ok:
+                        raise ValueError(said)
+                    if module.name not in await asyncio.to_thread(self.modules_loaded):
+                        raise ValueError(f"insmod loaded no module named {module.name} (the service's name for it)")
+                inst.phase, inst.ready, inst.started_at, inst.reason = "Running", True, _now(), None
+                inst.up_since = time.monotonic()
+            except (ValueError, OSError, httpx.HTTPError) as exc:
+                inst.phase, inst.ready, inst.reason = "Failed", False, str(exc)[:2000]
+                log.warning("service %s: %s", desired.service, exc)
+                backoff = next_backoff(backoff)
+                await self._sleep(inst, backoff)
+                continue
+            while not inst.stopping and module.name in await asyncio.to_thread(self.modules_loaded):
+                await self._sleep(inst, MODULE_WATCH_SECONDS)
+            if inst.stopping:
+                return
+            inst.ready = False
+            if desired.restartPolicy == "Never":
+                inst.phase, inst.reason = "Succeeded", f"kernel module {module.name} was unloaded"
+                return
+            inst.restarts += 1
+            inst.phase, inst.reason = "Starting", f"kernel module {module.name} was unloaded; loading it again"
+            backoff = next_backoff(backoff)
+            await self._sleep(inst, backoff)
+
+    async def _unload(self, inst: Instance) -> None:
+        module = inst.desired.artifact.kernelModule
+        assert module is not None
+        self._module_boot_file(inst.desired.service).unlink(missing_ok=True)
+        if inst.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(inst.task, 15)
+        if module.name in await asyncio.to_thread(self.modules_loaded):
+            ok, said = await asyncio.to_thread(self._module_tool, [*self.config.rmmod, module.name])
+            if not ok:
+                log.warning("service %s: cannot unload kernel module %s: %s", inst.desired.service, module.name, said)
+
     async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
+        if inst.desired.artifact.kernelModule is not None:
+            await self._supervise_module(inst)
+            return
         cid = inst.cid
         backoff = 0.0
         while not inst.stopping:
@@ -1018,8 +1126,12 @@ class ServiceRuntime:
             await asyncio.to_thread(self._drop_sandbox, service)
 
     async def _stop(self, inst: Instance) -> None:
-        """SIGTERM, SIGKILL after the grace period, the container and its bundle gone."""
+        """SIGTERM, SIGKILL after the grace period, the container and its bundle gone (a kernel module:
+        unloaded)."""
         inst.stopping = True
+        if inst.desired.artifact.kernelModule is not None:
+            await self._unload(inst)
+            return
         cid = inst.cid
         if inst.pid is not None:
             await asyncio.to_thread(self._runc, "kill", cid, "TERM")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dpufleet.agent import slots
+from dpufleet.sim import kernel
 from dpufleet.sim.devices import MacAllocator, SimDPU, SimHost, SimNic, make_dpu
 from dpufleet.sim.profiles import VendorProfile
 
@@ -393,6 +394,7 @@ def boot_kernel(dpu: SimDPU) -> None:
     for key, value in SYSCTL_DEFAULTS.items():
         _write(root, f"proc/sys/{key}", value + "\n")
     _write(root, "proc/sys/kernel/random/boot_id", str(uuid.uuid4()) + "\n")
+    kernel.boot(root)  # no module stays loaded across a boot
     for size in HUGEPAGE_SIZES_KB:
         _write(root, f"sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages", "0\n")
     affinity = f"0-{profile.cpu.cores - 1}"

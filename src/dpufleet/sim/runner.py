@@ -45,6 +45,7 @@ from .fleet import Fleet, FleetServer, build_fleet, serve_control, serve_fleet, 
 from .hostbmc import PREFIX as HOST_BMC_PREFIX
 from .hostbmc import HostBMCApp, SiteApp
 from .identity import IDEVID_CERT, IDEVID_KEY, SimIdentities
+from .kernel import emulated_kernel
 from .network import DataPlane, data_plane_tag
 from .rshim import RshimBus
 
@@ -439,6 +440,9 @@ async def run_sim(
                             stop_grace=3.0,
                             trusted_publishers=options.services_trusted_publishers,
                             require_signed=options.services_require_signed,
+                            insmod=[*emulated_kernel(config.root), "insmod"],
+                            rmmod=[*emulated_kernel(config.root), "rmmod"],
+                            os_root=config.root,
                         )
                     restart = _restart_of(fleet, device)
                     agent = SimAgent(

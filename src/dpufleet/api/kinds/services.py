@@ -28,6 +28,7 @@ _DIGEST = r"sha256:[0-9a-f]{64}"
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@" + _DIGEST + "$")
 _SHA256 = r"^[0-9a-f]{64}$"
 _URL = r"^(https?|oci)://\S+$"
+_MODULE_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*$")
 
 # --- artifact --------------------------------------------------------------------------------------------------
 
@@ -322,9 +323,29 @@ class DPUServiceSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _handoff_own_network(self) -> DPUServiceSpec:
+    def _fits_artifact(self) -> DPUServiceSpec:
         if self.handoff is not None and self.privileged:
             raise ValueError("handoff: not for a privileged service (it has the host's network, not its own)")
+        if self.artifact.kernelModule is not None:
+            given = [
+                name
+                for name, value in (
+                    ("handoff", self.handoff),
+                    ("config.files", self.config.files),
+                    ("config.env", self.config.env),
+                    ("config.reload", self.config.reload),
+                    ("probes.liveness", self.probes.liveness),
+                    ("probes.readiness", self.probes.readiness),
+                )
+                if value
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: not for a kernel module (its config.args are its parameters, name=value)"
+                )
+            bad = [a for a in self.config.args if not _MODULE_PARAM.match(a)]
+            if bad:
+                raise ValueError(f"config.args: a kernel module's parameters are name=value (got {bad})")
         return self
 
     @field_validator("dependsOn")
