@@ -96,6 +96,19 @@ def move(api: RunningServer, site: Operator, fleet: SimRunning, dpu: str, to: st
     return samples
 
 
+def logs_on(site: Operator, where: set[str]) -> None:
+    """`dpufleet service logs edge` shows lines from `where` (DPU, Host) and nowhere else: the DPU's and
+    the host's runtime each keep their own, and what a runtime no longer runs it no longer reports."""
+    site.wait_for(
+        f"the logs from {where}",
+        lambda: site.http.get("/services/v1/projects/default/dpuservices/edge/logs").json()["instances"],
+        lambda found: {i["runsOn"] for i in found} == where and all(
+            any("edge on" in line for line in i["lines"]) for i in found
+        ),
+        timeout=60,
+    )
+
+
 def test_a_service_runs_on_the_host_and_moves_to_the_dpu_and_back(
     api: RunningServer, site: Operator, fleet: SimRunning, image: dict[str, str]
 ) -> None:
@@ -114,12 +127,16 @@ def test_a_service_runs_on_the_host_and_moves_to_the_dpu_and_back(
     assert [e["service"] for e in allocation["hostInstances"]] == ["edge"] and allocation.get("instances") == []
     assert (on_host.runc_root / "dpufleet-edge").exists() or any(on_host.runc_root.iterdir())
 
+    logs_on(site, {"Host"})
     for to in ("DPU", "Host"):
         samples = move(api, site, fleet, dpu, to)
         assert samples, "nothing sampled"
         assert all(ready >= 1 for ready, _, _ in samples), samples  # a ready instance all along
         assert all(d or h for _, d, h in samples), (to, samples)  # never running nowhere
         assert any(d and h for _, d, h in samples), samples  # the new one started before the old stopped
+        logs_on(site, {to})  # the logs of where it runs now; the old place's went with its instance
+    result = CliRunner().invoke(app, ["--server", api.url, "--token", api.token, "service", "logs", "edge"])
+    assert result.exit_code == 0 and f"[{dpu} host] edge on" in result.output, result.output
     started = {
         e["message"].split(":")[0] for e in site.events("DPUService", "edge") if e["reason"] == "InstanceStarted"
     }

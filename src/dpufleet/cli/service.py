@@ -47,7 +47,7 @@ def logs(
 ) -> None:
     """Print the last lines each instance of the service wrote, prefixed by its DPU."""
     config = options(ctx).config(project)
-    seen: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], list[str]] = {}
     with Client.from_config(config) as client:
         path = f"/services/v1/projects/{config.project}/dpuservices/{name}/logs"
         while True:
@@ -56,10 +56,11 @@ def logs(
             if not instances and not seen:
                 note(f"dpuservice/{name}: no instance has sent logs yet (is it Running? see `dpufleet get svc {name}`)")
             for inst in instances:
-                where, lines = str(inst["dpu"]), list(inst.get("lines") or [])
-                for line in new_lines(seen.get(where, []), lines) if follow else lines:
-                    print(f"[{where}] {line}")
-                seen[where] = lines
+                on, runs_on, lines = str(inst["dpu"]), str(inst.get("runsOn") or "DPU"), list(inst.get("lines") or [])
+                label = on if runs_on == "DPU" else f"{on} host"  # a move: both, each with its own lines
+                for line in new_lines(seen.get((on, runs_on), []), lines) if follow else lines:
+                    print(f"[{label}] {line}")
+                seen[(on, runs_on)] = lines
             if not follow:
                 return
             try:

@@ -98,8 +98,8 @@ def add_service_routes(
     async def services_status(request: Request) -> Response:
         project, dpu, where = await asyncio.to_thread(runtime_of, request)
         report = await read_model(request, ServiceReport, "service status")
-        for tail in report.logs:
-            state.service_logs[(project, tail.service, dpu)] = tail.lines
+        # the runtime's whole set: a service it no longer runs has no logs from there any more
+        state.service_logs[(project, dpu, where)] = {tail.service: tail.lines for tail in report.logs}
         await state.write(record_service_report, store, events, project, dpu, report, where)
         return respond({"accepted": True})
 

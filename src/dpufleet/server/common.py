@@ -71,8 +71,9 @@ class ServerState:
     more_metrics: Callable[[], Coroutine[Any, Any, str]] | None = None
     controllers_status: Callable[[], str] | None = None  # the controller process's, in /readyz
     telemetry: TelemetryPlane | None = None  # the fleet bus's aggregator (server/telemetry.py), when it runs
-    # (project, service, DPU) -> the instance's last log lines, as its DPU's runtime last sent them
-    service_logs: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    # (project, DPU, where: DPU or Host) -> service -> its instance's last log lines, as that runtime (the
+    # DPU's, or its host agent's) last sent them: during a host<->DPU move both are kept, apart
+    service_logs: dict[tuple[str, str, str], dict[str, list[str]]] = field(default_factory=dict)
     execs: ExecBroker = field(default_factory=ExecBroker)  # `dpufleet service exec` (server/execs.py)
     # SQLite takes one writer at a time: a single writer thread avoids dozens of threads
     # fighting over the GIL and the write lock. Reads run beside it.

@@ -72,9 +72,9 @@ def services_router(state: ServerState, dependencies: list[Any]) -> APIRouter:
         doc = await state.read(state.store.get, "DPUService", name, project)
         acc.check_object(info, Verb.GET, doc)
         instances = [
-            {"dpu": where, "lines": lines}
-            for (p, service, where), lines in sorted(state.service_logs.items())
-            if p == project and service == name and (dpu is None or where == dpu)
+            {"dpu": on, "runsOn": where, "lines": by_service[name]}
+            for (p, on, where), by_service in sorted(state.service_logs.items())
+            if p == project and name in by_service and (dpu is None or on == dpu)
         ]
         return respond({"service": name, "instances": instances})
 
