@@ -268,3 +268,34 @@ def test_an_instance_another_depends_on_there_is_not_preempted(fleet: Store) -> 
     assert outcome.preempted == ["addon"]
     services = {i["service"] for i in fleet.get("DPUAllocation", "dpu-0", P)["spec"]["instances"]}
     assert services == {"base", "urgent"}  # "base", which addon depended on, was never a candidate
+
+
+def test_a_host_placed_instance_takes_nothing_from_its_dpu_and_is_charged_again_on_its_way_back(
+    fleet: Store,
+) -> None:
+    """runsOn Host: the instance runs on the host, so its DPU's memory stays free for others; moving back
+    to the DPU charges it again, and a DPU that has meanwhile no room for it sends it elsewhere."""
+    big = {"cpuMillicores": 1000, "memoryMiB": 12 * 1024}
+    add_service(fleet, "edge", {"mode": "DPUs", "dpus": ["dpu-0"], "runsOn": "Host"}, resources=big)
+    schedule_service(fleet, P, "edge")
+    assert allocated_memory(fleet, "dpu-0") == 0
+    assert fleet.get("DPU", "dpu-0", P)["status"]["allocated"]["memoryMiB"] == 0
+    add_service(fleet, "cache", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"memoryMiB": 8 * 1024})
+    schedule_service(fleet, P, "cache")
+    assert allocated_memory(fleet, "dpu-0") == 8 * 1024  # the DPU's memory went to a service that runs there
+
+    fleet.patch("DPUService", "edge", {"spec": {"placement": {"runsOn": "DPU"}}}, P)
+    schedule_service(fleet, P, "edge")  # 12 GiB more does not fit beside cache's 8 on a 16 GiB DPU
+    status = fleet.get("DPUService", "edge", P)["status"]
+    assert status["scheduled"] == 0 and "insufficient memory" in status["pendingReason"]
+    assert allocated_memory(fleet, "dpu-0") == 8 * 1024  # never overcommitted
+
+    fleet.delete("DPUService", "cache", P)
+    schedule_service(fleet, P, "cache")
+    schedule_service(fleet, P, "edge")
+    assert fleet.get("DPUService", "edge", P)["status"]["scheduled"] == 1
+    assert allocated_memory(fleet, "dpu-0") == 12 * 1024  # charged, now that it runs on the DPU
+    fleet.patch("DPUService", "edge", {"spec": {"placement": {"runsOn": "Host"}}}, P)
+    schedule_service(fleet, P, "edge")
+    assert allocated_memory(fleet, "dpu-0") == 0
+    assert fleet.get("DPU", "dpu-0", P)["status"]["allocated"]["memoryMiB"] == 0

@@ -153,6 +153,38 @@ def commit_placement(store: Store, project: str, node: Node, request: Request) -
     return False
 
 
+def recharge(store: Store, project: str, node: Node, request: Request) -> bool | None:
+    """Make the service's instance on the DPU take what the service asks for now (a host-placed instance
+    takes nothing; one moving back to the DPU takes its resources again): True when the record says so,
+    False when the DPU has no room for the new charge (the record keeps the old), None when it was
+    already so. Compare-and-swap, as placing."""
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            current = store.get("DPUAllocation", node.name, project)
+        except NotFound:
+            return None
+        instances = list(current.get("spec", {}).get("instances") or [])
+        mine = next((i for i in instances if i["service"] == request.service), None)
+        if mine is None or request_resources(mine) == request.resources:
+            return None
+        others = [i for i in instances if i is not mine]
+        if (node.allocatable - allocation_sum(others)).shortage(request.resources) is not None:
+            return False
+        changed = {**mine, **resources_dict(request.resources)}
+        doc = _allocation_doc(
+            project,
+            node.name,
+            [changed if i is mine else i for i in instances],
+            current["metadata"]["resourceVersion"],
+        )
+        try:
+            store.update(doc)
+        except Conflict:
+            continue
+        return True
+    return None  # it kept changing: the next visit tries again
+
+
 def release(store: Store, project: str, dpu: str, service: str) -> None:
     """Remove the service's instance from the DPU's allocation record (compare-and-swap as well)."""
     for _ in range(CAS_ATTEMPTS):
@@ -261,6 +293,13 @@ def _preempt(
     return committed, preempted
 
 
+def _charged_nothing(snapshot: Snapshot, dpu: str, service: str) -> bool:
+    """The instance's record takes nothing from the DPU (it ran on the host)."""
+    entries = ((snapshot.allocations.get(dpu) or {}).get("spec") or {}).get("instances") or []
+    mine = next((i for i in entries if i["service"] == service), None)
+    return mine is not None and request_resources(mine) == request_resources({})
+
+
 def _leaving(spec: DPUServiceSpec, snapshot: Snapshot, dpu: str) -> bool:
     """The service's instance must leave the DPU: the DPU is draining, the service excludes it
     (`dpufleet service move`), or its labels no longer match the service's selector. A Replicas
@@ -322,6 +361,20 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
         if dpu in snapshot.by_name:
             mirror_dpu_status(store, project, snapshot.by_name[dpu])
     kept = [d for d in existing if d not in to_release]
+    request = request_of(name, spec)
+    for dpu in list(kept):  # a move between host and DPU (or new resources) changes what each one takes
+        node = snapshot.by_name.get(dpu)
+        done = recharge(store, project, node, request) if node is not None else None
+        if done is True and node is not None:
+            mirror_dpu_status(store, project, node)
+        elif done is False and node is not None and _charged_nothing(snapshot, dpu, name):
+            # back from the host to a DPU with no room for it: placed again where it fits (or Pending)
+            release(store, project, dpu, name)
+            mirror_dpu_status(store, project, node)
+            node.services.discard(name)  # this visit places it as the DPU now is
+            kept.remove(dpu)
+            if spec.placement.mode != "EveryDPU":
+                to_place += 1
 
     waiting = _blocked(name, spec, snapshot)
     refused = _trusted(store, project, name, spec, status, generation)
@@ -331,7 +384,6 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     placed: Placed | None = None
     committed: list[Node] = []
     if waiting is None and to_place:
-        request = request_of(name, spec)
         start = zlib.crc32(name.encode()) % len(snapshot.nodes) if snapshot.nodes else 0
         hosts = Counter(snapshot.by_name[d].host for d in kept if d in snapshot.by_name)
         placed = place(snapshot.nodes, request, to_place, start, hosts)

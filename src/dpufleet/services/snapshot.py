@@ -118,9 +118,13 @@ def node_of(
 def request_of(name: str, spec: DPUServiceSpec) -> Request:
     res, compat, placement = spec.resources, spec.compatibility, spec.placement
     selector: LabelSelector | None = None if placement.selector.is_empty() else placement.selector
+    # an instance run on the host (placement.runsOn Host) takes nothing from its DPU: charged 0
+    charged = placement.runsOn == "DPU"
     return Request(
         service=name,
-        resources=Resources(res.cpuMillicores, res.memoryMiB, res.hugepagesMiB, res.storageMiB),
+        resources=Resources(res.cpuMillicores, res.memoryMiB, res.hugepagesMiB, res.storageMiB)
+        if charged
+        else Resources(),
         vendors=tuple(compat.vendors),
         models=tuple(compat.models),
         part_numbers=tuple(compat.partNumbers),
