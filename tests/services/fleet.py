@@ -16,10 +16,13 @@ VERSION = "DOCA_2.11.0_BSP_4.11.0_Ubuntu_22.04-1.1"
 
 
 @contextmanager
-def services_fleet(api: RunningServer, directory: Path, hosts: int = 1, network: bool = False) -> Iterator[SimRunning]:
+def services_fleet(
+    api: RunningServer, directory: Path, hosts: int = 1, network: bool = False, profiles: list[str] | None = None
+) -> Iterator[SimRunning]:
     """`hosts` hosts with one DPU each, every DPU with a service runtime, reporting often (and, with
-    `network`, a real Open vSwitch each)."""
+    `network`, a real Open vSwitch each). `profiles`: the DPUs' vendor profiles, host i taking the i-th."""
     options = SimOptions(
+        profiles=profiles or ["nvidia-bluefield-3"],
         hosts=hosts,
         dpus_per_host=1,
         seed=17,
