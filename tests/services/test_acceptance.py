@@ -13,17 +13,25 @@ with NVIDIA DPUs and two with Intel IPUs.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from dpufleet.agent.sandbox import netns_name
 from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
+from dpufleet.sim.tally import build_tally, compiler
 from provisioning.conftest import Operator, provisioning_server
 from services.fleet import provision, service, services_fleet
+from services.test_handoff import CLIENT as COUNTER
 from support.oci import served_image, tools_missing
 from support.server import RunningServer
 
@@ -169,3 +177,55 @@ def test_issue_17_acceptance_on_the_emulated_fleet(site: Operator, api: RunningS
         lambda labels: len(set(labels)) == 2 and all(label.endswith(" host") for label in labels),
         timeout=30,
     )
+
+
+@pytest.fixture(scope="module")
+def tally_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    if compiler() is None:
+        pytest.skip("no C compiler to build the tally service")
+    where = tmp_path_factory.mktemp("tally")
+    with served_image(where / "image", extra={"bin/tally": build_tally(where)}) as served:
+        yield served
+
+
+def test_a_stateful_service_upgraded_through_the_control_plane_loses_no_request(
+    site: Operator, api: RunningServer, tally_image: dict[str, str], tmp_path: Path
+) -> None:
+    """The handoff end to end: the spec through the API, the upgrade controller, the agent protocol and the
+    emulated DPU's runtime, while a client counts in the service's namespace on that DPU."""
+    dpu = sorted(d["metadata"]["name"] for d in site.items("dpus"))[-1]
+    spec = {
+        "artifact": {"ociArchive": {"url": tally_image["url"], "sha256": tally_image["sha256"]}},
+        "config": {"args": ["/bin/tally"], "env": {"VERSION": "1"}},
+        "resources": {"cpuMillicores": 100, "memoryMiB": 16},
+        "placement": {"mode": "DPUs", "dpus": [dpu]},
+        "handoff": {"listen": [8080], "timeoutSeconds": 20},
+        "upgrade": STRATEGY,
+    }
+    site.create("dpuservices", {"kind": "DPUService", "metadata": {"name": "tally"}, "spec": spec})
+    first = ready(site, "tally", 1)
+    stop = tmp_path / "stop"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", netns_name(dpu, "tally"), sys.executable, "-c", COUNTER, str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        v1 = first["upgrade"]["currentRevision"]
+        merge(site, "tally", {"config": {"env": {"VERSION": "2"}}})
+        done = ready(site, "tally", 1, lambda s: (s.get("upgrade") or {}).get("currentRevision") not in (None, v1)
+                     and s["upgrade"]["phase"] == "Complete")  # fmt: skip
+        assert done["instances"][0]["revision"] != v1.partition(".")[0]
+        time.sleep(1.0)
+    finally:
+        stop.touch()
+        out, err = client.communicate(timeout=120)
+    assert client.returncode == 0, err
+    result = json.loads(out)
+    assert result["errors"] == [] and len(result["answers"]) > 20
+    assert result["answers"] == list(range(1, len(result["answers"]) + 1))  # the count went on, none lost
+    logs = cli(api, "service", "logs", "tally")
+    assert "tally: imported" in logs
+    assert site.http.delete(site.path("dpuservices", "tally")).status_code in (200, 202)

@@ -477,9 +477,13 @@ class ServiceRuntime:
         return {c["id"]: c for c in found if str(c.get("id", "")).startswith(CONTAINER_PREFIX)}
 
     def kill_all(self) -> None:
-        """Every container of ours gone (what a power loss does, and what `stop` with `--remove` does)."""
+        """Every container of ours gone, and every sandbox (what a power loss does, and what `stop` with
+        `--remove` does)."""
         for cid in self.containers():
             self._runc("delete", "--force", cid)
+        wanted = [d.service for d in (self.desired.instances if self.desired else []) if d.handoff is not None]
+        for service in {*self._sockets, *wanted}:  # and the namespaces of the stateful ones, as a reboot does
+            self._drop_sandbox(service)
 
     # --- desired state, kept on disk -------------------------------------------------------------------------
 
@@ -727,11 +731,14 @@ class ServiceRuntime:
             step = "starting the new instance"
             new.task = asyncio.create_task(self._supervise(new, None))
             deadline = time.monotonic() + timeout
-            while not (new.phase == "Running" and new.ready):
-                if new.phase == "Failed" or (new.restarts and new.phase != "Running"):
+            settled_at: float | None = None  # Running and ready since, without a restart
+            while settled_at is None or time.monotonic() - settled_at < handoff.settleSeconds:
+                if new.phase == "Failed" or new.restarts:
                     raise ValueError(new.reason or "it failed")
-                if time.monotonic() > deadline:
-                    raise ValueError(f"not ready within {timeout:g}s")
+                up = new.phase == "Running" and new.ready
+                settled_at = (settled_at or time.monotonic()) if up else None
+                if time.monotonic() > deadline + handoff.settleSeconds:
+                    raise ValueError(f"not ready and settled within {timeout:g}s")
                 await asyncio.sleep(0.05)
         except (ValueError, OSError, httpx.HTTPError, SandboxError) as exc:
             why = f"state handoff to revision {want.revision} failed {step}: {exc}"[:2000]
@@ -1310,8 +1317,6 @@ class ServiceRuntime:
             inst.stopping = True
         await asyncio.to_thread(self.kill_all)
         tasks = [i.task for i in self.instances.values() if i.task is not None]
-        for service in [*self._sockets, *(s for s, i in self.instances.items() if i.desired.handoff)]:
-            await asyncio.to_thread(self._drop_sandbox, service)  # a reboot takes namespaces and sockets with it
         self.instances.clear()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):

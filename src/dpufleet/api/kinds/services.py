@@ -248,6 +248,13 @@ class StateHandoff(Strict):
     listen: list[int] = Field(min_length=1, max_length=8, description="TCP ports the runtime holds open")
     maxStateMiB: int = Field(default=16, ge=1, le=1024)
     timeoutSeconds: int = Field(default=30, ge=1, le=600, description="each step, and the new instance's start")
+    settleSeconds: int = Field(
+        default=2,
+        ge=0,
+        le=300,
+        description="the new instance stays Running and ready this long before the old one stops; one that "
+        "fails sooner gives the work back to the old one, whose state is what it handed over",
+    )
 
     @field_validator("listen")
     @classmethod
