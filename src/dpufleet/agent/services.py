@@ -713,22 +713,26 @@ class ServiceRuntime:
         timeout = float(handoff.timeoutSeconds)
         new = self._instance(want)
         new.state_file = True
-        step = "pulling the new artifact"
+        step = ""
         drained = False
+
+        def doing(what: str) -> None:
+            nonlocal step
+            step, old.reason = what, f"handing its state over to revision {want.revision}: {what}"
+
         try:
-            old.reason = f"handing its state over to revision {want.revision}: {step}"
+            doing("pulling the new artifact")
             await self.pull(want)
-            step = "draining"
-            old.reason = f"handing its state over to revision {want.revision}: {step}"
+            doing("draining")
             await self._control(old, "POST", "/drain", timeout)
             drained = True
-            step = "exporting the state"
+            doing("exporting the state")
             state = await self._control(old, "GET", "/state", timeout, handoff.maxStateMiB << 20)
             where = self._handoff_dir(new.cid)
             shutil.rmtree(where, ignore_errors=True)
             where.mkdir(parents=True)
             (where / "state").write_bytes(state)
-            step = "starting the new instance"
+            doing("starting the new instance")
             new.task = asyncio.create_task(self._supervise(new, None))
             deadline = time.monotonic() + timeout
             settled_at: float | None = None  # Running and ready since, without a restart
@@ -758,8 +762,6 @@ class ServiceRuntime:
         self.instances[service] = new
         await self._stop(old)
 
-    # --- supervision -----------------------------------------------------------------------------------------
-
     # --- kernel modules ------------------------------------------------------------------------------------
 
     def modules_loaded(self) -> set[str]:
@@ -786,6 +788,15 @@ class ServiceRuntime:
     def _module_boot_file(self, service: str) -> Path:
         return self.root / "modules" / f"{service}.boot"
 
+    def _before_next_boot(self, service: str) -> bool:
+        """A needsReboot module: still in the boot it was placed in (noted the first time it is asked)."""
+        marker = self._module_boot_file(service)
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(self._boot_id())
+            return True
+        return marker.read_text() == self._boot_id()
+
     async def _supervise_module(self, inst: Instance) -> None:
         """A kernelModule instance: fetched and checked like any artifact, loaded with insmod (the service's
         args are its parameters), Running while the kernel lists it, loaded again per restartPolicy if it goes
@@ -799,17 +810,11 @@ class ServiceRuntime:
                 inst.phase, inst.reason = "Pulling", None
                 layout = await self.pull(desired)
                 if module.name not in await asyncio.to_thread(self.modules_loaded):
-                    if module.needsReboot:
-                        marker = self._module_boot_file(desired.service)
-                        placed_in = marker.read_text() if marker.exists() else None
-                        if placed_in is None or placed_in == self._boot_id():
-                            if placed_in is None:
-                                marker.parent.mkdir(parents=True, exist_ok=True)
-                                marker.write_text(self._boot_id())
-                            inst.phase = "Pending"
-                            inst.reason = f"kernel module {module.name} loads on the DPU's next boot (dpufleet reset dpu)"
-                            await self._sleep(inst, MODULE_WATCH_SECONDS)
-                            continue
+                    if module.needsReboot and await asyncio.to_thread(self._before_next_boot, desired.service):
+                        inst.phase = "Pending"
+                        inst.reason = f"kernel module {module.name} loads on the DPU's next boot (dpufleet reset dpu)"
+                        await self._sleep(inst, MODULE_WATCH_SECONDS)
+                        continue
                     inst.phase = "Starting"
                     argv = [*self.config.insmod, str(layout / MODULE_FILE), *desired.args]
                     ok, said = await asyncio.to_thread(self._module_tool, argv)
@@ -849,6 +854,8 @@ class ServiceRuntime:
             ok, said = await asyncio.to_thread(self._module_tool, [*self.config.rmmod, module.name])
             if not ok:
                 log.warning("service %s: cannot unload kernel module %s: %s", inst.desired.service, module.name, said)
+
+    # --- supervision -----------------------------------------------------------------------------------------
 
     async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
         if inst.desired.artifact.kernelModule is not None:

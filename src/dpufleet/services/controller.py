@@ -51,7 +51,7 @@ from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
 from .desired import RUNTIME_FIELD, revisions, serving, template_of
-from .scheduling import Node, Placed, Request, Shape, Victim, find_cycle, place, preemption_plan
+from .scheduling import Node, Placed, Request, Resources, Shape, Victim, find_cycle, place, preemption_plan
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
 from .trust import verify_service_artifact
 from .upgrade import Seen, Step, advance, expected_revision
@@ -293,11 +293,10 @@ def _preempt(
     return committed, preempted
 
 
-def _charged_nothing(snapshot: Snapshot, dpu: str, service: str) -> bool:
-    """The instance's record takes nothing from the DPU (it ran on the host)."""
+def _entry_of(snapshot: Snapshot, dpu: str, service: str) -> dict[str, Any] | None:
+    """The service's instance in the DPU's allocation record, as the snapshot read it."""
     entries = ((snapshot.allocations.get(dpu) or {}).get("spec") or {}).get("instances") or []
-    mine = next((i for i in entries if i["service"] == service), None)
-    return mine is not None and request_resources(mine) == request_resources({})
+    return next((i for i in entries if i["service"] == service), None)
 
 
 def _leaving(spec: DPUServiceSpec, snapshot: Snapshot, dpu: str) -> bool:
@@ -363,11 +362,14 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     kept = [d for d in existing if d not in to_release]
     request = request_of(name, spec)
     for dpu in list(kept):  # a move between host and DPU (or new resources) changes what each one takes
-        node = snapshot.by_name.get(dpu)
-        done = recharge(store, project, node, request) if node is not None else None
-        if done is True and node is not None:
+        node, entry = snapshot.by_name.get(dpu), _entry_of(snapshot, dpu, name)
+        if node is None or entry is None or request_resources(entry) == request.resources:
+            continue  # charged as asked, by the snapshot: no store read per instance
+        was_on_host = request_resources(entry) == Resources()
+        done = recharge(store, project, node, request)
+        if done is True:
             mirror_dpu_status(store, project, node)
-        elif done is False and node is not None and _charged_nothing(snapshot, dpu, name):
+        elif done is False and was_on_host:
             # back from the host to a DPU with no room for it: placed again where it fits (or Pending)
             release(store, project, dpu, name)
             mirror_dpu_status(store, project, node)
