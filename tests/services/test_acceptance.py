@@ -29,8 +29,8 @@ from dpufleet.agent.sandbox import netns_name
 from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
 from dpufleet.sim.tally import build_tally, compiler
-from provisioning.conftest import Operator, provisioning_server
-from services.fleet import provision, service, services_fleet
+from provisioning.conftest import Operator
+from services.fleet import service, services_fleet
 from services.test_handoff import CLIENT as COUNTER
 from support.oci import served_image, tools_missing
 from support.server import RunningServer
@@ -45,27 +45,10 @@ LOOP = "while true; do sleep 1 & wait $!; done"
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with served_image(tmp_path_factory.mktemp("image")) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with provisioning_server(tmp_path_factory.mktemp("api")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
     profiles = ["nvidia-bluefield-3", "intel-ipu-e2100"]
     with services_fleet(api, tmp_path_factory.mktemp("fleet"), hosts=4, profiles=profiles) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
-    yield from provision(api, fleet)
 
 
 def cli(api: RunningServer, *args: str) -> str:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
-from provisioning.conftest import Operator, provisioning_server
-from services.fleet import provision, service, services_fleet
-from support.oci import served_image, tools_missing
+from provisioning.conftest import Operator
+from services.fleet import service, services_fleet
+from support.oci import tools_missing
 from support.server import RunningServer
 
 pytestmark = [
@@ -28,26 +28,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with served_image(tmp_path_factory.mktemp("image")) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with provisioning_server(tmp_path_factory.mktemp("api")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
     with services_fleet(api, tmp_path_factory.mktemp("fleet")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
-    yield from provision(api, fleet)
 
 
 def runtimes(fleet: SimRunning, dpu: str) -> tuple[Any, Any]:
@@ -102,8 +85,8 @@ def logs_on(site: Operator, where: set[str]) -> None:
     site.wait_for(
         f"the logs from {where}",
         lambda: site.http.get("/services/v1/projects/default/dpuservices/edge/logs").json()["instances"],
-        lambda found: {i["runsOn"] for i in found} == where and all(
-            any("edge on" in line for line in i["lines"]) for i in found
+        lambda found: (
+            {i["runsOn"] for i in found} == where and all(any("edge on" in line for line in i["lines"]) for i in found)
         ),
         timeout=60,
     )

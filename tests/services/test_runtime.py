@@ -17,7 +17,7 @@ from dpufleet.api.agent_services import EXEC_OUTPUT_BYTES, DesiredServices, Exec
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.services.desired import desired_instance
 from dpufleet.sim.oci import build_bundle
-from support.oci import served_image, tools_missing
+from support.oci import tools_missing
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runc with cgroup limits needs root"),
@@ -25,12 +25,6 @@ pytestmark = [
 ]
 CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
             "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with served_image(tmp_path_factory.mktemp("image")) as served:
-        yield served
 
 
 def spec(image: dict[str, str], script: str, **more: Any) -> DPUServiceSpec:

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
-from provisioning.conftest import Operator, provisioning_server
-from services.fleet import provision, service, services_fleet
+from provisioning.conftest import Operator
+from services.fleet import service, services_fleet
 from support.net import wait_until
-from support.oci import served_image, tools_missing
+from support.oci import tools_missing
 from support.server import RunningServer
 
 pytestmark = [
@@ -33,26 +33,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with served_image(tmp_path_factory.mktemp("image")) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with provisioning_server(tmp_path_factory.mktemp("api")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
     with services_fleet(api, tmp_path_factory.mktemp("fleet")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
-    yield from provision(api, fleet)
 
 
 def test_a_service_runs_on_the_dpu_and_shows_it(site: Operator, fleet: SimRunning, image: dict[str, str]) -> None:

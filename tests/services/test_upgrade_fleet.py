@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from dpufleet.cli.main import app
 from dpufleet.sim.runner import SimRunning
-from provisioning.conftest import Operator, provisioning_server
-from services.fleet import provision, service, services_fleet
+from provisioning.conftest import Operator
+from services.fleet import service, services_fleet
 from support.oci import build_archive, served_image, tools_missing
 from support.server import RunningServer
 
@@ -46,20 +46,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with provisioning_server(tmp_path_factory.mktemp("api")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def fleet(api: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRunning]:
     with services_fleet(api, tmp_path_factory.mktemp("fleet"), hosts=DPUS) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def site(api: RunningServer, fleet: SimRunning) -> Iterator[Operator]:
-    yield from provision(api, fleet)
 
 
 def cli(api: RunningServer, *args: str) -> tuple[int, str]:
