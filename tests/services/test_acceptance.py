@@ -212,3 +212,50 @@ def test_a_stateful_service_upgraded_through_the_control_plane_loses_no_request(
     logs = cli(api, "service", "logs", "tally")
     assert "tally: imported" in logs
     assert site.http.delete(site.path("dpuservices", "tally")).status_code in (200, 202)
+
+
+COUNT = r"""
+import sys, urllib.request
+for _ in range(int(sys.argv[1])):
+    req = urllib.request.Request("http://127.0.0.1:8080/add", data=b"", method="POST")
+    print(int(urllib.request.urlopen(req, timeout=30).read()))
+"""
+
+
+def count(dpu: str, times: int) -> list[int]:
+    """`times` increments from inside the service's namespace on that DPU: each answer, in order."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns_name(dpu, "tally"), sys.executable, "-c", COUNT, str(times)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    return [int(line) for line in out.split()]
+
+
+def test_a_stateful_service_moved_to_another_dpu_takes_its_state_along(
+    site: Operator, api: RunningServer, tally_image: dict[str, str]
+) -> None:
+    """`dpufleet service move` of a service with a state handoff: the new instance on the other DPU starts
+    with the count the old one had (drained, exported to the control plane, fetched and digest-checked
+    by the new DPU's runtime); the old one is stopped only once the new one serves."""
+    spec = {
+        "artifact": {"ociArchive": {"url": tally_image["url"], "sha256": tally_image["sha256"]}},
+        "config": {"args": ["/bin/tally"]},
+        "resources": {"cpuMillicores": 100, "memoryMiB": 16},
+        "placement": {"mode": "Replicas", "replicas": 1},
+        "handoff": {"listen": [8080], "timeoutSeconds": 20},
+    }
+    site.wait_for("the last tally gone", lambda: site.get("dpuservices", "tally"), lambda d: d is None, 60)
+    site.create("dpuservices", {"kind": "DPUService", "metadata": {"name": "tally"}, "spec": spec})
+    (old,) = [i["dpu"] for i in ready(site, "tally", 1)["instances"]]
+    assert count(old, 25) == list(range(1, 26))
+
+    said = cli(api, "service", "move", "tally", "--from", old, "--wait", "120")
+    (new,) = [i["dpu"] for i in ready(site, "tally", 1, lambda s: s["instances"][0]["dpu"] != old)["instances"]]
+    assert f"it runs on {new}" in said
+    assert count(new, 3) == [26, 27, 28], "the count went on where it was on the old DPU"
+    gone = f"/run/netns/{netns_name(old, 'tally')}"  # the old DPU's runtime stops it on its next pass
+    site.wait_for("the old instance and its sandbox gone", lambda: os.path.exists(gone), lambda there: not there, 30)
+    events = [e["reason"] for e in site.events("DPUService", "tally")]
+    assert "StateHandoff" in events and "StateHandedOff" in events
+    assert "tally: imported 25" in cli(api, "service", "logs", "tally")
+    assert site.http.delete(site.path("dpuservices", "tally")).status_code in (200, 202)

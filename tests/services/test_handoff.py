@@ -210,3 +210,36 @@ def test_after_an_agent_restart_the_socket_is_taken_back_and_handed_over(tmp_pat
         await second.shutdown()
 
     asyncio.run(go())
+
+
+def test_a_service_deleted_and_made_again_gets_a_new_instance_not_the_old_ones_state(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    """Deleted and made again between two of the agent's passes, a service of the same name (and another
+    uid) is another service: the old instance is stopped, nothing is handed over, the count starts anew."""
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        old, new = desired(tally(image, "1")), desired(tally(image, "2"))
+        old.instances[0].serviceUID, new.instances[0].serviceUID = "uid-old", "uid-new"
+        await converged(rt, old, lambda i: i.phase == "Running")
+        first = rt.instances["tally"]
+        await asyncio.to_thread(count_in_namespace, 5)
+        await converged(rt, new, lambda i: i.desired.serviceUID == "uid-new" and i.phase == "Running")
+        assert rt.instances["tally"].pid != first.pid
+        assert await asyncio.to_thread(count_in_namespace, 1) == [1], "nothing of the old service was handed over"
+        log = (tmp_path / "services" / "logs" / "tally.log").read_text()
+        assert "tally: drained at" not in log and "tally: imported" not in log
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def count_in_namespace(times: int) -> list[int]:
+    script = "import sys, urllib.request\nfor _ in range(int(sys.argv[1])):\n" + (
+        "    print(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8080/add', data=b'', "
+        "method='POST'), timeout=30).read().decode())"
+    )
+    out = subprocess.run(["ip", "netns", "exec", netns_name(DPU, "tally"), sys.executable, "-c", script, str(times)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    return [int(line) for line in out.split()]

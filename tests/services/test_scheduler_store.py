@@ -299,3 +299,55 @@ def test_a_host_placed_instance_takes_nothing_from_its_dpu_and_is_charged_again_
     schedule_service(fleet, P, "edge")
     assert allocated_memory(fleet, "dpu-0") == 0
     assert fleet.get("DPU", "dpu-0", P)["status"]["allocated"]["memoryMiB"] == 0
+
+
+def test_a_resize_that_does_not_fit_keeps_the_old_revision_and_charge_there_and_says_so(fleet: Store) -> None:
+    """New resources are charged before a DPU runs them: where they do not fit, the upgrade holds the DPU
+    on the current revision (its old limits) and the old charge, says why, and moves it once room is made."""
+    from dpufleet.services.desired import desired_services
+
+    add_service(fleet, "cache", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"memoryMiB": 8 * 1024})
+    add_service(fleet, "other", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"memoryMiB": 6 * 1024})
+    schedule_service(fleet, P, "cache")
+    schedule_service(fleet, P, "other")
+    fleet.patch("DPUService", "cache", {"spec": {"resources": {"memoryMiB": 12 * 1024}}}, P)
+    schedule_service(fleet, P, "cache")
+    upgrade = fleet.get("DPUService", "cache", P)["status"]["upgrade"]
+    assert upgrade["held"] == ["dpu-0"] and not upgrade.get("inFlight")
+    assert "dpu-0: insufficient memory" in upgrade["message"] and "do not fit" in upgrade["message"]
+    assert allocated_memory(fleet, "dpu-0") == 14 * 1024, "never overcommitted"
+    (runs,) = [i for i in desired_services(fleet, P, "dpu-0").instances if i.service == "cache"]
+    assert runs.resources.memoryMiB == 8 * 1024, "the DPU runs what it is charged for"
+
+    fleet.delete("DPUService", "other", P)
+    schedule_service(fleet, P, "other")
+    schedule_service(fleet, P, "cache")
+    upgrade = fleet.get("DPUService", "cache", P)["status"]["upgrade"]
+    assert "dpu-0" in (upgrade.get("inFlight") or {}) and allocated_memory(fleet, "dpu-0") == 12 * 1024
+    (runs,) = desired_services(fleet, P, "dpu-0").instances
+    assert runs.resources.memoryMiB == 12 * 1024
+
+
+def test_on_its_way_to_the_host_an_instance_is_charged_to_its_dpu_until_the_hosts_serves(fleet: Store) -> None:
+    """A DPU -> host move: the DPU's instance keeps running until the host's is ready, so its DPU keeps
+    its charge until then (no other service is placed into memory still in use)."""
+    from dpufleet.api.agent_services import InstanceReport, ServiceReport
+    from dpufleet.runtime.events import EventRecorder
+    from dpufleet.services.desired import desired_services
+    from dpufleet.services.reports import record_service_report
+
+    def serves(where: str) -> None:
+        (inst,) = desired_services(fleet, P, "dpu-0", where).instances
+        report = InstanceReport(service="edge", instance=inst.instance, revision=inst.revision, phase="Running",
+                                ready=True)  # fmt: skip
+        record_service_report(fleet, EventRecorder(fleet, "t"), P, "dpu-0", ServiceReport(instances=[report]), where)
+
+    add_service(fleet, "edge", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"memoryMiB": 4096})
+    schedule_service(fleet, P, "edge")
+    serves("DPU")
+    fleet.patch("DPUService", "edge", {"spec": {"placement": {"runsOn": "Host"}}}, P)
+    schedule_service(fleet, P, "edge")
+    assert allocated_memory(fleet, "dpu-0") == 4096, "the DPU's instance still runs there"
+    serves("Host")
+    schedule_service(fleet, P, "edge")
+    assert allocated_memory(fleet, "dpu-0") == 0

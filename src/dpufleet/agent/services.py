@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ from ..api.agent_services import (
     InstanceReport,
     ServiceReport,
 )
-from ..api.kinds.services import Probe
+from ..api.kinds.services import Probe, StateExport
 from ..crypto.signing import (
     Component,
     ManifestRefused,
@@ -374,6 +374,10 @@ class Instance:
     cid: str = ""  # its container (instance_ids)
     cgroup: str = ""  # its cgroup, under /sys/fs/cgroup[/<controller>]
     state_file: bool = False  # started with the state its predecessor handed over
+    state_from: tuple[str, str] | None = None  # (URL, sha256): a move's state, fetched before it first starts
+    exported: StateExport | None = None  # a move: its state went to another DPU's instance; drained since
+    prefetch: asyncio.Task[None] | None = None  # a move's new instance: its artifact pulled while it waits
+    awaiting_state: bool = False  # ... pulled: the leaving instance may drain now
 
     def report(self, memory: tuple[int | None, int | None], cpu_seconds: float | None = None) -> InstanceReport:
         return InstanceReport(
@@ -382,7 +386,7 @@ class Instance:
             revision=self.desired.revision,
             configRevision=self.config_revision or None,
             phase=self.phase,  # type: ignore[arg-type]
-            ready=self.ready and not self.stopping,  # one being stopped serves no more
+            ready=self.ready and not self.stopping and self.exported is None,  # stopping or drained: no more
             restarts=self.restarts,
             exitCode=self.exit_code,
             reason=self.reason,
@@ -390,6 +394,8 @@ class Instance:
             memoryBytes=memory[0],
             memoryLimitBytes=memory[1],
             cpuSeconds=cpu_seconds,
+            stateExport=self.exported,
+            awaitingState=self.awaiting_state and self.task is None,
         )
 
 
@@ -762,6 +768,92 @@ class ServiceRuntime:
         self.instances[service] = new
         await self._stop(old)
 
+    # --- a move to another DPU: the state handed on through the control plane ---------------------------------
+
+    async def _hand_on(self, inst: Instance, to: str) -> None:
+        """The instance leaves this DPU for `to` (DesiredInstance.stateTo): drain it, export its state and hand
+        that to the control plane, which offers it to the new instance there. It stays drained (reported
+        not ready, with the export) until it is stopped once the new one serves, or put back to work if the
+        move is called off. A failed step puts it back to work at once; the next pass tries again."""
+        handoff = inst.desired.handoff
+        assert handoff is not None
+        service, timeout = inst.desired.service, float(handoff.timeoutSeconds)
+        step, drained = "draining", False
+        try:
+            inst.reason = f"moving to dpu/{to}: draining"
+            await self._control(inst, "POST", "/drain", timeout)
+            drained, step = True, "exporting the state"
+            state = await self._control(inst, "GET", "/state", timeout, handoff.maxStateMiB << 20)
+            step = "handing it to the control plane"
+            digest = hashlib.sha256(state).hexdigest()
+            if not self.uplink():
+                raise httpx.ConnectError("network is unreachable")
+            resp = await self.http().put(
+                f"{self.server}{SERVICES_PATH}/state/{service}", params={"sha256": digest}, content=state,
+                timeout=timeout,
+            )  # fmt: skip
+            if resp.status_code >= 300:
+                raise ValueError(f"HTTP {resp.status_code} {resp.text[:300]}")
+        except (ValueError, OSError, httpx.HTTPError) as exc:
+            why = f"moving to dpu/{to}: handing its state on failed {step}: {exc}"[:2000]
+            log.warning("service %s: %s", service, why)
+            if drained:
+                with contextlib.suppress(ValueError, OSError, httpx.HTTPError):
+                    await self._control(inst, "POST", "/resume", timeout)
+            inst.reason = why
+            self._handoff_retry[service] = time.monotonic() + HANDOFF_RETRY_SECONDS
+            return
+        log.info("service %s: its state (%d bytes) handed on for dpu/%s", service, len(state), to)
+        self._handoff_retry.pop(service, None)
+        inst.exported = StateExport(to=to, sha256=digest, bytes=len(state))
+        inst.reason = (
+            f"drained: its state ({len(state)} bytes) went to dpu/{to}; it stops once the instance there serves"
+        )
+
+    async def _prefetch(self, inst: Instance) -> None:
+        """A move's new instance pulls its artifact before the leaving one drains (the gap is the start alone)."""
+        try:
+            await self.pull(inst.desired)
+            inst.awaiting_state = True
+        except (ValueError, OSError, httpx.HTTPError) as exc:
+            inst.reason = f"pulling its artifact failed: {exc}"[:2000]
+        finally:
+            inst.prefetch = None
+
+    async def _called_off(self, inst: Instance) -> None:
+        """The move it drained for is off (its replacement went): back to work."""
+        assert inst.desired.handoff is not None
+        try:
+            await self._control(inst, "POST", "/resume", float(inst.desired.handoff.timeoutSeconds))
+        except (ValueError, OSError, httpx.HTTPError) as exc:
+            inst.kill_reason = f"the move was called off and it did not resume: {exc}"[:2000]
+            await self._restart(inst, inst.cid)
+        inst.exported, inst.reason = None, None
+
+    async def _fetch_state(self, inst: Instance) -> None:
+        """The state the instance it replaces exported on another DPU, into the file it starts with
+        ($DPUFLEET_STATE_FILE): at most maxStateMiB, and its sha256 checked."""
+        assert inst.state_from is not None and inst.desired.handoff is not None
+        url, want = inst.state_from
+        limit = inst.desired.handoff.maxStateMiB << 20
+        body = bytearray()
+        async with self._artifacts.stream("GET", url) as resp:
+            if resp.status_code >= 400:
+                raise ValueError(f"fetching its state from {_bare(url)} failed: HTTP {resp.status_code}")
+            async for chunk in resp.aiter_bytes(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    raise ValueError(f"its state from {_bare(url)} is over handoff.maxStateMiB")
+        got = hashlib.sha256(body).hexdigest()
+        if got != want:
+            raise ValueError(f"its state from {_bare(url)} has sha256 {got}, {want} was exported: not started")
+        where = self._handoff_dir(inst.cid)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "state").write_bytes(bytes(body))
+        inst.state_file, inst.state_from = True, None
+        log.info("service %s: starts with the state handed on from dpu/%s", inst.desired.service,
+                 inst.desired.stateFrom)  # fmt: skip
+
     # --- kernel modules ------------------------------------------------------------------------------------
 
     def modules_loaded(self) -> set[str]:
@@ -870,10 +962,15 @@ class ServiceRuntime:
                     inst.phase, inst.reason = "Pulling", None
                     layout = await self.pull(desired)
                     inst.phase = "Starting"
+                    if inst.state_from is not None:
+                        await self._fetch_state(inst)
                     box = await asyncio.to_thread(self._sandbox, inst) if desired.handoff else None
                     bundle = await asyncio.to_thread(self.prepare, desired, layout, box)
                     inst.config_revision = desired.configRevision
                     code = await self._run(inst, cid, bundle)
+                    if inst.state_file and not inst.stopping:  # imported once: a restart starts anew
+                        inst.state_file = False
+                        (self._handoff_dir(cid) / "state").unlink(missing_ok=True)
                 else:
                     inst.phase, inst.pid, inst.config_revision = "Running", adopted_pid, desired.configRevision
                     await asyncio.to_thread(self._take_sockets, inst)
@@ -1076,12 +1173,13 @@ class ServiceRuntime:
             if service in self._handoffs:
                 continue  # one handoff at a time; the next pass sees where it ended
             inst = self.instances.get(service)
-            if inst is not None and inst.desired.revision != want.revision:
-                if self._can_hand_over(inst, want):
+            other = inst is not None and _another_service(inst.desired, want)
+            if inst is not None and (inst.desired.revision != want.revision or other):
+                if not other and self._can_hand_over(inst, want):
                     if time.monotonic() >= self._handoff_retry.get(service, 0.0):
                         self._start_handoff(inst, want)
                     continue
-                await self.stop_instance(service, keep_sandbox=want.handoff is not None)
+                await self.stop_instance(service, keep_sandbox=want.handoff is not None and not other)
                 inst = None
             if inst is None:
                 inst = self._instance(want)
@@ -1095,8 +1193,27 @@ class ServiceRuntime:
                 if waiting and pid is None:  # dependsOn SameDPU: what it needs here runs first
                     inst.phase, inst.reason = "Pending", f"waiting for {', '.join(waiting)} to run on this DPU"
                     continue
+                if want.stateFrom and pid is None and want.handoff is not None:  # a move: it starts with the state
+                    if want.stateURL is None or want.stateSha256 is None:
+                        inst.phase, inst.desired = "Pending", want
+                        if inst.awaiting_state:
+                            inst.reason = f"pulled; waiting for its state from dpu/{want.stateFrom}"
+                        elif inst.prefetch is None:  # (again, after a failed pull: its reason stays shown)
+                            inst.prefetch = asyncio.create_task(self._prefetch(inst))
+                            inst.reason = (
+                                inst.reason or f"pulling, then waiting for its state from dpu/{want.stateFrom}"
+                            )
+                        continue
+                    inst.state_from = (want.stateURL, want.stateSha256)
+                inst.desired = want
                 inst.task = asyncio.create_task(self._supervise(inst, pid))
                 continue
+            if want.handoff is not None and service not in self._handoffs:
+                if want.stateTo and inst.exported is None and self._can_hand_over(inst, want):
+                    if time.monotonic() >= self._handoff_retry.get(service, 0.0):
+                        self._start_task(service, self._hand_on(inst, want.stateTo))
+                elif inst.exported is not None and want.stateTo != inst.exported.to:
+                    self._start_task(service, self._called_off(inst))
             if want.configRevision != inst.desired.configRevision:
                 inst.desired = want
                 if inst.pid is not None:
@@ -1125,8 +1242,11 @@ class ServiceRuntime:
         )
 
     def _start_handoff(self, inst: Instance, want: DesiredInstance) -> None:
-        service = want.service
-        task = asyncio.create_task(self._hand_over(inst, want))
+        self._start_task(want.service, self._hand_over(inst, want))
+
+    def _start_task(self, service: str, work: Coroutine[Any, Any, None]) -> None:
+        """One handoff step at a time per service (an upgrade's, a move's): the next pass sees where it ended."""
+        task = asyncio.create_task(work)
         self._handoffs[service] = task
         task.add_done_callback(lambda _t: self._handoffs.pop(service, None))
 
@@ -1368,6 +1488,12 @@ class ServiceRuntime:
         for task in list(self._execs):  # an exec in flight: its caller sees a timeout
             task.cancel()
         await self._artifacts.aclose()
+
+
+def _another_service(running: DesiredInstance, want: DesiredInstance) -> bool:
+    """The service of that name was deleted and made again (its uid differs): its instance here is not this
+    one's to keep, nor its state to hand over. An instance from before uids were given matches any."""
+    return running.serviceUID is not None and want.serviceUID is not None and running.serviceUID != want.serviceUID
 
 
 def _place_fds(fds: list[int]) -> None:

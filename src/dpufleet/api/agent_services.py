@@ -3,6 +3,7 @@
 GET  /agent/v1/services          -> DesiredServices (the DPU the client certificate names)
 POST /agent/v1/services/status   <- ServiceReport (one InstanceReport per instance, with its log tail)
 POST /agent/v1/services/exec/ID  <- ExecResult (a command `DesiredServices.execs` asked for, run once)
+PUT  /agent/v1/services/state/SERVICE?sha256=HEX  <- the state a moving instance exported (DesiredInstance.stateTo)
 
 An instance's `revision` is a digest of everything that needs a new container when it changes (the
 artifact, args, env, resources, privilege, and the config files unless the service declares how it
@@ -37,6 +38,9 @@ EXEC_TIMEOUT_MAX = 300
 class DesiredInstance(BaseModel):
     service: str
     instance: str
+    serviceUID: str | None = Field(
+        default=None, description="the DPUService's uid: a service deleted and made again is another one"
+    )
     revision: str
     configRevision: str
     artifact: Artifact
@@ -54,6 +58,12 @@ class DesiredInstance(BaseModel):
         default=None, description="an `image` artifact: where its OCI archive is, in the control plane's repository"
     )
     artifactError: str | None = Field(default=None, description="an `image` artifact the repository cannot offer")
+    # A move between DPUs of a service with a state handoff (services/controller.py): the leaving instance
+    # is told where its state goes, its replacement where it comes from and, once exported, where to fetch it
+    stateTo: str | None = Field(default=None, description="drain, export the state for this DPU's new instance")
+    stateFrom: str | None = Field(default=None, description="start with the state the instance there exports")
+    stateSha256: str | None = Field(default=None, description="that state, exported: its digest")
+    stateURL: str | None = Field(default=None, description="that state, in the control plane's repository")
 
 
 class ExecRequest(BaseModel):

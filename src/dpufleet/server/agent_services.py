@@ -5,6 +5,10 @@
                                      (into the DPU's DPUAllocation status), and each instance's log tail
                                      (held in memory for `dpufleet service logs`, never in the store)
     POST /agent/v1/services/exec/ID  an ExecResult: what a command handed out in `execs` did
+    PUT  /agent/v1/services/state/SERVICE?sha256=HEX
+                                     the state a moving instance exported (its DesiredInstance.stateTo),
+                                     at most the service's handoff.maxStateMiB, into the image repository;
+                                     its replacement is offered a signed URL to it (`stateURL`)
 
 The DPU is named after the certificate's serial, as on the network endpoints (server/agent_network.py).
 A host agent runs the instances placed on its host (placement.runsOn Host) for each DPU its host carries:
@@ -14,19 +18,21 @@ it names the DPU (`?dpu=NAME`), which must be one whose status.host is the host 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from ..api.agent_services import DesiredServices, ExecResult, ServiceReport
-from ..api.errors import BadRequest, Forbidden, NotFound
+from ..api.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from ..crypto.pki import AgentIdentity
-from ..images.repository import ImageContentError, ImageRepository
+from ..images.repository import ImageContentError, ImageRepository, check_digest
 from ..inventory.tenancy import ProjectResolver
 from ..runtime.events import EventRecorder
 from ..services.desired import desired_services
 from ..services.reports import record_service_report
+from ..store.store import Store
 from .agent_network import dpu_of_agent
 from .common import ServerState, read_model, respond
 
@@ -52,6 +58,30 @@ def offer_images(desired: DesiredServices, repository: ImageRepository | None) -
             instance.artifactURL = repository.signed_url(digest, "image.tar", ARTIFACT_URL_TTL)
         except ImageContentError as exc:
             instance.artifactError = f"image {image.reference}: {exc}"
+
+
+def offer_states(desired: DesiredServices, repository: ImageRepository | None) -> None:
+    """An instance that starts with the state its predecessor on another DPU exported: a signed URL to it."""
+    for instance in desired.instances:
+        if instance.stateSha256 is None or repository is None or repository.stat(instance.stateSha256) is None:
+            continue
+        with contextlib.suppress(ImageContentError):  # no public URL: it waits, as for an image artifact
+            instance.stateURL = repository.signed_url(instance.stateSha256, "state", ARTIFACT_URL_TTL)
+
+
+def state_limit(store: Store, project: str, dpu: str, service: str) -> int:
+    """How much state the DPU's instance of the service may hand on: its handoff.maxStateMiB, in bytes, while
+    its allocation says its state goes elsewhere (a move); Conflict otherwise."""
+    try:
+        allocation = store.get("DPUAllocation", dpu, project)
+        doc = store.get("DPUService", service, project)
+    except NotFound:
+        raise Conflict(f"dpuservice/{service} has no instance on dpu/{dpu} whose state moves") from None
+    placed = (allocation.get("spec") or {}).get("instances") or []
+    if not any(i.get("service") == service and i.get("stateTo") for i in placed):
+        raise Conflict(f"dpuservice/{service}: its instance on dpu/{dpu} is not moving; no state to hand on")
+    handoff = (doc.get("spec") or {}).get("handoff") or {}
+    return int(handoff.get("maxStateMiB") or 16) << 20
 
 
 def add_service_routes(
@@ -89,6 +119,7 @@ def add_service_routes(
         project, dpu, where = await asyncio.to_thread(runtime_of, request)
         desired = await state.read(desired_services, store, project, dpu, where)
         await asyncio.to_thread(offer_images, desired, state.services.repository)
+        await asyncio.to_thread(offer_states, desired, state.services.repository)
         body = desired.model_dump(mode="json")
         runs = {i.service for i in desired.instances}
         body["execs"] = [e.model_dump(mode="json") for e in state.execs.hand_out(project, dpu, runs)]
@@ -111,4 +142,33 @@ def add_service_routes(
             raise NotFound(f"no exec {exec_id!r} waits for DPU {dpu!r} (the command's caller gave up)")
         return respond({"accepted": True})
 
-    _ = (services, services_status, exec_result)
+    @app.put(SERVICES_PATH + "/state/{service}")
+    async def state_upload(service: str, request: Request) -> Response:
+        project, dpu, where = await asyncio.to_thread(runtime_of, request)
+        if where != "DPU":
+            raise BadRequest("a host agent hands on no state (a move between DPUs does)")
+        try:
+            digest = check_digest(request.query_params.get("sha256") or "")
+        except ImageContentError as exc:
+            raise BadRequest(f"sha256: {exc.message}") from None
+        limit = await asyncio.to_thread(state_limit, store, project, dpu, service)
+        repository = state.services.repository
+        if repository is None:
+            raise Conflict("this control plane has no repository to keep a moving service's state in")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in request.stream():
+                if chunk:
+                    yield chunk
+
+        try:
+            stored = await repository.put(chunks(), digest, max_size=limit)
+        except ImageContentError as exc:
+            if exc.reason == "TooLarge":
+                raise TooLarge(
+                    f"dpuservice/{service}: the state is over handoff.maxStateMiB ({limit >> 20} MiB)"
+                ) from None
+            raise BadRequest(f"dpuservice/{service}: the state: {exc.message}") from None
+        return respond({"sha256": stored.sha256, "bytes": stored.size}, 201)
+
+    _ = (services, services_status, exec_result, state_upload)

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..api.errors import AlreadyExists, Conflict, NotFound
 from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, UpgradeStatus, resolve_limit
-from ..api.meta import Severity, isotime, now
+from ..api.meta import Severity, isotime, now, seconds_since
 from ..crypto.signing import ManifestRefused
 from ..runtime.conditions import set_condition
 from ..runtime.controller import DONE, Key, Mapper, Reconciler, Result
@@ -61,6 +61,7 @@ PENDING_RETRY = 5.0  # a service with pending instances looks again this often
 WAITING_RETRY = 2.0  # one waiting for a dependency
 UPGRADE_RETRY = 2.0  # one whose instances are being upgraded
 CAS_ATTEMPTS = 8
+HANDOFF_GRACE = 60.0  # a move's state handoff is given up this long past its steps' timeouts
 
 
 @dataclass
@@ -153,11 +154,11 @@ def commit_placement(store: Store, project: str, node: Node, request: Request) -
     return False
 
 
-def recharge(store: Store, project: str, node: Node, request: Request) -> bool | None:
+def recharge(store: Store, project: str, node: Node, request: Request) -> bool | str | None:
     """Make the service's instance on the DPU take what the service asks for now (a host-placed instance
     takes nothing; one moving back to the DPU takes its resources again): True when the record says so,
-    False when the DPU has no room for the new charge (the record keeps the old), None when it was
-    already so. Compare-and-swap, as placing."""
+    what is short when the DPU has no room for the new charge (the record keeps the old), None when it
+    was already so. Compare-and-swap, as placing."""
     for _ in range(CAS_ATTEMPTS):
         try:
             current = store.get("DPUAllocation", node.name, project)
@@ -168,8 +169,9 @@ def recharge(store: Store, project: str, node: Node, request: Request) -> bool |
         if mine is None or request_resources(mine) == request.resources:
             return None
         others = [i for i in instances if i is not mine]
-        if (node.allocatable - allocation_sum(others)).shortage(request.resources) is not None:
-            return False
+        short = (node.allocatable - allocation_sum(others)).shortage(request.resources)
+        if short is not None:
+            return short
         changed = {**mine, **resources_dict(request.resources)}
         doc = _allocation_doc(
             project,
@@ -183,6 +185,32 @@ def recharge(store: Store, project: str, node: Node, request: Request) -> bool |
             continue
         return True
     return None  # it kept changing: the next visit tries again
+
+
+def mark_instance(store: Store, project: str, dpu: str, service: str, fields: dict[str, Any]) -> bool:
+    """Set (a value) or remove (None) fields of the service's instance in the DPU's allocation record, by
+    compare-and-swap: False when the DPU holds no instance of it."""
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            current = store.get("DPUAllocation", dpu, project)
+        except NotFound:
+            return False
+        instances = list(current.get("spec", {}).get("instances") or [])
+        mine = next((i for i in instances if i["service"] == service), None)
+        if mine is None:
+            return False
+        changed = {k: v for k, v in {**mine, **fields}.items() if v is not None}
+        if changed == mine:
+            return True
+        doc = _allocation_doc(
+            project, dpu, [changed if i is mine else i for i in instances], current["metadata"]["resourceVersion"]
+        )
+        try:
+            store.update(doc)
+        except Conflict:
+            continue
+        return True
+    raise Conflict(f"dpuallocation {dpu!r} kept changing while marking {service!r}")
 
 
 def release(store: Store, project: str, dpu: str, service: str) -> None:
@@ -361,15 +389,23 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
             mirror_dpu_status(store, project, snapshot.by_name[dpu])
     kept = [d for d in existing if d not in to_release]
     request = request_of(name, spec)
+    no_room: dict[str, str] = {}  # DPUs with no room for the new resources: the upgrade holds them back
     for dpu in list(kept):  # a move between host and DPU (or new resources) changes what each one takes
         node, entry = snapshot.by_name.get(dpu), _entry_of(snapshot, dpu, name)
         if node is None or entry is None or request_resources(entry) == request.resources:
             continue  # charged as asked, by the snapshot: no store read per instance
         was_on_host = request_resources(entry) == Resources()
+        if (
+            request.resources == Resources()
+            and (runtime_entry(snapshot, dpu, name, where) or {}).get("runsOn") == "DPU"
+        ):
+            continue  # on its way to the host: the DPU's instance runs, and is charged, until the host's serves
         done = recharge(store, project, node, request)
         if done is True:
             mirror_dpu_status(store, project, node)
-        elif done is False and was_on_host:
+        elif isinstance(done, str) and not was_on_host:
+            no_room[dpu] = done
+        elif isinstance(done, str):
             # back from the host to a DPU with no room for it: placed again where it fits (or Pending)
             release(store, project, dpu, name)
             mirror_dpu_status(store, project, node)
@@ -399,12 +435,16 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
                 hosts[node.host] += 1
             more, preempted = _preempt(store, project, snapshot, request, short, hosts)
             committed += more
+    held: set[str] = set()
     if spec.placement.mode == "Replicas":  # a drained DPU's instance goes once its replacement is placed
         replicas = spec.placement.replicas or 0
         draining = [d for d in kept if _leaving(spec, snapshot, d)]
+        if spec.handoff is not None and where[0] == "DPU":  # ... and, with a state handoff, serves with its state
+            now_there = {*kept, *(n.name for n in committed)}
+            held = _state_moves(store, project, snapshot, doc, spec, draining, committed, now_there, where)
         surplus = len(kept) + len(committed) - replicas
         for dpu in draining[: max(0, surplus)]:
-            if budget is not None and not budget.may_release(dpu):
+            if dpu in held or (budget is not None and not budget.may_release(dpu)):
                 continue
             release(store, project, dpu, name)
             mirror_dpu_status(store, project, snapshot.by_name[dpu])
@@ -415,7 +455,7 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if refused is not None and status.get("upgrade"):  # the instances keep what they run: no upgrade to it
         step = Step(UpgradeStatus.model_validate(status["upgrade"]))
     else:
-        step = _upgrade(status, spec, snapshot, name, scheduled, where)
+        step = _upgrade(status, spec, snapshot, name, scheduled, where, no_room)
     status["upgrade"] = step.upgrade.model_dump(mode="json", exclude_none=True)
     _shape_status(
         status, snapshot, name, scheduled, desired, pending, placed, waiting, generation, step.upgrade, where,
@@ -433,9 +473,68 @@ def schedule_service(store: Store, project: str, name: str) -> Outcome:
     if waiting is not None:
         return Outcome(WAITING_RETRY, deps)
     retry = pending or len(committed) < len(placed.nodes if placed else []) or (budget and budget.blocked)
-    if step.rolling:
+    if step.rolling or held:
         return Outcome(UPGRADE_RETRY, deps, sorted(set(preempted)))
     return Outcome(PENDING_RETRY if retry else None, deps, sorted(set(preempted)))
+
+
+def _state_moves(
+    store: Store,
+    project: str,
+    snapshot: Snapshot,
+    doc: dict[str, Any],
+    spec: DPUServiceSpec,
+    draining: list[str],
+    committed: list[Node],
+    scheduled: set[str],
+    where: tuple[str, str],
+) -> set[str]:
+    """The moves of a Replicas service with a state handoff off draining DPUs: the draining DPUs whose
+    instance stays this visit.
+
+    A leaving instance that serves is paired with a replacement this visit placed: the two allocation
+    records say `stateTo` and `stateFrom`, the leaving DPU's runtime drains its instance and hands its
+    state to the control plane (reported as `stateExport`), the replacement's runtime starts with it. The
+    leaving instance is released once its replacement serves, or when the leaving DPU hands nothing on
+    within three step timeouts and HANDOFF_GRACE (the replacement then starts without it: an Event says
+    so). A leaving instance that does not serve has nothing to hand on and goes as any other."""
+    assert spec.handoff is not None
+    name = str(doc["metadata"]["name"])
+    fresh = [n.name for n in committed]
+    events = EventRecorder(store, "dpuservice-move")
+    limit = spec.handoff.timeoutSeconds * 3 + HANDOFF_GRACE
+    held: set[str] = set()
+    for dpu in draining:
+        target = (_entry_of(snapshot, dpu, name) or {}).get("stateTo")
+        old = runtime_entry(snapshot, dpu, name, where) or {}
+        if target is None:
+            if not fresh or not serving(old) or old.get("runsOn") != "DPU":
+                continue
+            target = fresh.pop(0)
+            mark_instance(store, project, target, name, {"stateFrom": dpu})
+            mark_instance(store, project, dpu, name, {"stateTo": target, "stateSince": isotime(now())})
+            events.record(doc, "StateHandoff", f"moving from dpu/{dpu} to dpu/{target} with its state")
+            held.add(dpu)
+            continue
+        if target not in scheduled:  # the replacement is gone (its DPU deleted, preempted): start again
+            mark_instance(store, project, dpu, name, {"stateTo": None, "stateSince": None})
+            held.add(dpu)
+            continue
+        new = runtime_entry(snapshot, target, name, where) or {}
+        if serving(new) and new.get("runsOn") == "DPU":
+            size = (old.get("stateExport") or {}).get("bytes")
+            mark_instance(store, project, target, name, {"stateFrom": None})
+            events.record(doc, "StateHandedOff", f"moved from dpu/{dpu} to dpu/{target} with its state "
+                          f"({size if size is not None else 'unknown'} bytes)")  # fmt: skip
+            continue
+        since = (_entry_of(snapshot, dpu, name) or {}).get("stateSince")
+        if seconds_since(since) > limit:
+            mark_instance(store, project, target, name, {"stateFrom": None})
+            events.record(doc, "StateHandoffAbandoned", f"dpu/{dpu} handed no state on within {limit:g}s: the "
+                          f"instance on dpu/{target} starts without it", "Warning")  # fmt: skip
+            continue
+        held.add(dpu)
+    return held
 
 
 def _trusted(
@@ -475,6 +574,7 @@ def _upgrade(
     name: str,
     scheduled: list[str],
     where: tuple[str, str],
+    no_room: dict[str, str],
 ) -> Step:
     """The service's upgrade, one step on (services/upgrade.py): what each DPU runs, from its runtime's report."""
     stored = status.get("upgrade")
@@ -501,6 +601,7 @@ def _upgrade(
         seen,
         now(),
         _dependency_upgrading(spec, snapshot),
+        no_room,
     )
 
 

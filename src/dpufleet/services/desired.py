@@ -181,5 +181,47 @@ def desired_services(store: Store, project: str, dpu: str, where: str = "DPU") -
         if rendered.runs_on != where and not moving_off:
             continue  # runs at the other place (or moves there, and serves there now)
         chosen = rendered.current if dpu in rendered.back else rendered.update
-        instances.append(chosen.model_copy(update={"service": placed["service"], "instance": placed["instance"]}))
+        update: dict[str, Any] = {
+            "service": service,
+            "instance": placed["instance"],
+            "serviceUID": doc["metadata"].get("uid"),
+        }
+        if where == "DPU" and chosen.handoff is not None:
+            update.update(_moving_state(store, project, dpu, service, placed))
+        instances.append(chosen.model_copy(update=update))
     return DesiredServices(dpu=dpu, instances=sorted(instances, key=lambda i: i.service))
+
+
+def _runtime_entry(store: Store, project: str, dpu: str, service: str) -> dict[str, Any]:
+    """What the DPU's own runtime last reported of the service's instance there ({} for nothing)."""
+    try:
+        status = store.get("DPUAllocation", dpu, project).get("status") or {}
+    except NotFound:
+        return {}
+    return next((dict(e) for e in status.get("instances") or [] if e.get("service") == service), {})
+
+
+def exported_state(store: Store, project: str, source: str, service: str, to: str) -> dict[str, Any] | None:
+    """What the service's instance on `source` reports it exported for `to` (stateExport), if it has."""
+    export = _runtime_entry(store, project, source, service).get("stateExport") or {}
+    return dict(export) if export.get("to") == to else None
+
+
+def _moving_state(store: Store, project: str, dpu: str, service: str, placed: dict[str, Any]) -> dict[str, Any]:
+    """A move between DPUs with a state handoff (the controller pairs the two instances in their DPUs'
+    allocation records): the leaving one is told where its state goes; the new one where it comes from
+    and, once the leaving one has exported it, its digest (the agent API adds a URL to fetch it)."""
+    found: dict[str, Any] = {}
+    target = placed.get("stateTo")
+    if target and (
+        exported_state(store, project, dpu, service, str(target)) is not None
+        or _runtime_entry(store, project, str(target), service).get("awaitingState")
+    ):  # it drains once the new instance has pulled its artifact, and stays so once it has handed its state on
+        found["stateTo"] = str(target)
+    source = placed.get("stateFrom")
+    if source:
+        found["stateFrom"] = str(source)
+        export = exported_state(store, project, str(source), service, dpu)
+        if export is not None:
+            found["stateSha256"] = str(export["sha256"])
+    return found

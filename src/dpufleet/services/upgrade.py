@@ -18,6 +18,8 @@ another revision than the one its instances run (`status.upgrade.currentRevision
   it nothing more moves (Halted);
 - a service that depends on another (`dependsOn`) does not start new batches while that one upgrades
   (Waiting): cascades follow the dependency graph;
+- a held DPU with no room for the new revision's resources (the scheduler could not charge them there)
+  stays held, on the current revision and its charge, and the message says so, until room is made;
 - `paused` starts no new batch (Paused): the instances in flight finish and are checked as usual,
   failures still count, and a change of revision still resets the upgrade; clearing it goes on;
 - the spec asking for the current revision again (an undo) ends the upgrade: held DPUs stay, the others
@@ -88,8 +90,10 @@ def advance(
     seen: Mapping[str, Seen],
     now: datetime,
     dependency_upgrading: str | None = None,
+    no_room: Mapping[str, str] | None = None,
 ) -> Step:
-    """The upgrade's next state for a service whose spec asks for revision `target` (see the module doc)."""
+    """The upgrade's next state for a service whose spec asks for revision `target` (see the module doc).
+    `no_room`: held DPUs that cannot take the new revision's resources (DPU -> why): they stay held."""
     stamp = isotime(now)
     if upgrade is None:
         return Step(
@@ -155,8 +159,11 @@ def advance(
         return step
     u.phase = "Progressing"
     slots = resolve_limit(strategy.maxUnavailable, total) - len(u.inFlight)
-    if slots > 0 and u.held:
-        batch, u.held = u.held[:slots], u.held[slots:]
+    waiting = {d: why for d, why in (no_room or {}).items() if d in u.held}
+    movable = [d for d in u.held if d not in waiting]
+    if slots > 0 and movable:
+        batch = movable[:slots]
+        u.held = [d for d in u.held if d not in batch]
         for dpu in batch:
             u.inFlight[dpu] = UpgradeInFlight(startedAt=stamp)
         names = ", ".join(batch[:5]) + (f" and {len(batch) - 5} more" if len(batch) > 5 else "")
@@ -182,6 +189,12 @@ def advance(
         u.message = f"{total} instance(s) upgraded"
         return step
     u.message = _progress(u, total)
+    if waiting:
+        first = min(waiting)
+        u.message += (
+            f"; {len(waiting)} held: the new resources do not fit there ({first}: {waiting[first]}); "
+            "they keep the current revision and its charge until room is made"
+        )
     return step
 
 

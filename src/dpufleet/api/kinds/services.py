@@ -566,6 +566,10 @@ class Allocation(Strict):
     storageMiB: int = Field(default=0, ge=0)
     accelerators: list[str] = Field(default_factory=list)
     priority: int = Field(default=0, ge=0, description="the service's priority when placed (what preemption weighs)")
+    # a move between DPUs with a state handoff (services/controller.py `_state_moves`)
+    stateTo: Name | None = Field(default=None, description="leaving: its state goes to this DPU's new instance")
+    stateSince: str | None = Field(default=None, description="when that move began")
+    stateFrom: Name | None = Field(default=None, description="new: it starts with the state of that DPU's instance")
 
 
 class DPUAllocationSpec(Strict):
@@ -573,6 +577,15 @@ class DPUAllocationSpec(Strict):
 
     dpu: Name
     instances: list[Allocation] = Field(default_factory=list)
+
+
+class StateExport(Strict):
+    """A move's first half, done: the state the leaving instance exported, stored in the control plane's
+    repository for the instance that replaces it on another DPU."""
+
+    to: Name = Field(description="the DPU whose new instance imports it")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
 
 
 class InstanceReport(Strict):
@@ -591,6 +604,8 @@ class InstanceReport(Strict):
     memoryBytes: int | None = Field(default=None, ge=0)
     memoryLimitBytes: int | None = Field(default=None, ge=0)
     cpuSeconds: float | None = Field(default=None, ge=0, description="CPU time its cgroup has used")
+    stateExport: StateExport | None = Field(default=None, description="a move: the state it handed on, drained")
+    awaitingState: bool = Field(default=False, description="a move: pulled, it starts once the state comes")
 
 
 class RuntimeInstance(InstanceReport):
