@@ -32,6 +32,7 @@ from dpufleet.vendors.catalog import MODELS_DIR, builtin_catalog, load_catalog
 from dpufleet.vendors.schema import SensorMapping
 from provisioning.conftest import Operator, discover, fleet_options
 from support.net import poll, wait_until
+from support.otlp import Collector
 from support.server import RunningServer, threaded_server
 from support.telemetry import Stream
 from support.webhook import Receiver
@@ -124,6 +125,7 @@ class Lab:
     op: Operator
     running: SimRunning
     names: list[str]
+    collector: Collector  # the OTLP receiver the control plane pushes to
 
     @property
     def plane(self) -> TelemetryPlane:
@@ -133,19 +135,23 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    collector = Collector()
     with (
-        threaded_server(tmp_path_factory.mktemp("api") / "data", telemetry_bus="embedded") as api,
+        threaded_server(
+            tmp_path_factory.mktemp("api") / "data", telemetry_bus="embedded", otlp_endpoint=collector.url
+        ) as api,
         api.client() as http,
     ):
         options = dataclasses.replace(fleet_options(api, tmp_path_factory.mktemp("fleet"), hosts=1), dpus_per_host=2)
         with sim_in_thread(options) as running:
             op = Operator(http)
             names = discover(op, running)
-            built = Lab(api, op, running, names)
+            built = Lab(api, op, running, names, collector)
             wait_until(built.plane.connected.is_set, timeout=15, what="the aggregator on the embedded nats-server")
             assert built.plane.bmc is not None
             built.plane.bmc.floor = 0.2  # the tests' DPUs are polled at their interval, not the 15 s floor
             yield built
+    collector.close()
 
 
 def _annotate(lab: Lab, name: str, classes: str) -> None:
@@ -208,13 +214,27 @@ def test_only_a_dpu_that_asks_is_polled_and_its_temperature_follows_its_load(lab
     assert any(line.startswith("hw_temperature_celsius{") and f'dpu="{watched}"' in line and 'source="bmc"' in line
                for line in federate.splitlines())  # fmt: skip
     assert f'dpufleet_telemetry_samples_read_by_control_plane_total{{project="default",dpu="{watched}"' in federate
+    # and OTLP: the readings as the DPU's metrics, the sensor's Warning and the pushed event as log records
+    points = poll("the BMC's readings at the OTLP collector", lambda: lab.collector.metric_points("hw.temperature"),
+                  lambda found: any(p.get("source") == "bmc" for p in found), 15)  # fmt: skip
+    assert any(p.get("hw.sensor_location") == "CPU" for p in points)
+
+    def bmc_records() -> list[tuple[dict[str, str], dict[str, str], str, int, str]]:
+        return [r for r in lab.collector.log_records() if r[4] == "dpufleet.event.bmc"]
+
+    records = poll("the BMC's events at the OTLP collector", bmc_records,
+                   lambda found: {r[1].get("source") for r in found} >= {"bmc-sensor", "redfish-event"}, 15)  # fmt: skip
+    assert all(r[0]["dpufleet.dpu"] == watched for r in records)
     figures = lab.op.http.get("/telemetry/v1/aggregator").json()
     assert figures["bmcPolls"] >= 2 and figures["bmcSamples"] >= 6 and figures["bmcPushedEvents"] >= 1
+    # after the first crawl of its sensors, the BMC's MetricReport answers the polls (one request, not one
+    # per sensor), and the Warning above was judged from a reported value by the sensor's thresholds
+    assert figures["bmcReportReads"] >= 1
 
     # asking no more stops the polling
     _annotate(lab, watched, "load")
     wait_until(lambda: not lab.plane.bmc.targets if lab.plane.bmc else True, timeout=10, what="the DPU unpolled")
-    polls = figures["bmcPolls"]
+    polls = lab.op.http.get("/telemetry/v1/aggregator").json()["bmcPolls"]  # once it asks no more
     time.sleep(1.0)
     assert lab.op.http.get("/telemetry/v1/aggregator").json()["bmcPolls"] <= polls + 1  # one in flight at most
 
@@ -248,6 +268,11 @@ def test_an_alert_rule_fires_on_a_hot_soc_notifies_its_webhook_and_resolves_when
         assert resolved["alerts"][0]["status"] == "resolved" and resolved["alerts"][0]["labels"]["dpu"] == watched
         figures = lab.op.http.get("/telemetry/v1/aggregator").json()
         assert figures["alertsFired"] >= 1 and figures["alertsResolved"] >= 1 and figures["alertNotifications"] >= 2
+        # the alert's transitions reach the OTLP collector as log records of the DPU
+        states = poll("the alert at the OTLP collector",
+                      lambda: {r[1].get("state"): r for r in lab.collector.log_records() if r[4] == "dpufleet.alert"},
+                      lambda found: {"firing", "resolved"} <= set(found), 15)  # fmt: skip
+        assert states["firing"][0]["dpufleet.dpu"] == watched and states["firing"][1]["alertname"] == "soc-hot"
         # a rule that makes no sense is refused, naming the field
         bad = lab.op.http.post(
             "/apis/dpufleet.io/v1alpha1/projects/default/alertrules",
@@ -317,6 +342,28 @@ def test_the_vendor_catalog_tells_what_a_vendors_own_sensor_is() -> None:
     assert samples_of([odd], 1)[0]["name"] == "dpufleet.bmc.oemtemp"
     with pytest.raises(ValueError, match="metric and unit go together"):
         SensorMapping(sensor="x", metric="hw.power")
+
+
+def test_the_built_in_bluefield_3_entries_place_its_documented_sensors_and_keep_its_envelope_off_hw_power() -> None:
+    """BlueField-3's card sensors by the names NVIDIA's BMC documentation lists (bluefield_temp, p0_temp,
+    soc_power, power_envelope...): each gets its location, and the power envelope (a limit) and its
+    deviation (a difference) are not reported as power drawn, which would count the card's power thrice."""
+    def sensor(sid: str, kind: str, units: str, value: float) -> Any:
+        return sensor_reading({"@odata.id": f"/redfish/v1/Chassis/Card1/Sensors/{sid}", "Id": sid, "Name": sid,
+                               "Reading": value, "ReadingType": kind, "ReadingUnits": units}, "Card1")  # fmt: skip
+
+    readings = [sensor("bluefield_temp", "Temperature", "Cel", 64), sensor("p0_temp", "Temperature", "Cel", 41),
+                sensor("soc_power", "Power", "W", 52), sensor("power_envelope", "Power", "W", 75),
+                sensor("power_envelope_deviation", "Power", "W", -23), sensor("3_3V", "Voltage", "V", 3.31)]  # fmt: skip
+    model = builtin_catalog().get("nvidia-bluefield-3")
+    assert model is not None
+    got = {s["attributes"]["hw.id"].split("/")[-1]: s for s in samples_of(readings, 1, model.sensors)}
+    assert got["bluefield_temp"]["attributes"]["hw.sensor_location"] == "soc"
+    assert got["p0_temp"]["attributes"]["hw.sensor_location"] == "port0"
+    assert [s["value"] for s in got.values() if s["name"] == "hw.power"] == [52], "only what the card draws"
+    assert (got["power_envelope"]["name"], got["power_envelope"]["unit"]) == ("dpufleet.bmc.power_limit", "W")
+    assert got["power_envelope_deviation"]["name"] == "dpufleet.bmc.power_over_limit"
+    assert got["3_3V"]["name"] == "hw.voltage" and "hw.sensor_location" not in got["3_3V"]["attributes"]
 
 
 def test_a_site_catalog_entry_maps_the_emulated_bmcs_sensors(lab: Lab, tmp_path: Path) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from tests.support.net import wait_until
+from tests.support.otlp import Collector, kv
 from tests.support.telemetry import Plane, assign, report, telemetry_plane
 
 from dpufleet.api.telemetry import Batch, BatchRecord, Sample, TelemetryClass, parse_batch
@@ -28,70 +27,6 @@ from dpufleet.sim import osroot
 from dpufleet.sim.fleet import build_fleet
 
 NS = 1_700_000_000_000_000_000
-
-
-class Collector:
-    """An OTLP/HTTP receiver on loopback: keeps each decoded request; answers from a script, then 200."""
-
-    def __init__(self) -> None:
-        self.metrics: list[ExportMetricsServiceRequest] = []
-        self.logs: list[ExportLogsServiceRequest] = []
-        self.answers: list[tuple[int, dict[str, str]]] = []  # what the next requests get, in order
-        self.seen: list[tuple[str, int, dict[str, str]]] = []  # path, status answered, headers
-        self.lock = threading.Lock()
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with collector.lock:
-                    status, headers = collector.answers.pop(0) if collector.answers else (200, {})
-                    collector.seen.append((self.path, status, dict(self.headers)))
-                    if status == 200:
-                        if self.path == "/v1/metrics":
-                            collector.metrics.append(ExportMetricsServiceRequest.FromString(body))
-                        elif self.path == "/v1/logs":
-                            collector.logs.append(ExportLogsServiceRequest.FromString(body))
-                        else:
-                            status = 404
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def data_points(self) -> int:
-        with self.lock:
-            return sum(
-                len(m.sum.data_points) + len(m.gauge.data_points)
-                for r in self.metrics for s in r.resource_metrics for sm in s.scope_metrics for m in sm.metrics
-            )  # fmt: skip
-
-    def log_records(self) -> list[tuple[dict[str, str], dict[str, str], str, int, str]]:
-        """(resource attributes, record attributes, body, severity number, event name) of each record."""
-        with self.lock:
-            return [
-                (_kv(rl.resource.attributes), _kv(rec.attributes), rec.body.string_value, rec.severity_number,
-                 rec.event_name)
-                for r in self.logs for rl in r.resource_logs for sl in rl.scope_logs for rec in sl.log_records
-            ]  # fmt: skip
-
-
-def _kv(attrs: object) -> dict[str, str]:
-    return {kv.key: kv.value.string_value for kv in attrs}  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -129,28 +64,28 @@ def test_measurements_map_to_sums_and_gauges_and_log_lines_to_records_one_resour
     )
     assert (n_metrics, n_logs) == (4, 2)
     decoded = ExportMetricsServiceRequest.FromString(metrics.SerializeToString())  # as a collector reads it
-    by_dpu = {_kv(r.resource.attributes)["dpufleet.dpu"]: r for r in decoded.resource_metrics}
+    by_dpu = {kv(r.resource.attributes)["dpufleet.dpu"]: r for r in decoded.resource_metrics}
     assert set(by_dpu) == {"dpu-mt2301x00042", "dpu-other1"}
-    resource = _kv(by_dpu["dpu-mt2301x00042"].resource.attributes)
+    resource = kv(by_dpu["dpu-mt2301x00042"].resource.attributes)
     assert resource == {"service.name": "dpufleet", "dpufleet.project": "default",
                         "dpufleet.dpu": "dpu-mt2301x00042", "device.id": "MT2301X00042"}  # fmt: skip
-    assert _kv(by_dpu["dpu-other1"].resource.attributes)["dpufleet.project"] == "t1"
+    assert kv(by_dpu["dpu-other1"].resource.attributes)["dpufleet.project"] == "t1"
     metric = {m.name: m for m in by_dpu["dpu-mt2301x00042"].scope_metrics[0].metrics}
     cpu = metric["system.cpu.time"]
     assert cpu.WhichOneof("data") == "sum" and cpu.sum.is_monotonic and cpu.unit == "s"
     assert cpu.sum.aggregation_temporality == 2  # CUMULATIVE: counters since boot
     assert sorted(p.as_double for p in cpu.sum.data_points) == [3.0, 12.5]
     point = cpu.sum.data_points[0]
-    assert point.time_unix_nano == NS and _kv(point.attributes)["dpufleet.telemetry.class"] == "load"
+    assert point.time_unix_nano == NS and kv(point.attributes)["dpufleet.telemetry.class"] == "load"
     assert metric["system.memory.utilization"].WhichOneof("data") == "gauge"
     records = ExportLogsServiceRequest.FromString(log_req.SerializeToString()).resource_logs
     assert len(records) == 1
     kernel, service = records[0].scope_logs[0].log_records
     assert kernel.severity_number == SeverityNumber.SEVERITY_NUMBER_ERROR and kernel.severity_text == "ERROR"
     assert kernel.body.string_value == "No space left on device" and kernel.event_name == "dpufleet.log.syslog"
-    assert kernel.time_unix_nano == NS + 1 and _kv(kernel.attributes)["syslog.app_name"] == "systemd-journald"
+    assert kernel.time_unix_nano == NS + 1 and kv(kernel.attributes)["syslog.app_name"] == "systemd-journald"
     assert service.severity_number == SeverityNumber.SEVERITY_NUMBER_WARN
-    assert _kv(service.attributes) == {"service.name": "flow-logger", "dpufleet.telemetry.class": "logs"}
+    assert kv(service.attributes) == {"service.name": "flow-logger", "dpufleet.telemetry.class": "logs"}
 
 
 def test_a_busy_collector_is_retried_as_it_asks_a_refusing_one_is_not_and_every_sample_is_accounted_for(

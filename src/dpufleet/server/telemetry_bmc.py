@@ -21,13 +21,14 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..api.naming import dpu_name
 from ..api.telemetry import CLASSES_ANNOTATION, INTERVAL_ANNOTATION, SampleRecord, TelemetryClass, parse_classes
-from ..drivers.redfish.client import RedfishError
+from ..drivers.redfish.client import RedfishClient, RedfishError
 from ..drivers.redfish.events import LogEntry
+from ..drivers.redfish.metric_reports import metric_reports, read_reports
 from ..drivers.redfish.sensors import SensorReading, read_chassis, system_chassis
 from ..inventory.bmcs import BMCAccessError, BMCSessions, dpu_bmc, dpu_serial
 from ..vendors.catalog import Catalog, builtin_catalog
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 FLOOR_SECONDS = 15.0
 CONCURRENCY = 16
 TICK_SECONDS = 1.0
+RECRAWL_SECONDS = 300.0  # where MetricReports stand in for the sensors, they are crawled again this often
 
 # what a reading of each kind is called in the common metric set (OpenTelemetry's hw.* conventions),
 # its unit there, the factor from the BMC's unit, and the hw.type it is reported under
@@ -121,6 +123,9 @@ class Target:
     chassis: list[str] | None = None  # the DPU's chassis paths, found once (again after a failure)
     health: dict[str, str] = field(default_factory=dict)  # hw.id -> the Health last seen
     failing: bool = False
+    reports: list[str] | None = None  # the BMC's MetricReports, found once (again after a failure)
+    sources: dict[str, SensorReading] = field(default_factory=dict)  # the last crawl's, by the property read
+    crawled: float = 0.0  # monotonic
 
 
 @dataclass
@@ -130,10 +135,12 @@ class BMCStats:
     samples: int = 0
     events: int = 0
     pushed: int = 0
+    report_reads: int = 0  # polls answered by the BMC's MetricReports instead of a crawl of its sensors
 
     def figures(self) -> dict[str, int]:
         return {"bmcPolls": self.polls, "bmcPollFailures": self.failures, "bmcSamples": self.samples,
-                "bmcHealthEvents": self.events, "bmcPushedEvents": self.pushed}  # fmt: skip
+                "bmcHealthEvents": self.events, "bmcPushedEvents": self.pushed,
+                "bmcReportReads": self.report_reads}  # fmt: skip
 
 
 Emit = Callable[[str, str, TelemetryClass, list[SampleRecord]], None]  # (project, serial, class, samples)
@@ -264,12 +271,10 @@ class BMCTelemetry:
             session = await self.sessions.for_dpu(target.doc, timeout=5.0, retries=0)
             if target.chassis is None:
                 target.chassis = await system_chassis(session.client, await session.system())
-            readings: list[SensorReading] = []
-            for chassis in target.chassis:
-                readings.extend(await read_chassis(session.client, chassis))
+            readings = await self._read(session.client, target)
         except (RedfishError, BMCAccessError) as exc:
             self.stats.failures += 1
-            target.chassis = None
+            target.chassis, target.reports, target.sources = None, None, {}
             self.sessions.invalidate(target.project, dpu_bmc(target.doc) or "")
             if not target.failing:
                 log.warning("telemetry: the sensors of %s could not be read from its BMC: %s", name, exc)
@@ -287,6 +292,35 @@ class BMCTelemetry:
         if events and TelemetryClass.EVENTS in _wants(target.doc)[0]:
             self.stats.events += len(events)
             self.emit(target.project, target.serial, TelemetryClass.EVENTS, events)
+
+    async def _read(self, client: RedfishClient, target: Target) -> list[SensorReading]:
+        """The DPU's readings. Where the BMC offers MetricReports that hold a value for every reading the last
+        crawl found, they are read instead (a request per report, not per sensor), each value's Health
+        judged by its sensor's thresholds; the crawl comes again every RECRAWL_SECONDS (new sensors, the
+        Health of those without thresholds)."""
+        clock = time.monotonic()
+        if target.reports is None:
+            try:
+                target.reports = await metric_reports(client)
+            except RedfishError as exc:  # a TelemetryService that fails: the sensors are crawled as ever
+                log.info("telemetry: the BMC of %s offers no usable MetricReports: %s", dpu_name(target.serial), exc)
+                target.reports = []
+        if target.reports and target.sources and clock - target.crawled < RECRAWL_SECONDS:
+            values = await read_reports(client, target.reports)
+            if all(key in values for key in target.sources):
+                self.stats.report_reads += 1
+                return [
+                    replace(r, value=values[key].value, health=r.health_at(values[key].value))
+                    for key, r in target.sources.items()
+                ]
+        readings: list[SensorReading] = []
+        assert target.chassis is not None
+        for chassis in target.chassis:
+            readings.extend(await read_chassis(client, chassis))
+        sources = {r.source: r for r in readings if r.source}
+        target.sources = sources if len(sources) == len(readings) else {}  # each reading's property, or none
+        target.crawled = clock
+        return readings
 
     def _mappings(self, doc: dict[str, Any]) -> list[SensorMapping]:
         """The DPU's catalog model's sensor mappings (none for a generic DPU or a model no entry names)."""

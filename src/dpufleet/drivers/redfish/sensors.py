@@ -56,6 +56,21 @@ class SensorReading:
     context: str
     health: str
     chassis: str
+    source: str = ""  # the property it was read from, as a MetricReport names it (metric_source)
+    # the Sensor's Thresholds (LowerCritical, LowerCaution, UpperCaution, UpperCritical), where it has them
+    thresholds: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
+
+    def health_at(self, value: float) -> str:
+        """The Health a reading of `value` has by this sensor's thresholds; where it has none, the Health the
+        BMC last gave (a value alone does not say it)."""
+        low_critical, low_caution, up_caution, up_critical = self.thresholds
+        if not any(t is not None for t in self.thresholds):
+            return self.health
+        if (up_critical is not None and value >= up_critical) or (low_critical is not None and value <= low_critical):
+            return "Critical"
+        if (up_caution is not None and value >= up_caution) or (low_caution is not None and value <= low_caution):
+            return "Warning"
+        return "OK"
 
 
 def _text(value: Any) -> str:
@@ -97,7 +112,20 @@ def sensor_reading(sensor: dict[str, Any], chassis: str = "") -> SensorReading |
         context=_text(sensor.get("PhysicalContext")),
         health=_health(sensor),
         chassis=chassis,
+        source=metric_source(_text(sensor.get("@odata.id"))),
+        thresholds=_thresholds(sensor),
     )
+
+
+def _thresholds(sensor: dict[str, Any]) -> tuple[float | None, float | None, float | None, float | None]:
+    found = sensor.get("Thresholds")
+    given: dict[str, Any] = found if isinstance(found, dict) else {}
+
+    def one(name: str) -> float | None:
+        entry = given.get(name)
+        return _number(entry.get("Reading")) if isinstance(entry, dict) else None
+
+    return one("LowerCritical"), one("LowerCaution"), one("UpperCaution"), one("UpperCritical")
 
 
 # a legacy array: (its property, the reading's property, what it measures, its unit; None: ReadingUnits)
@@ -108,6 +136,7 @@ _LEGACY: dict[str, tuple[tuple[str, str, str, str | None], ...]] = {
 
 
 def _legacy_readings(resource: dict[str, Any], kind: str, chassis: str) -> Iterator[SensorReading]:
+    path = _text(resource.get("@odata.id"))
     for array, field, measures, unit in _LEGACY[kind]:
         for index, entry in enumerate(resource.get(array) or []):
             if not isinstance(entry, dict) or not _enabled(entry):
@@ -120,7 +149,20 @@ def _legacy_readings(resource: dict[str, Any], kind: str, chassis: str) -> Itera
             yield SensorReading(
                 f"{array}/{member}", _text(entry.get("Name")) or _text(entry.get("FanName")), measures, value,
                 "%" if given == "Percent" else given, _text(entry.get("PhysicalContext")), _health(entry), chassis,
+                metric_source(f"{path}#/{array}/{index}/{field}") if path else "",
             )  # fmt: skip
+
+
+def metric_source(prop: str) -> str:
+    """A reading's property as one key, however a BMC spells it: a Sensor's URI (a MetricReport may add
+    `#/Reading`), or a legacy array entry's (`.../Power#/PowerControl/0/PowerConsumedWatts`); trailing
+    slashes and padding dropped."""
+    path, _, pointer = prop.strip().partition("#")
+    path = path.rstrip("/")
+    pointer = pointer.strip().rstrip("/")
+    if pointer in ("", "/Reading"):
+        return path
+    return f"{path}#{pointer}"
 
 
 def thermal_readings(thermal: dict[str, Any], chassis: str = "") -> Iterator[SensorReading]:

@@ -1,8 +1,10 @@
-"""Chassis/<id>: the DPU card (ChassisType Card) and its sensors."""
+"""Chassis/<id>: the DPU card (ChassisType Card) and its sensors; TelemetryService: the same readings in
+one MetricReport (CardEnvironment), as a BMC's telemetry service offers them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from dpufleet.sim.bmc import CHASSIS_ID, MANAGER_ID, SYSTEM_ID
 from dpufleet.sim.devices import PowerState, SimDPU
@@ -111,4 +113,54 @@ def sensor(ctx: Ctx, params: dict[str, str]) -> Json:
         "PhysicalContext": spec.context,
         "Status": {"State": "Enabled", "Health": _health(reading, critical)},
         "Thresholds": {"UpperCaution": {"Reading": critical * CAUTION}, "UpperCritical": {"Reading": critical}},
+    }
+
+
+REPORT_ID = "CardEnvironment"
+
+
+@ROUTER.add("GET", "/TelemetryService")
+def telemetry_service(ctx: Ctx, _: dict[str, str]) -> Json:
+    return {
+        "@odata.id": ctx.uri("TelemetryService"),
+        "@odata.type": odata_type("TelemetryService"),
+        "Id": "TelemetryService",
+        "Name": "Telemetry Service",
+        "ServiceEnabled": True,
+        "Status": status_ok(),
+        "MetricReports": ctx.link("TelemetryService", "MetricReports"),
+    }
+
+
+@ROUTER.add("GET", "/TelemetryService/MetricReports")
+def metric_reports(ctx: Ctx, _: dict[str, str]) -> Json:
+    return collection(
+        ctx, "MetricReportCollection", "Metric Reports", ("TelemetryService", "MetricReports"), [REPORT_ID]
+    )
+
+
+@ROUTER.add("GET", "/TelemetryService/MetricReports/{report_id}")
+def metric_report(ctx: Ctx, params: dict[str, str]) -> Json:
+    """Every sensor's reading now, as real BMCs report them: the value a string, the property the Sensor's URI
+    (a BF-23.10-style BMC adds the `#/Reading` pointer)."""
+    check_id(params["report_id"], REPORT_ID, "MetricReport")
+    dpu = ctx.bmc.dpu
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    pointer = "#/Reading" if dpu.profile.redfish_style == "bf-23.10" else ""
+    values = [
+        {
+            "MetricId": spec.id,
+            "MetricProperty": ctx.uri("Chassis", CHASSIS_ID, "Sensors", spec.id) + pointer,
+            "MetricValue": f"{_reading(dpu, spec):g}",
+            "Timestamp": stamp,
+        }
+        for spec in _SENSORS
+    ]
+    return {
+        "@odata.id": ctx.uri("TelemetryService", "MetricReports", REPORT_ID),
+        "@odata.type": odata_type("MetricReport"),
+        "Id": REPORT_ID,
+        "Name": "Card environment",
+        "Timestamp": stamp,
+        "MetricValues": values,
     }

@@ -19,6 +19,7 @@ _TOP_LEVEL = (
     "AccountService",
     "SessionService",
     "EventService",
+    "TelemetryService",
 )
 
 

@@ -40,6 +40,8 @@ SCHEMA_VERSIONS: dict[str, str] = {
     "EventService": "v1_12_0",
     "EventDestination": "v1_16_0",
     "Event": "v1_13_0",
+    "TelemetryService": "v1_4_1",
+    "MetricReport": "v1_5_2",
 }
 
 COLLECTIONS: tuple[str, ...] = (
@@ -58,6 +60,7 @@ COLLECTIONS: tuple[str, ...] = (
     "SensorCollection",
     "EthernetInterfaceCollection",
     "VirtualMediaCollection",
+    "MetricReportCollection",
     "EventDestinationCollection",
 )
 
