@@ -194,3 +194,65 @@ def test_a_rule_that_makes_no_sense_is_refused_naming_the_field(spec: dict[str, 
     with pytest.raises(APIError) as caught:
         validate_document({"kind": "AlertRule", "metadata": {"name": "r"}, "spec": spec})
     assert field in str(caught.value) and says in str(caught.value)
+
+
+def test_a_restarted_server_takes_its_firing_alerts_back_and_resolves_them_without_notifying_twice(
+    store: Store, receiver: Receiver
+) -> None:
+    """What fired before a restart is not notified again while it holds (an operator paged once), and one
+    that clears afterwards is notified as resolved; a rule changed while the server was down starts over."""
+    docs = [_dpu("dpu-a1", "host-a"), _dpu("dpu-a2", "host-a")]
+    fleet = Fleet()
+    t0 = 1_000_000.0
+    for serial in ("A1", "A2"):
+        fleet.sample(serial, "hw.temperature", 99.0, t0)
+    rule = {"name": "hot", "spec": {"metric": "hw.temperature", "condition": "above", "threshold": 90,
+                                    "forSeconds": 1, "groupBy": "host", "groupWaitSeconds": 0.5,
+                                    "repeatSeconds": 3600, "webhook": {"url": receiver.url}}}  # fmt: skip
+
+    async def before_the_restart() -> None:
+        async with httpx.AsyncClient() as http:
+            evaluator = await _evaluator(store, fleet, docs, rule, http)
+            for at in (t0, t0 + 1.5, t0 + 2.5):
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+
+    asyncio.run(before_the_restart())
+    assert [b["status"] for b in receiver.bodies] == ["firing"]
+    assert store.get("AlertRule", "hot")["status"]["firing"] == 2
+
+    async def after_the_restart() -> AlertEvaluator:
+        async with httpx.AsyncClient() as http:
+            evaluator = AlertEvaluator(store, fleet.series, fleet.emit, http=http, retries=(0.01, 0.01))
+            await evaluator.replace_dpus(docs)
+            await evaluator.replace_rules(store.list("AlertRule").items)  # a new server: the status is all it has
+            for serial in ("A1", "A2"):
+                fleet.sample(serial, "hw.temperature", 99.0, t0 + 10)
+            for at in (t0 + 10, t0 + 12, t0 + 14):
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+            assert len(receiver.bodies) == 1, "still firing: not notified a second time"
+            fleet.sample("A1", "hw.temperature", 50.0, t0 + 15)  # one cools down
+            for at in (t0 + 15, t0 + 16):
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+            return evaluator
+
+    evaluator = asyncio.run(after_the_restart())
+    assert evaluator.stats.fired == 0 and evaluator.stats.resolved == 1
+    second = receiver.bodies[1]
+    assert {a["labels"]["dpu"]: a["status"] for a in second["alerts"]} == {"dpu-a1": "resolved", "dpu-a2": "firing"}
+    status = store.get("AlertRule", "hot")["status"]
+    assert status["firing"] == 1 and status["alerts"][0]["dpu"] == "dpu-a2"
+
+    # the rule changed while the server was down: what fired under the old spec is not taken back
+    store.patch("AlertRule", "hot", {"spec": {"threshold": 95}}, "default")
+
+    async def changed() -> AlertEvaluator:
+        async with httpx.AsyncClient() as http:
+            evaluator = AlertEvaluator(store, fleet.series, fleet.emit, http=http, retries=(0.01, 0.01))
+            await evaluator.replace_dpus(docs)
+            await evaluator.replace_rules(store.list("AlertRule").items)
+            return evaluator
+
+    assert not asyncio.run(changed()).rules[("default", "hot")].alerts

@@ -19,8 +19,11 @@ receivers written for Alertmanager take it as it is. A webhook that fails is ret
 off) and counted; the rule's status says what the last notification did.
 
 Each transition is also a sample of class events (``dpufleet.alert``) on the DPU's stream, and the rule's
-status holds the alerts firing. Alerts live in memory: a restarted server looks again and fires again what
-still holds, after ``forSeconds``.
+status holds the alerts firing, with a digest of the spec they fired under. A restarted server takes them
+back from there (``_restored``): an alert that still holds goes on firing without a second notification
+(the next one is its group's repeat, counted from the last notification the status records), and one that
+cleared while the server was down is resolved and notified as resolved. A rule whose spec changed meanwhile
+starts over, as a rule changed while the server runs does.
 """
 
 from __future__ import annotations
@@ -56,6 +59,20 @@ Emit = Callable[[str, str, TelemetryClass, list[SampleRecord]], None]
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(stamp: Any) -> float | None:
+    """An RFC 3339 stamp (as `_iso` writes them) in seconds; None for anything else."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _spec_digest(spec: AlertRuleSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -188,10 +205,38 @@ class AlertEvaluator:
             return key
         state = self.rules.get(key)
         if state is None:
-            self.rules[key] = RuleState(key[0], key[1], spec)
+            self.rules[key] = self._restored(key, spec, doc.get("status") or {})
         elif state.spec != spec:  # a changed rule starts over (what fired under the old one is not this one's)
             self.rules[key] = RuleState(key[0], key[1], spec, groups=state.groups)
         return key
+
+    def _restored(self, key: tuple[str, str], spec: AlertRuleSpec, status: dict[str, Any]) -> RuleState:
+        """The rule as its status last said it stood, when that was under this spec: its firing alerts, each
+        group last notified when the status says (see the module doc)."""
+        rule = RuleState(key[0], key[1], spec)
+        if status.get("specDigest") != _spec_digest(spec):
+            return rule
+        for entry in status.get("alerts") or []:
+            name, since = str(entry.get("dpu") or ""), _seconds(entry.get("since"))
+            if not name or since is None:
+                continue
+            facts = self.dpus.get((key[0], name)) or DPUFacts(
+                key[0], name, str(entry.get("serial") or name.removeprefix("dpu-").upper()), {},
+                str(entry.get("host") or ""),
+            )  # fmt: skip
+            value = entry.get("value")
+            rule.alerts[name] = Alert(facts, since, float(value) if isinstance(value, int | float) else None, since)
+        if not rule.alerts:
+            return rule
+        rule.reported = tuple(sorted((n, a.started) for n, a in rule.alerts.items() if a.started is not None))
+        notified = status.get("lastNotification") if isinstance(status.get("lastNotification"), dict) else None
+        rule.last_notification = notified
+        last_sent = _seconds((notified or {}).get("at")) or time.time()
+        for alert in rule.alerts.values():
+            group_key, label = self._group_of(rule, alert.dpu)
+            rule.groups.setdefault(group_key, Group(group_key, label, last_sent=last_sent))
+        log.info("alert %s/%s: %d firing alert(s) taken back from its status", key[0], key[1], len(rule.alerts))
+        return rule
 
     # --- the loop ------------------------------------------------------------------------------------------
 
@@ -420,9 +465,11 @@ class AlertEvaluator:
         firing = sorted((a for a in rule.alerts.values() if a.started is not None), key=lambda a: a.dpu.name)
         status: dict[str, Any] = {
             "firing": len(firing),
+            "specDigest": _spec_digest(rule.spec),
             "alerts": [
                 {
                     "dpu": a.dpu.name,
+                    "serial": a.dpu.serial,
                     "host": a.dpu.host,
                     "since": _iso(a.started or 0),
                     **({"value": a.value} if a.value is not None else {}),
