@@ -55,6 +55,7 @@ DOCS: dict[str, dict[str, Any]] = {
     "DPUServiceInterface": {"spec": {"type": "Physical", "port": "p0"}},
     "DPUServiceChain": {"spec": {"hops": [{"interface": "a"}, {"interface": "b"}]}},
     "AlertRule": {"spec": {"metric": "hw.temperature", "threshold": 90}},
+    "AlertSilence": {"spec": {"endsAt": "2099-01-01T00:00:00Z", "comment": "matrix"}},
 }
 assert set(DOCS) == set(REGISTRY), "a new kind needs a document here, so the matrix covers it"
 counter = itertools.count()

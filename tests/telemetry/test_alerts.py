@@ -256,3 +256,81 @@ def test_a_restarted_server_takes_its_firing_alerts_back_and_resolves_them_witho
             return evaluator
 
     assert not asyncio.run(changed()).rules[("default", "hot")].alerts
+
+
+def test_a_silence_keeps_its_alerts_quiet_until_it_ends_and_an_inhibiting_rule_hides_its_hosts_dpus(
+    store: Store, receiver: Receiver
+) -> None:
+    """Maintenance on host-a: a silence for it keeps dpu-hot's alert there from the webhook (the rule's status
+    still shows it, muted) and, when the silence ends with the alert still holding, it is notified. A host gone
+    silent (host-silent, which inhibits dpu-hot) hides dpu-hot's alerts on that host's DPUs: one page, not two."""
+    docs = [_dpu("dpu-a1", "host-a"), _dpu("dpu-b1", "host-b")]
+    fleet = Fleet()
+    t0 = 1_000_000.0
+    fleet.sample("A1", "hw.temperature", 99.0, t0)
+    fleet.sample("B1", "hw.temperature", 99.0, t0)
+    fleet.sample("A1", "system.cpu.time", 1.0, t0)
+    fleet.sample("B1", "system.cpu.time", 1.0, t0)
+    hot = {"name": "dpu-hot", "spec": {"metric": "hw.temperature", "condition": "above", "threshold": 90,
+                                       "groupBy": "dpu", "groupWaitSeconds": 0.5, "webhook": {"url": receiver.url}}}  # fmt: skip
+    silent = {"metric": "system.cpu.time", "condition": "absent", "forSeconds": 5, "groupWaitSeconds": 0.5,
+              "webhook": {"url": receiver.url}, "inhibits": ["dpu-hot"]}  # fmt: skip
+    store.create({"kind": "AlertSilence", "metadata": {"name": "host-a-maintenance", "project": "default"},
+                  "spec": {"hosts": ["host-a"], "rules": ["dpu-hot"], "startsAt": "1970-01-12T13:46:00Z",
+                           "endsAt": "1970-01-12T13:46:50Z", "comment": "fan swap"}})  # fmt: skip
+
+    def notified() -> list[tuple[str, str, str]]:
+        return sorted((b["receiver"], a["labels"]["dpu"], a["status"]) for b in receiver.bodies for a in b["alerts"])
+
+    async def scenario() -> AlertEvaluator:
+        async with httpx.AsyncClient() as http:
+            evaluator = await _evaluator(store, fleet, docs, hot, http)
+            await evaluator.replace_silences(store.list("AlertSilence").items)
+            for at in (t0, t0 + 1):
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+            # host-b is notified; host-a's alert is silenced (t0 is 13:46:40 on 1970-01-12), yet shown
+            assert notified() == [("default/dpu-hot", "dpu-b1", "firing")]
+            shown = {a["dpu"]: a for a in store.get("AlertRule", "dpu-hot")["status"]["alerts"]}
+            assert shown["dpu-a1"]["muted"] == "silenced by alertsilence/host-a-maintenance"
+            assert "muted" not in shown["dpu-b1"]
+            for at in (t0 + 10, t0 + 11):  # the silence is over; the alert still holds: now it is notified
+                fleet.sample("A1", "hw.temperature", 99.0, at)
+                fleet.sample("B1", "hw.temperature", 99.0, at)
+                fleet.sample("A1", "system.cpu.time", 1.0, at)
+                fleet.sample("B1", "system.cpu.time", 1.0, at)
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+            assert ("default/dpu-hot", "dpu-a1", "firing") in notified()
+
+            # host-b goes silent: host-silent fires there and hides dpu-hot's further notices on dpu-b1
+            store.create({"kind": "AlertRule", "metadata": {"name": "host-silent", "project": "default"},
+                          "spec": silent})  # fmt: skip
+            await evaluator.replace_rules(store.list("AlertRule").items)
+            receiver.bodies.clear()
+            for at in (t0 + 12, t0 + 18, t0 + 19):
+                fleet.sample("A1", "system.cpu.time", 1.0, at)
+                await evaluator.evaluate(at)
+                await evaluator.drain()
+            assert ("default/host-silent", "dpu-b1", "firing") in notified()
+            shown = {a["dpu"]: a for a in store.get("AlertRule", "dpu-hot")["status"]["alerts"]}
+            assert shown["dpu-b1"]["muted"] == "inhibited by alertrule/host-silent firing on host-b"
+            assert "muted" not in shown["dpu-a1"]
+            return evaluator
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"endsAt": "next tuesday"}, "is not an RFC 3339 time"),
+        ({"endsAt": "2026-12-07T15:00:00"}, "has no time zone"),
+        ({"startsAt": "2026-12-08T00:00:00Z", "endsAt": "2026-12-07T00:00:00Z"}, "must end after it starts"),
+        ({"comment": "no end"}, "endsAt"),
+    ],
+)
+def test_a_silence_that_makes_no_sense_is_refused_naming_the_field(spec: dict[str, Any], says: str) -> None:
+    with pytest.raises(APIError) as caught:
+        validate_document({"kind": "AlertSilence", "metadata": {"name": "s", "project": "default"}, "spec": spec})
+    assert says in str(caught.value)

@@ -350,6 +350,9 @@ class TelemetryPlane:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow("DPU", self._dpu_observers(), repeat=self.bmc is not None))
                 tasks.create_task(self._follow("AlertRule", [(self.alerts.replace_rules, self.alerts.rule_changed)]))
+                tasks.create_task(
+                    self._follow("AlertSilence", [(self.alerts.replace_silences, self.alerts.silence_changed)])
+                )
                 tasks.create_task(self.alerts.run())
                 if self.bmc is not None:
                     tasks.create_task(self.bmc.run())

@@ -41,7 +41,7 @@ import httpx
 from pydantic import ValidationError
 
 from ..api.errors import NotFound
-from ..api.kinds.telemetry import AlertCondition, AlertGrouping, AlertRuleSpec
+from ..api.kinds.telemetry import AlertCondition, AlertGrouping, AlertRuleSpec, AlertSilenceSpec
 from ..api.telemetry import SampleRecord, TelemetryClass
 from ..store.store import Store
 
@@ -92,6 +92,7 @@ class Alert:
     pending_since: float  # time.time() the condition was first seen to hold
     value: float | None = None
     started: float | None = None  # firing since (time.time())
+    notified: bool = False  # a notification carried it as firing (so its resolution is worth one too)
 
 
 @dataclass
@@ -111,9 +112,10 @@ class RuleState:
     alerts: dict[str, Alert] = field(default_factory=dict)  # DPU name -> its alert (pending or firing)
     groups: dict[str, Group] = field(default_factory=dict)
     first_looked: dict[str, float] = field(default_factory=dict)  # DPU name -> when this rule first saw it
-    reported: tuple[tuple[str, float], ...] | None = None  # the firing set last written to the status
+    reported: tuple[tuple[str, float, str | None], ...] | None = None  # firing (and muted) last written
     last_notification: dict[str, Any] | None = None
     notified: bool = False  # a notification's outcome not yet written to the status
+    muted: dict[str, str] = field(default_factory=dict)  # DPU name -> why its alert is not notified now
 
 
 @dataclass
@@ -166,6 +168,7 @@ class AlertEvaluator:
         self._http = http
         self._sending: set[asyncio.Task[None]] = set()
         self._matches: dict[tuple[str, str, str], tuple[int, list[Any]]] = {}  # (serial, metric, match) -> keys
+        self.silences: dict[tuple[str, str], tuple[AlertSilenceSpec, float | None, float]] = {}  # -> spec, window
 
     # --- what to evaluate: the DPU objects and the AlertRule objects (TelemetryPlane follows both) ----------
 
@@ -210,6 +213,50 @@ class AlertEvaluator:
             self.rules[key] = RuleState(key[0], key[1], spec, groups=state.groups)
         return key
 
+    async def replace_silences(self, docs: Iterable[dict[str, Any]]) -> None:
+        self.silences = {}
+        for doc in docs:
+            await self.silence_changed("ADDED", doc)
+
+    async def silence_changed(self, change: str, doc: dict[str, Any]) -> None:
+        meta = doc.get("metadata") or {}
+        key = (str(meta.get("project") or "default"), str(meta.get("name", "")))
+        if change == "DELETED":
+            self.silences.pop(key, None)
+            return
+        try:
+            spec = AlertSilenceSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as exc:
+            log.warning("alert silence %s/%s ignored: %s", key[0], key[1], exc)
+            self.silences.pop(key, None)
+            return
+        start, end = spec.window()
+        made = _seconds(meta.get("creationTimestamp"))
+        self.silences[key] = (spec, start if start is not None else made, end)
+
+    def _muted_by(self, rule: RuleState, alert: Alert, now: float) -> str | None:
+        """Why the alert is not notified now: a silence that matches it, or a rule firing on its host that
+        inhibits this one; None when it is notified."""
+        facts = alert.dpu
+        for (project, name), (spec, start, end) in sorted(self.silences.items()):
+            if project != rule.project or not (start is None or start <= now) or now >= end:
+                continue
+            if spec.rules and rule.name not in spec.rules:
+                continue
+            named = bool(spec.dpus or spec.hosts or not spec.dpuSelector.is_empty())
+            if not named or facts.name in spec.dpus or (facts.host and facts.host in spec.hosts) or (
+                not spec.dpuSelector.is_empty() and spec.dpuSelector.matches(facts.labels)
+            ):  # fmt: skip
+                return f"silenced by alertsilence/{name}"
+        for other in self.rules.values():
+            if other is rule or other.project != rule.project or rule.name not in other.spec.inhibits:
+                continue
+            for firing in other.alerts.values():
+                same = firing.dpu.host == facts.host if facts.host else firing.dpu.name == facts.name
+                if firing.started is not None and same:
+                    return f"inhibited by alertrule/{other.name} firing on {facts.host or facts.name}"
+        return None
+
     def _restored(self, key: tuple[str, str], spec: AlertRuleSpec, status: dict[str, Any]) -> RuleState:
         """The rule as its status last said it stood, when that was under this spec: its firing alerts, each
         group last notified when the status says (see the module doc)."""
@@ -225,10 +272,11 @@ class AlertEvaluator:
                 str(entry.get("host") or ""),
             )  # fmt: skip
             value = entry.get("value")
-            rule.alerts[name] = Alert(facts, since, float(value) if isinstance(value, int | float) else None, since)
+            value = float(value) if isinstance(value, int | float) else None
+            rule.alerts[name] = Alert(facts, since, value, since, notified=True)
         if not rule.alerts:
             return rule
-        rule.reported = tuple(sorted((n, a.started) for n, a in rule.alerts.items() if a.started is not None))
+        rule.reported = tuple(sorted((n, a.started, None) for n, a in rule.alerts.items() if a.started is not None))
         notified = status.get("lastNotification") if isinstance(status.get("lastNotification"), dict) else None
         rule.last_notification = notified
         last_sent = _seconds((notified or {}).get("at")) or time.time()
@@ -258,13 +306,36 @@ class AlertEvaluator:
 
     async def evaluate(self, now: float) -> None:
         self.stats.evaluations += 1
-        for rule in list(self.rules.values()):
+        rules = list(self.rules.values())
+        for rule in rules:
             self._evaluate_rule(rule, now)
+        for rule in rules:  # once every rule has looked: a rule inhibits another by what it fires
+            self._mute(rule, now)
             await self._flush(rule, now)
-            firing = tuple(sorted((n, a.started) for n, a in rule.alerts.items() if a.started is not None))
+            firing = tuple(
+                sorted((n, a.started, rule.muted.get(n)) for n, a in rule.alerts.items() if a.started is not None)
+            )
             if firing != rule.reported or rule.notified:
                 rule.reported, rule.notified = firing, False
                 await self._write_status(rule)
+
+    def _mute(self, rule: RuleState, now: float) -> None:
+        """Which firing alerts are not notified now; one no longer muted opens its group's window."""
+        muted: dict[str, str] = {}
+        for name, alert in rule.alerts.items():
+            if alert.started is None:
+                continue
+            why = self._muted_by(rule, alert, now)
+            if why is not None:
+                muted[name] = why
+            elif name in rule.muted:
+                group = rule.groups.setdefault(*self._group_key(rule, alert))
+                group.dirty_since = group.dirty_since if group.dirty_since is not None else now
+        rule.muted = muted
+
+    def _group_key(self, rule: RuleState, alert: Alert) -> tuple[str, Group]:
+        key, label = self._group_of(rule, alert.dpu)
+        return key, Group(key, label)
 
     def _evaluate_rule(self, rule: RuleState, now: float) -> None:
         spec = rule.spec
@@ -349,7 +420,7 @@ class AlertEvaluator:
         group = rule.groups.setdefault(key, Group(key, label))
         if group.dirty_since is None:
             group.dirty_since = now
-        if state == "resolved":
+        if state == "resolved" and alert.notified:  # a receiver told it fires is told it resolved
             group.resolved.append(self._alert_body(rule, alert, now))
         spec = rule.spec
         what = (
@@ -391,8 +462,8 @@ class AlertEvaluator:
     async def _flush(self, rule: RuleState, now: float) -> None:
         spec = rule.spec
         for group in list(rule.groups.values()):
-            firing = [a for a in rule.alerts.values()
-                      if a.started is not None and self._group_of(rule, a.dpu)[0] == group.key]  # fmt: skip
+            firing = [a for n, a in rule.alerts.items() if a.started is not None and n not in rule.muted
+                      and self._group_of(rule, a.dpu)[0] == group.key]  # fmt: skip
             due = group.dirty_since is not None and now - group.dirty_since >= spec.groupWaitSeconds
             repeat = bool(firing) and group.last_sent is not None and now - group.last_sent >= spec.repeatSeconds
             if not (due or repeat):
@@ -400,8 +471,13 @@ class AlertEvaluator:
                     del rule.groups[group.key]  # nothing left to say
                 continue
             alerts = [self._alert_body(rule, a, now) for a in firing] + group.resolved
-            group.dirty_since, group.resolved, group.last_sent = None, [], now
-            if spec.webhook is None or not alerts:
+            group.dirty_since, group.resolved = None, []
+            if not alerts:
+                continue  # all muted: nothing said, so nothing to repeat
+            group.last_sent = now
+            for alert in firing:
+                alert.notified = True
+            if spec.webhook is None:
                 continue
             payload = self._payload(rule, group, alerts)
             task = asyncio.get_running_loop().create_task(self._send(rule, payload))
@@ -472,6 +548,7 @@ class AlertEvaluator:
                     "serial": a.dpu.serial,
                     "host": a.dpu.host,
                     "since": _iso(a.started or 0),
+                    **({"muted": rule.muted[a.dpu.name]} if a.dpu.name in rule.muted else {}),
                     **({"value": a.value} if a.value is not None else {}),
                 }
                 for a in firing[:MAX_ALERTS_PER_NOTIFICATION]

@@ -158,6 +158,8 @@ from .telemetry import (
     AlertGrouping,
     AlertRule,
     AlertRuleSpec,
+    AlertSilence,
+    AlertSilenceSpec,
     Webhook,
 )
 
@@ -184,6 +186,8 @@ __all__ = [
     "AlertGrouping",
     "AlertRule",
     "AlertRuleSpec",
+    "AlertSilence",
+    "AlertSilenceSpec",
     "Allocation",
     "Artifact",
     "BMCSpec",

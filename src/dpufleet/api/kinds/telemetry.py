@@ -1,15 +1,17 @@
 """Telemetry: AlertRule, a threshold or an absence over a window, on the DPUs a selector picks, notified to a
-webhook in groups (server/telemetry_alerts.py evaluates them over what the aggregator holds)."""
+webhook in groups (server/telemetry_alerts.py evaluates them over what the aggregator holds); AlertSilence,
+a window in which the alerts it matches are not notified."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ..meta import Status, Strict
+from ..meta import Name, Status, Strict
 from ..selectors import LabelSelector
 from .base import Resource
 from .registry import Column, KindInfo, register
@@ -56,6 +58,12 @@ class AlertRuleSpec(Strict):
     repeatSeconds: float = Field(default=3600.0, ge=10, le=7 * 86400, description="re-notify a group still firing")
     webhook: Webhook | None = None
     description: str = Field(default="", max_length=1024)
+    inhibits: list[Name] = Field(
+        default_factory=list,
+        max_length=64,
+        description="rules whose alerts are not notified on the DPUs of a host where this one fires "
+        "(a host gone silent hides its DPUs' own alerts)",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> AlertRuleSpec:
@@ -86,6 +94,64 @@ register(
             Column("CONDITION", "spec.condition"),
             Column("THRESHOLD", "spec.threshold"),
             Column("FIRING", "status.firing"),
+        ),
+    )
+)
+
+
+def _instant(value: str, field: str) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{field}: {value!r} is not an RFC 3339 time (2026-12-07T15:00:00Z)") from None
+    if stamp.tzinfo is None:
+        raise ValueError(f"{field}: {value!r} has no time zone (end it with Z or +01:00)")
+    return stamp
+
+
+class AlertSilenceSpec(Strict):
+    """Alerts not to notify for a while (maintenance, a known fault): those of the named rules (every rule when
+    none is named) on the DPUs it names, the hosts it names or the DPUs its selector picks (every DPU of the
+    project when it names none), from startsAt (now when absent) until endsAt. A silenced alert still fires:
+    the rule's status shows it, with `silenced`; it is notified when the silence ends and it still holds."""
+
+    rules: list[Name] = Field(default_factory=list, max_length=64)
+    dpus: list[Name] = Field(default_factory=list, max_length=1000)
+    hosts: list[Name] = Field(default_factory=list, max_length=1000)
+    dpuSelector: LabelSelector = Field(default_factory=LabelSelector)
+    startsAt: str | None = None
+    endsAt: str
+    comment: str = Field(default="", max_length=1024, description="why, and who to ask")
+
+    @model_validator(mode="after")
+    def _window(self) -> AlertSilenceSpec:
+        end = _instant(self.endsAt, "endsAt")
+        if self.startsAt is not None and _instant(self.startsAt, "startsAt") >= end:
+            raise ValueError("endsAt: the silence must end after it starts (startsAt)")
+        return self
+
+    def window(self) -> tuple[float | None, float]:
+        """(starts, ends) in seconds since the epoch; starts None: from when it was made."""
+        start = None if self.startsAt is None else _instant(self.startsAt, "startsAt").timestamp()
+        return start, _instant(self.endsAt, "endsAt").timestamp()
+
+
+class AlertSilence(Resource):
+    kind: Literal["AlertSilence"] = "AlertSilence"
+    spec: AlertSilenceSpec
+    status: Status = Field(default_factory=Status)
+
+
+register(
+    KindInfo(
+        "AlertSilence",
+        "alertsilences",
+        AlertSilence,
+        ("alertsilence", "silence", "silences"),
+        (
+            Column("RULES", "spec.rules"),
+            Column("ENDS", "spec.endsAt"),
+            Column("COMMENT", "spec.comment"),
         ),
     )
 )
