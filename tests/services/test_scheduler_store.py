@@ -118,6 +118,40 @@ def test_two_concurrent_schedulers_never_overcommit_a_dpu(store: Store) -> None:
     assert sorted(scheduled) == [0, 1]
 
 
+def test_a_placement_written_against_a_stale_record_is_refused_and_checked_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compare-and-swap itself, forced: between the scheduler's read of the DPU's allocation record and its
+    write, another scheduler takes the room. The write carries the stale resourceVersion, is refused, and the
+    fit is checked again on the record as it now is: no room, no placement."""
+    from dpufleet.services import controller
+    from dpufleet.services.scheduling import Request, Resources
+
+    Services(store)
+    add_dpu(store, "dpu-only", host="h", cores=8, memory_gib=1)  # room for one 600 MiB instance
+    add_service(store, "late", {"replicas": 1}, resources={"memoryMiB": 600})
+    node = controller.read_snapshot(store, P).by_name["dpu-only"]
+    real_get, raced = store.get, []
+
+    def get_then_race(kind: str, name: str, project: str | None = None) -> dict[str, Any]:
+        found = real_get(kind, name, project)
+        if kind == "DPUAllocation" and not raced:  # the other scheduler writes right after this read
+            raced.append(True)
+            other = {"service": "early", "instance": "early/dpu-only", "cpuMillicores": 0, "memoryMiB": 600,
+                     "hugepagesMiB": 0, "storageMiB": 0, "accelerators": [], "priority": 0}  # fmt: skip
+            store.update({**found, "spec": {"dpu": "dpu-only", "instances": [other]}})
+        return found
+
+    store.create({"kind": "DPUAllocation", "metadata": {"name": "dpu-only", "project": P},
+                  "spec": {"dpu": "dpu-only", "instances": []}})  # fmt: skip
+    monkeypatch.setattr(store, "get", get_then_race)
+    assert not controller.commit_placement(store, P, node, Request("late", Resources(0, 600)))
+    monkeypatch.setattr(store, "get", real_get)
+    assert raced and [i["service"] for i in store.get("DPUAllocation", "dpu-only", P)["spec"]["instances"]] == [
+        "early"
+    ], "the racing write stands, and nothing was added beside it"
+
+
 def test_same_dpu_dependency_waits_then_follows(fleet: Store) -> None:
     add_service(fleet, "ovs", {"mode": "DPUs", "dpus": ["dpu-1"]})
     add_service(fleet, "firewall", {"mode": "EveryDPU"}, dependsOn=[{"service": "ovs"}])
@@ -351,3 +385,23 @@ def test_on_its_way_to_the_host_an_instance_is_charged_to_its_dpu_until_the_host
     serves("Host")
     schedule_service(fleet, P, "edge")
     assert allocated_memory(fleet, "dpu-0") == 0
+
+
+def test_a_service_waits_for_the_upgrade_of_what_it_depends_on(fleet: Store) -> None:
+    """The cascade, through the controller: both specs change at once; the dependent one starts no DPU while
+    the one it depends on is upgrading (or its change is not yet seen), and says whom it waits for."""
+    add_service(fleet, "base", {"mode": "DPUs", "dpus": ["dpu-0"]}, config={"env": {"V": "1"}})
+    add_service(fleet, "top", {"mode": "DPUs", "dpus": ["dpu-0"]}, config={"env": {"V": "1"}},
+                dependsOn=[{"service": "base"}])  # fmt: skip
+    schedule_service(fleet, P, "base")
+    schedule_service(fleet, P, "top")
+    for name in ("base", "top"):
+        fleet.patch("DPUService", name, {"spec": {"config": {"env": {"V": "2"}}}}, P)
+    schedule_service(fleet, P, "top")  # before base's controller has seen its own change
+    upgrade = fleet.get("DPUService", "top", P)["status"]["upgrade"]
+    assert upgrade["phase"] == "Waiting" and "'base'" in upgrade["message"] and not upgrade.get("inFlight")
+    schedule_service(fleet, P, "base")  # base upgrades now (its instance is in flight)
+    assert fleet.get("DPUService", "base", P)["status"]["upgrade"]["phase"] == "Progressing"
+    schedule_service(fleet, P, "top")
+    upgrade = fleet.get("DPUService", "top", P)["status"]["upgrade"]
+    assert upgrade["phase"] == "Waiting" and upgrade["held"] == ["dpu-0"], "top waits while base upgrades"
