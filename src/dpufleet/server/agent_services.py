@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -34,7 +34,7 @@ from ..services.desired import desired_services
 from ..services.reports import record_service_report
 from ..store.store import Store
 from .agent_network import dpu_of_agent
-from .common import ServerState, read_model, respond
+from .common import ServerState, body_chunks, read_model, respond
 
 SERVICES_PATH = "/agent/v1/services"
 ARTIFACT_URL_TTL = 3600.0  # an agent asks every few seconds: the URL it is given is always fresh
@@ -156,13 +156,8 @@ def add_service_routes(
         if repository is None:
             raise Conflict("this control plane has no repository to keep a moving service's state in")
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-
         try:
-            stored = await repository.put(chunks(), digest, max_size=limit)
+            stored = await repository.put(body_chunks(request), digest, max_size=limit)
         except ImageContentError as exc:
             if exc.reason == "TooLarge":
                 raise TooLarge(

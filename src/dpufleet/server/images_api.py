@@ -13,7 +13,7 @@ signed for that blob (HMAC over digest, file name and expiry; one hour by defaul
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,7 +26,7 @@ from ..images.guard import protect_images
 from ..images.repository import ImageContentError, ImageRepository, check_digest
 from ..provisioning.metrics import register_metrics
 from ..runtime.status import mutate_status_sync
-from .common import ServerState
+from .common import ServerState, body_chunks
 
 MAX_UPLOAD = 64 * 1024**3  # 64 GiB: BlueField bundles exceed 1 GiB; the limit stops a runaway stream
 
@@ -90,13 +90,8 @@ def images_router(state: ServerState, authenticated: Sequence[Depends]) -> APIRo
         if length and length.isdigit() and int(length) > MAX_UPLOAD:
             raise ContentRefused(f"content of {length} bytes exceeds the limit of {MAX_UPLOAD}")
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in request.stream():
-                if chunk:
-                    yield chunk
-
         try:
-            stored = await repo.put(chunks(), digest, max_size=MAX_UPLOAD)
+            stored = await repo.put(body_chunks(request), digest, max_size=MAX_UPLOAD)
         except ImageContentError as exc:
             raise ContentRefused(exc.message, {"cause": exc.reason}) from None
         images = await asyncio.to_thread(mark_images_available, state, stored.sha256, stored.size)
