@@ -14,7 +14,8 @@ import nats
 import pytest
 from pydantic import ValidationError
 
-from dpufleet.api.telemetry import Batch, parse_batch
+from dpufleet.api.telemetry import Batch, BatchError, TelemetryClass, encode_batch, parse_batch
+from dpufleet.server.telemetry import DPUSeries, _first_error, _keep_frames, _keep_latest, read_tables, whole_batch
 from support.net import wait_until
 from support.telemetry import BASE, Plane, telemetry_plane
 
@@ -52,6 +53,97 @@ def test_the_aggregator_takes_in_exactly_what_the_agents_model_allows(batch: dic
     except ValidationError:
         aggregator_takes = False
     assert aggregator_takes == model_takes
+
+
+def _take_in(series: DPUSeries, data: bytes) -> list[dict[str, Any]]:
+    """A batch taken in as the aggregator takes it: the latest values kept; its samples one by one."""
+    batch, lines = parse_batch(data)
+    tables = read_tables(series, batch, lines)
+    _keep_frames(series, batch, tables)
+    _keep_latest(series, batch["samples"])
+    return [dict(sample) for sample in whole_batch(batch, tables)["samples"]]
+
+
+MIXED = [
+    {"name": "system.network.io", "unit": "By", "value": 7.0, "time": 2_000_000,
+     "attributes": {"network.io.direction": "receive", "network.interface.name": "p0"}},
+    {"name": "system.network.io", "unit": "By", "value": 9.0, "time": 2_000_000,
+     "attributes": {"network.interface.name": "p0", "network.io.direction": "transmit"}},
+    {"name": "system.memory.usage", "unit": "By", "value": 3.5, "time": 2_000_000},
+    {"name": "hw.temperature", "unit": "Cel", "value": 61.0, "time": 3_000_000, "attributes": {"hw.id": "soc"}},
+    {"name": "syslog", "time": 2_500_000, "body": "link up", "severity": "info", "attributes": {"ident": "k"}},
+]  # fmt: skip
+
+
+def test_a_batch_in_frames_is_taken_in_as_the_same_samples_one_by_one() -> None:
+    framed, whole = DPUSeries("default"), DPUSeries("default")
+    data = encode_batch("S1", 4, TelemetryClass.LOAD, MIXED)
+    assert data.count(b"\n") == 2  # two collection times: two series tables after the batch's line
+    plain = json.dumps({"serial": "S1", "seq": 4, "class": "load", "samples": MIXED}).encode()
+    taken = _take_in(framed, data)
+
+    def canonical(samples: list[dict[str, Any]]) -> list[str]:
+        return sorted(json.dumps(sample, sort_keys=True) for sample in samples)
+
+    assert canonical(taken) == canonical(_take_in(whole, plain))
+    assert framed.latest == whole.latest and len(framed.latest) == 4  # the log line is no series
+    # attributes sent in another order are the same series
+    assert framed.latest[
+        ("system.network.io", (("network.interface.name", "p0"), ("network.io.direction", "receive")))
+    ] == (7.0, 2, "By")
+
+
+def test_a_series_table_is_read_once_and_read_again_only_when_its_bytes_change() -> None:
+    series = DPUSeries("default")
+
+    def batch(seq: int, interfaces: int, value: float) -> bytes:
+        samples = [{"name": "system.network.io", "unit": "By", "value": value + i, "time": seq * 1_000_000,
+                    "attributes": {"network.interface.name": f"p{i}"}} for i in range(interfaces)]  # fmt: skip
+        return encode_batch("S1", seq, TelemetryClass.LOAD, samples)
+
+    _take_in(series, batch(1, 2, 10.0))
+    first = series.tables[("load", 0)]
+    _take_in(series, batch(2, 2, 20.0))
+    assert series.tables[("load", 0)] is first  # the same bytes: only the values were read
+    _take_in(series, batch(3, 3, 30.0))  # a new interface: a new table
+    assert series.tables[("load", 0)] is not first and len(series.tables[("load", 0)].keys) == 3
+    got = {attrs[0][1]: value for (_, attrs), (value, _, _) in series.latest.items()}
+    assert got == {"p0": 30.0, "p1": 31.0, "p2": 32.0}
+
+
+def _lines(head: dict[str, Any], *tables: Any) -> bytes:
+    return b"\n".join([json.dumps(head).encode(), *(json.dumps(t).encode() for t in tables)])
+
+
+FRAME = {"time": 1, "table": 0, "values": [1.0, 2.0]}
+HEAD = {"serial": "S1", "seq": 1, "class": "load", "samples": []}
+TABLE = [["m", "By", {"a": "1"}], ["m", "By", {"a": "2"}]]
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (_lines({**HEAD, "frames": [{**FRAME, "values": [1.0]}]}, TABLE), "frames[0].values: 1 values for a series table of 2 series"),
+        (_lines({**HEAD, "frames": [{**FRAME, "table": 1}]}, TABLE), "frames[0].table: 1 names no series table (the batch has 1)"),
+        (_lines({**HEAD, "frames": [FRAME]}), "frames[0].table: 0 names no series table (the batch has 0)"),
+        (_lines({**HEAD, "frames": [FRAME]}, [["", "By", {}], ["m", "", {}]]), "series tables[0]: [0][0]: String should have at least 1 character"),
+        (_lines({**HEAD, "frames": [FRAME]}, [["m", "By", {"a": 1}], ["m", "", {}]]), "series tables[0]: [0][2].a: Input should be a valid string"),
+        (_lines({**HEAD, "frames": [FRAME]}, [["m", "u" * 33, {}], ["m", "", {}]]), "series tables[0]: [0][1]: String should have at most 32 characters"),
+        (_lines({**HEAD, "frames": [{**FRAME, "values": ["x", 2.0]}]}, TABLE), "frames[0].values[0]: Input should be a valid number"),
+        (_lines({**HEAD, "frames": [{**FRAME, "extra": 1}]}, TABLE), "frames[0].extra: Extra inputs are not permitted"),
+        (_lines({**HEAD, "frames": [{**FRAME, "time": -1}]}, TABLE), "frames[0].time: Input should be greater than or equal to 0"),
+        (_lines({**HEAD, "frames": [FRAME]}, *([TABLE] * 65)), "series tables: 65 in one batch (at most 64)"),
+        (_lines({**HEAD, "frames": [FRAME]}, TABLE)[:-2], "series tables[0]: Invalid JSON: EOF"),
+    ],
+)  # fmt: skip
+def test_a_batch_whose_frames_do_not_add_up_is_refused_naming_the_part(data: bytes, said: str) -> None:
+    series = DPUSeries("default")
+    with pytest.raises((ValidationError, BatchError)) as caught:
+        batch, lines = parse_batch(data)
+        read_tables(series, batch, lines)
+    assert isinstance(caught.value, (ValidationError, BatchError))
+    assert said in _first_error(caught.value)
+    assert series.latest == {}
 
 
 @pytest.fixture(scope="module")

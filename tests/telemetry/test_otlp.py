@@ -20,9 +20,10 @@ from tests.support.net import wait_until
 from tests.support.otlp import Collector, kv
 from tests.support.telemetry import Plane, assign, report, telemetry_plane
 
-from dpufleet.api.telemetry import Batch, BatchRecord, Sample, TelemetryClass, parse_batch
+from dpufleet.api.telemetry import BatchRecord, Sample, TelemetryClass, encode_batch, parse_batch
 from dpufleet.server import otlp
 from dpufleet.server.otlp import OTLPExporter, Queued, requests_for
+from dpufleet.server.telemetry import DPUSeries, read_tables, whole_batch
 from dpufleet.sim import osroot
 from dpufleet.sim.fleet import build_fleet
 
@@ -38,8 +39,9 @@ def collector() -> Iterator[Collector]:
 
 def _batch(cls: TelemetryClass, samples: list[Sample], serial: str = "MT2301X00042") -> BatchRecord:
     """The batch as an agent sends it, taken in as the aggregator takes it."""
-    sent = Batch.model_validate({"serial": serial, "seq": 0, "class": cls, "samples": samples})
-    return parse_batch(sent.model_dump_json(by_alias=True, exclude_none=True).encode())
+    sent = encode_batch(serial, 0, cls, [s.model_dump(exclude_none=True) for s in samples])
+    batch, lines = parse_batch(sent)
+    return whole_batch(batch, read_tables(DPUSeries("default"), batch, lines))
 
 
 def test_measurements_map_to_sums_and_gauges_and_log_lines_to_records_one_resource_per_dpu() -> None:

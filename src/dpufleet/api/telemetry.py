@@ -9,8 +9,9 @@ collection, so the agent can buffer, trim and forward whole batches by class.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, NotRequired
+from typing import Annotated, Any, NotRequired
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
@@ -182,17 +183,84 @@ class SampleRecord(TypedDict):
     body: NotRequired[Annotated[str | None, Field(max_length=4096)]]
 
 
+@with_config(ConfigDict(extra="forbid"))
+class FrameRecord(TypedDict):
+    """The measurements of one collection in columns: one value per series of the batch's series table
+    ``table`` (its line after the first, from 0), all taken at ``time``."""
+
+    time: Annotated[int, Field(ge=0)]
+    table: Annotated[int, Field(ge=0)]
+    values: list[float]
+
+
 BatchRecord = TypedDict(  # functional form: "class" is a keyword
     "BatchRecord",
-    {"serial": str, "seq": Annotated[int, Field(ge=0)], "class": TelemetryClass, "samples": list[SampleRecord]},
+    {
+        "serial": str,
+        "seq": Annotated[int, Field(ge=0)],
+        "class": TelemetryClass,
+        "samples": list[SampleRecord],
+        "frames": NotRequired[list[FrameRecord]],
+    },
 )
 BatchRecord.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 _BATCH = TypeAdapter(BatchRecord)
 
+# One series of a table: its metric name, unit and attributes (the same limits as a Sample's).
+SeriesEntry = tuple[
+    Annotated[str, Field(min_length=1, max_length=200)], Annotated[str, Field(max_length=32)], dict[str, str]
+]
+_TABLE = TypeAdapter(list[SeriesEntry])
+MAX_TABLES = 64  # series tables in one batch (one per collection time: an agent sends one or two)
+LINE = b"\n"  # compact JSON never holds a raw newline, so the lines of a batch split on it safely
 
-def parse_batch(data: bytes) -> BatchRecord:
-    """One batch off the bus, validated as ``Batch`` is (pydantic.ValidationError if it is not one)."""
-    return _BATCH.validate_json(data)
+
+class BatchError(ValueError):
+    """A batch that is not one: ``str()`` names the part and the problem."""
+
+
+def parse_batch(data: bytes) -> tuple[BatchRecord, list[bytes]]:
+    """One batch off the bus: its first line validated as ``Batch`` is (pydantic.ValidationError if it is not
+    one), and the series tables its frames refer to, unparsed (``parse_table`` reads one; a reader that has
+    seen the same bytes before reuses what it read). A batch of one line (no frames) is the older form."""
+    head, _, rest = data.partition(LINE)
+    batch = _BATCH.validate_json(head)
+    tables = rest.split(LINE) if rest else []
+    if len(tables) > MAX_TABLES:
+        raise BatchError(f"series tables: {len(tables)} in one batch (at most {MAX_TABLES})")
+    for index, frame in enumerate(batch.get("frames") or ()):
+        if frame["table"] >= len(tables):
+            raise BatchError(
+                f"frames[{index}].table: {frame['table']} names no series table (the batch has {len(tables)})"
+            )
+    return batch, tables
+
+
+def parse_table(line: bytes) -> list[SeriesEntry]:
+    """One series table: a JSON list of [name, unit, attributes] (pydantic.ValidationError if it is not)."""
+    return _TABLE.validate_json(line)
+
+
+def encode_batch(serial: str, seq: int, cls: TelemetryClass, samples: list[dict[str, Any]]) -> bytes:
+    """A batch as agents publish it. Measurements (no body, no severity) go in frames, one per collection
+    time: a list of values against a series table (name, unit, attributes per value) on a line of its own,
+    which repeats byte for byte from one collection to the next while the DPU's series stay the same, so the
+    aggregator reads a table once and then only the values. Log lines and events stay whole samples."""
+    whole: list[dict[str, Any]] = []
+    by_time: dict[int, tuple[list[list[Any]], list[float]]] = {}
+    for sample in samples:
+        if sample.get("body") is not None or sample.get("severity") is not None:
+            whole.append(sample)
+            continue
+        table, values = by_time.setdefault(sample["time"], ([], []))
+        table.append([sample["name"], sample.get("unit", ""), sample.get("attributes") or {}])
+        values.append(float(sample.get("value", 0.0)))
+    head: dict[str, Any] = {"serial": serial, "seq": seq, "class": cls.value, "samples": whole}
+    lines: list[bytes] = []
+    if by_time:
+        head["frames"] = [{"time": t, "table": i, "values": v} for i, (t, (_, v)) in enumerate(by_time.items())]
+        lines = [orjson.dumps(table) for table, _ in by_time.values()]
+    return LINE.join([orjson.dumps(head), *lines])
 
 
 class Accounting(BaseModel):

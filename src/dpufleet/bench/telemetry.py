@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from nats.aio.client import Client as NATS
 
-from ..api.telemetry import CLASSES_ANNOTATION, INTERVAL_ANNOTATION, TelemetryClass
+from ..api.telemetry import CLASSES_ANNOTATION, INTERVAL_ANNOTATION, TelemetryClass, encode_batch
 from ..server.telemetry_bus import BusCredentials
 from ..sim.osroot import materialise_dpu_root
 from ..sim.profiles import get_profile
@@ -132,6 +131,8 @@ def quantile(q: float, bounds: list[float], counts: list[int]) -> float:
 
 
 def _samples(series: int, taken_ns: int, value: float) -> bytes:
+    """One DPU's batch of ``series`` load samples, encoded as agents encode theirs, with an empty serial and
+    seq 0 for ``_batch`` to fill in (so a round is encoded once, not once per DPU)."""
     interfaces = (series + 1) // 2
     items = [
         {
@@ -146,11 +147,16 @@ def _samples(series: int, taken_ns: int, value: float) -> bytes:
         }
         for i in range(series)
     ]
-    return orjson.dumps(items)
+    return encode_batch("", 0, TelemetryClass.LOAD, items)
+
+
+_TEMPLATE = b'{"serial":"","seq":0,'
 
 
 def _batch(serial: str, seq: int, samples: bytes) -> bytes:
-    return b'{"serial":"%s","seq":%d,"class":"load","samples":%s}' % (serial.encode(), seq, samples)
+    """``samples`` (from ``_samples``) as DPU ``serial``'s batch ``seq``: the bytes encode_batch makes for it."""
+    assert samples.startswith(_TEMPLATE)
+    return b'{"serial":"%s","seq":%d,%s' % (serial.encode(), seq, samples[len(_TEMPLATE) :])
 
 
 def serial_of(index: int) -> str:

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from ..api.telemetry import (
     SEVERITIES,
     SUBJECT_ROOT,
     Accounting,
+    BatchError,
     BatchRecord,
     SampleRecord,
     TelemetryAssignment,
@@ -56,6 +58,7 @@ from ..api.telemetry import (
     parse_batch,
     parse_classes,
     parse_log_severity,
+    parse_table,
     prom_name,
     severity_rank,
 )
@@ -97,6 +100,9 @@ class DPUSeries:
     repeats: int = 0
     accounting: Accounting | None = None
     local: Counter[str] = field(default_factory=Counter)  # class -> samples the control plane read itself (BMC)
+    # (class, table line) -> the last series table read there, its bytes and what they say (a batch whose
+    # table is the same bytes is read as values only)
+    tables: dict[tuple[str, int], ReadTable] = field(default_factory=dict)
 
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -210,18 +216,108 @@ Replace = Callable[[list[dict[str, Any]]], Awaitable[None]]
 Changed = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
+AttrKey = tuple[tuple[str, str], ...]
+ATTRIBUTE_SETS = 200_000  # distinct attribute sets (in the order agents send them) remembered in sorted form
+_sorted_attributes: dict[AttrKey, AttrKey] = {}
+
+
+def _canonical(raw: AttrKey) -> AttrKey:
+    """A series' attributes in sorted order, one shared tuple per distinct set in the fleet: most sets repeat on
+    every DPU (the same interfaces, the same sensors), so they are sorted once, not once per sample, and held
+    once, not once per DPU. Bounded: a fleet that sends more distinct sets starts the table afresh."""
+    if len(_sorted_attributes) >= ATTRIBUTE_SETS:
+        _sorted_attributes.clear()
+    found = _sorted_attributes[raw] = tuple(sorted(raw))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTable:
+    """A series table as the aggregator holds it: its bytes (to know it again) and each series' key and unit."""
+
+    line: bytes
+    keys: list[tuple[str, AttrKey]]
+    units: list[str]
+
+
+def read_tables(series: DPUSeries, batch: BatchRecord, lines: list[bytes]) -> list[ReadTable]:
+    """The series tables of a batch, each parsed only when its bytes differ from the last table seen at that
+    line for that class (BatchError or pydantic.ValidationError for one that is not valid)."""
+    cls = batch["class"].value
+    read: list[ReadTable] = []
+    for index, line in enumerate(lines):
+        table = series.tables.get((cls, index))
+        if table is None or table.line != line:
+            try:
+                entries = parse_table(line)
+            except ValidationError as exc:
+                raise BatchError(f"series tables[{index}]: {_first_error(exc)}") from None
+            keys = [(name, _canonical(tuple(attrs.items())) if attrs else ()) for name, _, attrs in entries]
+            table = ReadTable(line, keys, [unit for _, unit, _ in entries])
+            series.tables[(cls, index)] = table
+        read.append(table)
+    for index, frame in enumerate(batch.get("frames") or ()):
+        given, wanted = len(frame["values"]), len(read[frame["table"]].keys)
+        if given != wanted:
+            raise BatchError(f"frames[{index}].values: {given} values for a series table of {wanted} series")
+    return read
+
+
 def _keep_latest(series: DPUSeries, samples: list[SampleRecord]) -> int:
     """The latest value per series of the measurements (not the events or log lines); the newest time."""
     latest = series.latest
+    known = _sorted_attributes
     newest = 0
     for sample in samples:
         taken = sample["time"]
-        newest = max(newest, taken)
+        if taken > newest:
+            newest = taken
         if sample.get("body") is None:
             attributes = sample.get("attributes")
-            key = (sample["name"], tuple(sorted(attributes.items())) if attributes else ())
-            latest[key] = (sample.get("value", 0.0), taken // 1_000_000, sample.get("unit", ""))
+            if attributes:
+                raw = tuple(attributes.items())
+                attrs = known.get(raw) or _canonical(raw)
+            else:
+                attrs = ()
+            latest[(sample["name"], attrs)] = (sample.get("value", 0.0), taken // 1_000_000, sample.get("unit", ""))
     return newest
+
+
+def _keep_frames(series: DPUSeries, batch: BatchRecord, tables: list[ReadTable]) -> tuple[int, int]:
+    """The latest value of each series of a batch's frames (a whole column at a time); (values, newest time)."""
+    latest = series.latest
+    count = newest = 0
+    for frame in batch.get("frames") or ():
+        taken, values, table = frame["time"], frame["values"], tables[frame["table"]]
+        latest.update(zip(table.keys, zip(values, repeat(taken // 1_000_000), table.units, strict=False), strict=True))
+        count += len(values)
+        newest = max(newest, taken)
+    return count, newest
+
+
+def whole_batch(batch: BatchRecord, tables: list[ReadTable]) -> BatchRecord:
+    """The batch with its frames expanded into whole samples, for the readers that take samples one by one
+    (live watchers, the OTLP exporter)."""
+    frames = batch.get("frames")
+    if not frames:
+        return batch
+    samples = list(batch["samples"])
+    for frame in frames:
+        taken, table = frame["time"], tables[frame["table"]]
+        for (name, attrs), unit, value in zip(table.keys, table.units, frame["values"], strict=True):
+            record: SampleRecord = {"name": name, "unit": unit, "value": value, "time": taken}
+            if attrs:
+                record["attributes"] = dict(attrs)
+            samples.append(record)
+    return {"serial": batch["serial"], "seq": batch["seq"], "class": batch["class"], "samples": samples}
+
+
+def _first_error(exc: ValidationError | BatchError) -> str:
+    if isinstance(exc, BatchError):
+        return str(exc)
+    error = exc.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 def _label(value: str) -> str:
@@ -513,29 +609,33 @@ class TelemetryPlane:
                 if accounting.serial == serial:
                     self._series(project, serial).accounting = accounting
                 return
-            batch = parse_batch(msg.data)
-        except ValidationError:
+            batch, lines = parse_batch(msg.data)
+            cls = batch["class"]
+            if batch["serial"] != serial or cls.value != what:
+                self.stats.refused["foreign"] += 1
+                return
+            series = self._series(project, serial)
+            if batch["seq"] <= series.last_seq:
+                series.repeats += 1
+                self.stats.refused["repeat"] += 1
+                return
+            tables = read_tables(series, batch, lines)
+        except (ValidationError, BatchError) as exc:
             self.stats.refused["invalid"] += 1
-            log.warning("telemetry from %s/%s refused: not a valid batch", project, serial)
-            return
-        cls = batch["class"]
-        if batch["serial"] != serial or cls.value != what:
-            self.stats.refused["foreign"] += 1
-            return
-        series = self._series(project, serial)
-        if batch["seq"] <= series.last_seq:
-            series.repeats += 1
-            self.stats.refused["repeat"] += 1
+            log.warning("telemetry from %s/%s refused: not a valid batch (%s)", project, serial, _first_error(exc))
             return
         series.last_seq = batch["seq"]
         samples = batch["samples"]
-        series.received[cls.value] += len(samples)
-        newest = _keep_latest(series, samples)
-        self.stats.took(len(samples), (arrived - newest) / 1e9)
-        if self.watchers:
-            self._fan_out(project, serial, batch)
-        if self.exporter is not None:
-            self.exporter.offer(project, serial, batch)
+        values, newest_value = _keep_frames(series, batch, tables)
+        newest = max(_keep_latest(series, samples), newest_value)
+        series.received[cls.value] += len(samples) + values
+        self.stats.took(len(samples) + values, (arrived - newest) / 1e9)
+        if self.watchers or self.exporter is not None:
+            whole = whole_batch(batch, tables)
+            if self.watchers:
+                self._fan_out(project, serial, whole)
+            if self.exporter is not None:
+                self.exporter.offer(project, serial, whole)
 
     def latest_of(self, serial: str) -> tuple[str, Latest] | None:
         series = self.series.get(serial)

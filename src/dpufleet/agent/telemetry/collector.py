@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass
+from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass, encode_batch
 from .base import Dataplane, InstanceStats, Sources, TelemetryPlugin, now_ns
 from .natsclient import NATS, WEBSOCKET_SCHEMES, nats
 from .plugins import DEFAULT_PLUGINS, PLUGINS
@@ -107,10 +105,7 @@ class Telemetry:
                 if sample.body is None:
                     key = (sample.name, tuple(sorted(sample.attributes.items())))
                     self.latest[key] = (sample.value, sample.time // 1_000_000, sample.unit)
-            data = orjson.dumps(
-                {"serial": self.serial, "seq": self._seq, "class": cls.value,
-                 "samples": [s.model_dump(exclude_none=True) for s in samples]}
-            )  # fmt: skip
+            data = encode_batch(self.serial, self._seq, cls, [s.model_dump(exclude_none=True) for s in samples])
             self.produced[cls] += len(samples)
             self.spool.add(self._seq, cls, len(samples), data)
             self._seq += 1
