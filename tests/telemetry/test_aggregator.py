@@ -228,6 +228,7 @@ def test_the_aggregator_counts_what_it_took_refused_and_how_late_it_arrived(plan
     for reason in ("repeat", "invalid", "foreign"):
         assert refused(after, reason) == refused(before, reason) + 1, reason
     assert after["authorizedDPUs"] >= 1 and after["connected"] is True
+    assert after["durable"] is True  # the embedded bus keeps the events and usage classes in JetStream
     lag = after["lagSeconds"]
     grew = [i for i, (a, b) in enumerate(zip(lag["counts"], before["lagSeconds"]["counts"], strict=True)) if a != b]
     assert len(grew) == 1

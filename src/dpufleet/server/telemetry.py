@@ -25,6 +25,7 @@ from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import orjson
@@ -32,7 +33,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -71,7 +76,17 @@ from .access import Access
 from .otlp import OTLPExporter
 from .telemetry_alerts import AlertEvaluator, Latest
 from .telemetry_bmc import BMCTelemetry
-from .telemetry_bus import BusCredentials, EmbeddedBus
+from .telemetry_bus import (
+    AGGREGATOR_USER,
+    CONSUMER,
+    DURABLE_CLASSES,
+    STREAM,
+    STREAM_MAX_AGE_SECONDS,
+    STREAM_MAX_BYTES,
+    AuthorizationFile,
+    BusCredentials,
+    EmbeddedBus,
+)
 from .telemetry_rollup import parse_by, parse_match, rollup
 
 log = logging.getLogger(__name__)
@@ -79,6 +94,9 @@ ASSIGNMENT_TTL = 5.0  # how long a DPU's annotations are trusted before they are
 PENDING_BATCHES = 100_000  # batches the aggregator's subscription holds while it is busy (the bus's default: 65,536)
 PENDING_BYTES = 256 * 1024 * 1024
 WATCH_QUEUE = 10_000  # samples a slow watcher may lag before it is cut off
+CONNECT_RETRY_SECONDS = 2.0  # while an operator's bus does not answer yet
+DURABLE_FETCH = 256  # batches read from the durable stream at a time
+DURABLE_SUBJECTS = frozenset(cls.value for cls in DURABLE_CLASSES)
 
 
 @dataclass
@@ -96,7 +114,8 @@ class DPUSeries:
     project: str
     latest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, int, str]] = field(default_factory=dict)
     received: Counter[str] = field(default_factory=Counter)
-    last_seq: int = -1
+    last_seq: int = -1  # the highest seq taken in, of any class
+    class_seq: dict[str, int] = field(default_factory=dict)  # per class: durable classes arrive on a path of their own
     repeats: int = 0
     accounting: Accounting | None = None
     local: Counter[str] = field(default_factory=Counter)  # class -> samples the control plane read itself (BMC)
@@ -122,6 +141,8 @@ class AggregatorStats:
     disconnects: int = 0  # times the aggregator lost the bus (a server-side slow consumer is cut off)
     slow_consumer_drops: int = 0  # batches dropped on arrival because the subscription's queue was full
     controller_events: int = 0  # the controllers' events (health, rollouts, services) joined to the stream
+    durable: bool = False  # the events and usage classes come through the bus's JetStream stream
+    durable_batches: int = 0  # batches taken in from the stream
 
     def took(self, samples: int, lag: float) -> None:
         self.batches += 1
@@ -138,6 +159,8 @@ class AggregatorStats:
             "busDisconnects": self.disconnects,
             "slowConsumerDrops": self.slow_consumer_drops,
             "controllerEvents": self.controller_events,
+            "durable": self.durable,
+            "durableBatches": self.durable_batches,
             "lagSeconds": {
                 "buckets": [*LAG_BUCKETS, "+Inf"],
                 "counts": list(self.lag_counts),
@@ -195,7 +218,7 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily(
             "dpufleet_telemetry_bus_authorized_dpus",
             "DPUs the embedded bus lets publish (under their own subjects)",
-            value=len(self.plane.embedded.authorized) if self.plane.embedded is not None else 0,
+            value=len(self.plane.users.authorized),
         )
 
 
@@ -349,6 +372,11 @@ class TelemetryPlane:
         self.credentials = BusCredentials.load_or_create(directory)
         self.embedded = EmbeddedBus(directory / "bus", self.credentials) if bus_url is None else None
         self.external_url = bus_url
+        self.aggregator_login = _login(bus_url, self.credentials)
+        # who may use the bus: the embedded bus's own configuration, or a file for an operator's bus to include
+        self.users: EmbeddedBus | AuthorizationFile = self.embedded or AuthorizationFile(
+            directory / "bus", self.credentials, self.aggregator_login
+        )
         self.series: dict[str, DPUSeries] = {}  # serial -> what arrived
         self.watchers: list[Watcher] = []
         self.stats = AggregatorStats()
@@ -397,8 +425,7 @@ class TelemetryPlane:
             log.warning("DPU %s: telemetry annotations ignored: %s", dpu_name(serial), exc)
             assignment = TelemetryAssignment()
         if assignment.classes:
-            if self.embedded is not None:
-                self.embedded.allow(project, serial)
+            self.users.allow(project, serial)
             assignment.bus = self.credentials.access(self.agent_url, project, serial)
         answer = assignment.model_dump(mode="json")
         self._assignments[serial] = (time.monotonic(), answer)
@@ -426,30 +453,33 @@ class TelemetryPlane:
     async def run(self) -> None:
         if self.embedded is not None:
             self.embedded.start()  # on the loop's thread: the child dies with it (PR_SET_PDEATHSIG)
+        elif isinstance(self.users, AuthorizationFile):
+            await asyncio.to_thread(self.users.write)  # the users an operator's bus should know, so far
+        self._loop = asyncio.get_running_loop()
         try:
-            url = self.embedded.aggregator_url if self.embedded is not None else self.external_url
-            assert url is not None
-            if self.embedded is not None:
-                await self.embedded.ready()
-            self._nc = await nats.connect(url, name="dpufleet-aggregator", max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.5, error_cb=self._bus_error,
-                                          disconnected_cb=self._bus_lost)  # fmt: skip
-            await self._nc.subscribe(
-                f"{SUBJECT_ROOT}.>",
-                cb=self._receive,
-                pending_msgs_limit=PENDING_BATCHES,
-                pending_bytes_limit=PENDING_BYTES,
-            )
-            self._loop = asyncio.get_running_loop()
-            if self.bmc is not None and self._inbox is not None:
-                self._inbox.forward(self._pushed)
             async with asyncio.TaskGroup() as tasks:
+                # the DPUs first: an operator's bus learns its users from them before the aggregator connects
                 tasks.create_task(self._follow("DPU", self._dpu_observers(), repeat=self.bmc is not None))
                 tasks.create_task(self._follow("AlertRule", [(self.alerts.replace_rules, self.alerts.rule_changed)]))
                 tasks.create_task(
                     self._follow("AlertSilence", [(self.alerts.replace_silences, self.alerts.silence_changed)])
                 )
+                url = self.embedded.url if self.embedded is not None else _without_login(self.external_url or "")
+                if self.embedded is not None:
+                    await self.embedded.ready()
+                self._nc = await self._connect(url)
+                durable = await self._durable_stream()
+                await self._nc.subscribe(
+                    f"{SUBJECT_ROOT}.>",
+                    cb=self._receive,
+                    pending_msgs_limit=PENDING_BATCHES,
+                    pending_bytes_limit=PENDING_BYTES,
+                )
+                if self.bmc is not None and self._inbox is not None:
+                    self._inbox.forward(self._pushed)
                 tasks.create_task(self.alerts.run())
+                if durable is not None:
+                    tasks.create_task(self._read_durable(durable))
                 if self.bmc is not None:
                     tasks.create_task(self.bmc.run())
                 if self.feed is not None:
@@ -466,13 +496,33 @@ class TelemetryPlane:
             if self.embedded is not None:
                 await asyncio.to_thread(self.embedded.stop)
 
+    async def _connect(self, url: str) -> NATS:
+        """The aggregator's connection, once the bus answers: an operator's bus may start after the server
+        (its configuration includes the authorization.conf the server has just written)."""
+        user, password = self.aggregator_login
+        waited = False
+        while True:
+            try:
+                return await nats.connect(url, user=user, password=password, name="dpufleet-aggregator",
+                                          max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
+                                          allow_reconnect=True, error_cb=self._bus_error,
+                                          disconnected_cb=self._bus_lost)  # fmt: skip
+            except (NatsError, OSError, TimeoutError) as exc:
+                if self.embedded is not None:
+                    raise
+                if not waited:
+                    log.warning("telemetry bus %s: %s; trying again every %.0f s", url, exc or type(exc).__name__,
+                                CONNECT_RETRY_SECONDS)  # fmt: skip
+                    waited = True
+                await asyncio.sleep(CONNECT_RETRY_SECONDS)
+
     # --- the embedded bus's authorization, from the DPU objects -------------------------------------------
 
     def _dpu_observers(self) -> list[tuple[Replace, Changed]]:
         """Who follows the DPU objects: the embedded bus's authorization, the BMC plugin's list of DPUs to poll,
         the alert rules' DPUs (labels, hosts)."""
         observers: list[tuple[Replace, Changed]] = []
-        bus = self.embedded
+        bus = self.users
         if bus is not None:
 
             async def authorize(docs: list[dict[str, Any]]) -> None:
@@ -589,6 +639,8 @@ class TelemetryPlane:
                 log.warning("telemetry: the aggregator's queue is full, %d batches dropped so far",
                             self.stats.slow_consumer_drops)  # fmt: skip
             return
+        if not self.connected.is_set():  # not connected yet: _connect says so once
+            return
         log.warning("telemetry bus: %s", exc)
 
     async def _bus_lost(self) -> None:
@@ -597,12 +649,16 @@ class TelemetryPlane:
         self.stats.disconnects += 1
         log.warning("telemetry bus: the aggregator's connection was lost (reconnecting); batches in flight are lost")
 
-    async def _receive(self, msg: Msg) -> None:
+    async def _receive(self, msg: Msg, durable: bool = False) -> None:
+        """One message off the bus. ``durable``: it came through the JetStream stream; the durable classes
+        arriving on the plain subscription too are left for the stream's copy."""
         arrived = time.time_ns()
         parts = msg.subject.split(".")
         if len(parts) != 5:
             return
         project, serial, what = parts[2], parts[3], parts[4]
+        if not durable and self.stats.durable and what in DURABLE_SUBJECTS:
+            return
         try:
             if what == "accounting":
                 accounting = Accounting.model_validate_json(msg.data)
@@ -615,7 +671,7 @@ class TelemetryPlane:
                 self.stats.refused["foreign"] += 1
                 return
             series = self._series(project, serial)
-            if batch["seq"] <= series.last_seq:
+            if batch["seq"] <= series.class_seq.get(cls.value, -1):
                 series.repeats += 1
                 self.stats.refused["repeat"] += 1
                 return
@@ -624,7 +680,8 @@ class TelemetryPlane:
             self.stats.refused["invalid"] += 1
             log.warning("telemetry from %s/%s refused: not a valid batch (%s)", project, serial, _first_error(exc))
             return
-        series.last_seq = batch["seq"]
+        series.class_seq[cls.value] = batch["seq"]
+        series.last_seq = max(series.last_seq, batch["seq"])
         samples = batch["samples"]
         values, newest_value = _keep_frames(series, batch, tables)
         newest = max(_keep_latest(series, samples), newest_value)
@@ -636,6 +693,62 @@ class TelemetryPlane:
                 self._fan_out(project, serial, whole)
             if self.exporter is not None:
                 self.exporter.offer(project, serial, whole)
+
+    async def _durable_stream(self) -> JetStreamContext.PullSubscription | None:
+        """The JetStream stream that keeps the durable classes until the aggregator has them, and the
+        aggregator's durable consumer of it; None on a bus without JetStream (said once: those classes then
+        come as the others do, and are lost if published while the aggregator is away)."""
+        assert self._nc is not None
+        js = self._nc.jetstream(timeout=5)
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{SUBJECT_ROOT}.*.*.{cls.value}" for cls in DURABLE_CLASSES],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_bytes=STREAM_MAX_BYTES,
+            max_age=STREAM_MAX_AGE_SECONDS,
+        )
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # there already, made otherwise (an earlier version, an operator's change)
+                await js.update_stream(config)
+            with contextlib.suppress(BadRequestError):  # there already, as an earlier run made it
+                await js.add_consumer(
+                    STREAM,
+                    ConsumerConfig(
+                        durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000, ack_wait=60
+                    ),
+                )
+            subscription = await js.pull_subscribe_bind(CONSUMER, STREAM)
+        except (NatsError, TimeoutError) as exc:
+            why = "it is not enabled on this bus" if isinstance(exc, ServiceUnavailableError) else str(exc) or "timeout"
+            log.warning(
+                "telemetry bus: no JetStream (%s): the %s classes are not kept while the aggregator is away",
+                why, "/".join(c.value for c in DURABLE_CLASSES),
+            )  # fmt: skip
+            return None
+        self.stats.durable = True
+        return subscription
+
+    async def _read_durable(self, subscription: JetStreamContext.PullSubscription) -> None:
+        """Take in what the stream holds, oldest first, each acknowledged once taken in (so what the aggregator
+        had not taken in when it stopped is delivered again when it is back)."""
+        while True:
+            try:
+                messages = await subscription.fetch(DURABLE_FETCH, timeout=1)
+            except TimeoutError:
+                continue
+            except NatsError as exc:
+                log.debug("telemetry bus: reading the durable stream: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for message in messages:
+                await self._receive(message, durable=True)
+                self.stats.durable_batches += 1
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await message.ack()
 
     def latest_of(self, serial: str) -> tuple[str, Latest] | None:
         series = self.series.get(serial)
@@ -723,6 +836,21 @@ class TelemetryPlane:
         if self.exporter is not None and project is None:
             lines.extend(self.exporter.exposition())
         return "\n".join(lines) + "\n"
+
+
+def _login(bus_url: str | None, credentials: BusCredentials) -> tuple[str, str]:
+    """The aggregator's user and password: the ones in an operator's bus URL (nats://user:password@host), else
+    its own, derived from the data dir's secret (what the embedded bus and ``authorization.conf`` give it)."""
+    if bus_url:
+        parsed = urlsplit(bus_url)
+        if parsed.username:
+            return unquote(parsed.username), unquote(parsed.password or "")
+    return AGGREGATOR_USER, credentials.aggregator_password()
+
+
+def _without_login(bus_url: str) -> str:
+    parsed = urlsplit(bus_url)
+    return urlunsplit(parsed._replace(netloc=parsed.netloc.rpartition("@")[2]))
 
 
 def _set(values: list[str]) -> set[str] | None:
@@ -852,7 +980,7 @@ def telemetry_router(plane: TelemetryPlane, dependencies: list[Any]) -> APIRoute
             "bus": plane.agent_url,
             "embeddedBus": plane.embedded is not None,
             "connected": plane.connected.is_set(),
-            "authorizedDPUs": len(plane.embedded.authorized) if plane.embedded is not None else None,
+            "authorizedDPUs": len(plane.users.authorized),
             # a change of the bus's authorization not yet applied: false means every DPU authorized may connect
             "busReloadPending": plane.embedded.reloads_pending if plane.embedded is not None else None,
             "dpusSeen": len(plane.series),

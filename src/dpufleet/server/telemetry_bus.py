@@ -4,8 +4,13 @@ operator's own reached by URL.
 Authentication is per DPU: each DPU's user name and password are derived from its agent identity (its
 serial and project) with a secret kept in the data dir, and handed to the agent in its report reply over
 mTLS. Each DPU user may publish only under ``dpufleet.tm.<project>.<serial>.>`` and subscribe to nothing;
-the aggregator's own user may subscribe under ``dpufleet.tm.>`` and publish nothing. A DPU seen for the
-first time is added to the configuration, which nats-server re-reads on SIGHUP.
+the aggregator's own user may subscribe under ``dpufleet.tm.>`` and publish only to JetStream's API. A DPU
+seen for the first time is added to the configuration, which nats-server re-reads on SIGHUP.
+
+What must not be lost (the events and usage classes) is also kept in a JetStream stream, which the
+aggregator reads through a durable consumer: batches published while it is away are taken in when it is
+back. For an operator's own bus, the same list of users is written to ``authorization.conf`` in the bus
+directory, for that bus's configuration to include.
 """
 
 from __future__ import annotations
@@ -30,10 +35,104 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api.telemetry import SUBJECT_ROOT, BusAccess
+from ..api.telemetry import SUBJECT_ROOT, BusAccess, TelemetryClass
 
 log = logging.getLogger(__name__)
 AGGREGATOR_USER = "dpufleet-aggregator"
+DURABLE_CLASSES = (TelemetryClass.EVENTS, TelemetryClass.USAGE)  # kept in JetStream until the aggregator has them
+STREAM = "DPUFLEET_TELEMETRY"
+CONSUMER = "dpufleet-aggregator"
+STREAM_MAX_BYTES = 1024 * 1024 * 1024  # the stream's cap on disk; the oldest go first past it
+STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
+AUTHORIZATION_FILE = "authorization.conf"
+
+
+def bus_users(
+    credentials: BusCredentials, dpus: dict[str, str], aggregator: tuple[str, str]
+) -> list[dict[str, object]]:
+    """nats-server's users: the aggregator (``aggregator``: its user and password), which may subscribe under
+    the telemetry subjects and use JetStream's API, and each DPU (serial -> project), which may publish only
+    under its own subjects and subscribe to nothing."""
+    user, password = aggregator
+    users: list[dict[str, object]] = [
+        {
+            "user": user,
+            "password": password,
+            "permissions": {
+                "publish": {"allow": ["$JS.API.>", "$JS.ACK.>"]},
+                "subscribe": {"allow": [f"{SUBJECT_ROOT}.>", "_INBOX.>"]},
+            },
+        }
+    ]
+    for serial, project in sorted(dpus.items()):
+        users.append(
+            {
+                "user": credentials.dpu_user(serial),
+                "password": credentials.dpu_password(project, serial),
+                "permissions": {
+                    "publish": {"allow": [f"{SUBJECT_ROOT}.{project}.{serial}.>"]},
+                    "subscribe": {"deny": [">"]},
+                },
+            }
+        )
+    return users
+
+
+def _write_private(path: Path, text: str) -> None:
+    """The file replaced at once (never half written), readable by its owner only: it holds passwords."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class AuthorizationFile:
+    """For an operator's own bus: the users it should know (the aggregator and each DPU asking for telemetry),
+    kept in ``authorization.conf`` as the DPU objects change. The bus's configuration includes the file
+    (``include /var/lib/dpufleet/telemetry/bus/authorization.conf``) and is reloaded when it changes."""
+
+    directory: Path
+    credentials: BusCredentials
+    aggregator: tuple[str, str]
+    writes: int = 0
+    _dpus: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / AUTHORIZATION_FILE
+
+    @property
+    def authorized(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._dpus)
+
+    def write(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        with self._lock:
+            users = bus_users(self.credentials, self._dpus, self.aggregator)
+            # nats-server's configuration format accepts JSON values
+            _write_private(self.path, "authorization: " + json.dumps({"users": users}, indent=1) + "\n")
+            self.writes += 1
+
+    def allow(self, project: str, serial: str) -> None:
+        self.authorize({serial: project})
+
+    def authorize(self, dpus: dict[str, str]) -> None:
+        with self._lock:
+            changed = {serial: project for serial, project in dpus.items() if self._dpus.get(serial) != project}
+            self._dpus.update(changed)
+        if changed:
+            self.write()
+
+    def revoke(self, serial: str) -> None:
+        with self._lock:
+            gone = self._dpus.pop(serial, None) is not None
+        if gone:
+            self.write()
 
 
 def _secret(path: Path) -> bytes:
@@ -126,24 +225,7 @@ class EmbeddedBus:
         return f"nats://{AGGREGATOR_USER}:{self.credentials.aggregator_password()}@{self.host}:{self.port}"
 
     def _config(self) -> str:
-        users: list[dict[str, object]] = [
-            {
-                "user": AGGREGATOR_USER,
-                "password": self.credentials.aggregator_password(),
-                "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{SUBJECT_ROOT}.>", "_INBOX.>"]}},
-            }
-        ]
-        for serial, project in sorted(self._dpus.items()):
-            users.append(
-                {
-                    "user": self.credentials.dpu_user(serial),
-                    "password": self.credentials.dpu_password(project, serial),
-                    "permissions": {
-                        "publish": {"allow": [f"{SUBJECT_ROOT}.{project}.{serial}.>"]},
-                        "subscribe": {"deny": [">"]},
-                    },
-                }
-            )
+        users = bus_users(self.credentials, self._dpus, (AGGREGATOR_USER, self.credentials.aggregator_password()))
         # nats-server's configuration format accepts JSON
         body = {
             "host": self.host,
@@ -154,17 +236,13 @@ class EmbeddedBus:
             "max_pending": 256 * 1024 * 1024,
             "write_deadline": "10s",
             "pid_file": str(self.directory / "nats.pid"),
+            "jetstream": {"store_dir": str(self.directory / "jetstream"), "max_file_store": 2 * STREAM_MAX_BYTES},
             "authorization": {"users": users},
         }
         return json.dumps(body, indent=1)
 
     def _write(self) -> None:
-        path = self.directory / "nats.conf"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self._config())
-        os.replace(tmp, path)
+        _write_private(self.directory / "nats.conf", self._config())
 
     def start(self) -> None:
         binary = shutil.which("nats-server") or (
