@@ -256,17 +256,26 @@ def test_probes_decide_ready_and_restart_a_dead_instance(tmp_path: Path, image: 
         "touch /tmp/alive; sleep 3; rm /tmp/alive; sleep 3600",
         probes={"liveness": {"exec": ["cat", "/tmp/alive"], "periodSeconds": 1, "failureThreshold": 2}},
     )
+    flaky = spec(  # ready, then not: degraded, and not restarted (readiness decides traffic, not life)
+        image,
+        "touch /tmp/ready; sleep 4; rm /tmp/ready; sleep 3600",
+        probes={"readiness": {"exec": ["cat", "/tmp/ready"], "periodSeconds": 1}},
+    )
 
     async def go() -> None:
         rt = runtime(tmp_path)
-        await rt.converge(desired(("web", slow_http), ("tcp", tcp), ("hung", hung)))
+        await rt.converge(desired(("web", slow_http), ("tcp", tcp), ("hung", hung), ("flaky", flaky)))
         web, _ = await until(rt, "web", lambda i, _: i.phase == "Running")
         assert not web.ready  # httpd is not listening yet
         await until(rt, "web", lambda i, _: i.ready)
         await until(rt, "tcp", lambda i, _: i.ready)
+        await until(rt, "flaky", lambda i, _: i.ready and i.phase == "Running")
         hung_now, _ = await until(rt, "hung", lambda i, _: i.restarts >= 1, timeout=40)
         assert hung_now.reason is not None and hung_now.reason.startswith("liveness probe failed 2 times")
-        for name in ("web", "tcp", "hung"):
+        flaky_now, _ = await until(rt, "flaky", lambda i, _: i.phase == "Degraded", timeout=20)
+        assert not flaky_now.ready and flaky_now.restarts == 0
+        assert flaky_now.reason is not None and flaky_now.reason.startswith("readiness probe failing")
+        for name in ("web", "tcp", "hung", "flaky"):
             await rt.stop_instance(name)
         await rt.shutdown()
 

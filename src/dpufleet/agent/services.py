@@ -369,6 +369,8 @@ class Instance:
     stopping: bool = False
     config_revision: str = ""
     probe_failures: dict[str, int] = field(default_factory=dict)
+    served: bool = False  # its readiness probe has passed since it last started
+    degraded: str | None = None  # why it is not ready any more, since it was (reported as phase Degraded)
     kill_reason: str | None = None
     up_since: float = 0.0  # monotonic
     cid: str = ""  # its container (instance_ids)
@@ -385,11 +387,11 @@ class Instance:
             instance=self.desired.instance,
             revision=self.desired.revision,
             configRevision=self.config_revision or None,
-            phase=self.phase,  # type: ignore[arg-type]
+            phase="Degraded" if self.phase == "Running" and self.degraded else self.phase,  # type: ignore[arg-type]
             ready=self.ready and not self.stopping and self.exported is None,  # stopping or drained: no more
             restarts=self.restarts,
             exitCode=self.exit_code,
-            reason=self.reason,
+            reason=self.degraded if self.phase == "Running" and self.degraded else self.reason,
             startedAt=self.started_at,
             memoryBytes=memory[0],
             memoryLimitBytes=memory[1],
@@ -1044,6 +1046,7 @@ class ServiceRuntime:
         inst.pid = pid
         inst.phase, inst.started_at, inst.reason = "Running", _now(), None
         inst.probe_failures, inst.up_since = {}, time.monotonic()
+        inst.served, inst.degraded = False, None
         inst.ready = inst.desired.probes.readiness is None
         probing = asyncio.create_task(self._probe_loop(inst, cid))
         try:
@@ -1104,6 +1107,12 @@ class ServiceRuntime:
                 ok, detail = await asyncio.to_thread(self.probe, inst, cid, probe)
                 if name == "readiness":
                     inst.ready = ok
+                    if ok:
+                        inst.served, inst.degraded = True, None
+                    elif inst.served:
+                        if inst.degraded is None:
+                            log.warning("service %s: not ready any more: %s", inst.desired.service, detail)
+                        inst.degraded = f"readiness probe failing: {detail}"[:2000]
                     continue
                 failures = 0 if ok else inst.probe_failures.get(name, 0) + 1
                 inst.probe_failures[name] = failures

@@ -713,6 +713,7 @@ def _shape_status(
     instances = []
     running = ready = 0
     failed: list[str] = []
+    degraded: list[str] = []
     for dpu in scheduled:
         instance: dict[str, Any] = {
             "name": f"{name}/{dpu}",
@@ -731,10 +732,12 @@ def _shape_status(
                 revision=seen.get("revision"),
                 reason=seen.get("reason"),
             )
-            running += instance["phase"] == "Running" and current
+            running += instance["phase"] in ("Running", "Degraded") and current
             ready += instance["ready"]
             if instance["phase"] == "Failed":
                 failed.append(f"{dpu}: {seen.get('reason') or 'failed'}")
+            elif instance["phase"] == "Degraded":
+                degraded.append(f"{dpu}: {seen.get('reason') or 'not ready'}")
         instances.append(instance)
     instances += [{"name": f"{name}/pending-{i}", "phase": "Pending"} for i in range(pending)]
     status.update(
@@ -767,6 +770,11 @@ def _shape_status(
         set_condition(
             status, "Running", False, "InstancesFailed", message, severity=Severity.WARNING, generation=generation
         )
+    elif degraded:
+        message = f"{ready}/{desired} ready; {len(degraded)} degraded: {degraded[0]}"
+        set_condition(
+            status, "Running", False, "InstancesDegraded", message, severity=Severity.WARNING, generation=generation
+        )
     elif desired and running >= desired:
         set_condition(status, "Running", True, "AllRunning", f"{running} instance(s) running", generation=generation)
     else:
@@ -782,7 +790,7 @@ def _shape_status(
     _upgrade_condition(status, upgrade, generation)
     if pending or waiting:
         status["phase"] = "Pending"
-    elif failed:
+    elif failed or degraded:
         status["phase"] = "Degraded"
     else:
         status["phase"] = "Running" if desired and running >= desired else "Scheduled"

@@ -65,6 +65,10 @@ def _event(
         message = ("InstanceFailed", f"{dpu}: {new.get('reason') or 'failed'}", "Warning")
     elif old is not None and restarts > int(old.get("restarts") or 0):
         message = ("InstanceRestarted", f"{dpu}: restart {restarts}: {new.get('reason') or 'exited'}", "Warning")
+    elif phase == "Degraded" and (old is None or old.get("phase") != "Degraded"):
+        message = ("InstanceDegraded", f"{dpu}: {new.get('reason') or 'not ready'}", "Warning")
+    elif phase == "Running" and old is not None and old.get("phase") == "Degraded":
+        message = ("InstanceRecovered", f"{dpu}: ready again", "Normal")
     elif phase == "Running" and (old is None or old.get("phase") != "Running"):
         message = ("InstanceStarted", f"{dpu}: running revision {new.get('revision')}", "Normal")
     if message is None:

@@ -374,7 +374,9 @@ class InstanceStatus(Strict):
     runsOn: Literal["DPU", "Host"] | None = Field(
         default=None, description="where it runs now (during a move: the old place until the new is ready)"
     )
-    phase: Literal["Pending", "Scheduled", "Pulling", "Starting", "Running", "Failed", "Succeeded"] = "Pending"
+    phase: Literal["Pending", "Scheduled", "Pulling", "Starting", "Running", "Degraded", "Failed", "Succeeded"] = Field(
+        default="Pending", description="Degraded: running, but its readiness probe fails since it was ready"
+    )
     ready: bool | None = None
     restarts: int | None = None
     revision: str | None = Field(default=None, description="what the DPU runs (the service's is its current one)")
@@ -595,7 +597,7 @@ class InstanceReport(Strict):
     instance: str = Field(min_length=1, max_length=600)
     revision: str = Field(max_length=128)
     configRevision: str | None = Field(default=None, max_length=128, description="the config files it runs with")
-    phase: Literal["Pending", "Pulling", "Starting", "Running", "Failed", "Succeeded"]
+    phase: Literal["Pending", "Pulling", "Starting", "Running", "Degraded", "Failed", "Succeeded"]
     ready: bool = False
     restarts: int = Field(default=0, ge=0)
     exitCode: int | None = None
