@@ -61,6 +61,11 @@ def test_a_service_runs_on_the_dpu_and_shows_it(site: Operator, fleet: SimRunnin
         lambda body: any("hello from hello" in line for i in body["instances"] for line in i["lines"]),
     )
     assert logs["instances"][0]["dpu"] == dpu
+    only = site.http.get("/services/v1/projects/default/dpuservices/hello/logs", params={"dpu": dpu}).json()
+    assert [i["dpu"] for i in only["instances"]] == [dpu]
+    elsewhere = site.http.get("/services/v1/projects/default/dpuservices/hello/logs", params={"dpu": "dpu-nowhere"})
+    assert elsewhere.status_code == 400
+    assert f"has no instance on DPU 'dpu-nowhere' (its instances' DPUs: {dpu})" in elsewhere.text
     assert any(e["reason"] == "InstanceStarted" for e in site.events("DPUService", "hello"))
 
 

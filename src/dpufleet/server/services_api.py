@@ -76,6 +76,8 @@ def services_router(state: ServerState, dependencies: list[Any]) -> APIRouter:
             for (p, on, where), by_service in sorted(state.service_logs.items())
             if p == project and name in by_service and (dpu is None or on == dpu)
         ]
+        if dpu is not None and not instances:
+            exec_target(doc, dpu)  # a DPU the service has no instance on is named as such, not shown as silent
         return respond({"service": name, "instances": instances})
 
     @router.post("/services/v1/projects/{project}/dpuservices/{name}/exec", summary="Run a command in one instance")
