@@ -98,8 +98,27 @@ class OwnerReference(Strict):
     blockOwnerDeletion: bool = False
 
 
+MAX_UPGRADING_ANNOTATION = "services.dpufleet.io/max-upgrading"  # on a DPU: services upgrading there at once
+
+
+def parse_max_upgrading(text: str) -> int:
+    """The value of MAX_UPGRADING_ANNOTATION: a whole number from 1 to 1000 (ValueError naming the problem)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1000:
+        raise ValueError(f"{value} is outside 1 to 1000")
+    return value
+
+
 def _telemetry_annotations(annotations: dict[str, str]) -> dict[str, str]:
     check_annotations(annotations)
+    if MAX_UPGRADING_ANNOTATION in annotations:
+        try:
+            parse_max_upgrading(annotations[MAX_UPGRADING_ANNOTATION])
+        except ValueError as exc:
+            raise ValueError(f"{MAX_UPGRADING_ANNOTATION}: {exc}") from None
     return annotations
 
 

@@ -602,7 +602,28 @@ def _upgrade(
         now(),
         _dependency_upgrading(spec, snapshot),
         no_room,
+        _busy_dpus(name, scheduled, snapshot),
     )
+
+
+def _busy_dpus(name: str, scheduled: list[str], snapshot: Snapshot) -> dict[str, str]:
+    """The DPUs of this service that already upgrade as many other services as they allow at once (their
+    annotation services.dpufleet.io/max-upgrading): DPU -> why this one waits there."""
+    limits = {d: node.max_upgrading for d in scheduled if (node := snapshot.by_name.get(d)) and node.max_upgrading}
+    if not limits:
+        return {}
+    upgrading: dict[str, list[str]] = {}
+    for other, doc in snapshot.services.items():
+        if other == name:
+            continue
+        for dpu in ((doc.get("status") or {}).get("upgrade") or {}).get("inFlight") or {}:
+            if dpu in limits:
+                upgrading.setdefault(dpu, []).append(other)
+    return {
+        dpu: f"{len(others)} other service(s) upgrading there ({', '.join(sorted(others)[:3])}; at most {limits[dpu]})"
+        for dpu, others in upgrading.items()
+        if len(others) >= limits[dpu]
+    }
 
 
 def _dependency_upgrading(spec: DPUServiceSpec, snapshot: Snapshot) -> str | None:

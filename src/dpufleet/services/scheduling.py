@@ -118,6 +118,7 @@ class Node:
     ready: bool = True
     unschedulable: bool = False
     draining: bool = False  # `dpufleet dpu drain`: its instances move elsewhere (Replicas) or stop
+    max_upgrading: int | None = None  # services that may upgrade their instance here at once (None: any)
 
     @property
     def free(self) -> Resources:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..api.kinds import DPUFlavorSpec, DPUServiceSpec, Phase
+from ..api.meta import MAX_UPGRADING_ANNOTATION, parse_max_upgrading
 from ..api.selectors import LabelSelector
 from .scheduling import Node, Request, Resources, Shape
 
@@ -112,7 +113,17 @@ def node_of(
         ready=status.get("phase") == Phase.READY,
         unschedulable=bool(spec.get("unschedulable")),
         draining=bool(spec.get("unschedulable")) and bool((meta.get("annotations") or {}).get(DRAIN_ANNOTATION)),
+        max_upgrading=_max_upgrading(meta.get("annotations") or {}),
     )
+
+
+def _max_upgrading(annotations: Mapping[str, str]) -> int | None:
+    """The DPU's limit on services upgrading there at once (checked when the DPU is written; None if absent)."""
+    text = annotations.get(MAX_UPGRADING_ANNOTATION)
+    try:
+        return parse_max_upgrading(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def request_of(name: str, spec: DPUServiceSpec) -> Request:

@@ -91,9 +91,11 @@ def advance(
     now: datetime,
     dependency_upgrading: str | None = None,
     no_room: Mapping[str, str] | None = None,
+    busy: Mapping[str, str] | None = None,
 ) -> Step:
     """The upgrade's next state for a service whose spec asks for revision `target` (see the module doc).
-    `no_room`: held DPUs that cannot take the new revision's resources (DPU -> why): they stay held."""
+    `no_room`: held DPUs that cannot take the new revision's resources (DPU -> why): they stay held.
+    `busy`: held DPUs upgrading as many other services as they allow at once (DPU -> why): they wait."""
     stamp = isotime(now)
     if upgrade is None:
         return Step(
@@ -160,7 +162,8 @@ def advance(
     u.phase = "Progressing"
     slots = resolve_limit(strategy.maxUnavailable, total) - len(u.inFlight)
     waiting = {d: why for d, why in (no_room or {}).items() if d in u.held}
-    movable = [d for d in u.held if d not in waiting]
+    queued = {d: why for d, why in (busy or {}).items() if d in u.held and d not in waiting}
+    movable = [d for d in u.held if d not in waiting and d not in queued]
     if slots > 0 and movable:
         batch = movable[:slots]
         u.held = [d for d in u.held if d not in batch]
@@ -195,6 +198,9 @@ def advance(
             f"; {len(waiting)} held: the new resources do not fit there ({first}: {waiting[first]}); "
             "they keep the current revision and its charge until room is made"
         )
+    if queued:
+        first = min(queued)
+        u.message += f"; {len(queued)} wait for their DPU ({first}: {queued[first]})"
     return step
 
 
