@@ -57,6 +57,24 @@ def test_compatibility_by_vendor_part_number_pattern_capability_and_accelerator(
     assert placed.report.reasons == {"missing capability": 1}
 
 
+def test_compatibility_by_os_and_kernel_as_the_agents_report_them() -> None:
+    from dataclasses import replace
+
+    jammy = replace(BF3, os="Ubuntu 22.04.4 LTS", kernel="5.15.0-1035-bluefield")
+    noble = replace(BF3, os="Ubuntu 24.04.1 LTS", kernel="6.8.0-1008-bluefield")
+    silent = BF3  # its agent has not reported: nothing known of its OS
+    nodes = [node("j", jammy), node("n", noble), node("s", silent)]
+    placed = place(nodes, req("o", os=("Ubuntu 22.04*",), every=True), 9)
+    assert [n.name for n in placed.nodes] == ["j"]
+    assert placed.report.message(1, 3) == "1/3 DPUs fit: 1 incompatible OS, 1 OS not reported yet (no agent)"
+    nodes = [node("j", jammy), node("n", noble), node("s", silent)]
+    placed = place(nodes, req("k", kernels=("6.*",), every=True), 9)
+    assert [n.name for n in placed.nodes] == ["n"]
+    assert placed.report.reasons == {"incompatible kernel": 1, "OS not reported yet (no agent)": 1}
+    nodes = [node("j", jammy), node("s", silent)]
+    assert [n.name for n in place(nodes, req("any", every=True), 9).nodes] == ["j", "s"]  # no rule: any OS
+
+
 def test_specific_dpus_only() -> None:
     nodes = [node("a"), node("b"), node("c")]
     placed = place(nodes, req(dpus=frozenset({"b"})), 1)
@@ -126,3 +144,11 @@ def test_why_pending_in_numbers_over_a_thousand_dpus() -> None:
 def test_cycles_are_found_and_named() -> None:
     assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": ["b"], "b": [], "c": ["a"]}) is None
+
+
+def test_the_os_and_kernel_are_read_from_the_agents_report_trimmed() -> None:
+    from dpufleet.services.snapshot import shape_of
+
+    shape = shape_of({"agent": {"os": "  Ubuntu 22.04.4 LTS \n", "kernel": "5.15.0-1035-bluefield "}})
+    assert (shape.os, shape.kernel) == ("Ubuntu 22.04.4 LTS", "5.15.0-1035-bluefield")
+    assert (shape_of({}).os, shape_of({"agent": {"os": None}}).kernel) == ("", "")

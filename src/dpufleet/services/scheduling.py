@@ -34,6 +34,9 @@ UNSCHEDULABLE = "unschedulable"
 INCOMPATIBLE_VENDOR = "incompatible vendor"
 INCOMPATIBLE_MODEL = "incompatible model"
 INCOMPATIBLE_PART = "incompatible part number"
+INCOMPATIBLE_OS = "incompatible OS"
+INCOMPATIBLE_KERNEL = "incompatible kernel"
+OS_UNKNOWN = "OS not reported yet (no agent)"
 MISSING_CAPABILITY = "missing capability"
 MISSING_ACCELERATOR = "missing accelerator"
 NOT_LISTED = "not listed"
@@ -102,6 +105,8 @@ class Shape:
     part_number: str
     capabilities: frozenset[str]
     accelerators: frozenset[str]
+    os: str = ""  # as the DPU's agent reports it; "" until it has
+    kernel: str = ""
 
 
 @dataclass(slots=True)
@@ -149,6 +154,8 @@ class Request:
     part_numbers: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
     accelerators: tuple[str, ...] = ()
+    os: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
     selector: Callable[[dict[str, str]], bool] | None = None
     dpus: frozenset[str] | None = None  # mode DPUs
     every: bool = False  # mode EveryDPU
@@ -200,6 +207,14 @@ def incompatibility(shape: Shape, request: Request) -> str | None:
         return MISSING_CAPABILITY
     if any(a not in shape.accelerators for a in request.accelerators):
         return MISSING_ACCELERATOR
+    if request.os and not shape.os:
+        return OS_UNKNOWN
+    if not _matches(shape.os, request.os):
+        return INCOMPATIBLE_OS
+    if request.kernels and not shape.kernel:
+        return OS_UNKNOWN
+    if not _matches(shape.kernel, request.kernels):
+        return INCOMPATIBLE_KERNEL
     return None
 
 

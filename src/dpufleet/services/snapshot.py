@@ -68,6 +68,8 @@ def shape_of(status: Mapping[str, Any]) -> Shape:
         part_number=str(status.get("partNumber") or ""),
         capabilities=frozenset(k for k, v in caps.items() if v not in (None, False, "", [], {})),
         accelerators=frozenset(accelerators),
+        os=str((status.get("agent") or {}).get("os") or "").strip(),
+        kernel=str((status.get("agent") or {}).get("kernel") or "").strip(),
     )
 
 
@@ -140,6 +142,8 @@ def request_of(name: str, spec: DPUServiceSpec) -> Request:
         models=tuple(compat.models),
         part_numbers=tuple(compat.partNumbers),
         capabilities=tuple(compat.capabilities),
+        os=tuple(compat.os),
+        kernels=tuple(compat.kernels),
         accelerators=tuple(res.accelerators),
         selector=selector.matches if selector is not None else None,
         dpus=frozenset(placement.dpus) if placement.mode == "DPUs" else None,

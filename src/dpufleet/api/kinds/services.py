@@ -151,6 +151,10 @@ class ServiceCompatibility(Strict):
     capabilities: list[str] = Field(
         default_factory=list, description="capability keys the DPU must report (e.g. maxVFs, os)"
     )
+    os: list[str] = Field(
+        default_factory=list, description="the DPU's OS as its agent reports it (e.g. 'Ubuntu 22.04*', 'Rocky*')"
+    )
+    kernels: list[str] = Field(default_factory=list, description="the DPU's kernel release (e.g. '5.15.*', '6.*')")
 
 
 PlacementMode = Literal["EveryDPU", "Replicas", "DPUs"]
