@@ -115,6 +115,39 @@ def test_an_instance_runs_within_its_limits_isolated_with_its_files(tmp_path: Pa
     asyncio.run(go())
 
 
+def test_the_limits_are_enforced_past_them_memory_is_killed_and_cpu_is_throttled(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    """Not only written to the cgroup: an instance that takes more memory than its limit is killed by the
+    kernel and says so; one that spins gets no more than its share of a core."""
+    hog = spec(image, "echo start; exec dd if=/dev/zero of=/dev/null bs=64M count=1", restartPolicy="Never",
+               resources={"memoryMiB": 16})  # fmt: skip
+    spin = spec(image, "echo spinning; while :; do :; done", resources={"cpuMillicores": 100})
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(desired(("hog", hog), ("spin", spin)))
+        killed, _ = await until(rt, "hog", lambda i, _: i.phase == "Failed")
+        assert killed.reason is not None
+        assert killed.reason.startswith("out of memory: the kernel killed it at its limit of 16 MiB"), killed.reason
+        await until(rt, "spin", lambda i, lines: i.phase == "Running" and "spinning" in lines)
+        began = time.monotonic()
+        first = (await until(rt, "spin", lambda i, _: i.cpuSeconds is not None))[0].cpuSeconds
+        await asyncio.sleep(3)
+        used = (await until(rt, "spin", lambda i, _: i.cpuSeconds is not None))[0].cpuSeconds - first
+        wall = time.monotonic() - began
+        assert used <= 0.1 * wall * 2, f"{used:.2f} s of CPU in {wall:.1f} s at a limit of 0.1 core"
+        stat = Path("/sys/fs/cgroup/cpu/dpufleet/dpu-test/spin/cpu.stat")
+        if stat.exists():  # cgroup v1 (this machine)
+            throttled = dict(line.split() for line in stat.read_text().splitlines())
+            assert int(throttled["nr_throttled"]) > 0
+        for name in ("hog", "spin"):
+            await rt.stop_instance(name)
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
 def test_a_config_change_without_a_declared_reload_restarts_the_instance(tmp_path: Path, image: dict[str, str]) -> None:
     script = "echo conf=$(cat /etc/app.conf); sleep 3600"
     first = spec(image, script, files=[{"path": "/etc/app.conf", "content": "v1"}])

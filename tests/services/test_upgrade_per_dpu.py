@@ -45,7 +45,7 @@ def serve(store: Store, dpu: str) -> None:
             configRevision=i.configRevision,
             phase="Running",
             ready=True,
-        )  # fmt: skip
+        )
         for i in desired_services(store, P, dpu).instances
     ]
     record_service_report(store, EventRecorder(store, "test"), P, dpu, ServiceReport(instances=entries))

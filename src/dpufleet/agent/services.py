@@ -370,6 +370,7 @@ class Instance:
     config_revision: str = ""
     probe_failures: dict[str, int] = field(default_factory=dict)
     served: bool = False  # its readiness probe has passed since it last started
+    oom_killed: bool = False  # the kernel killed a process of its last run for passing its memory limit
     degraded: str | None = None  # why it is not ready any more, since it was (reported as phase Degraded)
     kill_reason: str | None = None
     up_since: float = 0.0  # monotonic
@@ -991,7 +992,10 @@ class ServiceRuntime:
             uptime = time.monotonic() - inst.up_since
             inst.exit_code = code
             why = inst.kill_reason or (f"exited with status {code}" if code is not None else "exited")
-            inst.kill_reason = None
+            if inst.oom_killed:
+                limit = desired.resources.memoryMiB
+                why = f"out of memory: the kernel killed it at its limit of {limit} MiB ({why})"
+            inst.kill_reason, inst.oom_killed = None, False
             again = desired.restartPolicy == "Always" or (desired.restartPolicy == "OnFailure" and code != 0)
             if not again:
                 inst.phase = "Succeeded" if code == 0 else "Failed"
@@ -1057,6 +1061,7 @@ class ServiceRuntime:
         probing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probing
+        inst.oom_killed = bool(self._oom_kills(inst))  # read before the delete removes its cgroup
         await asyncio.to_thread(self._runc, "delete", "--force", cid)
         return code
 
@@ -1087,6 +1092,7 @@ class ServiceRuntime:
         with contextlib.suppress(asyncio.CancelledError):
             await probing
         if not inst.stopping:
+            inst.oom_killed = bool(self._oom_kills(inst))
             await asyncio.to_thread(self._runc, "delete", "--force", cid)
         return None
 
@@ -1318,6 +1324,16 @@ class ServiceRuntime:
             with contextlib.suppress(OSError, ValueError):
                 return int(Path(usage).read_text()), int(Path(limit).read_text())
         return None, None
+
+    def _oom_kills(self, inst: Instance) -> int | None:
+        """How many times the kernel's OOM killer struck in the instance's cgroup (v1 memory.oom_control, v2
+        memory.events); None when it cannot be read."""
+        rel = inst.cgroup
+        for path in (f"/sys/fs/cgroup/memory/{rel}/memory.oom_control", f"/sys/fs/cgroup/{rel}/memory.events"):
+            with contextlib.suppress(OSError, ValueError, StopIteration):
+                lines = Path(path).read_text().splitlines()
+                return int(next(line.split()[1] for line in lines if line.startswith("oom_kill ")))
+        return None
 
     def _cpu(self, inst: Instance) -> float | None:
         """CPU time the instance's cgroup has used, in seconds (cgroup v1 cpuacct, or v2 cpu.stat)."""
