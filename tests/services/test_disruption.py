@@ -11,28 +11,21 @@ from pydantic import ValidationError
 
 from dpufleet.api.agent_services import InstanceReport, ServiceReport
 from dpufleet.api.kinds import DPUServiceSpec
-from dpufleet.plane import Services
 from dpufleet.runtime.events import EventRecorder
 from dpufleet.services.controller import schedule_service
 from dpufleet.services.desired import desired_services
 from dpufleet.services.reports import record_service_report
 from dpufleet.services.snapshot import DRAIN_ANNOTATION
-from dpufleet.store.store import Store, default_sqlite_url
-from services.test_scheduler_store import add_dpu, add_service
+from dpufleet.store.store import Store
+from services.test_scheduler_store import add_service, store_fleet
 
 P = "default"
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(default_sqlite_url(tmp_path))
-    Services(store)
-    for i in range(4):
-        add_dpu(store, f"dpu-{i}", host=f"host-{i}")
-    try:
+    with store_fleet(tmp_path, 4) as store:
         yield store
-    finally:
-        store.close()
 
 
 def report(store: Store, dpu: str, service: str, *, ready: bool = True) -> None:

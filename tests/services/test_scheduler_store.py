@@ -4,6 +4,9 @@ schedulers at once, dependencies honoured, cycles refused at admission, deletes 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from dpufleet.api.errors import Invalid
 from dpufleet.plane import Services
 from dpufleet.services.controller import schedule_service
-from dpufleet.store.store import Store
+from dpufleet.store.store import Store, default_sqlite_url
 
 P = "default"
 SHA = "a" * 64
@@ -31,6 +34,20 @@ def add_dpu(store: Store, name: str, *, host: str, cores: int = 8, memory_gib: f
             "capabilities": {"cpu": {"cores": cores}, "memoryGiB": memory_gib},
         },
     )
+
+
+@contextmanager
+def store_fleet(directory: Path, dpus: int) -> Iterator[Store]:
+    """A store with the admission guards a control plane installs, and ``dpus`` Ready DPUs dpu-0... on hosts
+    host-0...: the fleet the store-level services tests start from."""
+    store = Store.open(default_sqlite_url(directory))
+    Services(store)
+    for i in range(dpus):
+        add_dpu(store, f"dpu-{i}", host=f"host-{i}")
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def add_service(store: Store, name: str, placement: dict[str, Any], **spec: Any) -> None:

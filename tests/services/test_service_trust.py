@@ -23,11 +23,10 @@ from dpufleet.agent.services import ServiceRuntime, ServicesConfig, load_trust
 from dpufleet.api.agent_services import DesiredInstance
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.crypto.signing import Component, Manifest, Publisher, PublisherClass, sign_manifest
-from dpufleet.plane import Services
 from dpufleet.services.controller import schedule_service
 from dpufleet.services.desired import desired_instance
-from dpufleet.store.store import Store, default_sqlite_url
-from services.test_scheduler_store import add_dpu
+from dpufleet.store.store import Store
+from services.test_scheduler_store import store_fleet
 
 P = "default"
 SHA = "b" * 64
@@ -66,17 +65,11 @@ def artifact(sha: str = SHA, manifest: dict[str, Any] | None = None) -> dict[str
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(default_sqlite_url(tmp_path))
-    Services(store)
-    for i in range(2):
-        add_dpu(store, f"dpu-{i}", host=f"host-{i}")
-    for name, key, klass in (("nvidia", VENDOR_KEY, "vendor"), ("acme", THIRD_KEY, "third-party")):
-        store.create({"kind": "Publisher", "metadata": {"name": name},
-                      "spec": {"publisherClass": klass, "publicKey": pem(key)}})  # fmt: skip
-    try:
+    with store_fleet(tmp_path, 2) as store:
+        for name, key, klass in (("nvidia", VENDOR_KEY, "vendor"), ("acme", THIRD_KEY, "third-party")):
+            store.create({"kind": "Publisher", "metadata": {"name": name},
+                          "spec": {"publisherClass": klass, "publicKey": pem(key)}})  # fmt: skip
         yield store
-    finally:
-        store.close()
 
 
 def project(store: Store, **spec: Any) -> None:

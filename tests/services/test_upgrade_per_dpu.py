@@ -11,13 +11,12 @@ from pydantic import ValidationError
 
 from dpufleet.api.agent_services import InstanceReport, ServiceReport
 from dpufleet.api.meta import ObjectMeta
-from dpufleet.plane import Services
 from dpufleet.runtime.events import EventRecorder
 from dpufleet.services.controller import schedule_service
 from dpufleet.services.desired import desired_services
 from dpufleet.services.reports import record_service_report
-from dpufleet.store.store import Store, default_sqlite_url
-from services.test_scheduler_store import add_dpu, add_service
+from dpufleet.store.store import Store
+from services.test_scheduler_store import add_service, store_fleet
 
 P = "default"
 FAST = {"maxUnavailable": 1, "minReadySeconds": 0}
@@ -25,14 +24,8 @@ FAST = {"maxUnavailable": 1, "minReadySeconds": 0}
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(default_sqlite_url(tmp_path))
-    Services(store)
-    for i in range(2):
-        add_dpu(store, f"dpu-{i}", host=f"host-{i}")
-    try:
+    with store_fleet(tmp_path, 2) as store:
         yield store
-    finally:
-        store.close()
 
 
 def serve(store: Store, dpu: str) -> None:

@@ -121,7 +121,9 @@ def _render(project: str, doc: dict[str, Any]) -> _Rendered:
     """Every DPU asks every few seconds; a service changes far less often: its two renderings are made once
     per resourceVersion (any write makes a new one) and kept for the next DPUs that ask."""
     meta = doc["metadata"]
-    key = (project, str(meta["name"]), str(meta.get("resourceVersion")))
+    # the uid too: a resourceVersion is unique within one store only (a service deleted and made again, another
+    # store in the same process, a store restored from a backup)
+    key = (project, str(meta["name"]), f"{meta.get('uid')}@{meta.get('resourceVersion')}")
     with _LOCK:
         found = _RENDERED.get(key)
         if found is not None:
