@@ -1026,6 +1026,7 @@ class ServiceRuntime:
                 "--root",
                 str(self.runc_root),
                 "run",
+                "--keep",  # its cgroup stays until the delete below: what it died of is read there first
                 "--preserve-fds",
                 str(len(held)),
                 "--pid-file",
