@@ -54,6 +54,15 @@ def bus(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
+def _dpu_asking(api: RunningServer, classes: str, auth: Path) -> None:
+    """The DPU object, asking for these classes; once the server has written its user to ``auth``."""
+    doc = {"kind": "DPU", "metadata": {"name": f"dpu-{SERIAL.lower()}", "annotations": {CLASSES_ANNOTATION: classes}},
+           "spec": {"serialNumber": SERIAL}}  # fmt: skip
+    with api.client() as http:
+        assert http.post(f"{BASE}/dpus", json=doc).status_code == 201
+    wait_until(lambda: f"dpu-{SERIAL}" in auth.read_text(), timeout=10, what="the DPU's user in the file")
+
+
 async def _publish(url: str, user: str, password: str, messages: list[tuple[str, bytes]]) -> list[str]:
     """Publish as one DPU; what the bus said against it (a permissions violation comes asynchronously)."""
     errors: list[str] = []
@@ -93,12 +102,7 @@ def test_an_operators_bus_keeps_the_events_and_usage_published_while_the_control
         # the server writes the users the bus should know, and waits for the bus
         wait_until(auth.exists, timeout=10, what="authorization.conf written")
         assert oct(auth.stat().st_mode & 0o777) == "0o600"
-        doc = {"kind": "DPU", "metadata": {"name": f"dpu-{SERIAL.lower()}",
-                                           "annotations": {CLASSES_ANNOTATION: "events,usage,load"}},
-               "spec": {"serialNumber": SERIAL}}  # fmt: skip
-        with api.client() as http:
-            assert http.post(f"{BASE}/dpus", json=doc).status_code == 201
-        wait_until(lambda: f"dpu-{SERIAL}" in auth.read_text(), timeout=10, what="the DPU's user in the file")
+        _dpu_asking(api, "events,usage,load", auth)
         users = json.loads(auth.read_text().removeprefix("authorization: "))["users"]
         assert [u["user"] for u in users] == ["dpufleet-aggregator", f"dpu-{SERIAL}"]
 
@@ -156,12 +160,7 @@ def test_on_a_bus_without_jetstream_every_class_is_taken_in_as_it_comes(
     auth = data / "telemetry" / "bus" / "authorization.conf"
     with threaded_server(data, controllers=False, telemetry_bus=url) as api:
         plane = _plane(api)
-        doc = {"kind": "DPU", "metadata": {"name": f"dpu-{SERIAL.lower()}",
-                                           "annotations": {CLASSES_ANNOTATION: "events"}},
-               "spec": {"serialNumber": SERIAL}}  # fmt: skip
-        with api.client() as http:
-            assert http.post(f"{BASE}/dpus", json=doc).status_code == 201
-        wait_until(lambda: f"dpu-{SERIAL}" in auth.read_text(), timeout=10, what="the DPU's user in the file")
+        _dpu_asking(api, "events", auth)
         proc = subprocess.Popen(["nats-server", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(plane.connected.is_set, timeout=20, what="the aggregator on the operator's bus")

@@ -67,6 +67,7 @@ from ..api.telemetry import (
     prom_name,
     severity_rank,
 )
+from ..api.validation import field_path
 from ..drivers.redfish.events import Inbox, LogEntry
 from ..inventory.bmcs import BMCSessions
 from ..security.policy import SubAction, Verb
@@ -339,7 +340,7 @@ def _first_error(exc: ValidationError | BatchError) -> str:
     if isinstance(exc, BatchError):
         return str(exc)
     error = exc.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    where = field_path(tuple(error["loc"]))
     return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
