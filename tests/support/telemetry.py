@@ -124,11 +124,6 @@ def assign(agent: Agent, reply: dict[str, object], serial: str, service_logs: Pa
     """What Agent.run does with each reply, without starting the loop (the test drives collection)."""
     assignment = TelemetryAssignment.model_validate(reply["telemetry"])
     if agent.telemetry is None:
-        from dpufleet.agent.telemetry.collector import Telemetry
-
-        assert agent.config.state_dir is not None
-        agent.telemetry = Telemetry(
-            agent.config.root, serial, agent.config.state_dir / "telemetry", agent.config.telemetry_buffer_bytes,
-            uplink=agent.uplink_up, service_logs=service_logs,
-        )  # fmt: skip
+        agent.telemetry = agent.make_telemetry(serial, service_logs)
+        assert agent.telemetry is not None
     agent.telemetry.assign(assignment)

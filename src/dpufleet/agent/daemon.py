@@ -34,6 +34,7 @@ from .bootstrap import ZeroTouch
 from .credentials import AgentCredentials, EnrollmentOptions
 from .flavor import FlavorConfig, FlavorReconciler
 from .host_channel import HostChannelInstaller, has_boot_channels
+from .host_relay import DEFAULT_STORE_BYTES, RelayClient
 from .installer import SlotInstaller
 from .inventory import collect_inventory
 from .network import NetworkConfig, NetworkReconciler
@@ -42,6 +43,8 @@ from .telemetry.collector import DEFAULT_BUFFER_BYTES, Telemetry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
+
+    from .host_relay_server import HostRelay
 
 log = logging.getLogger(__name__)
 REPORT_PATH = "/agent/v1/report"
@@ -69,6 +72,12 @@ class AgentConfig:
     telemetry_dir: Path | None = None  # the telemetry spool (default: <state_dir>/telemetry); None without a state dir
     telemetry_buffer_bytes: int = DEFAULT_BUFFER_BYTES  # the spool's cap while the bus is unreachable
     metrics_listen: tuple[str, int] | None = None  # (host, port) of this agent's own Prometheus endpoint
+    # a host agent: serve the host relay for its DPUs here (agent/host_relay.py), fetching artifacts only from
+    # these hosts (default: the control plane's), keeping at most relay_store_bytes per DPU
+    relay_listen: tuple[str, int] | None = None
+    relay_origins: tuple[str, ...] = ()
+    relay_store_bytes: int = DEFAULT_STORE_BYTES
+    host_relay: str | None = None  # a DPU agent: its host's relay, for artifacts and telemetry when cut off
 
 
 def report_body(
@@ -121,9 +130,12 @@ class Agent:
         self.metrics_port: int | None = None  # the agent's Prometheus endpoint, once it serves (--metrics-listen)
         self._metrics_task: asyncio.Task[None] | None = None
         self._metrics_server: WSGIServer | None = None
+        self.relay: HostRelay | None = None
 
     async def aclose(self) -> None:
         await self._stop_metrics()
+        if self.relay is not None:
+            await self.relay.stop()
         if self._own:
             await self.http.aclose()
 
@@ -196,24 +208,33 @@ class Agent:
         if self.telemetry is None:
             if not assignment.classes:
                 return None
-            directory = self.config.telemetry_dir or (
-                self.config.state_dir / "telemetry" if self.config.state_dir is not None else None
-            )
-            if directory is None:
-                log.warning("telemetry asked for, but this agent has no state dir to buffer it in (--state-dir)")
+            self.telemetry = self.make_telemetry(serial)
+            if self.telemetry is None:
                 return None
-            services = self.config.services
-            self.telemetry = Telemetry(
-                self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up,
-                service_logs=services.state_dir / "logs" if services is not None else None,
-                services=lambda: self.services.instance_reports() if self.services is not None else [],
-                dataplane=lambda: self.network.dataplane_counters() if self.network is not None else None,
-            )  # fmt: skip
             started = asyncio.create_task(self.telemetry.run(stop))
             if self.config.metrics_listen is not None:
                 self._serve_metrics(self.config.metrics_listen, stop)
         self.telemetry.assign(assignment)
         return started
+
+    def make_telemetry(self, serial: str, service_logs: Path | None = None) -> Telemetry | None:
+        """The telemetry loop's state for this agent (its spool in the state dir); None without a state dir."""
+        directory = self.config.telemetry_dir or (
+            self.config.state_dir / "telemetry" if self.config.state_dir is not None else None
+        )
+        if directory is None:
+            log.warning("telemetry asked for, but this agent has no state dir to buffer it in (--state-dir)")
+            return None
+        services = self.config.services
+        if service_logs is None and services is not None:
+            service_logs = services.state_dir / "logs"
+        return Telemetry(
+            self.config.root, serial, directory, self.config.telemetry_buffer_bytes, uplink=self.uplink_up,
+            service_logs=service_logs,
+            services=lambda: self.services.instance_reports() if self.services is not None else [],
+            dataplane=lambda: self.network.dataplane_counters() if self.network is not None else None,
+            host_relay=RelayClient(self.config.host_relay, serial) if self.config.host_relay else None,
+        )  # fmt: skip
 
     def _serve_metrics(self, listen: tuple[str, int], stop: asyncio.Event) -> None:
         """This DPU's telemetry at http://HOST:PORT/metrics until the agent stops; a port taken is logged, and
@@ -292,6 +313,7 @@ class Agent:
             )
         if not await self.bootstrap(serial, stop):
             return
+        await self._start_relay(inventory)
         loop = asyncio.get_running_loop()
         next_inventory = 0.0
         failures = 0
@@ -308,6 +330,7 @@ class Agent:
                 # Re-read every heartbeat (cheap file reads): a change (a link down, a full disk, an AER
                 # error) goes out at once instead of at the next full-inventory interval.
                 inventory = await self.collect()
+                self._relay_dpus(inventory)
                 changed = inventory.fingerprint() != sent
                 reply = await self.send(inventory if due or changed else None, serial, inventory.hostname)
                 if due or changed:
@@ -342,6 +365,24 @@ class Agent:
             *self._host_service_tasks,
             return_exceptions=True,
         )
+
+    async def _start_relay(self, inventory: Inventory) -> None:
+        """A host agent told --relay-listen serves its DPUs the host relay, before anything else: a DPU cut off
+        from the network relies on it while the control plane may be away too."""
+        config = self.config
+        if config.relay_listen is None or config.role != "host" or self.relay is not None:
+            return
+        from .host_relay_server import HostRelay  # aiohttp: loaded by a host agent serving the relay, only
+
+        origins = config.relay_origins or tuple(h for h in (httpx.URL(config.server).host,) if h)
+        state = config.state_dir or config.root / "var/lib/dpufleet/agent"
+        self.relay = HostRelay(state, origins, config.relay_store_bytes)
+        self._relay_dpus(inventory)
+        await self.relay.start(*config.relay_listen)
+
+    def _relay_dpus(self, inventory: Inventory) -> None:
+        if self.relay is not None:
+            self.relay.dpus = frozenset(c.serial_number for c in inventory.dpus if c.serial_number)
 
     def _start_network(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
         """On mTLS, a DPU agent told where its Open vSwitch is programs it from the desired network."""

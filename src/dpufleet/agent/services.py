@@ -60,6 +60,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ from ..crypto.signing import (
     parse_signed_manifest,
     verify_manifest,
 )
+from .host_relay import relay_artifact_url
 from .sandbox import (
     SandboxError,
     close_all,
@@ -199,6 +201,16 @@ class ServicesConfig:
     insmod: list[str] = field(default_factory=lambda: ["insmod"])
     rmmod: list[str] = field(default_factory=lambda: ["rmmod"])
     os_root: Path = Path("/")  # proc/modules and proc/sys/kernel/random/boot_id are read under it
+    host_relay: str | None = None  # the host's relay (agent/host_relay.py): artifacts when no route to them
+
+
+def _said(resp: httpx.Response) -> str:
+    """ ": <message>" of a JSON refusal (the host relay's), else nothing."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return ""
+    return f": {body['message']}" if isinstance(body, dict) and isinstance(body.get("message"), str) else ""
 
 
 def _bare(url: str) -> str:
@@ -556,18 +568,10 @@ class ServiceRuntime:
                 return layout
             layout.parent.mkdir(parents=True, exist_ok=True)
             part = layout.parent / f"{want}.part"
-            digest = hashlib.sha256()
-            async with self._artifacts.stream("GET", url) as resp:
-                if resp.status_code >= 400:
-                    raise ValueError(f"downloading {_bare(url)} failed: HTTP {resp.status_code}")
-                with part.open("wb") as out:
-                    async for chunk in resp.aiter_bytes(1 << 16):
-                        digest.update(chunk)
-                        out.write(chunk)
-            got = digest.hexdigest()
+            got, via = await self._download(url, want, part)
             if got != want:
                 part.unlink(missing_ok=True)
-                raise ValueError(f"artifact {_bare(url)} has sha256 {got}, the service names {want}: not run")
+                raise ValueError(f"artifact {_bare(url)}{via} has sha256 {got}, the service names {want}: not run")
             if signed is not None and part.stat().st_size != signed.size:
                 size = part.stat().st_size
                 part.unlink(missing_ok=True)
@@ -581,6 +585,41 @@ class ServiceRuntime:
             await asyncio.to_thread(_extract_rootfs if native else _extract, part, layout)
             part.unlink(missing_ok=True)
             return layout
+
+    async def _download(self, url: str, want: str, part: Path) -> tuple[str, str]:
+        """The artifact into `part` from the network, or, with no route there and a host relay, through the
+        host (agent/host_relay.py); its sha256 and how it came (" through the host relay", or "")."""
+        relay = self.config.host_relay
+        if self.uplink():
+            try:
+                return await self._stream(self._artifacts.stream("GET", url), _bare(url), part), ""
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if relay is None:
+                    raise
+                log.info("artifact %s: no route (%s); asking the host relay", _bare(url), exc)
+        elif relay is None:
+            raise httpx.ConnectError("network is unreachable")
+        assert relay is not None
+        relay_url = relay_artifact_url(relay, want, url)
+        try:
+            got = await self._stream(self._artifacts.stream("GET", relay_url, timeout=600), "the host relay", part)
+        except httpx.TransportError as exc:
+            raise ValueError(f"artifact {_bare(url)}: no route to it, and the host relay {relay}: {exc}") from None
+        log.info("artifact %s: fetched through the host relay %s", _bare(url), relay)
+        return got, " (through the host relay)"
+
+    @staticmethod
+    async def _stream(request: AbstractAsyncContextManager[httpx.Response], what: str, part: Path) -> str:
+        digest = hashlib.sha256()
+        async with request as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise ValueError(f"downloading {what} failed: HTTP {resp.status_code}{_said(resp)}")
+            with part.open("wb") as out:
+                async for chunk in resp.aiter_bytes(1 << 16):
+                    digest.update(chunk)
+                    out.write(chunk)
+        return digest.hexdigest()
 
     def verify(self, desired: DesiredInstance) -> Component | None:
         """Check the artifact's signed manifest under this DPU's own trust store before anything is fetched:

@@ -270,8 +270,10 @@ class Accounting(BaseModel):
     produced: dict[str, int] = Field(default_factory=dict)
     delivered: dict[str, int] = Field(default_factory=dict)
     dropped: dict[str, dict[str, int]] = Field(default_factory=dict)  # reason -> class -> samples
-    buffered: dict[str, int] = Field(default_factory=dict)
-    bufferedBytes: int = 0
+    buffered: dict[str, int] = Field(default_factory=dict)  # on the DPU and on its host
+    bufferedBytes: int = 0  # on the DPU
+    bufferedOnHost: dict[str, int] = Field(default_factory=dict)  # the share of `buffered` its host keeps
+    bufferedOnHostBytes: int = 0
 
 
 class BusAccess(BaseModel):

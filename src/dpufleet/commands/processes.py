@@ -198,6 +198,24 @@ def agent_cmd(
         "--metrics-listen",
         help="serve this DPU's telemetry for Prometheus at http://HOST:PORT/metrics (what the control plane asked for)",
     ),
+    relay_listen: str | None = typer.Option(
+        None,
+        "--relay-listen",
+        help="--role host: serve the host relay for this host's DPUs at HOST:PORT, on the host<->DPU link "
+        "(artifacts they have no route to; their telemetry while cut off)",
+    ),
+    relay_origin: list[str] = typer.Option(
+        [], "--relay-origin", help="--relay-listen: a host the relay may fetch artifacts from [default: --server's]"
+    ),
+    relay_store_mib: int = typer.Option(
+        256, "--relay-store-mib", min=1, help="--relay-listen: the most it keeps for each DPU while cut off (MiB)"
+    ),
+    host_relay: str | None = typer.Option(
+        None,
+        "--host-relay",
+        help="--role dpu: this DPU's host relay (http://HOST:PORT): artifacts with no route to them, and "
+        "telemetry kept on the host while the bus is away",
+    ),
 ) -> None:
     """The dpufleet agent: enrolls (token or IDevID), then inventories this machine and reports it over mTLS.
 
@@ -229,14 +247,33 @@ def agent_cmd(
     if services and role != "dpu":
         raise UserError("--services: only a DPU's agent runs services (--role dpu)")
     check_trust_options(services, trusted_publishers, require_signed_services)
+    from ..api.naming import host_port
+
     listen = None
     if metrics_listen is not None:
-        from ..api.naming import host_port
-
         try:
             listen = host_port(metrics_listen)
         except ValueError as exc:
             raise UserError(f"--metrics-listen {exc}") from None
+    relay = None
+    if relay_listen is not None:
+        if role != "host":
+            raise UserError("--relay-listen: only a host's agent serves the host relay (--role host)")
+        try:
+            relay = host_port(relay_listen)
+        except ValueError as exc:
+            raise UserError(f"--relay-listen {exc}") from None
+    elif relay_origin:
+        raise UserError("--relay-origin goes with --relay-listen")
+    if host_relay is not None:
+        from ..agent.host_relay import RelayClient
+
+        if role != "dpu":
+            raise UserError("--host-relay: a DPU's agent uses its host's relay (--role dpu)")
+        try:
+            RelayClient.check_url(host_relay)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if services:
         missing = [tool for tool in ("runc", "umoci") if shutil.which(tool) is None]
         if missing:
@@ -255,11 +292,18 @@ def agent_cmd(
         state_dir=states if mtls else None,
         enrollment=EnrollmentOptions(enroll_token, idevid_cert, idevid_key, ca_file, ca_hash) if mtls else None,
         services=ServicesConfig(
-            states / "services", trusted_publishers=trusted_publishers, require_signed=require_signed_services
+            states / "services",
+            trusted_publishers=trusted_publishers,
+            require_signed=require_signed_services,
+            host_relay=host_relay,
         )
         if services and mtls
         else None,
         metrics_listen=listen,
+        relay_listen=relay,
+        relay_origins=tuple(relay_origin),
+        relay_store_bytes=relay_store_mib << 20,
+        host_relay=host_relay,
     )
     if services and not mtls:
         raise UserError(

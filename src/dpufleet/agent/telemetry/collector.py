@@ -4,27 +4,40 @@ Every sample produced is accounted for, by class: delivered (the bus acknowledge
 PING/PONG came back after it), dropped (by reason), or still buffered. The equation
 produced = delivered + dropped + buffered holds at every moment; the agent publishes its accounting on
 ``<prefix>.accounting`` after each forward.
+
+With a host relay (``--host-relay``, agent/host_relay.py) a DPU cut off from the bus moves its spooled batches
+to its host's disk, sealed, oldest first, as long as the host takes them; what the host refuses stays in the
+spool, under its policy. Back on the bus the agent forwards both in the order they were produced. A batch the
+host lost or altered is counted dropped (``lost-on-host``); one the host cannot be reached for within
+``HOST_WAIT_SECONDS`` of the bus coming back is counted dropped (``host-unreachable``) so that the newer ones
+are not held back for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ...api.telemetry import Accounting, BusAccess, Sample, TelemetryAssignment, TelemetryClass, encode_batch
+from ..host_relay import RelayClient, RelayUnavailable, Sealer
 from .base import Dataplane, InstanceStats, Sources, TelemetryPlugin, now_ns
 from .natsclient import NATS, WEBSOCKET_SCHEMES, nats
 from .plugins import DEFAULT_PLUGINS, PLUGINS
-from .spool import Spool
+from .spool import Spool, Spooled
 
 log = logging.getLogger(__name__)
 DEFAULT_BUFFER_BYTES = 8 * 1024 * 1024
 FORWARD_BATCHES = 256  # batches published before one flush (one round trip) confirms them
+HOST_WAIT_SECONDS = 300.0  # back on the bus, how long batches kept on an unreachable host hold the rest back
+ON_HOST = ".on-host.json"  # the batches kept on the host: seq, class, samples, bytes (the spool skips dot files)
 
 
 class Telemetry:
@@ -40,6 +53,7 @@ class Telemetry:
         service_logs: Path | None = None,
         services: Callable[[], Sequence[InstanceStats]] | None = None,
         dataplane: Callable[[], Dataplane | None] | None = None,
+        host_relay: RelayClient | None = None,
     ) -> None:
         unknown = [p for p in plugins if p not in PLUGINS]
         if unknown:
@@ -64,6 +78,16 @@ class Telemetry:
         self._seq = max(self.spool.next_seq(), clock_ns() // 1000)
         for entry in self.spool.recovered:  # a previous run's buffer is forwarded, and counted in this run
             self.produced[entry.cls] += entry.samples
+        self.relay = host_relay
+        self._sealer = Sealer(spool_dir / ".relay.key") if host_relay is not None else None
+        self.on_host: dict[int, Spooled] = self._load_on_host(spool_dir / ON_HOST)
+        self._orphans: list[str] = []  # host copies of batches the spool still holds (a crash mid-move)
+        in_spool = {e.seq for e in self.spool.recovered}
+        for seq in [seq for seq in self.on_host if seq in in_spool]:
+            self._orphans.append(self._name(self.on_host.pop(seq)))
+        for entry in self.on_host.values():
+            self.produced[entry.cls] += entry.samples
+        self._host_away_since: float | None = None  # back on the bus, since when the host has not answered
         self._nc: NATS | None = None
         self._bus: BusAccess | None = None
         self.wake = asyncio.Event()
@@ -117,14 +141,143 @@ class Telemetry:
         dropped: dict[str, dict[str, int]] = {}
         for (reason, cls), count in self.spool.dropped.items():
             dropped.setdefault(reason, {})[cls.value] = count
+        on_host: Counter[str] = Counter()
+        for entry in self.on_host.values():
+            on_host[entry.cls.value] += entry.samples
+        buffered = Counter({c.value: n for c, n in self.spool.buffered().items()})
+        buffered.update(on_host)
         return Accounting(
             serial=self.serial,
             produced={c.value: n for c, n in self.produced.items()},
             delivered={c.value: n for c, n in self.delivered.items()},
             dropped=dropped,
-            buffered={c.value: n for c, n in self.spool.buffered().items()},
+            buffered=dict(buffered),
             bufferedBytes=self.spool.size,
+            bufferedOnHost=dict(on_host),
+            bufferedOnHostBytes=sum(e.size for e in self.on_host.values()),
         )
+
+    # --- the host's share of the buffer ------------------------------------------------------------------
+
+    @staticmethod
+    def _load_on_host(path: Path) -> dict[int, Spooled]:
+        try:
+            rows = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            log.warning("telemetry: %s is unreadable; the batches it listed on the host are not counted", path)
+            return {}
+        kept = {}
+        for seq, cls, samples, size in rows:
+            with contextlib.suppress(ValueError):
+                kept[int(seq)] = Spooled(int(seq), TelemetryClass(cls), int(samples), int(size), path)
+        return kept
+
+    def _save_on_host(self) -> None:
+        path = self.spool.directory / ON_HOST
+        rows = [[e.seq, e.cls.value, e.samples, e.size] for e in sorted(self.on_host.values(), key=lambda e: e.seq)]
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as out:
+            out.write(json.dumps(rows))
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+
+    @staticmethod
+    def _name(entry: Spooled) -> str:
+        return f"{entry.seq}.{entry.cls.value}.{entry.samples}"
+
+    async def spill(self) -> int:
+        """Cut off from the bus: move the spool's batches to the host, oldest first, while it takes them; the
+        batches moved. Each is listed as on the host before it leaves the spool (a crash between the two sends
+        it twice, and the aggregator drops the repeat), never the other way round."""
+        if self.relay is None or self._sealer is None:
+            return 0
+        while self._orphans:
+            try:
+                await self.relay.delete(self._orphans[0])
+            except RelayUnavailable:
+                return 0
+            self._orphans.pop(0)
+        moved = 0
+        while entries := self.spool.oldest(FORWARD_BATCHES):
+            for entry in entries:
+                name = self._name(entry)
+                try:
+                    blob = self._sealer.seal(name, self.spool.read(entry))
+                    if not await self.relay.put(name, blob):
+                        return moved  # the host's cap for this DPU: the rest stays here, under the spool's policy
+                except (RelayUnavailable, OSError) as exc:
+                    log.debug("telemetry: the host relay is away (%s); batches stay on the DPU", exc)
+                    return moved
+                self.on_host[entry.seq] = Spooled(entry.seq, entry.cls, entry.samples, len(blob), entry.path)
+                self._save_on_host()
+                self.spool.forwarded([entry])
+                moved += 1
+        return moved
+
+    async def _from_host(self, entry: Spooled) -> bytes | None:
+        """A batch back from the host; None when it is lost (counted). RelayUnavailable: try again later."""
+        assert self.relay is not None and self._sealer is not None
+        name = self._name(entry)
+        blob = await self.relay.get(name)
+        if blob is not None:
+            with contextlib.suppress(ValueError):
+                return self._sealer.open(name, blob)
+            log.warning("telemetry: the host's copy of %s does not open under this DPU's key: counted lost", name)
+            with contextlib.suppress(RelayUnavailable):
+                await self.relay.delete(name)
+        else:
+            log.warning("telemetry: the host no longer has %s: counted lost", name)
+        self._lose(entry, "lost-on-host")
+        return None
+
+    def _lose(self, entry: Spooled, reason: str) -> None:
+        self.spool.dropped[(reason, entry.cls)] += entry.samples
+        self.on_host.pop(entry.seq, None)
+        self._save_on_host()
+
+    async def _next_batches(self) -> list[tuple[Spooled, bytes]]:
+        """The next batches to publish, the host's and the spool's merged in the order they were produced."""
+        local = self.spool.oldest(FORWARD_BATCHES)
+        hosted = sorted(self.on_host.values(), key=lambda e: e.seq)[:FORWARD_BATCHES]
+        merged = sorted([*local, *hosted], key=lambda e: e.seq)[:FORWARD_BATCHES]
+        out: list[tuple[Spooled, bytes]] = []
+        for entry in merged:
+            if entry.seq not in self.on_host or self.on_host[entry.seq] is not entry:
+                out.append((entry, self.spool.read(entry)))
+                continue
+            try:
+                data = await self._from_host(entry)
+            except RelayUnavailable as exc:
+                now = time.monotonic()
+                self._host_away_since = self._host_away_since or now
+                if now - self._host_away_since < HOST_WAIT_SECONDS:
+                    log.debug("telemetry: waiting for the host relay (%s)", exc)
+                    break  # what is older than the rest stays first: send nothing newer yet
+                log.warning("telemetry: the host relay has been away %.0fs: %d batches on it counted lost",
+                            HOST_WAIT_SECONDS, len(self.on_host))  # fmt: skip
+                for lost in list(self.on_host.values()):
+                    self._lose(lost, "host-unreachable")
+                break
+            self._host_away_since = None
+            if data is not None:
+                out.append((entry, data))
+        return out
+
+    async def _forwarded(self, sent: list[tuple[Spooled, bytes]]) -> None:
+        local = [e for e, _ in sent if self.on_host.get(e.seq) is not e]
+        self.spool.forwarded(local)
+        hosted = [e for e, _ in sent if self.on_host.get(e.seq) is e]
+        for entry in hosted:
+            self.on_host.pop(entry.seq, None)
+        if hosted:
+            self._save_on_host()
+            assert self.relay is not None
+            for entry in hosted:  # the host's copy is ours to remove; one left behind is only the host's disk
+                with contextlib.suppress(RelayUnavailable):
+                    await self.relay.delete(self._name(entry))
 
     async def _connection(self) -> NATS | None:
         bus = self.assignment.bus
@@ -161,25 +314,28 @@ class Telemetry:
             if self._refused != str(exc):
                 log.warning("telemetry: %s; samples stay buffered", exc)
             self._refused = str(exc)
+            await self.spill()
             return 0
         except Exception as exc:
             log.debug("telemetry bus unreachable: %s", exc)
             await self._disconnect()
+            await self.spill()
             return 0
         if nc is None or self._bus is None:
+            await self.spill()
             return 0
         prefix = self._bus.subjectPrefix
         sent = 0
         try:
             while True:
-                entries = self.spool.oldest(FORWARD_BATCHES)
-                if not entries:
+                batches = await self._next_batches()
+                if not batches:
                     break
-                for entry in entries:
-                    await nc.publish(f"{prefix}.{entry.cls.value}", self.spool.read(entry))
+                for entry, data in batches:
+                    await nc.publish(f"{prefix}.{entry.cls.value}", data)
                 await nc.flush(timeout=2)
-                self.spool.forwarded(entries)
-                for entry in entries:
+                await self._forwarded(batches)
+                for entry, _ in batches:
                     self.delivered[entry.cls] += entry.samples
                     sent += entry.samples
             await nc.publish(f"{prefix}.accounting", self.accounting().model_dump_json().encode())
@@ -202,6 +358,8 @@ class Telemetry:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop, self.wake), wait)
         await self._disconnect()
+        if self.relay is not None:
+            await self.relay.aclose()
 
     def status(self) -> dict[str, Any]:
         return self.accounting().model_dump()
