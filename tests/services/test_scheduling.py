@@ -152,3 +152,38 @@ def test_the_os_and_kernel_are_read_from_the_agents_report_trimmed() -> None:
     shape = shape_of({"agent": {"os": "  Ubuntu 22.04.4 LTS \n", "kernel": "5.15.0-1035-bluefield "}})
     assert (shape.os, shape.kernel) == ("Ubuntu 22.04.4 LTS", "5.15.0-1035-bluefield")
     assert (shape_of({}).os, shape_of({"agent": {"os": None}}).kernel) == ("", "")
+
+
+def test_required_offloads_match_the_algorithms_and_kinds_the_catalog_gives_each_model() -> None:
+    """`compatibility.offloads` against the DPU's capabilities as inventory writes them from the vendor catalog:
+    an algorithm or an accelerator kind, any case, with patterns; the first offload missing is the reason."""
+    from dpufleet.api.kinds import DPUServiceSpec
+    from dpufleet.inventory.catalog import catalog_capabilities
+    from dpufleet.services.snapshot import request_of, shape_of
+    from dpufleet.vendors import builtin_catalog
+
+    catalog = builtin_catalog()
+    models = {
+        name: catalog.models[name]
+        for name in ("nvidia-bluefield-3", "intel-ipu-e2100", "amd-pensando-dsc", "marvell-octeon-10")
+    }
+    shapes = {
+        name: shape_of({"capabilities": catalog_capabilities(m), "vendor": m.vendor}) for name, m in models.items()
+    }
+
+    def fits(*offloads: str) -> list[str]:
+        spec = DPUServiceSpec.model_validate(
+            {"artifact": {"ociArchive": {"url": "https://r.example/a.tar", "sha256": "a" * 64}},
+             "compatibility": {"offloads": list(offloads)}, "placement": {"mode": "EveryDPU"}}
+        )  # fmt: skip
+        nodes = [node(name, shape) for name, shape in shapes.items()]
+        placed = place(nodes, request_of("svc", spec), 9)
+        assert placed.report.reasons.get("missing offload", 0) == len(nodes) - len(placed.nodes)
+        return sorted(n.name for n in placed.nodes)
+
+    assert fits("nvme-of-tcp") == ["amd-pensando-dsc", "intel-ipu-e2100", "nvidia-bluefield-3"]
+    assert fits("AES-GCM-256", "p4-*") == ["amd-pensando-dsc", "intel-ipu-e2100"]
+    assert fits("regex") == ["marvell-octeon-10"]  # an accelerator kind
+    assert fits("virtio-blk") == ["nvidia-bluefield-3"]
+    assert fits("AES-GCM-256") == sorted(models)
+    assert fits("quantum-teleport") == []

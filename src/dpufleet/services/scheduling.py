@@ -39,6 +39,7 @@ INCOMPATIBLE_KERNEL = "incompatible kernel"
 OS_UNKNOWN = "OS not reported yet (no agent)"
 MISSING_CAPABILITY = "missing capability"
 MISSING_ACCELERATOR = "missing accelerator"
+MISSING_OFFLOAD = "missing offload"
 NOT_LISTED = "not listed"
 EXCLUDED = "excluded by the service"
 PREFERRED = 1000.0  # a preferred DPU outscores any spread or load difference
@@ -107,6 +108,7 @@ class Shape:
     accelerators: frozenset[str]
     os: str = ""  # as the DPU's agent reports it; "" until it has
     kernel: str = ""
+    offloads: frozenset[str] = frozenset()  # its accelerators' algorithms and kinds, lowercased
 
 
 @dataclass(slots=True)
@@ -156,6 +158,7 @@ class Request:
     accelerators: tuple[str, ...] = ()
     os: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()
+    offloads: tuple[str, ...] = ()  # lowercased patterns
     selector: Callable[[dict[str, str]], bool] | None = None
     dpus: frozenset[str] | None = None  # mode DPUs
     every: bool = False  # mode EveryDPU
@@ -207,6 +210,8 @@ def incompatibility(shape: Shape, request: Request) -> str | None:
         return MISSING_CAPABILITY
     if any(a not in shape.accelerators for a in request.accelerators):
         return MISSING_ACCELERATOR
+    if any(not any(fnmatchcase(have, want) for have in shape.offloads) for want in request.offloads):
+        return MISSING_OFFLOAD
     if request.os and not shape.os:
         return OS_UNKNOWN
     if not _matches(shape.os, request.os):

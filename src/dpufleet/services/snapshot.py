@@ -59,9 +59,13 @@ def resources_dict(res: Resources) -> dict[str, int]:
 def shape_of(status: Mapping[str, Any]) -> Shape:
     caps = status.get("capabilities") or {}
     accelerators: set[str] = set()
+    offloads: set[str] = set()
     for acc in caps.get("accelerators") or []:
         if isinstance(acc, Mapping):
             accelerators.update(str(acc[k]) for k in ("kind", "name") if acc.get(k))
+            offloads.update(str(a).strip().lower() for a in acc.get("algorithms") or [] if str(a).strip())
+            if acc.get("kind"):
+                offloads.add(str(acc["kind"]).strip().lower())
     return Shape(
         vendor=str(status.get("vendor") or ""),
         model=str(status.get("model") or ""),
@@ -70,6 +74,7 @@ def shape_of(status: Mapping[str, Any]) -> Shape:
         accelerators=frozenset(accelerators),
         os=str((status.get("agent") or {}).get("os") or "").strip(),
         kernel=str((status.get("agent") or {}).get("kernel") or "").strip(),
+        offloads=frozenset(offloads),
     )
 
 
@@ -144,6 +149,7 @@ def request_of(name: str, spec: DPUServiceSpec) -> Request:
         capabilities=tuple(compat.capabilities),
         os=tuple(compat.os),
         kernels=tuple(compat.kernels),
+        offloads=tuple(o.strip().lower() for o in compat.offloads),
         accelerators=tuple(res.accelerators),
         selector=selector.matches if selector is not None else None,
         dpus=frozenset(placement.dpus) if placement.mode == "DPUs" else None,

@@ -155,6 +155,11 @@ class ServiceCompatibility(Strict):
         default_factory=list, description="the DPU's OS as its agent reports it (e.g. 'Ubuntu 22.04*', 'Rocky*')"
     )
     kernels: list[str] = Field(default_factory=list, description="the DPU's kernel release (e.g. '5.15.*', '6.*')")
+    offloads: list[str] = Field(
+        default_factory=list,
+        description="what the DPU must offload in hardware: an accelerator's algorithm or kind from its "
+        "capabilities (e.g. AES-GCM-256, NVMe-oF-TCP, 'RoCE*', compression); patterns, matched without case",
+    )
 
 
 PlacementMode = Literal["EveryDPU", "Replicas", "DPUs"]
