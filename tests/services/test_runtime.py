@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig
+from dpufleet.agent.services import DEFAULT_CAPS, ServiceRuntime, ServicesConfig, cpulist, online_cpus
 from dpufleet.api.agent_services import EXEC_OUTPUT_BYTES, DesiredServices, ExecRequest
 from dpufleet.api.kinds import DPUServiceSpec
 from dpufleet.services.desired import desired_instance
@@ -110,6 +110,78 @@ def test_an_instance_runs_within_its_limits_isolated_with_its_files(tmp_path: Pa
             assert cgroup.read_text().strip() == "25000"
         await rt.stop_instance("web")
         assert rt.containers() == {}
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_restricted_sandbox_runs_it_as_nobody_with_no_capability_and_few_processes(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    """What a project's serviceSandboxes gives a publisher class it restricts (services/trust.py)."""
+    script = (
+        "grep -E '^(Uid|Gid|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status;"
+        "echo pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max);"
+        "cp /bin/busybox /tmp/bb 2>/dev/null && (/tmp/bb true 2>/dev/null && echo tmpexec=yes || echo tmpexec=no);"
+        "echo ready; sleep 3600"
+    )
+    item = desired_instance("tp", "tp/dpu-test", spec(image, script)).model_copy(update={"sandbox": "restricted"})
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(DesiredServices(dpu="dpu-test", instances=[item]))
+        inst, lines = await until(rt, "tp", lambda i, lines: i.phase == "Running" and "ready" in lines)
+        said = dict(line.replace(":\t", "=").split("=", 1) for line in lines if "=" in line or ":\t" in line)
+        assert said["Uid"].split()[:2] == ["65534", "65534"] and said["Gid"].split()[0] == "65534"
+        assert int(said["CapEff"], 16) == int(said["CapBnd"], 16) == int(said["CapAmb"], 16) == 0
+        assert said["NoNewPrivs"] == "1" and said["pids"] == "64"
+        assert said["tmpexec"] == "no"  # nothing it writes can be run
+        # the policy relaxed: the same revision, but the DPU restarts it with the standard sandbox
+        await rt.converge(DesiredServices(dpu="dpu-test", instances=[item.model_copy(update={"sandbox": "standard"})]))
+        inst, lines = await until(rt, "tp", lambda i, lines: i.phase == "Running" and i.restarts == 0
+                                  and any(x.startswith("Uid:\t0") for x in lines))  # fmt: skip
+        assert inst.revision == item.revision
+        await rt.shutdown()
+
+    asyncio.run(go())
+
+
+def _cpuset(service: str) -> str:
+    for where in (f"/sys/fs/cgroup/cpuset/dpufleet/dpu-test/{service}", f"/sys/fs/cgroup/dpufleet/dpu-test/{service}"):
+        path = Path(where) / "cpuset.cpus"
+        if path.exists():
+            return path.read_text().strip()
+    raise AssertionError(f"{service}: no cpuset cgroup")
+
+
+@pytest.mark.skipif(len(online_cpus()) < 2, reason="pinning a core away from the shared ones needs two")
+def test_a_pinned_instance_has_its_cores_alone_and_the_shared_ones_move_off_them(
+    tmp_path: Path, image: dict[str, str]
+) -> None:
+    """resources.pinnedCores on the DPU: the scheduler's cores as the instance's cpuset, checked in its cgroup;
+    the instances that share cores are moved off them (runc update) and back when the pinned one goes."""
+    online = online_cpus()
+    pinned_core, rest = online[-1], cpulist(online[:-1])
+    pin = desired_instance("pin", "pin/dpu-test", spec(image, "echo ready; sleep 3600", resources={"pinnedCores": 1}))
+    pin = pin.model_copy(update={"cores": [pinned_core]})
+    shared = desired_instance("shared", "shared/dpu-test", spec(image, "echo ready; sleep 3600"))
+    absent = pin.model_copy(update={"service": "absent", "instance": "absent/dpu-test", "cores": [online[-1] + 64]})
+
+    async def go() -> None:
+        rt = runtime(tmp_path)
+        await rt.converge(DesiredServices(dpu="dpu-test", instances=[shared]))
+        await until(rt, "shared", lambda i, lines: i.phase == "Running" and "ready" in lines)
+        before = _cpuset("shared")
+        await rt.converge(DesiredServices(dpu="dpu-test", instances=[pin, shared, absent]))
+        await until(rt, "pin", lambda i, lines: i.phase == "Running" and "ready" in lines)
+        assert _cpuset("pin") == str(pinned_core)
+        assert _cpuset("shared") == rest  # moved off the pinned core, not restarted
+        assert next(i for i in rt.report().instances if i.service == "shared").restarts == 0
+        inst, _ = await until(rt, "absent", lambda i, lines: i.phase == "Failed")
+        assert inst.reason == (f"its pinned cores {online[-1] + 64} are not online on this DPU "
+                               f"(online: {cpulist(online)})")  # fmt: skip
+        await rt.converge(DesiredServices(dpu="dpu-test", instances=[shared]))  # the pinned one goes
+        assert _cpuset("shared") == before == cpulist(online)
         await rt.shutdown()
 
     asyncio.run(go())

@@ -422,3 +422,46 @@ def test_a_service_waits_for_the_upgrade_of_what_it_depends_on(fleet: Store) -> 
     schedule_service(fleet, P, "top")
     upgrade = fleet.get("DPUService", "top", P)["status"]["upgrade"]
     assert upgrade["phase"] == "Waiting" and upgrade["held"] == ["dpu-0"], "top waits while base upgrades"
+
+
+def test_pinned_cores_are_whole_distinct_and_never_the_flavors_reserved_ones(store: Store) -> None:
+    """resources.pinnedCores: the scheduler picks cores no other instance of the DPU has pinned, past those
+    the flavor reserves for the OS, written with the allocation (compare-and-swap) and served to the DPU;
+    two schedulers at once never pin one core twice."""
+    from dpufleet.services.desired import desired_services
+
+    Services(store)
+    store.create({"kind": "DPUFlavor", "metadata": {"name": "os2"}, "spec": {"reservedResources": {"cpus": 2}}})
+    add_dpu(store, "dpu-p", host="h", cores=8, flavor="os2")  # cores 2..7 may be pinned
+    for name, cores in (("a", 2), ("b", 1), ("c", 1)):
+        add_service(store, name, {"replicas": 1}, resources={"pinnedCores": cores})
+    barrier = threading.Barrier(3)
+
+    def run(name: str) -> None:
+        barrier.wait()
+        schedule_service(store, P, name)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    placed = {i["service"]: i for i in store.get("DPUAllocation", "dpu-p", P)["spec"]["instances"]}
+    assert sorted(c for i in placed.values() for c in i["cores"]) == [2, 3, 4, 5]  # all distinct, none reserved
+    assert len(placed["a"]["cores"]) == 2 and placed["a"]["cpuMillicores"] == 2000
+    served = {i.service: i for i in desired_services(store, P, "dpu-p").instances}
+    assert {s: i.cores for s, i in served.items()} == {s: i["cores"] for s, i in placed.items()}
+
+    add_service(store, "d", {"replicas": 1}, resources={"pinnedCores": 3})  # two are left
+    schedule_service(store, P, "d")
+    status = store.get("DPUService", "d", P)["status"]
+    assert status["scheduled"] == 0 and status["pendingReason"] == "0/1 DPUs fit: 1 insufficient cores to pin"
+    # a shared service still fits in what is left of the CPU (6 cores less the 4 pinned)
+    add_service(store, "shared", {"replicas": 1}, resources={"cpuMillicores": 500})
+    schedule_service(store, P, "shared")
+    assert store.get("DPUService", "shared", P)["status"]["scheduled"] == 1
+
+
+def test_pinned_cores_with_a_cpu_share_is_refused_naming_the_field(fleet: Store) -> None:
+    with pytest.raises(Invalid, match=r"cpuMillicores: not with pinnedCores"):
+        add_service(fleet, "both", {"replicas": 1}, resources={"pinnedCores": 1, "cpuMillicores": 500})

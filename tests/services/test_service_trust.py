@@ -166,6 +166,45 @@ def test_a_refused_upgrade_leaves_the_instances_on_what_they_run(fleet: Store) -
     assert instance.artifact.sha256() == SHA  # the DPU is still told to run the accepted artifact
 
 
+def test_the_project_sandboxes_a_publisher_class_and_a_change_restarts_without_a_new_revision(fleet: Store) -> None:
+    from dpufleet.services.desired import desired_services
+
+    project(fleet, allowedPublisherClasses=["vendor", "third-party"], serviceSandboxes={"third-party": "restricted",
+            "unsigned": "restricted"})  # fmt: skip
+    third = signed(key=THIRD_KEY, publisher="acme", klass=PublisherClass.THIRD_PARTY)
+    assert apply(fleet, "acme-dns", artifact(manifest=third))["scheduled"] == 2
+    assert apply(fleet, "nv-dns", artifact(manifest=signed()))["scheduled"] == 2
+    assert apply(fleet, "plain", artifact())["scheduled"] == 2
+    runs = {i.service: i for i in desired_services(fleet, P, "dpu-0").instances}
+    assert {s: i.sandbox for s, i in runs.items()} == {"acme-dns": "restricted", "nv-dns": "standard",
+                                                       "plain": "restricted"}  # fmt: skip
+
+    # the policy relaxed: the same revision, but what the DPU compares a running container with changes
+    project_doc = fleet.get("Project", P, P)
+    project_doc["spec"]["serviceSandboxes"] = {}
+    fleet.update(project_doc)
+    after = {i.service: i for i in desired_services(fleet, P, "dpu-0").instances}
+    assert after["acme-dns"].sandbox == "standard" and after["acme-dns"].revision == runs["acme-dns"].revision
+    assert after["acme-dns"].runs != runs["acme-dns"].runs and after["nv-dns"].runs == runs["nv-dns"].runs
+
+    # a privileged service of a class the project restricts is refused, naming the rule
+    project_doc = fleet.get("Project", P, P)
+    project_doc["spec"].update(serviceSandboxes={"vendor": "restricted"})
+    fleet.update(project_doc)
+    status = apply(fleet, "root", artifact(manifest=signed()), privileged=True)
+    assert trusted(status)["reason"] == "ClassNotAllowed" and status["scheduled"] == 0
+    assert "runs vendor services restricted (serviceSandboxes)" in trusted(status)["message"]
+
+
+def test_a_sandbox_policy_naming_no_class_is_refused_naming_the_key(fleet: Store) -> None:
+    from dpufleet.api.errors import Invalid
+
+    with pytest.raises(Invalid, match=r"serviceSandboxes.*'thirdparty' is not a publisher class"):
+        project(fleet, serviceSandboxes={"thirdparty": "restricted"})
+    with pytest.raises(Invalid, match=r"serviceSandboxes.third-party"):
+        project(fleet, serviceSandboxes={"third-party": "locked-down"})
+
+
 def test_re_signing_an_artifact_is_not_a_new_revision() -> None:
     spec = {"artifact": artifact(manifest=signed()), "placement": {"mode": "EveryDPU"}}
     again = {**spec, "artifact": artifact(manifest=signed(size=1000))}

@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +110,8 @@ BACKOFF_MAX = 60.0
 STEADY_SECONDS = 60.0  # up this long: the next crash restarts after 1 s again
 CONTAINER_PREFIX = "dpufleet-"
 MODULE_FILE = "module.ko"
+RESTRICTED_UID = 65534  # a restricted sandbox's user and group (nobody/nogroup)
+RESTRICTED_PIDS = 64
 MODULE_WATCH_SECONDS = 2.0  # how often a loaded module is checked to be still loaded
 HANDOFF_RETRY_SECONDS = 10.0  # a failed state handoff is tried again after this long (the old instance serves)
 DEFAULT_CAPS = [
@@ -204,6 +206,37 @@ class ServicesConfig:
     host_relay: str | None = None  # the host's relay (agent/host_relay.py): artifacts when no route to them
 
 
+def online_cpus(path: Path = Path("/sys/devices/system/cpu/online")) -> list[int]:
+    """The cores this machine runs (the kernel's cpulist: `0-3,8`); [0] if it cannot tell."""
+    try:
+        return parse_cpulist(path.read_text()) or [0]
+    except (OSError, ValueError):
+        return [0]
+
+
+def parse_cpulist(text: str) -> list[int]:
+    cores: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return sorted(cores)
+
+
+def cpulist(cores: Iterable[int]) -> str:
+    """Cores in the kernel's cpulist form: 0-3,8."""
+    ordered = sorted(set(cores))
+    runs: list[str] = []
+    for index, core in enumerate(ordered):
+        if index and core == ordered[index - 1] + 1:
+            start = runs[-1].split("-")[0]
+            runs[-1] = f"{start}-{core}"
+        else:
+            runs.append(str(core))
+    return ",".join(runs)
+
+
 def _said(resp: httpx.Response) -> str:
     """ ": <message>" of a JSON refusal (the host relay's), else nothing."""
     try:
@@ -271,10 +304,12 @@ def shape_config(
     dpu: str,
     files: list[tuple[Path, str]],
     sandbox: Sandbox | None = None,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """The runtime spec of one instance: the image's config.json with the service's process, limits,
     isolation and mounts. `files` are (host path, path in the container) of the config files; `sandbox`,
-    for a handoff service, the namespace it joins and what it is handed."""
+    for a handoff service, the namespace it joins and what it is handed; `cpus`, the cpuset it runs on (its
+    pinned cores, or the cores no instance has pinned)."""
     config = json.loads(json.dumps(base))
     process = config.setdefault("process", {})
     process["terminal"] = False
@@ -291,8 +326,12 @@ def shape_config(
     env = [e for e in process.get("env") or [] if e.split("=", 1)[0] not in ours]
     process["env"] = [*env, *(f"{k}={v}" for k, v in sorted(ours.items()))]
     process["noNewPrivileges"] = not desired.privileged
-    caps = ALL_CAPS if desired.privileged else DEFAULT_CAPS
-    process["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
+    restricted = desired.sandbox == "restricted" and not desired.privileged
+    caps = ALL_CAPS if desired.privileged else () if restricted else DEFAULT_CAPS
+    sets = ("bounding", "effective", "permitted", *(("inheritable", "ambient") if restricted else ()))
+    process["capabilities"] = {k: list(caps) for k in sets}
+    if restricted:  # the project's policy for its publisher's class: nobody, with nothing
+        process["user"] = {"uid": RESTRICTED_UID, "gid": RESTRICTED_UID, "additionalGids": []}
     process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
     config["hostname"] = desired.service
     config["root"] = {"path": "rootfs", "readonly": not desired.privileged}
@@ -302,8 +341,12 @@ def shape_config(
     linux["resources"] = {
         "devices": [{"allow": False, "access": "rwm"}],
         "memory": {"limit": memory, "swap": memory},
-        "cpu": {"quota": max(1000, desired.resources.cpuMillicores * 100), "period": 100_000},
-        "pids": {"limit": 1024},
+        "cpu": {
+            "quota": max(1000, desired.resources.charged_millicores * 100),
+            "period": 100_000,
+            **({"cpus": cpus} if cpus else {}),
+        },
+        "pids": {"limit": RESTRICTED_PIDS if restricted else 1024},
     }
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if sandbox is not None:  # the service's own namespace, which outlives this container
@@ -319,10 +362,10 @@ def shape_config(
         linux.pop("seccomp", None)
     linux["namespaces"] = namespaces
     mounts = [m for m in config.get("mounts") or [] if m.get("destination") not in ("/tmp", "/run")]
+    tmpfs = ["nosuid", "nodev", *(["noexec", f"uid={RESTRICTED_UID}", f"gid={RESTRICTED_UID}"] if restricted else []),
+             "size=16m"]  # fmt: skip
     for where in ("/tmp", "/run"):
-        mounts.append(
-            {"destination": where, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=16m"]}
-        )
+        mounts.append({"destination": where, "type": "tmpfs", "source": "tmpfs", "options": list(tmpfs)})
     for source, target in files:
         mounts.append({"destination": target, "type": "bind", "source": str(source), "options": ["bind", "ro"]})
     if sandbox is not None:
@@ -336,7 +379,7 @@ def shape_config(
         )
     config["mounts"] = mounts
     annotations = config.setdefault("annotations", {})
-    annotations["io.dpufleet.revision"] = desired.revision
+    annotations["io.dpufleet.revision"] = desired.runs
     annotations["io.dpufleet.instance"] = desired.instance
     annotations["io.dpufleet.service"] = desired.service
     return config
@@ -393,6 +436,7 @@ class Instance:
     exported: StateExport | None = None  # a move: its state went to another DPU's instance; drained since
     prefetch: asyncio.Task[None] | None = None  # a move's new instance: its artifact pulled while it waits
     awaiting_state: bool = False  # ... pulled: the leaving instance may drain now
+    cpus: str | None = None  # the cpuset it was started with, or last updated to
 
     def report(self, memory: tuple[int | None, int | None], cpu_seconds: float | None = None) -> InstanceReport:
         return InstanceReport(
@@ -447,6 +491,7 @@ class ServiceRuntime:
         self._sockets: dict[str, dict[int, socket.socket]] = {}  # a handoff service's held sockets, by port
         self._handoffs: dict[str, asyncio.Task[None]] = {}
         self._handoff_retry: dict[str, float] = {}
+        self._pinned: set[int] = set()  # the cores the desired set's instances pin
         self._artifacts = httpx.AsyncClient(timeout=60, follow_redirects=True)
         self.trust = load_trust(config.trusted_publishers) if config.trusted_publishers else None
 
@@ -643,7 +688,9 @@ class ServiceRuntime:
             )
         return component
 
-    def prepare(self, desired: DesiredInstance, layout: Path, sandbox: Sandbox | None = None) -> Path:
+    def prepare(
+        self, desired: DesiredInstance, layout: Path, sandbox: Sandbox | None = None, cpus: str | None = None
+    ) -> Path:
         """The instance's runtime bundle (unpacked once per revision) with its config files written."""
         bundle = self._bundle(desired)
         if not (bundle / "rootfs").exists():
@@ -666,7 +713,7 @@ class ServiceRuntime:
             tmp.replace(bundle)
         files = self.write_files(desired)
         base = json.loads((bundle / "image-config.json").read_text())
-        config = shape_config(base, desired, self.config.dpu, files, sandbox)
+        config = shape_config(base, desired, self.config.dpu, files, sandbox, cpus)
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         return bundle
 
@@ -989,6 +1036,43 @@ class ServiceRuntime:
             if not ok:
                 log.warning("service %s: cannot unload kernel module %s: %s", inst.desired.service, module.name, said)
 
+    # --- pinned cores ----------------------------------------------------------------------------------------
+
+    def cpuset(self, desired: DesiredInstance) -> str | None:
+        """The cpuset an instance runs on: its pinned cores (each online here, else ValueError), or this
+        machine's online cores less every core an instance of the desired set pins (None when none is pinned:
+        it runs where the kernel puts it)."""
+        online = online_cpus()
+        if desired.cores:
+            missing = sorted(set(desired.cores) - set(online))
+            if missing:
+                raise ValueError(
+                    f"its pinned cores {cpulist(missing)} are not online on this DPU (online: {cpulist(online)})"
+                )
+            return cpulist(desired.cores)
+        pinned = self._pinned
+        if not pinned & set(online):
+            return None
+        shared = [c for c in online if c not in pinned]
+        return cpulist(shared or online)  # every core pinned: the shared ones still get somewhere to run
+
+    async def _reshare(self) -> None:
+        """The pinned cores changed: every running instance that shares cores moves to the new shared set."""
+        for inst in self.instances.values():
+            if inst.desired.cores or inst.pid is None or inst.desired.artifact.kernelModule is not None:
+                continue
+            want = self.cpuset(inst.desired)
+            if want == inst.cpus:
+                continue
+            every = cpulist(online_cpus())
+            done = await asyncio.to_thread(self._runc, "update", "--cpuset-cpus", want or every, inst.cid)
+            if done.returncode == 0:
+                inst.cpus = want
+                log.info("service %s: now shares cores %s", inst.desired.service, want or every)
+            else:
+                log.warning("service %s: runc update --cpuset-cpus %s: %s", inst.desired.service, want,
+                            done.stderr.strip()[:300])  # fmt: skip
+
     # --- supervision -----------------------------------------------------------------------------------------
 
     async def _supervise(self, inst: Instance, adopted_pid: int | None) -> None:
@@ -1007,7 +1091,8 @@ class ServiceRuntime:
                     if inst.state_from is not None:
                         await self._fetch_state(inst)
                     box = await asyncio.to_thread(self._sandbox, inst) if desired.handoff else None
-                    bundle = await asyncio.to_thread(self.prepare, desired, layout, box)
+                    inst.cpus = self.cpuset(desired)
+                    bundle = await asyncio.to_thread(self.prepare, desired, layout, box, inst.cpus)
                     inst.config_revision = desired.configRevision
                     code = await self._run(inst, cid, bundle)
                     if inst.state_file and not inst.stopping:  # imported once: a restart starts anew
@@ -1221,6 +1306,7 @@ class ServiceRuntime:
         """Start what is wanted and not running, stop what runs and is not wanted (or at another revision),
         and apply config-only changes in place."""
         wanted = {d.service: d for d in desired.instances}
+        self._pinned = {c for d in desired.instances for c in d.cores}
         for service in sorted(set(self.instances) - set(wanted)):
             if service not in self._handoffs:
                 await self.stop_instance(service)
@@ -1229,7 +1315,7 @@ class ServiceRuntime:
                 continue  # one handoff at a time; the next pass sees where it ended
             inst = self.instances.get(service)
             other = inst is not None and _another_service(inst.desired, want)
-            if inst is not None and (inst.desired.revision != want.revision or other):
+            if inst is not None and (inst.desired.runs != want.runs or other):
                 if not other and self._can_hand_over(inst, want):
                     if time.monotonic() >= self._handoff_retry.get(service, 0.0):
                         self._start_handoff(inst, want)
@@ -1242,7 +1328,7 @@ class ServiceRuntime:
             if inst.task is None:
                 pid = None
                 found = (adopt or {}).get(inst.cid)
-                if found and found.get("status") == "running" and _revision_of(found) == want.revision:
+                if found and found.get("status") == "running" and _revision_of(found) == want.runs:
                     pid = int(found["pid"])
                 waiting = [a for a in want.after if not self._running(a)]
                 if waiting and pid is None:  # dependsOn SameDPU: what it needs here runs first
@@ -1281,6 +1367,7 @@ class ServiceRuntime:
                         log.warning("service %s: %s; restarting it", service, inst.kill_reason)
                         await self._restart(inst, inst.cid)
             inst.desired = want
+        await self._reshare()
 
     def _running(self, service: str) -> bool:
         inst = self.instances.get(service)
@@ -1494,9 +1581,7 @@ class ServiceRuntime:
         others removed, the missing ones started, all before the control plane is asked."""
         self.desired = await asyncio.to_thread(self.load_desired)
         found = await asyncio.to_thread(self.containers)
-        wanted = {
-            instance_ids(d, self.config.dpu)[0]: d.revision for d in (self.desired.instances if self.desired else [])
-        }
+        wanted = {instance_ids(d, self.config.dpu)[0]: d.runs for d in (self.desired.instances if self.desired else [])}
         for cid, state in found.items():
             if wanted.get(cid) != _revision_of(state) or state.get("status") != "running":
                 await asyncio.to_thread(self._runc, "delete", "--force", cid)

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .kinds.core import SandboxProfile
 from .kinds.images import ConfigFile
 from .kinds.services import Artifact, ConfigReload, InstanceReport, Probes, ServiceResources, StateHandoff
 
@@ -51,6 +52,11 @@ class DesiredInstance(BaseModel):
     resources: ServiceResources = Field(default_factory=ServiceResources)
     restartPolicy: Literal["Always", "OnFailure", "Never"] = "Always"
     privileged: bool = False
+    sandbox: SandboxProfile = Field(
+        default="standard",
+        description="restricted: what the project's serviceSandboxes says for its publisher's class (Project spec)",
+    )
+    cores: list[int] = Field(default_factory=list, description="resources.pinnedCores: the cores it has alone")
     probes: Probes = Field(default_factory=Probes)
     handoff: StateHandoff | None = Field(default=None, description="upgraded by a state handoff (kinds/services.py)")
     after: list[str] = Field(default_factory=list, description="services of this DPU that must run first (SameDPU)")
@@ -64,6 +70,14 @@ class DesiredInstance(BaseModel):
     stateFrom: str | None = Field(default=None, description="start with the state the instance there exports")
     stateSha256: str | None = Field(default=None, description="that state, exported: its digest")
     stateURL: str | None = Field(default=None, description="that state, in the control plane's repository")
+
+    @property
+    def runs(self) -> str:
+        """What a running container is compared with: its revision, a sandbox other than standard and its pinned
+        cores (a project's policy that changes the sandbox, or other cores, restarts the instance, though its
+        revision is the same)."""
+        runs = self.revision if self.sandbox == "standard" else f"{self.revision}+{self.sandbox}"
+        return runs + (f"+cores={','.join(map(str, self.cores))}" if self.cores else "")
 
 
 class ExecRequest(BaseModel):

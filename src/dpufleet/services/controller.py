@@ -137,6 +137,12 @@ def commit_placement(store: Store, project: str, node: Node, request: Request) -
             return False  # another scheduler placed this service here already
         if (node.allocatable - allocation_sum(instances)).shortage(request.resources) is not None:
             return False  # what the DPU has left no longer fits it
+        if request.pinned_cores:  # the cores no instance in the record, as stored, has pinned: the lowest first
+            taken = {int(c) for i in instances for c in i.get("cores") or []}
+            free = [c for c in node.core_ids if c not in taken]
+            if len(free) < request.pinned_cores:
+                return False
+            instance["cores"] = free[: request.pinned_cores]
         doc = _allocation_doc(
             project,
             node.name,

@@ -23,7 +23,9 @@ from typing import Any
 from ..api.agent_services import DesiredInstance, DesiredServices
 from ..api.errors import NotFound
 from ..api.kinds import DPUServiceSpec
+from ..images.verify import project_spec
 from ..store.store import Store
+from .trust import publisher_class
 
 # What a revision covers: the spec's fields an instance runs with (placement, priority and the upgrade
 # strategy move no running instance).
@@ -110,6 +112,8 @@ class _Rendered:
     update: DesiredInstance
     runs_on: str  # placement.runsOn as the controller has seen it (status.runsOn): DPU or Host
     since: str  # when it became that (status.runsOnSince): reports older than that are of the last stint
+    current_class: str = "unsigned"  # the publisher class of each one's artifact (serviceSandboxes' key)
+    update_class: str = "unsigned"
 
 
 _RENDERED: OrderedDict[tuple[str, str, str], _Rendered] = OrderedDict()
@@ -140,6 +144,8 @@ def _render(project: str, doc: dict[str, Any]) -> _Rendered:
         desired_instance(key[1], "", update),
         str((doc.get("status") or {}).get("runsOn") or spec.placement.runsOn),
         str((doc.get("status") or {}).get("runsOnSince") or ""),
+        publisher_class(current),
+        publisher_class(update),
     )
     with _LOCK:
         _RENDERED[key] = rendered
@@ -170,6 +176,7 @@ def desired_services(store: Store, project: str, dpu: str, where: str = "DPU") -
     here = {str(e.get("service")) for e in status.get(RUNTIME_FIELD[where]) or []}
     there = {str(e.get("service")): e for e in status.get(RUNTIME_FIELD[other]) or []}
     instances: list[DesiredInstance] = []
+    sandboxes: dict[str, str] | None = None  # the project's serviceSandboxes, read once the first is placed
     for placed in (allocation.get("spec") or {}).get("instances") or []:
         try:
             doc = store.get("DPUService", placed["service"], project)
@@ -182,12 +189,20 @@ def desired_services(store: Store, project: str, dpu: str, where: str = "DPU") -
         moving_off = service in here and not serving(there.get(service) or {}, rendered.since)
         if rendered.runs_on != where and not moving_off:
             continue  # runs at the other place (or moves there, and serves there now)
-        chosen = rendered.current if dpu in rendered.back else rendered.update
+        held = dpu in rendered.back
+        chosen = rendered.current if held else rendered.update
         update: dict[str, Any] = {
             "service": service,
             "instance": placed["instance"],
             "serviceUID": doc["metadata"].get("uid"),
         }
+        if sandboxes is None:
+            sandboxes = dict(project_spec(store, project).get("serviceSandboxes") or {})
+        sandbox = sandboxes.get(rendered.current_class if held else rendered.update_class, "standard")
+        if sandbox != "standard":
+            update["sandbox"] = sandbox
+        if placed.get("cores"):
+            update["cores"] = [int(c) for c in placed["cores"]]
         if where == "DPU" and chosen.handoff is not None:
             update.update(_moving_state(store, project, dpu, service, placed))
         instances.append(chosen.model_copy(update=update))

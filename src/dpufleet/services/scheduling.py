@@ -40,6 +40,7 @@ OS_UNKNOWN = "OS not reported yet (no agent)"
 MISSING_CAPABILITY = "missing capability"
 MISSING_ACCELERATOR = "missing accelerator"
 MISSING_OFFLOAD = "missing offload"
+NO_PINNED_CORES = "insufficient cores to pin"
 NOT_LISTED = "not listed"
 EXCLUDED = "excluded by the service"
 PREFERRED = 1000.0  # a preferred DPU outscores any spread or load difference
@@ -126,6 +127,11 @@ class Node:
     unschedulable: bool = False
     draining: bool = False  # `dpufleet dpu drain`: its instances move elsewhere (Replicas) or stop
     max_upgrading: int | None = None  # services that may upgrade their instance here at once (None: any)
+    core_ids: tuple[int, ...] = ()  # the cores an instance may pin: the DPU's, less the flavor's reserved ones
+    pinned: set[int] = field(default_factory=set)  # those the placed instances have pinned
+
+    def free_cores(self) -> list[int]:
+        return [c for c in self.core_ids if c not in self.pinned]
 
     @property
     def free(self) -> Resources:
@@ -159,6 +165,7 @@ class Request:
     os: tuple[str, ...] = ()
     kernels: tuple[str, ...] = ()
     offloads: tuple[str, ...] = ()  # lowercased patterns
+    pinned_cores: int = 0  # whole cores it needs alone (its resources charge them as millicores too)
     selector: Callable[[dict[str, str]], bool] | None = None
     dpus: frozenset[str] | None = None  # mode DPUs
     every: bool = False  # mode EveryDPU
@@ -261,6 +268,8 @@ class Filter:
             return DEPENDENCY
         if req.max_per_host is not None and node.host is not None and self.host_counts[node.host] >= req.max_per_host:
             return HOST_SPREAD
+        if req.pinned_cores and len(node.free_cores()) < req.pinned_cores:
+            return NO_PINNED_CORES
         return node.shortage(req.resources)
 
 
@@ -282,6 +291,8 @@ def take(node: Node, request: Request) -> None:
     """Record an instance of the service on the node (the snapshot's side of a placement)."""
     node.allocated = node.allocated + request.resources
     node.services.add(request.service)
+    if request.pinned_cores:
+        node.pinned.update(node.free_cores()[: request.pinned_cores])
 
 
 def _preferred_first(nodes: list[Node], start: int, prefer: frozenset[str]) -> list[Node]:

@@ -121,7 +121,17 @@ def node_of(
         unschedulable=bool(spec.get("unschedulable")),
         draining=bool(spec.get("unschedulable")) and bool((meta.get("annotations") or {}).get(DRAIN_ANNOTATION)),
         max_upgrading=_max_upgrading(meta.get("annotations") or {}),
+        core_ids=core_ids_of(status, flavor),
+        pinned={int(c) for i in instances for c in i.get("cores") or []},
     )
+
+
+def core_ids_of(status: Mapping[str, Any], flavor: DPUFlavorSpec | None) -> tuple[int, ...]:
+    """The cores an instance may pin: the DPU's (capabilities.cpu.cores), less the first ones, which the flavor
+    reserves for the DPU's OS (reservedResources.cpus)."""
+    cores = int(((status.get("capabilities") or {}).get("cpu") or {}).get("cores") or 0)
+    reserved = flavor.reservedResources.cpus if flavor is not None else 0
+    return tuple(range(min(reserved, cores), cores))
 
 
 def _max_upgrading(annotations: Mapping[str, str]) -> int | None:
@@ -140,7 +150,7 @@ def request_of(name: str, spec: DPUServiceSpec) -> Request:
     charged = placement.runsOn == "DPU"
     return Request(
         service=name,
-        resources=Resources(res.cpuMillicores, res.memoryMiB, res.hugepagesMiB, res.storageMiB)
+        resources=Resources(res.charged_millicores, res.memoryMiB, res.hugepagesMiB, res.storageMiB)
         if charged
         else Resources(),
         vendors=tuple(compat.vendors),
@@ -150,6 +160,7 @@ def request_of(name: str, spec: DPUServiceSpec) -> Request:
         os=tuple(compat.os),
         kernels=tuple(compat.kernels),
         offloads=tuple(o.strip().lower() for o in compat.offloads),
+        pinned_cores=res.pinnedCores if charged else 0,
         accelerators=tuple(res.accelerators),
         selector=selector.matches if selector is not None else None,
         dpus=frozenset(placement.dpus) if placement.mode == "DPUs" else None,

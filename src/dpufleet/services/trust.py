@@ -10,6 +10,9 @@ artifact's. The project decides what runs (Project spec):
 - `privilegedServiceClasses` (vendor by default): a privileged service or a kernel module runs only
   when signed by a publisher of one of these classes — an unsigned one never does. (Who may *write*
   such a service is the API's rule: admins only.)
+- `serviceSandboxes` (none by default): the sandbox an accepted service's instances get on the DPU, by its
+  publisher's class or `unsigned`: `restricted` takes every capability away and runs it as nobody
+  (agent/services.py). A privileged service of a class the project restricts is refused.
 
 A refusal is a `ManifestRefused` with its reason (Unsigned, UnknownKey, BadSignature, DigestMismatch,
 ClassNotAllowed, Expired, ...). The controller shows it as the `Trusted` condition and places
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 
 from ..api.kinds import DPUServiceSpec
+from ..api.kinds.core import UNSIGNED
 from ..crypto.signing import (
     Manifest,
     ManifestRefused,
@@ -36,17 +40,29 @@ from ..store.store import Store
 ARTIFACT_COMPONENT = "artifact"
 
 
-def _project_rules(store: Store, project: str) -> tuple[bool, set[PublisherClass]]:
+def _project_rules(store: Store, project: str) -> tuple[bool, set[PublisherClass], dict[str, str]]:
     spec = project_spec(store, project)
     privileged = spec.get("privilegedServiceClasses", [PublisherClass.VENDOR])
-    return bool(spec.get("requireSignedServices")), {PublisherClass(c) for c in privileged}
+    sandboxes = {str(k): str(v) for k, v in (spec.get("serviceSandboxes") or {}).items()}
+    return bool(spec.get("requireSignedServices")), {PublisherClass(c) for c in privileged}, sandboxes
+
+
+def publisher_class(spec: DPUServiceSpec) -> str:
+    """The class the artifact's manifest names (verified before anything is placed), or `unsigned`."""
+    signed = spec.artifact.signedManifest
+    if signed is None:
+        return UNSIGNED
+    try:
+        return str(parse_signed_manifest(json.dumps(signed)).manifest.publisher.publisherClass)
+    except ManifestRefused:
+        return UNSIGNED  # never placed (the controller refused it); the strictest reading all the same
 
 
 def verify_service_artifact(store: Store, project: str, name: str, spec: DPUServiceSpec) -> Manifest | None:
     """The verified manifest; None for an unsigned artifact the project accepts; else ManifestRefused."""
     artifact = spec.artifact
     label = f"dpuservice {name!r}"
-    require_signed, privileged_classes = _project_rules(store, project)
+    require_signed, privileged_classes, sandboxes = _project_rules(store, project)
     privileged = spec.privileged or artifact.kernelModule is not None
     what = "a kernel module" if artifact.kernelModule is not None else "privileged"
     if artifact.signedManifest is None:
@@ -78,5 +94,11 @@ def verify_service_artifact(store: Store, project: str, name: str, spec: DPUServ
             RefusalReason.CLASS_NOT_ALLOWED,
             f"{label} is {what}; project {project} lets only {', '.join(sorted(privileged_classes)) or 'no'} "
             f"publishers run that, not {manifest.publisher.publisherClass} ({manifest.publisher.name})",
+        )
+    cls = str(manifest.publisher.publisherClass)
+    if spec.privileged and sandboxes.get(cls, "standard") != "standard":
+        raise ManifestRefused(
+            RefusalReason.CLASS_NOT_ALLOWED,
+            f"{label} is privileged, but project {project} runs {cls} services {sandboxes[cls]} (serviceSandboxes)",
         )
     return manifest

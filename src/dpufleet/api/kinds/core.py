@@ -57,6 +57,11 @@ class Event(Resource):
 
 
 DEFAULT_PUBLISHER_CLASSES = [PublisherClass.VENDOR, PublisherClass.OFFICIAL]
+# How a service's instances are sandboxed on the DPU (agent/services.py shape_config): standard (its own
+# namespaces, a read-only root, a seccomp filter, 8 capabilities) or restricted (that, and no capability at all,
+# the unprivileged user 65534, at most 64 processes, nothing executable in /tmp and /run).
+SandboxProfile = Literal["standard", "restricted"]
+UNSIGNED = "unsigned"  # serviceSandboxes' key for an artifact with no signed manifest
 
 
 class DriftPolicy(StrEnum):
@@ -82,11 +87,25 @@ class ProjectSpec(Strict):
         description="publisher classes whose signed services may run privileged or load a kernel module here "
         "(unsigned ones never do)",
     )
+    serviceSandboxes: dict[str, SandboxProfile] = Field(
+        default_factory=dict,
+        description="the sandbox a service's instances get, by its artifact's publisher class (vendor, official, "
+        "third-party, private) or `unsigned`; a class not named gets standard",
+    )
     driftPolicy: DriftPolicy = Field(
         default=DriftPolicy.REPORT,
         description="a DPU changed through its BMC to versions no accepted image runs: report it, or revert "
         "it to spec.image",
     )
+
+    @field_validator("serviceSandboxes")
+    @classmethod
+    def _sandbox_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        known = [c.value for c in PublisherClass] + [UNSIGNED]
+        for key in value:
+            if key not in known:
+                raise ValueError(f"{key!r} is not a publisher class or {UNSIGNED!r} (one of {', '.join(known)})")
+        return value
 
 
 # --- Publisher --------------------------------------------------------------------------------------------

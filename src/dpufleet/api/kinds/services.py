@@ -132,14 +132,36 @@ class ServiceConfig(Strict):
 # --- resources, compatibility, placement ------------------------------------------------------------------------
 
 
+DEFAULT_CPU_MILLICORES = 100
+
+
 class ServiceResources(Strict):
     """What one instance takes from its DPU. Accelerators are named as in the DPU's capabilities."""
 
-    cpuMillicores: int = Field(default=100, ge=1, le=1_000_000)
+    cpuMillicores: int = Field(default=DEFAULT_CPU_MILLICORES, ge=1, le=1_000_000)
+    pinnedCores: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="whole cores for this instance alone (a cpuset the scheduler picks on the DPU); 0: it shares "
+        "the cores no instance has pinned, within cpuMillicores",
+    )
     memoryMiB: int = Field(default=64, ge=1)
     hugepagesMiB: int = Field(default=0, ge=0)
     storageMiB: int = Field(default=0, ge=0)
     accelerators: list[str] = Field(default_factory=list, description="kinds or names, e.g. crypto, regex")
+
+    @model_validator(mode="after")
+    def _pinned_or_shared(self) -> ServiceResources:
+        # (the stored spec carries the default share: that one, or the pinned cores' own figure, is not a share)
+        if self.pinnedCores and self.cpuMillicores not in (DEFAULT_CPU_MILLICORES, self.pinnedCores * 1000):
+            raise ValueError("cpuMillicores: not with pinnedCores (an instance with pinned cores has them whole)")
+        return self
+
+    @property
+    def charged_millicores(self) -> int:
+        """What the instance takes of the DPU's CPU: its pinned cores whole, else its share."""
+        return self.pinnedCores * 1000 if self.pinnedCores else self.cpuMillicores
 
 
 class ServiceCompatibility(Strict):
@@ -576,6 +598,7 @@ class Allocation(Strict):
     hugepagesMiB: int = Field(default=0, ge=0)
     storageMiB: int = Field(default=0, ge=0)
     accelerators: list[str] = Field(default_factory=list)
+    cores: list[int] = Field(default_factory=list, description="pinnedCores: the DPU's cores it has alone")
     priority: int = Field(default=0, ge=0, description="the service's priority when placed (what preemption weighs)")
     # a move between DPUs with a state handoff (services/controller.py `_state_moves`)
     stateTo: Name | None = Field(default=None, description="leaving: its state goes to this DPU's new instance")
