@@ -465,3 +465,20 @@ def test_pinned_cores_are_whole_distinct_and_never_the_flavors_reserved_ones(sto
 def test_pinned_cores_with_a_cpu_share_is_refused_naming_the_field(fleet: Store) -> None:
     with pytest.raises(Invalid, match=r"cpuMillicores: not with pinnedCores"):
         add_service(fleet, "both", {"replicas": 1}, resources={"pinnedCores": 1, "cpuMillicores": 500})
+
+
+def test_a_resize_of_pinned_cores_keeps_the_ones_it_has_and_releases_them_when_it_shares(fleet: Store) -> None:
+    add_service(fleet, "fw", {"mode": "DPUs", "dpus": ["dpu-0"]}, resources={"pinnedCores": 1})
+    schedule_service(fleet, P, "fw")
+
+    def cores() -> list[int]:
+        record = fleet.get("DPUAllocation", "dpu-0", P)["spec"]["instances"]
+        return list(next(i for i in record if i["service"] == "fw").get("cores") or [])
+
+    (first,) = cores()
+    fleet.patch("DPUService", "fw", {"spec": {"resources": {"pinnedCores": 3}}}, P)
+    schedule_service(fleet, P, "fw")
+    assert len(cores()) == 3 and first in cores()  # the core it runs on stays its own
+    fleet.patch("DPUService", "fw", {"spec": {"resources": {"pinnedCores": 0, "cpuMillicores": 500}}}, P)
+    schedule_service(fleet, P, "fw")
+    assert cores() == []

@@ -194,6 +194,12 @@ def test_the_project_sandboxes_a_publisher_class_and_a_change_restarts_without_a
     status = apply(fleet, "root", artifact(manifest=signed()), privileged=True)
     assert trusted(status)["reason"] == "ClassNotAllowed" and status["scheduled"] == 0
     assert "runs vendor services restricted (serviceSandboxes)" in trusted(status)["message"]
+    module = {
+        "kernelModule": {"url": "http://127.0.0.1:9/m.ko", "sha256": SHA, "name": "m"},
+        "signedManifest": signed(),
+    }
+    status = apply(fleet, "km", module)
+    assert "is a kernel module, but project default runs vendor services restricted" in trusted(status)["message"]
 
 
 def test_a_sandbox_policy_naming_no_class_is_refused_naming_the_key(fleet: Store) -> None:

@@ -18,7 +18,7 @@ from tests.support.net import wait_until
 from tests.support.telemetry import Plane, assign, report, telemetry_plane
 
 from dpufleet.agent.daemon import Agent, AgentConfig
-from dpufleet.agent.host_relay import RelayClient
+from dpufleet.agent.host_relay import RelayClient, RelayUnavailable
 from dpufleet.agent.host_relay_server import HostRelay
 from dpufleet.api.telemetry import Accounting, TelemetryClass
 from dpufleet.sim.fleet import build_fleet
@@ -142,10 +142,11 @@ def test_the_host_relay_refuses_a_dpu_it_does_not_carry_and_a_bad_name(tmp_path:
         stranger = RelayClient(base, "MT9999")
         mine = RelayClient(base, "MT0001")
         try:
-            resp = await stranger._call("PUT", stranger._store("1.load.3"), b"x")
-            assert resp.status_code == 404 and "carries no DPU MT9999" in resp.json()["message"]
+            with pytest.raises(RelayUnavailable, match=r"HTTP 403 .*carries no DPU MT9999"):
+                await stranger.put("1.load.3", b"x")  # not "gone": the host may not list it yet
+            assert await RelayClient(base, "mt0001").names() == []  # a serial's case is not its identity
             resp = await mine._call("PUT", mine._store("..%2Fescape"), b"x")
-            assert resp.status_code in (400, 404)
+            assert resp.status_code in (400, 404)  # a name that is no batch's, never a path
             resp = await mine._call("PUT", mine._store("1.load"), b"x")
             assert resp.status_code == 400 and resp.json()["message"].startswith("name:")
             assert await mine.put("1.load.3", b"a" * 1000)
@@ -181,7 +182,7 @@ def test_a_host_agent_serves_the_relay_for_exactly_the_dpus_its_host_carries(tmp
                 assert resp.status_code == 200 and resp.json()["items"] == []
                 other = sim.hosts[1].dpus[0].serial
                 resp = await http.get(f"http://127.0.0.1:{agent.relay.port}/relay/v1/store/{other}")
-                assert resp.status_code == 404
+                assert resp.status_code == 403
         finally:
             await agent.aclose()
 
@@ -205,3 +206,41 @@ def test_bad_relay_options_are_refused_naming_the_option(tmp_path: Path, args: l
     )  # fmt: skip
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(said), proc.stderr
+
+
+def test_an_agent_started_without_its_relay_counts_what_the_host_kept_as_lost_and_numbers_above_it(
+    tmp_path: Path,
+) -> None:
+    from dpufleet.agent.telemetry.collector import Telemetry
+    from dpufleet.api.telemetry import BusAccess, TelemetryAssignment
+
+    (tmp_path / "root/proc").mkdir(parents=True)
+    (tmp_path / "root/proc/loadavg").write_text("0.10 0.20 0.30 1/100 1\n")
+    bus = BusAccess(url="nats://127.0.0.1:9", user="u", password="p", subjectPrefix="dpufleet.tm.default.MT1")
+    assignment = TelemetryAssignment(classes=[TelemetryClass.LOAD], bus=bus)
+
+    async def scenario() -> None:
+        relay = HostRelay(tmp_path / "host", ["127.0.0.1"])
+        relay.dpus = frozenset({"MT1"})
+        await relay.start("127.0.0.1", 0)
+        client = RelayClient(f"http://127.0.0.1:{relay.port}", "MT1")
+        try:
+            first = Telemetry(tmp_path / "root", "MT1", tmp_path / "spool", host_relay=client, uplink=lambda: False)
+            first.assign(assignment)
+            produced = sum(first.collect_once() for _ in range(3))
+            assert await first.forward() == 0 and first.spool.oldest(1) == []  # all of it on the host
+            kept = dict(first.accounting().bufferedOnHost)
+            assert sum(kept.values()) == produced
+            top = max(first.on_host)
+        finally:
+            await client.aclose()
+            await relay.stop()
+        # started again without --host-relay (and a clock gone back): the host's batches are counted lost
+        again = Telemetry(tmp_path / "root", "MT1", tmp_path / "spool", clock_ns=lambda: 0)
+        acc = again.accounting()
+        assert acc.dropped == {"host-unreachable": kept} and acc.produced == kept and acc.buffered == {}
+        again.assign(assignment)
+        again.collect_once()
+        assert again.spool.oldest(1)[0].seq > top  # never a seq the aggregator may hold already
+
+    asyncio.run(scenario())

@@ -330,6 +330,7 @@ class Agent:
                 # Re-read every heartbeat (cheap file reads): a change (a link down, a full disk, an AER
                 # error) goes out at once instead of at the next full-inventory interval.
                 inventory = await self.collect()
+                await self._start_relay(inventory)
                 self._relay_dpus(inventory)
                 changed = inventory.fingerprint() != sent
                 reply = await self.send(inventory if due or changed else None, serial, inventory.hostname)
@@ -376,9 +377,15 @@ class Agent:
 
         origins = config.relay_origins or tuple(h for h in (httpx.URL(config.server).host,) if h)
         state = config.state_dir or config.root / "var/lib/dpufleet/agent"
-        self.relay = HostRelay(state, origins, config.relay_store_bytes)
+        relay = HostRelay(state, origins, config.relay_store_bytes)
+        self.relay = relay
         self._relay_dpus(inventory)
-        await self.relay.start(*config.relay_listen)
+        try:
+            await relay.start(*config.relay_listen)
+        except OSError as exc:  # the link's address not up yet at boot, or the port taken: tried again next report
+            log.error("--relay-listen %s:%d: %s; trying again at the next report", *config.relay_listen, exc)
+            await relay.stop()
+            self.relay = None
 
     def _relay_dpus(self, inventory: Inventory) -> None:
         if self.relay is not None:

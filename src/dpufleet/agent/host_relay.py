@@ -106,7 +106,8 @@ class RelayClient:
             resp = await self._http.request(method, url, content=content)
         except httpx.HTTPError as exc:
             raise RelayUnavailable(f"the host relay at {self.url}: {exc or type(exc).__name__}") from None
-        if resp.status_code >= 500 and resp.status_code != 507:
+        if (resp.status_code >= 500 and resp.status_code != 507) or resp.status_code == 403:
+            # 403: the host does not (yet) list this DPU among its own: nothing it keeps is known lost
             raise RelayUnavailable(f"the host relay at {self.url}: HTTP {resp.status_code} {resp.text[:200]}")
         return resp
 

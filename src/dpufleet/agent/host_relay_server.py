@@ -161,12 +161,13 @@ class HostRelay:
         serial = request.match_info["serial"]
         if not SERIAL_RE.match(serial):
             return _refuse(400, "Invalid", f"serial: {serial[:80]!r} is not a DPU serial number")
-        if serial not in self.dpus:
-            return _refuse(404, "NotFound", f"serial: this host carries no DPU {serial}")
+        if serial.upper() not in {d.upper() for d in self.dpus}:  # (a serial's case is not its identity)
+            # not 404: a DPU must not take this for "the batch is gone" (its inventory may be a moment behind)
+            return _refuse(403, "NotCarried", f"serial: this host carries no DPU {serial} (its inventory)")
         name = request.match_info.get("name")
         if name is not None and not NAME_RE.match(name):
             return _refuse(400, "Invalid", f"name: {name[:80]!r} is not <seq>.<class>.<samples>")
-        return self.root / "store" / serial
+        return self.root / "store" / serial.upper()
 
     @staticmethod
     def _used(directory: Path) -> int:

@@ -206,6 +206,13 @@ class ServicesConfig:
     host_relay: str | None = None  # the host's relay (agent/host_relay.py): artifacts when no route to them
 
 
+def _own(path: Path, desired: DesiredInstance) -> None:
+    """A restricted instance runs as nobody: what it must read or write of its own is made nobody's."""
+    if desired.sandbox == "restricted" and not desired.privileged:
+        with contextlib.suppress(PermissionError):  # (an unprivileged agent, in tests: nothing to give away)
+            os.chown(path, RESTRICTED_UID, RESTRICTED_UID)
+
+
 def online_cpus(path: Path = Path("/sys/devices/system/cpu/online")) -> list[int]:
     """The cores this machine runs (the kernel's cpulist: `0-3,8`); [0] if it cannot tell."""
     try:
@@ -646,8 +653,9 @@ class ServiceRuntime:
             raise httpx.ConnectError("network is unreachable")
         assert relay is not None
         relay_url = relay_artifact_url(relay, want, url)
-        try:
-            got = await self._stream(self._artifacts.stream("GET", relay_url, timeout=600), "the host relay", part)
+        try:  # not following redirects: the host must not send the DPU's request anywhere else
+            request = self._artifacts.stream("GET", relay_url, timeout=600, follow_redirects=False)
+            got = await self._stream(request, "the host relay", part)
         except httpx.TransportError as exc:
             raise ValueError(f"artifact {_bare(url)}: no route to it, and the host relay {relay}: {exc}") from None
         log.info("artifact %s: fetched through the host relay %s", _bare(url), relay)
@@ -730,6 +738,7 @@ class ServiceRuntime:
                 f.truncate()
                 f.write(spec.content)
             path.chmod(int(spec.mode, 8))
+            _own(path, desired)
             mounts.append((path, spec.path))
         return mounts
 
@@ -751,6 +760,9 @@ class ServiceRuntime:
             held.update(listening_sockets(netns, missing))
         where = self._handoff_dir(inst.cid)
         where.mkdir(parents=True, exist_ok=True)
+        _own(where, desired)  # its control socket and state are made there by the service itself
+        if (where / "state").exists():
+            _own(where / "state", desired)
         return Sandbox(netns, len(desired.handoff.listen), where, inst.state_file)
 
     def _take_sockets(self, inst: Instance) -> None:

@@ -51,7 +51,18 @@ from ..store.reads import Change
 from ..store.store import Store
 from .admission import dependency_graph
 from .desired import RUNTIME_FIELD, revisions, serving, template_of
-from .scheduling import Node, Placed, Request, Resources, Shape, Victim, find_cycle, place, preemption_plan
+from .scheduling import (
+    NO_PINNED_CORES,
+    Node,
+    Placed,
+    Request,
+    Resources,
+    Shape,
+    Victim,
+    find_cycle,
+    place,
+    preemption_plan,
+)
 from .snapshot import DRAIN_ANNOTATION, allocation_sum, node_of, request_of, request_resources, resources_dict
 from .trust import verify_service_artifact
 from .upgrade import Seen, Step, advance, expected_revision
@@ -172,13 +183,23 @@ def recharge(store: Store, project: str, node: Node, request: Request) -> bool |
             return None
         instances = list(current.get("spec", {}).get("instances") or [])
         mine = next((i for i in instances if i["service"] == request.service), None)
-        if mine is None or request_resources(mine) == request.resources:
+        if mine is None:
+            return None
+        cores = [int(c) for c in mine.get("cores") or []]
+        if request_resources(mine) == request.resources and len(cores) == request.pinned_cores:
             return None
         others = [i for i in instances if i is not mine]
         short = (node.allocatable - allocation_sum(others)).shortage(request.resources)
         if short is not None:
             return short
         changed = {**mine, **resources_dict(request.resources)}
+        changed.pop("cores", None)
+        if request.pinned_cores:  # its cores again: those it has first, then the lowest no other instance pins
+            taken = {int(c) for i in others for c in i.get("cores") or []}
+            free = [c for c in cores if c in node.core_ids] + [c for c in node.core_ids if c not in taken | set(cores)]
+            if len(free) < request.pinned_cores:
+                return NO_PINNED_CORES
+            changed["cores"] = sorted(free[: request.pinned_cores])
         doc = _allocation_doc(
             project,
             node.name,

@@ -96,9 +96,9 @@ def verify_service_artifact(store: Store, project: str, name: str, spec: DPUServ
             f"publishers run that, not {manifest.publisher.publisherClass} ({manifest.publisher.name})",
         )
     cls = str(manifest.publisher.publisherClass)
-    if spec.privileged and sandboxes.get(cls, "standard") != "standard":
+    if privileged and sandboxes.get(cls, "standard") != "standard":
         raise ManifestRefused(
             RefusalReason.CLASS_NOT_ALLOWED,
-            f"{label} is privileged, but project {project} runs {cls} services {sandboxes[cls]} (serviceSandboxes)",
+            f"{label} is {what}, but project {project} runs {cls} services {sandboxes[cls]} (serviceSandboxes)",
         )
     return manifest

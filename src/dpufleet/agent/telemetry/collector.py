@@ -73,21 +73,28 @@ class Telemetry:
         # the latest value of each series (a measurement, not an event or a log line), for the agent's own
         # Prometheus endpoint: (name, attributes) -> (value, taken in ms, unit)
         self.latest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, int, str]] = {}
-        # seq rises by one per batch from the clock's microseconds at start: a restarted agent's batches stay above
-        # the ones the aggregator took before (it drops a seq not above the last as a repeat)
-        self._seq = max(self.spool.next_seq(), clock_ns() // 1000)
         for entry in self.spool.recovered:  # a previous run's buffer is forwarded, and counted in this run
             self.produced[entry.cls] += entry.samples
         self.relay = host_relay
         self._sealer = Sealer(spool_dir / ".relay.key") if host_relay is not None else None
         self.on_host: dict[int, Spooled] = self._load_on_host(spool_dir / ON_HOST)
-        self._orphans: list[str] = []  # host copies of batches the spool still holds (a crash mid-move)
+        self._orphans: list[str] = []  # host copies this DPU does not list (a crash mid-move, a failed delete)
+        self._reconciled = False  # this cut's first spill has compared the host's list with ours
         in_spool = {e.seq for e in self.spool.recovered}
         for seq in [seq for seq in self.on_host if seq in in_spool]:
             self._orphans.append(self._name(self.on_host.pop(seq)))
         for entry in self.on_host.values():
             self.produced[entry.cls] += entry.samples
         self._host_away_since: float | None = None  # back on the bus, since when the host has not answered
+        above = max(self.on_host, default=-1) + 1
+        if host_relay is None and self.on_host:  # the relay was taken away: what it kept is not coming back
+            log.warning("telemetry: %d batches listed on the host, and no --host-relay: counted lost",
+                        len(self.on_host))  # fmt: skip
+            self._lose_all(list(self.on_host.values()), "host-unreachable")
+        # seq rises by one per batch from the clock's microseconds at start, and above every batch still kept
+        # (here or on the host): a restarted agent's batches stay above the ones the aggregator took before (it
+        # drops a seq not above the last as a repeat), even on a DPU whose clock went back
+        self._seq = max(self.spool.next_seq(), above, clock_ns() // 1000)
         self._nc: NATS | None = None
         self._bus: BusAccess | None = None
         self.wake = asyncio.Event()
@@ -192,8 +199,16 @@ class Telemetry:
         """Cut off from the bus: move the spool's batches to the host, oldest first, while it takes them; the
         batches moved. Each is listed as on the host before it leaves the spool (a crash between the two sends
         it twice, and the aggregator drops the repeat), never the other way round."""
+        self._host_away_since = None  # off the bus again: the wait for the host starts anew when it is back
         if self.relay is None or self._sealer is None:
             return 0
+        if not self._reconciled:  # once per cut: what the host keeps that this DPU does not list goes
+            try:
+                known = {self._name(e) for e in self.on_host.values()}
+                self._orphans.extend(n for n in await self.relay.names() if n not in known)
+            except RelayUnavailable:
+                return 0
+            self._reconciled = True
         while self._orphans:
             try:
                 await self.relay.delete(self._orphans[0])
@@ -234,8 +249,12 @@ class Telemetry:
         return None
 
     def _lose(self, entry: Spooled, reason: str) -> None:
-        self.spool.dropped[(reason, entry.cls)] += entry.samples
-        self.on_host.pop(entry.seq, None)
+        self._lose_all([entry], reason)
+
+    def _lose_all(self, entries: list[Spooled], reason: str) -> None:
+        for entry in entries:
+            self.spool.dropped[(reason, entry.cls)] += entry.samples
+            self.on_host.pop(entry.seq, None)
         self._save_on_host()
 
     async def _next_batches(self) -> list[tuple[Spooled, bytes]]:
@@ -258,8 +277,8 @@ class Telemetry:
                     break  # what is older than the rest stays first: send nothing newer yet
                 log.warning("telemetry: the host relay has been away %.0fs: %d batches on it counted lost",
                             HOST_WAIT_SECONDS, len(self.on_host))  # fmt: skip
-                for lost in list(self.on_host.values()):
-                    self._lose(lost, "host-unreachable")
+                self._lose_all(list(self.on_host.values()), "host-unreachable")
+                self._host_away_since = None
                 break
             self._host_away_since = None
             if data is not None:
@@ -335,6 +354,7 @@ class Telemetry:
                     await nc.publish(f"{prefix}.{entry.cls.value}", data)
                 await nc.flush(timeout=2)
                 await self._forwarded(batches)
+                self._reconciled = False
                 for entry, _ in batches:
                     self.delivered[entry.cls] += entry.samples
                     sent += entry.samples
