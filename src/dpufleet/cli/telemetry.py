@@ -79,11 +79,15 @@ def watch(
 
 @telemetry_app.command("accounting")
 def accounting(ctx: typer.Context, project: str | None = _PROJECT) -> None:
-    """Per DPU and class: samples produced, delivered to the bus, dropped (by reason), still buffered."""
+    """Per DPU and class: samples produced, delivered to the bus, dropped (by reason), still buffered (ON-HOST:
+    the part its host keeps)."""
     config = options(ctx).config(project)
     with Client.from_config(config) as client:
         items = client.telemetry_accounting(config.project)
-    print(f"{'DPU':<28} {'CLASS':<14} {'PRODUCED':>9} {'DELIVERED':>9} {'DROPPED':>8} {'BUFFERED':>8} {'RECEIVED':>8}")
+    print(
+        f"{'DPU':<28} {'CLASS':<14} {'PRODUCED':>9} {'DELIVERED':>9} {'DROPPED':>8} {'BUFFERED':>8} {'ON-HOST':>8} "
+        f"{'RECEIVED':>8}"
+    )
     for item in items:
         agent = item.get("agent") or {}
         produced: dict[str, int] = agent.get("produced") or {}
@@ -91,7 +95,8 @@ def accounting(ctx: typer.Context, project: str | None = _PROJECT) -> None:
             dropped = sum((by.get(cls, 0) for by in (agent.get("dropped") or {}).values()), 0)
             print(
                 f"{item['dpu']:<28} {cls:<14} {produced.get(cls, 0):>9} {(agent.get('delivered') or {}).get(cls, 0):>9} "
-                f"{dropped:>8} {(agent.get('buffered') or {}).get(cls, 0):>8} {(item.get('received') or {}).get(cls, 0):>8}"
+                f"{dropped:>8} {(agent.get('buffered') or {}).get(cls, 0):>8} "
+                f"{(agent.get('bufferedOnHost') or {}).get(cls, 0):>8} {(item.get('received') or {}).get(cls, 0):>8}"
             )
 
 

@@ -89,6 +89,12 @@ def up_cmd(
         False, "--services", help="run the services placed on DPUs as real containers with runc (root)"
     ),
     services_dpus: int = typer.Option(1, "--services-dpus", min=1, help="with --services: how many DPUs run them"),
+    host_relay: bool = typer.Option(
+        False,
+        "--host-relay",
+        help="every host agent serves its DPUs the host relay: artifacts they have no route to, and their "
+        "telemetry kept on the host while they are cut off",
+    ),
     trusted_publishers: Path | None = typer.Option(
         None,
         "--trusted-publishers",
@@ -159,6 +165,7 @@ def up_cmd(
         services_dpus=services_dpus,
         services_trusted_publishers=trusted_publishers,
         services_require_signed=require_signed_services,
+        host_relay=host_relay,
     )
 
     async def main() -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,9 @@ class SimOptions:
     services_interval: float = 2.0
     services_trusted_publishers: Path | None = None  # each runtime's trust store (agent --trusted-publishers)
     services_require_signed: bool = False
+    # The host relay (agent/host_relay.py): every host agent serves one on a port of its own on listen_host, and
+    # its DPUs' agents use it (artifacts they cannot reach, telemetry while they are cut off from the bus)
+    host_relay: bool = False
 
 
 @dataclass
@@ -286,6 +290,21 @@ class SimAgent(Agent):
         return await super().send(inventory, serial, hostname)
 
 
+def _wire_host_relays(configs: list[tuple[AgentConfig, SimDPU | SimHost]], listen_host: str) -> None:
+    """Each host agent (on mTLS) serves its host relay on a free port; its DPUs' agents are told where."""
+    for config, device in configs:
+        if not isinstance(device, SimHost) or config.state_dir is None:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((listen_host, 0))
+            port = int(probe.getsockname()[1])
+        config.relay_listen = (listen_host, port)
+        carried = {d.id for d in device.dpus}
+        for dpu_config, dpu in configs:
+            if isinstance(dpu, SimDPU) and dpu.id in carried:
+                dpu_config.host_relay = f"http://{listen_host}:{port}"
+
+
 def _agent_config(
     options: SimOptions, info: dict[str, Any] | None, ca_file: Path | None, root: Path, role: str, serial: str
 ) -> AgentConfig:
@@ -423,6 +442,8 @@ async def run_sim(
                 # refused until discovery has made their objects, would retry thousands of times a second
                 # and starve the BMCs that discovery reads (one event loop): at most ~200 retries a second.
                 retry_floor = max(SimAgent.POLL_SECONDS, len(configs) / 200)
+                if options.host_relay:
+                    _wire_host_relays(configs, options.listen_host)
                 for config, device in configs:
                     plane = running.data_planes.get(device.id)
                     if plane is not None and config.state_dir is not None:
@@ -443,6 +464,7 @@ async def run_sim(
                             insmod=[*emulated_kernel(config.root), "insmod"],
                             rmmod=[*emulated_kernel(config.root), "rmmod"],
                             os_root=config.root,
+                            host_relay=config.host_relay,
                         )
                     restart = _restart_of(fleet, device)
                     agent = SimAgent(
