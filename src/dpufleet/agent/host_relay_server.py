@@ -53,6 +53,7 @@ class HostRelay:
         self.dpus: frozenset[str] = frozenset()  # the serials of the DPUs this host carries (its inventory)
         self._fetches: dict[str, asyncio.Lock] = {}
         self._store_locks: dict[str, asyncio.Lock] = {}
+        self._store_bytes: dict[str, int] = {}  # per DPU: what its store holds (read from disk at its first PUT)
         self._runner: web.AppRunner | None = None
         self._upstream: httpx.AsyncClient | None = None
         self.port: int | None = None
@@ -200,21 +201,25 @@ class HostRelay:
         if isinstance(directory, web.Response):
             return directory
         data = await request.read()
-        serial = request.match_info["serial"]
+        serial = directory.name
         async with self._store_locks.setdefault(serial, asyncio.Lock()):
             path = directory / request.match_info["name"]
-            used = self._used(directory) - (path.stat().st_size if path.exists() else 0)
+            if serial not in self._store_bytes:  # counted from the disk once, then kept up to date
+                self._store_bytes[serial] = self._used(directory)
+            before = path.stat().st_size if path.exists() else 0
+            used = self._store_bytes[serial] - before
             if used + len(data) > self.store_bytes:
                 return _refuse(
                     507,
                     "StoreFull",
-                    f"this host keeps at most {self.store_bytes} bytes for DPU {serial} (--relay-store-bytes); "
+                    f"this host keeps at most {self.store_bytes} bytes for DPU {serial} (--relay-store-mib); "
                     f"{used} are in use and this batch is {len(data)}",
                 )
             directory.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name("." + path.name + ".tmp")
             await asyncio.to_thread(_write_synced, tmp, data)
             tmp.replace(path)
+            self._store_bytes[serial] = used + len(data)
         return web.json_response({"name": path.name, "bytes": len(data)}, status=201)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
@@ -230,7 +235,13 @@ class HostRelay:
         directory = self._dpu_dir(request)
         if isinstance(directory, web.Response):
             return directory
-        (directory / request.match_info["name"]).unlink(missing_ok=True)
+        async with self._store_locks.setdefault(directory.name, asyncio.Lock()):
+            path = directory / request.match_info["name"]
+            with contextlib.suppress(FileNotFoundError):
+                size = path.stat().st_size
+                path.unlink()
+                if directory.name in self._store_bytes:
+                    self._store_bytes[directory.name] -= size
         return web.Response(status=204)
 
 

@@ -217,19 +217,23 @@ class Telemetry:
             self._orphans.pop(0)
         moved = 0
         while entries := self.spool.oldest(FORWARD_BATCHES):
-            for entry in entries:
-                name = self._name(entry)
-                try:
+            taken: list[Spooled] = []  # kept by the host: listed as on it (one write), then out of the spool
+            try:
+                for entry in entries:
+                    name = self._name(entry)
                     blob = self._sealer.seal(name, self.spool.read(entry))
                     if not await self.relay.put(name, blob):
-                        return moved  # the host's cap for this DPU: the rest stays here, under the spool's policy
-                except (RelayUnavailable, OSError) as exc:
-                    log.debug("telemetry: the host relay is away (%s); batches stay on the DPU", exc)
-                    return moved
-                self.on_host[entry.seq] = Spooled(entry.seq, entry.cls, entry.samples, len(blob), entry.path)
+                        break  # the host's cap for this DPU: the rest stays here, under the spool's policy
+                    self.on_host[entry.seq] = Spooled(entry.seq, entry.cls, entry.samples, len(blob), entry.path)
+                    taken.append(entry)
+            except (RelayUnavailable, OSError) as exc:
+                log.debug("telemetry: the host relay is away (%s); batches stay on the DPU", exc)
+            if taken:
                 self._save_on_host()
-                self.spool.forwarded([entry])
-                moved += 1
+                self.spool.forwarded(taken)
+                moved += len(taken)
+            if len(taken) < len(entries):
+                return moved
         return moved
 
     async def _from_host(self, entry: Spooled) -> bytes | None:
