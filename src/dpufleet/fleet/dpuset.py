@@ -119,7 +119,8 @@ class _Tally:
     """One DPUSet's classification of its DPUs, kept between its passes. The mirror puts a new row in
     place of a DPU's row on every change, so a row that is the same object as last pass is counted as
     it was, and only the DPUs that changed are classified again (a set of 1,000 is counted many times
-    a second, and classifying every DPU each time was a tenth of the controllers' work in a rollout)."""
+    a second, and classifying every DPU each time was a tenth of the controllers' work in a rollout).
+    A set's tally is only used by its own pass: the work queue never hands one key to two workers."""
 
     def __init__(self, template_items: list[tuple[str, Any]], image: str | None) -> None:
         self.template_items = template_items
@@ -136,8 +137,8 @@ class _Tally:
             name = d["metadata"]["name"]
             if rows.get(name) is d:
                 continue
-            rows[name] = d
             is_updated, is_converged, is_busy = _classify(d, self.template_items, self.image)
+            rows[name] = d  # after classifying it: a row is never kept unclassified
             _mark(self.updated, name, is_updated)
             _mark(self.converged, name, is_converged)
             _mark(self.failed, name, is_updated and (d.get("status") or {}).get("phase") in FAILED_PHASES)
